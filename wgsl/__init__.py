@@ -1,0 +1,1 @@
+"""WGSL shader sources, shipped inside the wheel; loaded by bitswarm.kernels.registry."""
