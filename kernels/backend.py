@@ -1,0 +1,132 @@
+"""Compute backends: one op vocabulary, two implementations (NumPy on the CPU, WGSL via wgpu).
+
+The model (kernels/model.py) is written once against `Backend`; a backend's tensors are opaque
+handles (NumPy arrays here, GPU buffers in GpuBackend). Every op's semantics are those of the
+same-named function in kernels/reference.py, which is also what CpuBackend runs.
+
+`select_backend("auto")` picks the GPU only when wgpu finds a real GPU adapter: lavapipe /
+llvmpipe are CPUs, where NumPy is faster (see ../shared/FACTS.md, "Speed on lavapipe").
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+
+from bitswarm.kernels import reference as ref
+from bitswarm.kernels.config import TernaryLinear
+
+log = logging.getLogger("bitswarm.kernels.backend")
+
+Tensor = Any  # backend-specific handle
+
+
+class Backend(Protocol):
+    """The op vocabulary. Shapes and semantics: kernels/reference.py."""
+
+    name: str
+
+    def tensor(self, a: np.ndarray) -> Tensor: ...                  # upload (float32 / int32)
+    def ternary(self, w: TernaryLinear) -> Tensor: ...               # upload a frozen projection
+    def numpy(self, t: Tensor) -> np.ndarray: ...                    # download (waits)
+    def zeros_like(self, t: Tensor) -> Tensor: ...
+
+    def embedding(self, ids: Tensor, table: Tensor) -> Tensor: ...
+    def rmsnorm(self, x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]: ...
+    def rmsnorm_backward(self, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor) -> Tensor: ...
+    def quantize_act(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+    def bitlinear(self, xq: Tensor, x_scale: Tensor, w: Tensor) -> Tensor: ...
+    def bitlinear_backward(self, dy: Tensor, w: Tensor, acc: Tensor | None = None) -> Tensor: ...
+    def matmul(self, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
+               alpha: float = 1.0, acc: Tensor | None = None) -> Tensor: ...
+    def add(self, a: Tensor, b: Tensor) -> Tensor: ...
+    def rope(self, x: Tensor, T: int, H: int, hd: int, theta: float,
+             inverse: bool = False) -> Tensor: ...
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv: int,
+                  hd: int) -> tuple[Tensor, Tensor]: ...
+    def attention_backward(self, do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
+                           lse: Tensor, B: int, T: int, Hq: int, Hkv: int,
+                           hd: int) -> tuple[Tensor, Tensor, Tensor]: ...
+    def relu2_gate(self, g: Tensor, u: Tensor) -> Tensor: ...
+    def relu2_gate_backward(self, dh: Tensor, g: Tensor, u: Tensor) -> tuple[Tensor, Tensor]: ...
+    def cross_entropy(self, logits: Tensor, targets: Tensor,
+                      grad_scale: float) -> tuple[Tensor, Tensor]: ...
+    def adamw_(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float,
+               beta1: float, beta2: float, eps: float, weight_decay: float) -> None: ...
+
+
+class CpuBackend:
+    """NumPy backend: the reference semantics, run as they are."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self._rope_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+
+    def tensor(self, a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a)
+        return np.array(a, dtype=np.int32 if a.dtype.kind in "iu" else np.float32)
+
+    def ternary(self, w: TernaryLinear) -> TernaryLinear:
+        return w
+
+    def numpy(self, t: np.ndarray) -> np.ndarray:
+        return np.asarray(t)
+
+    def zeros_like(self, t: np.ndarray) -> np.ndarray:
+        return np.zeros_like(t)
+
+    embedding = staticmethod(ref.embedding)
+    rmsnorm = staticmethod(ref.rmsnorm)
+    rmsnorm_backward = staticmethod(ref.rmsnorm_backward)
+    quantize_act = staticmethod(ref.quantize_act)
+    matmul = staticmethod(ref.matmul)
+    add = staticmethod(ref.add)
+    attention = staticmethod(ref.attention)
+    attention_backward = staticmethod(ref.attention_backward)
+    relu2_gate = staticmethod(ref.relu2_gate)
+    relu2_gate_backward = staticmethod(ref.relu2_gate_backward)
+    cross_entropy = staticmethod(ref.cross_entropy)
+    adamw_ = staticmethod(ref.adamw_)
+
+    def bitlinear(self, xq, x_scale, w: TernaryLinear):
+        return ref.bitlinear(xq, x_scale, w.codes, w.weight_scale)
+
+    def bitlinear_backward(self, dy, w: TernaryLinear, acc=None):
+        dx = ref.bitlinear_backward(dy, w.codes, w.weight_scale)
+        return dx if acc is None else dx + acc
+
+    def rope(self, x, T, H, hd, theta, inverse=False):
+        key = (hd, theta)
+        cs = self._rope_cache.get(key)
+        if cs is None or cs[0].shape[0] < T:
+            cs = self._rope_cache[key] = ref.rope_tables(max(T, 128), hd, theta)
+        return ref.rope(x, cs[0], cs[1], T, H, hd, inverse)
+
+
+def real_gpu_available() -> bool:
+    """True when wgpu finds a non-CPU adapter (lavapipe/llvmpipe/SwiftShader report type CPU)."""
+    try:
+        import wgpu
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    except Exception as e:  # no Vulkan/Metal/DX12 loader, no driver: no GPU
+        log.debug("no wgpu adapter: %s", e)
+        return False
+    if adapter is None:
+        return False
+    info = adapter.info
+    kind = str(info.get("adapter_type", "")).lower()
+    return kind not in ("cpu", "") and "llvmpipe" not in str(info.get("device", "")).lower()
+
+
+def select_backend(device: str) -> Backend:
+    """device: "auto" (GPU if a real one exists, else NumPy), "gpu" (wgpu, any adapter, lavapipe
+    included), "cpu" (NumPy). Raises ValueError for anything else, RuntimeError when "gpu" is
+    forced and wgpu has no adapter."""
+    if device not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"--device must be auto, gpu or cpu, got {device!r}")
+    if device == "cpu" or (device == "auto" and not real_gpu_available()):
+        return CpuBackend()
+    from bitswarm.kernels.gpu_backend import GpuBackend
+    return GpuBackend()
