@@ -1,0 +1,3 @@
+import logging
+
+logging.getLogger("bitswarm").setLevel(logging.DEBUG)
