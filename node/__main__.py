@@ -1,0 +1,5 @@
+import sys
+
+from bitswarm.node.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""Command line: `node id`, `node start`, `node eval` (also `bitswarm ...`, `python -m bitswarm.node`).
+
+Bad flags and files fail fast with a message naming them and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bitswarm.kernels.config import PROJECTIONS
+
+log = logging.getLogger("bitswarm.node")
+
+
+def _targets(s: str) -> tuple[str, ...]:
+    if s == "all":
+        return PROJECTIONS
+    return tuple(t.strip() for t in s.split(",") if t.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="node", description="bitswarm: federated LoRA fine-tuning of BitNet b1.58 models, peer to peer.")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("id", help="print this node's libp2p peer ID (creating the identity if absent)")
+    s.add_argument("--data-dir", type=Path, required=True)
+
+    s = sub.add_parser("start", help="join a swarm and fine-tune")
+    s.add_argument("--swarm", required=True, help="swarm name (peers with the same name train together)")
+    s.add_argument("--data", type=Path, required=True, help="folder of local text documents (never leaves this machine)")
+    s.add_argument("--data-dir", type=Path, required=True, help="node state: identity, adapter, logs")
+    s.add_argument("--model", type=Path, help="Hugging Face bitnet checkpoint folder (default: built-in model)")
+    s.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", help="libp2p listen multiaddr")
+    s.add_argument("--peer", action="append", default=[], help="multiaddr .../p2p/<peer-id> to dial (repeatable)")
+    s.add_argument("--rounds", type=int, help="rounds to run (default: until Ctrl-C)")
+    s.add_argument("--local-steps", type=int, default=20)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    s.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha")
+    s.add_argument("--targets", type=_targets, default=("q_proj", "k_proj", "v_proj", "o_proj"),
+                   help="comma-separated LoRA target modules, or 'all' (default q,k,v,o)")
+    s.add_argument("--freeze-a", action="store_true", help="FFA-LoRA: train B only (exact FedAvg)")
+    s.add_argument("--min-peers", type=int, default=1, help="other peers' updates that complete a round")
+    s.add_argument("--round-timeout", type=float, default=300.0, help="seconds to wait for peers' updates per round")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--ctx", type=int, default=128, help="tokens per training sequence")
+    s.add_argument("--seed", type=int, default=0, help="local data sampling seed")
+    s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+
+    s = sub.add_parser("eval", help="held-out loss (nats/token) and bits per byte")
+    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model)")
+    s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
+    s.add_argument("--data", type=Path, required=True)
+    s.add_argument("--ctx", type=int, default=128)
+    s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    s.add_argument("--json", action="store_true", help="print one JSON line")
+    return p
+
+
+def cmd_id(args) -> int:
+    from bitswarm.federation.identity import load_or_create_identity, peer_id_of
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    print(peer_id_of(load_or_create_identity(args.data_dir)))
+    return 0
+
+
+def cmd_start(args) -> int:
+    import trio
+
+    from bitswarm.node.config import NodeConfig
+    from bitswarm.node.runtime import serve
+    cfg = NodeConfig(
+        swarm=args.swarm, data=args.data, data_dir=args.data_dir, model=args.model, listen=args.listen,
+        peers=args.peer, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr, rank=args.rank,
+        alpha=args.alpha, targets=args.targets, freeze_a=args.freeze_a, min_peers=args.min_peers,
+        round_timeout_s=args.round_timeout, device=args.device, batch_size=args.batch_size,
+        ctx=args.ctx, seed=args.seed)
+    try:
+        done = trio.run(serve, cfg)
+    except KeyboardInterrupt:
+        log.info("stopped by Ctrl-C; the adapter of the last completed round is in %s", cfg.data_dir / "adapter")
+        return 0
+    log.info("finished %d round(s); adapter saved in %s", done, cfg.data_dir / "adapter")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from bitswarm.kernels.backend import select_backend
+    from bitswarm.kernels.checkpoint import load_bitnet
+    from bitswarm.kernels.config import LoRAConfig
+    from bitswarm.kernels.model import BitNetModel
+    from bitswarm.kernels.tokenizer import load_tokenizer
+    from bitswarm.node.checkpoints import load_adapter
+    from bitswarm.node.data import find_text_files, tokenize
+    from bitswarm.node.evaluate import evaluate
+
+    state, lcfg = {}, LoRAConfig(target_modules=("q_proj",))
+    model_dir = args.model
+    if args.adapter is not None:
+        state, lcfg, _meta = load_adapter(args.adapter)
+        if model_dir is None:
+            model_dir = Path(_base_model_of(args.adapter))
+    if model_dir is None:
+        raise ValueError("--model is required when no --adapter names its base model")
+    weights = load_bitnet(model_dir)
+    tok = load_tokenizer(model_dir)
+    docs = [tokenize(tok, f) for f in find_text_files(args.data)]
+    model = BitNetModel(weights, select_backend(args.device), lcfg)
+    model.set_lora(state)
+    res = evaluate(model, docs, args.ctx)
+    if args.json:
+        print(json.dumps({**res, "ctx": args.ctx, "files": len(docs), "device": model.be.name}))
+    else:
+        print(f"loss {res['loss']:.4f} nats/token, {res['bits_per_byte']:.4f} bits/byte "
+              f"over {res['tokens']} tokens ({len(docs)} files, ctx {args.ctx}, device {model.be.name})")
+    return 0
+
+
+def _base_model_of(adapter_dir: Path) -> str:
+    try:
+        return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{adapter_dir / 'adapter_config.json'}: no base_model_name_or_path ({e}); pass --model") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return {"id": cmd_id, "start": cmd_start, "eval": cmd_eval}[args.cmd](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"node {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Node configuration: one flat dataclass, a comment on each field, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
+
+
+@dataclass
+class NodeConfig:
+    swarm: str                              # swarm name; the gossipsub topic derives from it
+    data: Path                              # folder of local text documents (never shared)
+    data_dir: Path                          # node state: identity key, adapter, logs
+    model: Path | None = None               # HF bitnet checkpoint dir; None = built-in default
+    listen: str = "/ip4/127.0.0.1/tcp/0"    # libp2p listen multiaddr
+    peers: list[str] = field(default_factory=list)   # multiaddrs (…/p2p/<peer-id>) to dial
+    rounds: int | None = None               # federated rounds; None = until stopped
+    local_steps: int = 20                   # optimizer steps per round
+    lr: float = 1e-3                        # AdamW learning rate
+    rank: int = 8                           # LoRA rank r
+    alpha: float = 16.0                     # LoRA alpha (scaling alpha / r)
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # LoRA target modules
+    freeze_a: bool = False                  # FFA-LoRA: train B only, FedAvg becomes exact
+    min_peers: int = 1                      # other peers' updates that complete a round (quorum)
+    round_timeout_s: float = 300.0          # deadline to collect a round's updates, seconds
+    device: str = "auto"                    # auto | gpu | cpu
+    batch_size: int = 8                     # sequences per step
+    ctx: int = 128                          # tokens per training sequence
+    seed: int = 0                           # local data sampling seed
+
+    def __post_init__(self) -> None:
+        self.data, self.data_dir = Path(self.data), Path(self.data_dir)
+        if self.model is not None:
+            self.model = Path(self.model)
+        if not self.swarm or len(self.swarm) > 64 or not self.swarm.isprintable():
+            raise ValueError(f"--swarm must be 1-64 printable characters, got {self.swarm!r}")
+        checks = {
+            "--rounds": self.rounds is None or self.rounds >= 1,
+            "--local-steps": self.local_steps >= 1,
+            "--lr": 0 < self.lr < 1,
+            "--rank": self.rank >= 1,
+            "--alpha": self.alpha > 0,
+            "--min-peers": self.min_peers >= 0,
+            "--round-timeout": self.round_timeout_s > 0,
+            "--batch-size": self.batch_size >= 1,
+            "--ctx": 2 <= self.ctx <= 4096,
+        }
+        for flag, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{flag}: value out of range")
+        if self.device not in ("auto", "gpu", "cpu"):
+            raise ValueError(f"--device must be auto, gpu or cpu, got {self.device!r}")
+        bad = [t for t in self.targets if t not in PROJECTIONS]
+        if bad:
+            raise ValueError(f"--targets: unknown module(s) {bad}; choose from {list(PROJECTIONS)} or 'all'")
+
+    @property
+    def lora(self) -> LoRAConfig:
+        return LoRAConfig(rank=self.rank, alpha=self.alpha, target_modules=tuple(self.targets),
+                          freeze_A=self.freeze_a)

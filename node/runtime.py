@@ -1,0 +1,172 @@
+"""The node runtime: load, listen, then train -> exchange -> aggregate, round after round.
+
+Structure (trio): `serve` owns one nursery holding the transport and the round coordinator;
+blocking compute (training steps, evaluation, encoding) runs on a worker thread behind a
+CapacityLimiter(1) per device so the event loop keeps serving peers (a yamux sender gives up
+after 5 s of a blocked loop; ../shared/FACTS.md).
+
+Round r: every node starts from the same global adapter G_r, trains --local-steps on its own
+documents, publishes delta_r = L_r - G_r (compressed, signed), collects peers' deltas, and sets
+G_{r+1} = G_r + FedAvg(decoded deltas, own included) weighted by tokens (McMahan et al. 2017).
+G_0 is seeded from the swarm name and base-model hash, so nodes that aggregate the same updates
+hold bit-identical adapters; each logs the adapter's SHA-256 after every round.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from bitswarm.federation.identity import load_or_create_identity
+from bitswarm.federation.rounds import RoundCoordinator
+from bitswarm.federation.transport import TransportConfig, open_transport
+from bitswarm.federation.wire import lora_dict
+from bitswarm.kernels.backend import select_backend
+from bitswarm.kernels.checkpoint import load_bitnet, model_hash
+from bitswarm.kernels.lora import LoRAState, init_lora, lora_shapes
+from bitswarm.kernels.model import BitNetModel
+from bitswarm.kernels.tokenizer import load_tokenizer
+from bitswarm.node.checkpoints import save_adapter
+from bitswarm.node.config import NodeConfig
+from bitswarm.node.data import find_text_files, split_train_heldout, tokenize, TrainSampler
+from bitswarm.node.default_model import ensure_default_model
+from bitswarm.node.evaluate import evaluate
+from bitswarm.node.progress import RoundProgress
+from bitswarm.node.trainer import LocalTrainer
+
+log = logging.getLogger("bitswarm.node")
+
+
+def swarm_topic(swarm: str) -> str:
+    """Gossipsub topic of a swarm: hashed so any printable name is a safe topic string."""
+    return f"/bitswarm/1/{hashlib.sha256(swarm.encode()).hexdigest()[:32]}/updates"
+
+
+def adapter_sha256(state: LoRAState) -> str:
+    """SHA-256 over sorted keys and the float32 bytes of each matrix (C order)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(state[k], np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _initial_seed(swarm: str, base_model: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{swarm}\0{base_model}".encode()).digest()[:8], "little")
+
+
+class Node:
+    """Everything a node holds between rounds; built by `load` (blocking)."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.key_pair = load_or_create_identity(cfg.data_dir)
+        self.model_dir = cfg.model or ensure_default_model(cfg.data_dir / "default-model")
+        weights = load_bitnet(self.model_dir)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.base_model = model_hash(self.model_dir)
+        self.backend = select_backend(cfg.device)
+        log.info("base model %s (sha256 %s…), backend %s", self.model_dir, self.base_model[:12], self.backend.name)
+        self.model = BitNetModel(weights, self.backend, cfg.lora)
+        self.shapes = lora_shapes(weights.config, cfg.lora)
+        files = find_text_files(cfg.data)
+        train_files, held_files = split_train_heldout(files)
+        self.train_docs = [tokenize(self.tokenizer, f) for f in train_files]
+        self.heldout_docs = [tokenize(self.tokenizer, f) for f in held_files]
+        self.sampler = TrainSampler(self.train_docs, cfg.ctx, seed=cfg.seed)
+        log.info("data: %d training file(s), %d tokens; %d held-out file(s)", len(train_files),
+                 self.sampler.tokens, len(held_files))
+        self.trainer = LocalTrainer(self.model, self.sampler, lr=cfg.lr, batch_size=cfg.batch_size)
+        self.global_state = init_lora(weights.config, cfg.lora, _initial_seed(cfg.swarm, self.base_model))
+
+    def heldout_loss(self) -> float | None:
+        if not self.heldout_docs:
+            return None
+        self.model.set_lora(self.global_state)
+        return evaluate(self.model, self.heldout_docs, self.cfg.ctx)["loss"]
+
+    def save(self, rnd: int) -> None:
+        save_adapter(self.cfg.data_dir / "adapter", self.global_state, self.cfg.lora,
+                     base_model=str(self.model_dir.resolve()),
+                     metadata={"round": str(rnd), "base_model_sha256": self.base_model,
+                               "swarm": self.cfg.swarm})
+
+
+async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> int:
+    """Run a node until cfg.rounds rounds are done (or forever); returns rounds completed.
+
+    Reports started (with the Transport) once it listens and is subscribed to the swarm topic.
+    Raises ValueError for bad files/flags before touching the network.
+    """
+    limiter = trio.CapacityLimiter(1)   # one compute job at a time on the device
+
+    async def compute(fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    node = await compute(Node, cfg)
+    rounds_log = cfg.data_dir / "rounds.jsonl"
+    tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm), peers=list(cfg.peers))
+    async with open_transport(node.key_pair, tcfg) as transport:
+        for addr in transport.listen_multiaddrs:
+            print(f"listening on {addr}", flush=True)
+        coord = RoundCoordinator(
+            transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
+            lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
+            round_timeout_s=cfg.round_timeout_s)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(coord.run)
+            task_status.started(transport)
+            held = await compute(node.heldout_loss)
+            _append_jsonl(rounds_log, {"round": -1, "heldout_loss": held,
+                                       "adapter_sha256": adapter_sha256(node.global_state)})
+            done = 0
+            with RoundProgress(cfg.rounds, cfg.local_steps) as progress:
+                while cfg.rounds is None or done < cfg.rounds:
+                    await _one_round(node, coord, transport, done, compute, progress, rounds_log)
+                    done += 1
+            nursery.cancel_scope.cancel()
+    return done
+
+
+async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, rounds_log: Path) -> None:
+    cfg = node.cfg
+    t0 = time.monotonic()
+    await compute(node.trainer.set_adapter, node.global_state)
+    losses, tokens = [], 0
+    for s in range(cfg.local_steps):
+        loss, count = await compute(node.trainer.step)
+        losses.append(loss)
+        tokens += count
+        progress.step(rnd, s + 1, loss, len(transport.connected_peers()),
+                      transport.bytes_received, transport.bytes_sent)
+    local = await compute(node.trainer.adapter)
+    delta = {k: local[k] - node.global_state[k] for k in node.global_state}
+    t_train = time.monotonic() - t0
+    result = await coord.exchange(rnd, delta, tokens)
+    node.global_state = {k: (node.global_state[k] + result.aggregate[k]).astype(np.float32)
+                         for k in node.global_state}
+    sha = adapter_sha256(node.global_state)
+    held = await compute(node.heldout_loss)
+    await compute(node.save, rnd)
+    peers = len(transport.connected_peers())
+    progress.round_done(rnd, float(np.mean(losses)), held, len(result.contributors), peers,
+                        transport.bytes_received, transport.bytes_sent, sha)
+    _append_jsonl(rounds_log, {
+        "round": rnd, "train_loss": float(np.mean(losses)), "heldout_loss": held, "tokens": tokens,
+        "contributors": result.contributors, "rejected": [list(r) for r in result.rejected],
+        "adapter_sha256": sha, "train_s": round(t_train, 3), "round_s": round(time.monotonic() - t0, 3),
+        "bytes_sent": transport.bytes_sent, "bytes_received": transport.bytes_received})
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
