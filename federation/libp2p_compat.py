@@ -1,0 +1,152 @@
+"""Every workaround of py-libp2p 0.8.1 internals lives here, and only here.
+
+Each patch names the upstream behaviour it fixes; tests/federation/test_transport.py has one
+test per patch that exercises the ORIGINAL function and fails once upstream changes, so the
+patch can be dropped or rewritten at the next version bump.
+
+Patches (applied once, by `apply()`; idempotent):
+
+1. `Pubsub.stream_handler`: upstream catches StreamError/ParseError/IncompleteReadError only.
+   A length-prefixed frame whose body is not a valid RPC protobuf raises
+   `google.protobuf.message.DecodeError` from `continuously_read_stream`; it escapes the
+   stream handler, the swarm's connection nursery and the host, and ends the process. One
+   hostile peer, one frame. We catch every Exception there, log it, reset the stream and
+   drop the peer from pubsub (what upstream does for the errors it knows).
+2. `Pubsub.push_msg` (run as a pubsub task per received message): `signature_validator`
+   re-raises when a message carries an undecodable `key` field and a non-identity `from`
+   peer ID, which crashes the pubsub service. We catch, log and drop the message.
+3. `NoiseTransportReadWriter.encrypt`: hook for the plaintext wire recorder
+   (`wire_recorder.py`, enabled by BITSWARM_RECORD_WIRE); encrypt() sees every plaintext
+   chunk the Noise session writes (yamux frames carrying gossip and our streams).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+import trio
+
+log = logging.getLogger("bitswarm.federation.libp2p_compat")
+
+SUPPORTED_LIBP2P_VERSION = "0.8.1"
+_RESET_TIMEOUT_S = 2.0
+
+_applied = False
+# Originals, kept for the tests that pin upstream behaviour.
+ORIGINALS: dict[str, object] = {}
+
+
+def installed_libp2p_version() -> str:
+    """Version of the installed `libp2p` distribution ('' if metadata is missing)."""
+    try:
+        return version("libp2p")
+    except PackageNotFoundError:
+        return ""
+
+
+def check_version() -> None:
+    """Raise RuntimeError unless libp2p 0.8.1 is installed: the patches rely on its internals."""
+    found = installed_libp2p_version()
+    if found != SUPPORTED_LIBP2P_VERSION:
+        msg = (
+            f"bitswarm.federation needs libp2p=={SUPPORTED_LIBP2P_VERSION} (found {found or 'none'}):"
+            " its hostile-peer guards patch that version's internals. Re-check every patch in"
+            " federation/libp2p_compat.py (and its tests) before changing the pin."
+        )
+        log.critical(msg)
+        raise RuntimeError(msg)
+
+
+def apply() -> None:
+    """Check the libp2p version, then install all patches once (idempotent).
+
+    Raises:
+        RuntimeError: the installed libp2p is not 0.8.1 (nothing is patched).
+    """
+    global _applied
+    if _applied:
+        return
+    check_version()
+    _guard_pubsub_stream_handler()
+    _guard_pubsub_push_msg()
+    _hook_noise_encrypt()
+    _applied = True
+    log.debug("libp2p %s compat patches applied", SUPPORTED_LIBP2P_VERSION)
+
+
+def _guard_pubsub_stream_handler() -> None:
+    from libp2p.pubsub.pubsub import Pubsub
+
+    original = Pubsub.stream_handler
+    ORIGINALS["Pubsub.stream_handler"] = original
+
+    @functools.wraps(original)
+    async def stream_handler(self, stream) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await original(self, stream)
+        except Exception as error:  # noqa: BLE001 - anything escaping here kills the process
+            peer_id = _peer_of(stream)
+            log.warning(
+                "rejected pubsub stream from peer %s: %s: %s (stream reset, peer dropped from pubsub)",
+                peer_id,
+                type(error).__name__,
+                error,
+            )
+            with trio.move_on_after(_RESET_TIMEOUT_S):
+                try:
+                    await stream.reset()
+                except Exception as reset_error:  # noqa: BLE001 - stream may already be dead
+                    log.debug("reset after rejected pubsub stream failed: %s", reset_error)
+            if peer_id is not None:
+                try:
+                    self._handle_dead_peer(peer_id)
+                except Exception as cleanup_error:  # noqa: BLE001
+                    log.debug("dropping peer %s from pubsub failed: %s", peer_id, cleanup_error)
+
+    Pubsub.stream_handler = stream_handler  # type: ignore[method-assign]
+
+
+def _guard_pubsub_push_msg() -> None:
+    from libp2p.pubsub.pubsub import Pubsub
+
+    original = Pubsub.push_msg
+    ORIGINALS["Pubsub.push_msg"] = original
+
+    @functools.wraps(original)
+    async def push_msg(self, msg_forwarder, msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await original(self, msg_forwarder, msg)
+        except Exception as error:  # noqa: BLE001 - a raising pubsub task crashes the service
+            log.warning(
+                "dropped pubsub message forwarded by %s: %s: %s", msg_forwarder, type(error).__name__, error
+            )
+
+    Pubsub.push_msg = push_msg  # type: ignore[method-assign]
+
+
+def _hook_noise_encrypt() -> None:
+    from libp2p.security.noise.io import NoiseTransportReadWriter
+
+    from . import wire_recorder
+
+    original = NoiseTransportReadWriter.encrypt
+    ORIGINALS["NoiseTransportReadWriter.encrypt"] = original
+
+    @functools.wraps(original)
+    def encrypt(self, data: bytes) -> bytes:  # type: ignore[no-untyped-def]
+        ciphertext = original(self, data)
+        recorder = wire_recorder.active()
+        if recorder is not None:
+            recorder.record(data, ciphertext)
+        return ciphertext
+
+    NoiseTransportReadWriter.encrypt = encrypt  # type: ignore[method-assign]
+
+
+def _peer_of(stream):  # type: ignore[no-untyped-def]
+    try:
+        return stream.muxed_conn.peer_id
+    except Exception:  # noqa: BLE001
+        return None
