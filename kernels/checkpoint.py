@@ -1,0 +1,496 @@
+"""Hugging Face `bitnet` checkpoints <-> BitNetWeights, without torch.
+
+Format: a model directory as transformers writes it (config.json with model_type "bitnet",
+model.safetensors or sharded model-XXXXX-of-YYYYY.safetensors + model.safetensors.index.json,
+tokenizer.json). Tensor names are transformers' BitNetForCausalLM state-dict names
+(`model.layers.{i}.self_attn.q_proj.weight`, ...; see `hf_module_name`).
+
+Two layouts of a projection weight are read:
+  * latent: float32/bfloat16/float16 (out, in) master weights, ternarized at load exactly as
+    transformers' WeightQuant (integrations/bitnet.py) does in fp32:
+        s = 1 / max(mean|W|, 1e-5);  codes = clamp(round_half_even(W * s), -1, 1)
+    (BitNet b1.58, arXiv:2402.17764, eq. 1-3). This is what `quantization_mode: online`
+    checkpoints (e.g. bitnet-b1.58-2B-4T-bf16) hold. A bitnet config WITHOUT a
+    quantization_config block loads as a plain float model in transformers; bitswarm always
+    ternarizes, since the model it trains is the BitNet one.
+  * packed: uint8 (out/4, in), bit-pair i (bits 2i..2i+1) of packed row r is unpacked row
+    i*(out/4) + r, codes 0 -> -1, 1 -> 0, 2 -> +1; plus a scalar `<module>.weight_scale`.
+
+weight_scale conventions (bitswarm's TernaryLinear: dequantized W = codes / weight_scale,
+so weight_scale = s = 1/mean|W|):
+  * `linear_class: bitlinear` (transformers' default, and what `save_bitnet` writes):
+    BitLinear.forward computes y = (xq @ codes^T) / (x_scale * weight_scale), i.e. the file's
+    weight_scale IS s: taken as is. Verified end to end by tests/make_golden.py: transformers
+    gives the same loss on tests/data/tiny-bitnet (latent, online) and on our packed save of it.
+  * `linear_class: autobitlinear, quantization_mode: offline`: AutoBitLinear.forward computes
+    y = (x_deq @ codes^T) * weight_scale, i.e. the file stores mean|W| = 1/s: we take the
+    reciprocal.
+
+bfloat16 is decoded without torch (safetensors' numpy framework cannot load it): the raw
+little-endian uint16 words are shifted into the high half of a float32.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as st_save
+
+from .config import (ATTN_PROJECTIONS, PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
+                     TernaryLinear)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+ABSMEAN_EPS = np.float32(1e-5)
+
+# transformers.BitNetConfig defaults (configuration_bitnet.py), used for fields config.json omits.
+_HF_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 128256, "hidden_size": 2560, "intermediate_size": 6912,
+    "num_hidden_layers": 30, "num_attention_heads": 20, "num_key_value_heads": None,
+    "hidden_act": "relu2", "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+    "bos_token_id": 128000, "eos_token_id": 128001, "tie_word_embeddings": False,
+    "attention_bias": False,
+}
+DEFAULT_ROPE_THETA = 500000.0   # BitNetConfig.default_theta
+
+# safetensors dtype -> NumPy dtype for the ones safe_open(framework="numpy") can load.
+_NP_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "U8": np.uint8,
+              "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64}
+
+
+def hf_module_name(layer: int, proj: str) -> str:
+    """transformers module path of a projection, e.g. `model.layers.0.self_attn.q_proj`."""
+    if proj not in PROJECTIONS:
+        raise ValueError(f"unknown projection {proj!r}; expected one of {PROJECTIONS}")
+    block = "self_attn" if proj in ATTN_PROJECTIONS else "mlp"
+    return f"model.layers.{layer}.{block}.{proj}"
+
+
+# ---------------------------------------------------------------------------------------------
+# ternary helpers
+
+def absmean_ternarize(w: np.ndarray) -> TernaryLinear:
+    """Ternarize a latent weight (out, in) like transformers' WeightQuant, in float32.
+
+    s = 1 / max(mean|W|, 1e-5) (mean accumulated in float64, rounded to float32),
+    codes = clamp(round_half_even(W * s), -1, 1) as int8. Returns TernaryLinear(codes, s).
+    """
+    w32 = np.asarray(w, dtype=np.float32)
+    mean = np.float32(np.abs(w32).mean(dtype=np.float64))
+    scale = np.float32(1.0) / max(mean, ABSMEAN_EPS)
+    codes = np.clip(np.rint(w32 * scale), -1, 1).astype(np.int8)
+    return TernaryLinear(codes=codes, weight_scale=np.float32(scale))
+
+
+def pack_ternary(codes: np.ndarray) -> np.ndarray:
+    """int8 codes (out, in) in {-1,0,1} -> uint8 (out/4, in) in transformers' packed layout."""
+    out = codes.shape[0]
+    if codes.ndim != 2 or out % 4:
+        raise ValueError(f"packing needs 2-D codes with out_features % 4 == 0, got {codes.shape}")
+    if codes.min(initial=0) < -1 or codes.max(initial=0) > 1:
+        raise ValueError("ternary codes must be in {-1, 0, 1}")
+    u = (codes.astype(np.int16) + 1).astype(np.uint8)
+    rows = out // 4
+    packed = np.zeros((rows, codes.shape[1]), dtype=np.uint8)
+    for i in range(4):
+        packed |= u[i * rows:(i + 1) * rows] << np.uint8(2 * i)
+    return packed
+
+
+def unpack_ternary(packed: np.ndarray) -> np.ndarray:
+    """uint8 (out/4, in) -> int8 codes (out, in). Raises ValueError on the unused code 3."""
+    lanes = [(packed >> np.uint8(2 * i)) & np.uint8(3) for i in range(4)]
+    u = np.concatenate(lanes, axis=0)
+    if (u == 3).any():
+        raise ValueError("packed ternary weight holds the invalid 2-bit code 3")
+    return u.astype(np.int8) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"missing file {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def _quant_config(raw: dict) -> dict:
+    q = raw.get("quantization_config") or {}
+    return {"linear_class": q.get("linear_class", "bitlinear"),
+            "quantization_mode": q.get("quantization_mode", "offline"),
+            "use_rms_norm": bool(q.get("use_rms_norm", False)),
+            "present": bool(q)}
+
+
+def read_config(model_dir: Path | str) -> BitNetConfig:
+    """Parse `model_dir/config.json` into a BitNetConfig (transformers' defaults for omissions).
+
+    Accepts RoPE theta as top-level `rope_theta` (transformers 4.x) or
+    `rope_parameters: {rope_type: "default", rope_theta}` (transformers 5).
+    Raises ValueError naming the file for a non-"bitnet" model_type or unsupported options
+    (activation other than relu2, attention bias, scaled RoPE, RMSNorm inside BitLinear).
+    """
+    path = Path(model_dir) / CONFIG_FILE
+    raw = _read_json(path)
+    if raw.get("model_type") != "bitnet":
+        raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'bitnet'")
+    c = {**_HF_DEFAULTS, **{k: v for k, v in raw.items() if k in _HF_DEFAULTS}}
+    if c["hidden_act"] != "relu2":
+        raise ValueError(f"{path}: hidden_act {c['hidden_act']!r} unsupported (need 'relu2')")
+    if c["attention_bias"]:
+        raise ValueError(f"{path}: attention_bias=true is unsupported")
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"{path}: rope_type {rope.get('rope_type')!r} unsupported (need default)")
+    theta = rope.get("rope_theta", raw.get("rope_theta", DEFAULT_ROPE_THETA))
+    if _quant_config(raw)["use_rms_norm"]:
+        raise ValueError(f"{path}: quantization_config.use_rms_norm=true is unsupported")
+    heads = int(c["num_attention_heads"])
+    kv = c["num_key_value_heads"]
+    eos = c["eos_token_id"]
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    try:
+        return BitNetConfig(
+            vocab_size=int(c["vocab_size"]), hidden_size=int(c["hidden_size"]),
+            intermediate_size=int(c["intermediate_size"]),
+            num_hidden_layers=int(c["num_hidden_layers"]), num_attention_heads=heads,
+            num_key_value_heads=int(heads if kv is None else kv),
+            head_dim=int(raw.get("head_dim") or int(c["hidden_size"]) // heads),
+            rms_norm_eps=float(c["rms_norm_eps"]), rope_theta=float(theta),
+            max_position_embeddings=int(c["max_position_embeddings"]),
+            tie_word_embeddings=bool(c["tie_word_embeddings"]),
+            bos_token_id=c["bos_token_id"], eos_token_id=eos)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def config_to_hf(config: BitNetConfig, *, packed: bool) -> dict:
+    """config.json content transformers loads as BitNetForCausalLM.
+
+    packed=True: `quantization_config` for uint8 weights + weight_scale (BitLinear, offline);
+    packed=False: online AutoBitLinear over latent float weights.
+    """
+    out: dict[str, Any] = {
+        "architectures": ["BitNetForCausalLM"], "model_type": "bitnet",
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+        "hidden_act": "relu2", "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "tie_word_embeddings": config.tie_word_embeddings, "attention_bias": False,
+        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+        "dtype": "float32",
+        "quantization_config": (
+            {"quant_method": "bitnet", "linear_class": "bitlinear", "quantization_mode": "offline"}
+            if packed else
+            {"quant_method": "bitnet", "linear_class": "autobitlinear",
+             "quantization_mode": "online"}),
+    }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors reading
+
+def _st_header(path: Path) -> tuple[dict, int]:
+    """(header dict without __metadata__, byte offset of the data section) of a safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            n = int.from_bytes(head, "little")
+            size = os.fstat(f.fileno()).st_size
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds file size {size}")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise ValueError(f"missing weight file {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read safetensors file {path}: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"cannot read safetensors file {path}: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"cannot read safetensors file {path}: header is not an object")
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+class _TensorSource:
+    """Name -> tensor lookup over one or several safetensors files of a model directory."""
+
+    def __init__(self, model_dir: Path):
+        single = model_dir / WEIGHTS_FILE
+        index = model_dir / INDEX_FILE
+        if single.is_file():
+            files = [single]
+        elif index.is_file():
+            wmap = _read_json(index).get("weight_map")
+            if not isinstance(wmap, dict):
+                raise ValueError(f"{index}: no weight_map object")
+            files = [model_dir / f for f in sorted(set(wmap.values()))]
+        else:
+            files = sorted(model_dir.glob("model-*.safetensors"))
+        if not files:
+            raise ValueError(f"no {WEIGHTS_FILE} (or sharded model-*.safetensors) in {model_dir}")
+        self.where: dict[str, tuple[Path, dict, int]] = {}
+        for f in files:
+            header, data_start = _st_header(f)
+            for name, info in header.items():
+                self.where[name] = (f, info, data_start)
+
+    def has(self, name: str) -> bool:
+        return name in self.where
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The tensor as stored (bf16 decoded to float32). ValueError names tensor and file."""
+        if name not in self.where:
+            files = sorted({str(p) for p, _, _ in self.where.values()})
+            raise ValueError(f"tensor {name!r} missing from {', '.join(files)}")
+        path, info, data_start = self.where[name]
+        dtype, got = info.get("dtype"), tuple(info.get("shape", ()))
+        if shape is not None and got != tuple(shape):
+            raise ValueError(f"tensor {name!r} in {path} has shape {got}, expected {tuple(shape)}")
+        if dtype == "BF16":
+            begin, end = info["data_offsets"]
+            count = int(np.prod(got, dtype=np.int64))
+            if end - begin != 2 * count:
+                raise ValueError(f"tensor {name!r} in {path}: {end - begin} bytes for {got} bf16")
+            with open(path, "rb") as f:
+                f.seek(data_start + begin)
+                raw = np.frombuffer(f.read(end - begin), dtype="<u2")
+            if raw.size != count:
+                raise ValueError(f"tensor {name!r} in {path} is truncated")
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(got)
+        if dtype not in _NP_DTYPES:
+            raise ValueError(f"tensor {name!r} in {path} has unsupported dtype {dtype}")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                return f.get_tensor(name)
+        except Exception as exc:  # safetensors raises SafetensorError (not a ValueError)
+            raise ValueError(f"cannot read tensor {name!r} from {path}: {exc}") from exc
+
+    def get_f32(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        t = self.get(name, shape)
+        if t.dtype.kind != "f":
+            raise ValueError(f"tensor {name!r} in {self.where[name][0]} is {t.dtype}, need float")
+        return np.ascontiguousarray(t, dtype=np.float32)
+
+
+def _load_projection(src: _TensorSource, module: str, out_in: tuple[int, int],
+                     quant: dict) -> TernaryLinear:
+    out, inp = out_in
+    wname, sname = f"{module}.weight", f"{module}.weight_scale"
+    path = src.where[wname][0] if src.has(wname) else None
+    if src.has(wname) and src.where[wname][1].get("dtype") == "U8":
+        if out % 4:
+            raise ValueError(f"tensor {wname!r} in {path} is packed but out_features={out} "
+                             "is not a multiple of 4")
+        packed = src.get(wname, (out // 4, inp))
+        try:
+            codes = unpack_ternary(packed)
+        except ValueError as exc:
+            raise ValueError(f"tensor {wname!r} in {path}: {exc}") from exc
+        stored = src.get(sname)
+        if stored.size != 1 or stored.dtype.kind != "f":
+            raise ValueError(f"tensor {sname!r} in {src.where[sname][0]} must be one float, "
+                             f"got {stored.dtype} {stored.shape}")
+        stored = np.float32(stored.reshape(()))
+        if not np.isfinite(stored) or stored <= 0:
+            raise ValueError(f"tensor {sname!r} in {src.where[sname][0]} is {stored}, need > 0")
+        # See module docstring: AutoBitLinear multiplies by the stored scale, BitLinear divides.
+        scale = np.float32(1.0) / stored if quant["linear_class"] == "autobitlinear" else stored
+        return TernaryLinear(codes=codes, weight_scale=np.float32(scale))
+    w = src.get_f32(wname, (out, inp))
+    if src.has(sname):
+        # Unpacked offline checkpoint: weights already ternary, scale alongside.
+        if not np.isin(w, (-1.0, 0.0, 1.0)).all():
+            raise ValueError(f"tensor {wname!r} in {path} has a weight_scale but is not ternary")
+        stored = np.float32(src.get(sname).astype(np.float32).reshape(-1)[0])
+        scale = np.float32(1.0) / stored if quant["linear_class"] == "autobitlinear" else stored
+        return TernaryLinear(codes=w.astype(np.int8), weight_scale=np.float32(scale))
+    return absmean_ternarize(w)
+
+
+def load_bitnet(model_dir: Path | str) -> BitNetWeights:
+    """Load a Hugging Face `bitnet` model directory into host weights.
+
+    Projections become TernaryLinear (codes int8 (out, in), weight_scale float32 = 1/mean|W|,
+    layout and scale conventions in the module docstring); norms, embeddings and an untied
+    lm_head become float32. Raises ValueError naming the file (and tensor) for a bad config,
+    a missing tensor or a wrong shape.
+    """
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    quant = _quant_config(_read_json(model_dir / CONFIG_FILE))
+    src = _TensorSource(model_dir)
+    D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    layers = []
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}"
+        layer = LayerWeights(
+            input_layernorm=src.get_f32(f"{p}.input_layernorm.weight", (D,)),
+            post_attention_layernorm=src.get_f32(f"{p}.post_attention_layernorm.weight", (D,)),
+            attn_sub_norm=src.get_f32(f"{p}.self_attn.attn_sub_norm.weight", (D,)),
+            ffn_sub_norm=src.get_f32(f"{p}.mlp.ffn_sub_norm.weight", (I,)))
+        for proj in PROJECTIONS:
+            layer.proj[proj] = _load_projection(src, hf_module_name(i, proj),
+                                                config.proj_shape(proj), quant)
+        layers.append(layer)
+    return BitNetWeights(
+        config=config,
+        embed_tokens=src.get_f32("model.embed_tokens.weight", (V, D)),
+        layers=layers,
+        norm=src.get_f32("model.norm.weight", (D,)),
+        lm_head=None if config.tie_word_embeddings else src.get_f32("lm_head.weight", (V, D)))
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to a temp file beside `path`, fsync, then os.replace (atomic on POSIX)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_dict(weights: BitNetWeights) -> dict[str, np.ndarray]:
+    """transformers state dict of `weights` in the PACKED layout (uint8 + float32 (1,) scales)."""
+    c = weights.config
+    sd: dict[str, np.ndarray] = {"model.embed_tokens.weight": weights.embed_tokens,
+                                 "model.norm.weight": weights.norm}
+    for i, layer in enumerate(weights.layers):
+        p = f"model.layers.{i}"
+        sd[f"{p}.input_layernorm.weight"] = layer.input_layernorm
+        sd[f"{p}.post_attention_layernorm.weight"] = layer.post_attention_layernorm
+        sd[f"{p}.self_attn.attn_sub_norm.weight"] = layer.attn_sub_norm
+        sd[f"{p}.mlp.ffn_sub_norm.weight"] = layer.ffn_sub_norm
+        for proj in PROJECTIONS:
+            t = layer.proj[proj]
+            if t.shape != c.proj_shape(proj):
+                raise ValueError(f"layer {i} {proj}: codes {t.shape}, config wants "
+                                 f"{c.proj_shape(proj)}")
+            m = hf_module_name(i, proj)
+            sd[f"{m}.weight"] = pack_ternary(t.codes)
+            # BitLinear convention (divides by it) == ours: store s itself, shape (1,) like
+            # BitLinear's weight_scale buffer.
+            sd[f"{m}.weight_scale"] = np.asarray([t.weight_scale], dtype=np.float32)
+    if not c.tie_word_embeddings:
+        if weights.lm_head is None:
+            raise ValueError("config.tie_word_embeddings is false but weights.lm_head is None")
+        sd["lm_head.weight"] = weights.lm_head
+    return {k: np.ascontiguousarray(v, dtype=v.dtype if v.dtype == np.uint8 else np.float32)
+            for k, v in sd.items()}
+
+
+def save_bitnet(weights: BitNetWeights, model_dir: Path | str, *,
+                tokenizer_json: str | None = None) -> None:
+    """Write `weights` as a packed transformers `bitnet` checkpoint into `model_dir`.
+
+    Files: model.safetensors (uint8 (out/4, in) codes + float32 (1,) weight_scale per
+    projection, BitLinear convention = ours), tokenizer.json (if given), then config.json
+    (quantization_config bitnet/bitlinear/offline). Each file is replaced atomically (temp file,
+    fsync, os.replace); config.json is written last, so a reader never sees a new config with
+    old weights. Raises ValueError for shapes that disagree with the config or out % 4 != 0.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tensors = state_dict(weights)
+    _atomic_write(model_dir / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
+    if tokenizer_json is not None:
+        _atomic_write(model_dir / TOKENIZER_FILE, tokenizer_json.encode("utf-8"))
+    cfg = json.dumps(config_to_hf(weights.config, packed=True), indent=2, sort_keys=True) + "\n"
+    _atomic_write(model_dir / CONFIG_FILE, cfg.encode("utf-8"))
+    _fsync_dir(model_dir)
+
+
+def model_hash(model_dir: Path | str) -> str:
+    """Hex SHA-256 identifying a base model: config.json and the weight files, by sorted name.
+
+    Each file contributes its name, its byte length and its bytes, so renaming or moving bytes
+    between files changes the hash. tokenizer.json is not included. ValueError if config.json
+    or every weight file is missing.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"missing file {model_dir / CONFIG_FILE}")
+    weights = sorted(p.name for p in model_dir.iterdir() if p.is_file() and (
+        p.name in (WEIGHTS_FILE, INDEX_FILE)
+        or (p.name.startswith("model-") and p.name.endswith(".safetensors"))))
+    if not weights:
+        raise ValueError(f"no weight files ({WEIGHTS_FILE} or model-*.safetensors) in {model_dir}")
+    h = hashlib.sha256()
+    for name in sorted([CONFIG_FILE, *weights]):
+        path = model_dir / name
+        h.update(name.encode("utf-8") + b"\0" + path.stat().st_size.to_bytes(8, "little"))
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def random_bitnet(config: BitNetConfig, seed: int) -> BitNetWeights:
+    """Seeded random BitNet weights (the default model until a pretrained one ships).
+
+    Latent projection weights ~ N(0, 0.02^2) ternarized with absmean; all norm weights 1;
+    embeddings (and an untied lm_head) ~ N(0, 0.02^2). float32, NumPy PCG64(seed), drawn in the
+    order embed_tokens, then per layer the PROJECTIONS in order, then lm_head.
+    """
+    rng = np.random.default_rng(seed)
+    D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+
+    def normal(shape: tuple[int, ...]) -> np.ndarray:
+        return rng.normal(0.0, 0.02, size=shape).astype(np.float32)
+
+    embed = normal((V, D))
+    layers = []
+    for _ in range(config.num_hidden_layers):
+        layer = LayerWeights(input_layernorm=np.ones(D, np.float32),
+                             post_attention_layernorm=np.ones(D, np.float32),
+                             attn_sub_norm=np.ones(D, np.float32),
+                             ffn_sub_norm=np.ones(I, np.float32))
+        for proj in PROJECTIONS:
+            layer.proj[proj] = absmean_ternarize(normal(config.proj_shape(proj)))
+        layers.append(layer)
+    lm_head = None if config.tie_word_embeddings else normal((V, D))
+    return BitNetWeights(config=config, embed_tokens=embed, layers=layers,
+                         norm=np.ones(D, np.float32), lm_head=lm_head)
