@@ -18,12 +18,18 @@ Patches (applied once, by `apply()`; idempotent):
 3. `NoiseTransportReadWriter.encrypt`: hook for the plaintext wire recorder
    (`wire_recorder.py`, enabled by BITSWARM_RECORD_WIRE); encrypt() sees every plaintext
    chunk the Noise session writes (yamux frames carrying gossip and our streams).
+
+Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
+(for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
+splits incoming connections between the two processes. We refuse an occupied port up front.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import socket
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
@@ -143,6 +149,26 @@ def _hook_noise_encrypt() -> None:
         return ciphertext
 
     NoiseTransportReadWriter.encrypt = encrypt  # type: ignore[method-assign]
+
+
+def ensure_tcp_port_free(ip: str, port: int) -> None:
+    """Raise OSError(EADDRINUSE) if something already listens on (ip, port); port 0 passes.
+
+    A plain bind (SO_REUSEADDR only, which tolerates TIME_WAIT but not a live listener)
+    fails against a SO_REUSEPORT listener, which is the conflict libp2p's listener hides.
+    There is a small race until the host binds; it only matters for two nodes started at once.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise OSError(errno.EADDRINUSE, f"TCP port {ip}:{port} is already in use (another node?)") from e
+            raise
 
 
 def _peer_of(stream):  # type: ignore[no-untyped-def]

@@ -330,6 +330,9 @@ class Transport:
         except Exception as e:
             log.error("ignoring configured peer %r: %s", addr, e)
             return
+        if target == self.peer_id:
+            log.info("ignoring configured peer %s: that is us", addr)
+            return
         attempt = 0
         while True:
             if target in self.connected_peers():
@@ -399,8 +402,12 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIte
     wire_recorder.active()  # open the record file now, so a bad path fails here, not mid-write
     try:
         listen = multiaddr.Multiaddr(config.listen)
+        names = [p.name for p in listen.protocols()]
+        ip = listen.value_for_protocol("ip4" if "ip4" in names else "ip6")
+        port = int(listen.value_for_protocol("tcp"))
     except Exception as e:
-        raise ValueError(f"bad listen multiaddr {config.listen!r}: {e}") from e
+        raise ValueError(f"bad listen multiaddr {config.listen!r} (need /ip4|ip6/<addr>/tcp/<port>): {e}") from e
+    libp2p_compat.ensure_tcp_port_free(ip, port)
 
     host = new_host(
         key_pair=key_pair,

@@ -262,6 +262,30 @@ def test_upstream_noise_encrypt_is_the_transport_write_path() -> None:
     assert NoiseTransportReadWriter.encrypt is not libp2p_compat.ORIGINALS["NoiseTransportReadWriter.encrypt"]
 
 
+def test_upstream_tcp_listeners_share_a_port_and_we_refuse_it(tmp_path: Path) -> None:
+    from libp2p.transport.tcp.tcp import _open_reuseport_listeners
+
+    from bitswarm.federation.transport import open_transport
+
+    async def scenario() -> None:
+        first = await _open_reuseport_listeners("127.0.0.1", 0)
+        port = first[0].socket.getsockname()[1]
+        # Upstream 0.8.1 binds with SO_REUSEPORT: a second listener on the same port succeeds.
+        # If this fails, upstream stopped doing that; ensure_tcp_port_free can go.
+        second = await _open_reuseport_listeners("127.0.0.1", port)
+        assert len(second) == 1
+        for listener in first + second:
+            await listener.aclose()
+        blocker = await _open_reuseport_listeners("127.0.0.1", port)
+        kp = load_or_create_identity(tmp_path)
+        with pytest.raises(OSError, match="already in use"):
+            async with open_transport(kp, TransportConfig(topic=TOPIC, listen=f"/ip4/127.0.0.1/tcp/{port}")):
+                pass
+        await blocker[0].aclose()
+
+    trio.run(scenario)
+
+
 def test_gossip_size_limit_is_below_upstream_silent_drop() -> None:
     from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize
 
