@@ -1,0 +1,356 @@
+"""The wgpu device layer: a compute API of a few nouns (after gpu.cpp).
+
+    Context  adapter + device + queue, the buffer pool, the open command encoder.
+    Tensor   a storage buffer with a shape and a dtype (float32, int32, or int8 packed 4 per u32).
+    Kernel   one WGSL entry point compiled once (per override-constant set) and cached.
+    dispatch record one kernel launch into the open encoder.
+
+Ops of a step are ENCODED into one command encoder and submitted together; `Context.flush()`
+submits, and `Context.read(t)` flushes and reads back (queue.read_buffer waits for the GPU:
+wgpu-py 0.32's `on_submitted_work_done_sync()` is broken, see shared/FACTS.md).
+
+Ordering rules that keep this correct:
+- Uniform parameters of every dispatch are packed into one host-side arena (256-byte slots);
+  the arena is written with queue.write_buffer right before the submit, so each dispatch of the
+  encoder sees its own parameters.
+- Uploads while an encoder is open go through a staging buffer and an in-encoder copy, so a
+  pooled buffer that earlier commands of the same encoder still use is never overwritten early.
+- Buffers of garbage-collected Tensors go back to a pool keyed by byte size and are reused by
+  later allocations (GPU work within a queue executes in order, wgpu inserts the barriers).
+
+Device errors (WGSL compile, pipeline, bind group, dispatch validation) are re-raised as
+`DeviceError` naming the shader and entry point.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger("bitswarm.kernels.device")
+
+WG_MAX = 65535            # max workgroups per grid dimension (WebGPU default limit)
+_UNIFORM_SLOT = 256       # >= minUniformBufferOffsetAlignment everywhere
+_ARENA_SLOTS = 4096       # dispatches per submit before an automatic flush
+
+DTYPES = ("float32", "int32", "int8")
+
+
+class DeviceError(RuntimeError):
+    """A wgpu validation/compile error, with the shader and entry point that caused it."""
+
+
+def _round_size(nbytes: int) -> int:
+    return max(16, (nbytes + 15) // 16 * 16)
+
+
+class Tensor:
+    """A GPU buffer with a shape and a dtype.
+
+    dtype "float32"/"int32": 4 bytes per element, row-major. dtype "int8": 2-D (rows, C), each row
+    packed 4 values per u32 (little-endian bytes, as WGSL pack4xI8), row stride ceil(C/4) words,
+    padding bytes zero. The buffer returns to the Context's pool when the Tensor is collected.
+    `host_min`/`host_max` record the value range of integer tensors uploaded from the host (used
+    to raise IndexError for bad token ids without a readback); None when unknown.
+    """
+
+    __slots__ = ("ctx", "buffer", "shape", "dtype", "nbytes", "host_min", "host_max", "__weakref__")
+
+    def __init__(self, ctx: "Context", buffer, shape: tuple[int, ...], dtype: str, nbytes: int):
+        self.ctx, self.buffer, self.shape, self.dtype, self.nbytes = ctx, buffer, shape, dtype, nbytes
+        self.host_min = self.host_max = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __del__(self) -> None:
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None and self.buffer is not None:
+            ctx._freed.append(self.buffer)   # list.append is atomic under the GIL; no lock here
+            self.buffer = None
+
+    def __repr__(self) -> str:
+        return f"Tensor(shape={self.shape}, dtype={self.dtype})"
+
+
+def tensor_nbytes(shape: Sequence[int], dtype: str) -> int:
+    if dtype == "int8":
+        if len(shape) != 2:
+            raise ValueError(f"int8 tensors are 2-D (rows, C), got shape {tuple(shape)}")
+        return int(shape[0]) * ((int(shape[1]) + 3) // 4) * 4
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}")
+    return int(np.prod(shape, dtype=np.int64)) * 4
+
+
+def pack_int8_rows(a: np.ndarray) -> np.ndarray:
+    """int8 (rows, C) -> uint32 (rows, ceil(C/4)) little-endian, zero padded."""
+    rows, C = a.shape
+    C4 = (C + 3) // 4
+    padded = np.zeros((rows, C4 * 4), np.int8)
+    padded[:, :C] = a
+    return padded.view(np.uint32).reshape(rows, C4)
+
+
+def unpack_int8_rows(words: np.ndarray, rows: int, C: int) -> np.ndarray:
+    """Inverse of pack_int8_rows."""
+    C4 = (C + 3) // 4
+    return np.ascontiguousarray(words[: rows * C4]).view(np.int8).reshape(rows, C4 * 4)[:, :C].copy()
+
+
+class Kernel:
+    """A compiled compute pipeline: one WGSL entry point with fixed override constants."""
+
+    def __init__(self, ctx: "Context", name: str, source: str, entry: str,
+                 constants: dict[str, float] | None):
+        import wgpu
+        self.name, self.entry = name, entry
+        try:
+            module = ctx.device.create_shader_module(label=name, code=source)
+            compute = {"module": module, "entry_point": entry}
+            if constants:
+                compute["constants"] = dict(constants)
+            self.pipeline = ctx.device.create_compute_pipeline(label=f"{name}:{entry}",
+                                                               layout="auto", compute=compute)
+            self.layout = self.pipeline.get_bind_group_layout(0)
+        except wgpu.GPUError as e:
+            raise DeviceError(f"shader {name}.wgsl entry {entry!r} failed to build: {e}") from e
+
+
+class Context:
+    """Adapter, device and queue; pool of buffers; the open command encoder.
+
+    Requests features shader-f16 and subgroup only when the adapter has them, and the adapter's
+    own maximum storage-binding and buffer sizes (128 MiB per binding on lavapipe, 2047 MiB on
+    an H200). Raises RuntimeError when wgpu has no adapter.
+    """
+
+    def __init__(self, power_preference: str = "high-performance"):
+        import wgpu
+        self.wgpu = wgpu
+        adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        if adapter is None:
+            raise RuntimeError("wgpu found no adapter (no Vulkan/Metal/DX12 driver)")
+        self.adapter = adapter
+        self.info = dict(adapter.info)
+        features = [f for f in ("shader-f16", "subgroup") if f in adapter.features]
+        lim = adapter.limits
+        wanted = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                      "max-compute-workgroup-storage-size",
+                                      "max-storage-buffers-per-shader-stage") if k in lim}
+        self.device = adapter.request_device_sync(required_features=features, required_limits=wanted)
+        self.features = set(features)
+        self.limits = dict(self.device.limits)
+        self.max_binding = int(self.limits["max-storage-buffer-binding-size"])
+        self.queue = self.device.queue
+        U = wgpu.BufferUsage
+        self._storage_usage = U.STORAGE | U.COPY_SRC | U.COPY_DST
+        self._pool: dict[int, list] = defaultdict(list)
+        self._freed: list = []
+        self._kernels: dict[tuple, Kernel] = {}
+        self._lock = threading.RLock()
+        self._encoder = None
+        self._keepalive: list = []          # staging buffers of the open encoder
+        self._arena = bytearray(_UNIFORM_SLOT * _ARENA_SLOTS)
+        self._arena_used = 0
+        self._arena_buf = self.device.create_buffer(size=len(self._arena),
+                                                    usage=U.UNIFORM | U.COPY_DST)
+        self.n_dispatches = 0
+        self.n_submits = 0
+
+    # ------------------------------------------------------------ buffers
+    def _drain_freed(self) -> None:
+        while self._freed:
+            buf = self._freed.pop()
+            self._pool[buf.size].append(buf)
+
+    def alloc(self, shape: Sequence[int], dtype: str = "float32") -> Tensor:
+        """An uninitialized tensor (contents undefined: possibly a recycled buffer)."""
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        nbytes = tensor_nbytes(shape, dtype)
+        size = _round_size(nbytes)
+        if size > self.max_binding:
+            raise ValueError(f"tensor {shape} {dtype} needs {size} bytes, over this device's "
+                             f"storage binding limit of {self.max_binding} bytes")
+        with self._lock:
+            self._drain_freed()
+            free = self._pool.get(size)
+            buf = free.pop() if free else None
+        if buf is None:
+            buf = self.device.create_buffer(size=size, usage=self._storage_usage)
+        return Tensor(self, buf, shape, dtype, nbytes)
+
+    def pool_bytes(self) -> int:
+        """Bytes held in the free pool (for tests and memory accounting)."""
+        with self._lock:
+            self._drain_freed()
+            return sum(k * len(v) for k, v in self._pool.items())
+
+    def trim(self) -> None:
+        """Release every pooled buffer to the driver."""
+        with self._lock:
+            self._drain_freed()
+            for bufs in self._pool.values():
+                for b in bufs:
+                    b.destroy()
+            self._pool.clear()
+
+    def upload(self, a: np.ndarray, dtype: str) -> Tensor:
+        """Host array -> new Tensor. dtype int8 packs rows 4 per u32 (a must be 2-D)."""
+        a = np.asarray(a)
+        if dtype == "int8":
+            if a.ndim != 2:
+                raise ValueError(f"int8 upload needs a 2-D array, got shape {a.shape}")
+            data = pack_int8_rows(a.astype(np.int8))
+        else:
+            data = np.ascontiguousarray(a, dtype=np.float32 if dtype == "float32" else np.int32)
+        t = self.alloc(a.shape, dtype)
+        self.write(t, data)
+        return t
+
+    def write(self, t: Tensor, data: np.ndarray) -> None:
+        """Copy host bytes into t (in encoder order when an encoder is open)."""
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        if raw.nbytes == 0:
+            return
+        if raw.nbytes % 4:
+            raw = np.concatenate([raw, np.zeros(4 - raw.nbytes % 4, np.uint8)])
+        with self._lock:
+            if self._encoder is None:
+                self.queue.write_buffer(t.buffer, 0, raw)
+                return
+            staging = self.device.create_buffer_with_data(data=raw,
+                                                          usage=self.wgpu.BufferUsage.COPY_SRC)
+            self._keepalive.append(staging)
+            self._encoder.copy_buffer_to_buffer(staging, 0, t.buffer, 0, raw.nbytes)
+
+    def clear(self, t: Tensor) -> None:
+        """Zero t's buffer (in encoder order)."""
+        with self._lock:
+            self._enc().clear_buffer(t.buffer, 0, t.buffer.size)
+
+    def copy(self, src: Tensor, dst: Tensor) -> None:
+        """dst[:] = src (same byte size), in encoder order."""
+        if src.nbytes != dst.nbytes:
+            raise ValueError(f"copy size mismatch: {src.shape} {src.dtype} -> {dst.shape} {dst.dtype}")
+        if src.nbytes:
+            with self._lock:
+                self._enc().copy_buffer_to_buffer(src.buffer, 0, dst.buffer, 0,
+                                                  _round_size(src.nbytes))
+
+    def read(self, t: Tensor) -> np.ndarray:
+        """Flush pending work and download t (blocks until the GPU is done)."""
+        self.flush()
+        if t.nbytes == 0:
+            raw = b""
+        else:
+            raw = self.queue.read_buffer(t.buffer, 0, _round_size(t.nbytes))
+        if t.dtype == "int8":
+            words = np.frombuffer(raw, np.uint32)
+            return unpack_int8_rows(words, t.shape[0], t.shape[1])
+        dt = np.float32 if t.dtype == "float32" else np.int32
+        return np.frombuffer(raw, dt)[: t.size].reshape(t.shape).copy()
+
+    # ------------------------------------------------------------ kernels
+    def kernel(self, name: str, source_fn, entry: str, constants: dict | None = None) -> Kernel:
+        """The cached pipeline for (shader, entry, constants); source_fn() gives the WGSL text."""
+        key = (name, entry, tuple(sorted((constants or {}).items())))
+        k = self._kernels.get(key)
+        if k is None:
+            k = self._kernels[key] = Kernel(self, name, source_fn(), entry, constants)
+        return k
+
+    def _enc(self):
+        if self._encoder is None:
+            self._encoder = self.device.create_command_encoder()
+        return self._encoder
+
+    def dispatch(self, kernel: Kernel, bindings: Sequence[Tensor | object], params: bytes | None,
+                 grid: tuple[int, int, int]) -> None:
+        """Record kernel over `grid` workgroups into the open encoder.
+
+        bindings: tensors (or raw wgpu buffers) in the shader's binding order 0..n-1; the
+        uniform params (if any) are bound last, at binding n. Raises DeviceError on validation
+        errors, ValueError for a grid over the per-dimension limit.
+        """
+        if any(g > WG_MAX for g in grid):
+            raise ValueError(f"{kernel.name}: grid {grid} over {WG_MAX} workgroups per dimension")
+        if any(g == 0 for g in grid):
+            return
+        with self._lock:
+            if params is not None and self._arena_used + _UNIFORM_SLOT > len(self._arena):
+                self.flush()
+            entries = []
+            for i, b in enumerate(bindings):
+                buf = b.buffer if isinstance(b, Tensor) else b
+                entries.append({"binding": i, "resource": {"buffer": buf, "offset": 0,
+                                                           "size": buf.size}})
+            if params is not None:
+                off = self._arena_used
+                if len(params) > _UNIFORM_SLOT:
+                    raise ValueError(f"{kernel.name}: {len(params)} bytes of params > {_UNIFORM_SLOT}")
+                self._arena[off: off + len(params)] = params
+                self._arena_used += _UNIFORM_SLOT
+                entries.append({"binding": len(bindings), "resource": {
+                    "buffer": self._arena_buf, "offset": off, "size": _round_size(len(params))}})
+            try:
+                bg = self.device.create_bind_group(layout=kernel.layout, entries=entries)
+                enc = self._enc()
+                cp = enc.begin_compute_pass()
+                cp.set_pipeline(kernel.pipeline)
+                cp.set_bind_group(0, bg)
+                cp.dispatch_workgroups(*grid)
+                cp.end()
+            except self.wgpu.GPUError as e:
+                raise DeviceError(f"dispatch of shader {kernel.name}.wgsl entry {kernel.entry!r} "
+                                  f"failed: {e}") from e
+            self.n_dispatches += 1
+
+    def flush(self) -> None:
+        """Submit the open encoder (and the uniform arena) to the queue. Does not wait."""
+        with self._lock:
+            if self._encoder is None:
+                return
+            if self._arena_used:
+                self.queue.write_buffer(self._arena_buf, 0, memoryview(self._arena)[: self._arena_used])
+            try:
+                self.queue.submit([self._encoder.finish()])
+            except self.wgpu.GPUError as e:
+                raise DeviceError(f"submit failed: {e}") from e
+            finally:
+                self._encoder = None
+                self._arena_used = 0
+                self._keepalive.clear()
+            self.n_submits += 1
+
+    def sync(self) -> None:
+        """Flush and wait until the GPU has finished everything submitted (reads back 16 bytes)."""
+        self.flush()
+        if not hasattr(self, "_sync_buf"):
+            self._sync_buf = self.device.create_buffer(size=16, usage=self._storage_usage)
+        self.queue.read_buffer(self._sync_buf, 0, 16)
+
+
+def pack_params(fmt: str, *values) -> bytes:
+    """Uniform params: fmt letters u (u32), i (i32), f (f32), in the WGSL struct's field order."""
+    conv = {"u": "I", "i": "i", "f": "f"}
+    return struct.pack("<" + "".join(conv[c] for c in fmt), *values)
+
+
+def grid_for(n_workgroups: int) -> tuple[int, int, int]:
+    """Split a 1-D workgroup count over x and y (each <= 65535). Shaders recover the linear
+    index as wid.x + wid.y * num_workgroups.x and skip indices >= the real count."""
+    if n_workgroups <= WG_MAX:
+        return (max(n_workgroups, 0), 1, 1)
+    gy = -(-n_workgroups // WG_MAX)
+    gx = -(-n_workgroups // gy)
+    if gy > WG_MAX:
+        raise ValueError(f"{n_workgroups} workgroups is over {WG_MAX}^2")
+    return (gx, gy, 1)

@@ -1,0 +1,308 @@
+"""GpuBackend: the `Backend` op vocabulary on wgpu, one WGSL shader per op.
+
+Semantics are exactly those of kernels/reference.py (see kernels/backend.py for the protocol);
+tests/kernels/test_ops_gpu.py checks every op against it. Tensors are `device.Tensor` handles:
+float32 and int32 as uploaded; `quantize_act` returns int8 activations packed 4 per u32.
+Frozen projections (`ternary`) stay 2-bit packed in GPU memory, 16 weights per u32.
+
+Ops are only encoded; `numpy()` submits the pending work and waits for it.
+
+Limits: attention needs T <= 2048 and head_dim <= 256 (scores of a row live in workgroup
+memory); every tensor must fit one storage binding (128 MiB on lavapipe, 2047 MiB on an H200);
+grids allow up to 65535^2 workgroups (rows / elements are split over x and y).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bitswarm.kernels import reference as ref
+from bitswarm.kernels import registry
+from bitswarm.kernels.config import TernaryLinear
+from bitswarm.kernels.device import Context, Tensor, grid_for, pack_params
+
+F32 = np.float32
+ATTN_TMAX = 2048
+ATTN_HDMAX = 256
+_EW = 256          # invocations per workgroup of the elementwise shaders
+
+
+@dataclass
+class GpuTernary:
+    """A frozen W1.58 projection on the GPU: codes (out, in) 2-bit packed, code+1 per field,
+    16 per u32 (row stride ceil(in/16) words, padding = zero weights), and weight_scale (f32)."""
+
+    packed: Tensor
+    out_features: int
+    in_features: int
+    weight_scale: np.float32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+
+def pack_ternary(codes: np.ndarray) -> np.ndarray:
+    """int8 codes (out, in) in {-1, 0, 1} -> uint32 (out, ceil(in/16)), field i of word j is
+    element 16j+i at bits 2i, stored as code+1. Raises ValueError for other values."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"ternary codes must be 2-D (out, in), got shape {codes.shape}")
+    if codes.size and (codes.min() < -1 or codes.max() > 1):
+        raise ValueError("ternary codes must be in {-1, 0, 1}")
+    out, k = codes.shape
+    k16 = (k + 15) // 16
+    f = np.ones((out, k16 * 16), np.uint32)
+    f[:, :k] = codes.astype(np.int32) + 1
+    f = f.reshape(out, k16, 16)
+    shifts = (2 * np.arange(16, dtype=np.uint32))
+    return np.bitwise_or.reduce(f << shifts, axis=-1).astype(np.uint32)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+class GpuBackend:
+    """wgpu backend. `GpuBackend(ctx)` shares a device Context; default: a new one (raises
+    RuntimeError when wgpu has no adapter)."""
+
+    name = "gpu"
+
+    def __init__(self, ctx: Context | None = None) -> None:
+        self.ctx = ctx or Context()
+        self._rope_cache: dict[tuple[int, float], tuple[int, Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------ transfers
+    def tensor(self, a: np.ndarray) -> Tensor:
+        """Upload: integer arrays become int32 (int8 arrays stay int8, packed, as quantize_act
+        output), everything else float32."""
+        a = np.asarray(a)
+        if a.dtype == np.int8 and a.ndim == 2:
+            return self.ctx.upload(a, "int8")
+        if a.dtype.kind in "iub":
+            t = self.ctx.upload(a, "int32")
+            if a.size:
+                t.host_min, t.host_max = int(a.min()), int(a.max())
+            return t
+        return self.ctx.upload(a, "float32")
+
+    def ternary(self, w: TernaryLinear) -> GpuTernary:
+        packed = pack_ternary(w.codes)
+        t = self.ctx.upload(packed.view(np.int32), "int32")
+        out, k = w.codes.shape
+        return GpuTernary(t, out, k, F32(w.weight_scale))
+
+    def numpy(self, t: Tensor) -> np.ndarray:
+        return self.ctx.read(t)
+
+    def zeros_like(self, t: Tensor) -> Tensor:
+        z = self.ctx.alloc(t.shape, t.dtype)
+        self.ctx.clear(z)
+        return z
+
+    def _new(self, shape, dtype: str = "float32") -> Tensor:
+        return self.ctx.alloc(shape, dtype)
+
+    def _launch(self, op: str, bindings, params: bytes, grid, entry: str | None = None,
+                constants: dict | None = None) -> None:
+        k = registry.kernel(self.ctx, op, entry, constants)
+        self.ctx.dispatch(k, bindings, params, grid)
+
+    def _ew_grid(self, total: int):
+        return grid_for(-(-total // _EW))
+
+    # ------------------------------------------------------------ embedding / norms
+    def embedding(self, ids: Tensor, table: Tensor) -> Tensor:
+        _check(len(table.shape) == 2, f"embedding table must be (V, D), got {table.shape}")
+        _check(ids.dtype == "int32" and len(ids.shape) == 1, f"ids must be int32 (N,), got {ids}")
+        V, D = table.shape
+        if ids.host_max is not None and (ids.host_max >= V or ids.host_min < -V):
+            raise IndexError(f"token id out of range for vocab size {V} "
+                             f"(ids span {ids.host_min}..{ids.host_max})")
+        N = ids.shape[0]
+        out = self._new((N, D))
+        self._launch("embedding", [ids, table, out], pack_params("uuu", N * D, D, V),
+                     self._ew_grid(N * D))
+        return out
+
+    def rmsnorm(self, x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        N, C = x.shape
+        _check(w.shape == (C,), f"rmsnorm weight {w.shape} does not match x {x.shape}")
+        y, rstd = self._new((N, C)), self._new((N,))
+        self._launch("rmsnorm", [x, w, y, rstd], pack_params("uuf", N, C, F32(eps)), grid_for(N))
+        return y, rstd
+
+    def rmsnorm_backward(self, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor) -> Tensor:
+        N, C = x.shape
+        _check(dy.shape == x.shape and w.shape == (C,) and rstd.shape == (N,),
+               f"rmsnorm_backward shapes dy {dy.shape} x {x.shape} w {w.shape} rstd {rstd.shape}")
+        dx = self._new((N, C))
+        self._launch("rmsnorm_backward", [dy, x, w, rstd, dx], pack_params("uuf", N, C, 0.0),
+                     grid_for(N))
+        return dx
+
+    # ------------------------------------------------------------ W1.58A8
+    def quantize_act(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        N, C = x.shape
+        xq, xs = self._new((N, C), "int8"), self._new((N,))
+        self._launch("quantize_act", [x, xq, xs], pack_params("uuu", N, C, (C + 3) // 4),
+                     grid_for(N))
+        return xq, xs
+
+    def _bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) -> Tensor:
+        _check(xq.dtype == "int8", f"bitlinear needs int8 activations (quantize_act), got {xq}")
+        N, K = xq.shape
+        _check(K == w.in_features, f"bitlinear: x has {K} features, weight expects {w.in_features}")
+        _check(x_scale.shape == (N,), f"bitlinear: x_scale {x_scale.shape} for {N} rows")
+        OUT = w.out_features
+        y = self._new((N, OUT), "int32" if int_out else "float32")
+        grid = (-(-OUT // 64), -(-N // 64), 1)
+        self._launch("bitlinear_int" if int_out else "bitlinear", [xq, x_scale, w.packed, y],
+                     pack_params("uuuuf", N, OUT, (K + 3) // 4, (K + 15) // 16, w.weight_scale),
+                     grid, constants={"INT_OUT": int(int_out)})
+        return y
+
+    def bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary) -> Tensor:
+        return self._bitlinear(xq, x_scale, w, False)
+
+    def bitlinear_int(self, xq: Tensor, w: GpuTernary) -> Tensor:
+        """The exact int32 core (N, out) = xq @ codes^T (reference.bitlinear_int); for tests."""
+        dummy = self._new((xq.shape[0],))
+        return self._bitlinear(xq, dummy, w, True)
+
+    def bitlinear_backward(self, dy: Tensor, w: GpuTernary, acc: Tensor | None = None) -> Tensor:
+        N, OUT = dy.shape
+        _check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
+        K = w.in_features
+        dx = self._new((N, K))
+        if acc is not None:
+            _check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
+            self.ctx.copy(acc, dx)
+        grid = (-(-K // 64), -(-N // 64), 1)
+        self._launch("bitlinear_backward", [dy, w.packed, dx],
+                     pack_params("uuuuf", N, OUT, K, (K + 15) // 16, w.weight_scale), grid,
+                     constants={"ACC": int(acc is not None)})
+        return dx
+
+    # ------------------------------------------------------------ dense
+    def matmul(self, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
+               alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
+        _check(len(a.shape) == 2 and len(b.shape) == 2, f"matmul needs 2-D, got {a.shape} {b.shape}")
+        M, K = a.shape[::-1] if trans_a else a.shape
+        K2, N = b.shape[::-1] if trans_b else b.shape
+        _check(K == K2, f"matmul inner dims differ: op(a) {(M, K)} op(b) {(K2, N)}")
+        c = self._new((M, N))
+        if acc is not None:
+            _check(acc.shape == (M, N), f"matmul: acc {acc.shape} != {(M, N)}")
+            self.ctx.copy(acc, c)
+        grid = (-(-N // 64), -(-M // 64), 1)
+        self._launch("matmul", [a, b, c], pack_params("uuuf", M, N, K, F32(alpha)), grid,
+                     constants={"TRANS_A": int(trans_a), "TRANS_B": int(trans_b),
+                                "ACC": int(acc is not None)})
+        return c
+
+    def add(self, a: Tensor, b: Tensor) -> Tensor:
+        _check(a.shape == b.shape, f"add shapes differ: {a.shape} {b.shape}")
+        out = self._new(a.shape)
+        self._launch("add", [a, b, out], pack_params("u", a.size), self._ew_grid(a.size))
+        return out
+
+    # ------------------------------------------------------------ RoPE
+    def _rope_tables(self, T: int, hd: int, theta: float) -> tuple[Tensor, Tensor]:
+        key = (hd, float(theta))
+        hit = self._rope_cache.get(key)
+        if hit is None or hit[0] < T:
+            Tc = max(T, 128)
+            cos, sin = ref.rope_tables(Tc, hd, theta)
+            hit = self._rope_cache[key] = (Tc, self.ctx.upload(cos, "float32"),
+                                           self.ctx.upload(sin, "float32"))
+        return hit[1], hit[2]
+
+    def rope(self, x: Tensor, T: int, H: int, hd: int, theta: float,
+             inverse: bool = False) -> Tensor:
+        N = x.shape[0]
+        _check(x.shape == (N, H * hd) and hd % 2 == 0 and T > 0 and N % T == 0,
+               f"rope: x {x.shape} incompatible with T={T} H={H} hd={hd}")
+        cos, sin = self._rope_tables(T, hd, theta)
+        y = self._new(x.shape)
+        total = N * H * (hd // 2)
+        self._launch("rope", [x, cos, sin, y],
+                     pack_params("uuuuf", total, T, H, hd, -1.0 if inverse else 1.0),
+                     self._ew_grid(total))
+        return y
+
+    # ------------------------------------------------------------ attention
+    def _attn_check(self, q, k, v, B, T, Hq, Hkv, hd) -> None:
+        _check(Hkv > 0 and Hq % Hkv == 0, f"attention: Hq={Hq} not a multiple of Hkv={Hkv}")
+        _check(T <= ATTN_TMAX, f"attention: T={T} over the kernel's limit {ATTN_TMAX}")
+        _check(hd <= ATTN_HDMAX, f"attention: head_dim={hd} over the kernel's limit {ATTN_HDMAX}")
+        _check(q.shape == (B * T, Hq * hd) and k.shape == (B * T, Hkv * hd)
+               and v.shape == k.shape,
+               f"attention: q {q.shape} k {k.shape} v {v.shape} for B={B} T={T} Hq={Hq} "
+               f"Hkv={Hkv} hd={hd}")
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv: int,
+                  hd: int) -> tuple[Tensor, Tensor]:
+        self._attn_check(q, k, v, B, T, Hq, Hkv, hd)
+        o, lse = self._new(q.shape), self._new((B, Hq, T))
+        params = pack_params("uuuuuf", B, T, Hq, Hkv, hd, F32(1.0 / np.sqrt(hd)))
+        self._launch("attention", [q, k, v, o, lse], params, grid_for(B * Hq * T))
+        return o, lse
+
+    def attention_backward(self, do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
+                           lse: Tensor, B: int, T: int, Hq: int, Hkv: int,
+                           hd: int) -> tuple[Tensor, Tensor, Tensor]:
+        self._attn_check(q, k, v, B, T, Hq, Hkv, hd)
+        _check(do.shape == q.shape and o.shape == q.shape and lse.shape == (B, Hq, T),
+               f"attention_backward: do {do.shape} o {o.shape} lse {lse.shape}")
+        dq, dk, dv = self._new(q.shape), self._new(k.shape), self._new(v.shape)
+        dsum = self._new((B, Hq, T))
+        params = pack_params("uuuuuf", B, T, Hq, Hkv, hd, F32(1.0 / np.sqrt(hd)))
+        self._launch("attention_backward", [q, k, v, do, o, lse, dq, dsum], params,
+                     grid_for(B * Hq * T), entry="backward_dq")
+        self._launch("attention_backward", [q, k, v, do, lse, dsum, dk, dv], params,
+                     grid_for(B * Hkv * T), entry="backward_dkv")
+        return dq, dk, dv
+
+    # ------------------------------------------------------------ MLP activation
+    def relu2_gate(self, g: Tensor, u: Tensor) -> Tensor:
+        _check(g.shape == u.shape, f"relu2_gate shapes differ: {g.shape} {u.shape}")
+        h = self._new(g.shape)
+        self._launch("relu2_gate", [g, u, h], pack_params("u", g.size), self._ew_grid(g.size))
+        return h
+
+    def relu2_gate_backward(self, dh: Tensor, g: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        _check(dh.shape == g.shape == u.shape,
+               f"relu2_gate_backward shapes differ: {dh.shape} {g.shape} {u.shape}")
+        dg, du = self._new(g.shape), self._new(g.shape)
+        self._launch("relu2_gate_backward", [dh, g, u, dg, du], pack_params("u", g.size),
+                     self._ew_grid(g.size))
+        return dg, du
+
+    # ------------------------------------------------------------ loss
+    def cross_entropy(self, logits: Tensor, targets: Tensor,
+                      grad_scale: float) -> tuple[Tensor, Tensor]:
+        N, V = logits.shape
+        _check(targets.dtype == "int32" and targets.shape == (N,),
+               f"cross_entropy: targets must be int32 ({N},), got {targets}")
+        if targets.host_max is not None and targets.host_max >= V:
+            raise IndexError(f"target {targets.host_max} out of range for vocab size {V}")
+        loss, d = self._new((N,)), self._new((N, V))
+        self._launch("cross_entropy", [logits, targets, loss, d],
+                     pack_params("uuf", N, V, F32(grad_scale)), grid_for(N))
+        return loss, d
+
+    # ------------------------------------------------------------ optimizer
+    def adamw_(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float,
+               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 0.0) -> None:
+        _check(p.shape == g.shape == m.shape == v.shape,
+               f"adamw_ shapes differ: p {p.shape} g {g.shape} m {m.shape} v {v.shape}")
+        _check(step >= 1, f"adamw_ step counts from 1, got {step}")
+        params = pack_params("uffffffff" + "f", p.size, F32(1.0 - lr * weight_decay), F32(beta1),
+                             F32(1.0 - beta1), F32(beta2), F32(1.0 - beta2),
+                             F32(1.0 - beta1 ** step), F32(1.0 - beta2 ** step), F32(lr), F32(eps))
+        self._launch("adamw_", [p, g, m, v], params, self._ew_grid(p.size))

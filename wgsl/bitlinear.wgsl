@@ -1,0 +1,91 @@
+// W1.58A8 BitLinear forward (BitNet b1.58; Microsoft BitNet/gpu W2A8 kernel idea).
+// Reference: kernels/reference.py `bitlinear` (and `bitlinear_int` for the INT_OUT variant).
+//   xq   int8 (N, K) packed 4 per u32, row stride K4 = ceil(K/4) words (quantize_act's layout)
+//   xs   f32 (N,) per-token activation scale
+//   w    ternary codes (OUT, K), 2 bits each, 16 per u32, row stride K16 = ceil(K/16) words;
+//        field i of word j is element 16j+i, stored as code+1 (0 -> -1, 1 -> 0, 2 -> +1),
+//        padding fields are 1 (zero weight)
+//   y    f32 (N, OUT) = acc / (xs[n] * weight_scale), acc = exact int32 xq @ codes^T via
+//        dot4I8Packed; with INT_OUT the raw int32 acc is stored instead (bit pattern in y).
+// Tiling: 16x16 invocations, 64x64 outputs per workgroup (4x4 per invocation), K in steps of
+// 64 elements (16 activation words, 4 weight words decoded to i8x4 into workgroup memory).
+override INT_OUT: bool = false;
+
+struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32 }
+
+@group(0) @binding(0) var<storage, read> xq: array<u32>;
+@group(0) @binding(1) var<storage, read> xs: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+const TS: u32 = 64u;      // outputs per tile side
+const KW: u32 = 16u;      // activation words per K step (64 int8)
+const LD: u32 = 17u;      // padded row stride of the tiles (fewer bank conflicts)
+var<workgroup> a_t: array<u32, 1088>;   // TS * LD: activations [row][word]
+var<workgroup> b_t: array<u32, 1088>;   // TS * LD: decoded weights [col][word]
+
+// 8 bits of a packed weight word (4 fields, code+1 each) -> 4 signed bytes (i8x4).
+fn decode4(x: u32) -> u32 {
+    let s = (x & 3u) | ((x & 0xcu) << 6u) | ((x & 0x30u) << 12u) | ((x & 0xc0u) << 18u);
+    let plus = (s >> 1u) & 0x01010101u;                  // field 2 -> +1
+    let minus = (~(s | (s >> 1u))) & 0x01010101u;        // field 0 -> -1 (0xff)
+    return plus | (minus * 0xffu);
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let col0 = wid.x * TS;
+    let row0 = wid.y * TS;
+    var acc: array<array<i32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0; } }
+    let nsteps = (p.k4 + KW - 1u) / KW;
+    for (var step = 0u; step < nsteps; step++) {
+        let kw0 = step * KW;
+        for (var r = 0u; r < 4u; r++) {
+            let e = tid + 256u * r;
+            let rr = e / KW;
+            let ww = e % KW;
+            let row = row0 + rr;
+            var v = 0u;
+            if (row < p.n && kw0 + ww < p.k4) { v = xq[row * p.k4 + kw0 + ww]; }
+            a_t[rr * LD + ww] = v;
+        }
+        {
+            let cc = tid / 4u;
+            let q = tid % 4u;
+            let col = col0 + cc;
+            let word = step * 4u + q;
+            var pw = 0x55555555u;                        // all fields 1: zero weights
+            if (col < p.out && word < p.k16) { pw = w[col * p.k16 + word]; }
+            for (var b = 0u; b < 4u; b++) {
+                b_t[cc * LD + q * 4u + b] = decode4((pw >> (8u * b)) & 0xffu);
+            }
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < KW; k++) {
+            var av: array<u32, 4>;
+            var bv: array<u32, 4>;
+            for (var i = 0u; i < 4u; i++) { av[i] = a_t[(lid.y + 16u * i) * LD + k]; }
+            for (var j = 0u; j < 4u; j++) { bv[j] = b_t[(lid.x + 16u * j) * LD + k]; }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) { acc[i][j] += dot4I8Packed(av[i], bv[j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + lid.y + 16u * i;
+        if (row >= p.n) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + lid.x + 16u * j;
+            if (col >= p.out) { continue; }
+            if (INT_OUT) {
+                y[row * p.out + col] = bitcast<f32>(acc[i][j]);
+            } else {
+                y[row * p.out + col] = f32(acc[i][j]) / (xs[row] * p.weight_scale);
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+// Straight-through input gradient of BitLinear: dx = dy @ (codes / weight_scale) (+ dx when
+// ACC: the host first copies `acc` into dx). Reference: kernels/reference.py
+// `bitlinear_backward`. dy f32 (N, OUT); w the same 2-bit packed codes as bitlinear.wgsl
+// (OUT rows, K16 = ceil(K/16) words each); dx f32 (N, K). fp32 accumulation.
+// Tiling: 16x16 invocations, 64 (n) x 64 (k) outputs per workgroup, OUT in steps of 16.
+override ACC: bool = false;
+
+struct Params { n: u32, out: u32, k: u32, k16: u32, weight_scale: f32 }
+
+@group(0) @binding(0) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+const TS: u32 = 64u;
+const OS: u32 = 16u;
+var<workgroup> g_t: array<f32, 1088>;   // dy tile [n][o], stride 17
+var<workgroup> c_t: array<f32, 1024>;   // codes tile [o][k], stride 64
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let k0 = wid.x * TS;
+    let n0 = wid.y * TS;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
+    let nsteps = (p.out + OS - 1u) / OS;
+    for (var step = 0u; step < nsteps; step++) {
+        let o0 = step * OS;
+        for (var r = 0u; r < 4u; r++) {
+            let e = tid + 256u * r;
+            let nn = e / OS;
+            let oo = e % OS;
+            var v = 0.0;
+            if (n0 + nn < p.n && o0 + oo < p.out) { v = dy[(n0 + nn) * p.out + o0 + oo]; }
+            g_t[nn * 17u + oo] = v;
+        }
+        if (tid < 64u) {
+            let oo = tid / 4u;
+            let q = tid % 4u;
+            let word = k0 / 16u + q;
+            var pw = 0x55555555u;
+            if (o0 + oo < p.out && word < p.k16) { pw = w[(o0 + oo) * p.k16 + word]; }
+            for (var f = 0u; f < 16u; f++) {
+                c_t[oo * 64u + q * 16u + f] = f32(i32((pw >> (2u * f)) & 3u) - 1);
+            }
+        }
+        workgroupBarrier();
+        for (var o = 0u; o < OS; o++) {
+            var gv: array<f32, 4>;
+            var cv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) { gv[i] = g_t[(lid.y + 16u * i) * 17u + o]; }
+            for (var j = 0u; j < 4u; j++) { cv[j] = c_t[o * 64u + lid.x + 16u * j]; }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) { acc[i][j] += gv[i] * cv[j]; }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let n = n0 + lid.y + 16u * i;
+        if (n >= p.n) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let k = k0 + lid.x + 16u * j;
+            if (k >= p.k) { continue; }
+            var v = acc[i][j] / p.weight_scale;
+            if (ACC) { v = dx[n * p.k + k] + v; }
+            dx[n * p.k + k] = v;
+        }
+    }
+}
