@@ -1,0 +1,413 @@
+"""Round protocol over an in-memory network of N coordinators in one trio process.
+
+MemoryNetwork / MemoryTransport below are a TEST DOUBLE OF THE TRANSPORT (the network itself is
+tested in test_transport.py with real libp2p processes), not of what is tested here: the
+RoundCoordinator, wire format, codecs and FedAvg all run for real. Time is trio's MockClock
+(autojump), so deadlines of tens of seconds take milliseconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import msgpack
+import numpy as np
+import pytest
+import trio
+import trio.testing
+import zstandard
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from bitswarm.federation import codecs, wire
+from bitswarm.federation.identity import peer_id_of
+from bitswarm.federation.rounds import RoundCoordinator
+from bitswarm.federation.transport import FetchError, GossipMessage
+from bitswarm.kernels.config import LoRAConfig
+
+SWARM = "test-swarm"
+BASE = hashlib.sha256(b"base model").hexdigest()
+LORA = LoRAConfig(rank=4, alpha=8.0)
+SHAPES = {f"layers.{i}.{m}.lora_{ab}": ((4, 32) if ab == "A" else (32, 4))
+          for i in range(2) for m in ("q_proj", "v_proj") for ab in "AB"}
+TIMEOUT_S = 30.0
+
+
+class MemoryNetwork:
+    """Test double of the libp2p network: instant gossip to every other node, fetch = a call
+    of the target's payload provider. Records every publish (sender, data)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, MemoryTransport] = {}
+        self.published: list[tuple[str, bytes]] = []
+
+    def add(self, key_pair=None) -> tuple["MemoryTransport", object]:
+        key_pair = key_pair or create_new_key_pair()
+        t = MemoryTransport(self, peer_id_of(key_pair))
+        self.nodes[t.peer_id] = t
+        return t, key_pair
+
+
+class MemoryTransport:
+    """Same API as bitswarm.federation.transport.Transport (test double)."""
+
+    def __init__(self, net: MemoryNetwork, peer_id: str) -> None:
+        self.net, self.peer_id = net, peer_id
+        self.listen_multiaddrs: list[str] = []
+        self.bytes_sent = self.bytes_received = 0
+        self._send, self._recv = trio.open_memory_channel(256)
+        self._provider = None
+
+    async def publish(self, data: bytes) -> None:
+        self.net.published.append((self.peer_id, data))
+        self.bytes_sent += len(data)
+        for other in self.net.nodes.values():
+            if other is not self:
+                try:
+                    other._send.send_nowait(GossipMessage(self.peer_id, bytes(data)))
+                    other.bytes_received += len(data)
+                except trio.WouldBlock:
+                    pass                     # like the real transport: a full buffer drops
+        await trio.lowlevel.checkpoint()
+
+    def messages(self):
+        return self._recv
+
+    def set_payload_provider(self, fn) -> None:
+        self._provider = fn
+
+    async def fetch(self, peer_id: str, request: bytes, *, max_bytes: int, timeout_s: float) -> bytes:
+        await trio.sleep(0.01)               # a little virtual latency
+        target = self.net.nodes.get(peer_id)
+        if target is None:
+            raise FetchError("connection", f"no peer {peer_id}")
+        payload = target._provider(request) if target._provider else None
+        if payload is None:
+            raise FetchError("not_found", "unknown payload")
+        if len(payload) > max_bytes:
+            raise FetchError("oversize", f"{len(payload)} > {max_bytes}")
+        target.bytes_sent += len(payload)
+        self.bytes_received += len(payload)
+        return payload
+
+    def connected_peers(self) -> list[str]:
+        return [p for p in self.net.nodes if p != self.peer_id]
+
+
+async def inline(fn):
+    """run_blocking for MockClock tests: worker threads would let the clock jump meanwhile."""
+    return fn()
+
+
+def make_coord(net: MemoryNetwork, **over) -> RoundCoordinator:
+    transport, kp = net.add()
+    kw = dict(swarm=SWARM, base_model=BASE, lora=LORA, expected_shapes=SHAPES, min_peers=2,
+              round_timeout_s=TIMEOUT_S, fetch_timeout_s=5.0, republish_interval_s=2.0,
+              run_blocking=inline)
+    kw.update(over)
+    return RoundCoordinator(transport, kp, **kw)
+
+
+def delta_for(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: (rng.standard_normal(s) * 1e-3).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def same_bits(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+async def exchange_all(coords, rnd: int, tokens=None, seeds=None):
+    results = [None] * len(coords)
+
+    async def one(i):
+        seed = (seeds or {}).get(i, 1000 * rnd + i)
+        results[i] = await coords[i].exchange(rnd, delta_for(seed), (tokens or [100 + i] * 9)[i])
+
+    async with trio.open_nursery() as n:
+        for i in range(len(coords)):
+            n.start_soon(one, i)
+    return results
+
+
+def run_mock(fn):
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+def test_three_nodes_three_rounds_bit_identical():
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net) for _ in range(3)]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            for rnd in range(3):
+                t0 = trio.current_time()
+                res = await exchange_all(coords, rnd, tokens=[100, 300, 600])
+                assert trio.current_time() - t0 < 1.0       # quorum, not the deadline
+                ids = sorted(c.peer_id for c in coords)
+                for r in res:
+                    assert r.round == rnd and r.contributors == ids and r.rejected == []
+                    assert r.bytes_sent > 0 and r.bytes_received > 0
+                    assert same_bits(r.aggregate, res[0].aggregate)
+                # The aggregate is FedAvg of the true deltas, up to int8 error feedback.
+                for k, s in SHAPES.items():
+                    want = sum(w * delta_for(1000 * rnd + i)[k]
+                               for i, w in enumerate([0.1, 0.3, 0.6]))
+                    np.testing.assert_allclose(res[0].aggregate[k], want, atol=5e-5)
+                    assert res[0].aggregate[k].dtype == np.float32 and res[0].aggregate[k].shape == s
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_next_round_manifest_arriving_early_is_buffered():
+    async def main():
+        net = MemoryNetwork()
+        # No republishing within the test: only the buffer can deliver the early manifest.
+        a, b = (make_coord(net, min_peers=1, republish_interval_s=1e4) for _ in range(2))
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            await exchange_all([a, b], 0)
+            b_result = []
+
+            async def b_round1():
+                b_result.append(await b.exchange(1, delta_for(7), 50))
+            n.start_soon(b_round1)
+            with trio.fail_after(1):
+                while a.buffered(1) != [b.peer_id]:
+                    await trio.sleep(0.001)
+            # Two rounds ahead of a's window would be dropped, not buffered.
+            assert a.buffered(1 + a.max_rounds_ahead + 1) == []
+            t0 = trio.current_time()
+            a_result = await a.exchange(1, delta_for(8), 70)
+            assert trio.current_time() - t0 < 1.0
+            with trio.fail_after(1):
+                while not b_result:
+                    await trio.sleep(0.001)
+            assert a_result.contributors == b_result[0].contributors == sorted([a.peer_id, b.peer_id])
+            assert same_bits(a_result.aggregate, b_result[0].aggregate)
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_peer_rounds_ahead_is_buffered_within_bound():
+    async def main():
+        net = MemoryNetwork()
+        a = make_coord(net, min_peers=1, republish_interval_s=1e4)
+        b = make_coord(net, min_peers=0, republish_interval_s=1e4)   # runs ahead alone
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            b0 = await b.exchange(0, delta_for(10), 40)
+            b1 = await b.exchange(1, delta_for(11), 40)
+            assert a.buffered(0) == a.buffered(1) == [b.peer_id]   # a has not started round 0
+            for rnd in (0, 1):
+                t0 = trio.current_time()
+                res = await a.exchange(rnd, delta_for(20 + rnd), 60)
+                assert trio.current_time() - t0 < 1.0
+                assert res.contributors == sorted([a.peer_id, b.peer_id])
+            # a is now at round 1: rounds up to 1 + 1 + max_rounds_ahead are buffered, no more.
+            await b.exchange(2 + a.max_rounds_ahead, delta_for(12), 40)
+            await b.exchange(3 + a.max_rounds_ahead, delta_for(13), 40)
+            assert a.buffered(2 + a.max_rounds_ahead) == [b.peer_id]
+            assert a.buffered(3 + a.max_rounds_ahead) == []
+            assert b0.contributors == b1.contributors == [b.peer_id]
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_republish_reaches_a_late_joiner():
+    async def main():
+        net = MemoryNetwork()
+        a = make_coord(net, min_peers=1)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            a_result = []
+
+            async def a_round():
+                a_result.append(await a.exchange(0, delta_for(1), 10))
+            n.start_soon(a_round)
+            await trio.sleep(1.0)        # a has published; b does not exist yet
+            b = make_coord(net, min_peers=1)
+            await n.start(b.run)
+            b_res = await b.exchange(0, delta_for(2), 10)
+            with trio.fail_after(TIMEOUT_S):
+                while not a_result:
+                    await trio.sleep(0.01)
+            assert b_res.contributors == a_result[0].contributors
+            assert same_bits(b_res.aggregate, a_result[0].aggregate)
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def _hostile_manifest(kp, payload: bytes, *, rnd=0, signer=None, **over) -> bytes:
+    m = wire.UpdateManifest(swarm=SWARM, round=rnd, base_model=BASE, lora=wire.lora_dict(LORA),
+                            sender=peer_id_of(kp), tokens=10**6, codec=codecs.INT8_CODEC,
+                            payload_sha256=hashlib.sha256(payload).digest(),
+                            payload_size=len(payload))
+    return wire.encode_manifest(dataclasses.replace(m, **over), signer or kp)
+
+
+def test_hostile_manifests_and_payloads_rejected_honest_complete(caplog):
+    caplog.set_level(logging.INFO, logger="bitswarm.federation.rounds")
+
+    async def main():
+        net = MemoryNetwork()
+        # min_peers above the honest count: the round runs to the deadline, so every hostile
+        # fetch has finished and been judged before we look.
+        coords = [make_coord(net, min_peers=10) for _ in range(3)]
+        good_payload, _ = codecs.encode_update(delta_for(99))
+        wrong_shape = {k: np.zeros((v.shape[0] + 1, v.shape[1]), np.float32)
+                       for k, v in delta_for(0).items()}
+        nan_delta = delta_for(5)
+        first = sorted(SHAPES)[0]
+        nan_delta[first][0, 0] = np.nan         # encode_update refuses NaN: build the container
+        nan_payload = zstandard.ZstdCompressor().compress(msgpack.packb(
+            {"codec": codecs.RAW_CODEC, "tensors": [[k, list(SHAPES[k]), nan_delta[k].tobytes()]
+                                                   for k in sorted(SHAPES)]}))
+        hostile = {}
+
+        def add(name, payload_for_manifest, served=None, **manifest_over):
+            t, kp = net.add()
+            served = payload_for_manifest if served is None else served
+            t.set_payload_provider(lambda req, s=served: s)
+            hostile[name] = (t, _hostile_manifest(kp, payload_for_manifest, **manifest_over))
+            return t
+
+        add("mis-signed", good_payload, signer=create_new_key_pair())
+        add("wrong-swarm", good_payload, swarm="other-swarm")
+        add("wrong-base", good_payload, base_model="0" * 64)
+        add("wrong-lora", good_payload, lora=wire.lora_dict(dataclasses.replace(LORA, rank=8)))
+        add("wrong-shape", codecs.encode_update(wrong_shape)[0])
+        add("nan", nan_payload, codec=codecs.RAW_CODEC)
+        add("hash-mismatch", good_payload, served=codecs.encode_update(delta_for(98))[0])
+        add("size-lie", good_payload, served=good_payload + b"\x00")
+        t_garbage = add("garbage", good_payload)
+        expected = {"mis-signed": "bad signature", "wrong-swarm": "wrong swarm",
+                    "wrong-base": "wrong base model", "wrong-lora": "LoRA config",
+                    "wrong-shape": "shape", "nan": "non-finite",
+                    "hash-mismatch": "SHA-256 mismatch", "size-lie": "fetch failed: oversize",
+                    "garbage": "magic"}
+
+        async with trio.open_nursery() as n:
+            for c_ in coords:
+                await n.start(c_.run)
+            for name, (t, data) in hostile.items():
+                # Garbage names no round: before the round it is only logged ...
+                await t.publish(b"BSWX garbage" if name == "garbage" else data)
+
+            async def garbage_during_round():
+                await trio.sleep(1.0)        # ... during the round it is filed under it.
+                await t_garbage.publish(b"BSWX garbage")
+                for name, (t, data) in hostile.items():
+                    if name != "garbage":    # republished: deduped by (sender, round)
+                        await t.publish(data)
+            n.start_soon(garbage_during_round)
+            t0 = trio.current_time()
+            res = await exchange_all(coords, 0)
+            assert TIMEOUT_S <= trio.current_time() - t0 < TIMEOUT_S + 1
+            honest = sorted(c_.peer_id for c_ in coords)
+            for r in res:
+                assert r.contributors == honest
+                assert same_bits(r.aggregate, res[0].aggregate)
+                by_peer = dict(r.rejected)
+                for name, needle in expected.items():
+                    pid = hostile[name][0].peer_id
+                    assert pid in by_peer, (name, r.rejected)
+                    assert needle in by_peer[pid], (name, by_peer[pid])
+                assert len(r.rejected) == len(expected)      # one entry per bad peer
+            n.cancel_scope.cancel()
+        assert f"invalid gossip from {t_garbage.peer_id}: manifest has wrong magic" in caplog.text
+        assert "rejected update" in caplog.text
+    run_mock(main)
+
+
+def test_deadline_with_missing_peer_aggregates_the_rest(caplog):
+    caplog.set_level(logging.INFO, logger="bitswarm.federation.rounds")
+
+    async def main():
+        net = MemoryNetwork()
+        a, b, silent = (make_coord(net, min_peers=2) for _ in range(3))
+        async with trio.open_nursery() as n:
+            for c in (a, b, silent):
+                await n.start(c.run)
+            t0 = trio.current_time()
+            ra, rb = await exchange_all([a, b], 0)
+            elapsed = trio.current_time() - t0
+            assert TIMEOUT_S <= elapsed < TIMEOUT_S + 1
+            assert ra.contributors == rb.contributors == sorted([a.peer_id, b.peer_id])
+            assert same_bits(ra.aggregate, rb.aggregate)
+            n.cancel_scope.cancel()
+        assert "deadline" in caplog.text and "1 of 2 peer updates" in caplog.text
+    run_mock(main)
+
+
+def test_alone_at_deadline_aggregate_is_own_decoded_delta(caplog):
+    caplog.set_level(logging.WARNING, logger="bitswarm.federation.rounds")
+
+    async def main():
+        net = MemoryNetwork()
+        a = make_coord(net, min_peers=1)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            delta = delta_for(3)
+            res = await a.exchange(0, delta, 10)
+            _, decoded = codecs.encode_update(delta)     # first round: no residual yet
+            assert res.contributors == [a.peer_id] and same_bits(res.aggregate, decoded)
+            n.cancel_scope.cancel()
+        assert "no valid peer update" in caplog.text and "own decoded delta alone" in caplog.text
+    run_mock(main)
+
+
+def test_payloads_served_for_last_two_rounds_only():
+    async def main():
+        net = MemoryNetwork()
+        a = make_coord(net, min_peers=0)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            for rnd in range(3):
+                await a.exchange(rnd, delta_for(rnd), 10)
+            manifests = {}
+            for sender, data in net.published:
+                m = wire.decode_manifest(data)
+                manifests[m.round] = m
+            provider = a.transport._provider
+            assert provider(wire.encode_payload_request(0, manifests[0].payload_sha256)) is None
+            for rnd in (1, 2):
+                p = provider(wire.encode_payload_request(rnd, manifests[rnd].payload_sha256))
+                assert p is not None and hashlib.sha256(p).digest() == manifests[rnd].payload_sha256
+            assert provider(b"junk") is None
+            assert provider(wire.encode_payload_request(2, b"\x00" * 32)) is None
+            # Only the current and previous rounds' manifests are republished.
+            net.published.clear()
+            await trio.sleep(2.5)
+            assert sorted(wire.decode_manifest(d).round for _, d in net.published) == [1, 2]
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_exchange_argument_errors():
+    async def main():
+        net = MemoryNetwork()
+        a = make_coord(net, min_peers=0)
+        with pytest.raises(RuntimeError, match="run"):
+            await a.exchange(0, delta_for(0), 10)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            with pytest.raises(ValueError, match="shapes"):
+                await a.exchange(0, {k: v for k, v in list(delta_for(0).items())[1:]}, 10)
+            with pytest.raises(ValueError, match="tokens"):
+                await a.exchange(0, delta_for(0), 0)
+            await a.exchange(3, delta_for(0), 10)
+            with pytest.raises(ValueError, match="not after"):
+                await a.exchange(3, delta_for(0), 10)
+            n.cancel_scope.cancel()
+    run_mock(main)
+    net = MemoryNetwork()
+    t, _ = net.add()
+    with pytest.raises(ValueError, match="key_pair"):
+        RoundCoordinator(t, create_new_key_pair(), swarm=SWARM, base_model=BASE, lora=LORA,
+                         expected_shapes=SHAPES)
