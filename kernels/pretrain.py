@@ -1,0 +1,264 @@
+"""Quantization-aware pretraining of a BitNet b1.58 from scratch: gradients for EVERY parameter.
+
+The forward pass is kernels/model.py's (W1.58A8 BitLinear everywhere, unquantized tied
+lm_head). What changes for pretraining:
+  * every projection keeps a latent float32 weight; each step it is ternarized per tensor with
+    absmean (`TrainOps.ternarize`) and the forward runs on the ternary codes, exactly as the
+    shipped packed checkpoint will;
+  * the backward pass is the straight-through estimator through both quantizers (BitNet b1.58,
+    arXiv:2402.17764; transformers' AutoBitLinear online mode): the latent weight receives the
+    gradient of the dequantized weight, dW = dy^T @ (xq / x_scale), and inputs receive
+    dy @ (codes / s);
+  * RMSNorm weights get dw = sum_n dy * x * rstd; the tied embedding gets the scatter of the
+    input gradient plus the lm_head term dlogits^T @ norm(x).
+
+Latent parameters are a flat dict of backend tensors keyed like `param_shapes` ("embed_tokens",
+"norm", "layers.{i}.input_layernorm", "layers.{i}.q_proj", ...). Training-only ops come from a
+`TrainOps` object (CpuTrainOps: kernels/reference_train.py; GpuTrainOps: kernels/gpu_train_ops.py),
+so the model code is written once, like BitNetModel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from bitswarm.kernels import reference_train as rt
+from bitswarm.kernels.backend import Backend
+from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
+                                     LoRAConfig, TernaryLinear)
+from bitswarm.kernels.model import BitNetModel
+
+NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
+
+
+class TrainOps(Protocol):
+    """Training-only ops on a backend's tensors. Semantics: kernels/reference_train.py."""
+
+    def ternarize(self, w: Any) -> Any: ...            # latent (out, in) -> the backend's ternary handle
+    def dequantize_act(self, xq: Any, x_scale: Any) -> Any: ...
+    def rmsnorm_weight_grad(self, dy: Any, x: Any, rstd: Any) -> Any: ...
+    def embedding_backward(self, ids: np.ndarray, dy: Any, vocab_size: int) -> Any: ...
+
+
+class CpuTrainOps:
+    """TrainOps for CpuBackend: the NumPy reference as is."""
+
+    def ternarize(self, w: np.ndarray) -> TernaryLinear:
+        codes, scale = rt.ternarize(w)
+        return TernaryLinear(codes, scale)
+
+    dequantize_act = staticmethod(rt.dequantize_act)
+    rmsnorm_weight_grad = staticmethod(rt.rmsnorm_weight_grad)
+
+    def embedding_backward(self, ids: np.ndarray, dy: np.ndarray, vocab_size: int) -> np.ndarray:
+        return rt.embedding_backward(ids, dy, vocab_size)
+
+
+def train_ops_for(backend: Backend) -> TrainOps:
+    """CpuTrainOps for the NumPy backend, GpuTrainOps for GpuBackend."""
+    if getattr(backend, "name", "") == "cpu":
+        return CpuTrainOps()
+    from bitswarm.kernels.gpu_train_ops import GpuTrainOps
+    return GpuTrainOps(backend)
+
+
+# ------------------------------------------------------------------------- latent parameters
+def param_shapes(cfg: BitNetConfig) -> dict[str, tuple[int, ...]]:
+    """Every trainable tensor's key and shape (tied lm_head: no separate key)."""
+    if not cfg.tie_word_embeddings:
+        raise ValueError("pretraining supports tied embeddings only (tie_word_embeddings=true)")
+    D, I = cfg.hidden_size, cfg.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {"embed_tokens": (cfg.vocab_size, D), "norm": (D,)}
+    for i in range(cfg.num_hidden_layers):
+        for n in NORMS:
+            shapes[f"layers.{i}.{n}"] = (I,) if n == "ffn_sub_norm" else (D,)
+        for p in PROJECTIONS:
+            shapes[f"layers.{i}.{p}"] = cfg.proj_shape(p)
+    return shapes
+
+
+def count_params(cfg: BitNetConfig) -> int:
+    """Number of parameters (tied embedding counted once)."""
+    return int(sum(int(np.prod(s)) for s in param_shapes(cfg).values()))
+
+
+def init_latent(cfg: BitNetConfig, seed: int, std: float = 0.02) -> dict[str, np.ndarray]:
+    """Fresh latent parameters: matrices ~ N(0, std^2), norm weights 1; float32, PCG64(seed),
+    drawn in param_shapes order."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, s in param_shapes(cfg).items():
+        out[k] = (np.ones(s, np.float32) if len(s) == 1
+                  else (rng.standard_normal(s) * std).astype(np.float32))
+    return out
+
+
+def to_weights(cfg: BitNetConfig, latent: dict[str, np.ndarray]) -> BitNetWeights:
+    """Host latent parameters -> BitNetWeights (projections ternarized with absmean), the form
+    kernels/checkpoint.save_bitnet writes as a packed checkpoint."""
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        lw = LayerWeights(*(np.asarray(latent[f"layers.{i}.{n}"], np.float32) for n in NORMS))
+        for p in PROJECTIONS:
+            codes, scale = rt.ternarize(latent[f"layers.{i}.{p}"])
+            lw.proj[p] = TernaryLinear(codes, scale)
+        layers.append(lw)
+    return BitNetWeights(cfg, np.asarray(latent["embed_tokens"], np.float32), layers,
+                         np.asarray(latent["norm"], np.float32))
+
+
+# ------------------------------------------------------------------------- the model
+@dataclass
+class _Saved:
+    x: Any            # unquantized projection input (N, in)
+    xq: Any           # its int8 activations and per-token scales, as the forward used them
+    xs: Any
+    h: Any = None     # LoRA hidden (unused in pretraining; BitNetModel's field)
+
+
+class PretrainModel(BitNetModel):
+    """BitNetModel whose base weights are trainable latent tensors on the backend.
+
+    Args:
+        cfg: architecture (tied embeddings).
+        latent: host float32 arrays keyed like param_shapes (uploaded once; the model's norm and
+            embedding tensors ARE the latent tensors, so in-place optimizer updates are seen by
+            the next forward).
+        backend, ops: where the math runs and its training ops (default: train_ops_for).
+    Call `refresh()` after every optimizer step to re-ternarize the projections.
+    """
+
+    def __init__(self, cfg: BitNetConfig, latent: dict[str, np.ndarray], backend: Backend,
+                 ops: TrainOps | None = None) -> None:
+        shapes = param_shapes(cfg)
+        missing = sorted(set(shapes) - set(latent))
+        if missing:
+            raise ValueError(f"latent parameters missing: {missing[:4]}...")
+        for k, s in shapes.items():
+            if tuple(np.shape(latent[k])) != s:
+                raise ValueError(f"latent {k!r} has shape {np.shape(latent[k])}, expected {s}")
+        # Not BitNetModel.__init__: that uploads frozen ternary weights; here the latent tensors
+        # are the parameters and the ternary handles are derived from them by refresh().
+        self.cfg, self.be = cfg, backend
+        self.ops = ops if ops is not None else train_ops_for(backend)
+        self.lora_cfg = LoRAConfig()
+        self.lora = {}                                       # no adapter: _proj_fwd skips LoRA
+        self.params = {k: backend.tensor(np.asarray(latent[k], np.float32)) for k in shapes}
+        self.embed = self.lm_head = self.params["embed_tokens"]
+        self.norm = self.params["norm"]
+        self.layers = [{n: self.params[f"layers.{i}.{n}"] for n in NORMS}
+                       for i in range(cfg.num_hidden_layers)]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Ternarize every latent projection (absmean, per tensor) for the next forward."""
+        for i, L in enumerate(self.layers):
+            for p in PROJECTIONS:
+                L[p] = self.ops.ternarize(self.params[f"layers.{i}.{p}"])
+
+    def latent_numpy(self) -> dict[str, np.ndarray]:
+        """Download every latent parameter as float32 host arrays."""
+        return {k: np.array(self.be.numpy(v), dtype=np.float32) for k, v in self.params.items()}
+
+    # ------------------------------------------------------------------ projections
+    def _proj_fwd(self, i: int, name: str, x, xq, xs, saved: dict):
+        saved[name] = _Saved(x, xq, xs)
+        return self.be.bitlinear(xq, xs, self.layers[i][name])
+
+    def _proj_bwd_full(self, i: int, name: str, dy, saved: dict, grads: dict, acc=None):
+        """Input gradient (accumulated onto acc) and the latent weight gradient of a projection."""
+        sp: _Saved = saved[name]
+        grads[f"layers.{i}.{name}"] = self.be.matmul(dy, self.ops.dequantize_act(sp.xq, sp.xs),
+                                                     trans_a=True)                  # (out, in)
+        return self.be.bitlinear_backward(dy, self.layers[i][name], acc)
+
+    def _norm_bwd(self, dy, x, w, rstd, key: str, grads: dict):
+        grads[key] = self.ops.rmsnorm_weight_grad(dy, x, rstd)
+        return self.be.rmsnorm_backward(dy, x, w, rstd)
+
+    # ------------------------------------------------------------------ passes
+    def backward_full(self, ids: np.ndarray, dlogits, saved: dict) -> dict[str, Any]:
+        """Gradients of every latent parameter (keys of param_shapes) from dlogits (N, V)."""
+        cfg, be, ops = self.cfg, self.be, self.ops
+        B, T = saved["B"], saved["T"]
+        Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        g: dict[str, Any] = {}
+        # Tied lm_head: logits = nf @ E^T -> dE += dlogits^T @ nf, dnf = dlogits @ E.
+        d_head = be.matmul(dlogits, saved["nf"], trans_a=True)                     # (V, D)
+        dn = be.matmul(dlogits, self.lm_head)                                         # (N, D)
+        dx = self._norm_bwd(dn, saved["x"], self.norm, saved["rstdf"], "norm", g)
+        for i in reversed(range(len(self.layers))):
+            L, sv, p = self.layers[i], saved["layers"][i], f"layers.{i}."
+            dn = self._proj_bwd_full(i, "down_proj", dx, sv, g)
+            dh = self._norm_bwd(dn, sv["h"], L["ffn_sub_norm"], sv["rstd4"], p + "ffn_sub_norm", g)
+            dg, du = be.relu2_gate_backward(dh, sv["g"], sv["u"])
+            dn = self._proj_bwd_full(i, "gate_proj", dg, sv, g)
+            dn = self._proj_bwd_full(i, "up_proj", du, sv, g, acc=dn)
+            dx = be.add(dx, self._norm_bwd(dn, sv["x1"], L["post_attention_layernorm"], sv["rstd3"],
+                                           p + "post_attention_layernorm", g))
+            dn = self._proj_bwd_full(i, "o_proj", dx, sv, g)
+            do = self._norm_bwd(dn, sv["o"], L["attn_sub_norm"], sv["rstd2"], p + "attn_sub_norm", g)
+            dq, dk, dv = be.attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
+                                               B, T, Hq, Hkv, hd)
+            dq = be.rope(dq, T, Hq, hd, cfg.rope_theta, inverse=True)
+            dk = be.rope(dk, T, Hkv, hd, cfg.rope_theta, inverse=True)
+            dn = self._proj_bwd_full(i, "q_proj", dq, sv, g)
+            dn = self._proj_bwd_full(i, "k_proj", dk, sv, g, acc=dn)
+            dn = self._proj_bwd_full(i, "v_proj", dv, sv, g, acc=dn)
+            dx = be.add(dx, self._norm_bwd(dn, sv["x0"], L["input_layernorm"], sv["rstd1"],
+                                           p + "input_layernorm", g))
+        g["embed_tokens"] = be.add(d_head, ops.embedding_backward(ids.reshape(-1), dx,
+                                                                  cfg.vocab_size))
+        return g
+
+    def loss_and_full_grads(self, ids: np.ndarray, targets: np.ndarray):
+        """Mean next-token loss (backend scalar tensor handle downloaded lazily by the caller:
+        returned as the per-token loss tensor), predicted count and every parameter's gradient.
+
+        ids, targets int (B, T), target < 0 = padding. -> (loss_rows tensor (N,), count, grads).
+        Raises ValueError when every target is padding.
+        """
+        t = targets.reshape(-1).astype(np.int32)
+        count = int(np.sum(t >= 0))
+        if count == 0:
+            raise ValueError("batch has no predicted positions (all targets are padding)")
+        logits, saved = self.forward(ids, keep=True)
+        loss_rows, dlogits = self.be.cross_entropy(logits, self.be.tensor(t), 1.0 / count)
+        del logits
+        grads = self.backward_full(ids, dlogits, saved)
+        return loss_rows, count, grads
+
+
+# ------------------------------------------------------------------------- optimizer
+@dataclass
+class PretrainOptConfig:
+    """AdamW with weight decay on matrices only (norm weights are not decayed)."""
+
+    lr: float = 2e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+
+
+class PretrainOptimizer:
+    """AdamW over PretrainModel.params; moments live on the backend beside the parameters."""
+
+    def __init__(self, model: PretrainModel, cfg: PretrainOptConfig) -> None:
+        self.model, self.cfg, self.t = model, cfg, 0
+        be = model.be
+        self.state = {k: (be.zeros_like(p), be.zeros_like(p)) for k, p in model.params.items()}
+        self.shapes = param_shapes(model.cfg)
+
+    def step(self, grads: dict[str, Any], lr: float) -> None:
+        """One AdamW step on every parameter, then re-ternarize the projections."""
+        self.t += 1
+        c, be = self.cfg, self.model.be
+        for k, p in self.model.params.items():
+            m, v = self.state[k]
+            wd = c.weight_decay if len(self.shapes[k]) == 2 else 0.0
+            be.adamw_(p, grads[k], m, v, step=self.t, lr=lr, beta1=c.beta1, beta2=c.beta2,
+                      eps=c.eps, weight_decay=wd)
+        self.model.refresh()

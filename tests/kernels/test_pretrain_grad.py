@@ -1,0 +1,127 @@
+"""Full-model backward of kernels/pretrain.py against float64 finite differences, and the
+quantization-aware training loop on the NumPy backend.
+
+As in test_model_grad.py, quantizers are piecewise constant: to check the chain rule itself, a
+test backend and test TrainOps replace both quantizers (absmax int8 activations, absmean ternary
+weights) with the identity, which is exactly what the straight-through estimator assumes. Then
+the STE gradient IS the true gradient and central differences must agree with it, for every
+kind of parameter: projections, norm weights, the tied embedding.
+"""
+import numpy as np
+import pytest
+
+from bitswarm.kernels import reference as ref
+from bitswarm.kernels import reference_train as rt
+from bitswarm.kernels.backend import CpuBackend
+from bitswarm.kernels.checkpoint import load_bitnet, save_bitnet
+from bitswarm.kernels.config import BitNetConfig, LoRAConfig, TernaryLinear
+from bitswarm.kernels.model import BitNetModel
+from bitswarm.kernels.pretrain import (CpuTrainOps, PretrainModel, PretrainOptConfig,
+                                       PretrainOptimizer, count_params, init_latent,
+                                       param_shapes, to_weights)
+
+CFG = BitNetConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, rope_theta=10000.0)
+
+
+class NoQuantBackend(CpuBackend):
+    """CpuBackend in float64 with identity activation quantization."""
+
+    def tensor(self, a):
+        a = np.asarray(a)
+        return np.array(a, dtype=np.int32 if a.dtype.kind in "iu" else np.float64)
+
+    def quantize_act(self, x):
+        return x, np.ones(x.shape[0])
+
+    def bitlinear(self, xq, x_scale, w):
+        return xq @ (w.codes / float(w.weight_scale)).T
+
+
+class NoQuantOps(CpuTrainOps):
+    """Identity weight quantizer: the 'codes' are the latent weight itself, scale 1."""
+
+    def ternarize(self, w):
+        return TernaryLinear(w, 1.0)
+
+
+def test_full_grads_match_finite_differences(monkeypatch):
+    monkeypatch.setattr(ref, "F32", np.float64)
+    rng = np.random.default_rng(0)
+    latent = {k: (v + (0.1 * rng.standard_normal(v.shape) if v.ndim == 1 else 0) * 1)
+              for k, v in init_latent(CFG, seed=1, std=0.3).items()}
+    model = PretrainModel(CFG, latent, NoQuantBackend(), NoQuantOps())
+    ids = rng.integers(0, CFG.vocab_size, (2, 6)).astype(np.int32)
+    ids[1, 2] = ids[0, 0]                      # a repeated id: the embedding scatter must sum
+    tgt = rng.integers(0, CFG.vocab_size, (2, 6)).astype(np.int32)
+    tgt[1, 4:] = -1
+    loss_rows, count, grads = model.loss_and_full_grads(ids, tgt)
+    assert count == 10 and set(grads) == set(param_shapes(CFG))
+
+    def loss() -> float:
+        model.refresh()
+        return model.loss(ids, tgt)[0] / count
+
+    h = 1e-6
+    checked = 0
+    for key in param_shapes(CFG):
+        p = model.params[key]
+        idxs = [tuple(int(rng.integers(0, s)) for s in p.shape) for _ in range(2)]
+        if key == "embed_tokens":
+            idxs.append((int(ids[0, 0]), 3))   # the row used twice
+        for idx in idxs:
+            orig = p[idx]
+            p[idx] = orig + h
+            lp = loss()
+            p[idx] = orig - h
+            lm = loss()
+            p[idx] = orig
+            num = (lp - lm) / (2 * h)
+            got = grads[key][idx]
+            assert abs(got - num) <= 1e-7 + 1e-4 * abs(num), (key, idx, got, num)
+            checked += 1
+    assert checked > 2 * len(param_shapes(CFG))
+
+
+def test_quantized_training_reduces_loss_and_saves_exactly(tmp_path):
+    """Real quantizers, NumPy backend: AdamW steps on one batch lower the loss; the packed
+    checkpoint of the trained latent weights reproduces the training model's logits."""
+    be = CpuBackend()
+    model = PretrainModel(CFG, init_latent(CFG, seed=3), be)
+    opt = PretrainOptimizer(model, PretrainOptConfig(lr=1e-2))
+    rng = np.random.default_rng(4)
+    seq = rng.integers(0, CFG.vocab_size, (4, 17)).astype(np.int32)
+    ids, tgt = seq[:, :-1], seq[:, 1:]
+    losses = []
+    for _ in range(30):
+        rows, count, grads = model.loss_and_full_grads(ids, tgt)
+        losses.append(float(np.sum(rows)) / count)
+        opt.step(grads, lr=1e-2)
+    assert losses[-1] < 0.5 * losses[0], losses
+    save_bitnet(to_weights(CFG, model.latent_numpy()), tmp_path)
+    loaded = BitNetModel(load_bitnet(tmp_path), be, LoRAConfig())
+    np.testing.assert_array_equal(loaded.forward(ids), model.forward(ids))
+    assert count_params(CFG) == sum(int(np.prod(s)) for s in param_shapes(CFG).values())
+
+
+def test_reference_train_ops():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 12)).astype(np.float32)
+    codes, s = rt.ternarize(w)
+    assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 0, 1}
+    assert s == np.float32(1.0) / np.float32(np.abs(w).mean(dtype=np.float64))
+    with pytest.raises(ValueError, match="2-D"):
+        rt.ternarize(w[0])
+    ids = np.array([3, 1, 3, 0], np.int32)
+    dy = rng.standard_normal((4, 5)).astype(np.float32)
+    dE = rt.embedding_backward(ids, dy, 6)
+    np.testing.assert_array_equal(dE[3], dy[0] + dy[2])
+    assert not dE[5].any()
+    with pytest.raises(IndexError):
+        rt.embedding_backward(np.array([6]), dy[:1], 6)
+    row_ptr, pos = rt.token_csr(ids, 6)
+    assert row_ptr.tolist() == [0, 1, 2, 2, 4, 4, 4] and pos.tolist() == [3, 1, 0, 2]
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    _, rstd = ref.rmsnorm(x, np.ones(5, np.float32), 1e-5)
+    np.testing.assert_allclose(rt.rmsnorm_weight_grad(dy, x, rstd),
+                               (dy * x * rstd[:, None]).sum(0), rtol=1e-6)
