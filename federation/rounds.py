@@ -47,6 +47,9 @@ log = logging.getLogger("bitswarm.federation.rounds")
 T = TypeVar("T")
 _MAX_REJECTIONS_PER_ROUND = 1024      # bounds memory against a flood of distinct bad messages
 _SERVED_ROUNDS = 2                    # payloads and republished manifests: current + previous
+FETCH_ATTEMPTS = 3                    # per (sender, round), for transient failures only
+FETCH_RETRY_BACKOFF_S = 1.0           # times the attempt number
+_RETRYABLE = ("timeout", "connection")   # FetchError.reason values worth another try
 
 
 @dataclass(frozen=True)
@@ -327,18 +330,27 @@ class RoundCoordinator:
     async def _fetch_one(self, state: _RoundState, m: UpdateManifest) -> None:
         request = encode_payload_request(m.round, m.payload_sha256)
         async with self._fetch_limiter:
-            # The transport bounds its own wait; the outer scope guards against one that
-            # does not (1 s of grace so the transport's own timeout error wins normally).
-            with trio.move_on_after(self.fetch_timeout_s + 1.0) as scope:
-                try:
-                    data = await self.transport.fetch(m.sender, request, max_bytes=m.payload_size,
-                                                      timeout_s=self.fetch_timeout_s)
-                except FetchError as e:
-                    self._reject(state, m.round, m.sender, f"fetch failed: {e}")
+            for attempt in range(1, FETCH_ATTEMPTS + 1):
+                # The transport bounds its own wait; the outer scope guards against one that
+                # does not (1 s of grace so the transport's own timeout error wins normally).
+                with trio.move_on_after(self.fetch_timeout_s + 1.0) as scope:
+                    try:
+                        data = await self.transport.fetch(
+                            m.sender, request, max_bytes=m.payload_size,
+                            timeout_s=self.fetch_timeout_s)
+                        break
+                    except FetchError as e:
+                        # Dials and streams fail transiently in py-libp2p; a peer that answers
+                        # wrongly (not_found, oversize, protocol) is not asked again.
+                        if getattr(e, "reason", None) not in _RETRYABLE or attempt == FETCH_ATTEMPTS:
+                            self._reject(state, m.round, m.sender, f"fetch failed: {e}")
+                            return
+                        log.info("round %d: fetch from %s failed (%s), retry %d/%d", m.round,
+                                 m.sender, e, attempt, FETCH_ATTEMPTS - 1)
+                if scope.cancelled_caught:
+                    self._reject(state, m.round, m.sender, "fetch timed out")
                     return
-            if scope.cancelled_caught:
-                self._reject(state, m.round, m.sender, "fetch timed out")
-                return
+                await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
         try:
             delta = await self._run_blocking(functools.partial(self._check_and_decode, data, m))
         except CodecError as e:

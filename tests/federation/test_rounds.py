@@ -57,6 +57,7 @@ class MemoryTransport:
         self.bytes_sent = self.bytes_received = 0
         self._send, self._recv = trio.open_memory_channel(256)
         self._provider = None
+        self.failing_serves = 0              # next fetches FROM this node fail ('connection')
 
     async def publish(self, data: bytes) -> None:
         self.net.published.append((self.peer_id, data))
@@ -81,6 +82,9 @@ class MemoryTransport:
         target = self.net.nodes.get(peer_id)
         if target is None:
             raise FetchError("connection", f"no peer {peer_id}")
+        if target.failing_serves:
+            target.failing_serves -= 1
+            raise FetchError("connection", "injected dial failure")
         payload = target._provider(request) if target._provider else None
         if payload is None:
             raise FetchError("not_found", "unknown payload")
@@ -215,6 +219,26 @@ def test_peer_rounds_ahead_is_buffered_within_bound():
             assert a.buffered(2 + a.max_rounds_ahead) == [b.peer_id]
             assert a.buffered(3 + a.max_rounds_ahead) == []
             assert b0.contributors == b1.contributors == [b.peer_id]
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+@pytest.mark.parametrize("failures, accepted", [(2, True), (3, False)])
+def test_transient_fetch_failures_are_retried(failures, accepted):
+    async def main():
+        net = MemoryNetwork()
+        a, b = make_coord(net, min_peers=1), make_coord(net, min_peers=0)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            b.transport.failing_serves = failures
+            await b.exchange(0, delta_for(1), 10)
+            res = await a.exchange(0, delta_for(2), 10)
+            if accepted:
+                assert res.contributors == sorted([a.peer_id, b.peer_id]) and res.rejected == []
+            else:
+                assert res.contributors == [a.peer_id]
+                assert res.rejected == [(b.peer_id, "fetch failed: connection: injected dial failure")]
             n.cancel_scope.cancel()
     run_mock(main)
 
