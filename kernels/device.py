@@ -133,7 +133,10 @@ class Context:
     def __init__(self, power_preference: str = "high-performance"):
         import wgpu
         self.wgpu = wgpu
-        adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        try:
+            adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        except Exception as e:  # no loader / driver: wgpu raises its own error types
+            raise RuntimeError(f"wgpu found no adapter: {e}") from e
         if adapter is None:
             raise RuntimeError("wgpu found no adapter (no Vulkan/Metal/DX12 driver)")
         self.adapter = adapter
@@ -162,6 +165,7 @@ class Context:
                                                     usage=U.UNIFORM | U.COPY_DST)
         self.n_dispatches = 0
         self.n_submits = 0
+        self.n_buffers_created = 0
 
     # ------------------------------------------------------------ buffers
     def _drain_freed(self) -> None:
@@ -185,6 +189,7 @@ class Context:
             buf = free.pop() if free else None
         if buf is None:
             buf = self.device.create_buffer(size=size, usage=self._storage_usage)
+            self.n_buffers_created += 1
         return Tensor(self, buf, shape, dtype, nbytes)
 
     def pool_bytes(self) -> int:
