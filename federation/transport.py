@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import multiaddr
 import trio
 from libp2p import new_host
+from multiaddr import Multiaddr
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -289,8 +289,8 @@ class Transport:
         """Base58 IDs of peers with an open connection."""
         return [p.to_base58() for p, conns in list(self._host.get_network().connections.items()) if conns]
 
-    async def connect(self, multiaddr_str: str) -> None:
-        """Dial `multiaddr_str` (must end /p2p/<peer-id>) within config.dial_timeout_s seconds.
+    async def connect(self, multiaddr: str) -> None:
+        """Dial `multiaddr` (must end /p2p/<peer-id>) within config.dial_timeout_s seconds.
 
         A no-op if already connected. py-libp2p spends a fixed ~250 ms per dial.
 
@@ -299,18 +299,18 @@ class Transport:
             ConnectError: dial failed or timed out.
         """
         try:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(multiaddr_str))
+            info = info_from_p2p_addr(Multiaddr(multiaddr))
         except Exception as e:
-            raise ValueError(f"bad peer multiaddr {multiaddr_str!r}: {e}") from e
+            raise ValueError(f"bad peer multiaddr {multiaddr!r}: {e}") from e
         if info.peer_id == self._id:
-            raise ValueError(f"refusing to dial ourselves: {multiaddr_str}")
+            raise ValueError(f"refusing to dial ourselves: {multiaddr}")
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 await self._host.connect(info)
         except trio.TooSlowError:
-            raise ConnectError(f"dial {multiaddr_str} timed out after {self.config.dial_timeout_s} s") from None
+            raise ConnectError(f"dial {multiaddr} timed out after {self.config.dial_timeout_s} s") from None
         except Exception as e:
-            raise ConnectError(f"dial {multiaddr_str} failed: {type(e).__name__}: {e}") from e
+            raise ConnectError(f"dial {multiaddr} failed: {type(e).__name__}: {e}") from e
 
     async def wait_for_topic_peers(self, n: int, timeout_s: float) -> list[str]:
         """Wait until >= `n` peers are subscribed to our topic; returns them.
@@ -326,7 +326,7 @@ class Transport:
     async def _keep_dialing(self, addr: str) -> None:
         # Peers start at different moments, and may restart: redial whenever disconnected.
         try:
-            target = info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id.to_base58()
+            target = info_from_p2p_addr(Multiaddr(addr)).peer_id.to_base58()
         except Exception as e:
             log.error("ignoring configured peer %r: %s", addr, e)
             return
@@ -401,7 +401,7 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIte
     libp2p_compat.apply()
     wire_recorder.active()  # open the record file now, so a bad path fails here, not mid-write
     try:
-        listen = multiaddr.Multiaddr(config.listen)
+        listen = Multiaddr(config.listen)
         names = [p.name for p in listen.protocols()]
         ip = listen.value_for_protocol("ip4" if "ip4" in names else "ip6")
         port = int(listen.value_for_protocol("tcp"))
