@@ -391,3 +391,73 @@ def load_gguf(path: Path | str, *, hidden_act: str | None = None) -> BitNetWeigh
                                                                             (V, D)))
     finally:
         f.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer
+
+# Pre-tokenizer regexes of llama.cpp's `tokenizer.ggml.pre` names (llama-vocab.cpp), for the
+# byte-level BPE ("gpt2") vocabularies bitswarm can rebuild exactly.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_LLAMA3 = ("llama-bpe", "llama3", "llama-v3")
+_PRE_GPT2 = ("gpt-2", "gpt2", "default")
+
+
+def load_gguf_tokenizer(path: Path | str):
+    """Rebuild a `tokenizers.Tokenizer` from a GGUF file's `tokenizer.ggml.*` metadata.
+
+    Supported: model "gpt2" (byte-level BPE: tokens, merges "a b", token_type) with pre
+    "llama-bpe" (Llama 3, the bitnet-b1.58-2B-4T tokenizer: llama3 split regex, then byte
+    level; ignore_merges as in its tokenizer.json) or "gpt-2"/"default" (GPT-2's byte-level
+    regex). CONTROL tokens become special added tokens, USER_DEFINED plain added tokens. Like
+    bitswarm's other tokenizers, encoding adds no BOS/EOS. Returns None for files without a
+    tokenizer or with another model/pre (e.g. SentencePiece "llama"). ValueError naming the
+    file for inconsistent tokenizer metadata or an unreadable file.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    f = _GgufFile(Path(path))
+    try:
+        model = f.value("tokenizer.ggml.model", str)
+        pre = f.value("tokenizer.ggml.pre", str, default="default")
+        if model != "gpt2" or pre not in _PRE_LLAMA3 + _PRE_GPT2:
+            return None
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+            if key not in f.fields:
+                raise ValueError(f"{f.path}: tokenizer model 'gpt2' without {key!r}")
+        try:
+            tokens = f.fields["tokenizer.ggml.tokens"].contents()
+            merges = f.fields["tokenizer.ggml.merges"].contents()
+            types = (f.fields["tokenizer.ggml.token_type"].contents()
+                     if "tokenizer.ggml.token_type" in f.fields else [1] * len(tokens))
+        except (IndexError, UnicodeDecodeError, TypeError) as exc:
+            raise ValueError(f"{f.path}: unreadable tokenizer metadata: {exc}") from exc
+        if len(types) != len(tokens):
+            raise ValueError(f"{f.path}: {len(types)} token types for {len(tokens)} tokens")
+        pairs = []
+        for m in merges:
+            a, sep, b = m.partition(" ")
+            if not sep or not a or not b:
+                raise ValueError(f"{f.path}: malformed merge {m!r}")
+            pairs.append((a, b))
+        vocab = {t: i for i, t in enumerate(tokens)}
+        llama3 = pre in _PRE_LLAMA3
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=llama3))
+        if llama3:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        CONTROL, USER_DEFINED = 3, 4        # gguf TokenType
+        special = [AddedToken(t, special=True, normalized=False)
+                   for t, ty in zip(tokens, types) if ty == CONTROL]
+        user = [AddedToken(t, special=False, normalized=False)
+                for t, ty in zip(tokens, types) if ty == USER_DEFINED]
+        tok.add_special_tokens(special)
+        tok.add_tokens(user)
+        return tok
+    finally:
+        f.close()

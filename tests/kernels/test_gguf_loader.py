@@ -17,7 +17,8 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from bitswarm.kernels.backend import CpuBackend  # noqa: E402
 from bitswarm.kernels.checkpoint import random_bitnet  # noqa: E402
-from bitswarm.kernels.config import PROJECTIONS, BitNetConfig, BitNetWeights, LoRAConfig  # noqa: E402
+from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights,  # noqa: E402
+                                     LoRAConfig)
 from bitswarm.kernels.gguf_loader import (GGUF_PROJ, decode_tq1_0, decode_tq2_0,  # noqa: E402
                                           load_gguf)
 from bitswarm.kernels.model import BitNetModel  # noqa: E402
@@ -261,3 +262,62 @@ def test_malformed_files(tmp_path):
     with pytest.raises(ValueError, match=r"cut\.gguf: tensor 'blk\.1\.attn_norm\.weight' "
                                          r"missing"):
         load_gguf(cut)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer
+
+def _llama3_style_reference():
+    """A small byte-level BPE trained here, then serialized in Llama 3's tokenizer.json layout
+    (Split(llama3 regex, isolated) + ByteLevel(use_regex=False), ignore_merges, ByteLevel
+    decoder): the reference the GGUF rebuild must match."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from bitswarm.kernels.gguf_loader import _LLAMA3_SPLIT
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    tok.train_from_iterator(
+        ["Hello world, the quick brown fox jumps over 12345 lazy dogs.\n",
+         "It's fine!  Ünïcödé"] * 5,
+        trainers.BpeTrainer(vocab_size=330, special_tokens=specials, show_progress=False,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    j = json.loads(tok.to_str())
+    j["model"]["ignore_merges"] = True
+    return Tokenizer.from_str(json.dumps(j)), j, specials
+
+
+def test_tokenizer_llama_bpe(tmp_path):
+    from bitswarm.kernels.gguf_loader import load_gguf_tokenizer
+
+    ref, j, specials = _llama3_style_reference()
+    vocab = sorted(j["model"]["vocab"].items(), key=lambda kv: kv[1])
+    assert [i for _, i in vocab] == list(range(len(vocab)))
+    tokens = [t for t, _ in vocab]
+    path = tmp_path / "tok.gguf"
+    wr = gguf.GGUFWriter(path, "bitnet")
+    wr.add_tokenizer_model("gpt2")
+    wr.add_tokenizer_pre("llama-bpe")
+    wr.add_token_list(tokens)
+    wr.add_token_merges([" ".join(m) for m in j["model"]["merges"]])
+    wr.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL
+                        for t in tokens])
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    tok = load_gguf_tokenizer(path)
+    assert tok is not None and tok.get_vocab_size() == ref.get_vocab_size()
+    for text in ["Hello world, the quick brown fox!", "It's 1234567 dogs\n\n  end",
+                 "<|begin_of_text|>Ünïcödé über 😀<|end_of_text|>", "", "   lazy\r\nfox's"]:
+        ids = tok.encode(text).ids
+        assert ids == ref.encode(text).ids, text
+        assert tok.decode(ids, skip_special_tokens=False) == text
+    # a weights-only file has no tokenizer
+    assert load_gguf_tokenizer(write_gguf(tmp_path / "m.gguf", make_weights())) is None
