@@ -301,9 +301,11 @@ def read_gguf_config(f: _GgufFile, hidden_act: str | None = None) -> BitNetConfi
     I = f.value(k("feed_forward_length"), int, required=True)
     Hq = f.value(k("attention.head_count"), int, required=True)
     Hkv = f.value(k("attention.head_count_kv"), int, default=Hq)
-    if Hq <= 0 or D % Hq and not f.has(k("attention.key_length")):
+    if Hq <= 0 or Hkv <= 0:
+        raise ValueError(f"{p}: head counts {Hq} / {Hkv} must be > 0")
+    if D % Hq and not f.has(k("attention.key_length")):
         raise ValueError(f"{p}: embedding_length {D} is not a multiple of head_count {Hq}")
-    hd = f.value(k("attention.key_length"), int, default=D // max(Hq, 1))
+    hd = f.value(k("attention.key_length"), int, default=D // Hq)
     vd = f.value(k("attention.value_length"), int, default=hd)
     if vd != hd:
         raise ValueError(f"{p}: attention.value_length {vd} != key_length {hd}")
