@@ -119,7 +119,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> int
         coord = RoundCoordinator(
             transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
-            round_timeout_s=cfg.round_timeout_s)
+            round_timeout_s=cfg.round_timeout_s, run_blocking=trio.to_thread.run_sync)
         async with trio.open_nursery() as nursery:
             await nursery.start(coord.run)
             task_status.started(transport)
