@@ -36,7 +36,7 @@ NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_su
 class TrainOps(Protocol):
     """Training-only ops on a backend's tensors. Semantics: kernels/reference_train.py."""
 
-    def ternarize(self, w: Any) -> Any: ...            # latent (out, in) -> the backend's ternary handle
+    def ternarize_all(self, ws: list) -> list: ...     # latent (out, in) tensors -> ternary handles
     def dequantize_act(self, xq: Any, x_scale: Any) -> Any: ...
     def rmsnorm_weight_grad(self, dy: Any, x: Any, rstd: Any) -> Any: ...
     def embedding_backward(self, ids: np.ndarray, dy: Any, vocab_size: int) -> Any: ...
@@ -48,6 +48,9 @@ class CpuTrainOps:
     def ternarize(self, w: np.ndarray) -> TernaryLinear:
         codes, scale = rt.ternarize(w)
         return TernaryLinear(codes, scale)
+
+    def ternarize_all(self, ws: list) -> list:
+        return [self.ternarize(w) for w in ws]
 
     dequantize_act = staticmethod(rt.dequantize_act)
     rmsnorm_weight_grad = staticmethod(rt.rmsnorm_weight_grad)
@@ -154,9 +157,10 @@ class PretrainModel(BitNetModel):
 
     def refresh(self) -> None:
         """Ternarize every latent projection (absmean, per tensor) for the next forward."""
-        for i, L in enumerate(self.layers):
-            for p in PROJECTIONS:
-                L[p] = self.ops.ternarize(self.params[f"layers.{i}.{p}"])
+        keys = [(i, p) for i in range(len(self.layers)) for p in PROJECTIONS]
+        handles = self.ops.ternarize_all([self.params[f"layers.{i}.{p}"] for i, p in keys])
+        for (i, p), h in zip(keys, handles):
+            self.layers[i][p] = h
 
     def latent_numpy(self) -> dict[str, np.ndarray]:
         """Download every latent parameter as float32 host arrays."""
@@ -170,8 +174,12 @@ class PretrainModel(BitNetModel):
     def _proj_bwd_full(self, i: int, name: str, dy, saved: dict, grads: dict, acc=None):
         """Input gradient (accumulated onto acc) and the latent weight gradient of a projection."""
         sp: _Saved = saved[name]
-        grads[f"layers.{i}.{name}"] = self.be.matmul(dy, self.ops.dequantize_act(sp.xq, sp.xs),
-                                                     trans_a=True)                  # (out, in)
+        cache = saved.setdefault("_xdq", {})           # q/k/v and gate/up share one input
+        xdq = cache.get(id(sp.xq))
+        if xdq is None:
+            cache.clear()
+            xdq = cache[id(sp.xq)] = self.ops.dequantize_act(sp.xq, sp.xs)
+        grads[f"layers.{i}.{name}"] = self.be.matmul(dy, xdq, trans_a=True)          # (out, in)
         return self.be.bitlinear_backward(dy, self.layers[i][name], acc)
 
     def _norm_bwd(self, dy, x, w, rstd, key: str, grads: dict):
