@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -370,7 +370,9 @@ def load_bitnet(model_dir: Path | str) -> BitNetWeights:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write bytes to a temp file beside `path`, fsync, then os.replace (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    # os.open with 0o666 (not mkstemp's 0o600) so the file gets the usual umask permissions.
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
