@@ -4,8 +4,10 @@ Round r on one node (`RoundCoordinator.exchange`):
   1. compress the local delta with error feedback (codecs.ErrorFeedback), keep the payload to
      serve it (keyed by (round, SHA-256)), gossip the signed manifest (wire.UpdateManifest);
   2. for each valid manifest of round r from another peer (signature by its sender, same swarm,
-     base model, LoRA config, codec, size bound), fetch the payload from the SENDER, check size
-     and SHA-256, decode against the expected shapes;
+     base model, LoRA config, codec, size bound), fetch the payload from the SENDER (or, if
+     that fails, from a connected peer that already verified it: payloads are addressed by
+     (round, SHA-256), so any holder will do), check size and SHA-256, decode against the
+     expected shapes; a few passes with backoff absorb transient dial failures;
   3. stop when `min_peers` peers' updates are in, or at the deadline with what arrived;
   4. aggregate = FedAvg (aggregate.fedavg) over the own DECODED delta plus the peers' decoded
      deltas, so nodes holding the same set of updates compute the same bits.
@@ -15,7 +17,7 @@ In the background (`run`): consume gossip, validate manifests, buffer them per r
 be a round or two ahead), and republish our manifests of the current and previous round every
 `republish_interval_s` (gossipsub may publish before a peer's subscription is known, and late
 joiners miss messages); receivers dedupe by (sender, round). Payloads of the last 2 rounds stay
-served, for peers that are a round behind.
+served (our own and the verified ones we relay), for peers that are a round behind.
 
 Logger: "bitswarm.federation.rounds".
 """
@@ -25,6 +27,7 @@ import functools
 import hashlib
 import logging
 import math
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,9 +50,9 @@ log = logging.getLogger("bitswarm.federation.rounds")
 T = TypeVar("T")
 _MAX_REJECTIONS_PER_ROUND = 1024      # bounds memory against a flood of distinct bad messages
 _SERVED_ROUNDS = 2                    # payloads and republished manifests: current + previous
-FETCH_ATTEMPTS = 3                    # per (sender, round), for transient failures only
-FETCH_RETRY_BACKOFF_S = 1.0           # times the attempt number
-_RETRYABLE = ("timeout", "connection")   # FetchError.reason values worth another try
+FETCH_ATTEMPTS = 3                    # passes over the sources of one (sender, round)
+FETCH_RETRY_BACKOFF_S = 1.0           # pause before pass k: k times this, seconds
+MAX_RELAYS = 4                        # connected peers asked per pass after the sender
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class RoundCoordinator:
         self._max_payload = max_payload_bytes(self.expected_shapes)
         self._run_blocking = run_blocking or _to_thread
         self._fetch_limiter = trio.CapacityLimiter(max_parallel_fetches)
+        self._rng = random.Random()           # relay order only; spreads load over neighbours
         self._ef = ErrorFeedback(codec=codec)
         self._floor = 0                     # manifests for rounds below this are ignored
         self._last_round: int | None = None
@@ -328,46 +332,68 @@ class RoundCoordinator:
         self._active.nursery.start_soon(self._fetch_one, state, m)
 
     async def _fetch_one(self, state: _RoundState, m: UpdateManifest) -> None:
+        """Fetch, verify, decode and file one peer's update; failures become rejections."""
         request = encode_payload_request(m.round, m.payload_sha256)
+        sender_error = other_error = None
         async with self._fetch_limiter:
-            for attempt in range(1, FETCH_ATTEMPTS + 1):
-                # The transport bounds its own wait; the outer scope guards against one that
-                # does not (1 s of grace so the transport's own timeout error wins normally).
-                with trio.move_on_after(self.fetch_timeout_s + 1.0) as scope:
-                    try:
-                        data = await self.transport.fetch(
-                            m.sender, request, max_bytes=m.payload_size,
-                            timeout_s=self.fetch_timeout_s)
+            for attempt in range(FETCH_ATTEMPTS):
+                if attempt:
+                    await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
+                for source in self._sources(m):
+                    data, error = await self._fetch_verified(source, m, request)
+                    if data is not None:
                         break
-                    except FetchError as e:
-                        # Dials and streams fail transiently in py-libp2p; a peer that answers
-                        # wrongly (not_found, oversize, protocol) is not asked again.
-                        if getattr(e, "reason", None) not in _RETRYABLE or attempt == FETCH_ATTEMPTS:
-                            self._reject(state, m.round, m.sender, f"fetch failed: {e}")
-                            return
-                        log.info("round %d: fetch from %s failed (%s), retry %d/%d", m.round,
-                                 m.sender, e, attempt, FETCH_ATTEMPTS - 1)
-                if scope.cancelled_caught:
-                    self._reject(state, m.round, m.sender, "fetch timed out")
-                    return
-                await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
+                    if source == m.sender:
+                        sender_error = error
+                    else:
+                        other_error = f"{error} (via {source})"
+                else:
+                    log.info("round %d: payload of %s not fetched (attempt %d/%d): %s", m.round,
+                             m.sender, attempt + 1, FETCH_ATTEMPTS, sender_error or other_error)
+                    continue
+                break
+            else:
+                self._reject(state, m.round, m.sender, sender_error or other_error or "no source")
+                return
         try:
-            delta = await self._run_blocking(functools.partial(self._check_and_decode, data, m))
+            # The bytes match the signed manifest: a decode failure is the sender's doing.
+            delta = await self._run_blocking(functools.partial(
+                decode_update, data, expected_shapes=self.expected_shapes,
+                max_bytes=m.payload_size, codec=m.codec))
         except CodecError as e:
             self._reject(state, m.round, m.sender, f"bad payload: {e}")
             return
+        self._payloads[(m.round, m.payload_sha256)] = data     # relay it for peers behind us
         state.contributions[m.sender] = Contribution(m.sender, m.tokens, delta)
-        log.info("round %d: update from %s accepted (%d bytes, %d tokens)", m.round, m.sender,
-                 len(data), m.tokens)
+        log.info("round %d: update from %s accepted (%d bytes, %d tokens, via %s)", m.round,
+                 m.sender, len(data), m.tokens, "sender" if source == m.sender else source)
         self._check_enough(state)
 
-    def _check_and_decode(self, data: bytes, m: UpdateManifest) -> dict[str, np.ndarray]:
-        if len(data) != m.payload_size:
-            raise CodecError(f"size {len(data)} != announced {m.payload_size}")
-        if hashlib.sha256(data).digest() != m.payload_sha256:
-            raise CodecError("SHA-256 mismatch with the manifest")
-        return decode_update(data, expected_shapes=self.expected_shapes,
-                             max_bytes=m.payload_size, codec=m.codec)
+    def _sources(self, m: UpdateManifest) -> list[str]:
+        """The sender first; then up to MAX_RELAYS directly connected peers, which serve
+        payloads they verified: gossip reaches us through the mesh even when we hold no
+        address of the sender (a star or a line of peers)."""
+        relays = [p for p in self.transport.connected_peers() if p not in (m.sender, self.peer_id)]
+        self._rng.shuffle(relays)
+        return [m.sender, *relays[:MAX_RELAYS]]
+
+    async def _fetch_verified(self, source: str, m: UpdateManifest,
+                              request: bytes) -> tuple[bytes | None, str]:
+        """(payload, "") if `source` served the bytes the manifest names, else (None, reason)."""
+        # The transport bounds its own wait; the outer scope guards against one that does not
+        # (1 s of grace so the transport's own timeout error wins normally).
+        with trio.move_on_after(self.fetch_timeout_s + 1.0):
+            try:
+                data = await self.transport.fetch(source, request, max_bytes=m.payload_size,
+                                                  timeout_s=self.fetch_timeout_s)
+            except FetchError as e:
+                return None, f"fetch failed: {e}"
+            if len(data) != m.payload_size:
+                return None, f"payload size {len(data)} != announced {m.payload_size}"
+            if hashlib.sha256(data).digest() != m.payload_sha256:
+                return None, "payload SHA-256 mismatch with the manifest"
+            return data, ""
+        return None, "fetch timed out"
 
     def _check_enough(self, state: _RoundState) -> None:
         if len(state.contributions) >= self.min_peers:

@@ -40,6 +40,10 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self.nodes: dict[str, MemoryTransport] = {}
         self.published: list[tuple[str, bytes]] = []
+        self.unlinked: set[frozenset[str]] = set()   # pairs with no direct connection
+
+    def linked(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) not in self.unlinked
 
     def add(self, key_pair=None) -> tuple["MemoryTransport", object]:
         key_pair = key_pair or create_new_key_pair()
@@ -80,8 +84,8 @@ class MemoryTransport:
     async def fetch(self, peer_id: str, request: bytes, *, max_bytes: int, timeout_s: float) -> bytes:
         await trio.sleep(0.01)               # a little virtual latency
         target = self.net.nodes.get(peer_id)
-        if target is None:
-            raise FetchError("connection", f"no peer {peer_id}")
+        if target is None or not self.net.linked(self.peer_id, peer_id):
+            raise FetchError("connection", f"no known addresses to peer {peer_id}")
         if target.failing_serves:
             target.failing_serves -= 1
             raise FetchError("connection", "injected dial failure")
@@ -95,7 +99,7 @@ class MemoryTransport:
         return payload
 
     def connected_peers(self) -> list[str]:
-        return [p for p in self.net.nodes if p != self.peer_id]
+        return [p for p in self.net.nodes if p != self.peer_id and self.net.linked(self.peer_id, p)]
 
 
 async def inline(fn):
@@ -243,6 +247,25 @@ def test_transient_fetch_failures_are_retried(failures, accepted):
     run_mock(main)
 
 
+def test_payload_relayed_when_sender_is_unreachable():
+    """Line a - b - c: gossip crosses b, but c holds no address of a (as with libp2p when
+    only b was dialed); c gets a's payload from b, which verified and relays it."""
+    async def main():
+        net = MemoryNetwork()
+        a, b, c = (make_coord(net) for _ in range(3))
+        net.unlinked.add(frozenset((a.peer_id, c.peer_id)))
+        async with trio.open_nursery() as n:
+            for x in (a, b, c):
+                await n.start(x.run)
+            for rnd in range(2):
+                res = await exchange_all([a, b, c], rnd)
+                assert all(r.contributors == res[0].contributors for r in res)
+                assert len(res[0].contributors) == 3 and all(r.rejected == [] for r in res)
+                assert all(same_bits(r.aggregate, res[0].aggregate) for r in res)
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
 def test_republish_reaches_a_late_joiner():
     async def main():
         net = MemoryNetwork()
@@ -283,7 +306,10 @@ def test_hostile_manifests_and_payloads_rejected_honest_complete(caplog):
         # min_peers above the honest count: the round runs to the deadline, so every hostile
         # fetch has finished and been judged before we look.
         coords = [make_coord(net, min_peers=10) for _ in range(3)]
-        good_payload, _ = codecs.encode_update(delta_for(99))
+        seeds = iter(range(100, 200))
+
+        def good():   # distinct per hostile peer: a shared one could be relayed by another
+            return codecs.encode_update(delta_for(next(seeds)))[0]
         wrong_shape = {k: np.zeros((v.shape[0] + 1, v.shape[1]), np.float32)
                        for k, v in delta_for(0).items()}
         nan_delta = delta_for(5)
@@ -297,19 +323,24 @@ def test_hostile_manifests_and_payloads_rejected_honest_complete(caplog):
         def add(name, payload_for_manifest, served=None, **manifest_over):
             t, kp = net.add()
             served = payload_for_manifest if served is None else served
-            t.set_payload_provider(lambda req, s=served: s)
+            own_request = wire.encode_payload_request(
+                0, hashlib.sha256(payload_for_manifest).digest())
+            # Answers only the request for its own announced payload (with `served` bytes).
+            t.set_payload_provider(lambda req, s=served, own=own_request: s if req == own else None)
             hostile[name] = (t, _hostile_manifest(kp, payload_for_manifest, **manifest_over))
             return t
 
-        add("mis-signed", good_payload, signer=create_new_key_pair())
-        add("wrong-swarm", good_payload, swarm="other-swarm")
-        add("wrong-base", good_payload, base_model="0" * 64)
-        add("wrong-lora", good_payload, lora=wire.lora_dict(dataclasses.replace(LORA, rank=8)))
+        add("mis-signed", good(), signer=create_new_key_pair())
+        add("wrong-swarm", good(), swarm="other-swarm")
+        add("wrong-base", good(), base_model="0" * 64)
+        add("wrong-lora", good(), lora=wire.lora_dict(dataclasses.replace(LORA, rank=8)))
         add("wrong-shape", codecs.encode_update(wrong_shape)[0])
         add("nan", nan_payload, codec=codecs.RAW_CODEC)
-        add("hash-mismatch", good_payload, served=codecs.encode_update(delta_for(98))[0])
-        add("size-lie", good_payload, served=good_payload + b"\x00")
-        t_garbage = add("garbage", good_payload)
+        flipped = good()
+        add("hash-mismatch", flipped, served=flipped[:-1] + bytes([flipped[-1] ^ 1]))
+        lie = good()
+        add("size-lie", lie, served=lie + b"\x00")
+        t_garbage = add("garbage", good())
         expected = {"mis-signed": "bad signature", "wrong-swarm": "wrong swarm",
                     "wrong-base": "wrong base model", "wrong-lora": "LoRA config",
                     "wrong-shape": "shape", "nan": "non-finite",
