@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import math
+import numbers
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -207,6 +208,11 @@ class RoundCoordinator:
             raise RuntimeError("start RoundCoordinator.run in a nursery before exchange")
         if self._active is not None:
             raise RuntimeError("an exchange is already in progress")
+        # NumPy integers (token counts summed from arrays) are fine; bools are not.
+        if isinstance(round, numbers.Integral) and not isinstance(round, bool):
+            round = int(round)
+        if isinstance(tokens, numbers.Integral) and not isinstance(tokens, bool):
+            tokens = int(tokens)
         if type(round) is not int or not 0 <= round <= MAX_ROUND:
             raise ValueError(f"round must be an int in [0, {MAX_ROUND}], got {round!r}")
         if self._last_round is not None and round <= self._last_round:

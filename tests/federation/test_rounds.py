@@ -456,6 +456,9 @@ def test_exchange_argument_errors():
                 await a.exchange(0, {k: v for k, v in list(delta_for(0).items())[1:]}, 10)
             with pytest.raises(ValueError, match="tokens"):
                 await a.exchange(0, delta_for(0), 0)
+            with pytest.raises(ValueError, match="tokens"):
+                await a.exchange(0, delta_for(0), True)
+            await a.exchange(np.int64(1), delta_for(0), np.int64(10))    # NumPy ints are fine
             await a.exchange(3, delta_for(0), 10)
             with pytest.raises(ValueError, match="not after"):
                 await a.exchange(3, delta_for(0), 10)
