@@ -26,6 +26,8 @@ F32 = np.float32
 ATTN_TMAX = 2048
 ATTN_HDMAX = 256
 _EW = 256          # invocations per workgroup of the elementwise shaders
+_MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
+_MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 
 
 @dataclass
@@ -198,10 +200,23 @@ class GpuBackend:
         if acc is not None:
             _check(acc.shape == (M, N), f"matmul: acc {acc.shape} != {(M, N)}")
             self.ctx.copy(acc, c)
-        grid = (-(-N // 64), -(-M // 64), 1)
-        self._launch("matmul", [a, b, c], pack_params("uuuf", M, N, K, F32(alpha)), grid,
-                     constants={"TRANS_A": int(trans_a), "TRANS_B": int(trans_b),
-                                "ACC": int(acc is not None)})
+        tiles = -(-N // 64) * -(-M // 64)
+        consts = {"TRANS_A": int(trans_a), "TRANS_B": int(trans_b), "ACC": int(acc is not None)}
+        # Skinny outputs (LoRA's r columns, A/B gradients) give few tiles: split K so the GPU
+        # has >= ~256 workgroups, each summing >= 256 of K, then reduce the slabs in order.
+        splits = min(-(-_MATMUL_MIN_WGS // tiles), K // _MATMUL_MIN_KCHUNK)
+        if splits >= 2 and splits * M * N * 4 <= self.ctx.max_binding:
+            kchunk = (-(-K // splits) + 15) // 16 * 16
+            splits = -(-K // kchunk)
+            part = self._new((splits, M, N))
+            self._launch("matmul", [a, b, part], pack_params("uuufu", M, N, K, F32(alpha), kchunk),
+                         (-(-N // 64), -(-M // 64), splits), entry="main",
+                         constants={**consts, "ACC": 0, "SPLIT": 1})
+            self._launch("matmul", [part, c], pack_params("uuf", M * N, splits, F32(alpha)),
+                         self._ew_grid(M * N), entry="reduce", constants={"ACC": consts["ACC"]})
+            return c
+        self._launch("matmul", [a, b, c], pack_params("uuufu", M, N, K, F32(alpha), K),
+                     (-(-N // 64), -(-M // 64), 1), constants=consts)
         return c
 
     def add(self, a: Tensor, b: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ OPS: dict[str, OpSpec] = {
     "bitlinear": OpSpec("bitlinear.wgsl", ("main",), ref.bitlinear, "bitlinear_backward"),
     "bitlinear_int": OpSpec("bitlinear.wgsl", ("main",), ref.bitlinear_int),   # INT_OUT=1
     "bitlinear_backward": OpSpec("bitlinear_backward.wgsl", ("main",), ref.bitlinear_backward),
-    "matmul": OpSpec("matmul.wgsl", ("main",), ref.matmul, "matmul"),
+    "matmul": OpSpec("matmul.wgsl", ("main", "reduce"), ref.matmul, "matmul"),
     "add": OpSpec("add.wgsl", ("main",), ref.add),
     "rope": OpSpec("rope.wgsl", ("main",), ref.rope, "rope"),                 # inverse=True
     "attention": OpSpec("attention.wgsl", ("forward",), ref.attention, "attention_backward"),

@@ -38,8 +38,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         @builtin(local_invocation_index) tid: u32) {
     let col0 = wid.x * TS;
     let row0 = wid.y * TS;
-    var acc: array<array<i32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0; } }
+    var acc0 = vec4<i32>(0);         // vec4 accumulators: registers, not an indexed array
+    var acc1 = vec4<i32>(0);
+    var acc2 = vec4<i32>(0);
+    var acc3 = vec4<i32>(0);
     let nsteps = (p.k4 + KW - 1u) / KW;
     for (var step = 0u; step < nsteps; step++) {
         let kw0 = step * KW;
@@ -65,16 +67,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         for (var k = 0u; k < KW; k++) {
-            var av: array<u32, 4>;
-            var bv: array<u32, 4>;
-            for (var i = 0u; i < 4u; i++) { av[i] = a_t[(lid.y + 16u * i) * LD + k]; }
-            for (var j = 0u; j < 4u; j++) { bv[j] = b_t[(lid.x + 16u * j) * LD + k]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] += dot4I8Packed(av[i], bv[j]); }
-            }
+            let ao = lid.y * LD + k;
+            let bo = lid.x * LD + k;
+            let a0 = a_t[ao];
+            let a1 = a_t[ao + 16u * LD];
+            let a2 = a_t[ao + 32u * LD];
+            let a3 = a_t[ao + 48u * LD];
+            let b0 = b_t[bo];
+            let b1 = b_t[bo + 16u * LD];
+            let b2 = b_t[bo + 32u * LD];
+            let b3 = b_t[bo + 48u * LD];
+            acc0 += vec4<i32>(dot4I8Packed(a0, b0), dot4I8Packed(a0, b1), dot4I8Packed(a0, b2), dot4I8Packed(a0, b3));
+            acc1 += vec4<i32>(dot4I8Packed(a1, b0), dot4I8Packed(a1, b1), dot4I8Packed(a1, b2), dot4I8Packed(a1, b3));
+            acc2 += vec4<i32>(dot4I8Packed(a2, b0), dot4I8Packed(a2, b1), dot4I8Packed(a2, b2), dot4I8Packed(a2, b3));
+            acc3 += vec4<i32>(dot4I8Packed(a3, b0), dot4I8Packed(a3, b1), dot4I8Packed(a3, b2), dot4I8Packed(a3, b3));
         }
         workgroupBarrier();
     }
+    let accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let row = row0 + lid.y + 16u * i;
         if (row >= p.n) { continue; }
@@ -82,9 +92,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let col = col0 + lid.x + 16u * j;
             if (col >= p.out) { continue; }
             if (INT_OUT) {
-                y[row * p.out + col] = bitcast<f32>(acc[i][j]);
+                y[row * p.out + col] = bitcast<f32>(accs[i][j]);
             } else {
-                y[row * p.out + col] = f32(acc[i][j]) / (xs[row] * p.weight_scale);
+                y[row * p.out + col] = f32(accs[i][j]) / (xs[row] * p.weight_scale);
             }
         }
     }

@@ -22,8 +22,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         @builtin(local_invocation_index) tid: u32) {
     let k0 = wid.x * TS;
     let n0 = wid.y * TS;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
+    var acc0 = vec4<f32>(0.0);       // vec4 accumulators: registers, not an indexed array
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     let nsteps = (p.out + OS - 1u) / OS;
     for (var step = 0u; step < nsteps; step++) {
         let o0 = step * OS;
@@ -47,23 +49,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         for (var o = 0u; o < OS; o++) {
-            var gv: array<f32, 4>;
-            var cv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { gv[i] = g_t[(lid.y + 16u * i) * 17u + o]; }
-            for (var j = 0u; j < 4u; j++) { cv[j] = c_t[o * 64u + lid.x + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] += gv[i] * cv[j]; }
-            }
+            let go = lid.y * 17u + o;
+            let co = o * 64u + lid.x;
+            let gv = vec4<f32>(g_t[go], g_t[go + 272u], g_t[go + 544u], g_t[go + 816u]);
+            let cv = vec4<f32>(c_t[co], c_t[co + 16u], c_t[co + 32u], c_t[co + 48u]);
+            acc0 += gv.x * cv;
+            acc1 += gv.y * cv;
+            acc2 += gv.z * cv;
+            acc3 += gv.w * cv;
         }
         workgroupBarrier();
     }
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let n = n0 + lid.y + 16u * i;
         if (n >= p.n) { continue; }
         for (var j = 0u; j < 4u; j++) {
             let k = k0 + lid.x + 16u * j;
             if (k >= p.k) { continue; }
-            var v = acc[i][j] / p.weight_scale;
+            var v = accs[i][j] / p.weight_scale;
             if (ACC) { v = dx[n * p.k + k] + v; }
             dx[n * p.k + k] = v;
         }

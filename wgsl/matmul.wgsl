@@ -3,11 +3,15 @@
 // with TRANS_A; op(b) (K, N): b stored (K, N), or (N, K) with TRANS_B; c f32 (M, N).
 // Used for LoRA A/B forward and backward and the lm_head.
 // Tiling: 16x16 invocations, 64x64 outputs per workgroup (4x4 per invocation), K steps of 16.
+// Split-K (SPLIT, for skinny outputs such as LoRA's (N, r) with few tiles): workgroup z sums
+// K range [z*kchunk, (z+1)*kchunk) into partial slab z of c (S, M, N); entry `reduce` then
+// adds the S slabs in order (deterministic), applies alpha and ACC.
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ACC: bool = false;
+override SPLIT: bool = false;
 
-struct Params { m: u32, n: u32, k: u32, alpha: f32 }
+struct Params { m: u32, n: u32, k: u32, alpha: f32, kchunk: u32 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
@@ -16,61 +20,91 @@ struct Params { m: u32, n: u32, k: u32, alpha: f32 }
 
 const TS: u32 = 64u;
 const KS: u32 = 16u;
-var<workgroup> a_t: array<f32, 1024>;   // [k][m]
-var<workgroup> b_t: array<f32, 1024>;   // [k][n]
+const LD: u32 = 65u;      // padded tile stride: stores along k hit distinct banks
+var<workgroup> a_t: array<f32, 1040>;   // KS * LD: [k][m]
+var<workgroup> b_t: array<f32, 1040>;   // KS * LD: [k][n]
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
     let n0 = wid.x * TS;
     let m0 = wid.y * TS;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
-    let nsteps = (p.k + KS - 1u) / KS;
+    // four vec4 accumulators (rows i, columns j): constant indices keep them in registers
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let k_lo = wid.z * p.kchunk;
+    let k_hi = min(p.k, k_lo + p.kchunk);
+    let nsteps = (k_hi - min(k_lo, k_hi) + KS - 1u) / KS;
     for (var step = 0u; step < nsteps; step++) {
-        let k0 = step * KS;
+        let k0 = k_lo + step * KS;
         for (var r = 0u; r < 4u; r++) {
             let e = tid + 256u * r;
             // a tile: 64 (m) x 16 (k); consecutive invocations walk a's contiguous axis
             var mm: u32; var kk: u32;
             if (TRANS_A) { mm = e % TS; kk = e / TS; } else { mm = e / KS; kk = e % KS; }
             var av = 0.0;
-            if (m0 + mm < p.m && k0 + kk < p.k) {
+            if (m0 + mm < p.m && k0 + kk < k_hi) {
                 if (TRANS_A) { av = a[(k0 + kk) * p.m + m0 + mm]; }
                 else { av = a[(m0 + mm) * p.k + k0 + kk]; }
             }
-            a_t[kk * TS + mm] = av;
+            a_t[kk * LD + mm] = av;
             // b tile: 16 (k) x 64 (n)
             var nn: u32; var kb: u32;
             if (TRANS_B) { nn = e / KS; kb = e % KS; } else { nn = e % TS; kb = e / TS; }
             var bv = 0.0;
-            if (n0 + nn < p.n && k0 + kb < p.k) {
+            if (n0 + nn < p.n && k0 + kb < k_hi) {
                 if (TRANS_B) { bv = b[(n0 + nn) * p.k + k0 + kb]; }
                 else { bv = b[(k0 + kb) * p.n + n0 + nn]; }
             }
-            b_t[kb * TS + nn] = bv;
+            b_t[kb * LD + nn] = bv;
         }
         workgroupBarrier();
         for (var k = 0u; k < KS; k++) {
-            var av4: array<f32, 4>;
-            var bv4: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { av4[i] = a_t[k * TS + lid.y + 16u * i]; }
-            for (var j = 0u; j < 4u; j++) { bv4[j] = b_t[k * TS + lid.x + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] += av4[i] * bv4[j]; }
-            }
+            let ao = k * LD + lid.y;
+            let bo = k * LD + lid.x;
+            let av = vec4<f32>(a_t[ao], a_t[ao + 16u], a_t[ao + 32u], a_t[ao + 48u]);
+            let bv = vec4<f32>(b_t[bo], b_t[bo + 16u], b_t[bo + 32u], b_t[bo + 48u]);
+            acc0 += av.x * bv;
+            acc1 += av.y * bv;
+            acc2 += av.z * bv;
+            acc3 += av.w * bv;
         }
         workgroupBarrier();
     }
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let m = m0 + lid.y + 16u * i;
         if (m >= p.m) { continue; }
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + lid.x + 16u * j;
             if (n >= p.n) { continue; }
-            var v = acc[i][j] * p.alpha;
-            if (ACC) { v = c[m * p.n + n] + v; }
-            c[m * p.n + n] = v;
+            if (SPLIT) {
+                c[wid.z * p.m * p.n + m * p.n + n] = accs[i][j];
+            } else {
+                var v = accs[i][j] * p.alpha;
+                if (ACC) { v = c[m * p.n + n] + v; }
+                c[m * p.n + n] = v;
+            }
         }
     }
+}
+
+// ---------------------------------------------------------------- split-K reduction
+struct RParams { total: u32, splits: u32, alpha: f32 }
+
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> r_c: array<f32>;
+@group(0) @binding(2) var<uniform> rp: RParams;
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= rp.total) { return; }
+    var s = 0.0;
+    for (var z = 0u; z < rp.splits; z++) { s += part[z * rp.total + i]; }
+    var v = s * rp.alpha;
+    if (ACC) { v = r_c[i] + v; }
+    r_c[i] = v;
 }
