@@ -177,6 +177,7 @@ class RoundCoordinator:
         self._published: dict[int, bytes] = {}                # round -> our signed manifest
         self._active: _Active | None = None
         self._running = False
+        self._exchanging = False
 
     # --- public API ----------------------------------------------------------------------
 
@@ -206,7 +207,7 @@ class RoundCoordinator:
         """
         if not self._running:
             raise RuntimeError("start RoundCoordinator.run in a nursery before exchange")
-        if self._active is not None:
+        if self._exchanging:
             raise RuntimeError("an exchange is already in progress")
         # NumPy integers (token counts summed from arrays) are fine; bools are not.
         if isinstance(round, numbers.Integral) and not isinstance(round, bool):
@@ -222,8 +223,15 @@ class RoundCoordinator:
         if set(delta) != set(self.expected_shapes) or any(
                 tuple(np.shape(delta[k])) != s for k, s in self.expected_shapes.items()):
             raise ValueError("delta keys/shapes differ from expected_shapes")
-        sent0, received0 = self.transport.bytes_sent, self.transport.bytes_received
+        self._exchanging = True
+        try:
+            return await self._exchange(round, delta, tokens)
+        finally:
+            self._exchanging = False
 
+    async def _exchange(self, round: int, delta: Mapping[str, np.ndarray],
+                        tokens: int) -> RoundResult:
+        sent0, received0 = self.transport.bytes_sent, self.transport.bytes_received
         payload, own = await self._run_blocking(functools.partial(self._ef.compress, delta))
         sha = hashlib.sha256(payload).digest()
         manifest = UpdateManifest(

@@ -459,6 +459,16 @@ def test_exchange_argument_errors():
             with pytest.raises(ValueError, match="tokens"):
                 await a.exchange(0, delta_for(0), True)
             await a.exchange(np.int64(1), delta_for(0), np.int64(10))    # NumPy ints are fine
+            b = make_coord(net, min_peers=5)              # waits for peers that never come
+            await n.start(b.run)
+            async with trio.open_nursery() as inner:     # a second concurrent exchange
+                inner.start_soon(b.exchange, 4, delta_for(0), 10)
+                with trio.fail_after(1):
+                    while a.buffered(4) != [b.peer_id]:
+                        await trio.sleep(0.001)          # b has published: it is mid-exchange
+                with pytest.raises(RuntimeError, match="in progress"):
+                    await b.exchange(5, delta_for(0), 10)
+                inner.cancel_scope.cancel()
             await a.exchange(3, delta_for(0), 10)
             with pytest.raises(ValueError, match="not after"):
                 await a.exchange(3, delta_for(0), 10)
