@@ -212,8 +212,8 @@ def config_to_hf(config: BitNetConfig, *, packed: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 # safetensors reading
 
-def _st_header(path: Path) -> tuple[dict, int]:
-    """(header dict without __metadata__, byte offset of the data section) of a safetensors file."""
+def _st_header(path: Path) -> tuple[dict, int, dict[str, str]]:
+    """(tensor entries, byte offset of the data section, __metadata__) of a safetensors file."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -232,14 +232,19 @@ def _st_header(path: Path) -> tuple[dict, int]:
         raise ValueError(f"cannot read safetensors file {path}: {exc}") from exc
     if not isinstance(header, dict):
         raise ValueError(f"cannot read safetensors file {path}: header is not an object")
-    header.pop("__metadata__", None)
-    return header, 8 + n
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError(f"cannot read safetensors file {path}: __metadata__ must map str -> str")
+    return header, 8 + n, metadata
 
 
 class _TensorSource:
     """Name -> tensor lookup over one or several safetensors files of a model directory."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, files: list[Path] | None = None):
+        if files is not None:
+            self._index(files)
+            return
         single = model_dir / WEIGHTS_FILE
         index = model_dir / INDEX_FILE
         if single.is_file():
@@ -253,10 +258,22 @@ class _TensorSource:
             files = sorted(model_dir.glob("model-*.safetensors"))
         if not files:
             raise ValueError(f"no {WEIGHTS_FILE} (or sharded model-*.safetensors) in {model_dir}")
+        self._index(files)
+
+    def _index(self, files: list[Path]) -> None:
+        self.metadata: dict[str, str] = {}
         self.where: dict[str, tuple[Path, dict, int]] = {}
         for f in files:
-            header, data_start = _st_header(f)
+            header, data_start, self.metadata = _st_header(f)
             for name, info in header.items():
+                ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+                      and isinstance(info.get("shape"), list)
+                      and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+                      and isinstance(info.get("data_offsets"), list)
+                      and len(info["data_offsets"]) == 2
+                      and all(isinstance(o, int) and o >= 0 for o in info["data_offsets"]))
+                if not ok:
+                    raise ValueError(f"cannot read safetensors file {f}: bad entry for {name!r}")
                 self.where[name] = (f, info, data_start)
 
     def has(self, name: str) -> bool:
@@ -295,6 +312,15 @@ class _TensorSource:
         if t.dtype.kind != "f":
             raise ValueError(f"tensor {name!r} in {self.where[name][0]} is {t.dtype}, need float")
         return np.ascontiguousarray(t, dtype=np.float32)
+
+
+def read_safetensors(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors of one safetensors file (bf16 decoded to float32) and its __metadata__.
+
+    Raises ValueError naming the file (and tensor) for a malformed or truncated file.
+    """
+    src = _TensorSource(Path(path).parent, files=[Path(path)])
+    return {name: src.get(name) for name in src.where}, dict(src.metadata)
 
 
 def _load_projection(src: _TensorSource, module: str, out_in: tuple[int, int],

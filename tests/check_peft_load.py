@@ -1,0 +1,91 @@
+"""Check that PEFT loads an adapter written by bitswarm's save_adapter. NOT part of CI.
+
+Needs the transformers venv of tests/make_golden.py (plus peft):
+    /tmp/hfvenv/bin/python tests/check_peft_load.py
+
+Writes a random adapter (A and B both nonzero, all seven projections, every layer) for
+tests/data/tiny-bitnet with save_adapter, loads it with
+peft.PeftModel.from_pretrained(transformers model, dir), and asserts: no missing or unexpected
+LoRA keys, every loaded tensor equals the saved one, the logits differ from the base model's, and
+one projection's output equals base_layer(x) + (alpha/r) * B A x (the LoRA path is added after
+BitNet's ternary layer, never merged into the latent weight).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from peft import PeftModel  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from bitswarm.kernels.checkpoint import read_config  # noqa: E402
+from bitswarm.kernels.config import PROJECTIONS, LoRAConfig  # noqa: E402
+from bitswarm.node.checkpoints import load_adapter, peft_key, save_adapter  # noqa: E402
+
+TINY = Path(__file__).resolve().parent / "data" / "tiny-bitnet"
+
+
+def main() -> int:
+    cfg = read_config(TINY)
+    lcfg = LoRAConfig(rank=4, alpha=8.0, target_modules=PROJECTIONS)
+    rng = np.random.default_rng(7)
+    lora = {}
+    for i in range(cfg.num_hidden_layers):
+        for proj in PROJECTIONS:
+            out, inp = cfg.proj_shape(proj)
+            lora[f"layers.{i}.{proj}"] = (rng.normal(0, 0.1, (lcfg.rank, inp)).astype(np.float32),
+                                          rng.normal(0, 0.1, (out, lcfg.rank)).astype(np.float32))
+    ids = torch.tensor([list(b"def wrap(text, width=70):")])
+    with tempfile.TemporaryDirectory() as tmp:
+        adir = Path(tmp) / "adapter"
+        save_adapter(adir, lora, lcfg, base_model=str(TINY), metadata={"round": "3"})
+        back, _, meta = load_adapter(adir)
+        assert meta == {"round": "3"}, meta
+
+        base = AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32).eval()
+        with torch.no_grad():
+            base_logits = base(input_ids=ids).logits
+        peft_model = PeftModel.from_pretrained(base, adir).eval()
+        # PeftModel.from_pretrained swallows the load result; load again to see it.
+        result = peft_model.load_adapter(adir, adapter_name="check")
+        lora_missing = [k for k in result.missing_keys if "lora_" in k and ".check." in k]
+        assert not lora_missing, lora_missing
+        assert not result.unexpected_keys, result.unexpected_keys
+        peft_model.set_adapter("default")
+
+        sd = peft_model.state_dict()
+        n = 0
+        for key, (A, B) in lora.items():
+            _, i, proj = key.split(".")
+            for which, want in (("A", A), ("B", B)):
+                name = peft_key(int(i), proj, which).replace(
+                    f".lora_{which}.weight", f".lora_{which}.default.weight")
+                assert np.array_equal(sd[name].numpy(), want), name
+                n += 1
+        with torch.no_grad():
+            logits = peft_model(input_ids=ids).logits
+        change = float((logits - base_logits).abs().max())
+        assert change > 1e-3, change
+
+        # One projection by hand: PEFT's LoRA output = base(x) + (alpha/r) * x A^T B^T.
+        q = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+        x = torch.randn(5, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+        A, B = (torch.from_numpy(t) for t in lora["layers.0.q_proj"])
+        with torch.no_grad():
+            want = q.base_layer(x) + lcfg.scaling * (x @ A.T @ B.T)
+            got = q(x)
+        err = float((got - want).abs().max() / want.abs().max())
+        assert err < 1e-5, err
+    print(f"PEFT loaded {n} tensors, no missing/unexpected LoRA keys; max |logit change| "
+          f"{change:.3f}; q_proj LoRA path matches base + (alpha/r) B A x (rel err {err:.1e})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
