@@ -22,7 +22,8 @@ Atomic replacement (`save_adapter`), for a target directory D in parent P:
 A crash before 2 leaves D untouched (plus a stale tmp dir); between 2 and 3 D is missing but
 .D.old-XXXX is a complete adapter, and `load_adapter(D)` reads it (read-only fallback); after 3 D
 is the new adapter. The next `save_adapter` puts an orphaned old dir back if D is missing and
-removes stale tmp/old dirs. Renames within one directory are atomic on POSIX.
+removes stale tmp/old dirs. Renames within one directory are atomic on POSIX. One writer per
+adapter directory is assumed (the node's trainer): a save removes any other save's tmp dir.
 """
 from __future__ import annotations
 

@@ -184,7 +184,8 @@ def check_packed(tokenizer, wins, online_loss: float) -> dict:
     # AutoBitLinear (latent) vs BitLinear over our packed file. Equal up to fp32 rounding; had the
     # file needed mean|W| (the reciprocal), the outputs would differ by a factor s^2 (~69 here).
     online_model = load_hf(TINY)
-    x = torch.randn(3, 7, online_model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 7, online_model.config.hidden_size, generator=gen)
     with torch.no_grad():
         y_online = online_model.model.layers[0].self_attn.q_proj(x)
         y_packed = packed_model.model.layers[0].self_attn.q_proj(x)
