@@ -429,6 +429,11 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIte
     )
     pubsub = Pubsub(host, router, max_inbound_rpc_size=2 * MAX_GOSSIP_BYTES)
 
+    # An error raised in the caller's block is held here and re-raised after shutdown: libp2p's
+    # own context managers cancel their nurseries while unwinding, and a Cancelled raised during
+    # that cleanup would replace the caller's exception and then be absorbed by the cancelled
+    # scope, so `raise ValueError` inside `async with open_transport(...)` would vanish.
+    caller_error: BaseException | None = None
     async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery:
         async with background_trio_service(pubsub), background_trio_service(router):
             with trio.fail_after(10):
@@ -444,9 +449,13 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIte
             log.info("transport %s listening on %s", transport.peer_id, transport.listen_multiaddrs)
             try:
                 yield transport
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after shutdown
+                caller_error = e
             finally:
                 nursery.cancel_scope.cancel()
                 transport._msg_send.close()
+    if caller_error is not None:
+        raise caller_error
 
 
 # ---- helpers ----------------------------------------------------------------------------

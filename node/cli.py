@@ -92,6 +92,7 @@ def cmd_eval(args) -> int:
     from bitswarm.kernels.backend import select_backend
     from bitswarm.kernels.checkpoint import load_bitnet
     from bitswarm.kernels.config import LoRAConfig
+    from bitswarm.kernels.lora import from_pairs
     from bitswarm.kernels.model import BitNetModel
     from bitswarm.kernels.tokenizer import load_tokenizer
     from bitswarm.node.checkpoints import load_adapter
@@ -101,7 +102,8 @@ def cmd_eval(args) -> int:
     state, lcfg = {}, LoRAConfig(target_modules=("q_proj",))
     model_dir = args.model
     if args.adapter is not None:
-        state, lcfg, _meta = load_adapter(args.adapter)
+        pairs, lcfg, _meta = load_adapter(args.adapter)
+        state = from_pairs(pairs)
         if model_dir is None:
             model_dir = Path(_base_model_of(args.adapter))
     if model_dir is None:

@@ -29,7 +29,7 @@ from bitswarm.federation.transport import TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
 from bitswarm.kernels.backend import select_backend
 from bitswarm.kernels.checkpoint import load_bitnet, model_hash
-from bitswarm.kernels.lora import LoRAState, init_lora, lora_shapes
+from bitswarm.kernels.lora import LoRAState, init_lora, lora_shapes, to_pairs
 from bitswarm.kernels.model import BitNetModel
 from bitswarm.kernels.tokenizer import load_tokenizer
 from bitswarm.node.checkpoints import save_adapter
@@ -93,7 +93,7 @@ class Node:
         return evaluate(self.model, self.heldout_docs, self.cfg.ctx)["loss"]
 
     def save(self, rnd: int) -> None:
-        save_adapter(self.cfg.data_dir / "adapter", self.global_state, self.cfg.lora,
+        save_adapter(self.cfg.data_dir / "adapter", to_pairs(self.global_state), self.cfg.lora,
                      base_model=str(self.model_dir.resolve()),
                      metadata={"round": str(rnd), "base_model_sha256": self.base_model,
                                "swarm": self.cfg.swarm})

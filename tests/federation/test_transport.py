@@ -299,3 +299,17 @@ def test_gossip_size_limit_is_below_upstream_silent_drop() -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_error_inside_open_transport_propagates():
+    """libp2p's cleanup cancels its nurseries; the caller's exception must survive that."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from bitswarm.federation.transport import TransportConfig, open_transport
+
+    async def main():
+        async with open_transport(create_new_key_pair(), TransportConfig(topic="t")):
+            raise LookupError("raised inside the transport block")
+
+    with pytest.raises(LookupError, match="inside the transport block"):
+        trio.run(main)
