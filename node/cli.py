@@ -81,11 +81,22 @@ def cmd_start(args) -> int:
         ctx=args.ctx, seed=args.seed)
     try:
         done = trio.run(serve, cfg)
-    except KeyboardInterrupt:
+    except BaseException as e:  # noqa: BLE001 - only Ctrl-C is handled; the rest re-raised
+        if not _is_interrupt(e):
+            raise
         log.info("stopped by Ctrl-C; the adapter of the last completed round is in %s", cfg.data_dir / "adapter")
         return 0
     log.info("finished %d round(s); adapter saved in %s", done, cfg.data_dir / "adapter")
     return 0
+
+
+def _is_interrupt(e: BaseException) -> bool:
+    """KeyboardInterrupt, possibly wrapped in trio's (Base)ExceptionGroups by the nurseries it
+    unwound through."""
+    if isinstance(e, KeyboardInterrupt):
+        return True
+    subs = getattr(e, "exceptions", None)
+    return bool(subs) and all(_is_interrupt(x) for x in subs)
 
 
 def cmd_eval(args) -> int:

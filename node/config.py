@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from multiaddr import Multiaddr
+
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
 
 
@@ -51,6 +53,13 @@ class NodeConfig:
                 raise ValueError(f"{flag}: value out of range")
         if self.device not in ("auto", "gpu", "cpu"):
             raise ValueError(f"--device must be auto, gpu or cpu, got {self.device!r}")
+        for addr in [self.listen, *self.peers]:
+            try:
+                ma = Multiaddr(addr)
+            except Exception as e:  # the multiaddr library raises several types
+                raise ValueError(f"bad multiaddr {addr!r}: {e}") from None
+            if addr in self.peers and "p2p" not in [p.name for p in ma.protocols()]:
+                raise ValueError(f"--peer {addr!r} lacks /p2p/<peer-id>")
         bad = [t for t in self.targets if t not in PROJECTIONS]
         if bad:
             raise ValueError(f"--targets: unknown module(s) {bad}; choose from {list(PROJECTIONS)} or 'all'")

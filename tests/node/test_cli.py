@@ -1,0 +1,74 @@
+"""The command line as a user meets it: real `node` processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bitswarm.simulations.local_swarm import prepare_documents
+
+NODE = [sys.executable, "-m", "bitswarm.node"]
+
+
+def run(*args, timeout=120):
+    return subprocess.run([*NODE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_node_id_is_stable_and_console_scripts_agree(tmp_path):
+    a = run("id", "--data-dir", str(tmp_path / "n"))
+    b = run("id", "--data-dir", str(tmp_path / "n"))
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("12D3KooW")
+    script = Path(sys.executable).with_name("bitswarm")
+    if script.exists():   # installed console script (same entry point as `node`)
+        c = subprocess.run([str(script), "id", "--data-dir", str(tmp_path / "n")], capture_output=True, text=True)
+        assert c.stdout == a.stdout
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--data", "/nonexistent/docs"], "/nonexistent/docs"),
+    (["--model", "/nonexistent/model"], "/nonexistent/model"),
+    (["--lr", "5"], "--lr"),
+    (["--peer", "/ip4/127.0.0.1/tcp/1"], "/p2p/"),
+    (["--peer", "not-a-multiaddr"], "not-a-multiaddr"),
+    (["--targets", "q_proj,nope"], "nope"),
+])
+def test_start_fails_fast_naming_the_bad_flag_or_file(tmp_path, flags, names):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello world " * 50)
+    base = ["start", "--swarm", "s", "--data", str(docs), "--data-dir", str(tmp_path / "n"), "--rounds", "1"]
+    r = run(*base, *flags)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert names in r.stderr and "error" in r.stderr
+
+
+def test_ctrl_c_saves_and_exits_0_then_eval_uses_the_adapter(tmp_path):
+    docs = prepare_documents(tmp_path, 1, files_per_node=8)[0]
+    data_dir = tmp_path / "n"
+    proc = subprocess.Popen([*NODE, "start", "--swarm", "solo", "--data", str(docs), "--data-dir", str(data_dir),
+                             "--min-peers", "0", "--local-steps", "2", "--ctx", "32", "--batch-size", "2",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (data_dir / "adapter" / "adapter_model.safetensors").exists():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no adapter saved within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "listening on /ip4/127.0.0.1/tcp/" in out and "/p2p/12D3KooW" in out
+    assert "Ctrl-C" in err
+    cfg = json.loads((data_dir / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 8
+    r = run("eval", "--adapter", str(data_dir / "adapter"), "--data", str(docs), "--ctx", "32", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["tokens"] > 0 and 0 < res["loss"] < 10 and res["bits_per_byte"] > 0
