@@ -166,6 +166,11 @@ class Context:
         self.n_dispatches = 0
         self.n_submits = 0
         self.n_buffers_created = 0
+        # Bytes of storage buffers this Context holds (live tensors + the free pool); the
+        # pool keeps freed buffers, so this is what the driver sees. `peak_allocated_bytes` is
+        # its high-water mark since creation or the last `reset_peak()`.
+        self.allocated_bytes = 0
+        self.peak_allocated_bytes = 0
 
     # ------------------------------------------------------------ buffers
     def _drain_freed(self) -> None:
@@ -190,6 +195,9 @@ class Context:
         if buf is None:
             buf = self.device.create_buffer(size=size, usage=self._storage_usage)
             self.n_buffers_created += 1
+            with self._lock:
+                self.allocated_bytes += size
+                self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
         return Tensor(self, buf, shape, dtype, nbytes)
 
     def pool_bytes(self) -> int:
@@ -204,8 +212,18 @@ class Context:
             self._drain_freed()
             for bufs in self._pool.values():
                 for b in bufs:
+                    self.allocated_bytes -= b.size
                     b.destroy()
             self._pool.clear()
+
+    def live_bytes(self) -> int:
+        """Bytes held by live Tensors (allocated_bytes minus the free pool)."""
+        return self.allocated_bytes - self.pool_bytes()
+
+    def reset_peak(self) -> None:
+        """Restart the high-water mark of allocated_bytes from its current value."""
+        with self._lock:
+            self.peak_allocated_bytes = self.allocated_bytes
 
     def upload(self, a: np.ndarray, dtype: str) -> Tensor:
         """Host array -> new Tensor. dtype int8 packs rows 4 per u32 (a must be 2-D)."""

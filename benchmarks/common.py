@@ -1,0 +1,110 @@
+"""Shared plumbing of the benchmark scripts: argument defaults, timing, JSON results.
+
+Benchmarks are scripts, not tests: each prints a table and writes one JSON file (default
+benchmarks/results/<name>-<host>.json). Timings are wall clock around a GPU sync (a 16-byte
+readback, see kernels/device.py), median of `reps` repetitions of `inner` launches each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+
+
+def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=doc)
+    p.add_argument("--out", default=None,
+                   help=f"JSON result path (default benchmarks/results/{name}-<host>.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="small shapes and few repetitions (CPU / lavapipe smoke run)")
+    return p
+
+
+def out_path(name: str, arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    return HERE / "results" / f"{name}-{socket.gethostname()}.json"
+
+
+def machine_info(ctx=None) -> dict:
+    info = {"host": socket.gethostname(), "python": sys.version.split()[0],
+            "platform": platform.platform(), "cpus": os.cpu_count()}
+    if ctx is not None:
+        info["adapter"] = {k: ctx.info.get(k) for k in ("device", "vendor", "backend_type",
+                                                      "adapter_type", "description")}
+        info["features"] = sorted(ctx.features)
+    return info
+
+
+def time_gpu(ctx, fn: Callable[[], object], *, inner: int = 10, reps: int = 5,
+             warmup: int = 1) -> float:
+    """Seconds per call of fn (which only encodes GPU work): median over reps of inner calls,
+    each rep bracketed by syncs. The first `warmup` reps compile pipelines and are dropped."""
+    times = []
+    ctx.sync()
+    t0 = time.perf_counter()
+    fn()                        # compile + first run; long kernels get fewer inner calls
+    ctx.sync()
+    first = time.perf_counter() - t0
+    inner = max(1, min(inner, int(0.05 / max(first, 1e-6))))
+    for r in range(warmup + reps):
+        ctx.sync()
+        t0 = time.perf_counter()
+        keep = [fn() for _ in range(inner)]
+        ctx.sync()
+        dt = (time.perf_counter() - t0) / inner
+        del keep
+        if r >= warmup:
+            times.append(dt)
+    return statistics.median(times)
+
+
+def time_host(fn: Callable[[], object], *, inner: int = 1, reps: int = 3, warmup: int = 1,
+              sync: Callable[[], object] | None = None) -> float:
+    """Seconds per call of a host function (NumPy / torch; `sync` e.g. torch.cuda.synchronize)."""
+    times = []
+    for r in range(warmup + reps):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        if sync:
+            sync()
+        if r >= warmup:
+            times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=float))
+    print(f"wrote {path}")
+
+
+def load_peak(path: str | None) -> dict | None:
+    """A peak.py result (for fractions of peak), or None."""
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def torch_cuda():
+    """torch when it is importable and sees a CUDA GPU, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None

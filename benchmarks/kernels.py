@@ -1,0 +1,231 @@
+"""Per-kernel throughput at training shapes (tokens = 4 x 128 = 512), against the WGSL peak and a
+baseline measured in the same run (torch bf16 on CUDA when torch sees a GPU, else NumPy fp32).
+
+Cases per model shape (benchmarks/shapes.py): W1.58A8 forward of each projection shape (the
+dp4a GEMM alone, and with rmsnorm + quantize_act), its straight-through input gradient,
+LoRA r=8 matmuls (forward A, B; backward dB, dh, dA, dx), causal GQA attention forward and
+backward, the fp32 lm_head forward/backward, and RMSNorm + activation quantization.
+Ops: GEMMs count 2*M*N*K; attention counts the causal half of 2 GEMMs forward (4*B*Hq*T^2*hd/2)
+and 5 GEMM-equivalents backward. Fraction of peak: against peak.py's dp4a TOP/s for the int8
+GEMM, its fp32 FMA TFLOP/s for the rest (pass --peak PATH, or it is measured here).
+
+    python benchmarks/kernels.py [--quick] [--models 125m,1b,2b4t] [--peak PATH] [--out PATH]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import (load_peak, machine_info, out_path, parser, time_gpu,  # noqa: E402
+                               time_host, torch_cuda, write_json)
+from benchmarks.shapes import CONFIGS  # noqa: E402
+
+F32 = np.float32
+TOKENS = 512
+RANK = 8
+
+
+def _peak(ctx, path, quick):
+    p = load_peak(path)
+    if p is None:
+        from benchmarks import peak as pk
+        n_wg, iters, reps = (64, 256, 2) if quick else (16384, 8192, 3)
+        p = {"dp4a_tops": pk.measure(ctx, "dp4a", pk.DP4A, n_wg, iters, reps)["tops"],
+             "fma_tflops": pk.measure(ctx, "fma", pk.FMA, n_wg, iters, reps)["tops"]}
+    return p
+
+
+class Baseline:
+    """The same math in torch bf16 on CUDA (GEMMs, SDPA flash attention), else NumPy fp32."""
+
+    def __init__(self, quick: bool):
+        self.torch = None if quick else torch_cuda()
+        self.name = "torch-bf16-cuda" if self.torch else "numpy-fp32"
+
+    def arr(self, shape, rng):
+        a = (rng.standard_normal(shape) * 0.5).astype(F32)
+        if self.torch:
+            return self.torch.from_numpy(a).to("cuda", self.torch.bfloat16)
+        return a
+
+    def time(self, fn):
+        if self.torch:
+            return time_host(fn, inner=20, reps=5, sync=self.torch.cuda.synchronize)
+        return time_host(fn, inner=1, reps=2)
+
+    def mm(self, a, b_t):          # a (M, K) @ b_t (N, K)^T
+        return (lambda: a @ b_t.T)
+
+    def attention(self, B, T, Hq, Hkv, hd, rng, backward):
+        if self.torch:
+            torch = self.torch
+            F = torch.nn.functional
+            q = torch.randn(B, Hq, T, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            k = torch.randn(B, Hkv, T, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            v = torch.randn(B, Hkv, T, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+            def fwd():
+                kk = k.repeat_interleave(Hq // Hkv, 1)
+                vv = v.repeat_interleave(Hq // Hkv, 1)
+                return F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+            if not backward:
+                return fwd
+            o = fwd()
+            g = torch.randn_like(o)
+            return lambda: torch.autograd.grad(o, (q, k, v), g, retain_graph=True)
+        from bitswarm.kernels import reference as ref
+        q = self.arr((B * T, Hq * hd), rng)
+        k = self.arr((B * T, Hkv * hd), rng)
+        v = self.arr((B * T, Hkv * hd), rng)
+        if not backward:
+            return lambda: ref.attention(q, k, v, B, T, Hq, Hkv, hd)
+        o, lse = ref.attention(q, k, v, B, T, Hq, Hkv, hd)
+        return lambda: ref.attention_backward(q, q, k, v, o, lse, B, T, Hq, Hkv, hd)
+
+    def rmsnorm_quant(self, N, C, rng):
+        x = self.arr((N, C), rng)
+        w = self.arr((C,), rng)
+        if self.torch:
+            def f():
+                xf = x.float()
+                y = xf * self.torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * w.float()
+                s = 127.0 / y.abs().amax(-1, keepdim=True).clamp_min(1e-5)
+                return (y * s).round().clamp(-128, 127).to(self.torch.int8), s
+            return f
+        from bitswarm.kernels import reference as ref
+        return lambda: ref.quantize_act(ref.rmsnorm(x, w, 1e-5)[0])
+
+
+def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool):
+    """(group, name, ours (callable encoding GPU work), ops, peak kind, baseline callable)."""
+    from bitswarm.kernels.config import TernaryLinear
+    N = 64 if quick else TOKENS
+    D, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    T = min(128, N)
+    B = N // T
+    out = []
+
+    def gpu_arr(shape, scale=0.5):
+        return be.tensor((rng.standard_normal(shape) * scale).astype(F32))
+
+    projs = {"q/o (D->Hq*hd)": (Hq * hd, D), "k/v (D->Hkv*hd)": (Hkv * hd, D),
+             "gate/up (D->I)": (I, D), "down (I->D)": (D, I)}
+    for pname, (OUT, K) in projs.items():
+        w = be.ternary(TernaryLinear(rng.integers(-1, 2, (OUT, K)).astype(np.int8), F32(1.3)))
+        x = gpu_arr((N, K))
+        xq, xs = be.quantize_act(x)
+        nw = gpu_arr((K,))
+        dy = gpu_arr((N, OUT))
+        ops = 2 * N * K * OUT
+        bx, bw = base.arr((N, K), rng), base.arr((OUT, K), rng)
+        by = base.arr((N, OUT), rng)
+        out.append(("W1.58A8 GEMM", pname, lambda xq=xq, xs=xs, w=w: be.bitlinear(xq, xs, w),
+                    ops, "dp4a", base.mm(bx, bw)))
+
+        def fwd_full(x=x, nw=nw, w=w):
+            n, _ = be.rmsnorm(x, nw, 1e-5)
+            q, s = be.quantize_act(n)
+            return be.bitlinear(q, s, w)
+        out.append(("W1.58A8 fwd + rmsnorm + quantize", pname, fwd_full, ops, "dp4a",
+                    base.mm(bx, bw)))
+        out.append(("W1.58A8 input grad (STE)", pname,
+                    lambda dy=dy, w=w: be.bitlinear_backward(dy, w), ops, "fma",
+                    base.mm(by, bw.T)))
+    # LoRA r=8 on the widest projection (gate/up: D -> I)
+    OUT, K = I, D
+    lx, A, Bm = gpu_arr((N, K)), gpu_arr((RANK, K), 0.02), gpu_arr((OUT, RANK), 0.02)
+    h, y, dy, dh = gpu_arr((N, RANK)), gpu_arr((N, OUT)), gpu_arr((N, OUT)), gpu_arr((N, RANK))
+    bx, bA, bB = base.arr((N, K), rng), base.arr((RANK, K), rng), base.arr((OUT, RANK), rng)
+    bh, bdy = base.arr((N, RANK), rng), base.arr((N, OUT), rng)
+    lora = [
+        ("fwd h = x A^T", lambda: be.matmul(lx, A, trans_b=True), 2 * N * K * RANK,
+         base.mm(bx, bA)),
+        ("fwd y += s h B^T", lambda: be.matmul(h, Bm, trans_b=True, alpha=2.0, acc=y),
+         2 * N * RANK * OUT, base.mm(bh, bB)),
+        ("bwd dB = dy^T h", lambda: be.matmul(dy, h, trans_a=True, alpha=2.0), 2 * N * RANK * OUT,
+         base.mm(bdy.T, bh.T)),
+        ("bwd dh = dy B", lambda: be.matmul(dy, Bm, alpha=2.0), 2 * N * RANK * OUT,
+         base.mm(bdy, bB.T)),
+        ("bwd dA = dh^T x", lambda: be.matmul(dh, lx, trans_a=True), 2 * N * RANK * K,
+         base.mm(bh.T, bx.T)),
+        ("bwd dx += dh A", lambda: be.matmul(dh, A, acc=lx), 2 * N * RANK * K, base.mm(bh, bA.T)),
+    ]
+    for name, fn, ops, bfn in lora:
+        out.append((f"LoRA r{RANK} (D->I)", name, fn, ops, "fma", bfn))
+    # attention
+    q, k, v = gpu_arr((N, Hq * hd)), gpu_arr((N, Hkv * hd)), gpu_arr((N, Hkv * hd))
+    o, lse = be.attention(q, k, v, B, T, Hq, Hkv, hd)
+    aops = 4 * B * Hq * T * T * hd // 2
+    out.append(("attention", f"fwd B{B} T{T} Hq{Hq} Hkv{Hkv} hd{hd}",
+                lambda: be.attention(q, k, v, B, T, Hq, Hkv, hd), aops, "fma",
+                base.attention(B, T, Hq, Hkv, hd, rng, False)))
+    out.append(("attention", f"bwd B{B} T{T} Hq{Hq} Hkv{Hkv} hd{hd}",
+                lambda: be.attention_backward(q, q, k, v, o, lse, B, T, Hq, Hkv, hd),
+                aops * 5 // 2, "fma", base.attention(B, T, Hq, Hkv, hd, rng, True)))
+    # lm_head (fp32, tied embeddings)
+    if not quick or V <= 4096:
+        hx, W, dl = gpu_arr((N, D)), gpu_arr((V, D), 0.02), gpu_arr((N, V))
+        bx, bW, bdl = base.arr((N, D), rng), base.arr((V, D), rng), base.arr((N, V), rng)
+        out.append(("lm_head fp32", f"fwd ({N}x{D}) @ ({V}x{D})^T",
+                    lambda: be.matmul(hx, W, trans_b=True), 2 * N * D * V, "fma", base.mm(bx, bW)))
+        out.append(("lm_head fp32", f"bwd dlogits @ W -> ({N}x{D})",
+                    lambda: be.matmul(dl, W), 2 * N * D * V, "fma", base.mm(bdl, bW.T)))
+    # RMSNorm + activation quantization
+    for C in (D, I):
+        x, nw = gpu_arr((N, C)), gpu_arr((C,))
+
+        def rq(x=x, nw=nw):
+            n, _ = be.rmsnorm(x, nw, 1e-5)
+            return be.quantize_act(n)
+        out.append(("rmsnorm + quantize_act", f"({N}x{C})", rq, 0, "fma",
+                    base.rmsnorm_quant(N, C, rng)))
+    return out
+
+
+def main() -> None:
+    ap = parser("kernels", __doc__.splitlines()[0])
+    ap.add_argument("--models", default=None, help="comma list of benchmarks/shapes.py names")
+    ap.add_argument("--peak", default=None, help="peak.py JSON (else peak is measured here)")
+    args = ap.parse_args()
+    from bitswarm.kernels.gpu_backend import GpuBackend
+    be = GpuBackend()
+    ctx = be.ctx
+    info = machine_info(ctx)
+    print(f"adapter: {info['adapter']}")
+    peak = _peak(ctx, args.peak, args.quick)
+    print(f"peak: dp4a {peak['dp4a_tops']:.2f} TOP/s, fp32 FMA {peak['fma_tflops']:.2f} TFLOP/s")
+    base = Baseline(args.quick)
+    models = (args.models or ("tiny" if args.quick else "125m,1b,2b4t")).split(",")
+    inner, reps = (2, 2) if args.quick else (10, 5)
+    rows = []
+    rng = np.random.default_rng(0)
+    for model in models:
+        cfg = CONFIGS[model]
+        print(f"\n== {model}: D={cfg.hidden_size} I={cfg.intermediate_size} Hq={cfg.num_attention_heads}"
+              f" Hkv={cfg.num_key_value_heads} hd={cfg.head_dim} V={cfg.vocab_size}; baseline {base.name}")
+        print(f"{'group':34s} {'case':34s} {'ours ms':>9s} {'T(FL)OP/s':>9s} {'%peak':>6s}"
+              f" {'base ms':>9s} {'base/ours':>9s}")
+        for group, name, fn, ops, kind, bfn in cases_for(model, cfg, be, base, rng, args.quick):
+            t = time_gpu(ctx, fn, inner=inner, reps=reps)
+            tb = base.time(bfn)
+            pk = peak["dp4a_tops" if kind == "dp4a" else "fma_tflops"]
+            rate = ops / t / 1e12 if ops else None
+            frac = rate / pk if rate else None
+            rows.append({"model": model, "group": group, "case": name, "ours_s": t,
+                         "rate_t": rate, "peak_kind": kind, "frac_peak": frac,
+                         "baseline": base.name, "baseline_s": tb, "speed_vs_baseline": tb / t,
+                         "ops": ops})
+            print(f"{group:34s} {name:34s} {t * 1e3:9.3f} {rate or 0:9.3f} "
+                  f"{(frac or 0) * 100:5.1f}% {tb * 1e3:9.3f} {tb / t:9.3f}")
+    write_json(out_path("kernels", args.out), {
+        "benchmark": "kernels", "machine": info, "quick": args.quick, "tokens": TOKENS,
+        "lora_rank": RANK, "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"]},
+        "baseline": base.name, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

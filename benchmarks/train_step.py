@@ -1,0 +1,250 @@
+"""End-to-end LoRA fine-tuning step: tokens/s and peak GPU memory, ours vs baselines in one run.
+
+Ours: kernels/model.py BitNetModel.loss_and_grads + kernels/optim.py AdamW on GpuBackend (WGSL),
+batch 4 x ctx 128 = 512 tokens, LoRA rank 8 (alpha 16) on q/k/v/o ("qkvo") or all seven
+projections ("all"). Weights: random ternary codes (one layer's codes drawn and shared by every
+layer, uploaded per layer, so GPU memory is that of the full model), N(0, 0.02) tied embeddings.
+Peak GPU memory: the device layer's high-water mark of allocated storage-buffer bytes
+(kernels/device.py Context.peak_allocated_bytes; wgpu's own internal allocations are not counted).
+
+Baselines, same shapes, same run:
+  torch+peft: transformers BitNetForCausalLM (online ternary AutoBitLinear, bf16) + PEFT LoRA,
+              torch.optim.AdamW, on CUDA when torch sees a GPU; peak = torch.cuda.max_memory_allocated.
+  numpy:      our CpuBackend (kernels/reference.py) on the CPU; measured at 1 and 2 layers and
+              extrapolated linearly to the full depth (a full-depth NumPy step takes minutes).
+
+    python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine_info, out_path, parser, torch_cuda, write_json  # noqa: E402
+from benchmarks.shapes import CONFIGS  # noqa: E402
+
+B, T, RANK, ALPHA = 4, 128, 8, 16.0
+EPOCH_TOKENS = 41_700          # PubMedQA epoch of QVAC Fabric's benchmark (shared/FACTS.md)
+TARGETS = {"qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
+           "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+
+
+def fast_weights(cfg, seed: int):
+    """BitNetWeights with one layer of random ternary codes shared by all layers (host memory
+    and setup time of one layer; kernels/checkpoint.random_bitnet draws every layer)."""
+    from bitswarm.kernels.config import PROJECTIONS, BitNetWeights, LayerWeights, TernaryLinear
+    rng = np.random.default_rng(seed)
+    D, I = cfg.hidden_size, cfg.intermediate_size
+    proj = {p: TernaryLinear(rng.integers(-1, 2, cfg.proj_shape(p), dtype=np.int8),
+                             np.float32(1 / 0.016)) for p in PROJECTIONS}
+    layers = [LayerWeights(np.ones(D, np.float32), np.ones(D, np.float32),
+                           np.ones(D, np.float32), np.ones(I, np.float32), dict(proj))
+              for _ in range(cfg.num_hidden_layers)]
+    embed = (rng.standard_normal((cfg.vocab_size, D), dtype=np.float32) * 0.02)
+    return BitNetWeights(cfg, embed, layers, np.ones(D, np.float32))
+
+
+class _SharedCodesGpu:
+    """GpuBackend.ternary with the host-side 2-bit packing memoized per codes array (layers
+    share codes in fast_weights); every call still uploads its own GPU copy."""
+
+    def __init__(self, be):
+        self.be = be
+        self.memo = {}
+
+    def __call__(self, w):
+        from bitswarm.kernels.gpu_backend import GpuTernary, pack_ternary
+        key = id(w.codes)
+        if key not in self.memo:
+            self.memo[key] = (w.codes, pack_ternary(w.codes).view(np.int32))
+        packed = self.memo[key][1]
+        out, k = w.codes.shape
+        return GpuTernary(self.be.ctx.upload(packed, "int32"), out, k, np.float32(w.weight_scale))
+
+
+def batch(cfg, seed: int):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg.vocab_size, (B, T + 1))
+    return ids[:, :-1], ids[:, 1:]
+
+
+def run_ours(backend, cfg, targets, steps: int, warmup: int) -> dict:
+    from bitswarm.kernels.config import LoRAConfig
+    from bitswarm.kernels.lora import init_lora, trainable_keys
+    from bitswarm.kernels.model import BitNetModel
+    from bitswarm.kernels.optim import AdamW, AdamWConfig
+    t0 = time.perf_counter()
+    lcfg = LoRAConfig(rank=RANK, alpha=ALPHA, target_modules=TARGETS[targets])
+    model = BitNetModel(fast_weights(cfg, 0), backend, lcfg)
+    state = init_lora(cfg, lcfg, 0)
+    model.set_lora(state)
+    keys = trainable_keys(state, lcfg)
+    opt = AdamW(backend, AdamWConfig(lr=1e-4))
+    ids, tg = batch(cfg, 1)
+    ctx = getattr(backend, "ctx", None)
+    setup = time.perf_counter() - t0
+    losses, times = [], []
+    for s in range(warmup + steps):
+        t1 = time.perf_counter()
+        loss, _, grads = model.loss_and_grads(ids, tg)      # reads the loss back: a sync
+        opt.step(model.lora, {k: grads[k] for k in keys})
+        del grads
+        if ctx is not None:
+            ctx.sync()
+        if s >= warmup:
+            times.append(time.perf_counter() - t1)
+        losses.append(loss)
+    step = float(np.median(times))
+    res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup}
+    if ctx is not None:
+        res.update(peak_gpu_bytes=ctx.peak_allocated_bytes, allocated_bytes=ctx.allocated_bytes,
+                   dispatches=ctx.n_dispatches, submits=ctx.n_submits)
+    del model, opt
+    gc.collect()
+    return res
+
+
+def run_numpy(cfg, targets, steps: int) -> dict:
+    """CpuBackend at 1 and 2 layers, extrapolated: t(L) = t1 + (L - 1) * (t2 - t1)."""
+    from bitswarm.kernels.backend import CpuBackend
+    t = {}
+    for L in (1, 2):
+        c = replace(cfg, num_hidden_layers=L)
+        t[L] = run_ours(CpuBackend(), c, targets, steps, 1)["step_s"]
+    step = t[1] + (cfg.num_hidden_layers - 1) * (t[2] - t[1])
+    return {"step_s": step, "tokens_per_s": B * T / step, "measured_s": {"1": t[1], "2": t[2]},
+            "extrapolated_to_layers": cfg.num_hidden_layers}
+
+
+def run_torch(torch, cfg, targets, steps: int, warmup: int, tmp: Path) -> dict:
+    """transformers BitNetForCausalLM (online AutoBitLinear, bf16) + PEFT LoRA on CUDA."""
+    import shutil
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitNetConfig, BitNetForCausalLM
+    hf = BitNetConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                      intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
+                      num_attention_heads=cfg.num_attention_heads,
+                      num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+                      rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
+                      max_position_embeddings=cfg.max_position_embeddings,
+                      tie_word_embeddings=cfg.tie_word_embeddings)
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    d = tmp / "hf"
+    shutil.rmtree(d, ignore_errors=True)
+    with torch.device("cuda"):
+        m = BitNetForCausalLM(hf).to(torch.bfloat16)
+    m.save_pretrained(d)                      # then reload: the quantizer applies on load only
+    del m
+    torch.cuda.empty_cache()
+    import json
+    cj = json.loads((d / "config.json").read_text())
+    cj["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                 "quantization_mode": "online"}
+    (d / "config.json").write_text(json.dumps(cj))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda")
+    except (TypeError, ImportError, ValueError):    # older transformers / no accelerate
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.bfloat16).cuda()
+    shutil.rmtree(d, ignore_errors=True)
+    q = model.model.layers[0].self_attn.q_proj
+    kind = type(q).__name__
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                                             target_modules=list(TARGETS[targets])))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids, tg = batch(cfg, 1)
+    ids = torch.from_numpy(ids).cuda()
+    setup = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for s in range(warmup + steps):
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        out = model(input_ids=ids, labels=ids)          # transformers shifts the labels
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(out.loss))
+        torch.cuda.synchronize()
+        if s >= warmup:
+            times.append(time.perf_counter() - t1)
+    step = float(np.median(times))
+    res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup,
+           "peak_gpu_bytes": int(torch.cuda.max_memory_allocated()), "q_proj_class": kind,
+           "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+    del model, opt, out
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def main() -> None:
+    ap = parser("train_step", __doc__.splitlines()[0])
+    ap.add_argument("--models", default=None)
+    ap.add_argument("--targets", default="qkvo,all")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-numpy", action="store_true")
+    ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
+    args = ap.parse_args()
+    global B, T
+    if args.quick:
+        B, T = 2, 32
+    from bitswarm.kernels.gpu_backend import GpuBackend
+    be = GpuBackend()
+    be.ternary = _SharedCodesGpu(be)
+    info = machine_info(be.ctx)
+    print(f"adapter: {info['adapter']}")
+    torch = None if (args.no_torch or args.quick) else torch_cuda()
+    models = (args.models or ("tiny" if args.quick else "125m,1b,2b4t")).split(",")
+    steps = args.steps or (2 if args.quick else 5)
+    rows = []
+    print(f"{'model':6s} {'targets':7s} {'system':12s} {'tok/s':>10s} {'step ms':>9s} {'peak MiB':>9s}"
+          f" {'ours/base':>9s}")
+    for model in models:
+        cfg = CONFIGS[model]
+        for targets in args.targets.split(","):
+            r = {"model": model, "targets": targets, "B": B, "T": T, "rank": RANK}
+            be.ctx.trim()
+            be.ctx.reset_peak()
+            base_alloc = be.ctx.allocated_bytes        # rope tables etc. of earlier runs
+            r["ours"] = run_ours(be, cfg, targets, steps, 1)
+            r["ours"]["peak_gpu_bytes"] -= base_alloc
+            if torch is not None:
+                try:
+                    r["torch_peft"] = run_torch(torch, cfg, targets, steps, 2, Path(args.tmp))
+                except Exception as e:  # a baseline failing must not lose our numbers
+                    r["torch_peft"] = {"error": f"{type(e).__name__}: {e}"}
+            if not args.no_numpy:
+                r["numpy"] = run_numpy(cfg, targets, 1)
+            r["epoch_s_ours"] = EPOCH_TOKENS / r["ours"]["tokens_per_s"]
+            rows.append(r)
+            ours = r["ours"]["tokens_per_s"]
+            for sysname in ("ours", "torch_peft", "numpy"):
+                x = r.get(sysname)
+                if x is None:
+                    continue
+                if "error" in x:
+                    print(f"{model:6s} {targets:7s} {sysname:12s} ERROR {x['error'][:200]}")
+                    continue
+                pk = x.get("peak_gpu_bytes")
+                print(f"{model:6s} {targets:7s} {sysname:12s} {x['tokens_per_s']:10.1f} "
+                      f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
+                      f"{ours / x['tokens_per_s']:9.3f}")
+            sys.stdout.flush()
+    write_json(out_path("train_step", args.out), {
+        "benchmark": "train_step", "machine": info, "quick": args.quick, "rows": rows,
+        "epoch_tokens": EPOCH_TOKENS})
+
+
+if __name__ == "__main__":
+    main()
