@@ -54,6 +54,11 @@ class Backend(Protocol):
                       grad_scale: float) -> tuple[Tensor, Tensor]: ...
     def adamw_(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float,
                beta1: float, beta2: float, eps: float, weight_decay: float) -> None: ...
+    # decode (KV cache; kernels/generate.py). GpuBackend gets these from kernels/gpu_decode_ops.py.
+    def rope_at(self, x: Tensor, pos: int, H: int, hd: int, theta: float) -> Tensor: ...
+    def kv_append_(self, cache: Tensor, x: Tensor, pos: int) -> None: ...
+    def attention_decode(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, L: int, Hq: int,
+                         Hkv: int, hd: int) -> Tensor: ...
 
 
 class CpuBackend:
@@ -103,6 +108,19 @@ class CpuBackend:
         if cs is None or cs[0].shape[0] < T:
             cs = self._rope_cache[key] = ref.rope_tables(max(T, 128), hd, theta)
         return ref.rope(x, cs[0], cs[1], T, H, hd, inverse)
+
+    # ------------------------------------------------------------ decode (KV cache)
+    kv_append_ = staticmethod(ref.kv_append_)
+    attention_decode = staticmethod(ref.attention_decode)
+
+    def rope_at(self, x, pos, H, hd, theta):
+        need = pos + x.shape[0]
+        key = (hd, theta)
+        cs = self._rope_cache.get(key)
+        if cs is None or cs[0].shape[0] < need:      # grow geometrically: one token per call
+            have = 0 if cs is None else cs[0].shape[0]
+            cs = self._rope_cache[key] = ref.rope_tables(max(need, 2 * have, 128), hd, theta)
+        return ref.rope_at(x, cs[0], cs[1], pos, H, hd)
 
 
 def real_gpu_available() -> bool:

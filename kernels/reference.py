@@ -216,3 +216,51 @@ def adamw_(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, step: 
     bc1 = F32(1.0 - beta1 ** step)
     bc2 = F32(1.0 - beta2 ** step)
     p -= F32(lr) * (m / bc1) / (np.sqrt(v / bc2) + F32(eps))
+
+
+# ---------------------------------------------------------------- decode (KV cache)
+# Incremental decoding for one sequence (B = 1): the K/V rows of every past position are kept
+# after RoPE in a cache (Lmax, Hkv*hd), row p = position p; a new token is rotated at its own
+# position, appended, and its query attends over the first L rows. Row by row this is exactly
+# the causal `attention` / `rope` above (kernels/generate.py checks it against a full forward).
+def rope_at(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos: int, H: int,
+            hd: int) -> np.ndarray:
+    """`rope` of M consecutive tokens of one sequence at positions pos .. pos+M-1.
+
+    x (M, H*hd), cos/sin (>= pos+M, hd/2) from rope_tables -> (M, H*hd). Raises ValueError
+    when the tables are too short or pos < 0.
+    """
+    M = x.shape[0]
+    if pos < 0 or cos.shape[0] < pos + M:
+        raise ValueError(f"rope_at: positions {pos}..{pos + M - 1} outside tables of "
+                         f"{cos.shape[0]} rows")
+    return rope(x, cos[pos:pos + M], sin[pos:pos + M], M, H, hd)
+
+
+def kv_append_(cache: np.ndarray, x: np.ndarray, pos: int) -> None:
+    """In place: cache[pos : pos+M] = x. cache (Lmax, C), x (M, C). Raises ValueError when the
+    rows do not fit or C differs."""
+    M = x.shape[0]
+    if x.shape[1:] != cache.shape[1:] or pos < 0 or pos + M > cache.shape[0]:
+        raise ValueError(f"kv_append_: {x.shape} at row {pos} does not fit cache {cache.shape}")
+    cache[pos:pos + M] = x
+
+
+def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, L: int, Hq: int,
+                     Hkv: int, hd: int) -> np.ndarray:
+    """One query attending over the first L cached positions (all visible: the query is the
+    newest token), GQA as `attention`: softmax(q K^T / sqrt(hd)) V per query head.
+
+    q (1, Hq*hd), k_cache/v_cache (>= L, Hkv*hd) -> o (1, Hq*hd). Raises ValueError for L < 1
+    or L beyond the cache.
+    """
+    if L < 1 or L > k_cache.shape[0]:
+        raise ValueError(f"attention_decode: L={L} outside 1..{k_cache.shape[0]}")
+    g = Hq // Hkv
+    Q = q.reshape(Hq, 1, hd)
+    K = np.repeat(k_cache[:L].reshape(L, Hkv, hd).transpose(1, 0, 2), g, axis=0)  # (Hq, L, hd)
+    V = np.repeat(v_cache[:L].reshape(L, Hkv, hd).transpose(1, 0, 2), g, axis=0)
+    S = (Q @ K.transpose(0, 2, 1)) * F32(1.0 / np.sqrt(hd))                         # (Hq, 1, L)
+    P = np.exp(S - S.max(-1, keepdims=True))
+    O = (P / P.sum(-1, keepdims=True)) @ V                                          # (Hq, 1, hd)
+    return O.reshape(1, Hq * hd).astype(F32)
