@@ -54,7 +54,14 @@ class Backend(Protocol):
                       grad_scale: float) -> tuple[Tensor, Tensor]: ...
     def adamw_(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float,
                beta1: float, beta2: float, eps: float, weight_decay: float) -> None: ...
-    # decode (KV cache; kernels/generate.py). GpuBackend gets these from kernels/gpu_decode_ops.py.
+
+
+class DecodeBackend(Backend, Protocol):
+    """Backend plus the decode (KV-cache) ops of kernels/generate.py; semantics: the "decode"
+    section of kernels/reference.py. CpuBackend implements them; for GpuBackend they live in
+    kernels/gpu_decode_ops.py (GpuDecodeOps), and `generate.decode_ops` picks the right one.
+    A sub-protocol, so the training op vocabulary (and the registry that mirrors it) is unchanged."""
+
     def rope_at(self, x: Tensor, pos: int, H: int, hd: int, theta: float) -> Tensor: ...
     def kv_append_(self, cache: Tensor, x: Tensor, pos: int) -> None: ...
     def attention_decode(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, L: int, Hq: int,
