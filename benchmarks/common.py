@@ -46,26 +46,38 @@ def machine_info(ctx=None) -> dict:
 
 
 def time_gpu(ctx, fn: Callable[[], object], *, inner: int = 10, reps: int = 5,
-             warmup: int = 1) -> float:
-    """Seconds per call of fn (which only encodes GPU work): median over reps of inner calls,
-    each rep bracketed by syncs. The first `warmup` reps compile pipelines and are dropped."""
-    times = []
-    ctx.sync()
-    t0 = time.perf_counter()
-    fn()                        # compile + first run; long kernels get fewer inner calls
-    ctx.sync()
-    first = time.perf_counter() - t0
-    inner = max(1, min(inner, int(0.05 / max(first, 1e-6))))
-    for r in range(warmup + reps):
+             warmup: int = 1) -> tuple[float, float]:
+    """(GPU seconds, host encode seconds) per call of fn, which only encodes GPU work.
+
+    Each rep encodes `inner` calls untimed for the GPU (nothing is submitted while encoding:
+    the device layer's periodic flush is switched off here), then times submit + wait: that is
+    GPU execution time plus one submit. The host time is the encoding itself. Medians over
+    reps; the first `warmup` reps (pipeline compilation) are dropped."""
+    from bitswarm.kernels import device
+    saved = device.FLUSH_EVERY
+    device.FLUSH_EVERY = 1 << 30
+    try:
         ctx.sync()
         t0 = time.perf_counter()
-        keep = [fn() for _ in range(inner)]
+        fn()                    # compile + first run; long kernels get fewer inner calls
         ctx.sync()
-        dt = (time.perf_counter() - t0) / inner
-        del keep
-        if r >= warmup:
-            times.append(dt)
-    return statistics.median(times)
+        first = time.perf_counter() - t0
+        inner = max(1, min(inner, int(0.05 / max(first, 1e-6))))
+        gpu, host = [], []
+        for r in range(warmup + reps):
+            ctx.sync()
+            t0 = time.perf_counter()
+            keep = [fn() for _ in range(inner)]
+            t1 = time.perf_counter()
+            ctx.sync()
+            t2 = time.perf_counter()
+            del keep
+            if r >= warmup:
+                host.append((t1 - t0) / inner)
+                gpu.append((t2 - t1) / inner)
+        return statistics.median(gpu), statistics.median(host)
+    finally:
+        device.FLUSH_EVERY = saved
 
 
 def time_host(fn: Callable[[], object], *, inner: int = 1, reps: int = 3, warmup: int = 1,

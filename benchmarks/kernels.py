@@ -6,7 +6,8 @@ dp4a GEMM alone, and with rmsnorm + quantize_act), its straight-through input gr
 LoRA r=8 matmuls (forward A, B; backward dB, dh, dA, dx), causal GQA attention forward and
 backward, the fp32 lm_head forward/backward, and RMSNorm + activation quantization.
 Ops: GEMMs count 2*M*N*K; attention counts the causal half of 2 GEMMs forward (4*B*Hq*T^2*hd/2)
-and 5 GEMM-equivalents backward. Fraction of peak: against peak.py's dp4a TOP/s for the int8
+and 5 GEMM-equivalents backward. Times: GPU execution (encoded untimed, then submit + wait timed) and, separately, the host's
+encoding time per call. Fraction of peak: against peak.py's dp4a TOP/s for the int8
 GEMM, its fp32 FMA TFLOP/s for the rest (pass --peak PATH, or it is measured here).
 
     python benchmarks/kernels.py [--quick] [--models 125m,1b,2b4t] [--peak PATH] [--out PATH]
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (load_peak, machine_info, out_path, parser, time_gpu,  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # sibling modules
+from common import (load_peak, machine_info, out_path, parser, time_gpu,  # noqa: E402
                                time_host, torch_cuda, write_json)
-from benchmarks.shapes import CONFIGS  # noqa: E402
+from shapes import CONFIGS  # noqa: E402
 
 F32 = np.float32
 TOKENS = 512
@@ -31,7 +32,7 @@ RANK = 8
 def _peak(ctx, path, quick):
     p = load_peak(path)
     if p is None:
-        from benchmarks import peak as pk
+        import peak as pk
         n_wg, iters, reps = (64, 256, 2) if quick else (16384, 8192, 3)
         p = {"dp4a_tops": pk.measure(ctx, "dp4a", pk.DP4A, n_wg, iters, reps)["tops"],
              "fma_tflops": pk.measure(ctx, "fma", pk.FMA, n_wg, iters, reps)["tops"]}
@@ -207,20 +208,21 @@ def main() -> None:
         cfg = CONFIGS[model]
         print(f"\n== {model}: D={cfg.hidden_size} I={cfg.intermediate_size} Hq={cfg.num_attention_heads}"
               f" Hkv={cfg.num_key_value_heads} hd={cfg.head_dim} V={cfg.vocab_size}; baseline {base.name}")
-        print(f"{'group':34s} {'case':34s} {'ours ms':>9s} {'T(FL)OP/s':>9s} {'%peak':>6s}"
-              f" {'base ms':>9s} {'base/ours':>9s}")
+        print(f"{'group':34s} {'case':34s} {'gpu ms':>9s} {'T(FL)OP/s':>9s} {'%peak':>6s}"
+              f" {'base ms':>9s} {'base/ours':>9s} {'host ms':>8s}")
         for group, name, fn, ops, kind, bfn in cases_for(model, cfg, be, base, rng, args.quick):
-            t = time_gpu(ctx, fn, inner=inner, reps=reps)
+            t, th = time_gpu(ctx, fn, inner=inner, reps=reps)
             tb = base.time(bfn)
             pk = peak["dp4a_tops" if kind == "dp4a" else "fma_tflops"]
             rate = ops / t / 1e12 if ops else None
             frac = rate / pk if rate else None
             rows.append({"model": model, "group": group, "case": name, "ours_s": t,
+                         "host_encode_s": th,
                          "rate_t": rate, "peak_kind": kind, "frac_peak": frac,
                          "baseline": base.name, "baseline_s": tb, "speed_vs_baseline": tb / t,
                          "ops": ops})
             print(f"{group:34s} {name:34s} {t * 1e3:9.3f} {rate or 0:9.3f} "
-                  f"{(frac or 0) * 100:5.1f}% {tb * 1e3:9.3f} {tb / t:9.3f}")
+                  f"{(frac or 0) * 100:5.1f}% {tb * 1e3:9.3f} {tb / t:9.3f} {th * 1e3:8.3f}")
     write_json(out_path("kernels", args.out), {
         "benchmark": "kernels", "machine": info, "quick": args.quick, "tokens": TOKENS,
         "lora_rank": RANK, "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"]},

@@ -14,8 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine_info, out_path, parser, time_gpu, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # sibling modules
+from common import machine_info, out_path, parser, time_gpu, write_json  # noqa: E402
 
 DP4A = """
 struct P { iters: u32, seed: u32 }
@@ -73,7 +73,7 @@ def measure(ctx, kind: str, src: str, n_wg: int, iters: int, reps: int) -> dict:
     out = ctx.alloc((n_wg * 256,), "int32")
     params = pack_params("uu", iters, 12345)
     grid = grid_for(n_wg)
-    dt = time_gpu(ctx, lambda: ctx.dispatch(k, [out], params, grid), inner=3, reps=reps)
+    dt, _ = time_gpu(ctx, lambda: ctx.dispatch(k, [out], params, grid), inner=3, reps=reps)
     ops = n_wg * 256 * iters * OPS_PER_ITER[kind]
     return {"seconds": dt, "ops": ops, "tops": ops / dt / 1e12, "workgroups": n_wg,
             "iters": iters}

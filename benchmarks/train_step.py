@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine_info, out_path, parser, torch_cuda, write_json  # noqa: E402
-from benchmarks.shapes import CONFIGS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # sibling modules
+from common import machine_info, out_path, parser, torch_cuda, write_json  # noqa: E402
+from shapes import CONFIGS  # noqa: E402
 
 B, T, RANK, ALPHA = 4, 128, 8, 16.0
 EPOCH_TOKENS = 41_700          # PubMedQA epoch of QVAC Fabric's benchmark (shared/FACTS.md)

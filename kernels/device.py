@@ -10,9 +10,19 @@ submits, and `Context.read(t)` flushes and reads back (queue.read_buffer waits f
 wgpu-py 0.32's `on_submitted_work_done_sync()` is broken, see shared/FACTS.md).
 
 Ordering rules that keep this correct:
-- Uniform parameters of every dispatch are packed into one host-side arena (256-byte slots);
-  the arena is written with queue.write_buffer right before the submit, so each dispatch of the
-  encoder sees its own parameters.
+- Uniform parameters live in persistent 256-byte slots of one uniform buffer, one slot per
+  distinct parameter content (a training step repeats the same shapes, so slots are reused).
+  A new slot is written with queue.write_buffer at once: it is unused by earlier work, and the
+  queue orders the write before the next submit. When the slots run out, the open encoder is
+  submitted first and the table starts over (queue order protects the earlier submits).
+- Bind groups are cached by (pipeline, buffers, parameter slot): on a hit the dispatch skips
+  create_bind_group, the largest host cost per dispatch (wgpu-py builds its structs in Python).
+  The cache holds references to its buffers, so a buffer id cannot be reused while cached;
+  `trim()` destroys pooled buffers and so clears the cache.
+- Consecutive dispatches share one compute pass (WebGPU gives each dispatch its own usage scope,
+  so wgpu still inserts the barriers between them); copies and clears end the pass.
+- Every FLUSH_EVERY dispatches the encoder is submitted, so the GPU starts on a step's first
+  kernels while the host is still encoding the rest.
 - Uploads while an encoder is open go through a staging buffer and an in-encoder copy, so a
   pooled buffer that earlier commands of the same encoder still use is never overwritten early.
 - Buffers of garbage-collected Tensors go back to a pool keyed by byte size and are reused by
@@ -35,7 +45,9 @@ log = logging.getLogger("bitswarm.kernels.device")
 
 WG_MAX = 65535            # max workgroups per grid dimension (WebGPU default limit)
 _UNIFORM_SLOT = 256       # >= minUniformBufferOffsetAlignment everywhere
-_ARENA_SLOTS = 4096       # dispatches per submit before an automatic flush
+_PARAM_SLOTS = 4096       # distinct uniform parameter blocks before the table starts over
+_BG_CACHE_MAX = 16384     # cached bind groups before the cache is cleared
+FLUSH_EVERY = 128         # dispatches per submit (GPU/host overlap within a step)
 
 DTYPES = ("float32", "int32", "int8")
 
@@ -159,10 +171,13 @@ class Context:
         self._lock = threading.RLock()
         self._encoder = None
         self._keepalive: list = []          # staging buffers of the open encoder
-        self._arena = bytearray(_UNIFORM_SLOT * _ARENA_SLOTS)
-        self._arena_used = 0
-        self._arena_buf = self.device.create_buffer(size=len(self._arena),
+        self._param_buf = self.device.create_buffer(size=_UNIFORM_SLOT * _PARAM_SLOTS,
                                                     usage=U.UNIFORM | U.COPY_DST)
+        self._param_slots: dict[bytes, int] = {}     # params bytes -> byte offset in _param_buf
+        self._bg_cache: dict[tuple, object] = {}
+        self._pass = None                           # the open compute pass of _encoder
+        self._since_flush = 0
+        self.bind_group_hits = 0
         self.n_dispatches = 0
         self.n_submits = 0
         self.n_buffers_created = 0
@@ -215,6 +230,7 @@ class Context:
                     self.allocated_bytes -= b.size
                     b.destroy()
             self._pool.clear()
+            self._bg_cache.clear()
 
     def live_bytes(self) -> int:
         """Bytes held by live Tensors (allocated_bytes minus the free pool)."""
@@ -252,11 +268,13 @@ class Context:
             staging = self.device.create_buffer_with_data(data=raw,
                                                           usage=self.wgpu.BufferUsage.COPY_SRC)
             self._keepalive.append(staging)
+            self._end_pass()
             self._encoder.copy_buffer_to_buffer(staging, 0, t.buffer, 0, raw.nbytes)
 
     def clear(self, t: Tensor) -> None:
         """Zero t's buffer (in encoder order)."""
         with self._lock:
+            self._end_pass()
             self._enc().clear_buffer(t.buffer, 0, t.buffer.size)
 
     def copy(self, src: Tensor, dst: Tensor) -> None:
@@ -265,6 +283,7 @@ class Context:
             raise ValueError(f"copy size mismatch: {src.shape} {src.dtype} -> {dst.shape} {dst.dtype}")
         if src.nbytes:
             with self._lock:
+                self._end_pass()
                 self._enc().copy_buffer_to_buffer(src.buffer, 0, dst.buffer, 0,
                                                   _round_size(src.nbytes))
 
@@ -295,6 +314,24 @@ class Context:
             self._encoder = self.device.create_command_encoder()
         return self._encoder
 
+    def _end_pass(self) -> None:
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+
+    def _param_slot(self, params: bytes) -> int:
+        off = self._param_slots.get(params)
+        if off is None:
+            if len(self._param_slots) >= _PARAM_SLOTS:
+                self.flush()                       # submits that use the old slots go first
+                self._param_slots.clear()
+                self._bg_cache.clear()
+            off = len(self._param_slots) * _UNIFORM_SLOT
+            self._param_slots[params] = off
+            data = params + b"\0" * (-len(params) % 16)
+            self.queue.write_buffer(self._param_buf, off, data)
+        return off
+
     def dispatch(self, kernel: Kernel, bindings: Sequence[Tensor | object], params: bytes | None,
                  grid: tuple[int, int, int]) -> None:
         """Record kernel over `grid` workgroups into the open encoder.
@@ -308,48 +345,58 @@ class Context:
         if any(g == 0 for g in grid):
             return
         with self._lock:
-            if params is not None and self._arena_used + _UNIFORM_SLOT > len(self._arena):
-                self.flush()
-            entries = []
-            for i, b in enumerate(bindings):
-                buf = b.buffer if isinstance(b, Tensor) else b
-                entries.append({"binding": i, "resource": {"buffer": buf, "offset": 0,
-                                                           "size": buf.size}})
+            bufs = tuple(b.buffer if isinstance(b, Tensor) else b for b in bindings)
+            off = -1
             if params is not None:
-                off = self._arena_used
                 if len(params) > _UNIFORM_SLOT:
                     raise ValueError(f"{kernel.name}: {len(params)} bytes of params > {_UNIFORM_SLOT}")
-                self._arena[off: off + len(params)] = params
-                self._arena_used += _UNIFORM_SLOT
-                entries.append({"binding": len(bindings), "resource": {
-                    "buffer": self._arena_buf, "offset": off, "size": _round_size(len(params))}})
+                off = self._param_slot(bytes(params))
+            key = (id(kernel), tuple(id(b) for b in bufs), off)
             try:
-                bg = self.device.create_bind_group(layout=kernel.layout, entries=entries)
-                enc = self._enc()
-                cp = enc.begin_compute_pass()
+                bg = self._bg_cache.get(key)
+                if bg is None:
+                    entries = [{"binding": i, "resource": {"buffer": buf, "offset": 0,
+                                                           "size": buf.size}}
+                               for i, buf in enumerate(bufs)]
+                    if params is not None:
+                        entries.append({"binding": len(bufs), "resource": {
+                            "buffer": self._param_buf, "offset": off,
+                            "size": _round_size(len(params))}})
+                    bg = self.device.create_bind_group(layout=kernel.layout, entries=entries)
+                    if len(self._bg_cache) >= _BG_CACHE_MAX:
+                        self._bg_cache.clear()
+                    self._bg_cache[key] = (bg, kernel, bufs)   # keeps ids from being reused
+                else:
+                    bg = bg[0]
+                    self.bind_group_hits += 1
+                if self._pass is None:
+                    self._pass = self._enc().begin_compute_pass()
+                cp = self._pass
                 cp.set_pipeline(kernel.pipeline)
                 cp.set_bind_group(0, bg)
                 cp.dispatch_workgroups(*grid)
-                cp.end()
             except self.wgpu.GPUError as e:
                 raise DeviceError(f"dispatch of shader {kernel.name}.wgsl entry {kernel.entry!r} "
                                   f"failed: {e}") from e
             self.n_dispatches += 1
+            self._since_flush += 1
+            if self._since_flush >= FLUSH_EVERY:
+                self.flush()
 
     def flush(self) -> None:
-        """Submit the open encoder (and the uniform arena) to the queue. Does not wait."""
+        """Submit the open encoder to the queue. Does not wait."""
         with self._lock:
+            self._since_flush = 0
             if self._encoder is None:
                 return
-            if self._arena_used:
-                self.queue.write_buffer(self._arena_buf, 0, memoryview(self._arena)[: self._arena_used])
             try:
+                self._end_pass()
                 self.queue.submit([self._encoder.finish()])
             except self.wgpu.GPUError as e:
                 raise DeviceError(f"submit failed: {e}") from e
             finally:
+                self._pass = None
                 self._encoder = None
-                self._arena_used = 0
                 self._keepalive.clear()
             self.n_submits += 1
 

@@ -7,8 +7,10 @@
 //        padding fields are 1 (zero weight)
 //   y    f32 (N, OUT) = acc / (xs[n] * weight_scale), acc = exact int32 xq @ codes^T via
 //        dot4I8Packed; with INT_OUT the raw int32 acc is stored instead (bit pattern in y).
-// Tiling: 16x16 invocations, 64x64 outputs per workgroup (4x4 per invocation), K in steps of
-// 64 elements (16 activation words, 4 weight words decoded to i8x4 into workgroup memory).
+// Tiling: 16x16 invocations, 64x64 outputs per workgroup, K in steps of 64 elements (16
+// activation words, 4 weight words decoded to i8x4 into workgroup memory). Each invocation owns
+// 4 consecutive rows x 4 consecutive columns; tiles are stored [k word][row/4] as vec4<u32>, so
+// the inner loop reads one vec4 of activations and one of weights per 16 dot4I8Packed.
 override INT_OUT: bool = false;
 
 struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32 }
@@ -21,9 +23,9 @@ struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32 }
 
 const TS: u32 = 64u;      // outputs per tile side
 const KW: u32 = 16u;      // activation words per K step (64 int8)
-const LD: u32 = 17u;      // padded row stride of the tiles (fewer bank conflicts)
-var<workgroup> a_t: array<u32, 1088>;   // TS * LD: activations [row][word]
-var<workgroup> b_t: array<u32, 1088>;   // TS * LD: decoded weights [col][word]
+const LD4: u32 = 17u;     // tile stride in vec4 per k word (16 + 1 pad: fewer bank conflicts)
+var<workgroup> a_t: array<vec4<u32>, 272>;   // KW * LD4: activations [word][row/4]
+var<workgroup> b_t: array<vec4<u32>, 272>;   // KW * LD4: decoded weights [word][col/4]
 
 // 8 bits of a packed weight word (4 fields, code+1 each) -> 4 signed bytes (i8x4).
 fn decode4(x: u32) -> u32 {
@@ -52,7 +54,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let row = row0 + rr;
             var v = 0u;
             if (row < p.n && kw0 + ww < p.k4) { v = xq[row * p.k4 + kw0 + ww]; }
-            a_t[rr * LD + ww] = v;
+            a_t[ww * LD4 + rr / 4u][rr % 4u] = v;
         }
         {
             let cc = tid / 4u;
@@ -62,21 +64,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             var pw = 0x55555555u;                        // all fields 1: zero weights
             if (col < p.out && word < p.k16) { pw = w[col * p.k16 + word]; }
             for (var b = 0u; b < 4u; b++) {
-                b_t[cc * LD + q * 4u + b] = decode4((pw >> (8u * b)) & 0xffu);
+                b_t[(q * 4u + b) * LD4 + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
             }
         }
         workgroupBarrier();
         for (var k = 0u; k < KW; k++) {
-            let ao = lid.y * LD + k;
-            let bo = lid.x * LD + k;
-            let a0 = a_t[ao];
-            let a1 = a_t[ao + 16u * LD];
-            let a2 = a_t[ao + 32u * LD];
-            let a3 = a_t[ao + 48u * LD];
-            let b0 = b_t[bo];
-            let b1 = b_t[bo + 16u * LD];
-            let b2 = b_t[bo + 32u * LD];
-            let b3 = b_t[bo + 48u * LD];
+            let av = a_t[k * LD4 + lid.y];
+            let bv = b_t[k * LD4 + lid.x];
+            let a0 = av.x; let a1 = av.y; let a2 = av.z; let a3 = av.w;
+            let b0 = bv.x; let b1 = bv.y; let b2 = bv.z; let b3 = bv.w;
             acc0 += vec4<i32>(dot4I8Packed(a0, b0), dot4I8Packed(a0, b1), dot4I8Packed(a0, b2), dot4I8Packed(a0, b3));
             acc1 += vec4<i32>(dot4I8Packed(a1, b0), dot4I8Packed(a1, b1), dot4I8Packed(a1, b2), dot4I8Packed(a1, b3));
             acc2 += vec4<i32>(dot4I8Packed(a2, b0), dot4I8Packed(a2, b1), dot4I8Packed(a2, b2), dot4I8Packed(a2, b3));
@@ -86,10 +82,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     let accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y + 16u * i;
+        let row = row0 + lid.y * 4u + i;
         if (row >= p.n) { continue; }
         for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x + 16u * j;
+            let col = col0 + lid.x * 4u + j;
             if (col >= p.out) { continue; }
             if (INT_OUT) {
                 y[row * p.out + col] = bitcast<f32>(accs[i][j]);

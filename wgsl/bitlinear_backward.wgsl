@@ -2,7 +2,9 @@
 // ACC: the host first copies `acc` into dx). Reference: kernels/reference.py
 // `bitlinear_backward`. dy f32 (N, OUT); w the same 2-bit packed codes as bitlinear.wgsl
 // (OUT rows, K16 = ceil(K/16) words each); dx f32 (N, K). fp32 accumulation.
-// Tiling: 16x16 invocations, 64 (n) x 64 (k) outputs per workgroup, OUT in steps of 16.
+// Tiling: 16x16 invocations, 64 (n) x 64 (k) outputs per workgroup, OUT in steps of 16. Each
+// invocation owns 4 consecutive n x 4 consecutive k; tiles are stored [o][n/4] and [o][k/4] as
+// vec4, so the inner loop reads two vec4 per 16 FMAs.
 override ACC: bool = false;
 
 struct Params { n: u32, out: u32, k: u32, k16: u32, weight_scale: f32 }
@@ -14,8 +16,9 @@ struct Params { n: u32, out: u32, k: u32, k16: u32, weight_scale: f32 }
 
 const TS: u32 = 64u;
 const OS: u32 = 16u;
-var<workgroup> g_t: array<f32, 1088>;   // dy tile [n][o], stride 17
-var<workgroup> c_t: array<f32, 1024>;   // codes tile [o][k], stride 64
+const LD4: u32 = 17u;                          // vec4 stride per o (16 + 1 pad)
+var<workgroup> g_t: array<vec4<f32>, 272>;    // dy tile [o][n/4]
+var<workgroup> c_t: array<vec4<f32>, 272>;    // codes tile [o][k/4]
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -35,7 +38,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let oo = e % OS;
             var v = 0.0;
             if (n0 + nn < p.n && o0 + oo < p.out) { v = dy[(n0 + nn) * p.out + o0 + oo]; }
-            g_t[nn * 17u + oo] = v;
+            g_t[oo * LD4 + nn / 4u][nn % 4u] = v;
         }
         if (tid < 64u) {
             let oo = tid / 4u;
@@ -43,16 +46,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let word = k0 / 16u + q;
             var pw = 0x55555555u;
             if (o0 + oo < p.out && word < p.k16) { pw = w[(o0 + oo) * p.k16 + word]; }
-            for (var f = 0u; f < 16u; f++) {
-                c_t[oo * 64u + q * 16u + f] = f32(i32((pw >> (2u * f)) & 3u) - 1);
+            for (var f4 = 0u; f4 < 4u; f4++) {
+                let x = pw >> (8u * f4);
+                c_t[oo * LD4 + q * 4u + f4] = vec4<f32>(vec4<i32>(i32(x & 3u), i32((x >> 2u) & 3u),
+                    i32((x >> 4u) & 3u), i32((x >> 6u) & 3u)) - vec4<i32>(1));
             }
         }
         workgroupBarrier();
         for (var o = 0u; o < OS; o++) {
-            let go = lid.y * 17u + o;
-            let co = o * 64u + lid.x;
-            let gv = vec4<f32>(g_t[go], g_t[go + 272u], g_t[go + 544u], g_t[go + 816u]);
-            let cv = vec4<f32>(c_t[co], c_t[co + 16u], c_t[co + 32u], c_t[co + 48u]);
+            let gv = g_t[o * LD4 + lid.y];
+            let cv = c_t[o * LD4 + lid.x];
             acc0 += gv.x * cv;
             acc1 += gv.y * cv;
             acc2 += gv.z * cv;
@@ -62,10 +65,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
-        let n = n0 + lid.y + 16u * i;
+        let n = n0 + lid.y * 4u + i;
         if (n >= p.n) { continue; }
         for (var j = 0u; j < 4u; j++) {
-            let k = k0 + lid.x + 16u * j;
+            let k = k0 + lid.x * 4u + j;
             if (k >= p.k) { continue; }
             var v = accs[i][j] / p.weight_scale;
             if (ACC) { v = dx[n * p.k + k] + v; }

@@ -2,7 +2,9 @@
 // into c). Reference: kernels/reference.py `matmul`. op(a) (M, K): a stored (M, K), or (K, M)
 // with TRANS_A; op(b) (K, N): b stored (K, N), or (N, K) with TRANS_B; c f32 (M, N).
 // Used for LoRA A/B forward and backward and the lm_head.
-// Tiling: 16x16 invocations, 64x64 outputs per workgroup (4x4 per invocation), K steps of 16.
+// Tiling: 16x16 invocations, 64x64 outputs per workgroup, K steps of 16. Each invocation owns
+// 4 consecutive rows x 4 consecutive columns, so the inner loop reads one vec4 of a and one of
+// b from workgroup memory per 16 FMAs (scalar loads made shared memory the limit).
 // Split-K (SPLIT, for skinny outputs such as LoRA's (N, r) with few tiles): workgroup z sums
 // K range [z*kchunk, (z+1)*kchunk) into partial slab z of c (S, M, N); entry `reduce` then
 // adds the S slabs in order (deterministic), applies alpha and ACC.
@@ -20,9 +22,9 @@ struct Params { m: u32, n: u32, k: u32, alpha: f32, kchunk: u32 }
 
 const TS: u32 = 64u;
 const KS: u32 = 16u;
-const LD: u32 = 65u;      // padded tile stride: stores along k hit distinct banks
-var<workgroup> a_t: array<f32, 1040>;   // KS * LD: [k][m]
-var<workgroup> b_t: array<f32, 1040>;   // KS * LD: [k][n]
+const LD4: u32 = 17u;     // tile row stride in vec4 (16 + 1 pad: stores along k spread banks)
+var<workgroup> a_t: array<vec4<f32>, 272>;   // KS * LD4: [k][m/4]
+var<workgroup> b_t: array<vec4<f32>, 272>;   // KS * LD4: [k][n/4]
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -49,7 +51,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 if (TRANS_A) { av = a[(k0 + kk) * p.m + m0 + mm]; }
                 else { av = a[(m0 + mm) * p.k + k0 + kk]; }
             }
-            a_t[kk * LD + mm] = av;
+            a_t[kk * LD4 + mm / 4u][mm % 4u] = av;
             // b tile: 16 (k) x 64 (n)
             var nn: u32; var kb: u32;
             if (TRANS_B) { nn = e / KS; kb = e % KS; } else { nn = e % TS; kb = e / TS; }
@@ -58,14 +60,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 if (TRANS_B) { bv = b[(n0 + nn) * p.k + k0 + kb]; }
                 else { bv = b[(k0 + kb) * p.n + n0 + nn]; }
             }
-            b_t[kb * LD + nn] = bv;
+            b_t[kb * LD4 + nn / 4u][nn % 4u] = bv;
         }
         workgroupBarrier();
         for (var k = 0u; k < KS; k++) {
-            let ao = k * LD + lid.y;
-            let bo = k * LD + lid.x;
-            let av = vec4<f32>(a_t[ao], a_t[ao + 16u], a_t[ao + 32u], a_t[ao + 48u]);
-            let bv = vec4<f32>(b_t[bo], b_t[bo + 16u], b_t[bo + 32u], b_t[bo + 48u]);
+            let av = a_t[k * LD4 + lid.y];
+            let bv = b_t[k * LD4 + lid.x];
             acc0 += av.x * bv;
             acc1 += av.y * bv;
             acc2 += av.z * bv;
@@ -75,10 +75,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
-        let m = m0 + lid.y + 16u * i;
+        let m = m0 + lid.y * 4u + i;
         if (m >= p.m) { continue; }
         for (var j = 0u; j < 4u; j++) {
-            let n = n0 + lid.x + 16u * j;
+            let n = n0 + lid.x * 4u + j;
             if (n >= p.n) { continue; }
             if (SPLIT) {
                 c[wid.z * p.m * p.n + m * p.n + n] = accs[i][j];
