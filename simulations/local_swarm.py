@@ -123,8 +123,14 @@ def run_swarm(run_dir: Path, *, nodes: int = 3, rounds: int = 3, files_per_node:
     args = ["--rounds", str(rounds), "--min-peers", str(nodes - 1), *node_args]
     procs: list[NodeProc] = []
 
+    # N nodes share this machine's cores: give each node's BLAS its share instead of letting
+    # every process spawn one thread per core (oversubscription slows all of them down).
+    threads = str(max(1, (os.cpu_count() or 1) // nodes))
+    blas = {v: os.environ.get(v, threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
     def env_for(i: int) -> dict[str, str]:
-        return {"BITSWARM_RECORD_WIRE": str(run_dir / f"node{i}" / "wire-plaintext.bin")} if record_wire else {}
+        rec = {"BITSWARM_RECORD_WIRE": str(run_dir / f"node{i}" / "wire-plaintext.bin")} if record_wire else {}
+        return {**blas, **rec}
 
     try:
         procs.append(start_node(0, run_dir, docs[0], swarm, [], args, env_for(0)))
