@@ -223,10 +223,10 @@ def main() -> None:
                          "ops": ops})
             print(f"{group:34s} {name:34s} {t * 1e3:9.3f} {rate or 0:9.3f} "
                   f"{(frac or 0) * 100:5.1f}% {tb * 1e3:9.3f} {tb / t:9.3f} {th * 1e3:8.3f}")
-    write_json(out_path("kernels", args.out), {
-        "benchmark": "kernels", "machine": info, "quick": args.quick, "tokens": TOKENS,
-        "lora_rank": RANK, "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"]},
-        "baseline": base.name, "rows": rows})
+        write_json(out_path("kernels", args.out), {          # after every model: partial runs count
+            "benchmark": "kernels", "machine": info, "quick": args.quick, "tokens": TOKENS,
+            "lora_rank": RANK, "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"]},
+            "baseline": base.name, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -137,23 +137,23 @@ def run_torch(torch, cfg, targets, steps: int, warmup: int, tmp: Path) -> dict:
                       tie_word_embeddings=cfg.tie_word_embeddings)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    d = tmp / "hf"
-    shutil.rmtree(d, ignore_errors=True)
-    with torch.device("cuda"):
-        m = BitNetForCausalLM(hf).to(torch.bfloat16)
-    m.save_pretrained(d)                      # then reload: the quantizer applies on load only
-    del m
-    torch.cuda.empty_cache()
-    import json
-    cj = json.loads((d / "config.json").read_text())
-    cj["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
-                                 "quantization_mode": "online"}
-    (d / "config.json").write_text(json.dumps(cj))
+    d = tmp / f"hf-{cfg.hidden_size}-{cfg.num_hidden_layers}-{cfg.vocab_size}"
+    if not (d / "config.json").exists():      # saved once per model, loaded per target set
+        shutil.rmtree(d, ignore_errors=True)
+        with torch.device("cuda"):
+            m = BitNetForCausalLM(hf).to(torch.bfloat16)
+        m.save_pretrained(d)                  # then reload: the quantizer applies on load only
+        del m
+        torch.cuda.empty_cache()
+        import json
+        cj = json.loads((d / "config.json").read_text())
+        cj["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                     "quantization_mode": "online"}
+        (d / "config.json").write_text(json.dumps(cj))
     try:
         model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda")
     except (TypeError, ImportError, ValueError):    # older transformers / no accelerate
         model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.bfloat16).cuda()
-    shutil.rmtree(d, ignore_errors=True)
     q = model.model.layers[0].self_attn.q_proj
     kind = type(q).__name__
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
@@ -206,7 +206,7 @@ def main() -> None:
     print(f"adapter: {info['adapter']}")
     torch = None if (args.no_torch or args.quick) else torch_cuda()
     models = (args.models or ("tiny" if args.quick else "125m,1b,2b4t")).split(",")
-    steps = args.steps or (2 if args.quick else 5)
+    steps = args.steps or (2 if args.quick else 3)
     rows = []
     print(f"{'model':6s} {'targets':7s} {'system':12s} {'tok/s':>10s} {'step ms':>9s} {'peak MiB':>9s}"
           f" {'ours/base':>9s}")
@@ -241,9 +241,9 @@ def main() -> None:
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
                       f"{ours / x['tokens_per_s']:9.3f}")
             sys.stdout.flush()
-    write_json(out_path("train_step", args.out), {
-        "benchmark": "train_step", "machine": info, "quick": args.quick, "rows": rows,
-        "epoch_tokens": EPOCH_TOKENS})
+            write_json(out_path("train_step", args.out), {      # after every row: partial runs count
+                "benchmark": "train_step", "machine": info, "quick": args.quick, "rows": rows,
+                "epoch_tokens": EPOCH_TOKENS, "steps": steps})
 
 
 if __name__ == "__main__":
