@@ -1,4 +1,5 @@
-"""Command line: `node id`, `node start`, `node eval` (also `bitswarm ...`, `python -m bitswarm.node`).
+"""Command line: `node id`, `node start`, `node eval`, `node generate`, `node export` (also
+`bitswarm ...`, `python -m bitswarm.node`).
 
 Bad flags and files fail fast with a message naming them and exit status 2.
 """
@@ -58,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ctx", type=int, default=128)
     s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
     s.add_argument("--json", action="store_true", help="print one JSON line")
+
+    s = sub.add_parser("generate", help="stream text from the model (+ adapter), KV-cached")
+    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model)")
+    s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
+    s.add_argument("--prompt", required=True, help="text to continue")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sample softmax(logits/T)")
+    s.add_argument("--seed", type=int, default=None, help="sampling seed (numpy default_rng)")
+    s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+
+    s = sub.add_parser("export", help="write an adapter as a PEFT folder or a llama.cpp GGUF LoRA")
+    s.add_argument("--adapter", type=Path, required=True, help="adapter folder to export")
+    s.add_argument("--format", required=True, choices=["peft", "gguf"])
+    s.add_argument("--out", type=Path, required=True, help="output folder (peft) or file (gguf)")
     return p
 
 
@@ -133,6 +148,59 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    import numpy as np
+
+    from bitswarm.kernels.backend import select_backend
+    from bitswarm.kernels.checkpoint import load_bitnet
+    from bitswarm.kernels.generate import Generator, stream_text
+    from bitswarm.kernels.lora import from_pairs
+    from bitswarm.kernels.tokenizer import load_tokenizer
+    from bitswarm.node.checkpoints import load_adapter
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    state, lcfg, model_dir = None, None, args.model
+    if args.adapter is not None:
+        pairs, lcfg, _meta = load_adapter(args.adapter)
+        state = from_pairs(pairs)
+        if model_dir is None:
+            model_dir = Path(_base_model_of(args.adapter))
+    if model_dir is None:
+        raise ValueError("--model is required when no --adapter names its base model")
+    weights = load_bitnet(model_dir)
+    tok = load_tokenizer(model_dir)
+    ids = tok.encode(args.prompt).ids
+    if not ids:
+        raise ValueError("--prompt encodes to no tokens")
+    limit = weights.config.max_position_embeddings
+    if len(ids) + args.max_new_tokens > limit:
+        raise ValueError(f"--prompt ({len(ids)} tokens) + --max-new-tokens ({args.max_new_tokens}) "
+                         f"exceeds the model's max_position_embeddings ({limit})")
+    gen = Generator(weights, select_backend(args.device), lcfg, state)
+    rng = np.random.default_rng(args.seed)
+    tokens = gen.generate(np.asarray(ids), args.max_new_tokens, args.temperature, rng)
+    try:
+        for piece in stream_text(tok.decode, tokens):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from bitswarm.node.export import export_adapter
+    out = export_adapter(args.adapter, args.format, args.out)
+    print(f"exported {args.adapter} as {args.format} to {out}")
+    return 0
+
+
 def _base_model_of(adapter_dir: Path) -> str:
     try:
         return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -145,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"id": cmd_id, "start": cmd_start, "eval": cmd_eval}[args.cmd](args)
+        return {"id": cmd_id, "start": cmd_start, "eval": cmd_eval, "generate": cmd_generate,
+                "export": cmd_export}[args.cmd](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"node {args.cmd}: error: {e}", file=sys.stderr)
         return 2
