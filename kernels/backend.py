@@ -29,6 +29,8 @@ class Backend(Protocol):
 
     def tensor(self, a: np.ndarray) -> Tensor: ...                  # upload (float32 / int32)
     def ternary(self, w: TernaryLinear) -> Tensor: ...               # upload a frozen projection
+    def table(self, a: np.ndarray) -> Tensor: ...                    # upload an embedding/lm_head
+    def release_workspace(self) -> None: ...                         # drop cached free buffers
     def numpy(self, t: Tensor) -> np.ndarray: ...                    # download (waits)
     def zeros_like(self, t: Tensor) -> Tensor: ...
 
@@ -52,6 +54,9 @@ class Backend(Protocol):
     def relu2_gate_backward(self, dh: Tensor, g: Tensor, u: Tensor) -> tuple[Tensor, Tensor]: ...
     def cross_entropy(self, logits: Tensor, targets: Tensor,
                       grad_scale: float) -> tuple[Tensor, Tensor]: ...
+    def lm_head_cross_entropy(self, x: Tensor, w: Tensor, targets: Tensor, grad_scale: float,
+                              chunk: int = ref.LM_CHUNK,
+                              grad: bool = True) -> tuple[Tensor, Tensor | None]: ...
     def adamw_(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float,
                beta1: float, beta2: float, eps: float, weight_decay: float) -> None: ...
 
@@ -83,6 +88,14 @@ class CpuBackend:
     def ternary(self, w: TernaryLinear) -> TernaryLinear:
         return w
 
+    def table(self, a: np.ndarray) -> np.ndarray:
+        """Embedding / lm_head table (V, D): float32 here (host memory is not the limit, and
+        the NumPy backend stays the float32 reference); GpuBackend stores float16."""
+        return np.array(a, dtype=np.float32)
+
+    def release_workspace(self) -> None:
+        """Nothing cached: NumPy frees arrays when they are dropped."""
+
     def numpy(self, t: np.ndarray) -> np.ndarray:
         return np.asarray(t)
 
@@ -100,6 +113,7 @@ class CpuBackend:
     relu2_gate = staticmethod(ref.relu2_gate)
     relu2_gate_backward = staticmethod(ref.relu2_gate_backward)
     cross_entropy = staticmethod(ref.cross_entropy)
+    lm_head_cross_entropy = staticmethod(ref.lm_head_cross_entropy)
     adamw_ = staticmethod(ref.adamw_)
 
     def bitlinear(self, xq, x_scale, w: TernaryLinear):

@@ -49,7 +49,7 @@ _PARAM_SLOTS = 4096       # distinct uniform parameter blocks before the table s
 _BG_CACHE_MAX = 16384     # cached bind groups before the cache is cleared
 FLUSH_EVERY = 128         # dispatches per submit (GPU/host overlap within a step)
 
-DTYPES = ("float32", "int32", "int8")
+DTYPES = ("float32", "int32", "int8", "float16")
 
 
 class DeviceError(RuntimeError):
@@ -65,7 +65,8 @@ class Tensor:
 
     dtype "float32"/"int32": 4 bytes per element, row-major. dtype "int8": 2-D (rows, C), each row
     packed 4 values per u32 (little-endian bytes, as WGSL pack4xI8), row stride ceil(C/4) words,
-    padding bytes zero. The buffer returns to the Context's pool when the Tensor is collected.
+    padding bytes zero. dtype "float16": IEEE binary16, row-major and flat, 2 per u32 (element i
+    is half i&1 of word i>>1, as WGSL unpack2x16float reads it; no shader-f16 feature needed). The buffer returns to the Context's pool when the Tensor is collected.
     `host_min`/`host_max` record the value range of integer tensors uploaded from the host (used
     to raise IndexError for bad token ids without a readback); None when unknown.
     """
@@ -97,7 +98,8 @@ def tensor_nbytes(shape: Sequence[int], dtype: str) -> int:
         return int(shape[0]) * ((int(shape[1]) + 3) // 4) * 4
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}")
-    return int(np.prod(shape, dtype=np.int64)) * 4
+    n = int(np.prod(shape, dtype=np.int64))
+    return (n + 1) // 2 * 4 if dtype == "float16" else n * 4
 
 
 def pack_int8_rows(a: np.ndarray) -> np.ndarray:
@@ -223,14 +225,32 @@ class Context:
 
     def trim(self) -> None:
         """Release every pooled buffer to the driver."""
+        self.release()
+
+    def release(self, sizes=None) -> int:
+        """Destroy pooled (free) buffers whose byte size is in `sizes` (all when None) and drop
+        the cached bind groups that name them; returns the bytes released. Flushes first: a
+        buffer freed by Python may still be named by commands of the open encoder, and a
+        destroyed buffer must not reach a submit (submitted work keeps it alive in wgpu)."""
         with self._lock:
             self._drain_freed()
-            for bufs in self._pool.values():
-                for b in bufs:
-                    self.allocated_bytes -= b.size
+            keys = [k for k in self._pool if sizes is None or k in sizes]
+            if not any(self._pool[k] for k in keys):
+                return 0
+            self.flush()
+            gone, freed = set(), 0
+            for k in keys:
+                for b in self._pool.pop(k):
+                    gone.add(id(b))
+                    freed += b.size
                     b.destroy()
-            self._pool.clear()
-            self._bg_cache.clear()
+            self.allocated_bytes -= freed
+            if sizes is None:
+                self._bg_cache.clear()
+            else:
+                self._bg_cache = {k: v for k, v in self._bg_cache.items()
+                                  if not any(id(b) in gone for b in v[2])}
+            return freed
 
     def live_bytes(self) -> int:
         """Bytes held by live Tensors (allocated_bytes minus the free pool)."""
@@ -242,12 +262,15 @@ class Context:
             self.peak_allocated_bytes = self.allocated_bytes
 
     def upload(self, a: np.ndarray, dtype: str) -> Tensor:
-        """Host array -> new Tensor. dtype int8 packs rows 4 per u32 (a must be 2-D)."""
+        """Host array -> new Tensor. dtype int8 packs rows 4 per u32 (a must be 2-D); float16
+        rounds to nearest even (values beyond +-65504 become inf)."""
         a = np.asarray(a)
         if dtype == "int8":
             if a.ndim != 2:
                 raise ValueError(f"int8 upload needs a 2-D array, got shape {a.shape}")
             data = pack_int8_rows(a.astype(np.int8))
+        elif dtype == "float16":
+            data = np.ascontiguousarray(a, dtype=np.float16).reshape(-1)
         else:
             data = np.ascontiguousarray(a, dtype=np.float32 if dtype == "float32" else np.int32)
         t = self.alloc(a.shape, dtype)
@@ -297,7 +320,7 @@ class Context:
         if t.dtype == "int8":
             words = np.frombuffer(raw, np.uint32)
             return unpack_int8_rows(words, t.shape[0], t.shape[1])
-        dt = np.float32 if t.dtype == "float32" else np.int32
+        dt = {"float32": np.float32, "int32": np.int32, "float16": np.float16}[t.dtype]
         return np.frombuffer(raw, dt)[: t.size].reshape(t.shape).copy()
 
     # ------------------------------------------------------------ kernels

@@ -13,6 +13,7 @@ grids allow up to 65535^2 workgroups (rows / elements are split over x and y).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from bitswarm.kernels import registry
 from bitswarm.kernels.config import TernaryLinear
 from bitswarm.kernels.device import Context, Tensor, grid_for, pack_params
 
+log = logging.getLogger("bitswarm.kernels.gpu_backend")
 F32 = np.float32
 ATTN_TMAX = 2048
 ATTN_HDMAX = 256
@@ -97,6 +99,24 @@ class GpuBackend:
         out, k = w.codes.shape
         return GpuTernary(t, out, k, F32(w.weight_scale))
 
+    def table(self, a: np.ndarray) -> Tensor:
+        """Upload an embedding / lm_head table (V, D) as float16 storage (half the bytes; every
+        op that reads it computes in float32). Values are rounded to nearest even; a table with
+        a finite value beyond float16's range (|x| > 65504) stays float32 instead (logged).
+        float16 is read with WGSL's core unpack2x16float, so no adapter feature is needed."""
+        a = np.asarray(a, dtype=np.float32)
+        if a.ndim != 2:
+            raise ValueError(f"table must be 2-D (V, D), got shape {a.shape}")
+        if a.size and float(np.max(np.abs(a))) > float(np.finfo(np.float16).max):
+            log.warning("table %s has values beyond float16 range: kept float32", a.shape)
+            return self.ctx.upload(a, "float32")
+        return self.ctx.upload(a, "float16")
+
+    def release_workspace(self) -> None:
+        """Give the free pool's buffers back to the driver (between phases of a step whose
+        temporaries change size, so the pool does not keep the union of all of them)."""
+        self.ctx.release()
+
     def numpy(self, t: Tensor) -> np.ndarray:
         return self.ctx.read(t)
 
@@ -124,10 +144,11 @@ class GpuBackend:
         if ids.host_max is not None and (ids.host_max >= V or ids.host_min < -V):
             raise IndexError(f"token id out of range for vocab size {V} "
                              f"(ids span {ids.host_min}..{ids.host_max})")
+        _check(table.dtype in ("float32", "float16"), f"embedding table dtype {table.dtype}")
         N = ids.shape[0]
         out = self._new((N, D))
         self._launch("embedding", [ids, table, out], pack_params("uuu", N * D, D, V),
-                     self._ew_grid(N * D))
+                     self._ew_grid(N * D), constants={"F16": int(table.dtype == "float16")})
         return out
 
     def rmsnorm(self, x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -196,12 +217,15 @@ class GpuBackend:
         M, K = a.shape[::-1] if trans_a else a.shape
         K2, N = b.shape[::-1] if trans_b else b.shape
         _check(K == K2, f"matmul inner dims differ: op(a) {(M, K)} op(b) {(K2, N)}")
+        _check(a.dtype == "float32" and b.dtype in ("float32", "float16"),
+               f"matmul: a must be float32 and b float32 or float16, got {a.dtype} {b.dtype}")
         c = self._new((M, N))
         if acc is not None:
             _check(acc.shape == (M, N), f"matmul: acc {acc.shape} != {(M, N)}")
             self.ctx.copy(acc, c)
         tiles = -(-N // 64) * -(-M // 64)
-        consts = {"TRANS_A": int(trans_a), "TRANS_B": int(trans_b), "ACC": int(acc is not None)}
+        consts = {"TRANS_A": int(trans_a), "TRANS_B": int(trans_b), "ACC": int(acc is not None),
+                  "B_F16": int(b.dtype == "float16")}
         # Skinny outputs (LoRA's r columns, A/B gradients) give few tiles: split K so the GPU
         # has >= ~256 workgroups, each summing >= 256 of K, then reduce the slabs in order.
         splits = min(-(-_MATMUL_MIN_WGS // tiles), K // _MATMUL_MIN_KCHUNK)
@@ -209,13 +233,14 @@ class GpuBackend:
             kchunk = (-(-K // splits) + 15) // 16 * 16
             splits = -(-K // kchunk)
             part = self._new((splits, M, N))
-            self._launch("matmul", [a, b, part], pack_params("uuufu", M, N, K, F32(alpha), kchunk),
+            self._launch("matmul", [a, b, part],
+                         pack_params("uuufuu", M, N, K, F32(alpha), kchunk, 0),
                          (-(-N // 64), -(-M // 64), splits), entry="main",
                          constants={**consts, "ACC": 0, "SPLIT": 1})
             self._launch("matmul", [part, c], pack_params("uuf", M * N, splits, F32(alpha)),
                          self._ew_grid(M * N), entry="reduce", constants={"ACC": consts["ACC"]})
             return c
-        self._launch("matmul", [a, b, c], pack_params("uuufu", M, N, K, F32(alpha), K),
+        self._launch("matmul", [a, b, c], pack_params("uuufuu", M, N, K, F32(alpha), K, 0),
                      (-(-N // 64), -(-M // 64), 1), constants=consts)
         return c
 
@@ -309,6 +334,53 @@ class GpuBackend:
         self._launch("cross_entropy", [logits, targets, loss, d],
                      pack_params("uuf", N, V, F32(grad_scale)), grid_for(N))
         return loss, d
+
+    def lm_head_cross_entropy(self, x: Tensor, w: Tensor, targets: Tensor, grad_scale: float,
+                              chunk: int = ref.LM_CHUNK,
+                              grad: bool = True) -> tuple[Tensor, Tensor | None]:
+        N, D = x.shape
+        V = w.shape[0]
+        _check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D)
+               and w.dtype in ("float32", "float16"),
+               f"lm_head_cross_entropy: x {x} w {w} chunk {chunk}")
+        _check(targets.dtype == "int32" and targets.shape == (N,),
+               f"lm_head_cross_entropy: targets must be int32 ({N},), got {targets}")
+        if targets.host_max is not None and targets.host_max >= V:
+            raise IndexError(f"target {targets.host_max} out of range for vocab size {V}")
+        f16 = int(w.dtype == "float16")
+        vc = min(chunk, V)
+        # largest chunk whose logits fit one storage binding
+        vc = max(1, min(vc, self.ctx.max_binding // (4 * max(N, 1))))
+        logits = self._new((N, vc))
+        st = self._new((N, 4))
+        acc = self._new((N, D)) if grad else self._dummy()
+        loss = self._new((N,))
+        mm = {"TRANS_A": 0, "ACC": 0, "SPLIT": 0, "B_F16": f16}
+        for v0 in range(0, V, vc):
+            n = min(vc, V - v0)
+            self._launch("matmul", [x, w, logits],
+                         pack_params("uuufuu", N, n, D, 1.0, D, v0 * D),
+                         (-(-n // 64), -(-N // 64), 1), constants={**mm, "TRANS_B": 1})
+            self._launch("lm_head_cross_entropy", [logits, targets, st, acc],
+                         pack_params("uuuuu", N, n, v0, D, int(v0 == 0)), grid_for(N),
+                         entry="stats", constants={"GRAD": int(grad)})
+            if grad:
+                self._launch("matmul", [logits, w, acc],
+                             pack_params("uuufuu", N, D, n, 1.0, n, v0 * D),
+                             (-(-D // 64), -(-N // 64), 1),
+                             constants={**mm, "TRANS_B": 0, "ACC": 1})
+        self._launch("lm_head_cross_entropy", [st, targets, w, acc, loss],
+                     pack_params("uuuf", N, D, V, F32(grad_scale)), grid_for(N),
+                     entry="finish", constants={"GRAD": int(grad), "F16": f16})
+        size = logits.buffer.size
+        del logits
+        self.ctx.release({size})        # the chunk buffer is this op's alone: don't pool it
+        return loss, (acc if grad else None)
+
+    def _dummy(self) -> Tensor:
+        if getattr(self, "_dummy_t", None) is None:
+            self._dummy_t = self._new((4,))
+        return self._dummy_t
 
     # ------------------------------------------------------------ optimizer
     def adamw_(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float,

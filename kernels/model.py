@@ -30,8 +30,19 @@ from bitswarm.kernels.lora import LoRAState, lora_key
 class _Proj:
     """Saved forward state of one projection for the backward pass."""
 
-    x: Any          # unquantized input (N, in)
+    x: Any          # unquantized input (N, in), for dA; None without an adapter (or frozen A)
     h: Any = None   # LoRA hidden A x (N, r); None when the projection has no adapter
+
+
+class _Discard(dict):
+    """A dict that keeps nothing: `_layer` saves into it when no backward will follow, so every
+    temporary is freed as soon as its last name is rebound."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+_DISCARD = _Discard()
 
 
 class BitNetModel:
@@ -48,8 +59,10 @@ class BitNetModel:
         self.be = backend
         self.lora_cfg = lora
         be = backend
-        self.embed = be.tensor(weights.embed_tokens)
-        self.lm_head = self.embed if weights.lm_head is None else be.tensor(weights.lm_head)
+        # Tables in the backend's table storage (float16 on the GPU, float32 on NumPy); the
+        # embedding gather and the lm_head read the same (tied) tensor.
+        self.embed = be.table(weights.embed_tokens)
+        self.lm_head = self.embed if weights.lm_head is None else be.table(weights.lm_head)
         self.norm = be.tensor(weights.norm)
         self.layers = []
         for lw in weights.layers:
@@ -80,16 +93,16 @@ class BitNetModel:
             s = self.lora_cfg.scaling
             h = be.matmul(x, self.lora[a_key], trans_b=True)                          # (N, r)
             y = be.matmul(h, self.lora[lora_key(i, name, "B")], trans_b=True, alpha=s, acc=y)
-            saved[name] = _Proj(x, h)
+            saved[name] = _Proj(x if not self.lora_cfg.freeze_A else None, h)
         else:
-            saved[name] = _Proj(x)
+            saved[name] = _Proj(None)      # the STE input gradient needs no saved input
         return y
 
     def _proj_bwd(self, i: int, name: str, dy, saved: dict, grads: dict, acc=None):
         """dx of one projection (accumulated onto acc); LoRA grads into `grads`."""
         be, L = self.be, self.layers[i]
         dx = be.bitlinear_backward(dy, L[name], acc)
-        sp: _Proj = saved[name]
+        sp: _Proj = saved.pop(name)          # dropped here: its input dies with this backward
         if sp.h is not None:
             s = self.lora_cfg.scaling
             a_key, b_key = lora_key(i, name, "A"), lora_key(i, name, "B")
@@ -101,94 +114,164 @@ class BitNetModel:
         return dx
 
     # ------------------------------------------------------------------ passes
+    def _layer(self, i: int, x, B: int, T: int, sv: dict | None):
+        """Decoder layer i on the residual stream x (N, D) -> x (N, D). With a dict `sv`, the
+        activations the backward pass needs are saved into it; with None nothing is kept and
+        every temporary is freed as soon as it is dead (names are rebound or deleted)."""
+        cfg, be, L = self.cfg, self.be, self.layers[i]
+        Hq, Hkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+        sv = _DISCARD if sv is None else sv
+        sv["x0"] = x
+        n, sv["rstd1"] = be.rmsnorm(x, L["input_layernorm"], eps)
+        xq, xs = be.quantize_act(n)
+        q = self._proj_fwd(i, "q_proj", n, xq, xs, sv)                                  # (N, Hq*hd)
+        k = self._proj_fwd(i, "k_proj", n, xq, xs, sv)                                  # (N, Hkv*hd)
+        v = self._proj_fwd(i, "v_proj", n, xq, xs, sv)
+        del n, xq, xs
+        sv["q"] = q = be.rope(q, T, Hq, hd, cfg.rope_theta)
+        sv["k"] = k = be.rope(k, T, Hkv, hd, cfg.rope_theta)
+        sv["v"] = v
+        o, sv["lse"] = be.attention(q, k, v, B, T, Hq, Hkv, hd)                        # (N, Hq*hd)
+        del q, k, v
+        sv["o"] = o
+        n, sv["rstd2"] = be.rmsnorm(o, L["attn_sub_norm"], eps)
+        del o
+        xq, xs = be.quantize_act(n)
+        x = be.add(x, self._proj_fwd(i, "o_proj", n, xq, xs, sv))
+        sv["x1"] = x
+        n, sv["rstd3"] = be.rmsnorm(x, L["post_attention_layernorm"], eps)
+        xq, xs = be.quantize_act(n)
+        g = self._proj_fwd(i, "gate_proj", n, xq, xs, sv)                               # (N, I)
+        u = self._proj_fwd(i, "up_proj", n, xq, xs, sv)
+        del n, xq, xs
+        sv["g"], sv["u"] = g, u
+        h = be.relu2_gate(g, u)
+        del g, u
+        sv["h"] = h
+        n, sv["rstd4"] = be.rmsnorm(h, L["ffn_sub_norm"], eps)
+        del h
+        xq, xs = be.quantize_act(n)
+        y = self._proj_fwd(i, "down_proj", n, xq, xs, sv)
+        del n, xq, xs
+        return be.add(x, y)
+
+    def _layer_backward(self, i: int, dx, sv: dict, B: int, T: int, grads: dict):
+        """Backward of decoder layer i: dx (N, D) at its output -> dx at its input; LoRA
+        gradients into `grads`. `sv` is what `_layer` saved; its entries are dropped as they
+        die, so the layer's temporaries are freed during its own backward."""
+        cfg, be, L = self.cfg, self.be, self.layers[i]
+        Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        # MLP: x2 = x1 + down(ffn_sub_norm(h))
+        dn = self._proj_bwd(i, "down_proj", dx, sv, grads)
+        dh = be.rmsnorm_backward(dn, sv.pop("h"), L["ffn_sub_norm"], sv["rstd4"])
+        del dn
+        dg, du = be.relu2_gate_backward(dh, sv.pop("g"), sv.pop("u"))
+        del dh
+        dn = self._proj_bwd(i, "gate_proj", dg, sv, grads)
+        del dg
+        dn = self._proj_bwd(i, "up_proj", du, sv, grads, acc=dn)
+        del du
+        dx = be.add(dx, be.rmsnorm_backward(dn, sv.pop("x1"), L["post_attention_layernorm"],
+                                            sv["rstd3"]))
+        del dn
+        # attention: x1 = x0 + o_proj(attn_sub_norm(o))
+        dn = self._proj_bwd(i, "o_proj", dx, sv, grads)
+        do = be.rmsnorm_backward(dn, sv["o"], L["attn_sub_norm"], sv["rstd2"])
+        del dn
+        dq, dk, dv = be.attention_backward(do, sv.pop("q"), sv.pop("k"), sv.pop("v"),
+                                           sv.pop("o"), sv["lse"], B, T, Hq, Hkv, hd)
+        del do
+        dq = be.rope(dq, T, Hq, hd, cfg.rope_theta, inverse=True)
+        dk = be.rope(dk, T, Hkv, hd, cfg.rope_theta, inverse=True)
+        dn = self._proj_bwd(i, "q_proj", dq, sv, grads)
+        del dq
+        dn = self._proj_bwd(i, "k_proj", dk, sv, grads, acc=dn)
+        del dk
+        dn = self._proj_bwd(i, "v_proj", dv, sv, grads, acc=dn)
+        del dv
+        return be.add(dx, be.rmsnorm_backward(dn, sv.pop("x0"), L["input_layernorm"], sv["rstd1"]))
+
+    def _trunk(self, ids: np.ndarray, inputs: list | None = None):
+        """Embedding and every layer without saved activations -> final residual x (N, D);
+        each layer's input is appended to `inputs` when given (for recomputation)."""
+        B, T = ids.shape
+        x = self.be.embedding(self.be.tensor(ids.reshape(-1).astype(np.int32)), self.embed)
+        for i in range(len(self.layers)):
+            if inputs is not None:
+                inputs.append(x)
+            x = self._layer(i, x, B, T, None)
+        return x
+
     def forward(self, ids: np.ndarray, *, keep: bool = False):
-        """Logits for ids int (B, T) -> backend tensor (B*T, V); with keep=True also the saved
-        activations for `backward`."""
+        """Logits for ids int (B, T) -> backend tensor (B*T, V); with keep=True also every
+        layer's saved activations for `backward`. (Training and evaluation use `loss_and_grads`
+        / `loss`, which never hold the whole logits nor every layer's activations.)"""
         cfg, be = self.cfg, self.be
         B, T = ids.shape
-        Hq, Hkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
         x = be.embedding(be.tensor(ids.reshape(-1).astype(np.int32)), self.embed)     # (N, D)
         acts = []
-        for i, L in enumerate(self.layers):
-            sv: dict = {"x0": x}
-            n, sv["rstd1"] = be.rmsnorm(x, L["input_layernorm"], eps)
-            xq, xs = be.quantize_act(n)
-            q = self._proj_fwd(i, "q_proj", n, xq, xs, sv)                              # (N, Hq*hd)
-            k = self._proj_fwd(i, "k_proj", n, xq, xs, sv)                              # (N, Hkv*hd)
-            v = self._proj_fwd(i, "v_proj", n, xq, xs, sv)
-            sv["q"] = q = be.rope(q, T, Hq, hd, cfg.rope_theta)
-            sv["k"] = k = be.rope(k, T, Hkv, hd, cfg.rope_theta)
-            sv["v"] = v
-            o, sv["lse"] = be.attention(q, k, v, B, T, Hq, Hkv, hd)                    # (N, Hq*hd)
-            sv["o"] = o
-            n, sv["rstd2"] = be.rmsnorm(o, L["attn_sub_norm"], eps)
-            xq, xs = be.quantize_act(n)
-            x = be.add(x, self._proj_fwd(i, "o_proj", n, xq, xs, sv))
-            sv["x1"] = x
-            n, sv["rstd3"] = be.rmsnorm(x, L["post_attention_layernorm"], eps)
-            xq, xs = be.quantize_act(n)
-            g = self._proj_fwd(i, "gate_proj", n, xq, xs, sv)                           # (N, I)
-            u = self._proj_fwd(i, "up_proj", n, xq, xs, sv)
-            sv["g"], sv["u"] = g, u
-            h = be.relu2_gate(g, u)
-            sv["h"] = h
-            n, sv["rstd4"] = be.rmsnorm(h, L["ffn_sub_norm"], eps)
-            xq, xs = be.quantize_act(n)
-            x = be.add(x, self._proj_fwd(i, "down_proj", n, xq, xs, sv))
+        for i in range(len(self.layers)):
+            sv: dict | None = {} if keep else None
+            x = self._layer(i, x, B, T, sv)
             if keep:
                 acts.append(sv)
-        nf, rstdf = be.rmsnorm(x, self.norm, eps)
+        nf, rstdf = be.rmsnorm(x, self.norm, cfg.rms_norm_eps)
         logits = be.matmul(nf, self.lm_head, trans_b=True)                             # (N, V)
         if keep:
             return logits, {"layers": acts, "x": x, "nf": nf, "rstdf": rstdf, "B": B, "T": T}
         return logits
 
     def backward(self, dlogits, saved: dict) -> dict[str, Any]:
-        """LoRA gradients (backend tensors keyed like the adapter) from dlogits (N, V)."""
-        cfg, be = self.cfg, self.be
-        B, T = saved["B"], saved["T"]
-        Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        """LoRA gradients (backend tensors keyed like the adapter) from dlogits (N, V) and the
+        activations of forward(keep=True)."""
+        be = self.be
         grads: dict[str, Any] = {}
         dn = be.matmul(dlogits, self.lm_head)                                            # (N, D)
         dx = be.rmsnorm_backward(dn, saved["x"], self.norm, saved["rstdf"])
         for i in reversed(range(len(self.layers))):
-            L, sv = self.layers[i], saved["layers"][i]
-            # MLP: x2 = x1 + down(ffn_sub_norm(h))
-            dn = self._proj_bwd(i, "down_proj", dx, sv, grads)
-            dh = be.rmsnorm_backward(dn, sv["h"], L["ffn_sub_norm"], sv["rstd4"])
-            dg, du = be.relu2_gate_backward(dh, sv["g"], sv["u"])
-            dn = self._proj_bwd(i, "gate_proj", dg, sv, grads)
-            dn = self._proj_bwd(i, "up_proj", du, sv, grads, acc=dn)
-            dx = be.add(dx, be.rmsnorm_backward(dn, sv["x1"], L["post_attention_layernorm"], sv["rstd3"]))
-            # attention: x1 = x0 + o_proj(attn_sub_norm(o))
-            dn = self._proj_bwd(i, "o_proj", dx, sv, grads)
-            do = be.rmsnorm_backward(dn, sv["o"], L["attn_sub_norm"], sv["rstd2"])
-            dq, dk, dv = be.attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
-                                               B, T, Hq, Hkv, hd)
-            dq = be.rope(dq, T, Hq, hd, cfg.rope_theta, inverse=True)
-            dk = be.rope(dk, T, Hkv, hd, cfg.rope_theta, inverse=True)
-            dn = self._proj_bwd(i, "q_proj", dq, sv, grads)
-            dn = self._proj_bwd(i, "k_proj", dk, sv, grads, acc=dn)
-            dn = self._proj_bwd(i, "v_proj", dv, sv, grads, acc=dn)
-            dx = be.add(dx, be.rmsnorm_backward(dn, sv["x0"], L["input_layernorm"], sv["rstd1"]))
+            dx = self._layer_backward(i, dx, dict(saved["layers"][i]), saved["B"], saved["T"],
+                                      grads)
         return grads
 
     def loss(self, ids: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
         """Summed next-token cross-entropy (nats) and count of predicted positions.
 
-        ids, targets int (B, T); target < 0 marks padding."""
-        logits = self.forward(ids)
+        ids, targets int (B, T); target < 0 marks padding. The lm_head runs in vocab chunks
+        fused with the loss (`lm_head_cross_entropy`): no (N, V) logits are held."""
+        be = self.be
         t = targets.reshape(-1).astype(np.int32)
-        loss, _ = self.be.cross_entropy(logits, self.be.tensor(t), 0.0)
-        return float(np.sum(self.be.numpy(loss), dtype=np.float64)), int(np.sum(t >= 0))
+        x = self._trunk(ids)
+        nf, _ = be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
+        del x
+        loss, _ = be.lm_head_cross_entropy(nf, self.lm_head, be.tensor(t), 0.0, grad=False)
+        return float(np.sum(be.numpy(loss), dtype=np.float64)), int(np.sum(t >= 0))
 
     def loss_and_grads(self, ids: np.ndarray, targets: np.ndarray) -> tuple[float, int, dict]:
-        """Mean loss over predicted positions, their count, and LoRA gradients of that mean."""
+        """Mean loss over predicted positions, their count, and LoRA gradients of that mean.
+
+        Memory: only each layer's residual input (N, D) is kept from the forward pass; the
+        backward pass recomputes one layer's activations at a time from it (activation
+        checkpointing, Chen et al. 2016, arXiv:1604.06174), and the lm_head + loss run in vocab
+        chunks. The recomputed forward is the same op sequence on the same input, so the
+        gradients are those of forward(keep=True) + backward. Costs one more forward pass."""
+        be = self.be
         t = targets.reshape(-1).astype(np.int32)
         count = int(np.sum(t >= 0))
         if count == 0:
             raise ValueError("batch has no predicted positions (all targets are padding)")
-        logits, saved = self.forward(ids, keep=True)
-        loss, dlogits = self.be.cross_entropy(logits, self.be.tensor(t), 1.0 / count)
-        grads = self.backward(dlogits, saved)
-        return float(np.sum(self.be.numpy(loss), dtype=np.float64)) / count, count, grads
+        B, T = ids.shape
+        inputs: list = []
+        x = self._trunk(ids, inputs)
+        nf, rstdf = be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
+        loss, dn = be.lm_head_cross_entropy(nf, self.lm_head, be.tensor(t), 1.0 / count)
+        del nf
+        dx = be.rmsnorm_backward(dn, x, self.norm, rstdf)
+        del dn, x
+        grads: dict[str, Any] = {}
+        for i in reversed(range(len(self.layers))):
+            sv: dict = {}
+            self._layer(i, inputs.pop(), B, T, sv)       # recompute; its output is not needed
+            dx = self._layer_backward(i, dx, sv, B, T, grads)
+            del sv
+        del dx
+        return float(np.sum(be.numpy(loss), dtype=np.float64)) / count, count, grads

@@ -43,6 +43,9 @@ OPS: dict[str, OpSpec] = {
     "relu2_gate": OpSpec("relu2_gate.wgsl", ("forward",), ref.relu2_gate, "relu2_gate_backward"),
     "relu2_gate_backward": OpSpec("relu2_gate.wgsl", ("backward",), ref.relu2_gate_backward),
     "cross_entropy": OpSpec("cross_entropy.wgsl", ("main",), ref.cross_entropy),
+    # lm_head matmuls of each vocab chunk run on matmul.wgsl (b = table rows, f16 or f32)
+    "lm_head_cross_entropy": OpSpec("lm_head.wgsl", ("stats", "finish"),
+                                    ref.lm_head_cross_entropy),
     "adamw_": OpSpec("adamw.wgsl", ("main",), ref.adamw_),
 }
 

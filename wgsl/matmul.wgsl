@@ -2,6 +2,10 @@
 // into c). Reference: kernels/reference.py `matmul`. op(a) (M, K): a stored (M, K), or (K, M)
 // with TRANS_A; op(b) (K, N): b stored (K, N), or (N, K) with TRANS_B; c f32 (M, N).
 // Used for LoRA A/B forward and backward and the lm_head.
+// b is bound as raw u32 words: float32 (B_F16 = false, bitcast) or float16 (B_F16 = true,
+// element i is half i&1 of word i>>1, read with unpack2x16float: core WGSL, no shader-f16
+// feature; math stays f32). b_off: element offset of op(b)'s first element in b (the lm_head
+// reads a chunk of vocab rows of the embedding table in place).
 // Tiling: 16x16 invocations, 64x64 outputs per workgroup, K steps of 16. Each invocation owns
 // 4 consecutive rows x 4 consecutive columns, so the inner loop reads one vec4 of a and one of
 // b from workgroup memory per 16 FMAs (scalar loads made shared memory the limit).
@@ -12,13 +16,19 @@ override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ACC: bool = false;
 override SPLIT: bool = false;
+override B_F16: bool = false;
 
-struct Params { m: u32, n: u32, k: u32, alpha: f32, kchunk: u32 }
+struct Params { m: u32, n: u32, k: u32, alpha: f32, kchunk: u32, b_off: u32 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<u32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
+
+fn load_b(i: u32) -> f32 {
+    if (B_F16) { return unpack2x16float(b[i >> 1u])[i & 1u]; }
+    return bitcast<f32>(b[i]);
+}
 
 const TS: u32 = 64u;
 const KS: u32 = 16u;
@@ -57,8 +67,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (TRANS_B) { nn = e / KS; kb = e % KS; } else { nn = e % TS; kb = e / TS; }
             var bv = 0.0;
             if (n0 + nn < p.n && k0 + kb < k_hi) {
-                if (TRANS_B) { bv = b[(n0 + nn) * p.k + k0 + kb]; }
-                else { bv = b[(k0 + kb) * p.n + n0 + nn]; }
+                if (TRANS_B) { bv = load_b(p.b_off + (n0 + nn) * p.k + k0 + kb); }
+                else { bv = load_b(p.b_off + (k0 + kb) * p.n + n0 + nn); }
             }
             b_t[kb * LD4 + nn / 4u][nn % 4u] = bv;
         }

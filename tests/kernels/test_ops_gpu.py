@@ -46,8 +46,9 @@ def test_roundtrip_dtypes_and_zeros(gpu):
 
 def test_registry_covers_backend_and_shaders_load():
     ops = [n for n, _ in inspect.getmembers(Backend, inspect.isfunction)
-           if not n.startswith("_") and n not in ("tensor", "ternary", "numpy", "zeros_like")]
-    assert len(ops) == 15, ops
+           if not n.startswith("_") and n not in ("tensor", "ternary", "table", "numpy",
+                                                  "zeros_like", "release_workspace")]
+    assert len(ops) == 16, ops
     for op in ops:
         spec = registry.spec(op)
         src = registry.shader_source(spec.shader)
@@ -336,7 +337,10 @@ def test_bitnet_model_loss_and_lora_grads_match_cpu(gpu, close):
     f = lambda *s: rnd(rng, *s)  # noqa: E731
     proj = {p: ternary(rng, *cfg.proj_shape(p), ws=float(rng.uniform(0.5, 2))) for p in PROJECTIONS}
     layer = LayerWeights(1 + 0.1 * f(32), 1 + 0.1 * f(32), 1 + 0.1 * f(32), 1 + 0.1 * f(48), proj)
-    weights = BitNetWeights(cfg, 0.5 * f(37, 32), [layer], 1 + 0.1 * f(32))
+    # GpuBackend stores the tied table as float16 (CpuBackend: float32); a table already on the
+    # float16 grid is held exactly by both, so the comparison below is of the math alone.
+    embed = (0.5 * f(37, 32)).astype(np.float16).astype(F32)
+    weights = BitNetWeights(cfg, embed, [layer], 1 + 0.1 * f(32))
     lcfg = LoRAConfig(rank=4, alpha=8.0, target_modules=PROJECTIONS)
     state = {k: (rng.standard_normal(v.shape) * 0.1).astype(F32)
              for k, v in init_lora(cfg, lcfg, 0).items()}
