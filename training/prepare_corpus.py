@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html.parser
-import io
 import json
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -138,8 +136,8 @@ def doc_pages(deb: Path | None, workdir: Path) -> tuple[dict[str, str], str]:
 
 
 # ------------------------------------------------------------------------------------- pydoc
-def stdlib_docstrings() -> dict[str, str]:
-    """{"pydoc/<module>": plain-text pydoc page} for every importable top-level stdlib module."""
+def _render_pydoc_pages() -> dict[str, str]:
+    """Worker body (run in a clean subprocess): pydoc plain text of every importable module."""
     import pydoc
     names = sorted(n for n in sys.stdlib_module_names if n not in SKIP_MODULES
                    and not n.startswith("_"))
@@ -152,11 +150,46 @@ def stdlib_docstrings() -> dict[str, str]:
             text = pydoc.render_doc(mod, title="%s", renderer=pydoc.plaintext)
         except BaseException:   # missing optional C module, platform-specific, SystemExit
             continue
-        # pydoc names the source file: drop machine-specific paths.
-        text = re.sub(r"\n(FILE|MODULE REFERENCE)\n(    .*\n)+", "\n", text)
         if len(text) > 200:
-            docs["pydoc/" + name] = text
+            docs["pydoc/" + name] = scrub(text)
     return docs
+
+
+def scrub(text: str) -> str:
+    """Remove what differs between runs or machines from a pydoc page: source file paths, the
+    DATA section (module-level values: sys.path, prefixes, temp dirs, os.environ...), object
+    addresses, and os.environ rendered as a default argument. None of the machine's state may
+    reach the corpus."""
+    out, in_data = [], False
+    for line in text.split("\n"):
+        if line in ("DATA", "FILE", "MODULE REFERENCE"):
+            in_data = True
+            continue
+        if in_data and line and not line.startswith(" "):
+            in_data = False
+        if not in_data:
+            out.append(line)
+    text = "\n".join(out)
+    text = re.sub(r"environ\(\{.*?\}\)", "environ({...})", text)
+    text = re.sub(r"(environb? = )environ\(.*", r"\1environ({...})", text)
+    text = text.replace(repr(sys.executable), "sys.executable")
+    text = re.sub(r" at 0x[0-9a-f]+", " at 0x0", text)
+    return re.sub(r"handle [0-9a-f]+>", "handle 0>", text)
+
+
+def stdlib_docstrings() -> dict[str, str]:
+    """{"pydoc/<module>": plain-text pydoc page} for every importable top-level stdlib module.
+
+    Rendered in a subprocess with a minimal fixed environment (PATH, LANG, PYTHONHASHSEED=0):
+    imports have side effects, set/dict reprs depend on the hash seed, and nothing of the
+    caller's environment may leak into the text.
+    """
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    with tempfile.TemporaryDirectory() as cwd:
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--pydoc-worker"],
+                           env=env, cwd=cwd, capture_output=True, check=True)
+    return json.loads(r.stdout.decode("utf-8").split("\n__PYDOC_JSON__\n", 1)[1])
 
 
 # ------------------------------------------------------------------------------------- split
@@ -195,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("build/corpus"))
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--deb", type=Path, help=f"a downloaded {DOC_PACKAGE} .deb (default: apt-get download)")
+    ap.add_argument("--pydoc-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.pydoc_worker:
+        docs = _render_pydoc_pages()
+        sys.stdout.write("\n__PYDOC_JSON__\n" + json.dumps(docs))
+        return 0
     if args.vocab > 65535:
         raise SystemExit("--vocab must fit uint16 token files (<= 65535)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -203,13 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         docs, deb_name = doc_pages(args.deb.resolve() if args.deb else None, Path(tmp))
     n_html = len(docs)
-    # pydoc writes warnings and help text of some modules to stdout/stderr on import.
-    saved = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = io.StringIO()
-    try:
-        docs.update(stdlib_docstrings())
-    finally:
-        sys.stdout, sys.stderr = saved
+    docs.update(stdlib_docstrings())
     names = sorted(docs)
     held = [n for n in names if is_heldout(n)]
     train = [n for n in names if not is_heldout(n)]
