@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
 
     s = sub.add_parser("eval", help="held-out loss (nats/token) and bits per byte")
-    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model)")
+    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model, else the built-in model)")
     s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
     s.add_argument("--data", type=Path, required=True)
     s.add_argument("--ctx", type=int, default=128)
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON line")
 
     s = sub.add_parser("generate", help="stream text from the model (+ adapter), KV-cached")
-    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model)")
+    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model, else the built-in model)")
     s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
     s.add_argument("--prompt", required=True, help="text to continue")
     s.add_argument("--max-new-tokens", type=int, default=64)
@@ -118,22 +118,14 @@ def cmd_eval(args) -> int:
     from bitswarm.kernels.backend import select_backend
     from bitswarm.kernels.checkpoint import load_bitnet
     from bitswarm.kernels.config import LoRAConfig
-    from bitswarm.kernels.lora import from_pairs
     from bitswarm.kernels.model import BitNetModel
     from bitswarm.kernels.tokenizer import load_tokenizer
-    from bitswarm.node.checkpoints import load_adapter
     from bitswarm.node.data import find_text_files, tokenize
     from bitswarm.node.evaluate import evaluate
 
-    state, lcfg = {}, LoRAConfig(target_modules=("q_proj",))
-    model_dir = args.model
-    if args.adapter is not None:
-        pairs, lcfg, _meta = load_adapter(args.adapter)
-        state = from_pairs(pairs)
-        if model_dir is None:
-            model_dir = Path(_base_model_of(args.adapter))
-    if model_dir is None:
-        raise ValueError("--model is required when no --adapter names its base model")
+    model_dir, state, lcfg = _model_and_adapter(args)
+    if state is None:
+        state, lcfg = {}, LoRAConfig(target_modules=("q_proj",))
     weights = load_bitnet(model_dir)
     tok = load_tokenizer(model_dir)
     docs = [tokenize(tok, f) for f in find_text_files(args.data)]
@@ -154,22 +146,13 @@ def cmd_generate(args) -> int:
     from bitswarm.kernels.backend import select_backend
     from bitswarm.kernels.checkpoint import load_bitnet
     from bitswarm.kernels.generate import Generator, stream_text
-    from bitswarm.kernels.lora import from_pairs
     from bitswarm.kernels.tokenizer import load_tokenizer
-    from bitswarm.node.checkpoints import load_adapter
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    state, lcfg, model_dir = None, None, args.model
-    if args.adapter is not None:
-        pairs, lcfg, _meta = load_adapter(args.adapter)
-        state = from_pairs(pairs)
-        if model_dir is None:
-            model_dir = Path(_base_model_of(args.adapter))
-    if model_dir is None:
-        raise ValueError("--model is required when no --adapter names its base model")
+    model_dir, state, lcfg = _model_and_adapter(args)
     weights = load_bitnet(model_dir)
     tok = load_tokenizer(model_dir)
     ids = tok.encode(args.prompt).ids
@@ -199,6 +182,23 @@ def cmd_export(args) -> int:
     out = export_adapter(args.adapter, args.format, args.out)
     print(f"exported {args.adapter} as {args.format} to {out}")
     return 0
+
+
+def _model_and_adapter(args):
+    """(model dir, flat LoRA state or None, LoRAConfig or None) for eval/generate: --model, else
+    the adapter's base model, else the packaged default model."""
+    from bitswarm.kernels.lora import from_pairs
+    from bitswarm.node.checkpoints import load_adapter
+    from bitswarm.node.default_model import PACKAGED_DIR
+
+    state = lcfg = None
+    model_dir = args.model
+    if args.adapter is not None:
+        pairs, lcfg, _meta = load_adapter(args.adapter)
+        state = from_pairs(pairs)
+        if model_dir is None:
+            model_dir = Path(_base_model_of(args.adapter))
+    return (PACKAGED_DIR if model_dir is None else model_dir), state, lcfg
 
 
 def _base_model_of(adapter_dir: Path) -> str:
