@@ -48,5 +48,11 @@ def test_bad_flags_exit_2_naming_them(tmp_path):
     assert r.returncode == 2 and "--max-new-tokens" in r.stderr
     r = run("--model", str(tmp_path / "missing"), "--prompt", "x")
     assert r.returncode == 2 and str(tmp_path / "missing") in r.stderr
-    r = run("--prompt", "x")
-    assert r.returncode == 2 and "--model" in r.stderr
+    r = run("--adapter", str(tmp_path / "no-adapter"), "--prompt", "x")
+    assert r.returncode == 2 and str(tmp_path / "no-adapter") in r.stderr
+
+
+def test_without_model_or_adapter_uses_the_built_in_model():
+    r = run("--prompt", "def main():", "--max-new-tokens", "8", "--temperature", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip()
