@@ -54,6 +54,8 @@ class BitNetModel:
         lora: adapter configuration; `set_lora` uploads the adapter's values.
     """
 
+    recompute = True      # see loss_and_grads; __init__ sets it per backend
+
     def __init__(self, weights: BitNetWeights, backend: Backend, lora: LoRAConfig) -> None:
         self.cfg = weights.config
         self.be = backend
@@ -74,6 +76,9 @@ class BitNetModel:
                 **{p: be.ternary(w) for p, w in lw.proj.items()},
             })
         self.lora: dict[str, Any] = {}
+        # Activation recomputation in loss_and_grads: trades one extra forward pass for keeping
+        # only each layer's input; worth it where memory is the limit (the GPU).
+        self.recompute = getattr(backend, "name", "") != "cpu"
 
     # ------------------------------------------------------------------ adapter I/O
     def set_lora(self, state: LoRAState) -> None:
@@ -191,15 +196,20 @@ class BitNetModel:
         del dv
         return be.add(dx, be.rmsnorm_backward(dn, sv.pop("x0"), L["input_layernorm"], sv["rstd1"]))
 
-    def _trunk(self, ids: np.ndarray, inputs: list | None = None):
-        """Embedding and every layer without saved activations -> final residual x (N, D);
-        each layer's input is appended to `inputs` when given (for recomputation)."""
+    def _trunk(self, ids: np.ndarray, saves: list | None = None):
+        """Embedding and every layer -> final residual x (N, D). With a list `saves`, per layer
+        its input (recompute) or its saved activations (no recompute) is appended."""
         B, T = ids.shape
         x = self.be.embedding(self.be.tensor(ids.reshape(-1).astype(np.int32)), self.embed)
         for i in range(len(self.layers)):
-            if inputs is not None:
-                inputs.append(x)
-            x = self._layer(i, x, B, T, None)
+            if saves is None or self.recompute:
+                if saves is not None:
+                    saves.append(x)
+                x = self._layer(i, x, B, T, None)
+            else:
+                sv: dict = {}
+                x = self._layer(i, x, B, T, sv)
+                saves.append(sv)
         return x
 
     def forward(self, ids: np.ndarray, *, keep: bool = False):
@@ -253,15 +263,17 @@ class BitNetModel:
         backward pass recomputes one layer's activations at a time from it (activation
         checkpointing, Chen et al. 2016, arXiv:1604.06174), and the lm_head + loss run in vocab
         chunks. The recomputed forward is the same op sequence on the same input, so the
-        gradients are those of forward(keep=True) + backward. Costs one more forward pass."""
+        gradients are those of forward(keep=True) + backward. Costs one more forward pass;
+        `recompute` (default: on for every backend but NumPy, where host memory is plentiful
+        and time is not) switches it."""
         be = self.be
         t = targets.reshape(-1).astype(np.int32)
         count = int(np.sum(t >= 0))
         if count == 0:
             raise ValueError("batch has no predicted positions (all targets are padding)")
         B, T = ids.shape
-        inputs: list = []
-        x = self._trunk(ids, inputs)
+        saves: list = []
+        x = self._trunk(ids, saves)
         nf, rstdf = be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
         loss, dn = be.lm_head_cross_entropy(nf, self.lm_head, be.tensor(t), 1.0 / count)
         del nf
@@ -269,8 +281,11 @@ class BitNetModel:
         del dn, x
         grads: dict[str, Any] = {}
         for i in reversed(range(len(self.layers))):
-            sv: dict = {}
-            self._layer(i, inputs.pop(), B, T, sv)       # recompute; its output is not needed
+            sv = saves.pop()
+            if self.recompute:
+                x_in, sv = sv, {}
+                self._layer(i, x_in, B, T, sv)            # recompute; its output is not needed
+                del x_in
             dx = self._layer_backward(i, dx, sv, B, T, grads)
             del sv
         del dx

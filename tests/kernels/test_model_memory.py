@@ -52,9 +52,12 @@ def plain_loss_and_grads(m, ids, tg):
     return float(np.sum(m.be.numpy(loss), dtype=np.float64)) / count, grads
 
 
+@pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize("targets", [("q_proj", "k_proj", "v_proj", "o_proj"), PROJECTIONS])
-def test_recomputed_path_equals_plain_path_cpu(targets, close):
+def test_recomputed_path_equals_plain_path_cpu(targets, recompute, close):
     m = model(CpuBackend(), targets)
+    assert m.recompute is False           # NumPy default: host memory is not the limit
+    m.recompute = recompute
     ids, tg = batch()
     loss, count, grads = m.loss_and_grads(ids, tg)
     ploss, pgrads = plain_loss_and_grads(m, ids, tg)
@@ -68,6 +71,7 @@ def test_recomputed_path_equals_plain_path_cpu(targets, close):
 
 def test_recomputed_path_equals_plain_path_gpu(gpu, close):
     m = model(gpu)
+    assert m.recompute is True
     ids, tg = batch()
     loss, _, grads = m.loss_and_grads(ids, tg)
     ploss, pgrads = plain_loss_and_grads(m, ids, tg)
