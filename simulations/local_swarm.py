@@ -5,8 +5,10 @@ non-IID split); without that package, Python's own standard-library sources (alw
 
     python -m bitswarm.simulations.local_swarm --nodes 3 --rounds 3 [--run-dir runs/demo]
 
-Node 0 starts first; the others dial its multiaddr. Each node's state (identity, adapter,
-rounds.jsonl, log) lands in <run-dir>/node<i>/.
+Nodes start one after another, each dialing the multiaddrs of those before it. Each node's
+state (identity, adapter, rounds.jsonl, log) lands in <run-dir>/node<i>/. With --topic, every
+node trains on its own slice of one BBC topic and --eval-files more articles of it are held out
+in <run-dir>/eval/ for `node eval`.
 """
 from __future__ import annotations
 
@@ -142,10 +144,12 @@ def run_swarm(run_dir: Path, *, nodes: int = 3, rounds: int = 3, files_per_node:
         return {**blas, **rec}
 
     try:
-        procs.append(start_node(0, run_dir, docs[0], swarm, [], args, env_for(0)))
-        first = procs[0].multiaddr(timeout_s=120)
-        for i in range(1, nodes):
-            procs.append(start_node(i, run_dir, docs[i], swarm, [first], args, env_for(i)))
+        # Each node dials every node started before it: a full mesh, so payloads are fetched
+        # straight from their senders (a star would relay them through node 0).
+        addrs: list[str] = []
+        for i in range(nodes):
+            procs.append(start_node(i, run_dir, docs[i], swarm, list(addrs), args, env_for(i)))
+            addrs.append(procs[-1].multiaddr(timeout_s=120))
         deadline = time.monotonic() + timeout_s
         for p in procs:
             try:

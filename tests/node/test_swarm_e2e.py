@@ -14,7 +14,7 @@ from bitswarm.simulations.local_swarm import run_swarm
 
 NODES, ROUNDS = 3, 3
 NODE_ARGS = ["--local-steps", "6", "--ctx", "64", "--batch-size", "4", "--lr", "3e-3",
-             "--device", "cpu", "--round-timeout", "120"]
+             "--device", "cpu", "--round-timeout", "400"]
 
 
 @pytest.fixture(scope="module")
