@@ -34,13 +34,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save as st_save
+
+from bitswarm.fsutil import fsync_dir, write_file_atomic
 
 from .config import (ATTN_PROJECTIONS, PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
                      TernaryLinear)
@@ -394,33 +395,6 @@ def load_bitnet(model_dir: Path | str) -> BitNetWeights:
 # ---------------------------------------------------------------------------------------------
 # saving
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to a temp file beside `path`, fsync, then os.replace (atomic on POSIX)."""
-    # os.open with 0o666 (not mkstemp's 0o600) so the file gets the usual umask permissions.
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def state_dict(weights: BitNetWeights) -> dict[str, np.ndarray]:
     """transformers state dict of `weights` in the PACKED layout (uint8 + float32 (1,) scales)."""
     c = weights.config
@@ -463,12 +437,12 @@ def save_bitnet(weights: BitNetWeights, model_dir: Path | str, *,
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     tensors = state_dict(weights)
-    _atomic_write(model_dir / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
+    write_file_atomic(model_dir / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
     if tokenizer_json is not None:
-        _atomic_write(model_dir / TOKENIZER_FILE, tokenizer_json.encode("utf-8"))
+        write_file_atomic(model_dir / TOKENIZER_FILE, tokenizer_json.encode("utf-8"))
     cfg = json.dumps(config_to_hf(weights.config, packed=True), indent=2, sort_keys=True) + "\n"
-    _atomic_write(model_dir / CONFIG_FILE, cfg.encode("utf-8"))
-    _fsync_dir(model_dir)
+    write_file_atomic(model_dir / CONFIG_FILE, cfg.encode("utf-8"))
+    fsync_dir(model_dir)
 
 
 def model_hash(model_dir: Path | str) -> str:

@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from bitswarm.fsutil import replace_dir_atomic
 from bitswarm.kernels.checkpoint import hf_module_name, read_safetensors
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
 
@@ -83,14 +83,6 @@ def _write_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _siblings(adapter_dir: Path, kind: str) -> list[Path]:
@@ -149,24 +141,11 @@ def save_adapter(adapter_dir: Path | str, lora: dict[str, tuple[np.ndarray, np.n
 
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     _recover(adapter_dir)
-    tag = secrets.token_hex(4)
-    tmp = adapter_dir.parent / f".{adapter_dir.name}.tmp-{tag}"
-    old = adapter_dir.parent / f".{adapter_dir.name}.old-{tag}"
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         _write_file(tmp / WEIGHTS_FILE, blob)
         _write_file(tmp / CONFIG_FILE, config.encode("utf-8"))
-        _fsync_dir(tmp)
-        had_old = adapter_dir.exists()
-        if had_old:
-            os.rename(adapter_dir, old)
-        os.rename(tmp, adapter_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(adapter_dir.parent)
-    if had_old:
-        shutil.rmtree(old, ignore_errors=True)
+
+    replace_dir_atomic(adapter_dir, fill)
 
 
 def _read_config(path: Path) -> LoRAConfig:
@@ -232,7 +211,7 @@ def load_adapter(adapter_dir: Path | str
         m = _PEFT_RE.match(name)
         if not m:
             raise ValueError(f"{weights_path}: unexpected tensor {name!r}")
-        layer, block, proj, which = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        layer, proj, which = int(m.group(1)), m.group(3), m.group(4)
         if proj not in PROJECTIONS or peft_key(layer, proj, which) != name:
             raise ValueError(f"{weights_path}: unexpected tensor {name!r}")
         if proj not in lora_config.target_modules:

@@ -29,19 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bitswarm.fsutil import fsync_dir, replace_dir_atomic
 from bitswarm.kernels.checkpoint import hf_module_name
 from bitswarm.node.checkpoints import CONFIG_FILE, WEIGHTS_FILE, load_adapter
 
 FORMATS = ("peft", "gguf")
 GGUF_ARCH = "bitnet"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _base_model(adapter_dir: Path) -> str:
@@ -70,26 +63,13 @@ def export_peft(adapter_dir: Path | str, out: Path | str) -> Path:
     _check_out(adapter_dir, out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    tag = secrets.token_hex(4)
-    tmp = out.parent / f".{out.name}.tmp-{tag}"
-    old = out.parent / f".{out.name}.old-{tag}"
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             shutil.copyfile(adapter_dir / name, tmp / name)
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        had_old = out.exists()
-        if had_old:
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(out.parent)
-    if had_old:
-        shutil.rmtree(old, ignore_errors=True)
+
+    replace_dir_atomic(out, fill)
     return out
 
 
@@ -141,7 +121,7 @@ def export_gguf(adapter_dir: Path | str, out: Path | str) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return out
 
 
