@@ -210,8 +210,8 @@ def _base_model_of(adapter_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bitswarm.node.progress import log_handler
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[log_handler()], force=True)
     try:
         return {"id": cmd_id, "start": cmd_start, "eval": cmd_eval, "generate": cmd_generate,
                 "export": cmd_export}[args.cmd](args)

@@ -9,6 +9,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 log = logging.getLogger("bitswarm.node")
 
+# One console for the live bar and (on a terminal) the log handler, so log lines print above the
+# bar instead of through it.
+CONSOLE = Console(stderr=True)
+
+
+def log_handler() -> logging.Handler:
+    """RichHandler on the shared console when stderr is a terminal, else a plain stream handler."""
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+        h = RichHandler(console=CONSOLE, show_path=False)
+        h.setFormatter(logging.Formatter("%(name)s: %(message)s"))   # time and level: rich's columns
+        return h
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return h
+
 
 def human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -34,7 +50,7 @@ class RoundProgress:
                 TextColumn("[bold]round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}  peers {task.fields[peers]}  "
                            "in {task.fields[bin]} / out {task.fields[bout]}"),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+                TimeElapsedColumn(), console=CONSOLE, transient=False)
             self._progress.__enter__()
             self._task = self._progress.add_task("train", total=self.local_steps, round="-",
                                                  loss="-", peers=0, bin="0 B", bout="0 B")
