@@ -159,13 +159,17 @@ def real_gpu_available() -> bool:
     return kind not in ("cpu", "") and "llvmpipe" not in str(info.get("device", "")).lower()
 
 
-def select_backend(device: str) -> Backend:
+def select_backend(device: str, embeddings: str = "gpu") -> Backend:
     """device: "auto" (GPU if a real one exists, else NumPy), "gpu" (wgpu, any adapter, lavapipe
-    included), "cpu" (NumPy). Raises ValueError for anything else, RuntimeError when "gpu" is
-    forced and wgpu has no adapter."""
+    included), "cpu" (NumPy). embeddings: where a GPU backend keeps the embedding / lm_head
+    table, "gpu" or "host" (GpuBackend's table_residency; NumPy keeps everything on the host).
+    Raises ValueError for anything else, RuntimeError when "gpu" is forced and wgpu has no
+    adapter."""
     if device not in ("auto", "gpu", "cpu"):
         raise ValueError(f"--device must be auto, gpu or cpu, got {device!r}")
+    if embeddings not in ("gpu", "host"):
+        raise ValueError(f"--embeddings must be gpu or host, got {embeddings!r}")
     if device == "cpu" or (device == "auto" and not real_gpu_available()):
         return CpuBackend()
     from bitswarm.kernels.gpu_backend import GpuBackend
-    return GpuBackend()
+    return GpuBackend(table_residency=embeddings)

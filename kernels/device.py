@@ -68,14 +68,17 @@ class Tensor:
     padding bytes zero. dtype "float16": IEEE binary16, row-major and flat, 2 per u32 (element i
     is half i&1 of word i>>1, as WGSL unpack2x16float reads it; no shader-f16 feature needed). The buffer returns to the Context's pool when the Tensor is collected.
     `host_min`/`host_max` record the value range of integer tensors uploaded from the host (used
-    to raise IndexError for bad token ids without a readback); None when unknown.
+    to raise IndexError for bad token ids without a readback); None when unknown. `host` keeps
+    the host copy of small integer tensors (token ids, targets), so ops on a host-resident table
+    can gather rows on the host; None when not kept.
     """
 
-    __slots__ = ("ctx", "buffer", "shape", "dtype", "nbytes", "host_min", "host_max", "__weakref__")
+    __slots__ = ("ctx", "buffer", "shape", "dtype", "nbytes", "host_min", "host_max", "host",
+                 "__weakref__")
 
     def __init__(self, ctx: "Context", buffer, shape: tuple[int, ...], dtype: str, nbytes: int):
         self.ctx, self.buffer, self.shape, self.dtype, self.nbytes = ctx, buffer, shape, dtype, nbytes
-        self.host_min = self.host_max = None
+        self.host_min = self.host_max = self.host = None
 
     @property
     def size(self) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from bitswarm.kernels import reference as ref
 from bitswarm.kernels import registry
 from bitswarm.kernels.config import TernaryLinear
-from bitswarm.kernels.device import Context, Tensor, grid_for, pack_params
+from bitswarm.kernels.device import Context, Tensor, grid_for, pack_params, tensor_nbytes
 
 log = logging.getLogger("bitswarm.kernels.gpu_backend")
 F32 = np.float32
@@ -30,6 +30,7 @@ ATTN_HDMAX = 256
 _EW = 256          # invocations per workgroup of the elementwise shaders
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
+_HOST_COPY_MAX = 1 << 20  # integer uploads up to this many elements keep a host copy (ids)
 
 
 @dataclass
@@ -45,6 +46,31 @@ class GpuTernary:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
+
+
+@dataclass
+class HostTable:
+    """An embedding / lm_head table (V, D) kept in host memory (`table_residency="host"`).
+
+    `data` is float16 (or float32 when a value is beyond float16's range), the same values the
+    GPU-resident table holds. The embedding gather runs on the host (N rows uploaded per step);
+    `lm_head_cross_entropy` streams the table through one chunk buffer on the GPU, so a
+    128256 x 2560 table costs 8192 x 2560 x 2 B = 40 MiB of GPU memory instead of 626 MiB, for
+    V x D x 2 B of host-to-GPU upload per call. (QVAC Fabric keeps embeddings in host memory
+    too: shared/FACTS.md.)"""
+
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> str:
+        return "float16" if self.data.dtype == np.float16 else "float32"
+
+
+TABLE_RESIDENCIES = ("gpu", "host")
 
 
 def pack_ternary(codes: np.ndarray) -> np.ndarray:
@@ -71,11 +97,20 @@ def _check(cond: bool, msg: str) -> None:
 
 class GpuBackend:
     """wgpu backend. `GpuBackend(ctx)` shares a device Context; default: a new one (raises
-    RuntimeError when wgpu has no adapter)."""
+    RuntimeError when wgpu has no adapter).
+
+    table_residency: "gpu" keeps embedding / lm_head tables in GPU memory (float16); "host"
+    keeps them in host memory (`HostTable`) and streams them through the GPU per use — the
+    largest single saving for big-vocabulary models (626 MiB at 2B-4T). Raises ValueError for
+    anything else."""
 
     name = "gpu"
 
-    def __init__(self, ctx: Context | None = None) -> None:
+    def __init__(self, ctx: Context | None = None, table_residency: str = "gpu") -> None:
+        if table_residency not in TABLE_RESIDENCIES:
+            raise ValueError(f"table residency must be one of {TABLE_RESIDENCIES}, "
+                             f"got {table_residency!r}")
+        self.table_residency = table_residency
         self.ctx = ctx or Context()
         self._rope_cache: dict[tuple[int, float], tuple[int, Tensor, Tensor]] = {}
 
@@ -90,6 +125,8 @@ class GpuBackend:
             t = self.ctx.upload(a, "int32")
             if a.size:
                 t.host_min, t.host_max = int(a.min()), int(a.max())
+            if a.size <= _HOST_COPY_MAX:
+                t.host = np.array(a, dtype=np.int32)
             return t
         return self.ctx.upload(a, "float32")
 
@@ -99,18 +136,23 @@ class GpuBackend:
         out, k = w.codes.shape
         return GpuTernary(t, out, k, F32(w.weight_scale))
 
-    def table(self, a: np.ndarray) -> Tensor:
-        """Upload an embedding / lm_head table (V, D) as float16 storage (half the bytes; every
-        op that reads it computes in float32). Values are rounded to nearest even; a table with
-        a finite value beyond float16's range (|x| > 65504) stays float32 instead (logged).
-        float16 is read with WGSL's core unpack2x16float, so no adapter feature is needed."""
+    def table(self, a: np.ndarray) -> Tensor | HostTable:
+        """An embedding / lm_head table (V, D) in float16 storage (half the bytes; every op that
+        reads it computes in float32), on the GPU or, with table_residency "host", as a
+        `HostTable`. Values are rounded to nearest even; a table with a finite value beyond
+        float16's range (|x| > 65504) stays float32 instead (logged). float16 is read with
+        WGSL's core unpack2x16float, so no adapter feature is needed."""
         a = np.asarray(a, dtype=np.float32)
         if a.ndim != 2:
             raise ValueError(f"table must be 2-D (V, D), got shape {a.shape}")
+        dtype = "float16"
         if a.size and float(np.max(np.abs(a))) > float(np.finfo(np.float16).max):
             log.warning("table %s has values beyond float16 range: kept float32", a.shape)
-            return self.ctx.upload(a, "float32")
-        return self.ctx.upload(a, "float16")
+            dtype = "float32"
+        if self.table_residency == "host":
+            return HostTable(np.ascontiguousarray(a, dtype=np.float16 if dtype == "float16"
+                                                  else np.float32))
+        return self.ctx.upload(a, dtype)
 
     def release_workspace(self) -> None:
         """Give the free pool's buffers back to the driver (between phases of a step whose
@@ -137,13 +179,18 @@ class GpuBackend:
         return grid_for(-(-total // _EW))
 
     # ------------------------------------------------------------ embedding / norms
-    def embedding(self, ids: Tensor, table: Tensor) -> Tensor:
+    def embedding(self, ids: Tensor, table: Tensor | HostTable) -> Tensor:
         _check(len(table.shape) == 2, f"embedding table must be (V, D), got {table.shape}")
         _check(ids.dtype == "int32" and len(ids.shape) == 1, f"ids must be int32 (N,), got {ids}")
         V, D = table.shape
         if ids.host_max is not None and (ids.host_max >= V or ids.host_min < -V):
             raise IndexError(f"token id out of range for vocab size {V} "
                              f"(ids span {ids.host_min}..{ids.host_max})")
+        if isinstance(table, HostTable):
+            # The gather is an exact copy (f16 -> f32 widening), as the GPU kernel does.
+            _check(ids.host is not None, "embedding from a host table needs ids uploaded by "
+                   "GpuBackend.tensor (host copy kept)")
+            return self.ctx.upload(table.data[ids.host].astype(np.float32), "float32")
         _check(table.dtype in ("float32", "float16"), f"embedding table dtype {table.dtype}")
         N = ids.shape[0]
         out = self._new((N, D))
@@ -214,6 +261,9 @@ class GpuBackend:
     def matmul(self, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
                alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
         _check(len(a.shape) == 2 and len(b.shape) == 2, f"matmul needs 2-D, got {a.shape} {b.shape}")
+        if isinstance(b, HostTable):
+            return self._matmul_host_table(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha,
+                                           acc=acc)
         M, K = a.shape[::-1] if trans_a else a.shape
         K2, N = b.shape[::-1] if trans_b else b.shape
         _check(K == K2, f"matmul inner dims differ: op(a) {(M, K)} op(b) {(K2, N)}")
@@ -243,6 +293,38 @@ class GpuBackend:
         self._launch("matmul", [a, b, c], pack_params("uuufuu", M, N, K, F32(alpha), K, 0),
                      (-(-N // 64), -(-M // 64), 1), constants=consts)
         return c
+
+    def _table_chunks(self, w: HostTable, rows: int):
+        """Yield (v0, n, chunk) with table rows v0..v0+n uploaded into the first n rows of one
+        reused (rows, D) GPU buffer. The open encoder is flushed before each upload, so
+        commands already encoded for the previous chunk read it before it is overwritten (queue
+        order), and at most one chunk's upload is staged at a time."""
+        V, D = w.shape
+        buf = self.ctx.alloc((rows, D), w.dtype)
+        for v0 in range(0, V, rows):
+            n = min(rows, V - v0)
+            self.ctx.flush()
+            self.ctx.write(buf, w.data[v0:v0 + n])
+            yield v0, n, buf
+
+    def _table_rows(self, w: HostTable, n: int) -> int:
+        """Rows per streamed chunk: LM_CHUNK, or fewer where a chunk must fit one binding."""
+        per_row = tensor_nbytes((1, w.shape[1]), w.dtype)
+        return max(1, min(ref.LM_CHUNK, w.shape[0], self.ctx.max_binding // max(per_row, 4 * n)))
+
+    def _matmul_host_table(self, a: Tensor, w: HostTable, *, trans_a: bool, trans_b: bool,
+                           alpha: float, acc: Tensor | None) -> Tensor:
+        """a (M, D) @ w^T (D, V) -> (M, V) for a host-resident table (the lm_head logits of
+        `forward` and of generation): the table streams through the GPU in row chunks, each
+        chunk's logits are read back and the whole (M, V) is uploaded once. Other forms raise
+        ValueError (training uses lm_head_cross_entropy, which never needs them)."""
+        _check(trans_b and not trans_a and acc is None and a.shape[1] == w.shape[1],
+               f"matmul with a host-resident table supports only a (M, D) @ table^T, got a "
+               f"{a.shape} table {w.shape} trans_a={trans_a} trans_b={trans_b} acc={acc is not None}")
+        parts = []
+        for _, n, chunk in self._table_chunks(w, self._table_rows(w, a.shape[0])):
+            parts.append(self.numpy(self.matmul(a, chunk, trans_b=True, alpha=alpha))[:, :n])
+        return self.ctx.upload(np.concatenate(parts, axis=1), "float32")
 
     def add(self, a: Tensor, b: Tensor) -> Tensor:
         _check(a.shape == b.shape, f"add shapes differ: {a.shape} {b.shape}")
@@ -335,9 +417,11 @@ class GpuBackend:
                      pack_params("uuf", N, V, F32(grad_scale)), grid_for(N))
         return loss, d
 
-    def lm_head_cross_entropy(self, x: Tensor, w: Tensor, targets: Tensor, grad_scale: float,
-                              chunk: int = ref.LM_CHUNK,
+    def lm_head_cross_entropy(self, x: Tensor, w: Tensor | HostTable, targets: Tensor,
+                              grad_scale: float, chunk: int = ref.LM_CHUNK,
                               grad: bool = True) -> tuple[Tensor, Tensor | None]:
+        if isinstance(w, HostTable):
+            return self._lm_head_ce_host(x, w, targets, grad_scale, chunk, grad)
         N, D = x.shape
         V = w.shape[0]
         _check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D)
@@ -375,6 +459,53 @@ class GpuBackend:
         size = logits.buffer.size
         del logits
         self.ctx.release({size})        # the chunk buffer is this op's alone: don't pool it
+        return loss, (acc if grad else None)
+
+    def _lm_head_ce_host(self, x: Tensor, w: HostTable, targets: Tensor, grad_scale: float,
+                         chunk: int, grad: bool) -> tuple[Tensor, Tensor | None]:
+        """lm_head_cross_entropy with the table streamed from the host: the same kernels on the
+        same values in the same order as the GPU-resident path, each vocab chunk's rows
+        uploaded into one reused buffer before its two matmuls; `finish` reads W[target] from
+        the N target rows, gathered on the host."""
+        N, D = x.shape
+        V = w.shape[0]
+        _check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D),
+               f"lm_head_cross_entropy: x {x} table {w.shape} chunk {chunk}")
+        _check(targets.dtype == "int32" and targets.shape == (N,) and targets.host is not None,
+               f"lm_head_cross_entropy: targets must be int32 ({N},) from GpuBackend.tensor, "
+               f"got {targets}")
+        t = targets.host
+        if N and int(t.max()) >= V:
+            raise IndexError(f"target {int(t.max())} out of range for vocab size {V}")
+        f16 = int(w.dtype == "float16")
+        vc = min(chunk, self._table_rows(w, N))
+        logits = self._new((N, vc))
+        st = self._new((N, 4))
+        acc = self._new((N, D)) if grad else self._dummy()
+        loss = self._new((N,))
+        mm = {"TRANS_A": 0, "ACC": 0, "SPLIT": 0, "B_F16": f16}
+        chunks = self._table_chunks(w, vc)
+        for v0, n, wc in chunks:
+            self._launch("matmul", [x, wc, logits], pack_params("uuufuu", N, n, D, 1.0, D, 0),
+                         (-(-n // 64), -(-N // 64), 1), constants={**mm, "TRANS_B": 1})
+            self._launch("lm_head_cross_entropy", [logits, targets, st, acc],
+                         pack_params("uuuuu", N, n, v0, D, int(v0 == 0)), grid_for(N),
+                         entry="stats", constants={"GRAD": int(grad)})
+            if grad:
+                self._launch("matmul", [logits, wc, acc],
+                             pack_params("uuufuu", N, D, n, 1.0, n, 0),
+                             (-(-D // 64), -(-N // 64), 1),
+                             constants={**mm, "TRANS_B": 0, "ACC": 1})
+        # finish: row i's target row is row i of `rows` (padding keeps its negative target)
+        valid = t >= 0
+        rows = self.ctx.upload(w.data[np.where(valid, t, 0)], w.dtype)
+        local = self.tensor(np.where(valid, np.arange(N), -1).astype(np.int32))
+        self._launch("lm_head_cross_entropy", [st, local, rows, acc, loss],
+                     pack_params("uuuf", N, D, max(N, 1), F32(grad_scale)), grid_for(N),
+                     entry="finish", constants={"GRAD": int(grad), "F16": f16})
+        sizes = {logits.buffer.size, wc.buffer.size}
+        del logits, wc, chunks
+        self.ctx.release(sizes)          # chunk buffers are this op's alone: don't pool them
         return loss, (acc if grad else None)
 
     def _dummy(self) -> Tensor:

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ctx", type=int, default=128, help="tokens per training sequence")
     s.add_argument("--seed", type=int, default=0, help="local data sampling seed")
     s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
+                   help="where a GPU keeps the embedding/lm_head table: host memory saves "
+                        "V x D x 2 bytes of GPU memory for an upload of it per step")
 
     s = sub.add_parser("eval", help="held-out loss (nats/token) and bits per byte")
     s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model, else the built-in model)")
@@ -58,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, required=True)
     s.add_argument("--ctx", type=int, default=128)
     s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
+                   help="where a GPU keeps the embedding/lm_head table (host: saves GPU memory)")
     s.add_argument("--json", action="store_true", help="print one JSON line")
 
     s = sub.add_parser("generate", help="stream text from the model (+ adapter), KV-cached")
@@ -68,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sample softmax(logits/T)")
     s.add_argument("--seed", type=int, default=None, help="sampling seed (numpy default_rng)")
     s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
+                   help="where a GPU keeps the embedding/lm_head table (host: saves GPU memory)")
 
     s = sub.add_parser("export", help="write an adapter as a PEFT folder or a llama.cpp GGUF LoRA")
     s.add_argument("--adapter", type=Path, required=True, help="adapter folder to export")
@@ -92,7 +99,7 @@ def cmd_start(args) -> int:
         swarm=args.swarm, data=args.data, data_dir=args.data_dir, model=args.model, listen=args.listen,
         peers=args.peer, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr, rank=args.rank,
         alpha=args.alpha, targets=args.targets, freeze_a=args.freeze_a, min_peers=args.min_peers,
-        round_timeout_s=args.round_timeout, device=args.device, batch_size=args.batch_size,
+        round_timeout_s=args.round_timeout, device=args.device, embeddings=args.embeddings, batch_size=args.batch_size,
         ctx=args.ctx, seed=args.seed)
     try:
         done = trio.run(serve, cfg)
@@ -129,7 +136,7 @@ def cmd_eval(args) -> int:
     weights = load_bitnet(model_dir)
     tok = load_tokenizer(model_dir)
     docs = [tokenize(tok, f) for f in find_text_files(args.data)]
-    model = BitNetModel(weights, select_backend(args.device), lcfg)
+    model = BitNetModel(weights, select_backend(args.device, args.embeddings), lcfg)
     model.set_lora(state)
     res = evaluate(model, docs, args.ctx)
     if args.json:
@@ -162,7 +169,7 @@ def cmd_generate(args) -> int:
     if len(ids) + args.max_new_tokens > limit:
         raise ValueError(f"--prompt ({len(ids)} tokens) + --max-new-tokens ({args.max_new_tokens}) "
                          f"exceeds the model's max_position_embeddings ({limit})")
-    gen = Generator(weights, select_backend(args.device), lcfg, state)
+    gen = Generator(weights, select_backend(args.device, args.embeddings), lcfg, state)
     rng = np.random.default_rng(args.seed)
     tokens = gen.generate(np.asarray(ids), args.max_new_tokens, args.temperature, rng)
     try:

@@ -72,7 +72,7 @@ class Node:
         weights = load_bitnet(self.model_dir)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.base_model = model_hash(self.model_dir)
-        self.backend = select_backend(cfg.device)
+        self.backend = select_backend(cfg.device, cfg.embeddings)
         log.info("base model %s (sha256 %s…), backend %s", self.model_dir, self.base_model[:12], self.backend.name)
         self.model = BitNetModel(weights, self.backend, cfg.lora)
         self.shapes = lora_shapes(weights.config, cfg.lora)

@@ -25,10 +25,11 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = json.loads((DATA / "golden.json").read_text())
 
 
-def node_eval(model: Path, device: str) -> dict:
+def node_eval(model: Path, device: str, *extra: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "bitswarm.node", "eval", "--model", str(model), "--data",
-         str(DATA / "golden_text"), "--ctx", str(GOLDEN["ctx"]), "--device", device, "--json"],
+         str(DATA / "golden_text"), "--ctx", str(GOLDEN["ctx"]), "--device", device, "--json",
+         *extra],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -42,6 +43,14 @@ def test_node_eval_matches_transformers(model, device):
     assert res["tokens"] == GOLDEN["tokens"]
     assert abs(res["loss"] - GOLDEN["loss"]) <= 0.005 * GOLDEN["loss"], (res, GOLDEN["loss"])
     assert res["bits_per_byte"] > 0
+
+
+def test_node_eval_with_host_embeddings_is_identical():
+    """--embeddings host (the table stays in host memory, streamed through the GPU) runs the
+    same kernels on the same values in the same order: the same loss to the last bit."""
+    on_gpu = node_eval(DATA / "tiny-bitnet", "gpu")
+    on_host = node_eval(DATA / "tiny-bitnet", "gpu", "--embeddings", "host")
+    assert on_host == on_gpu
 
 
 def test_first_window_logits_match_transformers():
