@@ -120,3 +120,54 @@ def torch_cuda():
     except ImportError:
         return None
     return torch if torch.cuda.is_available() else None
+
+
+class DriverMemory:
+    """Device-wide GPU memory in use as the driver reports it (`nvidia-smi --query-gpu=
+    memory.used`, MiB), sampled every `interval` s on a thread while the block runs: a check on
+    the device layer's own counter that also sees wgpu's internal allocations (staging,
+    pipelines, the Vulkan context). `baseline_mib` is read on entry, `peak_mib` is the largest
+    sample; both stay None where nvidia-smi is absent (lavapipe, other vendors)."""
+
+    def __init__(self, interval: float = 0.1):
+        import shutil
+        self.interval = interval
+        self.cmd = shutil.which("nvidia-smi")
+        self.baseline_mib = self.peak_mib = None
+
+    def _read(self) -> int | None:
+        import subprocess
+        try:
+            out = subprocess.run([self.cmd, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=5).stdout
+            return int(out.split()[0])
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return None
+
+    def __enter__(self):
+        import threading
+        if self.cmd is None:
+            return self
+        self.baseline_mib = self.peak_mib = self._read()
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.wait(self.interval):
+                v = self._read()
+                if v is not None:
+                    self.peak_mib = max(self.peak_mib or 0, v)
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cmd is not None:
+            self._stop.set()
+            self._thread.join()
+        return False
+
+    def result(self) -> dict:
+        if self.baseline_mib is None:
+            return {}
+        return {"driver_baseline_mib": self.baseline_mib, "driver_peak_mib": self.peak_mib,
+                "driver_delta_mib": self.peak_mib - self.baseline_mib}

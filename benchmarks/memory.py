@@ -21,6 +21,7 @@ running two depths checks the per-layer term.
 
     python benchmarks/memory.py --shape 2b4t --layers 1,2 --vocab 16384 [--plain] [--out F]
     python benchmarks/memory.py --shape 2b4t --dry          # the full model (30 layers, V 128256)
+    python benchmarks/memory.py --shape 2b4t --dry --embeddings host   # table in host memory
 
 --dry skips every GPU dispatch (results are garbage) but allocates exactly as a real run: every
 allocation in GpuBackend is decided on the host from shapes alone, so the allocated-bytes
@@ -72,6 +73,7 @@ def measure(be, cfg, targets: str, B: int, T: int, steps: int, plain: bool, f32_
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.lora import init_lora, trainable_keys
     from bitswarm.kernels.model import BitNetModel
+    from bitswarm.kernels.gpu_backend import HostTable
     from bitswarm.kernels.optim import AdamW, AdamWConfig
     ctx = be.ctx
     be._rope_cache.clear()          # each run pays for its own RoPE tables, as a fresh process
@@ -90,7 +92,7 @@ def measure(be, cfg, targets: str, B: int, T: int, steps: int, plain: bool, f32_
     rng = np.random.default_rng(1)
     ids = rng.integers(0, cfg.vocab_size, (B, T + 1))
     x, y = ids[:, :-1], ids[:, 1:]
-    table_bytes = model.embed.nbytes
+    table_bytes = 0 if isinstance(model.embed, HostTable) else model.embed.nbytes
     resident = ctx.allocated_bytes - base
     peaks, times, losses = [], [], []
     for _ in range(steps):
@@ -136,11 +138,13 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true", help="the save-everything path")
     ap.add_argument("--f32-table", action="store_true", help="float32 table (as before)")
     ap.add_argument("--dry", action="store_true", help="allocate only, dispatch nothing")
+    ap.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
+                    help="table residency: host keeps it off the GPU (streamed lm_head)")
     ap.add_argument("--check-dry", action="store_true",
                     help="run the first depth for real and dry; require equal peaks")
     args = ap.parse_args()
     from bitswarm.kernels.gpu_backend import GpuBackend
-    be = GpuBackend()
+    be = GpuBackend(table_residency=args.embeddings)
     be.ternary = _SharedCodesGpu(be)
     real_dispatch = be.ctx.dispatch
 
@@ -173,7 +177,7 @@ def main() -> None:
         r = measure(be, cfg, args.targets, args.batch, args.ctx, args.steps, args.plain,
                     args.f32_table)
         r["dry"] = args.dry
-        tb = r["table_bytes"] / (cfg.vocab_size * cfg.hidden_size)
+        tb = r["table_bytes"] / (cfg.vocab_size * cfg.hidden_size)   # 0 when on the host
         cf = closed_forms(cfg, N, args.targets, int(tb) if tb.is_integer() else tb)
         r["closed_forms"] = cf
         r["workspace"] = r["peak"] - sum(cf.values())
@@ -191,6 +195,7 @@ def main() -> None:
         sys.stdout.flush()
     write_json(out_path("memory", args.out), {"benchmark": "memory", "shape": args.shape,
                                              "machine": machine_info(be.ctx), "rows": rows,
+                                             "embeddings": args.embeddings,
                                              "argv": sys.argv[1:]})
 
 

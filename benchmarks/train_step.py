@@ -14,6 +14,12 @@ Baselines, same shapes, same run:
               extrapolated linearly to the full depth (a full-depth NumPy step takes minutes).
 
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
+                                    [--embeddings gpu,host]
+
+--embeddings host keeps the embedding / lm_head table in host memory and streams it through the
+GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
+the driver's device-wide memory in use is sampled during our run too (`driver_*` fields: the
+peak minus the reading before the model was built), a check that sees wgpu's own allocations.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # sibling modules
-from common import machine_info, out_path, parser, torch_cuda, write_json  # noqa: E402
+from common import DriverMemory, machine_info, out_path, parser, torch_cuda, write_json  # noqa: E402
 from shapes import CONFIGS  # noqa: E402
 
 B, T, RANK, ALPHA = 4, 128, 8, 16.0
@@ -192,6 +198,7 @@ def main() -> None:
     ap.add_argument("--models", default=None)
     ap.add_argument("--targets", default="qkvo,all")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--embeddings", default="gpu", help="table residencies to run: gpu,host")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
@@ -202,6 +209,11 @@ def main() -> None:
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend()
     be.ternary = _SharedCodesGpu(be)
+    residencies = args.embeddings.split(",")
+    backends = {"gpu": be}
+    if "host" in residencies:
+        backends["host"] = GpuBackend(be.ctx, table_residency="host")
+        backends["host"].ternary = _SharedCodesGpu(backends["host"])
     info = machine_info(be.ctx)
     print(f"adapter: {info['adapter']}")
     torch = None if (args.no_torch or args.quick) else torch_cuda()
@@ -212,19 +224,23 @@ def main() -> None:
           f" {'ours/base':>9s}")
     for model in models:
         cfg = CONFIGS[model]
-        for targets in args.targets.split(","):
-            r = {"model": model, "targets": targets, "B": B, "T": T, "rank": RANK}
-            be.ctx.trim()
-            be.ctx.reset_peak()
-            base_alloc = be.ctx.allocated_bytes        # rope tables etc. of earlier runs
-            r["ours"] = run_ours(be, cfg, targets, steps, 1)
+        for targets, emb in [(t, e) for t in args.targets.split(",") for e in residencies]:
+            r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
+                 "rank": RANK}
+            ob = backends[emb]
+            ob.ctx.trim()
+            ob.ctx.reset_peak()
+            base_alloc = ob.ctx.allocated_bytes        # rope tables etc. of earlier runs
+            with DriverMemory() as dm:
+                r["ours"] = run_ours(ob, cfg, targets, steps, 1)
             r["ours"]["peak_gpu_bytes"] -= base_alloc
-            if torch is not None:
+            r["ours"].update(dm.result())
+            if torch is not None and emb == residencies[0]:
                 try:
                     r["torch_peft"] = run_torch(torch, cfg, targets, steps, 2, Path(args.tmp))
                 except Exception as e:  # a baseline failing must not lose our numbers
                     r["torch_peft"] = {"error": f"{type(e).__name__}: {e}"}
-            if not args.no_numpy:
+            if not args.no_numpy and emb == residencies[0]:
                 r["numpy"] = run_numpy(cfg, targets, 1)
             r["epoch_s_ours"] = EPOCH_TOKENS / r["ours"]["tokens_per_s"]
             rows.append(r)
@@ -237,7 +253,8 @@ def main() -> None:
                     print(f"{model:6s} {targets:7s} {sysname:12s} ERROR {x['error'][:200]}")
                     continue
                 pk = x.get("peak_gpu_bytes")
-                print(f"{model:6s} {targets:7s} {sysname:12s} {x['tokens_per_s']:10.1f} "
+                name = f"{sysname}/{emb}" if sysname == "ours" else sysname
+                print(f"{model:6s} {targets:7s} {name:12s} {x['tokens_per_s']:10.1f} "
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
                       f"{ours / x['tokens_per_s']:9.3f}")
             sys.stdout.flush()
