@@ -30,6 +30,13 @@ ATTN_HDMAX = 256
 _EW = 256          # invocations per workgroup of the elementwise shaders
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
+# bitlinear split-K: aim for >= 512 workgroups (~4 per SM of a 132-SM H200: fills every SM
+# with a few resident 256-invocation workgroups and evens out the tail of the last wave),
+# each slab summing >= 512 of K (8 K steps of 64) so the int32 partial writes and the
+# reduce pass stay small next to the GEMM. At N = 512, 2B-4T: k/v (80 tiles, K 2560) -> 5
+# slabs; q/o and down (320 tiles) -> 2; gate/up (864 tiles) -> unsplit.
+_BITLINEAR_MIN_WGS = 512
+_BITLINEAR_MIN_K = 512
 
 
 @dataclass
@@ -77,6 +84,10 @@ class GpuBackend:
 
     def __init__(self, ctx: Context | None = None) -> None:
         self.ctx = ctx or Context()
+        # Split-K slab count of the bitlinear forward: None = heuristic (_bitlinear_splits),
+        # an int forces it (1 = unsplit; clamped to the number of 64-wide K steps). For
+        # benchmarks/kernels.py --bitlinear-splits and tests; results are bit-identical.
+        self.bitlinear_splits: int | None = None
         self._rope_cache: dict[tuple[int, float], tuple[int, Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------ transfers
@@ -175,17 +186,40 @@ class GpuBackend:
                      grid_for(N))
         return xq, xs
 
+    def _bitlinear_splits(self, N: int, K: int, OUT: int) -> int:
+        """Split-K slab count for a (N, K) x (OUT, K)^T bitlinear (see _BITLINEAR_MIN_WGS)."""
+        if self.bitlinear_splits is not None:
+            return max(1, int(self.bitlinear_splits))
+        tiles = -(-OUT // 64) * -(-N // 64)
+        return max(1, min(-(-_BITLINEAR_MIN_WGS // tiles), K // _BITLINEAR_MIN_K))
+
     def _bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) -> Tensor:
         _check(xq.dtype == "int8", f"bitlinear needs int8 activations (quantize_act), got {xq}")
         N, K = xq.shape
         _check(K == w.in_features, f"bitlinear: x has {K} features, weight expects {w.in_features}")
         _check(x_scale.shape == (N,), f"bitlinear: x_scale {x_scale.shape} for {N} rows")
         OUT = w.out_features
+        op = "bitlinear_int" if int_out else "bitlinear"
         y = self._new((N, OUT), "int32" if int_out else "float32")
-        grid = (-(-OUT // 64), -(-N // 64), 1)
-        self._launch("bitlinear_int" if int_out else "bitlinear", [xq, x_scale, w.packed, y],
-                     pack_params("uuuuf", N, OUT, (K + 3) // 4, (K + 15) // 16, w.weight_scale),
-                     grid, constants={"INT_OUT": int(int_out)})
+        k4, k16 = (K + 3) // 4, (K + 15) // 16
+        nsteps = max(1, -(-K // 64))               # the kernel's K steps (64 int8 each)
+        splits = min(self._bitlinear_splits(N, K, OUT), nsteps)
+        spz = -(-nsteps // splits)                 # K steps per slab
+        splits = -(-nsteps // spz)                 # no empty slabs
+        if splits >= 2 and splits * N * OUT * 4 <= self.ctx.max_binding:
+            part = self._new((splits, N, OUT), "int32")
+            self._launch(op, [xq, x_scale, w.packed, part],
+                         pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
+                         (-(-OUT // 64), -(-N // 64), splits), entry="main",
+                         constants={"INT_OUT": int(int_out), "SPLIT": 1})
+            self._launch(op, [part, x_scale, y],
+                         pack_params("uuuf", N, OUT, splits, w.weight_scale),
+                         self._ew_grid(N * OUT), entry="reduce",
+                         constants={"INT_OUT": int(int_out)})
+            return y
+        self._launch(op, [xq, x_scale, w.packed, y],
+                     pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, nsteps),
+                     (-(-OUT // 64), -(-N // 64), 1), constants={"INT_OUT": int(int_out)})
         return y
 
     def bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary) -> Tensor:

@@ -7,18 +7,26 @@
 //        padding fields are 1 (zero weight)
 //   y    f32 (N, OUT) = acc / (xs[n] * weight_scale), acc = exact int32 xq @ codes^T via
 //        dot4I8Packed; with INT_OUT the raw int32 acc is stored instead (bit pattern in y).
+//        y is bound as u32 words and written with bitcast, so int32 bit patterns never pass
+//        through a float register/store.
 // Tiling: 16x16 invocations, 64x64 outputs per workgroup, K in steps of 64 elements (16
 // activation words, 4 weight words decoded to i8x4 into workgroup memory). Each invocation owns
 // 4 consecutive rows x 4 consecutive columns; tiles are stored [k word][row/4] as vec4<u32>, so
 // the inner loop reads one vec4 of activations and one of weights per 16 dot4I8Packed.
+// Split-K (SPLIT; for shapes with few 64x64 tiles, e.g. k/v projections): workgroup z sums
+// the K steps [z*spz, (z+1)*spz) (spz = steps per slab, so slab edges are multiples of 64
+// elements and only the last step of K needs masking) into int32 slab z of y (splits, N, OUT);
+// entry `reduce` adds the slabs in order z = 0.. (integers: exact, order-free) and applies the
+// same scale expression as the unsplit store, so results are bit-identical to SPLIT = false.
 override INT_OUT: bool = false;
+override SPLIT: bool = false;
 
-struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32 }
+struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32, spz: u32 }
 
 @group(0) @binding(0) var<storage, read> xq: array<u32>;
 @group(0) @binding(1) var<storage, read> xs: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<u32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
 const TS: u32 = 64u;      // outputs per tile side
@@ -45,7 +53,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc2 = vec4<i32>(0);
     var acc3 = vec4<i32>(0);
     let nsteps = (p.k4 + KW - 1u) / KW;
-    for (var step = 0u; step < nsteps; step++) {
+    let s_lo = wid.z * p.spz;                 // this slab's K steps (all of K when not SPLIT)
+    let s_hi = min(nsteps, s_lo + p.spz);
+    for (var step = s_lo; step < s_hi; step++) {
         let kw0 = step * KW;
         for (var r = 0u; r < 4u; r++) {
             let e = tid + 256u * r;
@@ -87,11 +97,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x * 4u + j;
             if (col >= p.out) { continue; }
-            if (INT_OUT) {
-                y[row * p.out + col] = bitcast<f32>(accs[i][j]);
+            if (SPLIT) {
+                y[(wid.z * p.n + row) * p.out + col] = bitcast<u32>(accs[i][j]);
+            } else if (INT_OUT) {
+                y[row * p.out + col] = bitcast<u32>(accs[i][j]);
             } else {
-                y[row * p.out + col] = f32(accs[i][j]) / (xs[row] * p.weight_scale);
+                y[row * p.out + col] = bitcast<u32>(f32(accs[i][j]) / (xs[row] * p.weight_scale));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------- split-K reduction
+// One invocation per output: the sum of its `splits` int32 partials, then INT_OUT's raw store
+// or the unsplit kernel's scale expression (same f32 ops, same rounding).
+struct RParams { n: u32, out: u32, splits: u32, weight_scale: f32 }
+
+@group(0) @binding(0) var<storage, read> part: array<i32>;
+@group(0) @binding(1) var<storage, read> r_xs: array<f32>;
+@group(0) @binding(2) var<storage, read_write> r_y: array<u32>;
+@group(0) @binding(3) var<uniform> rp: RParams;
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let total = rp.n * rp.out;
+    if (i >= total) { return; }
+    var acc = 0;
+    for (var z = 0u; z < rp.splits; z++) { acc += part[z * total + i]; }
+    if (INT_OUT) {
+        r_y[i] = bitcast<u32>(acc);
+    } else {
+        r_y[i] = bitcast<u32>(f32(acc) / (r_xs[i / rp.out] * rp.weight_scale));
     }
 }
