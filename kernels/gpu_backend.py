@@ -84,7 +84,7 @@ class GpuBackend:
 
     def __init__(self, ctx: Context | None = None) -> None:
         self.ctx = ctx or Context()
-        # Split-K slab count of the bitlinear forward: None = heuristic (_bitlinear_splits),
+        # Split-K slab count of the bitlinear forward: None = heuristic (bitlinear_plan),
         # an int forces it (1 = unsplit; clamped to the number of 64-wide K steps). For
         # benchmarks/kernels.py --bitlinear-splits and tests; results are bit-identical.
         self.bitlinear_splits: int | None = None
@@ -186,12 +186,22 @@ class GpuBackend:
                      grid_for(N))
         return xq, xs
 
-    def _bitlinear_splits(self, N: int, K: int, OUT: int) -> int:
-        """Split-K slab count for a (N, K) x (OUT, K)^T bitlinear (see _BITLINEAR_MIN_WGS)."""
+    def bitlinear_plan(self, N: int, K: int, OUT: int) -> tuple[int, int]:
+        """(slabs, K steps per slab) the bitlinear forward uses for (N, K) x (OUT, K)^T: the
+        forced `bitlinear_splits` or the heuristic (_BITLINEAR_MIN_WGS), clamped to the number
+        of 64-wide K steps, without empty slabs, and 1 if the int32 slabs exceed a binding."""
+        nsteps = max(1, -(-K // 64))               # the kernel's K steps (64 int8 each)
         if self.bitlinear_splits is not None:
-            return max(1, int(self.bitlinear_splits))
-        tiles = -(-OUT // 64) * -(-N // 64)
-        return max(1, min(-(-_BITLINEAR_MIN_WGS // tiles), K // _BITLINEAR_MIN_K))
+            splits = max(1, int(self.bitlinear_splits))
+        else:
+            tiles = -(-OUT // 64) * -(-N // 64)
+            splits = min(-(-_BITLINEAR_MIN_WGS // tiles), K // _BITLINEAR_MIN_K)
+        splits = max(1, min(splits, nsteps))
+        spz = -(-nsteps // splits)
+        splits = -(-nsteps // spz)                 # no empty slabs
+        if splits * N * OUT * 4 > self.ctx.max_binding:
+            return 1, nsteps
+        return splits, spz
 
     def _bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) -> Tensor:
         _check(xq.dtype == "int8", f"bitlinear needs int8 activations (quantize_act), got {xq}")
@@ -202,11 +212,8 @@ class GpuBackend:
         op = "bitlinear_int" if int_out else "bitlinear"
         y = self._new((N, OUT), "int32" if int_out else "float32")
         k4, k16 = (K + 3) // 4, (K + 15) // 16
-        nsteps = max(1, -(-K // 64))               # the kernel's K steps (64 int8 each)
-        splits = min(self._bitlinear_splits(N, K, OUT), nsteps)
-        spz = -(-nsteps // splits)                 # K steps per slab
-        splits = -(-nsteps // spz)                 # no empty slabs
-        if splits >= 2 and splits * N * OUT * 4 <= self.ctx.max_binding:
+        splits, spz = self.bitlinear_plan(N, K, OUT)
+        if splits >= 2:
             part = self._new((splits, N, OUT), "int32")
             self._launch(op, [xq, x_scale, w.packed, part],
                          pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
@@ -218,7 +225,7 @@ class GpuBackend:
                          constants={"INT_OUT": int(int_out)})
             return y
         self._launch(op, [xq, x_scale, w.packed, y],
-                     pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, nsteps),
+                     pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
                      (-(-OUT // 64), -(-N // 64), 1), constants={"INT_OUT": int(int_out)})
         return y
 

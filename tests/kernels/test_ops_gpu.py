@@ -174,7 +174,8 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
                                           err_msg=f"int32 core, splits={splits}")
             ys[splits] = gpu.numpy(gpu.bitlinear(gx, gs, gw))
         gpu.bitlinear_splits = None
-        assert gpu._bitlinear_splits(2, 2560, 17) == 5 and gpu._bitlinear_splits(512, 2560, 6912) == 1
+        assert gpu.bitlinear_plan(2, 2560, 17) == (5, 8)          # 40 K steps, 8 per slab
+        assert gpu.bitlinear_plan(512, 2560, 6912)[0] == 1        # gate/up: 864 tiles
     finally:
         gpu.bitlinear_splits = saved
     for splits, y in ys.items():
