@@ -32,11 +32,12 @@ _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 # bitlinear split-K: aim for >= 512 workgroups (~4 per SM of a 132-SM H200: fills every SM
 # with a few resident 256-invocation workgroups and evens out the tail of the last wave),
-# each slab summing >= 512 of K (8 K steps of 64) so the int32 partial writes and the
+# each slab summing >= 512 of K (8 K steps of 64, or 4 of 128) so the int32 partial writes and the
 # reduce pass stay small next to the GEMM. At N = 512, 2B-4T: k/v (80 tiles, K 2560) -> 5
 # slabs; q/o and down (320 tiles) -> 2; gate/up (864 tiles) -> unsplit.
 _BITLINEAR_MIN_WGS = 512
 _BITLINEAR_MIN_K = 512
+_BITLINEAR_KW = 16        # bitlinear.wgsl activation words per K step (16 or 32; see shader)
 
 
 @dataclass
@@ -85,9 +86,12 @@ class GpuBackend:
     def __init__(self, ctx: Context | None = None) -> None:
         self.ctx = ctx or Context()
         # Split-K slab count of the bitlinear forward: None = heuristic (bitlinear_plan),
-        # an int forces it (1 = unsplit; clamped to the number of 64-wide K steps). For
+        # an int forces it (1 = unsplit; clamped to the number of K steps). For
         # benchmarks/kernels.py --bitlinear-splits and tests; results are bit-identical.
         self.bitlinear_splits: int | None = None
+        # bitlinear.wgsl's K step in activation words: 16 (64 int8) or 32 (128 int8, half the
+        # barriers); same results, only speed differs. For benchmarks/kernels.py --bitlinear-kw.
+        self.bitlinear_kw: int = _BITLINEAR_KW
         self._rope_cache: dict[tuple[int, float], tuple[int, Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------ transfers
@@ -189,8 +193,9 @@ class GpuBackend:
     def bitlinear_plan(self, N: int, K: int, OUT: int) -> tuple[int, int]:
         """(slabs, K steps per slab) the bitlinear forward uses for (N, K) x (OUT, K)^T: the
         forced `bitlinear_splits` or the heuristic (_BITLINEAR_MIN_WGS), clamped to the number
-        of 64-wide K steps, without empty slabs, and 1 if the int32 slabs exceed a binding."""
-        nsteps = max(1, -(-K // 64))               # the kernel's K steps (64 int8 each)
+        of K steps (4 * bitlinear_kw int8 each), without empty slabs; 1 if the int32 slabs
+        would exceed a storage binding."""
+        nsteps = max(1, -(-K // (4 * self.bitlinear_kw)))    # the kernel's K steps
         if self.bitlinear_splits is not None:
             splits = max(1, int(self.bitlinear_splits))
         else:
@@ -213,12 +218,14 @@ class GpuBackend:
         y = self._new((N, OUT), "int32" if int_out else "float32")
         k4, k16 = (K + 3) // 4, (K + 15) // 16
         splits, spz = self.bitlinear_plan(N, K, OUT)
+        kw = self.bitlinear_kw
+        _check(kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {kw}")
         if splits >= 2:
             part = self._new((splits, N, OUT), "int32")
             self._launch(op, [xq, x_scale, w.packed, part],
                          pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
                          (-(-OUT // 64), -(-N // 64), splits), entry="main",
-                         constants={"INT_OUT": int(int_out), "SPLIT": 1})
+                         constants={"INT_OUT": int(int_out), "SPLIT": 1, "KW": kw})
             self._launch(op, [part, x_scale, y],
                          pack_params("uuuf", N, OUT, splits, w.weight_scale),
                          self._ew_grid(N * OUT), entry="reduce",
@@ -226,7 +233,8 @@ class GpuBackend:
             return y
         self._launch(op, [xq, x_scale, w.packed, y],
                      pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
-                     (-(-OUT // 64), -(-N // 64), 1), constants={"INT_OUT": int(int_out)})
+                     (-(-OUT // 64), -(-N // 64), 1),
+                     constants={"INT_OUT": int(int_out), "KW": kw})
         return y
 
     def bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary) -> Tensor:

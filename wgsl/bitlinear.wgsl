@@ -9,12 +9,12 @@
 //        dot4I8Packed; with INT_OUT the raw int32 acc is stored instead (bit pattern in y).
 //        y is bound as u32 words and written with bitcast, so int32 bit patterns never pass
 //        through a float register/store.
-// Tiling: 16x16 invocations, 64x64 outputs per workgroup, K in steps of 64 elements (16
-// activation words, 4 weight words decoded to i8x4 into workgroup memory). Each invocation owns
-// 4 consecutive rows x 4 consecutive columns; tiles are stored [k word][row/4] as vec4<u32>, so
+// Tiling: 16x16 invocations, 64x64 outputs per workgroup, K in steps of 4*KW elements (KW = 16
+// or 32 activation words, KW/4 weight words decoded to i8x4 into workgroup memory). Each
+// invocation owns 4 consecutive rows x 4 consecutive columns; tiles are stored [k word][row/4] as vec4<u32>, so
 // the inner loop reads one vec4 of activations and one of weights per 16 dot4I8Packed.
 // Split-K (SPLIT; for shapes with few 64x64 tiles, e.g. k/v projections): workgroup z sums
-// the K steps [z*spz, (z+1)*spz) (spz = steps per slab, so slab edges are multiples of 64
+// the K steps [z*spz, (z+1)*spz) (spz = steps per slab, so slab edges are multiples of 4*KW
 // elements and only the last step of K needs masking) into int32 slab z of y (splits, N, OUT);
 // entry `reduce` adds the slabs in order z = 0.. (integers: exact, order-free) and applies the
 // same scale expression as the unsplit store, so results are bit-identical to SPLIT = false.
@@ -30,10 +30,12 @@ struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32, spz: u32
 @group(0) @binding(4) var<uniform> p: Params;
 
 const TS: u32 = 64u;      // outputs per tile side
-const KW: u32 = 16u;      // activation words per K step (64 int8)
+// activation words per K step: 16 (64 int8) or 32 (128 int8: half the barriers per K, twice
+// the workgroup memory). The host's K-step / slab arithmetic must use the same value.
+override KW: u32 = 16u;
 const LD4: u32 = 17u;     // tile stride in vec4 per k word (16 + 1 pad: fewer bank conflicts)
-var<workgroup> a_t: array<vec4<u32>, 272>;   // KW * LD4: activations [word][row/4]
-var<workgroup> b_t: array<vec4<u32>, 272>;   // KW * LD4: decoded weights [word][col/4]
+var<workgroup> a_t: array<vec4<u32>, KW * LD4>;   // activations [word][row/4]
+var<workgroup> b_t: array<vec4<u32>, KW * LD4>;   // decoded weights [word][col/4]
 
 // 8 bits of a packed weight word (4 fields, code+1 each) -> 4 signed bytes (i8x4).
 fn decode4(x: u32) -> u32 {
@@ -57,7 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let s_hi = min(nsteps, s_lo + p.spz);
     for (var step = s_lo; step < s_hi; step++) {
         let kw0 = step * KW;
-        for (var r = 0u; r < 4u; r++) {
+        for (var r = 0u; r < KW / 4u; r++) {           // 64 rows x KW words
             let e = tid + 256u * r;
             let rr = e / KW;
             let ww = e % KW;
@@ -66,11 +68,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (row < p.n && kw0 + ww < p.k4) { v = xq[row * p.k4 + kw0 + ww]; }
             a_t[ww * LD4 + rr / 4u][rr % 4u] = v;
         }
-        {
-            let cc = tid / 4u;
-            let q = tid % 4u;
+        for (var r = 0u; r < KW / 16u; r++) {          // 64 cols x KW/4 weight words
+            let e = tid + 256u * r;
+            let cc = e / (KW / 4u);
+            let q = e % (KW / 4u);
             let col = col0 + cc;
-            let word = step * 4u + q;
+            let word = step * (KW / 4u) + q;
             var pw = 0x55555555u;                        // all fields 1: zero weights
             if (col < p.out && word < p.k16) { pw = w[col * p.k16 + word]; }
             for (var b = 0u; b < 4u; b++) {
