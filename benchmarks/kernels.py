@@ -11,6 +11,14 @@ encoding time per call. Fraction of peak: against peak.py's dp4a TOP/s for the i
 GEMM, its fp32 FMA TFLOP/s for the rest (pass --peak PATH, or it is measured here).
 
     python benchmarks/kernels.py [--quick] [--models 125m,1b,2b4t] [--peak PATH] [--out PATH]
+                                 [--bitlinear-splits 1,2,4,auto] [--bitlinear-kw 16,32]
+
+--bitlinear-splits / --bitlinear-kw add, per projection, group "W1.58A8 GEMM split-K" rows
+timing the GEMM at each (K step, split count) pair: GpuBackend.bitlinear_kw (16 or 32
+activation words per K step; default 16) and bitlinear_splits forced to each count ("auto":
+the heuristic). Row fields `bitlinear_kw`, `bitlinear_splits` (null = heuristic) and
+`splits_used` (after clamping to the kernel's K steps). The plain "W1.58A8 GEMM" rows run the
+defaults.
 """
 from __future__ import annotations
 
@@ -100,8 +108,21 @@ class Baseline:
         return lambda: ref.quantize_act(ref.rmsnorm(x, w, 1e-5)[0])
 
 
-def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool):
-    """(group, name, ours (callable encoding GPU work), ops, peak kind, baseline callable)."""
+def _forced(be, kw, splits, fn):
+    """fn run with be.bitlinear_kw, be.bitlinear_splits = kw, splits (restored after)."""
+    def run():
+        saved = be.bitlinear_kw, be.bitlinear_splits
+        be.bitlinear_kw, be.bitlinear_splits = kw, splits
+        try:
+            return fn()
+        finally:
+            be.bitlinear_kw, be.bitlinear_splits = saved
+    return run
+
+
+def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
+    """(group, name, ours (callable encoding GPU work), ops, peak kind, baseline callable,
+    extra row fields). sweep: (bitlinear_kw, bitlinear_splits) pairs for split-K rows."""
     from bitswarm.kernels.config import TernaryLinear
     N = 64 if quick else TOKENS
     D, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -124,8 +145,15 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool):
         ops = 2 * N * K * OUT
         bx, bw = base.arr((N, K), rng), base.arr((OUT, K), rng)
         by = base.arr((N, OUT), rng)
-        out.append(("W1.58A8 GEMM", pname, lambda xq=xq, xs=xs, w=w: be.bitlinear(xq, xs, w),
-                    ops, "dp4a", base.mm(bx, bw)))
+        gemm = (lambda xq=xq, xs=xs, w=w: be.bitlinear(xq, xs, w))
+        out.append(("W1.58A8 GEMM", pname, gemm, ops, "dp4a", base.mm(bx, bw),
+                    {"bitlinear_kw": be.bitlinear_kw, "bitlinear_splits": be.bitlinear_splits,
+                     "splits_used": be.bitlinear_plan(N, K, OUT)[0]}))
+        for kw, sp in sweep:
+            used = _forced(be, kw, sp, lambda: be.bitlinear_plan(N, K, OUT)[0])()
+            out.append(("W1.58A8 GEMM split-K", f"{pname} splits={sp or 'auto'} kw={kw}",
+                        _forced(be, kw, sp, gemm), ops, "dp4a", base.mm(bx, bw),
+                        {"bitlinear_kw": kw, "bitlinear_splits": sp, "splits_used": used}))
 
         def fwd_full(x=x, nw=nw, w=w):
             n, _ = be.rmsnorm(x, nw, 1e-5)
@@ -191,7 +219,18 @@ def main() -> None:
     ap = parser("kernels", __doc__.splitlines()[0])
     ap.add_argument("--models", default=None, help="comma list of benchmarks/shapes.py names")
     ap.add_argument("--peak", default=None, help="peak.py JSON (else peak is measured here)")
+    ap.add_argument("--bitlinear-splits", default="", metavar="LIST",
+                    help="comma list of split-K slab counts (or auto) to time the W1.58A8 GEMM "
+                         "at, each as its own row (e.g. 1,2,4,auto)")
+    ap.add_argument("--bitlinear-kw", default="", metavar="LIST",
+                    help="comma list of bitlinear K steps in activation words (16, 32) for "
+                         "those rows (default 16)")
     args = ap.parse_args()
+    splits_list = [None if v.strip() == "auto" else int(v)
+                   for v in args.bitlinear_splits.split(",") if v.strip()]
+    kw_list = [int(v) for v in args.bitlinear_kw.split(",") if v.strip()]
+    sweep = ([(kw, sp) for kw in (kw_list or [16]) for sp in (splits_list or [None])]
+             if splits_list or kw_list else [])
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend()
     ctx = be.ctx
@@ -210,7 +249,8 @@ def main() -> None:
               f" Hkv={cfg.num_key_value_heads} hd={cfg.head_dim} V={cfg.vocab_size}; baseline {base.name}")
         print(f"{'group':34s} {'case':34s} {'gpu ms':>9s} {'T(FL)OP/s':>9s} {'%peak':>6s}"
               f" {'base ms':>9s} {'base/ours':>9s} {'host ms':>8s}")
-        for group, name, fn, ops, kind, bfn in cases_for(model, cfg, be, base, rng, args.quick):
+        for group, name, fn, ops, kind, bfn, *extra in cases_for(model, cfg, be, base, rng,
+                                                                 args.quick, sweep):
             t, th = time_gpu(ctx, fn, inner=inner, reps=reps)
             tb = base.time(bfn)
             pk = peak["dp4a_tops" if kind == "dp4a" else "fma_tflops"]
@@ -220,7 +260,7 @@ def main() -> None:
                          "host_encode_s": th,
                          "rate_t": rate, "peak_kind": kind, "frac_peak": frac,
                          "baseline": base.name, "baseline_s": tb, "speed_vs_baseline": tb / t,
-                         "ops": ops})
+                         "ops": ops, **(extra[0] if extra else {})})
             print(f"{group:34s} {name:34s} {t * 1e3:9.3f} {rate or 0:9.3f} "
                   f"{(frac or 0) * 100:5.1f}% {tb * 1e3:9.3f} {tb / t:9.3f} {th * 1e3:8.3f}")
         write_json(out_path("kernels", args.out), {          # after every model: partial runs count

@@ -31,6 +31,14 @@ _EW = 256          # invocations per workgroup of the elementwise shaders
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 _HOST_COPY_MAX = 1 << 20  # integer uploads up to this many elements keep a host copy (ids)
+# bitlinear split-K: aim for >= 512 workgroups (~4 per SM of a 132-SM H200: fills every SM
+# with a few resident 256-invocation workgroups and evens out the tail of the last wave),
+# each slab summing >= 512 of K (8 K steps of 64, or 4 of 128) so the int32 partial writes and the
+# reduce pass stay small next to the GEMM. At N = 512, 2B-4T: k/v (80 tiles, K 2560) -> 5
+# slabs; q/o and down (320 tiles) -> 2; gate/up (864 tiles) -> unsplit.
+_BITLINEAR_MIN_WGS = 512
+_BITLINEAR_MIN_K = 512
+_BITLINEAR_KW = 16        # bitlinear.wgsl activation words per K step (16 or 32; see shader)
 
 
 @dataclass
@@ -112,6 +120,13 @@ class GpuBackend:
                              f"got {table_residency!r}")
         self.table_residency = table_residency
         self.ctx = ctx or Context()
+        # Split-K slab count of the bitlinear forward: None = heuristic (bitlinear_plan),
+        # an int forces it (1 = unsplit; clamped to the number of K steps). For
+        # benchmarks/kernels.py --bitlinear-splits and tests; results are bit-identical.
+        self.bitlinear_splits: int | None = None
+        # bitlinear.wgsl's K step in activation words: 16 (64 int8) or 32 (128 int8, half the
+        # barriers); same results, only speed differs. For benchmarks/kernels.py --bitlinear-kw.
+        self.bitlinear_kw: int = _BITLINEAR_KW
         self._rope_cache: dict[tuple[int, float], tuple[int, Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------ transfers
@@ -222,17 +237,51 @@ class GpuBackend:
                      grid_for(N))
         return xq, xs
 
+    def bitlinear_plan(self, N: int, K: int, OUT: int) -> tuple[int, int]:
+        """(slabs, K steps per slab) the bitlinear forward uses for (N, K) x (OUT, K)^T: the
+        forced `bitlinear_splits` or the heuristic (_BITLINEAR_MIN_WGS), clamped to the number
+        of K steps (4 * bitlinear_kw int8 each), without empty slabs; 1 if the int32 slabs
+        would exceed a storage binding."""
+        nsteps = max(1, -(-K // (4 * self.bitlinear_kw)))    # the kernel's K steps
+        if self.bitlinear_splits is not None:
+            splits = max(1, int(self.bitlinear_splits))
+        else:
+            tiles = -(-OUT // 64) * -(-N // 64)
+            splits = min(-(-_BITLINEAR_MIN_WGS // tiles), K // _BITLINEAR_MIN_K)
+        splits = max(1, min(splits, nsteps))
+        spz = -(-nsteps // splits)
+        splits = -(-nsteps // spz)                 # no empty slabs
+        if splits * N * OUT * 4 > self.ctx.max_binding:
+            return 1, nsteps
+        return splits, spz
+
     def _bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) -> Tensor:
         _check(xq.dtype == "int8", f"bitlinear needs int8 activations (quantize_act), got {xq}")
         N, K = xq.shape
         _check(K == w.in_features, f"bitlinear: x has {K} features, weight expects {w.in_features}")
         _check(x_scale.shape == (N,), f"bitlinear: x_scale {x_scale.shape} for {N} rows")
         OUT = w.out_features
+        op = "bitlinear_int" if int_out else "bitlinear"
         y = self._new((N, OUT), "int32" if int_out else "float32")
-        grid = (-(-OUT // 64), -(-N // 64), 1)
-        self._launch("bitlinear_int" if int_out else "bitlinear", [xq, x_scale, w.packed, y],
-                     pack_params("uuuuf", N, OUT, (K + 3) // 4, (K + 15) // 16, w.weight_scale),
-                     grid, constants={"INT_OUT": int(int_out)})
+        k4, k16 = (K + 3) // 4, (K + 15) // 16
+        splits, spz = self.bitlinear_plan(N, K, OUT)
+        kw = self.bitlinear_kw
+        _check(kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {kw}")
+        if splits >= 2:
+            part = self._new((splits, N, OUT), "int32")
+            self._launch(op, [xq, x_scale, w.packed, part],
+                         pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
+                         (-(-OUT // 64), -(-N // 64), splits), entry="main",
+                         constants={"INT_OUT": int(int_out), "SPLIT": 1, "KW": kw})
+            self._launch(op, [part, x_scale, y],
+                         pack_params("uuuf", N, OUT, splits, w.weight_scale),
+                         self._ew_grid(N * OUT), entry="reduce",
+                         constants={"INT_OUT": int(int_out)})
+            return y
+        self._launch(op, [xq, x_scale, w.packed, y],
+                     pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
+                     (-(-OUT // 64), -(-N // 64), 1),
+                     constants={"INT_OUT": int(int_out), "KW": kw})
         return y
 
     def bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary) -> Tensor:

@@ -31,8 +31,10 @@ OPS: dict[str, OpSpec] = {
     "rmsnorm_backward": OpSpec("rmsnorm.wgsl", ("backward",), ref.rmsnorm_backward),
     # quantize_act + bitlinear form the W1.58A8 forward; its STE backward is bitlinear_backward.
     "quantize_act": OpSpec("quantize_act.wgsl", ("main",), ref.quantize_act),
-    "bitlinear": OpSpec("bitlinear.wgsl", ("main",), ref.bitlinear, "bitlinear_backward"),
-    "bitlinear_int": OpSpec("bitlinear.wgsl", ("main",), ref.bitlinear_int),   # INT_OUT=1
+    # bitlinear's split-K (few output tiles) runs main with SPLIT=1, then reduce
+    "bitlinear": OpSpec("bitlinear.wgsl", ("main", "reduce"), ref.bitlinear,
+                        "bitlinear_backward"),
+    "bitlinear_int": OpSpec("bitlinear.wgsl", ("main", "reduce"), ref.bitlinear_int),  # INT_OUT=1
     "bitlinear_backward": OpSpec("bitlinear_backward.wgsl", ("main",), ref.bitlinear_backward),
     "matmul": OpSpec("matmul.wgsl", ("main", "reduce"), ref.matmul, "matmul"),
     "add": OpSpec("add.wgsl", ("main",), ref.add),

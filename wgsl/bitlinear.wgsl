@@ -7,25 +7,35 @@
 //        padding fields are 1 (zero weight)
 //   y    f32 (N, OUT) = acc / (xs[n] * weight_scale), acc = exact int32 xq @ codes^T via
 //        dot4I8Packed; with INT_OUT the raw int32 acc is stored instead (bit pattern in y).
-// Tiling: 16x16 invocations, 64x64 outputs per workgroup, K in steps of 64 elements (16
-// activation words, 4 weight words decoded to i8x4 into workgroup memory). Each invocation owns
-// 4 consecutive rows x 4 consecutive columns; tiles are stored [k word][row/4] as vec4<u32>, so
+//        y is bound as u32 words and written with bitcast, so int32 bit patterns never pass
+//        through a float register/store.
+// Tiling: 16x16 invocations, 64x64 outputs per workgroup, K in steps of 4*KW elements (KW = 16
+// or 32 activation words, KW/4 weight words decoded to i8x4 into workgroup memory). Each
+// invocation owns 4 consecutive rows x 4 consecutive columns; tiles are stored [k word][row/4] as vec4<u32>, so
 // the inner loop reads one vec4 of activations and one of weights per 16 dot4I8Packed.
+// Split-K (SPLIT; for shapes with few 64x64 tiles, e.g. k/v projections): workgroup z sums
+// the K steps [z*spz, (z+1)*spz) (spz = steps per slab, so slab edges are multiples of 4*KW
+// elements and only the last step of K needs masking) into int32 slab z of y (splits, N, OUT);
+// entry `reduce` adds the slabs in order z = 0.. (integers: exact, order-free) and applies the
+// same scale expression as the unsplit store, so results are bit-identical to SPLIT = false.
 override INT_OUT: bool = false;
+override SPLIT: bool = false;
 
-struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32 }
+struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32, spz: u32 }
 
 @group(0) @binding(0) var<storage, read> xq: array<u32>;
 @group(0) @binding(1) var<storage, read> xs: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<u32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
 const TS: u32 = 64u;      // outputs per tile side
-const KW: u32 = 16u;      // activation words per K step (64 int8)
+// activation words per K step: 16 (64 int8) or 32 (128 int8: half the barriers per K, twice
+// the workgroup memory). The host's K-step / slab arithmetic must use the same value.
+override KW: u32 = 16u;
 const LD4: u32 = 17u;     // tile stride in vec4 per k word (16 + 1 pad: fewer bank conflicts)
-var<workgroup> a_t: array<vec4<u32>, 272>;   // KW * LD4: activations [word][row/4]
-var<workgroup> b_t: array<vec4<u32>, 272>;   // KW * LD4: decoded weights [word][col/4]
+var<workgroup> a_t: array<vec4<u32>, KW * LD4>;   // activations [word][row/4]
+var<workgroup> b_t: array<vec4<u32>, KW * LD4>;   // decoded weights [word][col/4]
 
 // 8 bits of a packed weight word (4 fields, code+1 each) -> 4 signed bytes (i8x4).
 fn decode4(x: u32) -> u32 {
@@ -45,9 +55,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc2 = vec4<i32>(0);
     var acc3 = vec4<i32>(0);
     let nsteps = (p.k4 + KW - 1u) / KW;
-    for (var step = 0u; step < nsteps; step++) {
+    let s_lo = wid.z * p.spz;                 // this slab's K steps (all of K when not SPLIT)
+    let s_hi = min(nsteps, s_lo + p.spz);
+    for (var step = s_lo; step < s_hi; step++) {
         let kw0 = step * KW;
-        for (var r = 0u; r < 4u; r++) {
+        for (var r = 0u; r < KW / 4u; r++) {           // 64 rows x KW words
             let e = tid + 256u * r;
             let rr = e / KW;
             let ww = e % KW;
@@ -56,11 +68,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (row < p.n && kw0 + ww < p.k4) { v = xq[row * p.k4 + kw0 + ww]; }
             a_t[ww * LD4 + rr / 4u][rr % 4u] = v;
         }
-        {
-            let cc = tid / 4u;
-            let q = tid % 4u;
+        for (var r = 0u; r < KW / 16u; r++) {          // 64 cols x KW/4 weight words
+            let e = tid + 256u * r;
+            let cc = e / (KW / 4u);
+            let q = e % (KW / 4u);
             let col = col0 + cc;
-            let word = step * 4u + q;
+            let word = step * (KW / 4u) + q;
             var pw = 0x55555555u;                        // all fields 1: zero weights
             if (col < p.out && word < p.k16) { pw = w[col * p.k16 + word]; }
             for (var b = 0u; b < 4u; b++) {
@@ -87,11 +100,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x * 4u + j;
             if (col >= p.out) { continue; }
-            if (INT_OUT) {
-                y[row * p.out + col] = bitcast<f32>(accs[i][j]);
+            if (SPLIT) {
+                y[(wid.z * p.n + row) * p.out + col] = bitcast<u32>(accs[i][j]);
+            } else if (INT_OUT) {
+                y[row * p.out + col] = bitcast<u32>(accs[i][j]);
             } else {
-                y[row * p.out + col] = f32(accs[i][j]) / (xs[row] * p.weight_scale);
+                y[row * p.out + col] = bitcast<u32>(f32(accs[i][j]) / (xs[row] * p.weight_scale));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------- split-K reduction
+// One invocation per output: the sum of its `splits` int32 partials, then INT_OUT's raw store
+// or the unsplit kernel's scale expression (same f32 ops, same rounding).
+struct RParams { n: u32, out: u32, splits: u32, weight_scale: f32 }
+
+@group(0) @binding(0) var<storage, read> part: array<i32>;
+@group(0) @binding(1) var<storage, read> r_xs: array<f32>;
+@group(0) @binding(2) var<storage, read_write> r_y: array<u32>;
+@group(0) @binding(3) var<uniform> rp: RParams;
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let total = rp.n * rp.out;
+    if (i >= total) { return; }
+    var acc = 0;
+    for (var z = 0u; z < rp.splits; z++) { acc += part[z * total + i]; }
+    if (INT_OUT) {
+        r_y[i] = bitcast<u32>(acc);
+    } else {
+        r_y[i] = bitcast<u32>(f32(acc) / (r_xs[i / rp.out] * rp.weight_scale));
     }
 }

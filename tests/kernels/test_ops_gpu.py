@@ -152,6 +152,40 @@ def test_bitlinear_quantized_chain(gpu, close, N, K, OUT):
     close(y, ref.bitlinear(rq, rs, w.codes, w.weight_scale), 0, 4e-7, "bitlinear y")
 
 
+@pytest.mark.parametrize("N,K,OUT", [(37, 700, 70), (65, 1000, 129), (2, 2560, 17)])
+def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
+    """Split-K (forced 1, 2, 3 slabs and the heuristic, which picks 5 for (2, 2560, 17)) with
+    K steps of 64 and of 128 int8 (bitlinear_kw 16, 32): the int32 core equals the reference
+    exactly; the f32 output is bit-identical to the unsplit KW=16 kernel's and within the chain
+    test's tolerance of the reference. K is not a multiple of 64 nor of the slab size (700 =
+    11 steps of 64 -> slabs of 4, 4, 3 steps); N is not a multiple of 64."""
+    rng = np.random.default_rng(8)
+    xq = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    xs = rng.uniform(0.01, 2.0, N).astype(F32)
+    w = ternary(rng, OUT, K, ws=0.37)
+    gw, gx, gs = gpu.ternary(w), gpu.tensor(xq), gpu.tensor(xs)
+    want_i = ref.bitlinear_int(xq, w.codes)
+    want_f = ref.bitlinear(xq, xs, w.codes, w.weight_scale)
+    saved = gpu.bitlinear_splits, gpu.bitlinear_kw
+    try:
+        ys = {}
+        for kw in (16, 32):
+            for splits in (1, 2, 3, None):
+                gpu.bitlinear_splits, gpu.bitlinear_kw = splits, kw
+                np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, gw)), want_i,
+                                              err_msg=f"int32 core, splits={splits} kw={kw}")
+                ys[kw, splits] = gpu.numpy(gpu.bitlinear(gx, gs, gw))
+        gpu.bitlinear_splits, gpu.bitlinear_kw = None, 16
+        assert gpu.bitlinear_plan(2, 2560, 17) == (5, 8)          # 40 K steps, 8 per slab
+        assert gpu.bitlinear_plan(512, 2560, 6912)[0] == 1        # gate/up: 864 tiles
+    finally:
+        gpu.bitlinear_splits, gpu.bitlinear_kw = saved
+    for key, y in ys.items():
+        np.testing.assert_array_equal(y.view(np.int32), ys[16, 1].view(np.int32),
+                                      err_msg=f"f32 output bits, (kw, splits)={key} vs unsplit")
+    close(ys[16, 1], want_f, 0, 4e-7, "bitlinear y")      # one f32 division, as the chain test
+
+
 @pytest.mark.parametrize("N,OUT,K,use_acc", [(1, 1, 1, False), (37, 70, 100, True),
                                              (65, 129, 300, False), (3, 2560, 20, True)])
 def test_bitlinear_backward(gpu, close, N, OUT, K, use_acc):
