@@ -118,5 +118,6 @@ def test_training_step_identical_and_table_off_the_gpu(gpu, host):
     table = _round_size(CFG.vocab_size * CFG.hidden_size * 2)
     chunk = _round_size(LM_CHUNK * CFG.hidden_size * 2)
     assert resident["gpu"] - resident["host"] == table, resident
-    # the streamed chunk buffer lives only while the lm_head op runs
-    assert peaks["host"] <= peaks["gpu"] - table + chunk, peaks
+    # the streamed chunk buffer lives only while the lm_head op runs; the N target rows and
+    # the per-call id tensors add a few KiB
+    assert peaks["host"] <= peaks["gpu"] - table + chunk + 16384, peaks
