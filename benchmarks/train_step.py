@@ -14,7 +14,7 @@ Baselines, same shapes, same run:
               extrapolated linearly to the full depth (a full-depth NumPy step takes minutes).
 
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
-                                    [--embeddings gpu,host]
+                                    [--embeddings gpu,host] [--recompute auto|on|off]
 
 --embeddings host keeps the embedding / lm_head table in host memory and streams it through the
 GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
@@ -80,7 +80,7 @@ def batch(cfg, seed: int):
     return ids[:, :-1], ids[:, 1:]
 
 
-def run_ours(backend, cfg, targets, steps: int, warmup: int) -> dict:
+def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "auto") -> dict:
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.lora import init_lora, trainable_keys
     from bitswarm.kernels.model import BitNetModel
@@ -88,6 +88,8 @@ def run_ours(backend, cfg, targets, steps: int, warmup: int) -> dict:
     t0 = time.perf_counter()
     lcfg = LoRAConfig(rank=RANK, alpha=ALPHA, target_modules=TARGETS[targets])
     model = BitNetModel(fast_weights(cfg, 0), backend, lcfg)
+    if recompute != "auto":
+        model.recompute = recompute == "on"
     state = init_lora(cfg, lcfg, 0)
     model.set_lora(state)
     keys = trainable_keys(state, lcfg)
@@ -107,7 +109,8 @@ def run_ours(backend, cfg, targets, steps: int, warmup: int) -> dict:
             times.append(time.perf_counter() - t1)
         losses.append(loss)
     step = float(np.median(times))
-    res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup}
+    res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup,
+           "recompute": model.recompute}
     if ctx is not None:
         res.update(peak_gpu_bytes=ctx.peak_allocated_bytes, allocated_bytes=ctx.allocated_bytes,
                    dispatches=ctx.n_dispatches, submits=ctx.n_submits)
@@ -199,6 +202,8 @@ def main() -> None:
     ap.add_argument("--targets", default="qkvo,all")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--embeddings", default="gpu", help="table residencies to run: gpu,host")
+    ap.add_argument("--recompute", default="auto", choices=["auto", "on", "off"],
+                    help="layer recomputation in our step (auto: the model's default, on for GPUs)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
@@ -232,7 +237,7 @@ def main() -> None:
             ob.ctx.reset_peak()
             base_alloc = ob.ctx.allocated_bytes        # rope tables etc. of earlier runs
             with DriverMemory() as dm:
-                r["ours"] = run_ours(ob, cfg, targets, steps, 1)
+                r["ours"] = run_ours(ob, cfg, targets, steps, 1, args.recompute)
             r["ours"]["peak_gpu_bytes"] -= base_alloc
             r["ours"].update(dm.result())
             if torch is not None and emb == residencies[0]:

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
                    help="where a GPU keeps the embedding/lm_head table: host memory saves "
                         "V x D x 2 bytes of GPU memory for an upload of it per step")
+    s.add_argument("--recompute", default="auto", choices=["auto", "on", "off"],
+                   help="recompute layer activations in the backward pass (less memory, one "
+                        "more forward); auto: on for GPUs, off for NumPy")
 
     s = sub.add_parser("eval", help="held-out loss (nats/token) and bits per byte")
     s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model, else the built-in model)")
@@ -99,7 +102,8 @@ def cmd_start(args) -> int:
         swarm=args.swarm, data=args.data, data_dir=args.data_dir, model=args.model, listen=args.listen,
         peers=args.peer, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr, rank=args.rank,
         alpha=args.alpha, targets=args.targets, freeze_a=args.freeze_a, min_peers=args.min_peers,
-        round_timeout_s=args.round_timeout, device=args.device, embeddings=args.embeddings, batch_size=args.batch_size,
+        round_timeout_s=args.round_timeout, device=args.device, embeddings=args.embeddings, recompute=args.recompute,
+        batch_size=args.batch_size,
         ctx=args.ctx, seed=args.seed)
     try:
         done = trio.run(serve, cfg)

@@ -28,6 +28,7 @@ class NodeConfig:
     round_timeout_s: float = 300.0          # deadline to collect a round's updates, seconds
     device: str = "auto"                    # auto | gpu | cpu
     embeddings: str = "gpu"                 # gpu | host: where a GPU keeps the vocab table
+    recompute: str = "auto"                 # auto | on | off: layer recomputation (auto: GPU on)
     batch_size: int = 8                     # sequences per step
     ctx: int = 128                          # tokens per training sequence
     seed: int = 0                           # local data sampling seed
@@ -54,6 +55,8 @@ class NodeConfig:
                 raise ValueError(f"{flag}: value out of range")
         if self.device not in ("auto", "gpu", "cpu"):
             raise ValueError(f"--device must be auto, gpu or cpu, got {self.device!r}")
+        if self.recompute not in ("auto", "on", "off"):
+            raise ValueError(f"--recompute must be auto, on or off, got {self.recompute!r}")
         if self.embeddings not in ("gpu", "host"):
             raise ValueError(f"--embeddings must be gpu or host, got {self.embeddings!r}")
         for addr in [self.listen, *self.peers]:

@@ -75,6 +75,8 @@ class Node:
         self.backend = select_backend(cfg.device, cfg.embeddings)
         log.info("base model %s (sha256 %s…), backend %s", self.model_dir, self.base_model[:12], self.backend.name)
         self.model = BitNetModel(weights, self.backend, cfg.lora)
+        if cfg.recompute != "auto":
+            self.model.recompute = cfg.recompute == "on"
         self.shapes = lora_shapes(weights.config, cfg.lora)
         files = find_text_files(cfg.data)
         train_files, held_files = split_train_heldout(files)

@@ -7,7 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from bitswarm.simulations.local_swarm import prepare_documents
 
@@ -72,3 +74,23 @@ def test_ctrl_c_saves_and_exits_0_then_eval_uses_the_adapter(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["tokens"] > 0 and 0 < res["loss"] < 10 and res["bits_per_byte"] > 0
+
+
+def test_gpu_memory_flags_train_the_same_adapter(tmp_path):
+    """`node start --device gpu` (lavapipe in CI) with the vocab table in host memory and no
+    layer recomputation trains the bit-identical adapter as with the table on the GPU and
+    recomputation on: the flags trade memory for time, never results."""
+    docs = prepare_documents(tmp_path, 1, files_per_node=6)[0]
+    model = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
+    hashes = {}
+    for emb, rec in (("gpu", "on"), ("host", "off")):
+        d = tmp_path / f"n-{emb}"
+        r = run("start", "--swarm", "solo", "--data", str(docs), "--data-dir", str(d),
+                "--model", str(model), "--rounds", "1", "--min-peers", "0", "--local-steps", "2",
+                "--ctx", "32", "--batch-size", "2", "--device", "gpu", "--embeddings", emb,
+                "--recompute", rec, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        hashes[emb] = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    assert hashes["gpu"].keys() == hashes["host"].keys() and len(hashes["gpu"]) > 0
+    for k, v in hashes["gpu"].items():     # tensors, not file bytes (the header has metadata)
+        assert np.array_equal(v, hashes["host"][k]), k
