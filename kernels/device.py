@@ -322,6 +322,35 @@ class Context:
                 self._enc().copy_buffer_to_buffer(src.buffer, 0, dst.buffer, 0,
                                                   _round_size(src.nbytes))
 
+    def host_buffer(self, data: np.ndarray):
+        """A host-visible upload buffer (MAP_WRITE | COPY_SRC, so the driver places it in host
+        memory, not in GPU memory) holding `data`'s bytes, for `copy_from_host_buffer`. Not
+        counted in allocated_bytes (no GPU memory). Raises ValueError over the adapter's
+        maximum buffer size."""
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        size = _round_size(raw.nbytes)
+        if size > int(self.limits["max-buffer-size"]):
+            raise ValueError(f"host buffer of {size} bytes over this device's maximum buffer "
+                             f"size {self.limits['max-buffer-size']}")
+        U = self.wgpu.BufferUsage
+        buf = self.device.create_buffer(size=size, usage=U.MAP_WRITE | U.COPY_SRC,
+                                        mapped_at_creation=True)
+        if raw.nbytes:
+            buf.write_mapped(raw, 0)
+        buf.unmap()
+        return buf
+
+    def copy_from_host_buffer(self, src, offset: int, dst: Tensor, nbytes: int) -> None:
+        """dst's first nbytes = src[offset:offset + nbytes], in encoder order: a DMA copy, no
+        host work. offset and nbytes must be multiples of 4 (WebGPU's copy alignment)."""
+        if offset % 4 or nbytes % 4 or nbytes > dst.buffer.size:
+            raise ValueError(f"copy of {nbytes} bytes at offset {offset}: not 4-byte aligned "
+                             f"or larger than the destination ({dst.buffer.size} bytes)")
+        if nbytes:
+            with self._lock:
+                self._end_pass()
+                self._enc().copy_buffer_to_buffer(src, offset, dst.buffer, 0, nbytes)
+
     def read(self, t: Tensor) -> np.ndarray:
         """Flush pending work and download t (blocks until the GPU is done)."""
         self.flush()

@@ -68,6 +68,7 @@ class HostTable:
     too: shared/FACTS.md.)"""
 
     data: np.ndarray
+    staging: object = None     # a host-visible wgpu copy of `data` (Context.host_buffer) or None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -165,8 +166,16 @@ class GpuBackend:
             log.warning("table %s has values beyond float16 range: kept float32", a.shape)
             dtype = "float32"
         if self.table_residency == "host":
-            return HostTable(np.ascontiguousarray(a, dtype=np.float16 if dtype == "float16"
-                                                  else np.float32))
+            data = np.ascontiguousarray(a, dtype=np.float16 if dtype == "float16" else np.float32)
+            # Rows are streamed by DMA from a host-visible copy when a row is whole 4-byte
+            # words (copy alignment) and the copy fits one buffer; else by queue writes.
+            staging = None
+            if (data.shape[1] * data.itemsize) % 4 == 0:
+                try:
+                    staging = self.ctx.host_buffer(data)
+                except ValueError as e:
+                    log.info("table %s streamed by queue writes: %s", data.shape, e)
+            return HostTable(data, staging)
         return self.ctx.upload(a, dtype)
 
     def release_workspace(self) -> None:
@@ -344,16 +353,21 @@ class GpuBackend:
         return c
 
     def _table_chunks(self, w: HostTable, rows: int):
-        """Yield (v0, n, chunk) with table rows v0..v0+n uploaded into the first n rows of one
-        reused (rows, D) GPU buffer. The open encoder is flushed before each upload, so
-        commands already encoded for the previous chunk read it before it is overwritten (queue
-        order), and at most one chunk's upload is staged at a time."""
+        """Yield (v0, n, chunk) with table rows v0..v0+n copied into the first n rows of one
+        reused (rows, D) GPU buffer, in encoder order (commands already encoded for the
+        previous chunk read it before it is overwritten). From the host-visible staging copy
+        this is a DMA copy with no host work; otherwise a queue write after a flush, so at most
+        one chunk's upload is staged at a time."""
         V, D = w.shape
         buf = self.ctx.alloc((rows, D), w.dtype)
+        row_bytes = D * w.data.itemsize
         for v0 in range(0, V, rows):
             n = min(rows, V - v0)
-            self.ctx.flush()
-            self.ctx.write(buf, w.data[v0:v0 + n])
+            if w.staging is not None:
+                self.ctx.copy_from_host_buffer(w.staging, v0 * row_bytes, buf, n * row_bytes)
+            else:
+                self.ctx.flush()
+                self.ctx.write(buf, w.data[v0:v0 + n])
             yield v0, n, buf
 
     def _table_rows(self, w: HostTable, n: int) -> int:
