@@ -316,9 +316,14 @@ class GpuBackend:
         self._launch("attention_backward", [q, k, v, do, lse, o, dq, dsum], params,
                      grid_for(B * Hq * nb), entry="backward_dq",
                      constants=self._attn_consts(hd, 1))
-        self._launch("attention_backward", [q, k, v, do, lse, dsum, dk, dv], params,
-                     grid_for(B * Hkv * nb), entry="backward_dkv",
+        # backward_dkv: per query head (N, Hq*hd); a GQA group's heads are summed after
+        dkh, dvh = (dk, dv) if Hq == Hkv else (self._new(q.shape), self._new(q.shape))
+        self._launch("attention_backward", [q, k, v, do, lse, dsum, dkh, dvh], params,
+                     grid_for(B * Hq * nb), entry="backward_dkv",
                      constants=self._attn_consts(hd, 2))
+        if Hq != Hkv:
+            self._launch("attention_backward", [dkh, dvh, dk, dv], params,
+                         grid_for(-(-dk.size // 256)), entry="backward_reduce")
         return dq, dk, dv
 
     # ------------------------------------------------------------ MLP activation

@@ -18,9 +18,11 @@
 //                 row; o = acc / l, lse = m + log(l).
 //   backward_dq   one per (b, h, query block): D = rowsum(dO*O) (also written to dsum), then
 //                 over key blocks 0..qb: P = exp(S - lse), dS = P (dP - D), dQ += dS K scale.
-//   backward_dkv  one per (b, KV head, key block): over the g = Hq/Hkv query heads of the group
-//                 and query blocks kb..: dV += P^T dO, dK += dS^T Q scale. Reads dsum: it runs
-//                 after backward_dq.
+//   backward_dkv  one per (b, query head h, key block): over query blocks kb..: dV += P^T dO,
+//                 dK += dS^T Q scale, written per query head as (N, Hq*hd) (reads dsum: runs
+//                 after backward_dq). With Hq == Hkv that is dk, dv; else backward_reduce sums
+//                 the g = Hq/Hkv heads of each group (one workgroup per KV head would leave
+//                 most of a big GPU idle at B*Hkv*T/32 workgroups).
 // No atomics: each output element is summed by one invocation in a fixed order (deterministic).
 // Workgroup memory: stage 8 KiB + tile_a 4 KiB = 12 KiB (forward, backward_dq);
 // + tile_b 4 KiB = 16 KiB (backward_dkv). Nothing scales with T.
@@ -60,7 +62,7 @@ var<workgroup> tile_b: array<vec4<f32>, 256>;  // 32 x 32 f32: dS^T (dkv)
 @group(0) @binding(5) var<storage, read> o4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> dq_out: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> dsum_out: array<f32>;
-// backward_dkv
+// backward_dkv (dk_out, dv_out: per query head, (N, Hq*hd))
 @group(0) @binding(5) var<storage, read> dsum_in: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dk_out: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> dv_out: array<vec4<f32>>;
@@ -397,96 +399,93 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) tid: u32) {
     let nqb = (pb.t + BLK - 1u) / BLK;
     let wi = wid.x + wid.y * nwg.x;
-    if (wi >= pb.b * pb.hkv * nqb) { return; }
+    if (wi >= pb.b * pb.hq * nqb) { return; }
     let kb = wi % nqb;                         // low key blocks see the most queries: first
-    let kvh = (wi / nqb) % pb.hkv;
-    let bb = wi / nqb / pb.hkv;
-    let g = pb.hq / pb.hkv;
+    let h = (wi / nqb) % pb.hq;
+    let bb = wi / nqb / pb.hq;
+    let kvh = h / (pb.hq / pb.hkv);
     let qstr = pb.hq * HD;
     let kstr = pb.hkv * HD;
     let kbase = bb * pb.t * kstr + kvh * HD;
+    let qbase = bb * pb.t * qstr + h * HD;
+    let srow = (bb * pb.hq + h) * pb.t;
     let tx = tid % 16u;
     let ty = tid / 16u;
     let k0 = kb * BLK;
     var acc_k: array<vec4<f32>, 16>;           // [key row i * 4 + vec4 column c]
     var acc_v: array<vec4<f32>, 16>;
     for (var c = 0u; c < 16u; c++) { acc_k[c] = vec4<f32>(0.0); acc_v[c] = vec4<f32>(0.0); }
-    for (var hh = 0u; hh < g; hh++) {
-        let h = kvh * g + hh;
-        let qbase = bb * pb.t * qstr + h * HD;
-        let srow = (bb * pb.hq + h) * pb.t;
-        for (var qb = kb; qb < nqb; qb++) {
-            let q0 = qb * BLK;
-            var s: array<f32, 8>;              // [key row i * 2 + query column jj]
-            var dp: array<f32, 8>;
-            for (var i = 0u; i < 8u; i++) { s[i] = 0.0; dp[i] = 0.0; }
-            for (var c0 = 0u; c0 < D4; c0 += BCH) {
-                workgroupBarrier();            // also: tile_a/tile_b's readers are done
-                stage_bwd_chunk(tid, c0, q0, k0, pb.t, qbase, qstr, kbase, kstr);
-                workgroupBarrier();
-                for (var cc = 0u; cc < BCH; cc++) {
-                    let qa = stage[tx * BCS + cc];
-                    let qc = stage[(tx + 16u) * BCS + cc];
-                    let ga = stage[BSEG + tx * BCS + cc];
-                    let gc = stage[BSEG + (tx + 16u) * BCS + cc];
-                    for (var i = 0u; i < 4u; i++) {
-                        let kv = stage[2u * BSEG + (ty * 4u + i) * BCS + cc];
-                        let vv = stage[3u * BSEG + (ty * 4u + i) * BCS + cc];
-                        s[i * 2u] += dot(qa, kv);
-                        s[i * 2u + 1u] += dot(qc, kv);
-                        dp[i * 2u] += dot(ga, vv);
-                        dp[i * 2u + 1u] += dot(gc, vv);
-                    }
-                }
-            }
-            for (var jj = 0u; jj < 2u; jj++) {
-                let il = tx + 16u * jj;
-                let t = q0 + il;
-                var lt = 0.0;
-                var dt = 0.0;
-                if (t < pb.t) { lt = lse_in[srow + t]; dt = dsum_in[srow + t]; }
+    for (var qb = kb; qb < nqb; qb++) {
+        let q0 = qb * BLK;
+        var s: array<f32, 8>;              // [key row i * 2 + query column jj]
+        var dp: array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) { s[i] = 0.0; dp[i] = 0.0; }
+        for (var c0 = 0u; c0 < D4; c0 += BCH) {
+            workgroupBarrier();            // also: tile_a/tile_b's readers are done
+            stage_bwd_chunk(tid, c0, q0, k0, pb.t, qbase, qstr, kbase, kstr);
+            workgroupBarrier();
+            for (var cc = 0u; cc < BCH; cc++) {
+                let qa = stage[tx * BCS + cc];
+                let qc = stage[(tx + 16u) * BCS + cc];
+                let ga = stage[BSEG + tx * BCS + cc];
+                let gc = stage[BSEG + (tx + 16u) * BCS + cc];
                 for (var i = 0u; i < 4u; i++) {
-                    let r = ty * 4u + i;
-                    var p = 0.0;
-                    if (k0 + r <= t && t < pb.t) { p = exp(s[i * 2u + jj] * pb.scale - lt); }
-                    tile_a[r * 8u + il / 4u][il % 4u] = p;
-                    tile_b[r * 8u + il / 4u][il % 4u] = p * (dp[i * 2u + jj] - dt);
+                    let kv = stage[2u * BSEG + (ty * 4u + i) * BCS + cc];
+                    let vv = stage[3u * BSEG + (ty * 4u + i) * BCS + cc];
+                    s[i * 2u] += dot(qa, kv);
+                    s[i * 2u + 1u] += dot(qc, kv);
+                    dp[i * 2u] += dot(ga, vv);
+                    dp[i * 2u + 1u] += dot(gc, vv);
                 }
             }
-            // acc_v += P^T dO, acc_k += dS^T Q over VK staged query rows (dO, then Q) at a time
-            for (var i0 = 0u; i0 < BLK; i0 += VK) {
-                workgroupBarrier();
-                for (var e = tid; e < VK * D4; e += WG) {
-                    let t = q0 + i0 + e / D4;
-                    let c = e % D4;
-                    var xg = vec4<f32>(0.0);
-                    var xq = vec4<f32>(0.0);
-                    if (t < pb.t) {
-                        let ei = qbase + t * qstr + 4u * c;
-                        xg = lddo(ei, 4u * c);
-                        xq = ldq(ei, 4u * c);
-                    }
-                    stage[e] = xg;
-                    stage[VK * D4 + e] = xq;
+        }
+        for (var jj = 0u; jj < 2u; jj++) {
+            let il = tx + 16u * jj;
+            let t = q0 + il;
+            var lt = 0.0;
+            var dt = 0.0;
+            if (t < pb.t) { lt = lse_in[srow + t]; dt = dsum_in[srow + t]; }
+            for (var i = 0u; i < 4u; i++) {
+                let r = ty * 4u + i;
+                var p = 0.0;
+                if (k0 + r <= t && t < pb.t) { p = exp(s[i * 2u + jj] * pb.scale - lt); }
+                tile_a[r * 8u + il / 4u][il % 4u] = p;
+                tile_b[r * 8u + il / 4u][il % 4u] = p * (dp[i * 2u + jj] - dt);
+            }
+        }
+        // acc_v += P^T dO, acc_k += dS^T Q over VK staged query rows (dO, then Q) at a time
+        for (var i0 = 0u; i0 < BLK; i0 += VK) {
+            workgroupBarrier();
+            for (var e = tid; e < VK * D4; e += WG) {
+                let t = q0 + i0 + e / D4;
+                let c = e % D4;
+                var xg = vec4<f32>(0.0);
+                var xq = vec4<f32>(0.0);
+                if (t < pb.t) {
+                    let ei = qbase + t * qstr + 4u * c;
+                    xg = lddo(ei, 4u * c);
+                    xq = ldq(ei, 4u * c);
                 }
-                workgroupBarrier();
-                for (var ii = 0u; ii < VK; ii++) {
-                    let il = i0 + ii;
-                    var pr: array<f32, 4>;
-                    var dr: array<f32, 4>;
-                    for (var i = 0u; i < 4u; i++) {
-                        pr[i] = tile_a[(ty * 4u + i) * 8u + il / 4u][il % 4u];
-                        dr[i] = tile_b[(ty * 4u + i) * 8u + il / 4u][il % 4u];
-                    }
-                    for (var c = 0u; c < OV; c++) {
-                        let col = tx + 16u * c;
-                        if (col < D4) {
-                            let gv = stage[ii * D4 + col];
-                            let qv = stage[VK * D4 + ii * D4 + col];
-                            for (var i = 0u; i < 4u; i++) {
-                                acc_v[i * 4u + c] += pr[i] * gv;
-                                acc_k[i * 4u + c] += dr[i] * qv;
-                            }
+                stage[e] = xg;
+                stage[VK * D4 + e] = xq;
+            }
+            workgroupBarrier();
+            for (var ii = 0u; ii < VK; ii++) {
+                let il = i0 + ii;
+                var pr: array<f32, 4>;
+                var dr: array<f32, 4>;
+                for (var i = 0u; i < 4u; i++) {
+                    pr[i] = tile_a[(ty * 4u + i) * 8u + il / 4u][il % 4u];
+                    dr[i] = tile_b[(ty * 4u + i) * 8u + il / 4u][il % 4u];
+                }
+                for (var c = 0u; c < OV; c++) {
+                    let col = tx + 16u * c;
+                    if (col < D4) {
+                        let gv = stage[ii * D4 + col];
+                        let qv = stage[VK * D4 + ii * D4 + col];
+                        for (var i = 0u; i < 4u; i++) {
+                            acc_v[i * 4u + c] += pr[i] * gv;
+                            acc_k[i * 4u + c] += dr[i] * qv;
                         }
                     }
                 }
@@ -499,11 +498,38 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             for (var c = 0u; c < OV; c++) {
                 let col = tx + 16u * c;
                 if (col < D4) {
-                    let ei = kbase + j * kstr + 4u * col;
+                    let ei = qbase + j * qstr + 4u * col;
                     stdk(ei, 4u * col, acc_k[i * 4u + c] * pb.scale);
                     stdv(ei, 4u * col, acc_v[i * 4u + c]);
                 }
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- backward: sum over the group
+// dk[n, kvh*hd + d] = sum over hh < g of dk_h[n, (kvh*g + hh)*hd + d] (same for dv), hh in order.
+@group(0) @binding(0) var<storage, read> red_dkh: array<f32>;
+@group(0) @binding(1) var<storage, read> red_dvh: array<f32>;
+@group(0) @binding(2) var<storage, read_write> red_dk: array<f32>;
+@group(0) @binding(3) var<storage, read_write> red_dv: array<f32>;
+@group(0) @binding(4) var<uniform> pr: Params;
+
+@compute @workgroup_size(256)
+fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) tid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * 256u + tid;
+    let kw = pr.hkv * pr.hd;
+    if (e >= pr.b * pr.t * kw) { return; }
+    let n = e / kw;
+    let g = pr.hq / pr.hkv;
+    let src = n * pr.hq * pr.hd + ((e % kw) / pr.hd) * g * pr.hd + e % pr.hd;
+    var sk = 0.0;
+    var sv = 0.0;
+    for (var hh = 0u; hh < g; hh++) {
+        sk += red_dkh[src + hh * pr.hd];
+        sv += red_dvh[src + hh * pr.hd];
+    }
+    red_dk[e] = sk;
+    red_dv[e] = sv;
 }
