@@ -126,6 +126,113 @@ fn row_max(r: u32) -> f32 {          // max of row r of tile_a
     return m;
 }
 
+// Staging is split into a load into registers and a store to `stage`: each loop step loads
+// the next step's data before computing on the current one, so global latency hides behind
+// the math even with few workgroups per SM. Rows past T and dims past hd stage as zeros.
+
+// forward score chunk: invocation tid loads vec4 column c0 + tid%4 of q row q0 + tid/4 and of
+// k row k0 + tid/4; stored at stage[row*FCS + col] (q) and stage[BLK*FCS + row*FCS + col] (k).
+fn fwd_chunk(tid: u32, c0: u32, q0: u32, k0: u32, tt: u32, qbase: u32, qstr: u32, kbase: u32,
+             kstr: u32) -> array<vec4<f32>, 2> {
+    let r = tid / FCH;
+    let c = c0 + tid % FCH;
+    var x: array<vec4<f32>, 2>;
+    if (c < D4) {
+        if (q0 + r < tt) { x[0] = ldq(qbase + (q0 + r) * qstr + 4u * c, 4u * c); }
+        if (k0 + r < tt) { x[1] = ldk(kbase + (k0 + r) * kstr + 4u * c, 4u * c); }
+    }
+    return x;
+}
+fn fwd_chunk_store(tid: u32, x: array<vec4<f32>, 2>) {
+    let i = (tid / FCH) * FCS + tid % FCH;
+    stage[i] = x[0];
+    stage[BLK * FCS + i] = x[1];
+}
+
+// backward score chunk: vec4 columns c0, c0+1 of 32 rows each of q, do (rows q0..) and k, v
+// (rows k0..); element e = tid + 128u of tensor a = e / 64 goes to stage[a*BSEG + row*BCS + col].
+fn bwd_chunk(tid: u32, c0: u32, q0: u32, k0: u32, tt: u32, qbase: u32, qstr: u32, kbase: u32,
+             kstr: u32) -> array<vec4<f32>, 2> {
+    var x: array<vec4<f32>, 2>;
+    for (var u = 0u; u < 2u; u++) {
+        let e = tid + u * WG;
+        let a = e / (BLK * BCH);               // tensor: 0 q, 1 do, 2 k, 3 v (warp-uniform)
+        let r = (e / BCH) % BLK;
+        let c = c0 + e % BCH;
+        if (c < D4) {
+            if (a < 2u) {
+                if (q0 + r < tt) {
+                    let ei = qbase + (q0 + r) * qstr + 4u * c;
+                    if (a == 0u) { x[u] = ldq(ei, 4u * c); } else { x[u] = lddo(ei, 4u * c); }
+                }
+            } else if (k0 + r < tt) {
+                let ei = kbase + (k0 + r) * kstr + 4u * c;
+                if (a == 2u) { x[u] = ldk(ei, 4u * c); } else { x[u] = ldv(ei, 4u * c); }
+            }
+        }
+    }
+    return x;
+}
+fn bwd_chunk_store(tid: u32, x: array<vec4<f32>, 2>) {
+    for (var u = 0u; u < 2u; u++) {
+        let e = tid + u * WG;
+        stage[(e / (BLK * BCH)) * BSEG + ((e / BCH) % BLK) * BCS + e % BCH] = x[u];
+    }
+}
+
+// whole rows r0 .. r0+VK-1 (VK*D4 <= 512 vec4): element e = tid + 128u of row e / D4 goes to
+// stage[e]. rows_v: v rows (forward), rows_k: k rows (backward_dq).
+fn rows_v(tid: u32, r0: u32, tt: u32, base: u32, str: u32) -> array<vec4<f32>, 4> {
+    var x: array<vec4<f32>, 4>;
+    for (var u = 0u; u < 4u; u++) {
+        let e = tid + u * WG;
+        let r = r0 + e / D4;
+        let c = e % D4;
+        if (e < VK * D4 && r < tt) { x[u] = ldv(base + r * str + 4u * c, 4u * c); }
+    }
+    return x;
+}
+fn rows_k(tid: u32, r0: u32, tt: u32, base: u32, str: u32) -> array<vec4<f32>, 4> {
+    var x: array<vec4<f32>, 4>;
+    for (var u = 0u; u < 4u; u++) {
+        let e = tid + u * WG;
+        let r = r0 + e / D4;
+        let c = e % D4;
+        if (e < VK * D4 && r < tt) { x[u] = ldk(base + r * str + 4u * c, 4u * c); }
+    }
+    return x;
+}
+fn rows_store(tid: u32, x: array<vec4<f32>, 4>) {
+    for (var u = 0u; u < 4u; u++) {
+        let e = tid + u * WG;
+        if (e < VK * D4) { stage[e] = x[u]; }
+    }
+}
+// backward_dkv: do and q rows r0 .. (VK*D4 <= 256): do at stage[e], q at stage[VK*D4 + e].
+fn rows_doq(tid: u32, r0: u32, tt: u32, base: u32, str: u32) -> array<vec4<f32>, 4> {
+    var x: array<vec4<f32>, 4>;
+    for (var u = 0u; u < 2u; u++) {
+        let e = tid + u * WG;
+        let r = r0 + e / D4;
+        let c = e % D4;
+        if (e < VK * D4 && r < tt) {
+            let ei = base + r * str + 4u * c;
+            x[u] = lddo(ei, 4u * c);
+            x[2u + u] = ldq(ei, 4u * c);
+        }
+    }
+    return x;
+}
+fn rows_doq_store(tid: u32, x: array<vec4<f32>, 4>) {
+    for (var u = 0u; u < 2u; u++) {
+        let e = tid + u * WG;
+        if (e < VK * D4) {
+            stage[e] = x[u];
+            stage[VK * D4 + e] = x[2u + u];
+        }
+    }
+}
+
 // ---------------------------------------------------------------- forward
 @compute @workgroup_size(128)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -137,10 +244,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let h = (wi / nqb) % pf.hq;
     let bb = wi / nqb / pf.hq;
     let kvh = h / (pf.hq / pf.hkv);
+    let tt = pf.t;
     let qstr = pf.hq * HD;                     // token stride of q / o
     let kstr = pf.hkv * HD;
-    let qbase = bb * pf.t * qstr + h * HD;
-    let kbase = bb * pf.t * kstr + kvh * HD;
+    let qbase = bb * tt * qstr + h * HD;
+    let kbase = bb * tt * kstr + kvh * HD;
     let tx = tid % 16u;
     let ty = tid / 16u;
     let q0 = qb * BLK;
@@ -149,25 +257,21 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var acc: array<vec4<f32>, 16>;             // [row i * 4 + vec4 column c]
     for (var i = 0u; i < 4u; i++) { m[i] = NEG; l[i] = 0.0; }
     for (var c = 0u; c < 16u; c++) { acc[c] = vec4<f32>(0.0); }
-    // staging slot of this invocation in a score chunk: row sr, vec4 column sc (32 x 4)
-    let sr = tid / FCH;
-    let sc = tid % FCH;
+    var pc = fwd_chunk(tid, 0u, q0, 0u, tt, qbase, qstr, kbase, kstr);
+    var pv: array<vec4<f32>, 4>;
     for (var kb = 0u; kb <= qb; kb++) {
         let k0 = kb * BLK;
         var s: array<f32, 8>;                  // [row i * 2 + key column jj]
         for (var i = 0u; i < 8u; i++) { s[i] = 0.0; }
         for (var c0 = 0u; c0 < D4; c0 += FCH) {
             workgroupBarrier();
-            let c = c0 + sc;
-            var xq = vec4<f32>(0.0);
-            var xk = vec4<f32>(0.0);
-            if (c < D4) {
-                if (q0 + sr < pf.t) { xq = ldq(qbase + (q0 + sr) * qstr + 4u * c, 4u * c); }
-                if (k0 + sr < pf.t) { xk = ldk(kbase + (k0 + sr) * kstr + 4u * c, 4u * c); }
-            }
-            stage[sr * FCS + sc] = xq;
-            stage[BLK * FCS + sr * FCS + sc] = xk;
+            fwd_chunk_store(tid, pc);
             workgroupBarrier();
+            if (c0 + FCH < D4) {
+                pc = fwd_chunk(tid, c0 + FCH, q0, k0, tt, qbase, qstr, kbase, kstr);
+            } else {
+                pv = rows_v(tid, k0, tt, kbase, kstr);
+            }
             for (var cc = 0u; cc < FCH; cc++) {
                 let ka = stage[BLK * FCS + tx * FCS + cc];
                 let kc = stage[BLK * FCS + (tx + 16u) * FCS + cc];
@@ -209,14 +313,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         // acc += P V over VK staged rows of V at a time (l sums P in the same order everywhere)
         for (var j0 = 0u; j0 < BLK; j0 += VK) {
             workgroupBarrier();
-            for (var e = tid; e < VK * D4; e += WG) {
-                let j = k0 + j0 + e / D4;
-                let c = e % D4;
-                var x = vec4<f32>(0.0);
-                if (j < pf.t) { x = ldv(kbase + j * kstr + 4u * c, 4u * c); }
-                stage[e] = x;
-            }
+            rows_store(tid, pv);
             workgroupBarrier();
+            if (j0 + VK < BLK) {
+                pv = rows_v(tid, k0 + j0 + VK, tt, kbase, kstr);
+            } else if (kb < qb) {
+                pc = fwd_chunk(tid, 0u, q0, k0 + BLK, tt, qbase, qstr, kbase, kstr);
+            }
             for (var jj = 0u; jj < VK; jj++) {
                 let jl = j0 + jj;
                 var pr: array<f32, 4>;
@@ -236,37 +339,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     for (var i = 0u; i < 4u; i++) {
         let t = q0 + ty * 4u + i;
-        if (t < pf.t) {
+        if (t < tt) {
             for (var c = 0u; c < OV; c++) {
                 let col = tx + 16u * c;
                 if (col < D4) { sto(qbase + t * qstr + 4u * col, 4u * col, acc[i * 4u + c] / l[i]); }
             }
-            if (tx == 0u) { lse_out[(bb * pf.hq + h) * pf.t + t] = m[i] + log(l[i]); }
+            if (tx == 0u) { lse_out[(bb * pf.hq + h) * tt + t] = m[i] + log(l[i]); }
         }
-    }
-}
-
-// Stage vec4 columns c0, c0+1 of 32 rows each of q, do (rows q0..) and k, v (rows k0..) for
-// the score chunks of the backward passes: tensor a at stage[a*BSEG + row*BCS + col].
-fn stage_bwd_chunk(tid: u32, c0: u32, q0: u32, k0: u32, tt: u32, qbase: u32, qstr: u32,
-                   kbase: u32, kstr: u32) {
-    for (var e = tid; e < 4u * BLK * BCH; e += WG) {
-        let a = e / (BLK * BCH);               // tensor: 0 q, 1 do, 2 k, 3 v (warp-uniform)
-        let r = (e / BCH) % BLK;
-        let c = c0 + e % BCH;
-        var x = vec4<f32>(0.0);
-        if (c < D4) {
-            if (a < 2u) {
-                if (q0 + r < tt) {
-                    let ei = qbase + (q0 + r) * qstr + 4u * c;
-                    if (a == 0u) { x = ldq(ei, 4u * c); } else { x = lddo(ei, 4u * c); }
-                }
-            } else if (k0 + r < tt) {
-                let ei = kbase + (k0 + r) * kstr + 4u * c;
-                if (a == 2u) { x = ldk(ei, 4u * c); } else { x = ldv(ei, 4u * c); }
-            }
-        }
-        stage[a * BSEG + r * BCS + e % BCH] = x;
     }
 }
 
@@ -281,19 +360,22 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let h = (wi / nqb) % pb.hq;
     let bb = wi / nqb / pb.hq;
     let kvh = h / (pb.hq / pb.hkv);
+    let tt = pb.t;
     let qstr = pb.hq * HD;
     let kstr = pb.hkv * HD;
-    let qbase = bb * pb.t * qstr + h * HD;
-    let kbase = bb * pb.t * kstr + kvh * HD;
-    let srow = (bb * pb.hq + h) * pb.t;
+    let qbase = bb * tt * qstr + h * HD;
+    let kbase = bb * tt * kstr + kvh * HD;
+    let srow = (bb * pb.hq + h) * tt;
     let tx = tid % 16u;
     let ty = tid / 16u;
     let q0 = qb * BLK;
+    var pc = bwd_chunk(tid, 0u, q0, 0u, tt, qbase, qstr, kbase, kstr);
+    var pk: array<vec4<f32>, 4>;
     // D = rowsum(dO * O): 16 partial sums per row through tile_a, added in a fixed order
     for (var i = 0u; i < 4u; i++) {
         let t = q0 + ty * 4u + i;
         var part = 0.0;
-        if (t < pb.t) {
+        if (t < tt) {
             for (var col = tx; col < D4; col += 16u) {
                 let ei = qbase + t * qstr + 4u * col;
                 part += dot(lddo(ei, 4u * col), ldo(ei, 4u * col));
@@ -314,7 +396,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         dr[i] = sum;
         let t = q0 + r;
         lr[i] = 0.0;
-        if (t < pb.t) {
+        if (t < tt) {
             lr[i] = lse_in[srow + t];
             if (tx == 0u) { dsum_out[srow + t] = sum; }
         }
@@ -328,8 +410,13 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         for (var i = 0u; i < 8u; i++) { s[i] = 0.0; dp[i] = 0.0; }
         for (var c0 = 0u; c0 < D4; c0 += BCH) {
             workgroupBarrier();              // also: tile_a's readers are done
-            stage_bwd_chunk(tid, c0, q0, k0, pb.t, qbase, qstr, kbase, kstr);
+            bwd_chunk_store(tid, pc);
             workgroupBarrier();
+            if (c0 + BCH < D4) {
+                pc = bwd_chunk(tid, c0 + BCH, q0, k0, tt, qbase, qstr, kbase, kstr);
+            } else {
+                pk = rows_k(tid, k0, tt, kbase, kstr);
+            }
             for (var cc = 0u; cc < BCH; cc++) {
                 let ka = stage[2u * BSEG + tx * BCS + cc];
                 let kc = stage[2u * BSEG + (tx + 16u) * BCS + cc];
@@ -350,7 +437,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             for (var jj = 0u; jj < 2u; jj++) {
                 let jl = tx + 16u * jj;
                 var ds = 0.0;
-                if (k0 + jl <= q0 + r && q0 + r < pb.t) {
+                if (k0 + jl <= q0 + r && q0 + r < tt) {
                     let p = exp(s[i * 2u + jj] * pb.scale - lr[i]);
                     ds = p * (dp[i * 2u + jj] - dr[i]);
                 }
@@ -360,14 +447,13 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         // acc += dS K over VK staged rows of K at a time
         for (var j0 = 0u; j0 < BLK; j0 += VK) {
             workgroupBarrier();
-            for (var e = tid; e < VK * D4; e += WG) {
-                let j = k0 + j0 + e / D4;
-                let c = e % D4;
-                var x = vec4<f32>(0.0);
-                if (j < pb.t) { x = ldk(kbase + j * kstr + 4u * c, 4u * c); }
-                stage[e] = x;
-            }
+            rows_store(tid, pk);
             workgroupBarrier();
+            if (j0 + VK < BLK) {
+                pk = rows_k(tid, k0 + j0 + VK, tt, kbase, kstr);
+            } else if (kb < qb) {
+                pc = bwd_chunk(tid, 0u, q0, k0 + BLK, tt, qbase, qstr, kbase, kstr);
+            }
             for (var jj = 0u; jj < VK; jj++) {
                 let jl = j0 + jj;
                 var g: array<f32, 4>;
@@ -384,7 +470,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     for (var i = 0u; i < 4u; i++) {
         let t = q0 + ty * 4u + i;
-        if (t < pb.t) {
+        if (t < tt) {
             for (var c = 0u; c < OV; c++) {
                 let col = tx + 16u * c;
                 if (col < D4) { stdq(qbase + t * qstr + 4u * col, 4u * col, acc[i * 4u + c] * pb.scale); }
@@ -404,26 +490,40 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let h = (wi / nqb) % pb.hq;
     let bb = wi / nqb / pb.hq;
     let kvh = h / (pb.hq / pb.hkv);
+    let tt = pb.t;
     let qstr = pb.hq * HD;
     let kstr = pb.hkv * HD;
-    let kbase = bb * pb.t * kstr + kvh * HD;
-    let qbase = bb * pb.t * qstr + h * HD;
-    let srow = (bb * pb.hq + h) * pb.t;
+    let kbase = bb * tt * kstr + kvh * HD;
+    let qbase = bb * tt * qstr + h * HD;
+    let srow = (bb * pb.hq + h) * tt;
     let tx = tid % 16u;
     let ty = tid / 16u;
     let k0 = kb * BLK;
     var acc_k: array<vec4<f32>, 16>;           // [key row i * 4 + vec4 column c]
     var acc_v: array<vec4<f32>, 16>;
     for (var c = 0u; c < 16u; c++) { acc_k[c] = vec4<f32>(0.0); acc_v[c] = vec4<f32>(0.0); }
+    var pc = bwd_chunk(tid, 0u, k0, k0, tt, qbase, qstr, kbase, kstr);
+    var pq: array<vec4<f32>, 4>;
     for (var qb = kb; qb < nqb; qb++) {
         let q0 = qb * BLK;
-        var s: array<f32, 8>;              // [key row i * 2 + query column jj]
+        var lt: array<f32, 2>;                 // lse and D of query columns tx, tx+16
+        var dt: array<f32, 2>;
+        for (var jj = 0u; jj < 2u; jj++) {
+            let t = q0 + tx + 16u * jj;
+            if (t < tt) { lt[jj] = lse_in[srow + t]; dt[jj] = dsum_in[srow + t]; }
+        }
+        var s: array<f32, 8>;                  // [key row i * 2 + query column jj]
         var dp: array<f32, 8>;
         for (var i = 0u; i < 8u; i++) { s[i] = 0.0; dp[i] = 0.0; }
         for (var c0 = 0u; c0 < D4; c0 += BCH) {
-            workgroupBarrier();            // also: tile_a/tile_b's readers are done
-            stage_bwd_chunk(tid, c0, q0, k0, pb.t, qbase, qstr, kbase, kstr);
+            workgroupBarrier();                // also: tile_a/tile_b's readers are done
+            bwd_chunk_store(tid, pc);
             workgroupBarrier();
+            if (c0 + BCH < D4) {
+                pc = bwd_chunk(tid, c0 + BCH, q0, k0, tt, qbase, qstr, kbase, kstr);
+            } else {
+                pq = rows_doq(tid, q0, tt, qbase, qstr);
+            }
             for (var cc = 0u; cc < BCH; cc++) {
                 let qa = stage[tx * BCS + cc];
                 let qc = stage[(tx + 16u) * BCS + cc];
@@ -442,34 +542,24 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         for (var jj = 0u; jj < 2u; jj++) {
             let il = tx + 16u * jj;
             let t = q0 + il;
-            var lt = 0.0;
-            var dt = 0.0;
-            if (t < pb.t) { lt = lse_in[srow + t]; dt = dsum_in[srow + t]; }
             for (var i = 0u; i < 4u; i++) {
                 let r = ty * 4u + i;
                 var p = 0.0;
-                if (k0 + r <= t && t < pb.t) { p = exp(s[i * 2u + jj] * pb.scale - lt); }
+                if (k0 + r <= t && t < tt) { p = exp(s[i * 2u + jj] * pb.scale - lt[jj]); }
                 tile_a[r * 8u + il / 4u][il % 4u] = p;
-                tile_b[r * 8u + il / 4u][il % 4u] = p * (dp[i * 2u + jj] - dt);
+                tile_b[r * 8u + il / 4u][il % 4u] = p * (dp[i * 2u + jj] - dt[jj]);
             }
         }
         // acc_v += P^T dO, acc_k += dS^T Q over VK staged query rows (dO, then Q) at a time
         for (var i0 = 0u; i0 < BLK; i0 += VK) {
             workgroupBarrier();
-            for (var e = tid; e < VK * D4; e += WG) {
-                let t = q0 + i0 + e / D4;
-                let c = e % D4;
-                var xg = vec4<f32>(0.0);
-                var xq = vec4<f32>(0.0);
-                if (t < pb.t) {
-                    let ei = qbase + t * qstr + 4u * c;
-                    xg = lddo(ei, 4u * c);
-                    xq = ldq(ei, 4u * c);
-                }
-                stage[e] = xg;
-                stage[VK * D4 + e] = xq;
-            }
+            rows_doq_store(tid, pq);
             workgroupBarrier();
+            if (i0 + VK < BLK) {
+                pq = rows_doq(tid, q0 + i0 + VK, tt, qbase, qstr);
+            } else if (qb + 1u < nqb) {
+                pc = bwd_chunk(tid, 0u, q0 + BLK, k0, tt, qbase, qstr, kbase, kstr);
+            }
             for (var ii = 0u; ii < VK; ii++) {
                 let il = i0 + ii;
                 var pr: array<f32, 4>;
@@ -494,7 +584,7 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     for (var i = 0u; i < 4u; i++) {
         let j = k0 + ty * 4u + i;
-        if (j < pb.t) {
+        if (j < tt) {
             for (var c = 0u; c < OV; c++) {
                 let col = tx + 16u * c;
                 if (col < D4) {
