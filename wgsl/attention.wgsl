@@ -239,10 +239,11 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
            @builtin(local_invocation_index) tid: u32) {
     let nqb = (pf.t + BLK - 1u) / BLK;
     let wi = wid.x + wid.y * nwg.x;
-    if (wi >= pf.b * pf.hq * nqb) { return; }
-    let qb = nqb - 1u - wi % nqb;              // the longest rows first (dispatch order)
-    let h = (wi / nqb) % pf.hq;
-    let bb = wi / nqb / pf.hq;
+    let nbh = pf.b * pf.hq;
+    if (wi >= nbh * nqb) { return; }
+    let qb = nqb - 1u - wi / nbh;              // the longest rows first (dispatch order)
+    let h = (wi % nbh) % pf.hq;
+    let bb = (wi % nbh) / pf.hq;
     let kvh = h / (pf.hq / pf.hkv);
     let tt = pf.t;
     let qstr = pf.hq * HD;                     // token stride of q / o
@@ -355,10 +356,11 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                @builtin(local_invocation_index) tid: u32) {
     let nqb = (pb.t + BLK - 1u) / BLK;
     let wi = wid.x + wid.y * nwg.x;
-    if (wi >= pb.b * pb.hq * nqb) { return; }
-    let qb = nqb - 1u - wi % nqb;
-    let h = (wi / nqb) % pb.hq;
-    let bb = wi / nqb / pb.hq;
+    let nbh = pb.b * pb.hq;
+    if (wi >= nbh * nqb) { return; }
+    let qb = nqb - 1u - wi / nbh;              // the longest rows first
+    let h = (wi % nbh) % pb.hq;
+    let bb = (wi % nbh) / pb.hq;
     let kvh = h / (pb.hq / pb.hkv);
     let tt = pb.t;
     let qstr = pb.hq * HD;
@@ -485,10 +487,11 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) tid: u32) {
     let nqb = (pb.t + BLK - 1u) / BLK;
     let wi = wid.x + wid.y * nwg.x;
-    if (wi >= pb.b * pb.hq * nqb) { return; }
-    let kb = wi % nqb;                         // low key blocks see the most queries: first
-    let h = (wi / nqb) % pb.hq;
-    let bb = wi / nqb / pb.hq;
+    let nbh = pb.b * pb.hq;
+    if (wi >= nbh * nqb) { return; }
+    let kb = wi / nbh;                         // low key blocks see the most queries: first
+    let h = (wi % nbh) % pb.hq;
+    let bb = (wi % nbh) / pb.hq;
     let kvh = h / (pb.hq / pb.hkv);
     let tt = pb.t;
     let qstr = pb.hq * HD;
