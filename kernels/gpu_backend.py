@@ -7,9 +7,10 @@ Frozen projections (`ternary`) stay 2-bit packed in GPU memory, 16 weights per u
 
 Ops are only encoded; `numpy()` submits the pending work and waits for it.
 
-Limits: attention needs head_dim <= 256 (a row's output tile lives in registers, ceil(hd/64)
-vec4 per invocation; any T); every tensor must fit one storage binding (128 MiB on lavapipe, 2047 MiB on an H200);
-grids allow up to 65535^2 workgroups (rows / elements are split over x and y).
+Limits: attention needs head_dim <= 256 (output rows live in registers, ceil(hd/64) vec4 per
+invocation; any T; GQA backward takes two (N, Hq*hd) temporaries); every tensor must fit one
+storage binding (128 MiB on lavapipe, 2047 MiB on an H200); grids allow up to 65535^2
+workgroups (rows / elements are split over x and y).
 """
 from __future__ import annotations
 
@@ -276,7 +277,8 @@ class GpuBackend:
     # ------------------------------------------------------------ attention
     def _attn_check(self, q, k, v, B, T, Hq, Hkv, hd) -> None:
         _check(Hkv > 0 and Hq % Hkv == 0, f"attention: Hq={Hq} not a multiple of Hkv={Hkv}")
-        _check(0 < hd <= ATTN_HDMAX, f"attention: head_dim={hd} outside the kernel's 1..{ATTN_HDMAX}")
+        _check(0 < hd <= ATTN_HDMAX,
+               f"attention: head_dim={hd} outside the kernel's 1..{ATTN_HDMAX}")
         _check(q.shape == (B * T, Hq * hd) and k.shape == (B * T, Hkv * hd)
                and v.shape == k.shape,
                f"attention: q {q.shape} k {k.shape} v {v.shape} for B={B} T={T} Hq={Hq} "

@@ -102,19 +102,27 @@ fn ldo(e: u32, d: u32) -> vec4<f32> {
 }
 fn sto(e: u32, d: u32, x: vec4<f32>) {
     if (HD % 4u == 0u) { o_out[e >> 2u] = x; return; }
-    for (var c = 0u; c < 4u; c++) { if (d + c < HD) { o_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; } }
+    for (var c = 0u; c < 4u; c++) {
+        if (d + c < HD) { o_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; }
+    }
 }
 fn stdq(e: u32, d: u32, x: vec4<f32>) {
     if (HD % 4u == 0u) { dq_out[e >> 2u] = x; return; }
-    for (var c = 0u; c < 4u; c++) { if (d + c < HD) { dq_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; } }
+    for (var c = 0u; c < 4u; c++) {
+        if (d + c < HD) { dq_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; }
+    }
 }
 fn stdk(e: u32, d: u32, x: vec4<f32>) {
     if (HD % 4u == 0u) { dk_out[e >> 2u] = x; return; }
-    for (var c = 0u; c < 4u; c++) { if (d + c < HD) { dk_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; } }
+    for (var c = 0u; c < 4u; c++) {
+        if (d + c < HD) { dk_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; }
+    }
 }
 fn stdv(e: u32, d: u32, x: vec4<f32>) {
     if (HD % 4u == 0u) { dv_out[e >> 2u] = x; return; }
-    for (var c = 0u; c < 4u; c++) { if (d + c < HD) { dv_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; } }
+    for (var c = 0u; c < 4u; c++) {
+        if (d + c < HD) { dv_out[(e + c) >> 2u][(e + c) & 3u] = x[c]; }
+    }
 }
 
 fn row_max(r: u32) -> f32 {          // max of row r of tile_a
@@ -343,7 +351,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         if (t < tt) {
             for (var c = 0u; c < OV; c++) {
                 let col = tx + 16u * c;
-                if (col < D4) { sto(qbase + t * qstr + 4u * col, 4u * col, acc[i * 4u + c] / l[i]); }
+                if (col < D4) {
+                    sto(qbase + t * qstr + 4u * col, 4u * col, acc[i * 4u + c] / l[i]);
+                }
             }
             if (tx == 0u) { lse_out[(bb * pf.hq + h) * tt + t] = m[i] + log(l[i]); }
         }
@@ -459,7 +469,9 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             for (var jj = 0u; jj < VK; jj++) {
                 let jl = j0 + jj;
                 var g: array<f32, 4>;
-                for (var i = 0u; i < 4u; i++) { g[i] = tile_a[(ty * 4u + i) * 8u + jl / 4u][jl % 4u]; }
+                for (var i = 0u; i < 4u; i++) {
+                    g[i] = tile_a[(ty * 4u + i) * 8u + jl / 4u][jl % 4u];
+                }
                 for (var c = 0u; c < OV; c++) {
                     let col = tx + 16u * c;
                     if (col < D4) {
@@ -475,7 +487,9 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         if (t < tt) {
             for (var c = 0u; c < OV; c++) {
                 let col = tx + 16u * c;
-                if (col < D4) { stdq(qbase + t * qstr + 4u * col, 4u * col, acc[i * 4u + c] * pb.scale); }
+                if (col < D4) {
+                    stdq(qbase + t * qstr + 4u * col, 4u * col, acc[i * 4u + c] * pb.scale);
+                }
             }
         }
     }

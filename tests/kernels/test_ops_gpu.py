@@ -237,7 +237,8 @@ def test_attention_forward_backward(gpu, close, B, T, Hq, Hkv, hd, scale):
     got = {"o": (go, ro), "lse": (gl, rl)}
     for name, g, r in (("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
         got[name] = (gpu.numpy(g), r)
-        close(got[name][0], r, 1e-5 * s2 * max(1.0, np.abs(r).max()), 1e-4 * s2, f"attention {name}")
+        close(got[name][0], r, 1e-5 * s2 * max(1.0, np.abs(r).max()), 1e-4 * s2,
+              f"attention {name}")
     for name, (g, r) in got.items():   # normwise, against max(1, max|ref|) (T=1: dq is ~0)
         err = float(np.abs(g.astype(np.float64) - r).max()) / max(1.0, float(np.abs(r).max()))
         assert err <= 1e-5 * s2, f"attention {name}: normwise error {err:.2e}"
