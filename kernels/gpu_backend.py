@@ -285,14 +285,15 @@ class GpuBackend:
                f"Hkv={Hkv} hd={hd}")
 
     @staticmethod
-    def _attn_consts(hd: int, tensors: int) -> dict:
+    def _attn_consts(hd: int, tensors: int, bch: int = 2) -> dict:
         """attention.wgsl's override constants: VK whole rows of `tensors` tensors are staged
-        at a time in its 512-vec4 stage (a power of two <= the 32-row block)."""
+        at a time in 512 vec4 (a power of two <= the 32-row block); backward score chunks
+        are BCH vec4 wide (4: 10 KiB of stage, 2: 8 KiB)."""
         d4 = -(-hd // 4)
         vk = 32
         while vk * d4 * tensors > 512:
             vk //= 2
-        return {"HD": hd, "OV": -(-d4 // 16), "VK": vk}
+        return {"HD": hd, "OV": -(-d4 // 16), "VK": vk, "BCH": bch}
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv: int,
                   hd: int) -> tuple[Tensor, Tensor]:
@@ -317,7 +318,7 @@ class GpuBackend:
         # backward_dq writes dsum = rowsum(dO * O), which backward_dkv reads
         self._launch("attention_backward", [q, k, v, do, lse, o, dq, dsum], params,
                      grid_for(B * Hq * nb), entry="backward_dq",
-                     constants=self._attn_consts(hd, 1))
+                     constants=self._attn_consts(hd, 1, bch=4))
         # backward_dkv: per query head (N, Hq*hd); a GQA group's heads are summed after
         dkh, dvh = (dk, dv) if Hq == Hkv else (self._new(q.shape), self._new(q.shape))
         self._launch("attention_backward", [q, k, v, do, lse, dsum, dkh, dvh], params,

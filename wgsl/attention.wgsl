@@ -24,28 +24,30 @@
 //                 the g = Hq/Hkv heads of each group (one workgroup per KV head would leave
 //                 most of a big GPU idle at B*Hkv*T/32 workgroups).
 // No atomics: each output element is summed by one invocation in a fixed order (deterministic).
-// Workgroup memory: stage 8 KiB + tile_a 4 KiB = 12 KiB (forward, backward_dq);
-// + tile_b 4 KiB = 16 KiB (backward_dkv). Nothing scales with T.
+// Workgroup memory (nothing scales with T): forward: stage 8 KiB + tile_a 4 KiB = 12 KiB;
+// backward_dq: stage 10 KiB (score chunks of 16 dims of 4 tensors) + tile_a = 14 KiB;
+// backward_dkv: stage 8 KiB (chunks of 8 dims) + tile_a + tile_b = 16 KiB.
 // Override constants (kernels/gpu_backend.py sets them): HD = head dim, OV = ceil(hd/64),
 // VK = rows staged per output-reduction step (a power of two <= 32 with VK*ceil(hd/4) <= 512,
-// <= 256 in backward_dkv, which stages two tensors).
+// <= 256 in backward_dkv, which stages two tensors), BCH = vec4 per backward chunk row.
 struct Params { b: u32, t: u32, hq: u32, hkv: u32, hd: u32, scale: f32 }
 
 override HD: u32 = 64u;
 override OV: u32 = 1u;
 override VK: u32 = 32u;
 override D4: u32 = (HD + 3u) / 4u;      // vec4 per head row
+override BCH: u32 = 2u;                 // backward: vec4 per staged chunk row (4 tensors staged)
+override BCS: u32 = BCH + 1u;           //   its padded stride
+override BSEG: u32 = BLK * BCS;         //   one staged tensor chunk
+override SSZ: u32 = max(512u, 4u * BSEG);   // stage size in vec4
 
 const WG: u32 = 128u;
 const BLK: u32 = 32u;        // query rows and keys per block
 const NEG: f32 = -3.0e38;    // masked score (finite: max/exp stay NaN-free)
 const FCH: u32 = 4u;         // forward: vec4 per staged chunk row (16 dims)
 const FCS: u32 = 5u;         //   its padded stride
-const BCH: u32 = 2u;         // backward: vec4 per staged chunk row (8 dims; 4 tensors staged)
-const BCS: u32 = 3u;         //   its padded stride
-const BSEG: u32 = 96u;       // BLK * BCS: one staged tensor chunk in backward
 
-var<workgroup> stage: array<vec4<f32>, 512>;   // chunks / whole rows of q, k, v, do
+var<workgroup> stage: array<vec4<f32>, SSZ>;   // chunks / whole rows of q, k, v, do
 var<workgroup> tile_a: array<vec4<f32>, 256>;  // 32 x 32 f32: P (fwd), dS (dq), P^T (dkv)
 var<workgroup> tile_b: array<vec4<f32>, 256>;  // 32 x 32 f32: dS^T (dkv)
 
@@ -157,12 +159,13 @@ fn fwd_chunk_store(tid: u32, x: array<vec4<f32>, 2>) {
     stage[BLK * FCS + i] = x[1];
 }
 
-// backward score chunk: vec4 columns c0, c0+1 of 32 rows each of q, do (rows q0..) and k, v
-// (rows k0..); element e = tid + 128u of tensor a = e / 64 goes to stage[a*BSEG + row*BCS + col].
+// backward score chunk: vec4 columns c0 .. c0+BCH-1 of 32 rows each of q, do (rows q0..) and
+// k, v (rows k0..); element e = tid + 128u of tensor a = e / (32*BCH) goes to
+// stage[a*BSEG + row*BCS + col].
 fn bwd_chunk(tid: u32, c0: u32, q0: u32, k0: u32, tt: u32, qbase: u32, qstr: u32, kbase: u32,
-             kstr: u32) -> array<vec4<f32>, 2> {
-    var x: array<vec4<f32>, 2>;
-    for (var u = 0u; u < 2u; u++) {
+             kstr: u32) -> array<vec4<f32>, 4> {
+    var x: array<vec4<f32>, 4>;
+    for (var u = 0u; u < BCH; u++) {
         let e = tid + u * WG;
         let a = e / (BLK * BCH);               // tensor: 0 q, 1 do, 2 k, 3 v (warp-uniform)
         let r = (e / BCH) % BLK;
@@ -181,8 +184,8 @@ fn bwd_chunk(tid: u32, c0: u32, q0: u32, k0: u32, tt: u32, qbase: u32, qstr: u32
     }
     return x;
 }
-fn bwd_chunk_store(tid: u32, x: array<vec4<f32>, 2>) {
-    for (var u = 0u; u < 2u; u++) {
+fn bwd_chunk_store(tid: u32, x: array<vec4<f32>, 4>) {
+    for (var u = 0u; u < BCH; u++) {
         let e = tid + u * WG;
         stage[(e / (BLK * BCH)) * BSEG + ((e / BCH) % BLK) * BCS + e % BCH] = x[u];
     }
