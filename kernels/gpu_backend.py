@@ -285,15 +285,15 @@ class GpuBackend:
                f"Hkv={Hkv} hd={hd}")
 
     @staticmethod
-    def _attn_consts(hd: int, tensors: int, bch: int = 2) -> dict:
+    def _attn_consts(hd: int, tensors: int, fch: int = 4, bch: int = 2) -> dict:
         """attention.wgsl's override constants: VK whole rows of `tensors` tensors are staged
-        at a time in 512 vec4 (a power of two <= the 32-row block); backward score chunks
-        are BCH vec4 wide (4: 10 KiB of stage, 2: 8 KiB)."""
+        at a time in 512 vec4 (a power of two <= the 32-row block); forward / backward score
+        chunks are FCH / BCH vec4 wide (the stage grows to 9 KiB for FCH 8, 10 KiB for BCH 4)."""
         d4 = -(-hd // 4)
         vk = 32
         while vk * d4 * tensors > 512:
             vk //= 2
-        return {"HD": hd, "OV": -(-d4 // 16), "VK": vk, "BCH": bch}
+        return {"HD": hd, "OV": -(-d4 // 16), "VK": vk, "FCH": fch, "BCH": bch}
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv: int,
                   hd: int) -> tuple[Tensor, Tensor]:
@@ -302,7 +302,7 @@ class GpuBackend:
         params = pack_params("uuuuuf", B, T, Hq, Hkv, hd, F32(1.0 / np.sqrt(hd)))
         nqb = -(-T // 32)                      # 32-row query blocks
         self._launch("attention", [q, k, v, o, lse], params, grid_for(B * Hq * nqb),
-                     constants=self._attn_consts(hd, 1))
+                     constants=self._attn_consts(hd, 1, fch=8))
         return o, lse
 
     def attention_backward(self, do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,

@@ -24,12 +24,14 @@
 //                 the g = Hq/Hkv heads of each group (one workgroup per KV head would leave
 //                 most of a big GPU idle at B*Hkv*T/32 workgroups).
 // No atomics: each output element is summed by one invocation in a fixed order (deterministic).
-// Workgroup memory (nothing scales with T): forward: stage 8 KiB + tile_a 4 KiB = 12 KiB;
+// Workgroup memory (nothing scales with T): forward: stage 9 KiB (score chunks of 32 dims of
+// q and k) + tile_a 4 KiB = 13 KiB;
 // backward_dq: stage 10 KiB (score chunks of 16 dims of 4 tensors) + tile_a = 14 KiB;
 // backward_dkv: stage 8 KiB (chunks of 8 dims) + tile_a + tile_b = 16 KiB.
 // Override constants (kernels/gpu_backend.py sets them): HD = head dim, OV = ceil(hd/64),
 // VK = rows staged per output-reduction step (a power of two <= 32 with VK*ceil(hd/4) <= 512,
-// <= 256 in backward_dkv, which stages two tensors), BCH = vec4 per backward chunk row.
+// <= 256 in backward_dkv, which stages two tensors), FCH / BCH = vec4 per forward / backward
+// score chunk row.
 struct Params { b: u32, t: u32, hq: u32, hkv: u32, hd: u32, scale: f32 }
 
 override HD: u32 = 64u;
@@ -39,13 +41,14 @@ override D4: u32 = (HD + 3u) / 4u;      // vec4 per head row
 override BCH: u32 = 2u;                 // backward: vec4 per staged chunk row (4 tensors staged)
 override BCS: u32 = BCH + 1u;           //   its padded stride
 override BSEG: u32 = BLK * BCS;         //   one staged tensor chunk
-override SSZ: u32 = max(512u, 4u * BSEG);   // stage size in vec4
+override FCH: u32 = 4u;                 // forward: vec4 per staged chunk row (4 or 8;
+                                        //   the host sets 8: 4 keeps backward stages small)
+override FCS: u32 = FCH + 1u;           //   its padded stride
+override SSZ: u32 = max(max(512u, 4u * BSEG), 2u * BLK * FCS);   // stage size in vec4
 
 const WG: u32 = 128u;
 const BLK: u32 = 32u;        // query rows and keys per block
 const NEG: f32 = -3.0e38;    // masked score (finite: max/exp stay NaN-free)
-const FCH: u32 = 4u;         // forward: vec4 per staged chunk row (16 dims)
-const FCS: u32 = 5u;         //   its padded stride
 
 var<workgroup> stage: array<vec4<f32>, SSZ>;   // chunks / whole rows of q, k, v, do
 var<workgroup> tile_a: array<vec4<f32>, 256>;  // 32 x 32 f32: P (fwd), dS (dq), P^T (dkv)
@@ -140,23 +143,29 @@ fn row_max(r: u32) -> f32 {          // max of row r of tile_a
 // the next step's data before computing on the current one, so global latency hides behind
 // the math even with few workgroups per SM. Rows past T and dims past hd stage as zeros.
 
-// forward score chunk: invocation tid loads vec4 column c0 + tid%4 of q row q0 + tid/4 and of
-// k row k0 + tid/4; stored at stage[row*FCS + col] (q) and stage[BLK*FCS + row*FCS + col] (k).
+// forward score chunk: vec4 columns c0 .. c0+FCH-1 of q rows q0.. and k rows k0..; element
+// e = tid + 128u (row e / FCH) goes to stage[row*FCS + col] (q), stage[BLK*FCS + ..] (k).
 fn fwd_chunk(tid: u32, c0: u32, q0: u32, k0: u32, tt: u32, qbase: u32, qstr: u32, kbase: u32,
-             kstr: u32) -> array<vec4<f32>, 2> {
-    let r = tid / FCH;
-    let c = c0 + tid % FCH;
-    var x: array<vec4<f32>, 2>;
-    if (c < D4) {
-        if (q0 + r < tt) { x[0] = ldq(qbase + (q0 + r) * qstr + 4u * c, 4u * c); }
-        if (k0 + r < tt) { x[1] = ldk(kbase + (k0 + r) * kstr + 4u * c, 4u * c); }
+             kstr: u32) -> array<vec4<f32>, 4> {
+    var x: array<vec4<f32>, 4>;                // [u]: q, [2 + u]: k
+    for (var u = 0u; u < FCH / 4u; u++) {
+        let e = tid + u * WG;
+        let r = e / FCH;
+        let c = c0 + e % FCH;
+        if (c < D4) {
+            if (q0 + r < tt) { x[u] = ldq(qbase + (q0 + r) * qstr + 4u * c, 4u * c); }
+            if (k0 + r < tt) { x[2u + u] = ldk(kbase + (k0 + r) * kstr + 4u * c, 4u * c); }
+        }
     }
     return x;
 }
-fn fwd_chunk_store(tid: u32, x: array<vec4<f32>, 2>) {
-    let i = (tid / FCH) * FCS + tid % FCH;
-    stage[i] = x[0];
-    stage[BLK * FCS + i] = x[1];
+fn fwd_chunk_store(tid: u32, x: array<vec4<f32>, 4>) {
+    for (var u = 0u; u < FCH / 4u; u++) {
+        let e = tid + u * WG;
+        let i = (e / FCH) * FCS + e % FCH;
+        stage[i] = x[u];
+        stage[BLK * FCS + i] = x[2u + u];
+    }
 }
 
 // backward score chunk: vec4 columns c0 .. c0+BCH-1 of 32 rows each of q, do (rows q0..) and
