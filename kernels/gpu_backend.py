@@ -7,9 +7,10 @@ Frozen projections (`ternary`) stay 2-bit packed in GPU memory, 16 weights per u
 
 Ops are only encoded; `numpy()` submits the pending work and waits for it.
 
-Limits: attention needs T <= 2048 and head_dim <= 256 (scores of a row live in workgroup
-memory); every tensor must fit one storage binding (128 MiB on lavapipe, 2047 MiB on an H200);
-grids allow up to 65535^2 workgroups (rows / elements are split over x and y).
+Limits: attention needs head_dim <= 256 (output rows live in registers, ceil(hd/64) vec4 per
+invocation; any T; GQA backward takes two (N, Hq*hd) temporaries); every tensor must fit one
+storage binding (128 MiB on lavapipe, 2047 MiB on an H200); grids allow up to 65535^2
+workgroups (rows / elements are split over x and y).
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from bitswarm.kernels.device import Context, Tensor, grid_for, pack_params, tens
 
 log = logging.getLogger("bitswarm.kernels.gpu_backend")
 F32 = np.float32
-ATTN_TMAX = 2048
 ATTN_HDMAX = 256
 _EW = 256          # invocations per workgroup of the elementwise shaders
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
@@ -422,19 +422,32 @@ class GpuBackend:
     # ------------------------------------------------------------ attention
     def _attn_check(self, q, k, v, B, T, Hq, Hkv, hd) -> None:
         _check(Hkv > 0 and Hq % Hkv == 0, f"attention: Hq={Hq} not a multiple of Hkv={Hkv}")
-        _check(T <= ATTN_TMAX, f"attention: T={T} over the kernel's limit {ATTN_TMAX}")
-        _check(hd <= ATTN_HDMAX, f"attention: head_dim={hd} over the kernel's limit {ATTN_HDMAX}")
+        _check(0 < hd <= ATTN_HDMAX,
+               f"attention: head_dim={hd} outside the kernel's 1..{ATTN_HDMAX}")
         _check(q.shape == (B * T, Hq * hd) and k.shape == (B * T, Hkv * hd)
                and v.shape == k.shape,
                f"attention: q {q.shape} k {k.shape} v {v.shape} for B={B} T={T} Hq={Hq} "
                f"Hkv={Hkv} hd={hd}")
+
+    @staticmethod
+    def _attn_consts(hd: int, tensors: int, fch: int = 4, bch: int = 2) -> dict:
+        """attention.wgsl's override constants: VK whole rows of `tensors` tensors are staged
+        at a time in 512 vec4 (a power of two <= the 32-row block); forward / backward score
+        chunks are FCH / BCH vec4 wide (the stage grows to 9 KiB for FCH 8, 10 KiB for BCH 4)."""
+        d4 = -(-hd // 4)
+        vk = 32
+        while vk * d4 * tensors > 512:
+            vk //= 2
+        return {"HD": hd, "OV": -(-d4 // 16), "VK": vk, "FCH": fch, "BCH": bch}
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv: int,
                   hd: int) -> tuple[Tensor, Tensor]:
         self._attn_check(q, k, v, B, T, Hq, Hkv, hd)
         o, lse = self._new(q.shape), self._new((B, Hq, T))
         params = pack_params("uuuuuf", B, T, Hq, Hkv, hd, F32(1.0 / np.sqrt(hd)))
-        self._launch("attention", [q, k, v, o, lse], params, grid_for(B * Hq * T))
+        nqb = -(-T // 32)                      # 32-row query blocks
+        self._launch("attention", [q, k, v, o, lse], params, grid_for(B * Hq * nqb),
+                     constants=self._attn_consts(hd, 1, fch=8))
         return o, lse
 
     def attention_backward(self, do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
@@ -446,10 +459,19 @@ class GpuBackend:
         dq, dk, dv = self._new(q.shape), self._new(k.shape), self._new(v.shape)
         dsum = self._new((B, Hq, T))
         params = pack_params("uuuuuf", B, T, Hq, Hkv, hd, F32(1.0 / np.sqrt(hd)))
-        self._launch("attention_backward", [q, k, v, do, o, lse, dq, dsum], params,
-                     grid_for(B * Hq * T), entry="backward_dq")
-        self._launch("attention_backward", [q, k, v, do, lse, dsum, dk, dv], params,
-                     grid_for(B * Hkv * T), entry="backward_dkv")
+        nb = -(-T // 32)                       # 32-row query / key blocks
+        # backward_dq writes dsum = rowsum(dO * O), which backward_dkv reads
+        self._launch("attention_backward", [q, k, v, do, lse, o, dq, dsum], params,
+                     grid_for(B * Hq * nb), entry="backward_dq",
+                     constants=self._attn_consts(hd, 1, bch=4))
+        # backward_dkv: per query head (N, Hq*hd); a GQA group's heads are summed after
+        dkh, dvh = (dk, dv) if Hq == Hkv else (self._new(q.shape), self._new(q.shape))
+        self._launch("attention_backward", [q, k, v, do, lse, dsum, dkh, dvh], params,
+                     grid_for(B * Hq * nb), entry="backward_dkv",
+                     constants=self._attn_consts(hd, 2))
+        if Hq != Hkv:
+            self._launch("attention_backward", [dkh, dvh, dk, dv], params,
+                         grid_for(-(-dk.size // 256)), entry="backward_reduce")
         return dq, dk, dv
 
     # ------------------------------------------------------------ MLP activation

@@ -40,7 +40,8 @@ OPS: dict[str, OpSpec] = {
     "add": OpSpec("add.wgsl", ("main",), ref.add),
     "rope": OpSpec("rope.wgsl", ("main",), ref.rope, "rope"),                 # inverse=True
     "attention": OpSpec("attention.wgsl", ("forward",), ref.attention, "attention_backward"),
-    "attention_backward": OpSpec("attention.wgsl", ("backward_dq", "backward_dkv"),
+    "attention_backward": OpSpec("attention.wgsl", ("backward_dq", "backward_dkv",
+                                                    "backward_reduce"),
                                  ref.attention_backward),
     "relu2_gate": OpSpec("relu2_gate.wgsl", ("forward",), ref.relu2_gate, "relu2_gate_backward"),
     "relu2_gate_backward": OpSpec("relu2_gate.wgsl", ("backward",), ref.relu2_gate_backward),
