@@ -31,12 +31,13 @@ _EW = 256          # invocations per workgroup of the elementwise shaders
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 _HOST_COPY_MAX = 1 << 20  # integer uploads up to this many elements keep a host copy (ids)
-# bitlinear split-K: aim for >= 512 workgroups (~4 per SM of a 132-SM H200: fills every SM
-# with a few resident 256-invocation workgroups and evens out the tail of the last wave),
-# each slab summing >= 512 of K (8 K steps of 64, or 4 of 128) so the int32 partial writes and the
-# reduce pass stay small next to the GEMM. At N = 512, 2B-4T: k/v (80 tiles, K 2560) -> 5
-# slabs; q/o and down (320 tiles) -> 2; gate/up (864 tiles) -> unsplit.
-_BITLINEAR_MIN_WGS = 512
+# bitlinear split-K heuristic: split when the output tiles are fewer than _BITLINEAR_MIN_WGS,
+# each slab summing >= _BITLINEAR_MIN_K of K. Off by default (0): on an H200 at N = 512 every
+# 2B-4T shape was fastest unsplit (k/v 0.074 ms unsplit vs 0.127 ms in 2 slabs, q/o 0.202 vs
+# 0.257: the extra reduce dispatch and the int32 slab traffic cost more than the fuller GPU
+# gains; benchmarks/results/kernels-h200.json, group "W1.58A8 GEMM split-K"). Forced counts
+# (`bitlinear_splits`) stay available for other GPUs and the benchmark sweep.
+_BITLINEAR_MIN_WGS = 0
 _BITLINEAR_MIN_K = 512
 _BITLINEAR_KW = 16        # bitlinear.wgsl activation words per K step (16 or 32; see shader)
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bitswarm.kernels import reference as ref
+from bitswarm.kernels import gpu_backend as gb
 from bitswarm.kernels import registry
 from bitswarm.kernels.backend import Backend, CpuBackend
 from bitswarm.kernels.config import TernaryLinear
@@ -154,7 +155,8 @@ def test_bitlinear_quantized_chain(gpu, close, N, K, OUT):
 
 @pytest.mark.parametrize("N,K,OUT", [(37, 700, 70), (65, 1000, 129), (2, 2560, 17)])
 def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
-    """Split-K (forced 1, 2, 3 slabs and the heuristic, which picks 5 for (2, 2560, 17)) with
+    """Split-K (forced 1, 2, 3 slabs, the default (unsplit), and the heuristic switched on,
+    which picks 5 for (2, 2560, 17)) with
     K steps of 64 and of 128 int8 (bitlinear_kw 16, 32): the int32 core equals the reference
     exactly; the f32 output is bit-identical to the unsplit KW=16 kernel's and within the chain
     test's tolerance of the reference. K is not a multiple of 64 nor of the slab size (700 =
@@ -167,6 +169,7 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
     want_i = ref.bitlinear_int(xq, w.codes)
     want_f = ref.bitlinear(xq, xs, w.codes, w.weight_scale)
     saved = gpu.bitlinear_splits, gpu.bitlinear_kw
+    saved_wgs = gb._BITLINEAR_MIN_WGS
     try:
         ys = {}
         for kw in (16, 32):
@@ -176,10 +179,15 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
                                               err_msg=f"int32 core, splits={splits} kw={kw}")
                 ys[kw, splits] = gpu.numpy(gpu.bitlinear(gx, gs, gw))
         gpu.bitlinear_splits, gpu.bitlinear_kw = None, 16
+        assert gpu.bitlinear_plan(2, 2560, 17) == (1, 40)         # default: unsplit
+        gb._BITLINEAR_MIN_WGS = 512                                # the heuristic switched on
         assert gpu.bitlinear_plan(2, 2560, 17) == (5, 8)          # 40 K steps, 8 per slab
         assert gpu.bitlinear_plan(512, 2560, 6912)[0] == 1        # gate/up: 864 tiles
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, gw)), want_i,
+                                      err_msg="int32 core, heuristic on")
     finally:
         gpu.bitlinear_splits, gpu.bitlinear_kw = saved
+        gb._BITLINEAR_MIN_WGS = saved_wgs
     for key, y in ys.items():
         np.testing.assert_array_equal(y.view(np.int32), ys[16, 1].view(np.int32),
                                       err_msg=f"f32 output bits, (kw, splits)={key} vs unsplit")
