@@ -40,6 +40,10 @@ _HOST_COPY_MAX = 1 << 20  # integer uploads up to this many elements keep a host
 _BITLINEAR_MIN_WGS = 0
 _BITLINEAR_MIN_K = 512
 _BITLINEAR_KW = 16        # bitlinear.wgsl activation words per K step (16 or 32; see shader)
+# bitlinear tile rows: 32-row tiles (twice the workgroups) when the 64x64 tiles are fewer than
+# this, i.e. under two per SM on a 132-SM H100/H200 (k/v at 2B-4T: 80 tiles; q/o of the small
+# models). Provisional: not yet measured on the GPU (benchmarks/kernels.py --bitlinear-tm).
+_BITLINEAR_TM32_BELOW = 264
 
 
 @dataclass
@@ -129,6 +133,9 @@ class GpuBackend:
         # bitlinear.wgsl's K step in activation words: 16 (64 int8) or 32 (128 int8, half the
         # barriers); same results, only speed differs. For benchmarks/kernels.py --bitlinear-kw.
         self.bitlinear_kw: int = _BITLINEAR_KW
+        # bitlinear.wgsl's output rows per tile: None = heuristic (bitlinear_tile_rows), 64 or
+        # 32 forces; same results, only speed differs. For benchmarks/kernels.py --bitlinear-tm.
+        self.bitlinear_tm: int | None = None
         self._rope_cache: dict[tuple[int, float], tuple[int, Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------ transfers
@@ -247,6 +254,15 @@ class GpuBackend:
                      grid_for(N))
         return xq, xs
 
+    def bitlinear_tile_rows(self, N: int, OUT: int) -> int:
+        """Output rows per bitlinear workgroup tile (64 or 32): the forced `bitlinear_tm`, else
+        32 when the 64x64 tiles are fewer than _BITLINEAR_TM32_BELOW (too few to fill the GPU)."""
+        if self.bitlinear_tm is not None:
+            _check(self.bitlinear_tm in (32, 64),
+                   f"bitlinear_tm must be 32 or 64, got {self.bitlinear_tm}")
+            return int(self.bitlinear_tm)
+        return 32 if -(-OUT // 64) * -(-N // 64) < _BITLINEAR_TM32_BELOW else 64
+
     def bitlinear_plan(self, N: int, K: int, OUT: int) -> tuple[int, int]:
         """(slabs, K steps per slab) the bitlinear forward uses for (N, K) x (OUT, K)^T: the
         forced `bitlinear_splits` or the heuristic (_BITLINEAR_MIN_WGS), clamped to the number
@@ -256,7 +272,7 @@ class GpuBackend:
         if self.bitlinear_splits is not None:
             splits = max(1, int(self.bitlinear_splits))
         else:
-            tiles = -(-OUT // 64) * -(-N // 64)
+            tiles = -(-OUT // 64) * -(-N // self.bitlinear_tile_rows(N, OUT))
             splits = min(-(-_BITLINEAR_MIN_WGS // tiles), K // _BITLINEAR_MIN_K)
         splits = max(1, min(splits, nsteps))
         spz = -(-nsteps // splits)
@@ -277,12 +293,13 @@ class GpuBackend:
         splits, spz = self.bitlinear_plan(N, K, OUT)
         kw = self.bitlinear_kw
         _check(kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {kw}")
+        tm = self.bitlinear_tile_rows(N, OUT)
         if splits >= 2:
             part = self._new((splits, N, OUT), "int32")
             self._launch(op, [xq, x_scale, w.packed, part],
                          pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
-                         (-(-OUT // 64), -(-N // 64), splits), entry="main",
-                         constants={"INT_OUT": int(int_out), "SPLIT": 1, "KW": kw})
+                         (-(-OUT // 64), -(-N // tm), splits), entry="main",
+                         constants={"INT_OUT": int(int_out), "SPLIT": 1, "KW": kw, "TM": tm})
             self._launch(op, [part, x_scale, y],
                          pack_params("uuuf", N, OUT, splits, w.weight_scale),
                          self._ew_grid(N * OUT), entry="reduce",
@@ -290,8 +307,8 @@ class GpuBackend:
             return y
         self._launch(op, [xq, x_scale, w.packed, y],
                      pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
-                     (-(-OUT // 64), -(-N // 64), 1),
-                     constants={"INT_OUT": int(int_out), "KW": kw})
+                     (-(-OUT // 64), -(-N // tm), 1),
+                     constants={"INT_OUT": int(int_out), "KW": kw, "TM": tm})
         return y
 
     def bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary) -> Tensor:

@@ -9,10 +9,17 @@
 //        dot4I8Packed; with INT_OUT the raw int32 acc is stored instead (bit pattern in y).
 //        y is bound as u32 words and written with bitcast, so int32 bit patterns never pass
 //        through a float register/store.
-// Tiling: 16x16 invocations, 64x64 outputs per workgroup, K in steps of 4*KW elements (KW = 16
-// or 32 activation words, KW/4 weight words decoded to i8x4 into workgroup memory). Each
-// invocation owns 4 consecutive rows x 4 consecutive columns; tiles are stored [k word][row/4] as vec4<u32>, so
-// the inner loop reads one vec4 of activations and one of weights per 16 dot4I8Packed.
+// Tiling: 16 x TM/4 invocations, TM x 64 outputs per workgroup (TM = 64, or 32 for shapes with
+// few 64x64 tiles: k/v at N = 512 gets 160 workgroups instead of 80 for 132 SMs), K in steps of
+// 4*KW elements (KW = 16 or 32 activation words, KW/4 weight words decoded to i8x4 into
+// workgroup memory). Each invocation owns 4 consecutive rows x 4 consecutive columns; tiles are
+// stored [k word][row/4] as vec4<u32>, so the inner loop reads one vec4 of activations and one
+// of weights per 16 dot4I8Packed.
+// The small tile halves rows rather than columns: a K step loads TM*KW activation words +
+// 64*KW/4 weight words, so 32x64 moves 48*KW words per 2048 outputs where 64x32 would move
+// 72*KW (a weight word holds 16 elements, an activation word 4); the b-tile code stays as is.
+// The invocation count scales with TM, so the a-tile loop is KW/4 passes at either size and the
+// b-tile loop 16*KW/(4*TM) (TM = 32: twice the weight words, and decodes, per invocation).
 // Split-K (SPLIT; for shapes with few 64x64 tiles, e.g. k/v projections): workgroup z sums
 // the K steps [z*spz, (z+1)*spz) (spz = steps per slab, so slab edges are multiples of 4*KW
 // elements and only the last step of K needs masking) into int32 slab z of y (splits, N, OUT);
@@ -29,13 +36,17 @@ struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32, spz: u32
 @group(0) @binding(3) var<storage, read_write> y: array<u32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-const TS: u32 = 64u;      // outputs per tile side
+const TN: u32 = 64u;      // output columns per tile
+// output rows per tile: 64 or 32 (16 x TM/4 invocations); the host's grid.y must use the same.
+override TM: u32 = 64u;
 // activation words per K step: 16 (64 int8) or 32 (128 int8: half the barriers per K, twice
 // the workgroup memory). The host's K-step / slab arithmetic must use the same value.
 override KW: u32 = 16u;
-const LD4: u32 = 17u;     // tile stride in vec4 per k word (16 + 1 pad: fewer bank conflicts)
-var<workgroup> a_t: array<vec4<u32>, KW * LD4>;   // activations [word][row/4]
-var<workgroup> b_t: array<vec4<u32>, KW * LD4>;   // decoded weights [word][col/4]
+// tile strides in vec4 per k word (+1 pad: fewer bank conflicts)
+const LDB: u32 = 17u;                 // 64 columns / 4 + 1
+override LDA: u32 = TM / 4u + 1u;     // TM rows / 4 + 1
+var<workgroup> a_t: array<vec4<u32>, KW * LDA>;   // activations [word][row/4]
+var<workgroup> b_t: array<vec4<u32>, KW * LDB>;   // decoded weights [word][col/4]
 
 // 8 bits of a packed weight word (4 fields, code+1 each) -> 4 signed bytes (i8x4).
 fn decode4(x: u32) -> u32 {
@@ -45,11 +56,12 @@ fn decode4(x: u32) -> u32 {
     return plus | (minus * 0xffu);
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, TM / 4u)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let col0 = wid.x * TS;
-    let row0 = wid.y * TS;
+    let col0 = wid.x * TN;
+    let row0 = wid.y * TM;
+    let nt = 4u * TM;                // invocations
     var acc0 = vec4<i32>(0);         // vec4 accumulators: registers, not an indexed array
     var acc1 = vec4<i32>(0);
     var acc2 = vec4<i32>(0);
@@ -59,17 +71,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let s_hi = min(nsteps, s_lo + p.spz);
     for (var step = s_lo; step < s_hi; step++) {
         let kw0 = step * KW;
-        for (var r = 0u; r < KW / 4u; r++) {           // 64 rows x KW words
-            let e = tid + 256u * r;
+        for (var r = 0u; r < KW / 4u; r++) {           // TM rows x KW words = (KW/4) * nt
+            let e = tid + nt * r;
             let rr = e / KW;
             let ww = e % KW;
             let row = row0 + rr;
             var v = 0u;
             if (row < p.n && kw0 + ww < p.k4) { v = xq[row * p.k4 + kw0 + ww]; }
-            a_t[ww * LD4 + rr / 4u][rr % 4u] = v;
+            a_t[ww * LDA + rr / 4u][rr % 4u] = v;
         }
-        for (var r = 0u; r < KW / 16u; r++) {          // 64 cols x KW/4 weight words
-            let e = tid + 256u * r;
+        for (var r = 0u; r < 16u * KW / nt; r++) {     // 64 cols x KW/4 weight words
+            let e = tid + nt * r;
             let cc = e / (KW / 4u);
             let q = e % (KW / 4u);
             let col = col0 + cc;
@@ -77,13 +89,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             var pw = 0x55555555u;                        // all fields 1: zero weights
             if (col < p.out && word < p.k16) { pw = w[col * p.k16 + word]; }
             for (var b = 0u; b < 4u; b++) {
-                b_t[(q * 4u + b) * LD4 + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
+                b_t[(q * 4u + b) * LDB + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
             }
         }
         workgroupBarrier();
         for (var k = 0u; k < KW; k++) {
-            let av = a_t[k * LD4 + lid.y];
-            let bv = b_t[k * LD4 + lid.x];
+            let av = a_t[k * LDA + lid.y];
+            let bv = b_t[k * LDB + lid.x];
             let a0 = av.x; let a1 = av.y; let a2 = av.z; let a3 = av.w;
             let b0 = bv.x; let b1 = bv.y; let b2 = bv.z; let b3 = bv.w;
             acc0 += vec4<i32>(dot4I8Packed(a0, b0), dot4I8Packed(a0, b1), dot4I8Packed(a0, b2), dot4I8Packed(a0, b3));
