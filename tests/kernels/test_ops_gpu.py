@@ -155,12 +155,13 @@ def test_bitlinear_quantized_chain(gpu, close, N, K, OUT):
 
 @pytest.mark.parametrize("N,K,OUT", [(37, 700, 70), (65, 1000, 129), (2, 2560, 17)])
 def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
-    """Split-K (forced 1, 2, 3 slabs, the default (unsplit), and the heuristic switched on,
-    which picks 5 for (2, 2560, 17)) with
-    K steps of 64 and of 128 int8 (bitlinear_kw 16, 32): the int32 core equals the reference
-    exactly; the f32 output is bit-identical to the unsplit KW=16 kernel's and within the chain
-    test's tolerance of the reference. K is not a multiple of 64 nor of the slab size (700 =
-    11 steps of 64 -> slabs of 4, 4, 3 steps); N is not a multiple of 64."""
+    """Tile rows 64 and 32 (bitlinear_tm) x K steps of 64 and of 128 int8 (bitlinear_kw 16, 32)
+    x split-K (forced 1, 2, 3 slabs, the default (unsplit), and the heuristic switched on,
+    which picks 5 for (2, 2560, 17)): the int32 core equals the reference exactly; the f32
+    output is bit-identical to the unsplit TM=64 KW=16 kernel's and within the chain test's
+    tolerance of the reference. K is not a multiple of 64 nor of the slab size (700 = 11 steps
+    of 64 -> slabs of 4, 4, 3 steps); N and OUT are not multiples of 32 or 64 (37 and 65 rows:
+    2 and 3 row tiles at TM = 32, partial last ones)."""
     rng = np.random.default_rng(8)
     xq = rng.integers(-128, 128, (N, K)).astype(np.int8)
     xs = rng.uniform(0.01, 2.0, N).astype(F32)
@@ -168,17 +169,22 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
     gw, gx, gs = gpu.ternary(w), gpu.tensor(xq), gpu.tensor(xs)
     want_i = ref.bitlinear_int(xq, w.codes)
     want_f = ref.bitlinear(xq, xs, w.codes, w.weight_scale)
-    saved = gpu.bitlinear_splits, gpu.bitlinear_kw
+    saved = gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm
     saved_wgs = gb._BITLINEAR_MIN_WGS
     try:
         ys = {}
-        for kw in (16, 32):
-            for splits in (1, 2, 3, None):
-                gpu.bitlinear_splits, gpu.bitlinear_kw = splits, kw
-                np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, gw)), want_i,
-                                              err_msg=f"int32 core, splits={splits} kw={kw}")
-                ys[kw, splits] = gpu.numpy(gpu.bitlinear(gx, gs, gw))
-        gpu.bitlinear_splits, gpu.bitlinear_kw = None, 16
+        for tm in (64, 32):
+            for kw in (16, 32):
+                for splits in (1, 2, 3, None):
+                    gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = splits, kw, tm
+                    np.testing.assert_array_equal(
+                        gpu.numpy(gpu.bitlinear_int(gx, gw)), want_i,
+                        err_msg=f"int32 core, tm={tm} kw={kw} splits={splits}")
+                    ys[tm, kw, splits] = gpu.numpy(gpu.bitlinear(gx, gs, gw))
+        gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = None, 16, None
+        assert gpu.bitlinear_tile_rows(512, 640) == 32            # k/v at 2B-4T: 80 tiles
+        assert gpu.bitlinear_tile_rows(512, 2560) == 64           # q/o at 2B-4T: 320 tiles
+        assert gpu.bitlinear_tile_rows(N, OUT) == 32              # these shapes: heuristic 32
         assert gpu.bitlinear_plan(2, 2560, 17) == (1, 40)         # default: unsplit
         gb._BITLINEAR_MIN_WGS = 512                                # the heuristic switched on
         assert gpu.bitlinear_plan(2, 2560, 17) == (5, 8)          # 40 K steps, 8 per slab
@@ -186,12 +192,13 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
         np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, gw)), want_i,
                                       err_msg="int32 core, heuristic on")
     finally:
-        gpu.bitlinear_splits, gpu.bitlinear_kw = saved
+        gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = saved
         gb._BITLINEAR_MIN_WGS = saved_wgs
     for key, y in ys.items():
-        np.testing.assert_array_equal(y.view(np.int32), ys[16, 1].view(np.int32),
-                                      err_msg=f"f32 output bits, (kw, splits)={key} vs unsplit")
-    close(ys[16, 1], want_f, 0, 4e-7, "bitlinear y")      # one f32 division, as the chain test
+        np.testing.assert_array_equal(y.view(np.int32), ys[64, 16, 1].view(np.int32),
+                                      err_msg=f"f32 output bits, (tm, kw, splits)={key} vs "
+                                              "unsplit TM=64 KW=16")
+    close(ys[64, 16, 1], want_f, 0, 4e-7, "bitlinear y")  # one f32 division, as the chain test
 
 
 @pytest.mark.parametrize("N,OUT,K,use_acc", [(1, 1, 1, False), (37, 70, 100, True),
