@@ -12,13 +12,15 @@ GEMM, its fp32 FMA TFLOP/s for the rest (pass --peak PATH, or it is measured her
 
     python benchmarks/kernels.py [--quick] [--models 125m,1b,2b4t] [--peak PATH] [--out PATH]
                                  [--bitlinear-splits 1,2,4,auto] [--bitlinear-kw 16,32]
+                                 [--bitlinear-tm 64,32,auto]
 
---bitlinear-splits / --bitlinear-kw add, per projection, group "W1.58A8 GEMM split-K" rows
-timing the GEMM at each (K step, split count) pair: GpuBackend.bitlinear_kw (16 or 32
-activation words per K step; default 16) and bitlinear_splits forced to each count ("auto":
-the heuristic). Row fields `bitlinear_kw`, `bitlinear_splits` (null = heuristic) and
-`splits_used` (after clamping to the kernel's K steps). The plain "W1.58A8 GEMM" rows run the
-defaults.
+--bitlinear-splits / --bitlinear-kw / --bitlinear-tm add, per projection, group "W1.58A8 GEMM
+split-K" rows timing the GEMM at each (tile rows, K step, split count) triple:
+GpuBackend.bitlinear_tm (64 or 32 output rows per tile; "auto": the heuristic, the default),
+bitlinear_kw (16 or 32 activation words per K step; default 16) and bitlinear_splits forced to
+each count ("auto": the heuristic). Row fields `bitlinear_tm`, `bitlinear_kw`,
+`bitlinear_splits` (null = heuristic), `tm_used` and `splits_used` (after clamping to the
+kernel's K steps). The plain "W1.58A8 GEMM" rows run the defaults.
 """
 from __future__ import annotations
 
@@ -108,21 +110,23 @@ class Baseline:
         return lambda: ref.quantize_act(ref.rmsnorm(x, w, 1e-5)[0])
 
 
-def _forced(be, kw, splits, fn):
-    """fn run with be.bitlinear_kw, be.bitlinear_splits = kw, splits (restored after)."""
+def _forced(be, tm, kw, splits, fn):
+    """fn run with be.bitlinear_tm, be.bitlinear_kw, be.bitlinear_splits = tm, kw, splits
+    (restored after)."""
     def run():
-        saved = be.bitlinear_kw, be.bitlinear_splits
-        be.bitlinear_kw, be.bitlinear_splits = kw, splits
+        saved = be.bitlinear_tm, be.bitlinear_kw, be.bitlinear_splits
+        be.bitlinear_tm, be.bitlinear_kw, be.bitlinear_splits = tm, kw, splits
         try:
             return fn()
         finally:
-            be.bitlinear_kw, be.bitlinear_splits = saved
+            be.bitlinear_tm, be.bitlinear_kw, be.bitlinear_splits = saved
     return run
 
 
 def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
     """(group, name, ours (callable encoding GPU work), ops, peak kind, baseline callable,
-    extra row fields). sweep: (bitlinear_kw, bitlinear_splits) pairs for split-K rows."""
+    extra row fields). sweep: (bitlinear_tm, bitlinear_kw, bitlinear_splits) triples for the
+    split-K rows."""
     from bitswarm.kernels.config import TernaryLinear
     N = 64 if quick else TOKENS
     D, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -147,13 +151,18 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
         by = base.arr((N, OUT), rng)
         gemm = (lambda xq=xq, xs=xs, w=w: be.bitlinear(xq, xs, w))
         out.append(("W1.58A8 GEMM", pname, gemm, ops, "dp4a", base.mm(bx, bw),
-                    {"bitlinear_kw": be.bitlinear_kw, "bitlinear_splits": be.bitlinear_splits,
+                    {"bitlinear_tm": be.bitlinear_tm, "bitlinear_kw": be.bitlinear_kw,
+                     "bitlinear_splits": be.bitlinear_splits,
+                     "tm_used": be.bitlinear_tile_rows(N, OUT),
                      "splits_used": be.bitlinear_plan(N, K, OUT)[0]}))
-        for kw, sp in sweep:
-            used = _forced(be, kw, sp, lambda: be.bitlinear_plan(N, K, OUT)[0])()
-            out.append(("W1.58A8 GEMM split-K", f"{pname} splits={sp or 'auto'} kw={kw}",
-                        _forced(be, kw, sp, gemm), ops, "dp4a", base.mm(bx, bw),
-                        {"bitlinear_kw": kw, "bitlinear_splits": sp, "splits_used": used}))
+        for tm, kw, sp in sweep:
+            tm_used, used = _forced(be, tm, kw, sp, lambda: (
+                be.bitlinear_tile_rows(N, OUT), be.bitlinear_plan(N, K, OUT)[0]))()
+            out.append(("W1.58A8 GEMM split-K",
+                        f"{pname} tm={tm or 'auto'} kw={kw} splits={sp or 'auto'}",
+                        _forced(be, tm, kw, sp, gemm), ops, "dp4a", base.mm(bx, bw),
+                        {"bitlinear_tm": tm, "bitlinear_kw": kw, "bitlinear_splits": sp,
+                         "tm_used": tm_used, "splits_used": used}))
 
         def fwd_full(x=x, nw=nw, w=w):
             n, _ = be.rmsnorm(x, nw, 1e-5)
@@ -225,12 +234,18 @@ def main() -> None:
     ap.add_argument("--bitlinear-kw", default="", metavar="LIST",
                     help="comma list of bitlinear K steps in activation words (16, 32) for "
                          "those rows (default 16)")
+    ap.add_argument("--bitlinear-tm", default="", metavar="LIST",
+                    help="comma list of bitlinear output rows per tile (64, 32, auto) for "
+                         "those rows (default auto: the heuristic)")
     args = ap.parse_args()
     splits_list = [None if v.strip() == "auto" else int(v)
                    for v in args.bitlinear_splits.split(",") if v.strip()]
     kw_list = [int(v) for v in args.bitlinear_kw.split(",") if v.strip()]
-    sweep = ([(kw, sp) for kw in (kw_list or [16]) for sp in (splits_list or [None])]
-             if splits_list or kw_list else [])
+    tm_list = [None if v.strip() == "auto" else int(v)
+               for v in args.bitlinear_tm.split(",") if v.strip()]
+    sweep = ([(tm, kw, sp) for tm in (tm_list or [None]) for kw in (kw_list or [16])
+              for sp in (splits_list or [None])]
+             if splits_list or kw_list or tm_list else [])
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend()
     ctx = be.ctx
