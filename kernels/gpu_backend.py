@@ -41,9 +41,10 @@ _BITLINEAR_MIN_WGS = 0
 _BITLINEAR_MIN_K = 512
 _BITLINEAR_KW = 16        # bitlinear.wgsl activation words per K step (16 or 32; see shader)
 # bitlinear tile rows: 32-row tiles (twice the workgroups) when the 64x64 tiles are fewer than
-# this, i.e. under two per SM on a 132-SM H100/H200 (k/v at 2B-4T: 80 tiles; q/o of the small
-# models). Provisional: not yet measured on the GPU (benchmarks/kernels.py --bitlinear-tm).
-_BITLINEAR_TM32_BELOW = 264
+# this. Off by default (0): on an H200 32-row tiles gained nothing where they were meant to
+# (2B-4T k/v: 0.073 ms either way, 29% of peak; 1b k/v 14.3% vs 13.8%) and lost elsewhere
+# (down 43.7% vs 47.0%); benchmarks/results/kernels-h200-tm.json. Forced via `bitlinear_tm`.
+_BITLINEAR_TM32_BELOW = 0
 
 
 @dataclass

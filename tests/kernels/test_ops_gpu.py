@@ -170,7 +170,7 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
     want_i = ref.bitlinear_int(xq, w.codes)
     want_f = ref.bitlinear(xq, xs, w.codes, w.weight_scale)
     saved = gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm
-    saved_wgs = gb._BITLINEAR_MIN_WGS
+    saved_wgs, saved_tm32 = gb._BITLINEAR_MIN_WGS, gb._BITLINEAR_TM32_BELOW
     try:
         ys = {}
         for tm in (64, 32):
@@ -182,9 +182,11 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
                         err_msg=f"int32 core, tm={tm} kw={kw} splits={splits}")
                     ys[tm, kw, splits] = gpu.numpy(gpu.bitlinear(gx, gs, gw))
         gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = None, 16, None
+        assert gpu.bitlinear_tile_rows(512, 640) == 64            # default: 64-row tiles
+        gb._BITLINEAR_TM32_BELOW = 264                             # the heuristic switched on
         assert gpu.bitlinear_tile_rows(512, 640) == 32            # k/v at 2B-4T: 80 tiles
         assert gpu.bitlinear_tile_rows(512, 2560) == 64           # q/o at 2B-4T: 320 tiles
-        assert gpu.bitlinear_tile_rows(N, OUT) == 32              # these shapes: heuristic 32
+        assert gpu.bitlinear_tile_rows(N, OUT) == 32              # these shapes: 32
         assert gpu.bitlinear_plan(2, 2560, 17) == (1, 40)         # default: unsplit
         gb._BITLINEAR_MIN_WGS = 512                                # the heuristic switched on
         assert gpu.bitlinear_plan(2, 2560, 17) == (5, 8)          # 40 K steps, 8 per slab
@@ -193,7 +195,7 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
                                       err_msg="int32 core, heuristic on")
     finally:
         gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = saved
-        gb._BITLINEAR_MIN_WGS = saved_wgs
+        gb._BITLINEAR_MIN_WGS, gb._BITLINEAR_TM32_BELOW = saved_wgs, saved_tm32
     for key, y in ys.items():
         np.testing.assert_array_equal(y.view(np.int32), ys[64, 16, 1].view(np.int32),
                                       err_msg=f"f32 output bits, (tm, kw, splits)={key} vs "
