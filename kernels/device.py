@@ -322,34 +322,10 @@ class Context:
                 self._enc().copy_buffer_to_buffer(src.buffer, 0, dst.buffer, 0,
                                                   _round_size(src.nbytes))
 
-    def host_buffer(self, data: np.ndarray):
-        """A host-visible upload buffer (MAP_WRITE | COPY_SRC, so the driver places it in host
-        memory, not in GPU memory) holding `data`'s bytes, for `copy_from_host_buffer`. Not
-        counted in allocated_bytes (no GPU memory). Raises ValueError over the adapter's
-        maximum buffer size."""
-        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        size = _round_size(raw.nbytes)
-        if size > int(self.limits["max-buffer-size"]):
-            raise ValueError(f"host buffer of {size} bytes over this device's maximum buffer "
-                             f"size {self.limits['max-buffer-size']}")
-        U = self.wgpu.BufferUsage
-        buf = self.device.create_buffer(size=size, usage=U.MAP_WRITE | U.COPY_SRC,
-                                        mapped_at_creation=True)
-        if raw.nbytes:
-            buf.write_mapped(raw, 0)
-        buf.unmap()
-        return buf
-
-    def copy_from_host_buffer(self, src, offset: int, dst: Tensor, nbytes: int) -> None:
-        """dst's first nbytes = src[offset:offset + nbytes], in encoder order: a DMA copy, no
-        host work. offset and nbytes must be multiples of 4 (WebGPU's copy alignment)."""
-        if offset % 4 or nbytes % 4 or nbytes > dst.buffer.size:
-            raise ValueError(f"copy of {nbytes} bytes at offset {offset}: not 4-byte aligned "
-                             f"or larger than the destination ({dst.buffer.size} bytes)")
-        if nbytes:
-            with self._lock:
-                self._end_pass()
-                self._enc().copy_buffer_to_buffer(src, offset, dst.buffer, 0, nbytes)
+    def upload_ring(self, nbytes: int, slots: int = 2) -> "UploadRing":
+        """`slots` host-writable buffers of nbytes each for streaming host data into tensors
+        (UploadRing); counted in allocated_bytes until closed."""
+        return UploadRing(self, nbytes, slots)
 
     def read(self, t: Tensor) -> np.ndarray:
         """Flush pending work and download t (blocks until the GPU is done)."""
@@ -470,6 +446,61 @@ class Context:
         if not hasattr(self, "_sync_buf"):
             self._sync_buf = self.device.create_buffer(size=16, usage=self._storage_usage)
         self.queue.read_buffer(self._sync_buf, 0, 16)
+
+
+class UploadRing:
+    """Host-writable upload buffers (MAP_WRITE | COPY_SRC) used in turn to stream host data into
+    GPU tensors in encoder order, with a bounded footprint: the host writes slot i while the
+    GPU still copies from the others, and mapping slot i waits only for the copy that last read
+    it. Counted in the Context's allocated_bytes: with a resizable BAR (measured on an H200)
+    the driver places mappable buffers in device memory. Close it (or use it as a context
+    manager) to destroy the slots."""
+
+    def __init__(self, ctx: "Context", nbytes: int, slots: int = 2):
+        U, self.ctx = ctx.wgpu.BufferUsage, ctx
+        self.size = _round_size(nbytes)
+        self.bufs = [ctx.device.create_buffer(size=self.size, usage=U.MAP_WRITE | U.COPY_SRC,
+                                              mapped_at_creation=True) for _ in range(slots)]
+        self.fresh = [True] * slots          # mapped at creation: no wait the first time
+        self.i = 0
+        with ctx._lock:
+            ctx.allocated_bytes += self.size * slots
+            ctx.peak_allocated_bytes = max(ctx.peak_allocated_bytes, ctx.allocated_bytes)
+
+    def copy(self, data: np.ndarray, dst: Tensor) -> None:
+        """dst's first bytes = data's bytes (at most the slot size), in encoder order."""
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        if raw.nbytes > self.size or raw.nbytes > dst.nbytes:
+            raise ValueError(f"upload of {raw.nbytes} bytes into a {self.size}-byte slot / "
+                             f"{dst.nbytes}-byte tensor")
+        n4 = (raw.nbytes + 3) // 4 * 4
+        i, self.i = self.i, (self.i + 1) % len(self.bufs)
+        buf = self.bufs[i]
+        if not self.fresh[i]:
+            self.ctx.flush()                 # the copy that last read this slot is submitted,
+            buf.map_sync(self.ctx.wgpu.MapMode.WRITE)   # then mapping waits for it to finish
+        self.fresh[i] = False
+        buf.write_mapped(raw, 0)
+        buf.unmap()
+        with self.ctx._lock:
+            self.ctx._end_pass()
+            self.ctx._enc().copy_buffer_to_buffer(buf, 0, dst.buffer, 0, n4)
+            self.ctx._keepalive.append(buf)
+
+    def close(self) -> None:
+        if self.bufs:
+            self.ctx.flush()                 # submitted work keeps destroyed buffers alive
+            for b in self.bufs:
+                b.destroy()
+            with self.ctx._lock:
+                self.ctx.allocated_bytes -= self.size * len(self.bufs)
+            self.bufs = []
+
+    def __enter__(self) -> "UploadRing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def pack_params(fmt: str, *values) -> bytes:

@@ -74,7 +74,6 @@ class HostTable:
     too: shared/FACTS.md.)"""
 
     data: np.ndarray
-    staging: object = None     # a host-visible wgpu copy of `data` (Context.host_buffer) or None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -175,16 +174,8 @@ class GpuBackend:
             log.warning("table %s has values beyond float16 range: kept float32", a.shape)
             dtype = "float32"
         if self.table_residency == "host":
-            data = np.ascontiguousarray(a, dtype=np.float16 if dtype == "float16" else np.float32)
-            # Rows are streamed by DMA from a host-visible copy when a row is whole 4-byte
-            # words (copy alignment) and the copy fits one buffer; else by queue writes.
-            staging = None
-            if (data.shape[1] * data.itemsize) % 4 == 0:
-                try:
-                    staging = self.ctx.host_buffer(data)
-                except ValueError as e:
-                    log.info("table %s streamed by queue writes: %s", data.shape, e)
-            return HostTable(data, staging)
+            return HostTable(np.ascontiguousarray(a, dtype=np.float16 if dtype == "float16"
+                                                  else np.float32))
         return self.ctx.upload(a, dtype)
 
     def release_workspace(self) -> None:
@@ -374,20 +365,17 @@ class GpuBackend:
     def _table_chunks(self, w: HostTable, rows: int):
         """Yield (v0, n, chunk) with table rows v0..v0+n copied into the first n rows of one
         reused (rows, D) GPU buffer, in encoder order (commands already encoded for the
-        previous chunk read it before it is overwritten). From the host-visible staging copy
-        this is a DMA copy with no host work; otherwise a queue write after a flush, so at most
-        one chunk's upload is staged at a time."""
+        previous chunk read it before it is overwritten). Rows travel through a two-slot
+        UploadRing, so the host writes chunk i+1 while the GPU works on chunk i. (A persistent
+        mappable copy of the whole table would skip the host copy, but on an H200 the driver
+        put it in device memory: benchmarks/results/driver_memory-h200-2b4t-host-mapped.json.)"""
         V, D = w.shape
         buf = self.ctx.alloc((rows, D), w.dtype)
-        row_bytes = D * w.data.itemsize
-        for v0 in range(0, V, rows):
-            n = min(rows, V - v0)
-            if w.staging is not None:
-                self.ctx.copy_from_host_buffer(w.staging, v0 * row_bytes, buf, n * row_bytes)
-            else:
-                self.ctx.flush()
-                self.ctx.write(buf, w.data[v0:v0 + n])
-            yield v0, n, buf
+        with self.ctx.upload_ring(tensor_nbytes((rows, D), w.dtype)) as ring:
+            for v0 in range(0, V, rows):
+                n = min(rows, V - v0)
+                ring.copy(w.data[v0:v0 + n], buf)
+                yield v0, n, buf
 
     def _table_rows(self, w: HostTable, n: int) -> int:
         """Rows per streamed chunk: LM_CHUNK, or fewer where a chunk must fit one binding."""
