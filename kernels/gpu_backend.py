@@ -512,92 +512,62 @@ class GpuBackend:
     def lm_head_cross_entropy(self, x: Tensor, w: Tensor | HostTable, targets: Tensor,
                               grad_scale: float, chunk: int = ref.LM_CHUNK,
                               grad: bool = True) -> tuple[Tensor, Tensor | None]:
-        if isinstance(w, HostTable):
-            return self._lm_head_ce_host(x, w, targets, grad_scale, chunk, grad)
+        """reference.lm_head_cross_entropy. A HostTable streams through one chunk buffer (rows
+        uploaded before each chunk's two matmuls): the same kernels on the same values in the
+        same order as a GPU-resident table, so the results are identical; `finish` then reads
+        W[target] from the N target rows, gathered on the host."""
+        host = isinstance(w, HostTable)
         N, D = x.shape
         V = w.shape[0]
         _check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D)
                and w.dtype in ("float32", "float16"),
                f"lm_head_cross_entropy: x {x} w {w} chunk {chunk}")
-        _check(targets.dtype == "int32" and targets.shape == (N,),
-               f"lm_head_cross_entropy: targets must be int32 ({N},), got {targets}")
+        _check(targets.dtype == "int32" and targets.shape == (N,)
+               and (targets.host is not None or not host),
+               f"lm_head_cross_entropy: targets must be int32 ({N},) (from GpuBackend.tensor "
+               f"for a host table), got {targets}")
         if targets.host_max is not None and targets.host_max >= V:
             raise IndexError(f"target {targets.host_max} out of range for vocab size {V}")
         f16 = int(w.dtype == "float16")
-        vc = min(chunk, V)
-        # largest chunk whose logits fit one storage binding
-        vc = max(1, min(vc, self.ctx.max_binding // (4 * max(N, 1))))
+        # largest chunk whose logits (and, streamed, whose table rows) fit one storage binding
+        vc = max(1, min(chunk, V, self.ctx.max_binding // (4 * max(N, 1))))
+        if host:
+            vc = min(vc, self._table_rows(w, N))
         logits = self._new((N, vc))
         st = self._new((N, 4))
         acc = self._new((N, D)) if grad else self._dummy()
         loss = self._new((N,))
         mm = {"TRANS_A": 0, "ACC": 0, "SPLIT": 0, "B_F16": f16}
-        for v0 in range(0, V, vc):
-            n = min(vc, V - v0)
-            self._launch("matmul", [x, w, logits],
-                         pack_params("uuufuu", N, n, D, 1.0, D, v0 * D),
-                         (-(-n // 64), -(-N // 64), 1), constants={**mm, "TRANS_B": 1})
-            self._launch("lm_head_cross_entropy", [logits, targets, st, acc],
-                         pack_params("uuuuu", N, n, v0, D, int(v0 == 0)), grid_for(N),
-                         entry="stats", constants={"GRAD": int(grad)})
-            if grad:
-                self._launch("matmul", [logits, w, acc],
-                             pack_params("uuufuu", N, D, n, 1.0, n, v0 * D),
-                             (-(-D // 64), -(-N // 64), 1),
-                             constants={**mm, "TRANS_B": 0, "ACC": 1})
-        self._launch("lm_head_cross_entropy", [st, targets, w, acc, loss],
-                     pack_params("uuuf", N, D, V, F32(grad_scale)), grid_for(N),
-                     entry="finish", constants={"GRAD": int(grad), "F16": f16})
-        size = logits.buffer.size
-        del logits
-        self.ctx.release({size})        # the chunk buffer is this op's alone: don't pool it
-        return loss, (acc if grad else None)
-
-    def _lm_head_ce_host(self, x: Tensor, w: HostTable, targets: Tensor, grad_scale: float,
-                         chunk: int, grad: bool) -> tuple[Tensor, Tensor | None]:
-        """lm_head_cross_entropy with the table streamed from the host: the same kernels on the
-        same values in the same order as the GPU-resident path, each vocab chunk's rows
-        uploaded into one reused buffer before its two matmuls; `finish` reads W[target] from
-        the N target rows, gathered on the host."""
-        N, D = x.shape
-        V = w.shape[0]
-        _check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D),
-               f"lm_head_cross_entropy: x {x} table {w.shape} chunk {chunk}")
-        _check(targets.dtype == "int32" and targets.shape == (N,) and targets.host is not None,
-               f"lm_head_cross_entropy: targets must be int32 ({N},) from GpuBackend.tensor, "
-               f"got {targets}")
-        t = targets.host
-        if N and int(t.max()) >= V:
-            raise IndexError(f"target {int(t.max())} out of range for vocab size {V}")
-        f16 = int(w.dtype == "float16")
-        vc = min(chunk, self._table_rows(w, N))
-        logits = self._new((N, vc))
-        st = self._new((N, 4))
-        acc = self._new((N, D)) if grad else self._dummy()
-        loss = self._new((N,))
-        mm = {"TRANS_A": 0, "ACC": 0, "SPLIT": 0, "B_F16": f16}
-        chunks = self._table_chunks(w, vc)
-        for v0, n, wc in chunks:
-            self._launch("matmul", [x, wc, logits], pack_params("uuufuu", N, n, D, 1.0, D, 0),
+        if host:        # (v0, rows, the tensor holding them, their element offset in it)
+            chunks = ((v0, n, wc, 0) for v0, n, wc in self._table_chunks(w, vc))
+        else:
+            chunks = ((v0, min(vc, V - v0), w, v0 * D) for v0 in range(0, V, vc))
+        for v0, n, wc, off in chunks:
+            self._launch("matmul", [x, wc, logits], pack_params("uuufuu", N, n, D, 1.0, D, off),
                          (-(-n // 64), -(-N // 64), 1), constants={**mm, "TRANS_B": 1})
             self._launch("lm_head_cross_entropy", [logits, targets, st, acc],
                          pack_params("uuuuu", N, n, v0, D, int(v0 == 0)), grid_for(N),
                          entry="stats", constants={"GRAD": int(grad)})
             if grad:
                 self._launch("matmul", [logits, wc, acc],
-                             pack_params("uuufuu", N, D, n, 1.0, n, 0),
+                             pack_params("uuufuu", N, D, n, 1.0, n, off),
                              (-(-D // 64), -(-N // 64), 1),
                              constants={**mm, "TRANS_B": 0, "ACC": 1})
-        # finish: row i's target row is row i of `rows` (padding keeps its negative target)
-        valid = t >= 0
-        rows = self.ctx.upload(w.data[np.where(valid, t, 0)], w.dtype)
-        local = self.tensor(np.where(valid, np.arange(N), -1).astype(np.int32))
-        self._launch("lm_head_cross_entropy", [st, local, rows, acc, loss],
-                     pack_params("uuuf", N, D, max(N, 1), F32(grad_scale)), grid_for(N),
+        sizes = {logits.buffer.size}
+        if host:        # row i's target row is row i of `rows` (padding keeps its -1)
+            sizes.add(wc.buffer.size)
+            t = targets.host
+            valid = t >= 0
+            table = self.ctx.upload(w.data[np.where(valid, t, 0)], w.dtype)
+            targets = self.tensor(np.where(valid, np.arange(N), -1).astype(np.int32))
+            V = max(N, 1)
+        else:
+            table = w
+        self._launch("lm_head_cross_entropy", [st, targets, table, acc, loss],
+                     pack_params("uuuf", N, D, V, F32(grad_scale)), grid_for(N),
                      entry="finish", constants={"GRAD": int(grad), "F16": f16})
-        sizes = {logits.buffer.size, wc.buffer.size}
         del logits, wc, chunks
-        self.ctx.release(sizes)          # chunk buffers are this op's alone: don't pool them
+        self.ctx.release(sizes)         # chunk buffers are this op's alone: don't pool them
         return loss, (acc if grad else None)
 
     def _dummy(self) -> Tensor:
