@@ -53,7 +53,7 @@ def main() -> None:
     from bitswarm.kernels.model import BitNetModel
     from bitswarm.kernels.optim import AdamW, AdamWConfig
     be = GpuBackend(table_residency=args.embeddings)
-    be.ternary = _SharedCodesGpu(be)
+    _SharedCodesGpu.install(be)
     ctx = be.ctx
     mark("context", ctx)
     cfg = CONFIGS[args.shape]

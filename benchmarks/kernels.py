@@ -173,6 +173,15 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
         out.append(("W1.58A8 input grad (STE)", pname,
                     lambda dy=dy, w=w: be.bitlinear_backward(dy, w), ops, "fma",
                     base.mm(by, bw.T)))
+    # projections that read the same input, as one GEMM (bitlinear_group, as the model runs them)
+    for pname, outs in {"q/k/v fused (D->(Hq+2Hkv)*hd)": (Hq * hd, Hkv * hd, Hkv * hd),
+                        "gate+up fused (D->2I)": (I, I)}.items():
+        group = be.ternary_group([TernaryLinear(rng.integers(-1, 2, (o, D)).astype(np.int8),
+                                                F32(1.3)) for o in outs])
+        xq, xs = be.quantize_act(gpu_arr((N, D)))
+        out.append(("W1.58A8 GEMM", pname, lambda xq=xq, xs=xs, g=group:
+                     be.bitlinear_group(xq, xs, g), 2 * N * D * sum(outs), "dp4a",
+                     base.mm(base.arr((N, D), rng), base.arr((sum(outs), D), rng))))
     # LoRA r=8 on the widest projection (gate/up: D -> I)
     OUT, K = I, D
     lx, A, Bm = gpu_arr((N, K)), gpu_arr((RANK, K), 0.02), gpu_arr((OUT, RANK), 0.02)

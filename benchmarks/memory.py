@@ -145,7 +145,7 @@ def main() -> None:
     args = ap.parse_args()
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend(table_residency=args.embeddings)
-    be.ternary = _SharedCodesGpu(be)
+    _SharedCodesGpu.install(be)
     real_dispatch = be.ctx.dispatch
 
     def set_dry(on: bool) -> None:

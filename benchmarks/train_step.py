@@ -57,21 +57,41 @@ def fast_weights(cfg, seed: int):
 
 
 class _SharedCodesGpu:
-    """GpuBackend.ternary with the host-side 2-bit packing memoized per codes array (layers
-    share codes in fast_weights); every call still uploads its own GPU copy."""
+    """GpuBackend.ternary (and, as `.group`, ternary_group) with the host-side 2-bit packing
+    memoized per codes array (layers share codes in fast_weights); every call still uploads its
+    own GPU copy."""
 
     def __init__(self, be):
         self.be = be
         self.memo = {}
 
-    def __call__(self, w):
-        from bitswarm.kernels.gpu_backend import GpuTernary, pack_ternary
-        key = id(w.codes)
+    def _packed(self, codes):
+        from bitswarm.kernels.gpu_backend import pack_ternary
+        key = id(codes)
         if key not in self.memo:
-            self.memo[key] = (w.codes, pack_ternary(w.codes).view(np.int32))
-        packed = self.memo[key][1]
+            self.memo[key] = (codes, pack_ternary(codes).view(np.int32))
+        return self.memo[key][1]
+
+    def __call__(self, w):
+        from bitswarm.kernels.gpu_backend import GpuTernary
         out, k = w.codes.shape
-        return GpuTernary(self.be.ctx.upload(packed, "int32"), out, k, np.float32(w.weight_scale))
+        return GpuTernary(self.be.ctx.upload(self._packed(w.codes), "int32"), out, k,
+                          np.float32(w.weight_scale))
+
+    def group(self, ws):
+        from bitswarm.kernels.gpu_backend import GpuTernary
+        t = self.be.ctx.upload(np.concatenate([self._packed(w.codes) for w in ws]), "int32")
+        out, row0 = [], 0
+        for w in ws:
+            o, k = w.codes.shape
+            out.append(GpuTernary(t, o, k, np.float32(w.weight_scale), row0))
+            row0 += o
+        return out
+
+    @classmethod
+    def install(cls, be) -> None:
+        s = cls(be)
+        be.ternary, be.ternary_group = s, s.group
 
 
 def batch(cfg, seed: int):
@@ -213,12 +233,12 @@ def main() -> None:
         B, T = 2, 32
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend()
-    be.ternary = _SharedCodesGpu(be)
+    _SharedCodesGpu.install(be)
     residencies = args.embeddings.split(",")
     backends = {"gpu": be}
     if "host" in residencies:
         backends["host"] = GpuBackend(be.ctx, table_residency="host")
-        backends["host"].ternary = _SharedCodesGpu(backends["host"])
+        _SharedCodesGpu.install(backends["host"])
     info = machine_info(be.ctx)
     print(f"adapter: {info['adapter']}")
     torch = None if (args.no_torch or args.quick) else torch_cuda()

@@ -29,6 +29,7 @@ class Backend(Protocol):
 
     def tensor(self, a: np.ndarray) -> Tensor: ...                  # upload (float32 / int32)
     def ternary(self, w: TernaryLinear) -> Tensor: ...               # upload a frozen projection
+    def ternary_group(self, ws: list[TernaryLinear]) -> list: ...   # ... several, one input
     def table(self, a: np.ndarray) -> Tensor: ...                    # upload an embedding/lm_head
     def release_workspace(self) -> None: ...                         # drop cached free buffers
     def numpy(self, t: Tensor) -> np.ndarray: ...                    # download (waits)
@@ -39,6 +40,7 @@ class Backend(Protocol):
     def rmsnorm_backward(self, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor) -> Tensor: ...
     def quantize_act(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
     def bitlinear(self, xq: Tensor, x_scale: Tensor, w: Tensor) -> Tensor: ...
+    def bitlinear_group(self, xq: Tensor, x_scale: Tensor, ws: list) -> list: ...
     def bitlinear_backward(self, dy: Tensor, w: Tensor, acc: Tensor | None = None) -> Tensor: ...
     def matmul(self, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
                alpha: float = 1.0, acc: Tensor | None = None) -> Tensor: ...
@@ -88,6 +90,9 @@ class CpuBackend:
     def ternary(self, w: TernaryLinear) -> TernaryLinear:
         return w
 
+    def ternary_group(self, ws: list[TernaryLinear]) -> list[TernaryLinear]:
+        return list(ws)
+
     def table(self, a: np.ndarray) -> np.ndarray:
         """Embedding / lm_head table (V, D): float32 here (host memory is not the limit, and
         the NumPy backend stays the float32 reference); GpuBackend stores float16."""
@@ -118,6 +123,10 @@ class CpuBackend:
 
     def bitlinear(self, xq, x_scale, w: TernaryLinear):
         return ref.bitlinear(xq, x_scale, w.codes, w.weight_scale)
+
+    def bitlinear_group(self, xq, x_scale, ws: list[TernaryLinear]):
+        return ref.bitlinear_group(xq, x_scale, [w.codes for w in ws],
+                                   [w.weight_scale for w in ws])
 
     def bitlinear_backward(self, dy, w: TernaryLinear, acc=None):
         dx = ref.bitlinear_backward(dy, w.codes, w.weight_scale)

@@ -56,6 +56,7 @@ class GpuTernary:
     out_features: int
     in_features: int
     weight_scale: np.float32
+    row0: int = 0          # first row in `packed` (projections of a `ternary_group` share it)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -159,6 +160,21 @@ class GpuBackend:
         t = self.ctx.upload(packed.view(np.int32), "int32")
         out, k = w.codes.shape
         return GpuTernary(t, out, k, F32(w.weight_scale))
+
+    def ternary_group(self, ws: list[TernaryLinear]) -> list[GpuTernary]:
+        """Projections that read the same input (q/k/v, gate/up) uploaded into one packed
+        buffer, rows back to back, so `bitlinear_group` runs them as one GEMM. Same bytes as
+        separate uploads; raises ValueError when their input widths differ."""
+        _check(len({w.codes.shape[1] for w in ws}) == 1,
+               f"ternary_group: input widths differ: {[w.codes.shape for w in ws]}")
+        packed = np.concatenate([pack_ternary(w.codes) for w in ws])
+        t = self.ctx.upload(packed.view(np.int32), "int32")
+        out, row0 = [], 0
+        for w in ws:
+            o, k = w.codes.shape
+            out.append(GpuTernary(t, o, k, F32(w.weight_scale), row0))
+            row0 += o
+        return out
 
     def table(self, a: np.ndarray) -> Tensor | HostTable:
         """An embedding / lm_head table (V, D) in float16 storage (half the bytes; every op that
@@ -289,7 +305,8 @@ class GpuBackend:
         if splits >= 2:
             part = self._new((splits, N, OUT), "int32")
             self._launch(op, [xq, x_scale, w.packed, part],
-                         pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
+                         pack_params("uuuufuuuuff", N, OUT, k4, k16, w.weight_scale, spz,
+                                     w.row0, OUT, OUT, 1.0, 1.0),
                          (-(-OUT // 64), -(-N // tm), splits), entry="main",
                          constants={"INT_OUT": int(int_out), "SPLIT": 1, "KW": kw, "TM": tm})
             self._launch(op, [part, x_scale, y],
@@ -298,10 +315,40 @@ class GpuBackend:
                          constants={"INT_OUT": int(int_out)})
             return y
         self._launch(op, [xq, x_scale, w.packed, y],
-                     pack_params("uuuufu", N, OUT, k4, k16, w.weight_scale, spz),
+                     pack_params("uuuufuuuuff", N, OUT, k4, k16, w.weight_scale, spz, w.row0,
+                                 OUT, OUT, 1.0, 1.0),
                      (-(-OUT // 64), -(-N // tm), 1),
                      constants={"INT_OUT": int(int_out), "KW": kw, "TM": tm})
         return y
+
+    def bitlinear_group(self, xq: Tensor, x_scale: Tensor, ws: list[GpuTernary]) -> list[Tensor]:
+        """[bitlinear(xq, x_scale, w) for w in ws], bit-identical, as ONE GEMM (entry main3)
+        when 2-3 projections of a `ternary_group` lie back to back in one packed buffer and
+        the GEMM runs unsplit; otherwise one launch each. Shapes: xq int8 (N, K) -> a list of
+        f32 (N, out_i)."""
+        N, K = xq.shape
+        fused = (2 <= len(ws) <= 3 and all(w.packed is ws[0].packed for w in ws)
+                 and all(b.row0 == a.row0 + a.out_features for a, b in zip(ws, ws[1:])))
+        OUT = sum(w.out_features for w in ws)
+        if not fused or self.bitlinear_plan(N, K, OUT)[0] != 1:
+            return [self.bitlinear(xq, x_scale, w) for w in ws]
+        _check(xq.dtype == "int8" and all(w.in_features == K for w in ws)
+               and x_scale.shape == (N,), f"bitlinear_group: xq {xq} x_scale {x_scale} for "
+               f"weights {[w.shape for w in ws]}")
+        ys = [self._new((N, w.out_features)) for w in ws]
+        o1 = ws[0].out_features
+        o2 = o1 + ws[1].out_features
+        s2 = ws[2].weight_scale if len(ws) == 3 else F32(1.0)
+        tm = self.bitlinear_tile_rows(N, OUT)
+        _check(self.bitlinear_kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {self.bitlinear_kw}")
+        self._launch("bitlinear_group", [xq, x_scale, ws[0].packed, ys[0],
+                                         ys[1], ys[2] if len(ws) == 3 else self._dummy()],
+                     pack_params("uuuufuuuuff", N, OUT, (K + 3) // 4, (K + 15) // 16,
+                                 ws[0].weight_scale, 1 << 30, ws[0].row0, o1, o2,
+                                 ws[1].weight_scale, s2),
+                     (-(-OUT // 64), -(-N // tm), 1),
+                     constants={"KW": self.bitlinear_kw, "TM": tm})
+        return ys
 
     def bitlinear(self, xq: Tensor, x_scale: Tensor, w: GpuTernary) -> Tensor:
         return self._bitlinear(xq, x_scale, w, False)
@@ -321,7 +368,8 @@ class GpuBackend:
             self.ctx.copy(acc, dx)
         grid = (-(-K // 64), -(-N // 64), 1)
         self._launch("bitlinear_backward", [dy, w.packed, dx],
-                     pack_params("uuuuf", N, OUT, K, (K + 15) // 16, w.weight_scale), grid,
+                     pack_params("uuuufu", N, OUT, K, (K + 15) // 16, w.weight_scale, w.row0),
+                     grid,
                      constants={"ACC": int(acc is not None)})
         return dx
 

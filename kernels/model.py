@@ -34,6 +34,11 @@ class _Proj:
     h: Any = None   # LoRA hidden A x (N, r); None when the projection has no adapter
 
 
+_QKV = ("q_proj", "k_proj", "v_proj")
+_GATE_UP = ("gate_proj", "up_proj")
+_GROUPS = (_QKV, _GATE_UP)
+
+
 class _Discard(dict):
     """A dict that keeps nothing: `_layer` saves into it when no backward will follow, so every
     temporary is freed as soon as its last name is rebound."""
@@ -68,13 +73,17 @@ class BitNetModel:
         self.norm = be.tensor(weights.norm)
         self.layers = []
         for lw in weights.layers:
-            self.layers.append({
+            L = {
                 "input_layernorm": be.tensor(lw.input_layernorm),
                 "post_attention_layernorm": be.tensor(lw.post_attention_layernorm),
                 "attn_sub_norm": be.tensor(lw.attn_sub_norm),
                 "ffn_sub_norm": be.tensor(lw.ffn_sub_norm),
-                **{p: be.ternary(w) for p, w in lw.proj.items()},
-            })
+            }
+            # Projections that read the same input share one upload and run as one GEMM.
+            for group in _GROUPS:
+                L.update(zip(group, be.ternary_group([lw.proj[p] for p in group])))
+            L.update({p: be.ternary(w) for p, w in lw.proj.items() if p not in L})
+            self.layers.append(L)
         self.lora: dict[str, Any] = {}
         # Activation recomputation in loss_and_grads: trades one extra forward pass for keeping
         # only each layer's input; worth it where memory is the limit (the GPU).
@@ -90,9 +99,12 @@ class BitNetModel:
         return {k: np.array(self.be.numpy(v), dtype=np.float32) for k, v in self.lora.items()}
 
     # ------------------------------------------------------------------ projections
-    def _proj_fwd(self, i: int, name: str, x, xq, xs, saved: dict):
+    def _proj_fwd(self, i: int, name: str, x, xq, xs, saved: dict, y=None):
+        """One projection of x (y: its BitLinear output when already computed by a group) plus
+        its LoRA term; saves what the backward needs."""
         be, L = self.be, self.layers[i]
-        y = be.bitlinear(xq, xs, L[name])
+        if y is None:
+            y = be.bitlinear(xq, xs, L[name])
         a_key = lora_key(i, name, "A")
         if a_key in self.lora:
             s = self.lora_cfg.scaling
@@ -102,6 +114,10 @@ class BitNetModel:
         else:
             saved[name] = _Proj(None)      # the STE input gradient needs no saved input
         return y
+
+    def _group_fwd(self, i: int, names: tuple, x, xq, xs, saved: dict) -> list:
+        ys = self.be.bitlinear_group(xq, xs, [self.layers[i][p] for p in names])
+        return [self._proj_fwd(i, p, x, xq, xs, saved, y) for p, y in zip(names, ys)]
 
     def _proj_bwd(self, i: int, name: str, dy, saved: dict, grads: dict, acc=None):
         """dx of one projection (accumulated onto acc); LoRA grads into `grads`."""
@@ -129,9 +145,7 @@ class BitNetModel:
         sv["x0"] = x
         n, sv["rstd1"] = be.rmsnorm(x, L["input_layernorm"], eps)
         xq, xs = be.quantize_act(n)
-        q = self._proj_fwd(i, "q_proj", n, xq, xs, sv)                                  # (N, Hq*hd)
-        k = self._proj_fwd(i, "k_proj", n, xq, xs, sv)                                  # (N, Hkv*hd)
-        v = self._proj_fwd(i, "v_proj", n, xq, xs, sv)
+        q, k, v = self._group_fwd(i, _QKV, n, xq, xs, sv)            # (N, Hq*hd), (N, Hkv*hd) x2
         del n, xq, xs
         sv["q"] = q = be.rope(q, T, Hq, hd, cfg.rope_theta)
         sv["k"] = k = be.rope(k, T, Hkv, hd, cfg.rope_theta)
@@ -146,8 +160,7 @@ class BitNetModel:
         sv["x1"] = x
         n, sv["rstd3"] = be.rmsnorm(x, L["post_attention_layernorm"], eps)
         xq, xs = be.quantize_act(n)
-        g = self._proj_fwd(i, "gate_proj", n, xq, xs, sv)                               # (N, I)
-        u = self._proj_fwd(i, "up_proj", n, xq, xs, sv)
+        g, u = self._group_fwd(i, _GATE_UP, n, xq, xs, sv)                             # (N, I) x2
         del n, xq, xs
         sv["g"], sv["u"] = g, u
         h = be.relu2_gate(g, u)

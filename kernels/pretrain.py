@@ -167,9 +167,9 @@ class PretrainModel(BitNetModel):
         return {k: np.array(self.be.numpy(v), dtype=np.float32) for k, v in self.params.items()}
 
     # ------------------------------------------------------------------ projections
-    def _proj_fwd(self, i: int, name: str, x, xq, xs, saved: dict):
+    def _proj_fwd(self, i: int, name: str, x, xq, xs, saved: dict, y=None):
         saved[name] = _Saved(x, xq, xs)
-        return self.be.bitlinear(xq, xs, self.layers[i][name])
+        return self.be.bitlinear(xq, xs, self.layers[i][name]) if y is None else y
 
     def _proj_bwd_full(self, i: int, name: str, dy, saved: dict, grads: dict, acc=None):
         """Input gradient (accumulated onto acc) and the latent weight gradient of a projection."""

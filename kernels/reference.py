@@ -60,6 +60,12 @@ def bitlinear(xq: np.ndarray, x_scale: np.ndarray, codes: np.ndarray, weight_sca
     return (acc / (x_scale[:, None] * F32(weight_scale))).astype(F32)
 
 
+def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, codes: list, weight_scales: list) -> list:
+    """Several W1.58A8 projections of the same input (q/k/v, gate/up): [bitlinear(xq, x_scale,
+    c, s) for c, s in zip(codes, weight_scales)]. GpuBackend runs them as one GEMM."""
+    return [bitlinear(xq, x_scale, c, s) for c, s in zip(codes, weight_scales)]
+
+
 def bitlinear_int(xq: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """The integer core of bitlinear: int32 (N, out) = xq int8 (N, in) @ codes int8 (out, in)^T."""
     return xq.astype(np.int32) @ codes.astype(np.int32).T

@@ -35,6 +35,9 @@ OPS: dict[str, OpSpec] = {
     "bitlinear": OpSpec("bitlinear.wgsl", ("main", "reduce"), ref.bitlinear,
                         "bitlinear_backward"),
     "bitlinear_int": OpSpec("bitlinear.wgsl", ("main", "reduce"), ref.bitlinear_int),  # INT_OUT=1
+    # q/k/v or gate/up of one layer as one GEMM (its STE backward: bitlinear_backward per part)
+    "bitlinear_group": OpSpec("bitlinear.wgsl", ("main3",), ref.bitlinear_group,
+                              "bitlinear_backward"),
     "bitlinear_backward": OpSpec("bitlinear_backward.wgsl", ("main",), ref.bitlinear_backward),
     "matmul": OpSpec("matmul.wgsl", ("main", "reduce"), ref.matmul, "matmul"),
     "add": OpSpec("add.wgsl", ("main",), ref.add),

@@ -25,16 +25,28 @@
 // elements and only the last step of K needs masking) into int32 slab z of y (splits, N, OUT);
 // entry `reduce` adds the slabs in order z = 0.. (integers: exact, order-free) and applies the
 // same scale expression as the unsplit store, so results are bit-identical to SPLIT = false.
+// Weight rows start at row wrow0 of w (projections of one layer can share one packed buffer).
+// Entry `main3`: one GEMM for 2-3 projections that read the same activations (q/k/v, or
+// gate/up): w rows wrow0.. hold their codes back to back, columns [0, o1) go to y with
+// weight_scale, [o1, o2) to y1 with s1, [o2, out) to y2 with s2, each (N, its width) and with
+// the same int32 sums and f32 expression as separate launches (bit-identical), in one dispatch
+// with more tiles (2B-4T q/k/v: 400 instead of 320 + 80 + 80).
 override INT_OUT: bool = false;
 override SPLIT: bool = false;
 
-struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32, spz: u32 }
+struct Params { n: u32, out: u32, k4: u32, k16: u32, weight_scale: f32, spz: u32, wrow0: u32,
+                o1: u32, o2: u32, s1: f32, s2: f32 }     // o1.. s2: main3 only
 
 @group(0) @binding(0) var<storage, read> xq: array<u32>;
 @group(0) @binding(1) var<storage, read> xs: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<u32>;
 @group(0) @binding(4) var<uniform> p: Params;
+// main3's own bindings after the shared 0-3 (another entry point's bindings may reuse numbers;
+// the host binds params last)
+@group(0) @binding(4) var<storage, read_write> y1: array<u32>;
+@group(0) @binding(5) var<storage, read_write> y2: array<u32>;
+@group(0) @binding(6) var<uniform> p3: Params;
 
 const TN: u32 = 64u;      // output columns per tile
 // output rows per tile: 64 or 32 (16 x TM/4 invocations); the host's grid.y must use the same.
@@ -56,9 +68,9 @@ fn decode4(x: u32) -> u32 {
     return plus | (minus * 0xffu);
 }
 
-@compute @workgroup_size(16, TM / 4u)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-        @builtin(local_invocation_index) tid: u32) {
+// The int32 sums of this invocation's 4 x 4 outputs over its slab's K steps. The parameters come
+// by value (q) because main and main3 read them from different uniform bindings.
+fn tile(wid: vec3<u32>, lid: vec3<u32>, tid: u32, q: Params) -> array<vec4<i32>, 4> {
     let col0 = wid.x * TN;
     let row0 = wid.y * TM;
     let nt = 4u * TM;                // invocations
@@ -66,9 +78,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc1 = vec4<i32>(0);
     var acc2 = vec4<i32>(0);
     var acc3 = vec4<i32>(0);
-    let nsteps = (p.k4 + KW - 1u) / KW;
-    let s_lo = wid.z * p.spz;                 // this slab's K steps (all of K when not SPLIT)
-    let s_hi = min(nsteps, s_lo + p.spz);
+    let nsteps = (q.k4 + KW - 1u) / KW;
+    let s_lo = wid.z * q.spz;                 // this slab's K steps (all of K when not SPLIT)
+    let s_hi = min(nsteps, s_lo + q.spz);
     for (var step = s_lo; step < s_hi; step++) {
         let kw0 = step * KW;
         for (var r = 0u; r < KW / 4u; r++) {           // TM rows x KW words = (KW/4) * nt
@@ -77,19 +89,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let ww = e % KW;
             let row = row0 + rr;
             var v = 0u;
-            if (row < p.n && kw0 + ww < p.k4) { v = xq[row * p.k4 + kw0 + ww]; }
+            if (row < q.n && kw0 + ww < q.k4) { v = xq[row * q.k4 + kw0 + ww]; }
             a_t[ww * LDA + rr / 4u][rr % 4u] = v;
         }
         for (var r = 0u; r < 16u * KW / nt; r++) {     // 64 cols x KW/4 weight words
             let e = tid + nt * r;
             let cc = e / (KW / 4u);
-            let q = e % (KW / 4u);
+            let qw = e % (KW / 4u);
             let col = col0 + cc;
-            let word = step * (KW / 4u) + q;
+            let word = step * (KW / 4u) + qw;
             var pw = 0x55555555u;                        // all fields 1: zero weights
-            if (col < p.out && word < p.k16) { pw = w[col * p.k16 + word]; }
+            if (col < q.out && word < q.k16) { pw = w[(q.wrow0 + col) * q.k16 + word]; }
             for (var b = 0u; b < 4u; b++) {
-                b_t[(q * 4u + b) * LDB + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
+                b_t[(qw * 4u + b) * LDB + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
             }
         }
         workgroupBarrier();
@@ -105,7 +117,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
     }
-    let accs = array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
+    return array<vec4<i32>, 4>(acc0, acc1, acc2, acc3);
+}
+
+@compute @workgroup_size(16, TM / 4u)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let accs = tile(wid, lid, tid, p);
+    let col0 = wid.x * TN;
+    let row0 = wid.y * TM;
     for (var i = 0u; i < 4u; i++) {
         let row = row0 + lid.y * 4u + i;
         if (row >= p.n) { continue; }
@@ -118,6 +138,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 y[row * p.out + col] = bitcast<u32>(accs[i][j]);
             } else {
                 y[row * p.out + col] = bitcast<u32>(f32(accs[i][j]) / (xs[row] * p.weight_scale));
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(16, TM / 4u)
+fn main3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(local_invocation_index) tid: u32) {
+    let accs = tile(wid, lid, tid, p3);
+    let col0 = wid.x * TN;
+    let row0 = wid.y * TM;
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + lid.y * 4u + i;
+        if (row >= p3.n) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + lid.x * 4u + j;
+            if (col >= p3.out) { continue; }
+            let a = f32(accs[i][j]);
+            if (col < p3.o1) {
+                y[row * p3.o1 + col] = bitcast<u32>(a / (xs[row] * p3.weight_scale));
+            } else if (col < p3.o2) {
+                y1[row * (p3.o2 - p3.o1) + col - p3.o1] = bitcast<u32>(a / (xs[row] * p3.s1));
+            } else {
+                y2[row * (p3.out - p3.o2) + col - p3.o2] = bitcast<u32>(a / (xs[row] * p3.s2));
             }
         }
     }

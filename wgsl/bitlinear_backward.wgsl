@@ -1,13 +1,13 @@
 // Straight-through input gradient of BitLinear: dx = dy @ (codes / weight_scale) (+ dx when
 // ACC: the host first copies `acc` into dx). Reference: kernels/reference.py
 // `bitlinear_backward`. dy f32 (N, OUT); w the same 2-bit packed codes as bitlinear.wgsl
-// (OUT rows, K16 = ceil(K/16) words each); dx f32 (N, K). fp32 accumulation.
+// (OUT rows from row wrow0, K16 = ceil(K/16) words each); dx f32 (N, K). fp32 accumulation.
 // Tiling: 16x16 invocations, 64 (n) x 64 (k) outputs per workgroup, OUT in steps of 16. Each
 // invocation owns 4 consecutive n x 4 consecutive k; tiles are stored [o][n/4] and [o][k/4] as
 // vec4, so the inner loop reads two vec4 per 16 FMAs.
 override ACC: bool = false;
 
-struct Params { n: u32, out: u32, k: u32, k16: u32, weight_scale: f32 }
+struct Params { n: u32, out: u32, k: u32, k16: u32, weight_scale: f32, wrow0: u32 }
 
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
@@ -45,7 +45,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let q = tid % 4u;
             let word = k0 / 16u + q;
             var pw = 0x55555555u;
-            if (o0 + oo < p.out && word < p.k16) { pw = w[(o0 + oo) * p.k16 + word]; }
+            if (o0 + oo < p.out && word < p.k16) { pw = w[(p.wrow0 + o0 + oo) * p.k16 + word]; }
             for (var f4 = 0u; f4 < 4u; f4++) {
                 let x = pw >> (8u * f4);
                 c_t[oo * LD4 + q * 4u + f4] = vec4<f32>(vec4<i32>(i32(x & 3u), i32((x >> 2u) & 3u),

@@ -47,9 +47,9 @@ def test_roundtrip_dtypes_and_zeros(gpu):
 
 def test_registry_covers_backend_and_shaders_load():
     ops = [n for n, _ in inspect.getmembers(Backend, inspect.isfunction)
-           if not n.startswith("_") and n not in ("tensor", "ternary", "table", "numpy",
+           if not n.startswith("_") and n not in ("tensor", "ternary", "ternary_group", "table", "numpy",
                                                   "zeros_like", "release_workspace")]
-    assert len(ops) == 16, ops
+    assert len(ops) == 17, ops
     for op in ops:
         spec = registry.spec(op)
         src = registry.shader_source(spec.shader)
@@ -201,6 +201,41 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
                                       err_msg=f"f32 output bits, (tm, kw, splits)={key} vs "
                                               "unsplit TM=64 KW=16")
     close(ys[64, 16, 1], want_f, 0, 4e-7, "bitlinear y")  # one f32 division, as the chain test
+
+
+@pytest.mark.parametrize("N,K,outs", [(37, 100, (70, 20, 20)), (65, 300, (129, 33)),
+                                      (3, 64, (64, 16, 16)), (70, 700, (16, 48, 200))])
+def test_bitlinear_group_is_one_launch_and_bit_identical(gpu, N, K, outs):
+    """q/k/v (or gate/up) of one layer uploaded as one packed buffer and run as ONE GEMM
+    (entry main3) give the same bits as separate uploads and launches, and equal the reference
+    exactly in the int32 core (checked through bitlinear_int on each view); the STE backward
+    reads its rows of the shared buffer (row0)."""
+    rng = np.random.default_rng(11)
+    ws = [ternary(rng, o, K, ws=0.3 + 0.2 * j) for j, o in enumerate(outs)]
+    xq = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    xs = rng.uniform(0.01, 2.0, N).astype(F32)
+    gx, gs = gpu.tensor(xq), gpu.tensor(xs)
+    group = gpu.ternary_group(ws)
+    assert len({id(g.packed) for g in group}) == 1
+    before = gpu.ctx.n_dispatches
+    ys = gpu.bitlinear_group(gx, gs, group)
+    assert gpu.ctx.n_dispatches == before + 1                      # one GEMM for the group
+    want = ref.bitlinear_group(xq, xs, [w.codes for w in ws], [w.weight_scale for w in ws])
+    for w, g, y, r in zip(ws, group, ys, want):
+        alone = gpu.numpy(gpu.bitlinear(gx, gs, gpu.ternary(w)))
+        got = gpu.numpy(y)
+        np.testing.assert_array_equal(got.view(np.int32), alone.view(np.int32))
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear(gx, gs, g)).view(np.int32),
+                                      alone.view(np.int32))          # a view, launched alone
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, g)),
+                                      ref.bitlinear_int(xq, w.codes))
+        assert np.max(np.abs(got - r)) <= 4e-7 * np.max(np.abs(r))
+        dy = rnd(rng, N, w.codes.shape[0])
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy), g)),
+                                      gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy),
+                                                                       gpu.ternary(w))))
+    with pytest.raises(ValueError, match="input widths"):
+        gpu.ternary_group([ternary(rng, 4, K), ternary(rng, 4, K + 1)])
 
 
 @pytest.mark.parametrize("N,OUT,K,use_acc", [(1, 1, 1, False), (37, 70, 100, True),
