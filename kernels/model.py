@@ -36,7 +36,10 @@ class _Proj:
 
 _QKV = ("q_proj", "k_proj", "v_proj")
 _GATE_UP = ("gate_proj", "up_proj")
-_GROUPS = (_QKV, _GATE_UP)
+# Projection groups run as one GEMM (bitlinear_group). q/k/v only: on an H200 at 2B-4T the fused
+# q/k/v GEMM took 0.302 ms for 0.387 ms of separate launches (42% of the dp4a peak; k/v alone
+# 24%), while fused gate+up took 1.052 ms for 2 x 0.493 (benchmarks/results/kernels-h200.json).
+_GROUPS = (_QKV,)
 
 
 class _Discard(dict):
@@ -160,7 +163,7 @@ class BitNetModel:
         sv["x1"] = x
         n, sv["rstd3"] = be.rmsnorm(x, L["post_attention_layernorm"], eps)
         xq, xs = be.quantize_act(n)
-        g, u = self._group_fwd(i, _GATE_UP, n, xq, xs, sv)                             # (N, I) x2
+        g, u = self._group_fwd(i, _GATE_UP, n, xq, xs, sv)      # (N, I) x2; separate launches
         del n, xq, xs
         sv["g"], sv["u"] = g, u
         h = be.relu2_gate(g, u)
