@@ -26,7 +26,11 @@ Ordering rules that keep this correct:
 - Uploads while an encoder is open go through a staging buffer and an in-encoder copy, so a
   pooled buffer that earlier commands of the same encoder still use is never overwritten early.
 - Buffers of garbage-collected Tensors go back to a pool keyed by byte size and are reused by
-  later allocations (GPU work within a queue executes in order, wgpu inserts the barriers).
+  later allocations (GPU work within a queue executes in order, wgpu inserts the barriers); the
+  lowest-serial free buffer goes first, so a training step gets the same buffers every time and
+  the bind-group cache hits.
+- UploadRing streams host data (a host-resident table) through a few mappable buffers in
+  encoder order; mapping a slot waits only for the copy that last read it.
 
 Device errors (WGSL compile, pipeline, bind group, dispatch validation) are re-raised as
 `DeviceError` naming the shader and entry point.

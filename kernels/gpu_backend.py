@@ -3,7 +3,10 @@
 Semantics are exactly those of kernels/reference.py (see kernels/backend.py for the protocol);
 tests/kernels/test_ops_gpu.py checks every op against it. Tensors are `device.Tensor` handles:
 float32 and int32 as uploaded; `quantize_act` returns int8 activations packed 4 per u32.
-Frozen projections (`ternary`) stay 2-bit packed in GPU memory, 16 weights per u32.
+Frozen projections (`ternary`) stay 2-bit packed in GPU memory, 16 weights per u32; projections
+that read one input (`ternary_group`: q/k/v) share one buffer and run as one GEMM
+(`bitlinear_group`). Embedding / lm_head tables are float16, on the GPU or (table_residency
+"host") in host memory, streamed through the GPU per use.
 
 Ops are only encoded; `numpy()` submits the pending work and waits for it.
 
