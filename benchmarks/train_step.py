@@ -130,7 +130,7 @@ def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "a
         losses.append(loss)
     step = float(np.median(times))
     res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup,
-           "recompute": model.recompute}
+           "recompute": model.recomputes(B * T)}
     if ctx is not None:
         res.update(peak_gpu_bytes=ctx.peak_allocated_bytes, allocated_bytes=ctx.allocated_bytes,
                    dispatches=ctx.n_dispatches, submits=ctx.n_submits)

@@ -34,6 +34,7 @@ class _Proj:
     h: Any = None   # LoRA hidden A x (N, r); None when the projection has no adapter
 
 
+RECOMPUTE_ABOVE = 512 * 2**20   # auto recomputation: saved activations above this (bytes)
 _QKV = ("q_proj", "k_proj", "v_proj")
 _GATE_UP = ("gate_proj", "up_proj")
 # Projection groups run as one GEMM (bitlinear_group). q/k/v only: on an H200 at 2B-4T the fused
@@ -62,7 +63,8 @@ class BitNetModel:
         lora: adapter configuration; `set_lora` uploads the adapter's values.
     """
 
-    recompute = True      # see loss_and_grads; __init__ sets it per backend
+    # Activation recomputation in loss_and_grads (see there): True, False, or None = auto.
+    recompute: bool | None = None
 
     def __init__(self, weights: BitNetWeights, backend: Backend, lora: LoRAConfig) -> None:
         self.cfg = weights.config
@@ -88,9 +90,27 @@ class BitNetModel:
             L.update({p: be.ternary(w) for p, w in lw.proj.items() if p not in L})
             self.layers.append(L)
         self.lora: dict[str, Any] = {}
-        # Activation recomputation in loss_and_grads: trades one extra forward pass for keeping
-        # only each layer's input; worth it where memory is the limit (the GPU).
-        self.recompute = getattr(backend, "name", "") != "cpu"
+        self.recompute = None
+
+    def saved_activation_bytes(self, N: int) -> int:
+        """Estimated bytes of activations the plain (no recomputation) training step holds at
+        its peak for N token rows: per layer the residuals, norm outputs, q/k/v/o, g/u/h and
+        LoRA inputs, float32. An estimate within ~1.5x of the measured difference."""
+        c = self.cfg
+        qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        per_row = 4 * c.hidden_size + 3 * qd + 2 * kvd + 4 * c.intermediate_size
+        return len(self.layers) * N * per_row * 4
+
+    def recomputes(self, N: int) -> bool:
+        """Whether loss_and_grads recomputes activations for N token rows: `recompute` when set;
+        auto (None): never on NumPy (host memory is plentiful, time is not), on other backends
+        when the saved activations would exceed RECOMPUTE_ABOVE bytes (2B-4T at 512 tokens:
+        ~3 GiB -> on; 125M: ~0.35 GiB -> off, the faster path)."""
+        if self.recompute is not None:
+            return bool(self.recompute)
+        if getattr(self.be, "name", "") == "cpu":
+            return False
+        return self.saved_activation_bytes(N) > RECOMPUTE_ABOVE
 
     # ------------------------------------------------------------------ adapter I/O
     def set_lora(self, state: LoRAState) -> None:
@@ -212,13 +232,13 @@ class BitNetModel:
         del dv
         return be.add(dx, be.rmsnorm_backward(dn, sv.pop("x0"), L["input_layernorm"], sv["rstd1"]))
 
-    def _trunk(self, ids: np.ndarray, saves: list | None = None):
+    def _trunk(self, ids: np.ndarray, saves: list | None = None, recompute: bool = True):
         """Embedding and every layer -> final residual x (N, D). With a list `saves`, per layer
-        its input (recompute) or its saved activations (no recompute) is appended."""
+        its input (recompute) or its saved activations (not recompute) is appended."""
         B, T = ids.shape
         x = self.be.embedding(self.be.tensor(ids.reshape(-1).astype(np.int32)), self.embed)
         for i in range(len(self.layers)):
-            if saves is None or self.recompute:
+            if saves is None or recompute:
                 if saves is not None:
                     saves.append(x)
                 x = self._layer(i, x, B, T, None)
@@ -280,16 +300,16 @@ class BitNetModel:
         checkpointing, Chen et al. 2016, arXiv:1604.06174), and the lm_head + loss run in vocab
         chunks. The recomputed forward is the same op sequence on the same input, so the
         gradients are those of forward(keep=True) + backward. Costs one more forward pass;
-        `recompute` (default: on for every backend but NumPy, where host memory is plentiful
-        and time is not) switches it."""
+        `recomputes(N)` decides (`recompute` True/False forces it)."""
         be = self.be
         t = targets.reshape(-1).astype(np.int32)
         count = int(np.sum(t >= 0))
         if count == 0:
             raise ValueError("batch has no predicted positions (all targets are padding)")
         B, T = ids.shape
+        recompute = self.recomputes(B * T)
         saves: list = []
-        x = self._trunk(ids, saves)
+        x = self._trunk(ids, saves, recompute)
         nf, rstdf = be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
         loss, dn = be.lm_head_cross_entropy(nf, self.lm_head, be.tensor(t), 1.0 / count)
         del nf
@@ -298,7 +318,7 @@ class BitNetModel:
         grads: dict[str, Any] = {}
         for i in reversed(range(len(self.layers))):
             sv = saves.pop()
-            if self.recompute:
+            if recompute:
                 x_in, sv = sv, {}
                 self._layer(i, x_in, B, T, sv)            # recompute; its output is not needed
                 del x_in

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "V x D x 2 bytes of GPU memory for an upload of it per step")
     s.add_argument("--recompute", default="auto", choices=["auto", "on", "off"],
                    help="recompute layer activations in the backward pass (less memory, one "
-                        "more forward); auto: on for GPUs, off for NumPy")
+                        "more forward); auto: on for a GPU when the activations would exceed "
+                        "512 MiB, off for NumPy")
 
     s = sub.add_parser("eval", help="held-out loss (nats/token) and bits per byte")
     s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model, else the built-in model)")

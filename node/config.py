@@ -28,7 +28,7 @@ class NodeConfig:
     round_timeout_s: float = 300.0          # deadline to collect a round's updates, seconds
     device: str = "auto"                    # auto | gpu | cpu
     embeddings: str = "gpu"                 # gpu | host: where a GPU keeps the vocab table
-    recompute: str = "auto"                 # auto | on | off: layer recomputation (auto: GPU on)
+    recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
     batch_size: int = 8                     # sequences per step
     ctx: int = 128                          # tokens per training sequence
     seed: int = 0                           # local data sampling seed

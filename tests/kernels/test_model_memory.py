@@ -56,7 +56,7 @@ def plain_loss_and_grads(m, ids, tg):
 @pytest.mark.parametrize("targets", [("q_proj", "k_proj", "v_proj", "o_proj"), PROJECTIONS])
 def test_recomputed_path_equals_plain_path_cpu(targets, recompute, close):
     m = model(CpuBackend(), targets)
-    assert m.recompute is False           # NumPy default: host memory is not the limit
+    assert m.recomputes(10**6) is False   # NumPy default: host memory is not the limit
     m.recompute = recompute
     ids, tg = batch()
     loss, count, grads = m.loss_and_grads(ids, tg)
@@ -71,7 +71,7 @@ def test_recomputed_path_equals_plain_path_cpu(targets, recompute, close):
 
 def test_recomputed_path_equals_plain_path_gpu(gpu, close):
     m = model(gpu)
-    assert m.recompute is True
+    m.recompute = True
     ids, tg = batch()
     loss, _, grads = m.loss_and_grads(ids, tg)
     ploss, pgrads = plain_loss_and_grads(m, ids, tg)
@@ -79,6 +79,20 @@ def test_recomputed_path_equals_plain_path_gpu(gpu, close):
     for k in grads:
         g, p = gpu.numpy(grads[k]), gpu.numpy(pgrads[k])
         close(g, p, 1e-4 * max(1e-3, np.abs(p).max()), 1e-3, k)
+
+
+def test_auto_recomputation_follows_the_activation_estimate(gpu):
+    """Auto (recompute None): on for a GPU backend once the estimated saved activations exceed
+    RECOMPUTE_ABOVE, off below it and always off on NumPy; True/False force it."""
+    from bitswarm.kernels.model import RECOMPUTE_ABOVE
+    m = model(gpu)
+    per_row = m.saved_activation_bytes(1)
+    assert per_row == CFG.num_hidden_layers * 4 * (4 * 64 + 3 * 64 + 2 * 32 + 4 * 96)
+    small, big = RECOMPUTE_ABOVE // per_row, RECOMPUTE_ABOVE // per_row + 1
+    assert m.recomputes(small) is False and m.recomputes(big) is True
+    m.recompute = False
+    assert m.recomputes(big) is False
+    assert model(CpuBackend()).recomputes(big) is False
 
 
 def test_training_memory_is_flat_and_below_plain_path(gpu):
@@ -102,7 +116,11 @@ def test_training_memory_is_flat_and_below_plain_path(gpu):
         gc.collect()
         return peaks
 
-    ours = peak_of(lambda m: m.loss_and_grads(ids, tg), 3)
+    def recomputed(m):
+        m.recompute = True
+        return m.loss_and_grads(ids, tg)
+
+    ours = peak_of(recomputed, 3)
     plain = peak_of(lambda m: plain_loss_and_grads(m, ids, tg), 1)
     assert ours[1] == ours[2], ours
     assert ours[2] < plain[0], (ours, plain)
