@@ -193,9 +193,6 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
          base.mm(bx, bA)),
         ("fwd y += s h B^T", lambda: be.matmul(h, Bm, trans_b=True, alpha=2.0, acc=y),
          2 * N * RANK * OUT, base.mm(bh, bB)),
-        # what the model runs: both of the above in one dispatch (y updated in place)
-        ("fwd fused h, y += s (x A^T) B^T", lambda: be.lora_forward(lx, A, Bm, y, 2.0),
-         2 * N * K * RANK + 2 * N * RANK * OUT, base.mm(bx, bA)),
         ("bwd dB = dy^T h", lambda: be.matmul(dy, h, trans_a=True, alpha=2.0), 2 * N * RANK * OUT,
          base.mm(bdy.T, bh.T)),
         ("bwd dh = dy B", lambda: be.matmul(dy, Bm, alpha=2.0), 2 * N * RANK * OUT,

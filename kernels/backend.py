@@ -44,8 +44,6 @@ class Backend(Protocol):
     def bitlinear_backward(self, dy: Tensor, w: Tensor, acc: Tensor | None = None) -> Tensor: ...
     def matmul(self, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
                alpha: float = 1.0, acc: Tensor | None = None) -> Tensor: ...
-    def lora_forward(self, x: Tensor, a: Tensor, b: Tensor, y: Tensor,
-                     scaling: float) -> tuple[Tensor, Tensor]: ...   # y consumed
     def add(self, a: Tensor, b: Tensor) -> Tensor: ...
     def rope(self, x: Tensor, T: int, H: int, hd: int, theta: float,
              inverse: bool = False) -> Tensor: ...
@@ -114,7 +112,6 @@ class CpuBackend:
     rmsnorm_backward = staticmethod(ref.rmsnorm_backward)
     quantize_act = staticmethod(ref.quantize_act)
     matmul = staticmethod(ref.matmul)
-    lora_forward = staticmethod(ref.lora_forward)
     add = staticmethod(ref.add)
     attention = staticmethod(ref.attention)
     attention_backward = staticmethod(ref.attention_backward)

@@ -33,7 +33,6 @@ ATTN_HDMAX = 256
 _EW = 256          # invocations per workgroup of the elementwise shaders
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
-_LORA_FUSED_RMAX = 32     # lora_forward.wgsl RMAX: higher ranks take the two-matmul path
 _HOST_COPY_MAX = 1 << 20  # integer uploads up to this many elements keep a host copy (ids)
 # bitlinear split-K heuristic: split when the output tiles are fewer than _BITLINEAR_MIN_WGS,
 # each slab summing >= _BITLINEAR_MIN_K of K. Off by default (0): on an H200 at N = 512 every
@@ -447,25 +446,6 @@ class GpuBackend:
         for _, n, chunk in self._table_chunks(w, self._table_rows(w, a.shape[0])):
             parts.append(self.numpy(self.matmul(a, chunk, trans_b=True, alpha=alpha))[:, :n])
         return self.ctx.upload(np.concatenate(parts, axis=1), "float32")
-
-    def lora_forward(self, x: Tensor, a: Tensor, b: Tensor, y: Tensor,
-                     scaling: float) -> tuple[Tensor, Tensor]:
-        """reference.lora_forward: (y + scaling * (x A^T) B^T, h = x A^T) with x (N, in), A (r,
-        in), B (out, r), y (N, out). One dispatch (lora_forward.wgsl) for r <= 32, updating y's
-        buffer in place (y is consumed: the returned tensor is y); two matmuls above that."""
-        N, K = x.shape
-        R, OUT = a.shape[0], b.shape[0]
-        _check(a.shape == (R, K) and b.shape == (OUT, R) and y.shape == (N, OUT)
-               and x.dtype == a.dtype == b.dtype == y.dtype == "float32",
-               f"lora_forward: x {x} A {a} B {b} y {y}")
-        if R > _LORA_FUSED_RMAX:
-            h = self.matmul(x, a, trans_b=True)
-            return self.matmul(h, b, trans_b=True, alpha=scaling, acc=y), h
-        h = self._new((N, R))
-        self._launch("lora_forward", [x, a, b, y, h],
-                     pack_params("uuuuf", N, K, OUT, R, F32(scaling)),
-                     (-(-OUT // 64), -(-N // 64), 1))
-        return y, h
 
     def add(self, a: Tensor, b: Tensor) -> Tensor:
         _check(a.shape == b.shape, f"add shapes differ: {a.shape} {b.shape}")

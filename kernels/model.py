@@ -130,8 +130,9 @@ class BitNetModel:
             y = be.bitlinear(xq, xs, L[name])
         a_key = lora_key(i, name, "A")
         if a_key in self.lora:
-            y, h = be.lora_forward(x, self.lora[a_key], self.lora[lora_key(i, name, "B")], y,
-                                   self.lora_cfg.scaling)                    # h = x A^T (N, r)
+            s = self.lora_cfg.scaling
+            h = be.matmul(x, self.lora[a_key], trans_b=True)                          # (N, r)
+            y = be.matmul(h, self.lora[lora_key(i, name, "B")], trans_b=True, alpha=s, acc=y)
             saved[name] = _Proj(x if not self.lora_cfg.freeze_A else None, h)
         else:
             saved[name] = _Proj(None)      # the STE input gradient needs no saved input

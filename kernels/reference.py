@@ -79,16 +79,6 @@ def bitlinear_backward(dy: np.ndarray, codes: np.ndarray, weight_scale) -> np.nd
     return ((dy @ codes.astype(F32)) / F32(weight_scale)).astype(F32)
 
 
-# ---------------------------------------------------------------- LoRA
-def lora_forward(x: np.ndarray, a: np.ndarray, b: np.ndarray, y: np.ndarray,
-                 scaling: float) -> tuple[np.ndarray, np.ndarray]:
-    """LoRA on a projection's output (Hu et al. 2021, arXiv:2106.09685): h = x A^T and
-    y + scaling * h B^T. x (N, in), A (r, in), B (out, r), y (N, out) float32 -> (y', h (N, r)).
-    Same as matmul(x, A, trans_b) then matmul(h, B, trans_b, alpha=scaling, acc=y)."""
-    h = matmul(x, a, trans_b=True)
-    return matmul(h, b, trans_b=True, alpha=scaling, acc=y), h
-
-
 # ---------------------------------------------------------------- dense matmul (LoRA, lm_head)
 def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False,
            alpha: float = 1.0, acc: np.ndarray | None = None) -> np.ndarray:

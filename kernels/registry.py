@@ -40,8 +40,6 @@ OPS: dict[str, OpSpec] = {
                               "bitlinear_backward"),
     "bitlinear_backward": OpSpec("bitlinear_backward.wgsl", ("main",), ref.bitlinear_backward),
     "matmul": OpSpec("matmul.wgsl", ("main", "reduce"), ref.matmul, "matmul"),
-    # h = x A^T, y += s h B^T in one dispatch (its backward: four matmuls in the model)
-    "lora_forward": OpSpec("lora_forward.wgsl", ("main",), ref.lora_forward),
     "add": OpSpec("add.wgsl", ("main",), ref.add),
     "rope": OpSpec("rope.wgsl", ("main",), ref.rope, "rope"),                 # inverse=True
     "attention": OpSpec("attention.wgsl", ("forward",), ref.attention, "attention_backward"),
