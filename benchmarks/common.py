@@ -135,7 +135,8 @@ class DriverMemory:
         self.cmd = shutil.which("nvidia-smi")
         self.baseline_mib = self.peak_mib = None
 
-    def _read(self) -> int | None:
+    def read(self) -> int | None:
+        """One reading of memory.used (MiB), or None."""
         import subprocess
         try:
             out = subprocess.run([self.cmd, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
@@ -148,12 +149,12 @@ class DriverMemory:
         import threading
         if self.cmd is None:
             return self
-        self.baseline_mib = self.peak_mib = self._read()
+        self.baseline_mib = self.peak_mib = self.read()
         self._stop = threading.Event()
 
         def loop():
             while not self._stop.wait(self.interval):
-                v = self._read()
+                v = self.read()
                 if v is not None:
                     self.peak_mib = max(self.peak_mib or 0, v)
         self._thread = threading.Thread(target=loop, daemon=True)

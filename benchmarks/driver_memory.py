@@ -36,7 +36,7 @@ def main() -> None:
     phases = []
 
     def mark(name, ctx=None):
-        drv = probe._read() if probe.cmd else None
+        drv = probe.read() if probe.cmd else None
         row = {"phase": name, "driver_mib": drv, "t": time.perf_counter()}
         if ctx is not None:
             row["allocated_mib"] = ctx.allocated_bytes / MiB

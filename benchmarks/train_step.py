@@ -57,41 +57,22 @@ def fast_weights(cfg, seed: int):
 
 
 class _SharedCodesGpu:
-    """GpuBackend.ternary (and, as `.group`, ternary_group) with the host-side 2-bit packing
-    memoized per codes array (layers share codes in fast_weights); every call still uploads its
-    own GPU copy."""
+    """GpuBackend's host-side 2-bit packing (`_packed`, used by ternary and ternary_group)
+    memoized per codes array: layers share codes in fast_weights. Every projection still gets
+    its own GPU upload."""
 
     def __init__(self, be):
-        self.be = be
+        self.pack = be._packed
         self.memo = {}
 
-    def _packed(self, codes):
-        from bitswarm.kernels.gpu_backend import pack_ternary
-        key = id(codes)
-        if key not in self.memo:
-            self.memo[key] = (codes, pack_ternary(codes).view(np.int32))
-        return self.memo[key][1]
-
-    def __call__(self, w):
-        from bitswarm.kernels.gpu_backend import GpuTernary
-        out, k = w.codes.shape
-        return GpuTernary(self.be.ctx.upload(self._packed(w.codes), "int32"), out, k,
-                          np.float32(w.weight_scale))
-
-    def group(self, ws):
-        from bitswarm.kernels.gpu_backend import GpuTernary
-        t = self.be.ctx.upload(np.concatenate([self._packed(w.codes) for w in ws]), "int32")
-        out, row0 = [], 0
-        for w in ws:
-            o, k = w.codes.shape
-            out.append(GpuTernary(t, o, k, np.float32(w.weight_scale), row0))
-            row0 += o
-        return out
+    def __call__(self, codes):
+        if id(codes) not in self.memo:
+            self.memo[id(codes)] = (codes, self.pack(codes))     # keeps codes alive: ids stay
+        return self.memo[id(codes)][1]
 
     @classmethod
     def install(cls, be) -> None:
-        s = cls(be)
-        be.ternary, be.ternary_group = s, s.group
+        be._packed = cls(be)
 
 
 def batch(cfg, seed: int):
