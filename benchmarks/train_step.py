@@ -43,7 +43,7 @@ TARGETS = {"qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
 
 def fast_weights(cfg, seed: int):
     """BitNetWeights with one layer of random ternary codes shared by all layers (host memory
-    and setup time of one layer; kernels/checkpoint.random_bitnet draws every layer)."""
+    and setup time of one layer; formats/hf_checkpoint.random_bitnet draws every layer)."""
     from bitswarm.kernels.config import PROJECTIONS, BitNetWeights, LayerWeights, TernaryLinear
     rng = np.random.default_rng(seed)
     D, I = cfg.hidden_size, cfg.intermediate_size

@@ -39,6 +39,13 @@ class BitNetConfig:
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}")
 
+    def num_parameters(self) -> int:
+        """Parameters of the model: embedding, norms, projections, plus an untied lm_head (a
+        tied lm_head is the embedding, counted once)."""
+        D, I, V = self.hidden_size, self.intermediate_size, self.vocab_size
+        per_layer = 3 * D + I + sum(o * i for o, i in map(self.proj_shape, PROJECTIONS))
+        return V * D * (1 if self.tie_word_embeddings else 2) + D + self.num_hidden_layers * per_layer
+
     def proj_shape(self, name: str) -> tuple[int, int]:
         """(out_features, in_features) of a BitLinear projection."""
         D, I, hd = self.hidden_size, self.intermediate_size, self.head_dim

@@ -26,7 +26,7 @@ _NORM_ROWS = 64   # rows per partial sum of rmsnorm_weight_grad (ROWS in the sha
 
 
 class GpuTrainOps:
-    """TrainOps (kernels/pretrain.py) on a GpuBackend; semantics of kernels/reference_train.py."""
+    """TrainOps (training/engine.py) on a GpuBackend; semantics of kernels/reference_train.py."""
 
     def __init__(self, backend: GpuBackend) -> None:
         self.be = backend

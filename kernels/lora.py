@@ -45,17 +45,3 @@ def init_lora(config: BitNetConfig, lora: LoRAConfig, seed: int) -> LoRAState:
 def trainable_keys(state: LoRAState, lora: LoRAConfig) -> list[str]:
     """Keys the optimizer updates: all, or only lora_B under FFA-LoRA (freeze_A)."""
     return [k for k in state if not (lora.freeze_A and k.endswith("lora_A"))]
-
-
-def to_pairs(state: LoRAState) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Flat state -> {"layers.{i}.{proj}": (A (r, in), B (out, r))} (node/checkpoints.py's form)."""
-    bases = sorted({k.rsplit(".", 1)[0] for k in state})
-    return {b: (state[f"{b}.lora_A"], state[f"{b}.lora_B"]) for b in bases}
-
-
-def from_pairs(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> LoRAState:
-    """Inverse of `to_pairs`."""
-    state = {}
-    for base, (a, b) in pairs.items():
-        state[f"{base}.lora_A"], state[f"{base}.lora_B"] = a, b
-    return dict(sorted(state.items()))

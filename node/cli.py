@@ -97,14 +97,14 @@ def cmd_id(args) -> int:
 def cmd_start(args) -> int:
     import trio
 
-    from bitswarm.node.config import NodeConfig
+    from bitswarm.node.config import NodeConfig, lora_config
     from bitswarm.node.runtime import serve
     cfg = NodeConfig(
         swarm=args.swarm, data=args.data, data_dir=args.data_dir, model=args.model, listen=args.listen,
-        peers=args.peer, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr, rank=args.rank,
-        alpha=args.alpha, targets=args.targets, freeze_a=args.freeze_a, min_peers=args.min_peers,
-        round_timeout_s=args.round_timeout, device=args.device, embeddings=args.embeddings, recompute=args.recompute,
-        batch_size=args.batch_size,
+        peers=args.peer, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
+        lora=lora_config(args.rank, args.alpha, args.targets, args.freeze_a),
+        min_peers=args.min_peers, round_timeout_s=args.round_timeout, device=args.device,
+        embeddings=args.embeddings, recompute=args.recompute, batch_size=args.batch_size,
         ctx=args.ctx, seed=args.seed)
     try:
         done = trio.run(serve, cfg)
@@ -128,20 +128,15 @@ def _is_interrupt(e: BaseException) -> bool:
 
 def cmd_eval(args) -> int:
     from bitswarm.kernels.backend import select_backend
-    from bitswarm.kernels.checkpoint import load_bitnet
-    from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.model import BitNetModel
-    from bitswarm.kernels.tokenizer import load_tokenizer
     from bitswarm.node.data import find_text_files, tokenize
     from bitswarm.node.evaluate import evaluate
+    from bitswarm.node.models import load_model
 
-    model_dir, state, lcfg = _model_and_adapter(args)
-    if state is None:
-        state, lcfg = {}, LoRAConfig(target_modules=("q_proj",))
-    weights = load_bitnet(model_dir)
-    tok = load_tokenizer(model_dir)
-    docs = [tokenize(tok, f) for f in find_text_files(args.data)]
-    model = BitNetModel(weights, select_backend(args.device, args.embeddings), lcfg)
+    state, lcfg = _adapter(args)
+    m = load_model(args.model, adapter=args.adapter)
+    docs = [tokenize(m.tokenizer, f) for f in find_text_files(args.data)]
+    model = BitNetModel(m.weights, select_backend(args.device, args.embeddings), lcfg)
     model.set_lora(state)
     res = evaluate(model, docs, args.ctx)
     if args.json:
@@ -156,25 +151,24 @@ def cmd_generate(args) -> int:
     import numpy as np
 
     from bitswarm.kernels.backend import select_backend
-    from bitswarm.kernels.checkpoint import load_bitnet
     from bitswarm.kernels.generate import Generator, stream_text
-    from bitswarm.kernels.tokenizer import load_tokenizer
+    from bitswarm.node.models import load_model
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    model_dir, state, lcfg = _model_and_adapter(args)
-    weights = load_bitnet(model_dir)
-    tok = load_tokenizer(model_dir)
+    state, lcfg = _adapter(args)
+    m = load_model(args.model, adapter=args.adapter)
+    tok = m.tokenizer
     ids = tok.encode(args.prompt).ids
     if not ids:
         raise ValueError("--prompt encodes to no tokens")
-    limit = weights.config.max_position_embeddings
+    limit = m.config.max_position_embeddings
     if len(ids) + args.max_new_tokens > limit:
         raise ValueError(f"--prompt ({len(ids)} tokens) + --max-new-tokens ({args.max_new_tokens}) "
                          f"exceeds the model's max_position_embeddings ({limit})")
-    gen = Generator(weights, select_backend(args.device, args.embeddings), lcfg, state)
+    gen = Generator(m.weights, select_backend(args.device, args.embeddings), lcfg, state)
     rng = np.random.default_rng(args.seed)
     tokens = gen.generate(np.asarray(ids), args.max_new_tokens, args.temperature, rng)
     try:
@@ -196,28 +190,14 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _model_and_adapter(args):
-    """(model dir, flat LoRA state or None, LoRAConfig or None) for eval/generate: --model, else
-    the adapter's base model, else the packaged default model."""
-    from bitswarm.kernels.lora import from_pairs
-    from bitswarm.node.checkpoints import load_adapter
-    from bitswarm.node.default_model import PACKAGED_DIR
-
-    state = lcfg = None
-    model_dir = args.model
-    if args.adapter is not None:
-        pairs, lcfg, _meta = load_adapter(args.adapter)
-        state = from_pairs(pairs)
-        if model_dir is None:
-            model_dir = Path(_base_model_of(args.adapter))
-    return (PACKAGED_DIR if model_dir is None else model_dir), state, lcfg
-
-
-def _base_model_of(adapter_dir: Path) -> str:
-    try:
-        return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{adapter_dir / 'adapter_config.json'}: no base_model_name_or_path ({e}); pass --model") from None
+def _adapter(args):
+    """(LoRAState, LoRAConfig) of --adapter, or the empty adapter (the base model alone)."""
+    from bitswarm.formats.peft_adapter import load_adapter
+    from bitswarm.kernels.config import LoRAConfig
+    if args.adapter is None:
+        return {}, LoRAConfig()
+    state, lcfg, _meta = load_adapter(args.adapter)
+    return state, lcfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,7 @@ class NodeConfig:
     rounds: int | None = None               # federated rounds; None = until stopped
     local_steps: int = 20                   # optimizer steps per round
     lr: float = 1e-3                        # AdamW learning rate
-    rank: int = 8                           # LoRA rank r
-    alpha: float = 16.0                     # LoRA alpha (scaling alpha / r)
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # LoRA target modules
-    freeze_a: bool = False                  # FFA-LoRA: train B only, FedAvg becomes exact
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank r, alpha, targets, freeze_A
     min_peers: int = 1                      # other peers' updates that complete a round (quorum)
     round_timeout_s: float = 300.0          # deadline to collect a round's updates, seconds
     device: str = "auto"                    # auto | gpu | cpu
@@ -43,8 +40,6 @@ class NodeConfig:
             "--rounds": self.rounds is None or self.rounds >= 1,
             "--local-steps": self.local_steps >= 1,
             "--lr": 0 < self.lr < 1,
-            "--rank": self.rank >= 1,
-            "--alpha": self.alpha > 0,
             "--min-peers": self.min_peers >= 0,
             "--round-timeout": self.round_timeout_s > 0,
             "--batch-size": self.batch_size >= 1,
@@ -66,11 +61,18 @@ class NodeConfig:
                 raise ValueError(f"bad multiaddr {addr!r}: {e}") from None
             if addr in self.peers and "p2p" not in [p.name for p in ma.protocols()]:
                 raise ValueError(f"--peer {addr!r} lacks /p2p/<peer-id>")
-        bad = [t for t in self.targets if t not in PROJECTIONS]
-        if bad:
-            raise ValueError(f"--targets: unknown module(s) {bad}; choose from {list(PROJECTIONS)} or 'all'")
+        if not isinstance(self.lora, LoRAConfig):
+            raise ValueError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
 
-    @property
-    def lora(self) -> LoRAConfig:
-        return LoRAConfig(rank=self.rank, alpha=self.alpha, target_modules=tuple(self.targets),
-                          freeze_A=self.freeze_a)
+
+def lora_config(rank: int, alpha: float, targets: tuple[str, ...], freeze_a: bool) -> LoRAConfig:
+    """The LoRAConfig of the --rank / --alpha / --targets / --freeze-a flags; raises ValueError
+    naming the flag for a bad value."""
+    if rank < 1:
+        raise ValueError("--rank: value out of range")
+    if not alpha > 0:
+        raise ValueError("--alpha: value out of range")
+    bad = [t for t in targets if t not in PROJECTIONS]
+    if bad or not targets:
+        raise ValueError(f"--targets: unknown module(s) {bad}; choose from {list(PROJECTIONS)} or 'all'")
+    return LoRAConfig(rank=rank, alpha=alpha, target_modules=tuple(targets), freeze_A=freeze_a)

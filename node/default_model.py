@@ -12,13 +12,10 @@ byte-identical files, hence the same base-model hash.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from bitswarm.kernels.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, read_config
-from bitswarm.kernels.pretrain import count_params
+from bitswarm.formats.hf_checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, read_config
+from bitswarm.fsutil import copy_file_atomic
 
 log = logging.getLogger("bitswarm.node")
 
@@ -48,13 +45,10 @@ def ensure_default_model(model_dir: Path) -> Path:
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / CONFIG_FILE).unlink(missing_ok=True)     # incomplete until re-written
         for f in FILES:
-            fd, tmp = tempfile.mkstemp(prefix=f".{f}.tmp-", dir=model_dir)
-            os.close(fd)
-            shutil.copyfile(PACKAGED_DIR / f, tmp)
-            os.replace(tmp, model_dir / f)
+            copy_file_atomic(PACKAGED_DIR / f, model_dir / f)
         log.warning("no --model given: using the built-in default (BitNet b1.58, %.1fM params, "
                     "pretrained on Python docs; docs/default-model.md), copied to %s",
-                    count_params(DEFAULT_CONFIG) / 1e6, model_dir)
+                    DEFAULT_CONFIG.num_parameters() / 1e6, model_dir)
     else:
         log.info("no --model given: using the built-in default at %s", model_dir)
     return model_dir

@@ -3,7 +3,7 @@
 Structure (trio): `serve` owns one nursery holding the transport and the round coordinator;
 blocking compute (training steps, evaluation, encoding) runs on a worker thread behind a
 CapacityLimiter(1) per device so the event loop keeps serving peers (a yamux sender gives up
-after 5 s of a blocked loop; ../shared/FACTS.md).
+after 5 s of a blocked loop: py-libp2p 0.8.1's yamux).
 
 Round r: every node starts from the same global adapter G_r, trains --local-steps on its own
 documents, publishes delta_r = L_r - G_r (compressed, signed), collects peers' deltas, and sets
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,19 +23,18 @@ import numpy as np
 import trio
 
 from bitswarm.federation.identity import load_or_create_identity
+from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundCoordinator
 from bitswarm.federation.transport import TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
 from bitswarm.kernels.backend import select_backend
-from bitswarm.kernels.checkpoint import load_bitnet, model_hash
-from bitswarm.kernels.lora import LoRAState, init_lora, lora_shapes, to_pairs
+from bitswarm.formats.peft_adapter import save_adapter
+from bitswarm.kernels.lora import LoRAState, init_lora, lora_shapes
 from bitswarm.kernels.model import BitNetModel
-from bitswarm.kernels.tokenizer import load_tokenizer
-from bitswarm.node.checkpoints import save_adapter
 from bitswarm.node.config import NodeConfig
 from bitswarm.node.data import find_text_files, split_train_heldout, tokenize, TrainSampler
-from bitswarm.node.default_model import ensure_default_model
 from bitswarm.node.evaluate import evaluate
+from bitswarm.node.models import load_model
 from bitswarm.node.progress import RoundProgress
 from bitswarm.node.trainer import LocalTrainer
 
@@ -68,10 +66,9 @@ class Node:
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.key_pair = load_or_create_identity(cfg.data_dir)
-        self.model_dir = cfg.model or ensure_default_model(cfg.data_dir / "default-model")
-        weights = load_bitnet(self.model_dir)
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.base_model = model_hash(self.model_dir)
+        loaded = load_model(cfg.model, data_dir=cfg.data_dir)
+        weights, self.tokenizer, self.model_dir = loaded.weights, loaded.tokenizer, loaded.dir
+        self.base_model = loaded.sha256
         self.backend = select_backend(cfg.device, cfg.embeddings)
         log.info("base model %s (sha256 %s…), backend %s", self.model_dir, self.base_model[:12], self.backend.name)
         self.model = BitNetModel(weights, self.backend, cfg.lora)
@@ -95,7 +92,7 @@ class Node:
         return evaluate(self.model, self.heldout_docs, self.cfg.ctx)["loss"]
 
     def save(self, rnd: int) -> None:
-        save_adapter(self.cfg.data_dir / "adapter", to_pairs(self.global_state), self.cfg.lora,
+        save_adapter(self.cfg.data_dir / "adapter", self.global_state, self.cfg.lora,
                      base_model=str(self.model_dir.resolve()),
                      metadata={"round": str(rnd), "base_model_sha256": self.base_model,
                                "swarm": self.cfg.swarm})
@@ -168,7 +165,4 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_line_durable(path, json.dumps(record))

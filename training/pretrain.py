@@ -1,4 +1,4 @@
-"""Pretrain the default BitNet b1.58 from scratch with bitswarm's own engine (kernels/pretrain.py):
+"""Pretrain the default BitNet b1.58 from scratch with bitswarm's own engine (training/engine.py):
 latent fp32 weights, absmean ternary + absmax int8 quantization-aware training, AdamW with
 linear warmup and cosine decay, on the corpus of training/prepare_corpus.py.
 
@@ -12,7 +12,7 @@ cosine schedule) to what fits the budget; the count chosen is logged.
 
 Output in --out: log.jsonl (one line per step: loss, lr, tokens, seconds; eval lines with the
 held-out loss), model/ (packed `bitnet` checkpoint + tokenizer.json, loadable by
-kernels/checkpoint.load_bitnet and `node eval`), summary.json.
+formats/hf_checkpoint.load_bitnet and `node eval`), summary.json.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from bitswarm.kernels.backend import select_backend
-from bitswarm.kernels.checkpoint import save_bitnet
+from bitswarm.formats.hf_checkpoint import save_bitnet
 from bitswarm.kernels.config import BitNetConfig, LoRAConfig
-from bitswarm.kernels.pretrain import (PretrainModel, PretrainOptConfig, PretrainOptimizer,
+from bitswarm.training.engine import (PretrainModel, PretrainOptConfig, PretrainOptimizer,
                                        count_params, init_latent, to_weights)
 
 
@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                "device": dev_name, "backend": be.name, "final_train_loss": float(np.mean(losses[-20:])),
                "heldout_loss_windows": heldout_loss(model, ev_windows, B), "config": str(args.config)}
     if args.full_eval and (args.corpus / "heldout").is_dir():
-        from bitswarm.kernels.checkpoint import load_bitnet
+        from bitswarm.formats.hf_checkpoint import load_bitnet
         from bitswarm.kernels.model import BitNetModel
-        from bitswarm.kernels.tokenizer import load_tokenizer
+        from bitswarm.formats.tokenizer import load_tokenizer
         from bitswarm.node.data import find_text_files, tokenize
         from bitswarm.node.evaluate import evaluate
         m = BitNetModel(load_bitnet(args.out / "model"), be, LoRAConfig(target_modules=("q_proj",)))

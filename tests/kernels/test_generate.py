@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from bitswarm.kernels.backend import CpuBackend
-from bitswarm.kernels.checkpoint import load_bitnet
+from bitswarm.formats.hf_checkpoint import load_bitnet
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
 from bitswarm.kernels.generate import Generator, sample_token, stream_text
 from bitswarm.kernels.lora import init_lora
 from bitswarm.kernels.model import BitNetModel
-from bitswarm.kernels.tokenizer import byte_level_tokenizer
+from bitswarm.formats.tokenizer import byte_level_tokenizer
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
 TOL = 1e-4

@@ -15,7 +15,7 @@ from bitswarm.kernels.gpu_backend import GpuBackend, HostTable
 from bitswarm.kernels.lora import init_lora
 from bitswarm.kernels.model import BitNetModel
 
-from bitswarm.kernels.checkpoint import random_bitnet
+from bitswarm.formats.hf_checkpoint import random_bitnet
 from bitswarm.kernels.device import _round_size
 from bitswarm.kernels.reference import LM_CHUNK
 

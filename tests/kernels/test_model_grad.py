@@ -81,12 +81,3 @@ def test_fresh_adapter_leaves_base_model_unchanged():
     adapted = BitNetModel(w, CpuBackend(), lcfg)
     adapted.set_lora(init_lora(CFG, lcfg, seed=3))   # B = 0 -> identical logits
     np.testing.assert_array_equal(base.forward(ids), adapted.forward(ids))
-
-
-def test_lora_pairs_roundtrip():
-    from bitswarm.kernels.lora import from_pairs, to_pairs
-    state = init_lora(CFG, LoRAConfig(target_modules=PROJECTIONS), seed=4)
-    pairs = to_pairs(state)
-    assert set(pairs) == {f"layers.{i}.{p}" for i in range(CFG.num_hidden_layers) for p in PROJECTIONS}
-    back = from_pairs(pairs)
-    assert list(back) == list(state) and all(back[k] is state[k] for k in state)

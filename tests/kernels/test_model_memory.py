@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bitswarm.kernels.backend import CpuBackend
-from bitswarm.kernels.checkpoint import random_bitnet
+from bitswarm.formats.hf_checkpoint import random_bitnet
 from bitswarm.kernels.config import PROJECTIONS, BitNetConfig, LoRAConfig
 from bitswarm.kernels.lora import init_lora
 from bitswarm.kernels.model import BitNetModel

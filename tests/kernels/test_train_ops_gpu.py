@@ -17,7 +17,7 @@ from bitswarm.kernels.backend import CpuBackend
 from bitswarm.kernels.config import BitNetConfig
 from bitswarm.kernels.gpu_backend import pack_ternary
 from bitswarm.kernels.gpu_train_ops import GpuTrainOps
-from bitswarm.kernels.pretrain import PretrainModel, init_latent
+from bitswarm.training.engine import PretrainModel, init_latent
 
 F32 = np.float32
 

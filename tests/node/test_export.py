@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
-from bitswarm.node.checkpoints import load_adapter, save_adapter
+from bitswarm.formats.peft_adapter import load_adapter, save_adapter
 from bitswarm.node.export import export_adapter, export_gguf, export_peft
 
 SHAPES = {"q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64),
@@ -29,9 +29,11 @@ LLAMA_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_pr
 def adapter(tmp_path):
     cfg = LoRAConfig(rank=4, alpha=8.0, target_modules=PROJECTIONS)
     rng = np.random.default_rng(0)
-    lora = {f"layers.{i}.{p}": (rng.normal(size=(4, SHAPES[p][1])).astype(np.float32),
-                                rng.normal(size=(SHAPES[p][0], 4)).astype(np.float32))
-            for i in range(2) for p in PROJECTIONS}
+    lora = {}
+    for i in range(2):
+        for p in PROJECTIONS:
+            lora[f"layers.{i}.{p}.lora_A"] = rng.normal(size=(4, SHAPES[p][1])).astype(np.float32)
+            lora[f"layers.{i}.{p}.lora_B"] = rng.normal(size=(SHAPES[p][0], 4)).astype(np.float32)
     d = tmp_path / "adapter"
     save_adapter(d, lora, cfg, base_model="/models/tiny-bitnet", metadata={"round": "3"})
     return d, lora, cfg
@@ -54,9 +56,10 @@ def test_gguf_metadata_and_tensors(adapter, tmp_path):
     assert _field(r, "adapter.lora.alpha") == pytest.approx(8.0)
     assert _field(r, "general.name") == "tiny-bitnet"
     tensors = {t.name: t for t in r.tensors}
-    assert len(tensors) == 2 * len(lora)
-    for key, (A, B) in lora.items():
-        _, i, proj = key.split(".")
+    assert len(tensors) == len(lora)
+    for key in (k for k in lora if k.endswith("lora_A")):
+        _, i, proj, _ = key.split(".")
+        A, B = lora[key], lora[key.replace("lora_A", "lora_B")]
         base = f"blk.{i}.{LLAMA_NAMES[proj]}.weight"
         ta, tb = tensors[f"{base}.lora_a"], tensors[f"{base}.lora_b"]
         out_f, in_f = SHAPES[proj]
@@ -69,7 +72,7 @@ def test_gguf_metadata_and_tensors(adapter, tmp_path):
 
 def test_gguf_names_match_gguf_py_tensor_map():
     import gguf
-    from bitswarm.node.export import gguf_base_name
+    from bitswarm.formats.gguf_lora import gguf_base_name
     bitnet_tensors = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.BITNET]}
     for p, llama in LLAMA_NAMES.items():
         assert gguf_base_name(2, p, 3) == f"blk.2.{llama}.weight"
@@ -87,8 +90,7 @@ def test_peft_export_loads_back_identically(adapter, tmp_path):
     assert got_cfg == want_cfg == cfg and meta == want_meta == {"round": "3"}
     assert list(got) == list(want)
     for k in want:
-        for x, y in zip(got[k], want[k], strict=True):
-            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(got[k], want[k])
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "/models/tiny-bitnet"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".copy.")]

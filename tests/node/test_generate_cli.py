@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bitswarm.kernels.checkpoint import read_config
+from bitswarm.formats.hf_checkpoint import read_config
 from bitswarm.kernels.config import LoRAConfig
-from bitswarm.kernels.lora import init_lora, to_pairs
-from bitswarm.node.checkpoints import save_adapter
+from bitswarm.kernels.lora import init_lora
+from bitswarm.formats.peft_adapter import save_adapter
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
 NODE = [sys.executable, "-m", "bitswarm.node"]
@@ -35,7 +35,7 @@ def test_adapter_names_the_base_model_and_seeded_sampling_repeats(tmp_path):
     for k in state:
         if k.endswith("lora_B"):
             state[k] = (rng.standard_normal(state[k].shape) * 0.1).astype(np.float32)
-    save_adapter(tmp_path / "ad", to_pairs(state), lcfg, base_model=str(TINY), metadata={})
+    save_adapter(tmp_path / "ad", state, lcfg, base_model=str(TINY), metadata={})
     args = ["--adapter", str(tmp_path / "ad"), "--prompt", "abc", "--max-new-tokens", "10",
             "--temperature", "0.8", "--seed", "5", "--device", "cpu"]
     a, b = run(*args), run(*args)

@@ -1,4 +1,4 @@
-"""`node eval` against transformers' BitNet on the committed tiny checkpoint (tests/make_golden.py).
+"""`node eval` against transformers' BitNet on the committed tiny checkpoint (tools/make_golden.py).
 
 The golden loss was computed once by transformers 5.23 (online AutoBitLinear, float32, eager) with
 the README's eval protocol; ours must match within 0.5% on both devices (NumPy, and wgpu —
@@ -55,7 +55,7 @@ def test_node_eval_with_host_embeddings_is_identical():
 
 def test_first_window_logits_match_transformers():
     from bitswarm.kernels.backend import CpuBackend
-    from bitswarm.kernels.checkpoint import load_bitnet
+    from bitswarm.formats.hf_checkpoint import load_bitnet
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.model import BitNetModel
 
@@ -75,11 +75,11 @@ def test_f16_table_effect_on_loss():
     float16 (<= 2^-11 relative) and the loss moved by 1.4e-4 relative on lavapipe (bound 5e-4,
     1/10 of the golden tolerance): the rounding reaches the int8 codes of the first absmax
     quantizer."""
-    from bitswarm.kernels.checkpoint import load_bitnet
+    from bitswarm.formats.hf_checkpoint import load_bitnet
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.gpu_backend import GpuBackend
     from bitswarm.kernels.model import BitNetModel
-    from bitswarm.kernels.tokenizer import load_tokenizer
+    from bitswarm.formats.tokenizer import load_tokenizer
     from bitswarm.node.data import find_text_files, tokenize
     from bitswarm.node.evaluate import evaluate
 

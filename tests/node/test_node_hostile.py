@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bitswarm.kernels.checkpoint import model_hash
+from bitswarm.formats.hf_checkpoint import model_hash
 from bitswarm.node.runtime import swarm_topic
 from bitswarm.simulations.local_swarm import prepare_documents, start_node
 

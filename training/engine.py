@@ -83,8 +83,8 @@ def param_shapes(cfg: BitNetConfig) -> dict[str, tuple[int, ...]]:
 
 
 def count_params(cfg: BitNetConfig) -> int:
-    """Number of parameters (tied embedding counted once)."""
-    return int(sum(int(np.prod(s)) for s in param_shapes(cfg).values()))
+    """Number of trainable parameters: BitNetConfig.num_parameters (tied embedding once)."""
+    return cfg.num_parameters()
 
 
 def init_latent(cfg: BitNetConfig, seed: int, std: float = 0.02) -> dict[str, np.ndarray]:
@@ -100,7 +100,7 @@ def init_latent(cfg: BitNetConfig, seed: int, std: float = 0.02) -> dict[str, np
 
 def to_weights(cfg: BitNetConfig, latent: dict[str, np.ndarray]) -> BitNetWeights:
     """Host latent parameters -> BitNetWeights (projections ternarized with absmean), the form
-    kernels/checkpoint.save_bitnet writes as a packed checkpoint."""
+    formats/hf_checkpoint.save_bitnet writes as a packed checkpoint."""
     layers = []
     for i in range(cfg.num_hidden_layers):
         lw = LayerWeights(*(np.asarray(latent[f"layers.{i}.{n}"], np.float32) for n in NORMS))

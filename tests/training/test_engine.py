@@ -1,4 +1,4 @@
-"""Full-model backward of kernels/pretrain.py against float64 finite differences, and the
+"""Full-model backward of training/engine.py against float64 finite differences, and the
 quantization-aware training loop on the NumPy backend.
 
 As in test_model_grad.py, quantizers are piecewise constant: to check the chain rule itself, a
@@ -13,10 +13,10 @@ import pytest
 from bitswarm.kernels import reference as ref
 from bitswarm.kernels import reference_train as rt
 from bitswarm.kernels.backend import CpuBackend
-from bitswarm.kernels.checkpoint import load_bitnet, save_bitnet
+from bitswarm.formats.hf_checkpoint import load_bitnet, save_bitnet
 from bitswarm.kernels.config import BitNetConfig, LoRAConfig, TernaryLinear
 from bitswarm.kernels.model import BitNetModel
-from bitswarm.kernels.pretrain import (CpuTrainOps, PretrainModel, PretrainOptConfig,
+from bitswarm.training.engine import (CpuTrainOps, PretrainModel, PretrainOptConfig,
                                        PretrainOptimizer, count_params, init_latent,
                                        param_shapes, to_weights)
 

@@ -10,28 +10,31 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import bitswarm.node.checkpoints as ckpt
-from bitswarm.kernels.checkpoint import read_safetensors
+import bitswarm.formats.peft_adapter as ckpt
+from bitswarm.formats.hf_checkpoint import read_safetensors
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
-from bitswarm.node.checkpoints import load_adapter, save_adapter
+from bitswarm.formats.peft_adapter import load_adapter, save_adapter
 
 SHAPES = {"q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64),
           "gate_proj": (160, 64), "up_proj": (160, 64), "down_proj": (64, 160)}
 
 
 def _lora(cfg: LoRAConfig, layers: int = 2, seed: int = 0) -> dict:
+    """A LoRAState in (layer, PROJECTIONS, A before B) order, as load_adapter returns it."""
     rng = np.random.default_rng(seed)
-    return {f"layers.{i}.{p}": (rng.normal(size=(cfg.rank, SHAPES[p][1])).astype(np.float32),
-                                rng.normal(size=(SHAPES[p][0], cfg.rank)).astype(np.float32))
-            for i in range(layers) for p in cfg.target_modules}
+    state = {}
+    for i in range(layers):
+        for p in (p for p in PROJECTIONS if p in cfg.target_modules):
+            state[f"layers.{i}.{p}.lora_A"] = rng.normal(size=(cfg.rank, SHAPES[p][1])).astype(np.float32)
+            state[f"layers.{i}.{p}.lora_B"] = rng.normal(size=(SHAPES[p][0], cfg.rank)).astype(np.float32)
+    return state
 
 
 def _assert_lora_equal(a: dict, b: dict) -> None:
     assert list(a) == list(b)
     for k in a:
-        for x, y in zip(a[k], b[k], strict=True):
-            assert y.dtype == np.float32
-            np.testing.assert_array_equal(x, y)
+        assert b[k].dtype == np.float32
+        np.testing.assert_array_equal(a[k], b[k])
 
 
 def _siblings(d: Path) -> list[str]:
@@ -102,14 +105,14 @@ def test_failed_write_leaves_old_adapter(tmp_path, monkeypatch):
     cfg = LoRAConfig(rank=2)
     d = tmp_path / "adapter"
     save_adapter(d, _lora(cfg, seed=1), cfg, base_model="m", metadata={"round": "1"})
-    real_write = ckpt._write_file
+    real_write = ckpt.write_file_durable
 
     def fail_on_config(path: Path, data: bytes) -> None:   # injected disk error mid-save
         if path.name == "adapter_config.json":
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_file", fail_on_config)
+    monkeypatch.setattr(ckpt, "write_file_durable", fail_on_config)
     with pytest.raises(OSError):
         save_adapter(d, _lora(cfg, seed=2), cfg, base_model="m", metadata={"round": "2"})
     assert load_adapter(d)[2] == {"round": "1"} and _siblings(d) == []
@@ -153,14 +156,18 @@ def test_save_rejects_bad_input(tmp_path):
     cfg = LoRAConfig(rank=2)
     A, B = np.zeros((2, 64), np.float32), np.zeros((64, 2), np.float32)
     with pytest.raises(ValueError, match="bad LoRA key"):
-        save_adapter(tmp_path / "a", {"layer0.q_proj": (A, B)}, cfg, base_model="m", metadata={})
+        save_adapter(tmp_path / "a", {"layer0.q_proj.lora_A": A, "layer0.q_proj.lora_B": B}, cfg,
+                     base_model="m", metadata={})
     with pytest.raises(ValueError, match="not in target_modules"):
-        save_adapter(tmp_path / "a", {"layers.0.up_proj": (A, B)}, cfg, base_model="m",
-                     metadata={})
+        save_adapter(tmp_path / "a", {"layers.0.up_proj.lora_A": A, "layers.0.up_proj.lora_B": B},
+                     cfg, base_model="m", metadata={})
     with pytest.raises(ValueError, match="r = 2"):
-        save_adapter(tmp_path / "a", {"layers.0.q_proj": (A[:1], B)}, cfg, base_model="m",
+        save_adapter(tmp_path / "a", {"layers.0.q_proj.lora_A": A[:1], "layers.0.q_proj.lora_B": B},
+                     cfg, base_model="m", metadata={})
+    with pytest.raises(ValueError, match="lora_B missing"):
+        save_adapter(tmp_path / "a", {"layers.0.q_proj.lora_A": A}, cfg, base_model="m",
                      metadata={})
     with pytest.raises(ValueError, match="reserved"):
-        save_adapter(tmp_path / "a", {"layers.0.q_proj": (A, B)}, cfg, base_model="m",
-                     metadata={"format": "x"})
+        save_adapter(tmp_path / "a", {"layers.0.q_proj.lora_A": A, "layers.0.q_proj.lora_B": B},
+                     cfg, base_model="m", metadata={"format": "x"})
     assert not (tmp_path / "a").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from bitswarm.kernels.checkpoint import (absmean_ternarize, load_bitnet, model_hash,
+from bitswarm.formats.hf_checkpoint import (absmean_ternarize, load_bitnet, model_hash,
                                          pack_ternary, random_bitnet, read_config,
                                          read_safetensors, save_bitnet, unpack_ternary)
 from bitswarm.kernels.config import PROJECTIONS, BitNetConfig
@@ -154,7 +154,7 @@ def test_packed_roundtrip_and_committed_packed_copy(tmp_path):
     assert tensors["model.layers.0.self_attn.q_proj.weight_scale"].shape == (1,)
     assert "lm_head.weight" not in tensors
     _assert_same_weights(w, load_bitnet(tmp_path / "m"))
-    _assert_same_weights(w, load_bitnet(PACKED))   # made by tests/make_golden.py
+    _assert_same_weights(w, load_bitnet(PACKED))   # made by tools/make_golden.py
     assert (tmp_path / "m" / "tokenizer.json").read_text() == '{"x": 1}'
     assert not [p for p in (tmp_path / "m").iterdir() if ".tmp-" in p.name]
 

@@ -4,8 +4,8 @@ NOT part of CI (needs torch + transformers). Run once, commit tests/data/:
 
     python3 -m venv /tmp/hfvenv
     /tmp/hfvenv/bin/pip install torch==2.13.0 transformers peft safetensors tokenizers numpy accelerate
-    /tmp/hfvenv/bin/pip install --no-deps -e .          # for bitswarm.kernels.{checkpoint,tokenizer}
-    /tmp/hfvenv/bin/python tests/make_golden.py
+    /tmp/hfvenv/bin/pip install --no-deps -e .          # for bitswarm.formats.{hf_checkpoint,tokenizer}
+    /tmp/hfvenv/bin/python tools/make_golden.py
 
 Writes
   tests/data/tiny-bitnet/          transformers' save_pretrained of a seeded random BitNetForCausalLM
@@ -56,10 +56,10 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, BitNetConfig, BitNetForCausalLM  # noqa: E402
 
-from bitswarm.kernels.checkpoint import load_bitnet, model_hash, save_bitnet  # noqa: E402
-from bitswarm.kernels.tokenizer import BOS, EOS, PAD, byte_level_tokenizer  # noqa: E402
+from bitswarm.formats.hf_checkpoint import load_bitnet, model_hash, save_bitnet  # noqa: E402
+from bitswarm.formats.tokenizer import BOS, EOS, PAD, byte_level_tokenizer  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 TINY, PACKED = DATA / "tiny-bitnet", DATA / "tiny-bitnet-packed"
 TEXT_DIR = DATA / "golden_text"
 SEED = 20261121

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights, TernaryLinear
+from bitswarm.kernels.config import PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights, TernaryLinear
 
 ARCH = "bitnet"
 QK_K = 256                      # elements per TQ1_0 / TQ2_0 block

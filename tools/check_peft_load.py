@@ -1,7 +1,7 @@
 """Check that PEFT loads an adapter written by bitswarm's save_adapter. NOT part of CI.
 
-Needs the transformers venv of tests/make_golden.py (plus peft):
-    /tmp/hfvenv/bin/python tests/check_peft_load.py
+Needs the transformers venv of tools/make_golden.py (plus peft):
+    /tmp/hfvenv/bin/python tools/check_peft_load.py
 
 Writes a random adapter (A and B both nonzero, all seven projections, every layer) for
 tests/data/tiny-bitnet with save_adapter, loads it with
@@ -24,11 +24,11 @@ import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from bitswarm.kernels.checkpoint import read_config  # noqa: E402
+from bitswarm.formats.hf_checkpoint import read_config  # noqa: E402
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig  # noqa: E402
-from bitswarm.node.checkpoints import load_adapter, peft_key, save_adapter  # noqa: E402
+from bitswarm.formats.peft_adapter import load_adapter, peft_key, save_adapter  # noqa: E402
 
-TINY = Path(__file__).resolve().parent / "data" / "tiny-bitnet"
+TINY = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny-bitnet"
 
 
 def main() -> int:
@@ -39,8 +39,8 @@ def main() -> int:
     for i in range(cfg.num_hidden_layers):
         for proj in PROJECTIONS:
             out, inp = cfg.proj_shape(proj)
-            lora[f"layers.{i}.{proj}"] = (rng.normal(0, 0.1, (lcfg.rank, inp)).astype(np.float32),
-                                          rng.normal(0, 0.1, (out, lcfg.rank)).astype(np.float32))
+            lora[f"layers.{i}.{proj}.lora_A"] = rng.normal(0, 0.1, (lcfg.rank, inp)).astype(np.float32)
+            lora[f"layers.{i}.{proj}.lora_B"] = rng.normal(0, 0.1, (out, lcfg.rank)).astype(np.float32)
     ids = torch.tensor([list(b"def wrap(text, width=70):")])
     with tempfile.TemporaryDirectory() as tmp:
         adir = Path(tmp) / "adapter"
@@ -61,13 +61,13 @@ def main() -> int:
 
         sd = peft_model.state_dict()
         n = 0
-        for key, (A, B) in lora.items():
-            _, i, proj = key.split(".")
-            for which, want in (("A", A), ("B", B)):
-                name = peft_key(int(i), proj, which).replace(
-                    f".lora_{which}.weight", f".lora_{which}.default.weight")
-                assert np.array_equal(sd[name].numpy(), want), name
-                n += 1
+        for key, want in lora.items():
+            _, i, proj, which = key.split(".")
+            which = which.removeprefix("lora_")
+            name = peft_key(int(i), proj, which).replace(
+                f".lora_{which}.weight", f".lora_{which}.default.weight")
+            assert np.array_equal(sd[name].numpy(), want), name
+            n += 1
         with torch.no_grad():
             logits = peft_model(input_ids=ids).logits
         change = float((logits - base_logits).abs().max())
@@ -76,7 +76,7 @@ def main() -> int:
         # One projection by hand: PEFT's LoRA output = base(x) + (alpha/r) * x A^T B^T.
         q = peft_model.base_model.model.model.layers[0].self_attn.q_proj
         x = torch.randn(5, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
-        A, B = (torch.from_numpy(t) for t in lora["layers.0.q_proj"])
+        A, B = (torch.from_numpy(lora[f"layers.0.q_proj.lora_{w}"]) for w in "AB")
         with torch.no_grad():
             want = q.base_layer(x) + lcfg.scaling * (x @ A.T @ B.T)
             got = q(x)

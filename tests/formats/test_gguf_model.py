@@ -16,10 +16,10 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from bitswarm.kernels.backend import CpuBackend  # noqa: E402
-from bitswarm.kernels.checkpoint import random_bitnet  # noqa: E402
+from bitswarm.formats.hf_checkpoint import random_bitnet  # noqa: E402
 from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights,  # noqa: E402
                                      LoRAConfig)
-from bitswarm.kernels.gguf_loader import (GGUF_PROJ, decode_tq1_0, decode_tq2_0,  # noqa: E402
+from bitswarm.formats.gguf_model import (GGUF_PROJ, decode_tq1_0, decode_tq2_0,  # noqa: E402
                                           load_gguf)
 from bitswarm.kernels.model import BitNetModel  # noqa: E402
 
@@ -275,7 +275,7 @@ def _llama3_style_reference():
 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from bitswarm.kernels.gguf_loader import _LLAMA3_SPLIT
+    from bitswarm.formats.gguf_model import _LLAMA3_SPLIT
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -294,7 +294,7 @@ def _llama3_style_reference():
 
 
 def test_tokenizer_llama_bpe(tmp_path):
-    from bitswarm.kernels.gguf_loader import load_gguf_tokenizer
+    from bitswarm.formats.gguf_model import load_gguf_tokenizer
 
     ref, j, specials = _llama3_style_reference()
     vocab = sorted(j["model"]["vocab"].items(), key=lambda kv: kv[1])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bitswarm.kernels.tokenizer import BYTE_VOCAB_SIZE, byte_level_tokenizer, load_tokenizer
+from bitswarm.formats.tokenizer import BYTE_VOCAB_SIZE, byte_level_tokenizer, load_tokenizer
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
 
@@ -29,7 +29,7 @@ def test_vocab_layout():
 
 
 def test_load_tokenizer_from_model_dir(tmp_path):
-    tok = load_tokenizer(TINY)      # written by tests/make_golden.py from byte_level_tokenizer()
+    tok = load_tokenizer(TINY)      # written by tools/make_golden.py from byte_level_tokenizer()
     assert tok.encode("Zen ✓").ids == list("Zen ✓".encode())
     with pytest.raises(ValueError, match=r"tokenizer file not found: .*tokenizer\.json"):
         load_tokenizer(tmp_path)

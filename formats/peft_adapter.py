@@ -12,7 +12,9 @@ An adapter directory holds
                               metadata (round, base model hash, ...) plus "format": "pt" and
                               "bitswarm.lora" (JSON: init_std, freeze_A, which PEFT has no field for).
 
-bitswarm's in-memory LoRA state is `{"layers.{i}.{proj}": (A, B)}`, proj in config.PROJECTIONS.
+In memory an adapter is bitswarm's one LoRA form (kernels/lora.py `LoRAState`): a flat dict
+`{"layers.{i}.{proj}.lora_A": A (r, in), "layers.{i}.{proj}.lora_B": B (out, r)}`, float32,
+proj in config.PROJECTIONS; `save_adapter` takes it and `load_adapter` returns it.
 
 Atomic replacement (`save_adapter`), for a target directory D in parent P:
   1. write both files into P/.D.tmp-XXXX, fsync each file and the directory;
@@ -36,15 +38,16 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as st_save
 
-from bitswarm.fsutil import replace_dir_atomic
-from bitswarm.kernels.checkpoint import hf_module_name, read_safetensors
+from bitswarm.formats.hf_checkpoint import hf_module_name, read_json, read_safetensors
+from bitswarm.fsutil import replace_dir_atomic, write_file_durable
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
+from bitswarm.kernels.lora import LoRAState, lora_key
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 _RESERVED_META = ("format", "bitswarm.lora")
-_KEY_RE = re.compile(r"^layers\.(\d+)\.(\w+)$")
+_KEY_RE = re.compile(r"^layers\.(\d+)\.(\w+)\.lora_(A|B)$")
 _PEFT_RE = re.compile(
     r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight$")
 
@@ -56,12 +59,13 @@ def peft_key(layer: int, proj: str, which: str) -> str:
     return f"{PEFT_PREFIX}{hf_module_name(layer, proj)}.lora_{which}.weight"
 
 
-def _parse_lora_key(key: str) -> tuple[int, str]:
+def _parse_lora_key(key: str) -> tuple[int, str, str]:
+    """(layer, proj, "A" | "B") of a LoRAState key; ValueError naming the key otherwise."""
     m = _KEY_RE.match(key) if isinstance(key, str) else None
     if not m or m.group(2) not in PROJECTIONS:
-        raise ValueError(f"bad LoRA key {key!r}: expected 'layers.<i>.<proj>' with proj in "
-                         f"{PROJECTIONS}")
-    return int(m.group(1)), m.group(2)
+        raise ValueError(f"bad LoRA key {key!r}: expected 'layers.<i>.<proj>.lora_A|B' with proj "
+                         f"in {PROJECTIONS}")
+    return int(m.group(1)), m.group(2), m.group(3)
 
 
 def adapter_config_json(lora_config: LoRAConfig, base_model: str) -> dict:
@@ -76,13 +80,6 @@ def adapter_config_json(lora_config: LoRAConfig, base_model: str) -> dict:
         "use_rslora": False, "use_dora": False, "layers_to_transform": None,
         "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
     }
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _siblings(adapter_dir: Path, kind: str) -> list[Path]:
@@ -101,15 +98,15 @@ def _recover(adapter_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def save_adapter(adapter_dir: Path | str, lora: dict[str, tuple[np.ndarray, np.ndarray]],
-                 lora_config: LoRAConfig, *, base_model: str,
-                 metadata: dict[str, str]) -> None:
+def save_adapter(adapter_dir: Path | str, lora: LoRAState, lora_config: LoRAConfig, *,
+                 base_model: str, metadata: dict[str, str]) -> None:
     """Write `lora` as a PEFT adapter directory, atomically replacing any existing one.
 
-    lora: {"layers.{i}.{proj}": (A float32 (r, in), B float32 (out, r))}, every proj in
-    lora_config.target_modules and r == lora_config.rank. metadata: str -> str, stored in the
-    safetensors header (keys "format" and "bitswarm.lora" are reserved).
-    Raises ValueError for a bad key, shape, rank, non-finite value or metadata entry.
+    lora: LoRAState {"layers.{i}.{proj}.lora_A": float32 (r, in), ".lora_B": float32 (out, r)},
+    both matrices of every adapted projection, proj in lora_config.target_modules, r ==
+    lora_config.rank. metadata: str -> str, stored in the safetensors header (keys "format" and
+    "bitswarm.lora" are reserved). Raises ValueError for a bad key, a missing A or B, shape,
+    rank, non-finite value or metadata entry.
     """
     adapter_dir = Path(adapter_dir)
     if not lora:
@@ -120,12 +117,17 @@ def save_adapter(adapter_dir: Path | str, lora: dict[str, tuple[np.ndarray, np.n
         if k in _RESERVED_META:
             raise ValueError(f"adapter metadata key {k!r} is reserved")
     tensors: dict[str, np.ndarray] = {}
-    for key, pair in lora.items():
-        layer, proj = _parse_lora_key(key)
+    for key in lora:
+        layer, proj, _ = _parse_lora_key(key)
         if proj not in lora_config.target_modules:
             raise ValueError(f"LoRA key {key!r}: {proj} is not in target_modules "
                              f"{lora_config.target_modules}")
-        A, B = (np.asarray(t) for t in pair)
+        base = key.rsplit(".", 1)[0]
+        if key.endswith("lora_B"):
+            continue                                    # checked with its A
+        if f"{base}.lora_B" not in lora:
+            raise ValueError(f"LoRA key {base}.lora_B missing (its lora_A is given)")
+        A, B = np.asarray(lora[key]), np.asarray(lora[f"{base}.lora_B"])
         r = lora_config.rank
         if A.ndim != 2 or B.ndim != 2 or A.shape[0] != r or B.shape[1] != r:
             raise ValueError(f"LoRA key {key!r}: A {A.shape} / B {B.shape}, expected (r, in) / "
@@ -142,20 +144,15 @@ def save_adapter(adapter_dir: Path | str, lora: dict[str, tuple[np.ndarray, np.n
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     _recover(adapter_dir)
     def fill(tmp: Path) -> None:
-        _write_file(tmp / WEIGHTS_FILE, blob)
-        _write_file(tmp / CONFIG_FILE, config.encode("utf-8"))
+        write_file_durable(tmp / WEIGHTS_FILE, blob)
+        write_file_durable(tmp / CONFIG_FILE, config.encode("utf-8"))
 
     replace_dir_atomic(adapter_dir, fill)
 
 
 def _read_config(path: Path) -> LoRAConfig:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"missing adapter config {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot parse adapter config {path}: {exc}") from exc
-    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+    cfg = read_json(path, "adapter config")
+    if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type must be 'LORA'")
     unsupported = {"use_dora": True, "use_rslora": True, "fan_in_fan_out": True}
     for field, bad in unsupported.items():
@@ -174,12 +171,11 @@ def _read_config(path: Path) -> LoRAConfig:
         raise ValueError(f"{path}: {exc!r}") from exc
 
 
-def load_adapter(adapter_dir: Path | str
-                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], LoRAConfig, dict[str, str]]:
+def load_adapter(adapter_dir: Path | str) -> tuple[LoRAState, LoRAConfig, dict[str, str]]:
     """Read an adapter written by `save_adapter` (or by PEFT with the same key layout).
 
-    Returns (lora {"layers.{i}.{proj}": (A float32 (r, in), B float32 (out, r))}, LoRAConfig,
-    metadata without the reserved keys). If adapter_dir is missing because a save was
+    Returns (LoRAState {"layers.{i}.{proj}.lora_A": float32 (r, in), ".lora_B": float32
+    (out, r)}, in (layer, PROJECTIONS) order; LoRAConfig; metadata without the reserved keys). If adapter_dir is missing because a save was
     interrupted, reads the complete previous adapter beside it (module docstring).
     Raises ValueError naming the file for a missing/corrupt file, unknown key, missing A or B,
     wrong rank, or modules outside target_modules.
@@ -223,7 +219,7 @@ def load_adapter(adapter_dir: Path | str
         parts.setdefault((layer, proj), {})[which] = t.astype(np.float32)
     if not parts:
         raise ValueError(f"{weights_path}: no LoRA tensors")
-    lora: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    lora: LoRAState = {}
     r = lora_config.rank
     for (layer, proj) in sorted(parts, key=lambda k: (k[0], PROJECTIONS.index(k[1]))):
         ab = parts[(layer, proj)]
@@ -234,5 +230,5 @@ def load_adapter(adapter_dir: Path | str
         if A.shape[0] != r or B.shape[1] != r:
             raise ValueError(f"{weights_path}: layer {layer} {proj}: A {A.shape} / B {B.shape} "
                              f"disagree with r={r} in {config_path}")
-        lora[f"layers.{layer}.{proj}"] = (A, B)
+        lora[lora_key(layer, proj, "A")], lora[lora_key(layer, proj, "B")] = A, B
     return lora, lora_config, meta

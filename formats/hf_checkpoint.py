@@ -20,7 +20,7 @@ weight_scale conventions (bitswarm's TernaryLinear: dequantized W = codes / weig
 so weight_scale = s = 1/mean|W|):
   * `linear_class: bitlinear` (transformers' default, and what `save_bitnet` writes):
     BitLinear.forward computes y = (xq @ codes^T) / (x_scale * weight_scale), i.e. the file's
-    weight_scale IS s: taken as is. Verified end to end by tests/make_golden.py: transformers
+    weight_scale IS s: taken as is. Verified end to end by tools/make_golden.py: transformers
     gives the same loss on tests/data/tiny-bitnet (latent, online) and on our packed save of it.
   * `linear_class: autobitlinear, quantization_mode: offline`: AutoBitLinear.forward computes
     y = (x_deq @ codes^T) * weight_scale, i.e. the file stores mean|W| = 1/s: we take the
@@ -43,7 +43,7 @@ from safetensors.numpy import save as st_save
 
 from bitswarm.fsutil import fsync_dir, write_file_atomic
 
-from .config import (ATTN_PROJECTIONS, PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
+from bitswarm.kernels.config import (ATTN_PROJECTIONS, PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
                      TernaryLinear)
 
 CONFIG_FILE = "config.json"
@@ -119,13 +119,15 @@ def unpack_ternary(packed: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # config
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, what: str = "file") -> dict:
+    """A JSON object from `path`. Raises ValueError naming `what` and the path when the file is
+    missing, unreadable, not JSON or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"missing file {path}") from None
+        raise ValueError(f"missing {what} {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot parse {path}: {exc}") from exc
+        raise ValueError(f"cannot parse {what} {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return data
@@ -148,7 +150,7 @@ def read_config(model_dir: Path | str) -> BitNetConfig:
     (activation other than relu2, attention bias, scaled RoPE, RMSNorm inside BitLinear).
     """
     path = Path(model_dir) / CONFIG_FILE
-    raw = _read_json(path)
+    raw = read_json(path)
     if raw.get("model_type") != "bitnet":
         raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'bitnet'")
     c = {**_HF_DEFAULTS, **{k: v for k, v in raw.items() if k in _HF_DEFAULTS}}
@@ -251,7 +253,7 @@ class _TensorSource:
         if single.is_file():
             files = [single]
         elif index.is_file():
-            wmap = _read_json(index).get("weight_map")
+            wmap = read_json(index).get("weight_map")
             if not isinstance(wmap, dict):
                 raise ValueError(f"{index}: no weight_map object")
             files = [model_dir / f for f in sorted(set(wmap.values()))]
@@ -369,7 +371,7 @@ def load_bitnet(model_dir: Path | str) -> BitNetWeights:
     """
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    quant = _quant_config(_read_json(model_dir / CONFIG_FILE))
+    quant = _quant_config(read_json(model_dir / CONFIG_FILE))
     src = _TensorSource(model_dir)
     D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
     layers = []
