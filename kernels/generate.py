@@ -1,6 +1,7 @@
 """Autoregressive generation with a KV cache on the backend (CPU or GPU).
 
-`Generator` runs the BitNet forward of kernels/model.py (same ops, same LoRA path) in two modes:
+`Generator` runs the BitNet layers of kernels/model.py (`BitNetModel._layer`: the same code,
+fused q/k/v GEMM and LoRA path as training) with a `CachedAttention` hook, in two modes:
   prefill(ids)  one forward over the whole prompt (causal `attention`); each layer's K (after
                 RoPE) and V rows are written into a per-layer cache of (max_len, Hkv*hd) float32
                 tensors that stays on the backend; returns the logits of the last prompt token.
@@ -26,7 +27,7 @@ import numpy as np
 
 from bitswarm.kernels.backend import Backend
 from bitswarm.kernels.config import BitNetWeights, LoRAConfig
-from bitswarm.kernels.lora import LoRAState, lora_key
+from bitswarm.kernels.lora import LoRAState
 from bitswarm.kernels.model import BitNetModel
 
 _DECODE_OPS = ("rope_at", "kv_append_", "attention_decode")
@@ -62,6 +63,28 @@ def sample_token(logits: np.ndarray, temperature: float, rng: np.random.Generato
     return int(rng.choice(p.size, p=p / p.sum()))
 
 
+class CachedAttention:
+    """The `Attention` hook of BitNetModel._layer for decoding: RoPE at absolute positions
+    pos..pos+M-1 (`rope_at`), K/V rows appended to the generator's per-layer cache, then causal
+    attention within the prompt (pos == 0) or one query over cache rows 0..pos."""
+
+    def __init__(self, gen: "Generator", pos: int) -> None:
+        self.gen, self.pos = gen, pos
+
+    def __call__(self, model: BitNetModel, i: int, q, k, v) -> tuple:
+        c, be, ops, pos = model.cfg, model.be, self.gen.ops, self.pos
+        Hq, Hkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        q = ops.rope_at(q, pos, Hq, hd, c.rope_theta)
+        k = ops.rope_at(k, pos, Hkv, hd, c.rope_theta)
+        ops.kv_append_(self.gen._k[i], k, pos)
+        ops.kv_append_(self.gen._v[i], v, pos)
+        if pos == 0:
+            o, _ = be.attention(q, k, v, 1, q.shape[0], Hq, Hkv, hd)
+        else:
+            o = ops.attention_decode(q, self.gen._k[i], self.gen._v[i], pos + 1, Hq, Hkv, hd)
+        return q, k, v, o, None
+
+
 class Generator:
     """Cached autoregressive decoding of one sequence.
 
@@ -87,44 +110,13 @@ class Generator:
         self._v: list = []
 
     # ------------------------------------------------------------------ layers
-    def _proj(self, i: int, name: str, x, xq, xs):
-        """BitLinear + LoRA, as BitNetModel._proj_fwd (nothing saved)."""
-        be, m = self.be, self.model
-        y = be.bitlinear(xq, xs, m.layers[i][name])
-        a = m.lora.get(lora_key(i, name, "A"))
-        if a is not None:
-            h = be.matmul(x, a, trans_b=True)
-            y = be.matmul(h, m.lora[lora_key(i, name, "B")], trans_b=True,
-                          alpha=m.lora_cfg.scaling, acc=y)
-        return y
-
     def _blocks(self, x, pos: int):
-        """All decoder layers over M tokens at positions pos..pos+M-1: M rows from pos 0
-        (prefill, causal attention within the chunk) or one row at pos > 0 (cached)."""
-        cfg, be, ops = self.cfg, self.be, self.ops
-        M = x.shape[0]
-        Hq, Hkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
-        for i, L in enumerate(self.model.layers):
-            n, _ = be.rmsnorm(x, L["input_layernorm"], eps)
-            xq, xs = be.quantize_act(n)
-            q = ops.rope_at(self._proj(i, "q_proj", n, xq, xs), pos, Hq, hd, cfg.rope_theta)
-            k = ops.rope_at(self._proj(i, "k_proj", n, xq, xs), pos, Hkv, hd, cfg.rope_theta)
-            v = self._proj(i, "v_proj", n, xq, xs)
-            ops.kv_append_(self._k[i], k, pos)
-            ops.kv_append_(self._v[i], v, pos)
-            if pos == 0:
-                o, _ = be.attention(q, k, v, 1, M, Hq, Hkv, hd)
-            else:
-                o = ops.attention_decode(q, self._k[i], self._v[i], pos + 1, Hq, Hkv, hd)
-            n, _ = be.rmsnorm(o, L["attn_sub_norm"], eps)
-            xq, xs = be.quantize_act(n)
-            x = be.add(x, self._proj(i, "o_proj", n, xq, xs))
-            n, _ = be.rmsnorm(x, L["post_attention_layernorm"], eps)
-            xq, xs = be.quantize_act(n)
-            h = be.relu2_gate(self._proj(i, "gate_proj", n, xq, xs), self._proj(i, "up_proj", n, xq, xs))
-            n, _ = be.rmsnorm(h, L["ffn_sub_norm"], eps)
-            xq, xs = be.quantize_act(n)
-            x = be.add(x, self._proj(i, "down_proj", n, xq, xs))
+        """All decoder layers (BitNetModel._layer, the training layer code) over M tokens at
+        positions pos..pos+M-1: M rows from pos 0 (prefill, causal attention within the chunk)
+        or one row at pos > 0 (cached)."""
+        attn = CachedAttention(self, pos)
+        for i in range(len(self.model.layers)):
+            x = self.model._layer(i, x, attn, None)
         return x
 
     def _logits(self, x) -> np.ndarray:

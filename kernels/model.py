@@ -17,12 +17,12 @@ LoRA A and B. Shapes: ids (B, T) -> N = B*T token rows, see kernels/config.py fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from bitswarm.kernels.backend import Backend
-from bitswarm.kernels.config import BitNetWeights, LoRAConfig
+from bitswarm.kernels.config import BitNetConfig, BitNetWeights, LoRAConfig
 from bitswarm.kernels.lora import LoRAState, lora_key
 
 
@@ -34,6 +34,7 @@ class _Proj:
     h: Any = None   # LoRA hidden A x (N, r); None when the projection has no adapter
 
 
+NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
 RECOMPUTE_ABOVE = 512 * 2**20   # auto recomputation: saved activations above this (bytes)
 _QKV = ("q_proj", "k_proj", "v_proj")
 _GATE_UP = ("gate_proj", "up_proj")
@@ -41,6 +42,29 @@ _GATE_UP = ("gate_proj", "up_proj")
 # q/k/v GEMM took 0.302 ms for 0.387 ms of separate launches (42% of the dp4a peak; k/v alone
 # 24%), while fused gate+up took 1.052 ms for 2 x 0.493 (benchmarks/results/kernels-h200.json).
 _GROUPS = (_QKV,)
+
+
+class Attention(Protocol):
+    """RoPE + self-attention of one layer, the part of `_layer` that differs between whole
+    sequences and cached decoding: (model, layer i, q (N, Hq*hd), k, v (N, Hkv*hd)) ->
+    (q and k after RoPE, v, o (N, Hq*hd), lse (Hq*N,) or None when no backward follows)."""
+
+    def __call__(self, model: "BitNetModel", i: int, q, k, v) -> tuple: ...
+
+
+class CausalAttention:
+    """Causal attention within each of B sequences of T tokens, RoPE positions 0..T-1."""
+
+    def __init__(self, B: int, T: int) -> None:
+        self.B, self.T = B, T
+
+    def __call__(self, model: "BitNetModel", i: int, q, k, v) -> tuple:
+        c, be = model.cfg, model.be
+        Hq, Hkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        q = be.rope(q, self.T, Hq, hd, c.rope_theta)
+        k = be.rope(k, self.T, Hkv, hd, c.rope_theta)
+        o, lse = be.attention(q, k, v, self.B, self.T, Hq, Hkv, hd)
+        return q, k, v, o, lse
 
 
 class _Discard(dict):
@@ -67,28 +91,29 @@ class BitNetModel:
     recompute: bool | None = None
 
     def __init__(self, weights: BitNetWeights, backend: Backend, lora: LoRAConfig) -> None:
-        self.cfg = weights.config
-        self.be = backend
-        self.lora_cfg = lora
         be = backend
         # Tables in the backend's table storage (float16 on the GPU, float32 on NumPy); the
         # embedding gather and the lm_head read the same (tied) tensor.
-        self.embed = be.table(weights.embed_tokens)
-        self.lm_head = self.embed if weights.lm_head is None else be.table(weights.lm_head)
-        self.norm = be.tensor(weights.norm)
-        self.layers = []
+        embed = be.table(weights.embed_tokens)
+        layers = []
         for lw in weights.layers:
-            L = {
-                "input_layernorm": be.tensor(lw.input_layernorm),
-                "post_attention_layernorm": be.tensor(lw.post_attention_layernorm),
-                "attn_sub_norm": be.tensor(lw.attn_sub_norm),
-                "ffn_sub_norm": be.tensor(lw.ffn_sub_norm),
-            }
+            L = {n: be.tensor(getattr(lw, n)) for n in NORMS}
             # Projections that read the same input share one upload and run as one GEMM.
             for group in _GROUPS:
                 L.update(zip(group, be.ternary_group([lw.proj[p] for p in group])))
             L.update({p: be.ternary(w) for p, w in lw.proj.items() if p not in L})
-            self.layers.append(L)
+            layers.append(L)
+        self._bind(weights.config, backend, lora, embed=embed,
+                   lm_head=embed if weights.lm_head is None else be.table(weights.lm_head),
+                   norm=be.tensor(weights.norm), layers=layers)
+
+    def _bind(self, cfg: BitNetConfig, backend: Backend, lora: LoRAConfig, *, embed, lm_head,
+              norm, layers: list[dict]) -> None:
+        """Set the model's fields from tensors already resident on `backend` (the one place
+        they are set: __init__ uploads frozen weights, PretrainModel binds latent ones).
+        layers[i] maps NORMS and PROJECTIONS names to backend tensors / ternary handles."""
+        self.cfg, self.be, self.lora_cfg = cfg, backend, lora
+        self.embed, self.lm_head, self.norm, self.layers = embed, lm_head, norm, layers
         self.lora: dict[str, Any] = {}
         self.recompute = None
 
@@ -157,25 +182,29 @@ class BitNetModel:
             dx = be.matmul(dh, self.lora[a_key], acc=dx)                                # (N, in)
         return dx
 
+    def _norm_bwd(self, i: int | None, name: str, dy, x, rstd, grads: dict):
+        """Input gradient of RMSNorm `name` of layer i (i None: the final norm); the frozen base
+        model gives its weight no gradient (PretrainModel's override does)."""
+        w = self.norm if i is None else self.layers[i][name]
+        return self.be.rmsnorm_backward(dy, x, w, rstd)
+
     # ------------------------------------------------------------------ passes
-    def _layer(self, i: int, x, B: int, T: int, sv: dict | None):
-        """Decoder layer i on the residual stream x (N, D) -> x (N, D). With a dict `sv`, the
-        activations the backward pass needs are saved into it; with None nothing is kept and
-        every temporary is freed as soon as it is dead (names are rebound or deleted)."""
-        cfg, be, L = self.cfg, self.be, self.layers[i]
-        Hq, Hkv, hd, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+    def _layer(self, i: int, x, attn: "Attention", sv: dict | None):
+        """Decoder layer i on the residual stream x (N, D) -> x (N, D); `attn` applies RoPE and
+        attention (CausalAttention for whole sequences, generate.CachedAttention with a KV
+        cache). With a dict `sv`, the activations the backward pass needs are saved into it;
+        with None nothing is kept and every temporary is freed as soon as it is dead (names are
+        rebound or deleted). Training, evaluation, generation and pretraining all run this."""
+        be, L, eps = self.be, self.layers[i], self.cfg.rms_norm_eps
         sv = _DISCARD if sv is None else sv
         sv["x0"] = x
         n, sv["rstd1"] = be.rmsnorm(x, L["input_layernorm"], eps)
         xq, xs = be.quantize_act(n)
         q, k, v = self._group_fwd(i, _QKV, n, xq, xs, sv)            # (N, Hq*hd), (N, Hkv*hd) x2
         del n, xq, xs
-        sv["q"] = q = be.rope(q, T, Hq, hd, cfg.rope_theta)
-        sv["k"] = k = be.rope(k, T, Hkv, hd, cfg.rope_theta)
-        sv["v"] = v
-        o, sv["lse"] = be.attention(q, k, v, B, T, Hq, Hkv, hd)                        # (N, Hq*hd)
+        sv["q"], sv["k"], sv["v"], o, sv["lse"] = attn(self, i, q, k, v)  # q, k after RoPE
         del q, k, v
-        sv["o"] = o
+        sv["o"] = o                                                    # (N, Hq*hd)
         n, sv["rstd2"] = be.rmsnorm(o, L["attn_sub_norm"], eps)
         del o
         xq, xs = be.quantize_act(n)
@@ -197,14 +226,15 @@ class BitNetModel:
         return be.add(x, y)
 
     def _layer_backward(self, i: int, dx, sv: dict, B: int, T: int, grads: dict):
-        """Backward of decoder layer i: dx (N, D) at its output -> dx at its input; LoRA
-        gradients into `grads`. `sv` is what `_layer` saved; its entries are dropped as they
-        die, so the layer's temporaries are freed during its own backward."""
-        cfg, be, L = self.cfg, self.be, self.layers[i]
+        """Backward of decoder layer i: dx (N, D) at its output -> dx at its input; gradients
+        (LoRA, or every latent parameter in PretrainModel, through the _proj_bwd / _norm_bwd
+        hooks) into `grads`. `sv` is what `_layer` saved; its entries are dropped as they die,
+        so the layer's temporaries are freed during its own backward."""
+        cfg, be = self.cfg, self.be
         Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         # MLP: x2 = x1 + down(ffn_sub_norm(h))
         dn = self._proj_bwd(i, "down_proj", dx, sv, grads)
-        dh = be.rmsnorm_backward(dn, sv.pop("h"), L["ffn_sub_norm"], sv["rstd4"])
+        dh = self._norm_bwd(i, "ffn_sub_norm", dn, sv.pop("h"), sv["rstd4"], grads)
         del dn
         dg, du = be.relu2_gate_backward(dh, sv.pop("g"), sv.pop("u"))
         del dh
@@ -212,12 +242,12 @@ class BitNetModel:
         del dg
         dn = self._proj_bwd(i, "up_proj", du, sv, grads, acc=dn)
         del du
-        dx = be.add(dx, be.rmsnorm_backward(dn, sv.pop("x1"), L["post_attention_layernorm"],
-                                            sv["rstd3"]))
+        dx = be.add(dx, self._norm_bwd(i, "post_attention_layernorm", dn, sv.pop("x1"),
+                                       sv["rstd3"], grads))
         del dn
         # attention: x1 = x0 + o_proj(attn_sub_norm(o))
         dn = self._proj_bwd(i, "o_proj", dx, sv, grads)
-        do = be.rmsnorm_backward(dn, sv["o"], L["attn_sub_norm"], sv["rstd2"])
+        do = self._norm_bwd(i, "attn_sub_norm", dn, sv["o"], sv["rstd2"], grads)
         del dn
         dq, dk, dv = be.attention_backward(do, sv.pop("q"), sv.pop("k"), sv.pop("v"),
                                            sv.pop("o"), sv["lse"], B, T, Hq, Hkv, hd)
@@ -230,21 +260,23 @@ class BitNetModel:
         del dk
         dn = self._proj_bwd(i, "v_proj", dv, sv, grads, acc=dn)
         del dv
-        return be.add(dx, be.rmsnorm_backward(dn, sv.pop("x0"), L["input_layernorm"], sv["rstd1"]))
+        return be.add(dx, self._norm_bwd(i, "input_layernorm", dn, sv.pop("x0"), sv["rstd1"],
+                                         grads))
 
     def _trunk(self, ids: np.ndarray, saves: list | None = None, recompute: bool = True):
         """Embedding and every layer -> final residual x (N, D). With a list `saves`, per layer
         its input (recompute) or its saved activations (not recompute) is appended."""
         B, T = ids.shape
+        attn = CausalAttention(B, T)
         x = self.be.embedding(self.be.tensor(ids.reshape(-1).astype(np.int32)), self.embed)
         for i in range(len(self.layers)):
             if saves is None or recompute:
                 if saves is not None:
                     saves.append(x)
-                x = self._layer(i, x, B, T, None)
+                x = self._layer(i, x, attn, None)
             else:
                 sv: dict = {}
-                x = self._layer(i, x, B, T, sv)
+                x = self._layer(i, x, attn, sv)
                 saves.append(sv)
         return x
 
@@ -252,32 +284,33 @@ class BitNetModel:
         """Logits for ids int (B, T) -> backend tensor (B*T, V); with keep=True also every
         layer's saved activations for `backward`. (Training and evaluation use `loss_and_grads`
         / `loss`, which never hold the whole logits nor every layer's activations.)"""
-        cfg, be = self.cfg, self.be
         B, T = ids.shape
-        x = be.embedding(be.tensor(ids.reshape(-1).astype(np.int32)), self.embed)     # (N, D)
-        acts = []
-        for i in range(len(self.layers)):
-            sv: dict | None = {} if keep else None
-            x = self._layer(i, x, B, T, sv)
-            if keep:
-                acts.append(sv)
-        nf, rstdf = be.rmsnorm(x, self.norm, cfg.rms_norm_eps)
-        logits = be.matmul(nf, self.lm_head, trans_b=True)                             # (N, V)
+        acts: list | None = [] if keep else None
+        x = self._trunk(ids, acts, recompute=False)
+        nf, rstdf = self.be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
+        logits = self.be.matmul(nf, self.lm_head, trans_b=True)                        # (N, V)
         if keep:
             return logits, {"layers": acts, "x": x, "nf": nf, "rstdf": rstdf, "B": B, "T": T}
         return logits
 
-    def backward(self, dlogits, saved: dict) -> dict[str, Any]:
-        """LoRA gradients (backend tensors keyed like the adapter) from dlogits (N, V) and the
-        activations of forward(keep=True)."""
+    def backward(self, dlogits, saved: dict, grads: dict | None = None) -> dict[str, Any]:
+        """Gradients (backend tensors keyed like the adapter) from dlogits (N, V) and the
+        activations of forward(keep=True), into `grads` when given."""
+        grads = {} if grads is None else grads
+        self.backward_to_embedding(dlogits, saved, grads)
+        return grads
+
+    def backward_to_embedding(self, dlogits, saved: dict, grads: dict):
+        """The backward pass from dlogits (N, V) down to the embedding output: returns dx
+        (N, D) there; gradients into `grads`. `saved` (forward(keep=True)) is not modified."""
         be = self.be
-        grads: dict[str, Any] = {}
         dn = be.matmul(dlogits, self.lm_head)                                            # (N, D)
-        dx = be.rmsnorm_backward(dn, saved["x"], self.norm, saved["rstdf"])
+        dx = self._norm_bwd(None, "norm", dn, saved["x"], saved["rstdf"], grads)
+        del dn
         for i in reversed(range(len(self.layers))):
             dx = self._layer_backward(i, dx, dict(saved["layers"][i]), saved["B"], saved["T"],
                                       grads)
-        return grads
+        return dx
 
     def loss(self, ids: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
         """Summed next-token cross-entropy (nats) and count of predicted positions.
@@ -313,14 +346,15 @@ class BitNetModel:
         nf, rstdf = be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
         loss, dn = be.lm_head_cross_entropy(nf, self.lm_head, be.tensor(t), 1.0 / count)
         del nf
-        dx = be.rmsnorm_backward(dn, x, self.norm, rstdf)
-        del dn, x
         grads: dict[str, Any] = {}
+        dx = self._norm_bwd(None, "norm", dn, x, rstdf, grads)
+        del dn, x
+        attn = CausalAttention(B, T)
         for i in reversed(range(len(self.layers))):
             sv = saves.pop()
             if recompute:
                 x_in, sv = sv, {}
-                self._layer(i, x_in, B, T, sv)            # recompute; its output is not needed
+                self._layer(i, x_in, attn, sv)            # recompute; its output is not needed
                 del x_in
             dx = self._layer_backward(i, dx, sv, B, T, grads)
             del sv

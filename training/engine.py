@@ -28,9 +28,8 @@ from bitswarm.kernels import reference_train as rt
 from bitswarm.kernels.backend import Backend
 from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
                                      LoRAConfig, TernaryLinear)
-from bitswarm.kernels.model import BitNetModel
+from bitswarm.kernels.model import NORMS, BitNetModel
 
-NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
 
 
 class TrainOps(Protocol):
@@ -142,17 +141,15 @@ class PretrainModel(BitNetModel):
         for k, s in shapes.items():
             if tuple(np.shape(latent[k])) != s:
                 raise ValueError(f"latent {k!r} has shape {np.shape(latent[k])}, expected {s}")
-        # Not BitNetModel.__init__: that uploads frozen ternary weights; here the latent tensors
-        # are the parameters and the ternary handles are derived from them by refresh().
-        self.cfg, self.be = cfg, backend
+        # The latent tensors are the parameters; the ternary handles are derived from them by
+        # refresh(), so the frozen-weight upload of BitNetModel.__init__ does not apply.
         self.ops = ops if ops is not None else train_ops_for(backend)
-        self.lora_cfg = LoRAConfig()
-        self.lora = {}                                       # no adapter: _proj_fwd skips LoRA
         self.params = {k: backend.tensor(np.asarray(latent[k], np.float32)) for k in shapes}
-        self.embed = self.lm_head = self.params["embed_tokens"]
-        self.norm = self.params["norm"]
-        self.layers = [{n: self.params[f"layers.{i}.{n}"] for n in NORMS}
-                       for i in range(cfg.num_hidden_layers)]
+        embed = self.params["embed_tokens"]
+        self._bind(cfg, backend, LoRAConfig(), embed=embed, lm_head=embed,
+                   norm=self.params["norm"],
+                   layers=[{n: self.params[f"layers.{i}.{n}"] for n in NORMS}
+                           for i in range(cfg.num_hidden_layers)])
         self.refresh()
 
     def refresh(self) -> None:
@@ -171,9 +168,10 @@ class PretrainModel(BitNetModel):
         saved[name] = _Saved(x, xq, xs)
         return self.be.bitlinear(xq, xs, self.layers[i][name]) if y is None else y
 
-    def _proj_bwd_full(self, i: int, name: str, dy, saved: dict, grads: dict, acc=None):
-        """Input gradient (accumulated onto acc) and the latent weight gradient of a projection."""
-        sp: _Saved = saved[name]
+    def _proj_bwd(self, i: int, name: str, dy, saved: dict, grads: dict, acc=None):
+        """Input gradient (accumulated onto acc) and the latent weight gradient of a projection,
+        dW = dy^T @ (xq / x_scale) (straight-through through both quantizers)."""
+        sp: _Saved = saved.pop(name)
         cache = saved.setdefault("_xdq", {})           # q/k/v and gate/up share one input
         xdq = cache.get(id(sp.xq))
         if xdq is None:
@@ -182,43 +180,23 @@ class PretrainModel(BitNetModel):
         grads[f"layers.{i}.{name}"] = self.be.matmul(dy, xdq, trans_a=True)          # (out, in)
         return self.be.bitlinear_backward(dy, self.layers[i][name], acc)
 
-    def _norm_bwd(self, dy, x, w, rstd, key: str, grads: dict):
-        grads[key] = self.ops.rmsnorm_weight_grad(dy, x, rstd)
-        return self.be.rmsnorm_backward(dy, x, w, rstd)
+    def _norm_bwd(self, i: int | None, name: str, dy, x, rstd, grads: dict):
+        """Input gradient of an RMSNorm plus its weight gradient dw = sum_n dy * x * rstd."""
+        grads[name if i is None else f"layers.{i}.{name}"] = self.ops.rmsnorm_weight_grad(dy, x, rstd)
+        return super()._norm_bwd(i, name, dy, x, rstd, grads)
 
     # ------------------------------------------------------------------ passes
     def backward_full(self, ids: np.ndarray, dlogits, saved: dict) -> dict[str, Any]:
-        """Gradients of every latent parameter (keys of param_shapes) from dlogits (N, V)."""
-        cfg, be, ops = self.cfg, self.be, self.ops
-        B, T = saved["B"], saved["T"]
-        Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        """Gradients of every latent parameter (keys of param_shapes) from dlogits (N, V) and
+        the activations of forward(keep=True): the shared layer backward of BitNetModel with
+        this class's _proj_bwd / _norm_bwd, plus the tied embedding's two terms."""
+        be = self.be
         g: dict[str, Any] = {}
         # Tied lm_head: logits = nf @ E^T -> dE += dlogits^T @ nf, dnf = dlogits @ E.
         d_head = be.matmul(dlogits, saved["nf"], trans_a=True)                     # (V, D)
-        dn = be.matmul(dlogits, self.lm_head)                                         # (N, D)
-        dx = self._norm_bwd(dn, saved["x"], self.norm, saved["rstdf"], "norm", g)
-        for i in reversed(range(len(self.layers))):
-            L, sv, p = self.layers[i], saved["layers"][i], f"layers.{i}."
-            dn = self._proj_bwd_full(i, "down_proj", dx, sv, g)
-            dh = self._norm_bwd(dn, sv["h"], L["ffn_sub_norm"], sv["rstd4"], p + "ffn_sub_norm", g)
-            dg, du = be.relu2_gate_backward(dh, sv["g"], sv["u"])
-            dn = self._proj_bwd_full(i, "gate_proj", dg, sv, g)
-            dn = self._proj_bwd_full(i, "up_proj", du, sv, g, acc=dn)
-            dx = be.add(dx, self._norm_bwd(dn, sv["x1"], L["post_attention_layernorm"], sv["rstd3"],
-                                           p + "post_attention_layernorm", g))
-            dn = self._proj_bwd_full(i, "o_proj", dx, sv, g)
-            do = self._norm_bwd(dn, sv["o"], L["attn_sub_norm"], sv["rstd2"], p + "attn_sub_norm", g)
-            dq, dk, dv = be.attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
-                                               B, T, Hq, Hkv, hd)
-            dq = be.rope(dq, T, Hq, hd, cfg.rope_theta, inverse=True)
-            dk = be.rope(dk, T, Hkv, hd, cfg.rope_theta, inverse=True)
-            dn = self._proj_bwd_full(i, "q_proj", dq, sv, g)
-            dn = self._proj_bwd_full(i, "k_proj", dk, sv, g, acc=dn)
-            dn = self._proj_bwd_full(i, "v_proj", dv, sv, g, acc=dn)
-            dx = be.add(dx, self._norm_bwd(dn, sv["x0"], L["input_layernorm"], sv["rstd1"],
-                                           p + "input_layernorm", g))
-        g["embed_tokens"] = be.add(d_head, ops.embedding_backward(ids.reshape(-1), dx,
-                                                                  cfg.vocab_size))
+        dx = self.backward_to_embedding(dlogits, saved, g)
+        g["embed_tokens"] = be.add(d_head, self.ops.embedding_backward(ids.reshape(-1), dx,
+                                                                       self.cfg.vocab_size))
         return g
 
     def loss_and_full_grads(self, ids: np.ndarray, targets: np.ndarray):
