@@ -6,6 +6,7 @@ LoRA matrix, no host round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from bitswarm.kernels.backend import Backend
@@ -21,11 +22,16 @@ class AdamWConfig:
 
 
 class AdamW:
-    """Keeps first/second moments per parameter key; `step` updates params in place."""
+    """Keeps first/second moments per parameter key; `step` updates params in place.
 
-    def __init__(self, backend: Backend, config: AdamWConfig) -> None:
+    decays(key) -> bool says which parameters get weight decay (default: all; pretraining
+    exempts norm weights, as is usual for transformers)."""
+
+    def __init__(self, backend: Backend, config: AdamWConfig,
+                 decays: Callable[[str], bool] | None = None) -> None:
         self.be = backend
         self.cfg = config
+        self.decays = decays or (lambda key: True)
         self.t = 0
         self.state: dict[str, tuple[Any, Any]] = {}
 
@@ -44,4 +50,5 @@ class AdamW:
                 self.state[k] = (self.be.zeros_like(p), self.be.zeros_like(p))
             m, v = self.state[k]
             self.be.adamw_(p, g, m, v, step=self.t, lr=c.lr if lr is None else lr,
-                           beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay)
+                           beta1=c.beta1, beta2=c.beta2, eps=c.eps,
+                           weight_decay=c.weight_decay if self.decays(k) else 0.0)

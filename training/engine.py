@@ -29,6 +29,7 @@ from bitswarm.kernels.backend import Backend
 from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
                                      LoRAConfig, TernaryLinear)
 from bitswarm.kernels.model import NORMS, BitNetModel
+from bitswarm.kernels.optim import AdamW, AdamWConfig
 
 
 
@@ -218,33 +219,24 @@ class PretrainModel(BitNetModel):
 
 
 # ------------------------------------------------------------------------- optimizer
-@dataclass
-class PretrainOptConfig:
-    """AdamW with weight decay on matrices only (norm weights are not decayed)."""
-
-    lr: float = 2e-3
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.05
+# AdamW settings of pretraining (beta2 0.95 and decay 0.05, as is usual for LLM pretraining).
+PRETRAIN_ADAMW = AdamWConfig(lr=2e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.05)
 
 
 class PretrainOptimizer:
-    """AdamW over PretrainModel.params; moments live on the backend beside the parameters."""
+    """kernels.optim.AdamW over PretrainModel.params (weight decay on matrices only, norm
+    weights not decayed), re-ternarizing the projections after every step."""
 
-    def __init__(self, model: PretrainModel, cfg: PretrainOptConfig) -> None:
-        self.model, self.cfg, self.t = model, cfg, 0
-        be = model.be
-        self.state = {k: (be.zeros_like(p), be.zeros_like(p)) for k, p in model.params.items()}
-        self.shapes = param_shapes(model.cfg)
+    def __init__(self, model: PretrainModel, cfg: AdamWConfig) -> None:
+        shapes = param_shapes(model.cfg)
+        self.model = model
+        self.adamw = AdamW(model.be, cfg, decays=lambda k: len(shapes[k]) == 2)
+
+    @property
+    def t(self) -> int:
+        return self.adamw.t
 
     def step(self, grads: dict[str, Any], lr: float) -> None:
         """One AdamW step on every parameter, then re-ternarize the projections."""
-        self.t += 1
-        c, be = self.cfg, self.model.be
-        for k, p in self.model.params.items():
-            m, v = self.state[k]
-            wd = c.weight_decay if len(self.shapes[k]) == 2 else 0.0
-            be.adamw_(p, grads[k], m, v, step=self.t, lr=lr, beta1=c.beta1, beta2=c.beta2,
-                      eps=c.eps, weight_decay=wd)
+        self.adamw.step(self.model.params, grads, lr)
         self.model.refresh()

@@ -17,6 +17,7 @@ formats/hf_checkpoint.load_bitnet and `node eval`), summary.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -28,7 +29,7 @@ import numpy as np
 from bitswarm.kernels.backend import select_backend
 from bitswarm.formats.hf_checkpoint import save_bitnet
 from bitswarm.kernels.config import BitNetConfig, LoRAConfig
-from bitswarm.training.engine import (PretrainModel, PretrainOptConfig, PretrainOptimizer,
+from bitswarm.training.engine import (PretrainModel, PRETRAIN_ADAMW, PretrainOptimizer,
                                        count_params, init_latent, to_weights)
 
 
@@ -113,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {n_params / 1e6:.2f}M params, backend {be.name} ({dev_name}); corpus "
           f"{train.size} train tokens; batch {B}x{T}", flush=True)
     model = PretrainModel(cfg, init_latent(cfg, int(t["seed"]), float(t["init_std"])), be)
-    opt = PretrainOptimizer(model, PretrainOptConfig(
-        lr=t["lr"], beta1=t["beta1"], beta2=t["beta2"], weight_decay=t["weight_decay"]))
+    opt = PretrainOptimizer(model, dataclasses.replace(
+        PRETRAIN_ADAMW, lr=t["lr"], beta1=t["beta1"], beta2=t["beta2"],
+        weight_decay=t["weight_decay"]))
     sampler = WindowSampler(train, T, int(t["seed"]) + 1)
 
     t0 = time.perf_counter()

@@ -7,6 +7,8 @@ weights) with the identity, which is exactly what the straight-through estimator
 the STE gradient IS the true gradient and central differences must agree with it, for every
 kind of parameter: projections, norm weights, the tied embedding.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ from bitswarm.kernels.backend import CpuBackend
 from bitswarm.formats.hf_checkpoint import load_bitnet, save_bitnet
 from bitswarm.kernels.config import BitNetConfig, LoRAConfig, TernaryLinear
 from bitswarm.kernels.model import BitNetModel
-from bitswarm.training.engine import (CpuTrainOps, PretrainModel, PretrainOptConfig,
+from bitswarm.training.engine import (CpuTrainOps, PretrainModel, PRETRAIN_ADAMW,
                                        PretrainOptimizer, count_params, init_latent,
                                        param_shapes, to_weights)
 
@@ -88,7 +90,7 @@ def test_quantized_training_reduces_loss_and_saves_exactly(tmp_path):
     checkpoint of the trained latent weights reproduces the training model's logits."""
     be = CpuBackend()
     model = PretrainModel(CFG, init_latent(CFG, seed=3), be)
-    opt = PretrainOptimizer(model, PretrainOptConfig(lr=1e-2))
+    opt = PretrainOptimizer(model, dataclasses.replace(PRETRAIN_ADAMW, lr=1e-2))
     rng = np.random.default_rng(4)
     seq = rng.integers(0, CFG.vocab_size, (4, 17)).astype(np.int32)
     ids, tgt = seq[:, :-1], seq[:, 1:]
