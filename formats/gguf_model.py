@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from bitswarm.kernels.config import PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights, TernaryLinear
+from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights, TernaryLinear,
+                                     assemble_weights)
 
 ARCH = "bitnet"
 QK_K = 256                      # elements per TQ1_0 / TQ2_0 block
@@ -356,6 +357,14 @@ def _projection(f: _GgufFile, i: int, proj: str, shape: tuple[int, int]) -> Tern
     return w
 
 
+# llama.cpp tensor names of the non-projection tensors ({i}: layer).
+_GGUF_NAMES = {
+    "input_layernorm": "blk.{i}.attn_norm.weight", "post_attention_layernorm": "blk.{i}.ffn_norm.weight",
+    "attn_sub_norm": "blk.{i}.attn_sub_norm.weight", "ffn_sub_norm": "blk.{i}.ffn_sub_norm.weight",
+    "embed_tokens": "token_embd.weight", "norm": "output_norm.weight", "lm_head": "output.weight",
+}
+
+
 def load_gguf(path: Path | str, *, hidden_act: str | None = None) -> BitNetWeights:
     """Load a llama.cpp arch-"bitnet" GGUF file into host weights.
 
@@ -372,25 +381,9 @@ def load_gguf(path: Path | str, *, hidden_act: str | None = None) -> BitNetWeigh
     f = _GgufFile(Path(path))
     try:
         config = read_gguf_config(f, hidden_act)
-        D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
-        layers = []
-        for i in range(config.num_hidden_layers):
-            b = f"blk.{i}"
-            layer = LayerWeights(
-                input_layernorm=f.float_tensor(f"{b}.attn_norm.weight", (D,)),
-                post_attention_layernorm=f.float_tensor(f"{b}.ffn_norm.weight", (D,)),
-                attn_sub_norm=f.float_tensor(f"{b}.attn_sub_norm.weight", (D,)),
-                ffn_sub_norm=f.float_tensor(f"{b}.ffn_sub_norm.weight", (I,)))
-            for proj in PROJECTIONS:
-                layer.proj[proj] = _projection(f, i, proj, config.proj_shape(proj))
-            layers.append(layer)
-        return BitNetWeights(
-            config=config,
-            embed_tokens=f.float_tensor("token_embd.weight", (V, D)),
-            layers=layers,
-            norm=f.float_tensor("output_norm.weight", (D,)),
-            lm_head=None if config.tie_word_embeddings else f.float_tensor("output.weight",
-                                                                            (V, D)))
+        return assemble_weights(
+            config, lambda name, i, shape: f.float_tensor(_GGUF_NAMES[name].format(i=i), shape),
+            lambda i, proj, shape: _projection(f, i, proj, shape))
     finally:
         f.close()
 

@@ -43,8 +43,8 @@ from safetensors.numpy import save as st_save
 
 from bitswarm.fsutil import fsync_dir, write_file_atomic
 
-from bitswarm.kernels.config import (ATTN_PROJECTIONS, PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
-                     TernaryLinear)
+from bitswarm.kernels.config import (ATTN_PROJECTIONS, PROJECTIONS, BitNetConfig, BitNetWeights,
+                                     LayerWeights, TernaryLinear, assemble_weights)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -66,6 +66,17 @@ DEFAULT_ROPE_THETA = 500000.0   # BitNetConfig.default_theta
 # safetensors dtype -> NumPy dtype for the ones safe_open(framework="numpy") can load.
 _NP_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "U8": np.uint8,
               "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64}
+
+
+# transformers' state-dict names of the non-projection tensors ({i}: layer).
+_HF_NAMES = {
+    "input_layernorm": "model.layers.{i}.input_layernorm.weight",
+    "post_attention_layernorm": "model.layers.{i}.post_attention_layernorm.weight",
+    "attn_sub_norm": "model.layers.{i}.self_attn.attn_sub_norm.weight",
+    "ffn_sub_norm": "model.layers.{i}.mlp.ffn_sub_norm.weight",
+    "embed_tokens": "model.embed_tokens.weight", "norm": "model.norm.weight",
+    "lm_head": "lm_head.weight",
+}
 
 
 def hf_module_name(layer: int, proj: str) -> str:
@@ -373,25 +384,14 @@ def load_bitnet(model_dir: Path | str) -> BitNetWeights:
     config = read_config(model_dir)
     quant = _quant_config(read_json(model_dir / CONFIG_FILE))
     src = _TensorSource(model_dir)
-    D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    layers = []
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}"
-        layer = LayerWeights(
-            input_layernorm=src.get_f32(f"{p}.input_layernorm.weight", (D,)),
-            post_attention_layernorm=src.get_f32(f"{p}.post_attention_layernorm.weight", (D,)),
-            attn_sub_norm=src.get_f32(f"{p}.self_attn.attn_sub_norm.weight", (D,)),
-            ffn_sub_norm=src.get_f32(f"{p}.mlp.ffn_sub_norm.weight", (I,)))
-        for proj in PROJECTIONS:
-            layer.proj[proj] = _load_projection(src, hf_module_name(i, proj),
-                                                config.proj_shape(proj), quant)
-        layers.append(layer)
-    return BitNetWeights(
-        config=config,
-        embed_tokens=src.get_f32("model.embed_tokens.weight", (V, D)),
-        layers=layers,
-        norm=src.get_f32("model.norm.weight", (D,)),
-        lm_head=None if config.tie_word_embeddings else src.get_f32("lm_head.weight", (V, D)))
+
+    def tensor(name: str, layer: int | None, shape: tuple[int, ...]) -> np.ndarray:
+        return src.get_f32(_HF_NAMES[name].format(i=layer), shape)
+
+    def projection(layer: int, proj: str, shape: tuple[int, int]) -> TernaryLinear:
+        return _load_projection(src, hf_module_name(layer, proj), shape, quant)
+
+    return assemble_weights(config, tensor, projection)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Symbols used in shapes across bitswarm.kernels:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,3 +128,29 @@ class BitNetWeights:
     @property
     def lm_head_weight(self) -> np.ndarray:
         return self.embed_tokens if self.lm_head is None else self.lm_head
+
+
+NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
+
+
+def assemble_weights(config: BitNetConfig,
+                     tensor: Callable[[str, int | None, tuple[int, ...]], np.ndarray],
+                     projection: Callable[[int, str, tuple[int, int]], TernaryLinear]) -> BitNetWeights:
+    """BitNetWeights from a file reader's two callbacks, in the one order every format loads:
+    per layer its NORMS then its PROJECTIONS, then embed_tokens, norm and (untied) lm_head.
+
+    tensor(name, layer, shape) -> float32 array of that shape, for name in NORMS (layer i) and
+    "embed_tokens" / "norm" / "lm_head" (layer None); projection(layer, proj, (out, in)) ->
+    TernaryLinear. Both raise ValueError naming the file and tensor when it is missing or wrong.
+    """
+    D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    layers = []
+    for i in range(config.num_hidden_layers):
+        layer = LayerWeights(*(tensor(n, i, (I,) if n == "ffn_sub_norm" else (D,)) for n in NORMS))
+        for p in PROJECTIONS:
+            layer.proj[p] = projection(i, p, config.proj_shape(p))
+        layers.append(layer)
+    return BitNetWeights(
+        config=config, embed_tokens=tensor("embed_tokens", None, (V, D)), layers=layers,
+        norm=tensor("norm", None, (D,)),
+        lm_head=None if config.tie_word_embeddings else tensor("lm_head", None, (V, D)))

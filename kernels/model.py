@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bitswarm.kernels.backend import Backend
-from bitswarm.kernels.config import BitNetConfig, BitNetWeights, LoRAConfig
+from bitswarm.kernels.config import NORMS, BitNetConfig, BitNetWeights, LoRAConfig
 from bitswarm.kernels.lora import LoRAState, lora_key
 
 
@@ -34,7 +34,6 @@ class _Proj:
     h: Any = None   # LoRA hidden A x (N, r); None when the projection has no adapter
 
 
-NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
 RECOMPUTE_ABOVE = 512 * 2**20   # auto recomputation: saved activations above this (bytes)
 _QKV = ("q_proj", "k_proj", "v_proj")
 _GATE_UP = ("gate_proj", "up_proj")

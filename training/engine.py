@@ -26,9 +26,9 @@ import numpy as np
 
 from bitswarm.kernels import reference_train as rt
 from bitswarm.kernels.backend import Backend
-from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
+from bitswarm.kernels.config import (NORMS, PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
                                      LoRAConfig, TernaryLinear)
-from bitswarm.kernels.model import NORMS, BitNetModel
+from bitswarm.kernels.model import BitNetModel
 from bitswarm.kernels.optim import AdamW, AdamWConfig
 
 
