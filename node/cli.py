@@ -1,120 +1,260 @@
-"""Command line: `node id`, `node start`, `node eval`, `node generate`, `node export` (also
-`bitswarm ...`, `python -m bitswarm.node`).
+"""Command line: `node id | start | config show | eval | generate | export` (also `bitswarm ...`,
+`python -m bitswarm.node`).
 
-Bad flags and files fail fast with a message naming them and exit status 2.
+Exit codes (README, "Exit codes"):
+    0  success
+    1  the job failed (an unexpected error: its traceback is in the log)
+    2  usage or input error: one line naming the flag or file and the expected form, printed
+       before anything is created or changed
+    3  the network goal failed: `node start --rounds N` never met a peer of its swarm, or every
+       update peers sent was rejected (the line says which, and what to check)
+  130  interrupted (Ctrl-C) before anything was saved
+Bad flags and files fail fast, before the identity, the model copy or any file is written.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 
-from bitswarm.kernels.config import PROJECTIONS
+from bitswarm import __version__
 
 log = logging.getLogger("bitswarm.node")
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_DEVICES = ("auto", "gpu", "cpu")
 
-def _targets(s: str) -> tuple[str, ...]:
-    if s == "all":
-        return PROJECTIONS
-    return tuple(t.strip() for t in s.split(",") if t.strip())
+EXAMPLES = """\
+examples:
+  node start --swarm docs --data ~/notes --data-dir ~/.bitswarm/a --rounds 10
+  node start --swarm docs --data ~/more --data-dir ~/.bitswarm/b \\
+      --peer /ip4/127.0.0.1/tcp/40123/p2p/12D3KooW...
+  node start --data-dir ~/.bitswarm/a          # again: settings from ~/.bitswarm/a/config.toml
+  node config show --data-dir ~/.bitswarm/a    # effective settings and where each came from
+  node eval --adapter ~/.bitswarm/a/adapter --data ~/held-out --json
+  node generate --adapter ~/.bitswarm/a/adapter --prompt "The meeting" --max-new-tokens 40
+  node export --adapter ~/.bitswarm/a/adapter --format gguf --out adapter.gguf
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their line breaks; help lines stay as written (they state their defaults)."""
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every command accepts, before or after its name (default SUPPRESS, so a value
+    given after the command is not overwritten by the main parser's default)."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   default=argparse.SUPPRESS,
+                   help="log verbosity (default INFO; env BITSWARM_LOG_LEVEL)")
+    c.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                   help="text for people, json (one object per line) for machines (default "
+                        "text; env BITSWARM_LOG_FORMAT)")
+    return c
+
+
+def _fmt_default(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) or "none"
+    return "none" if v is None else str(v)
+
+
+def _add_start_flags(s: argparse.ArgumentParser) -> None:
+    """Every `node start` setting as a flag (node/settings.py); absent flags stay absent so the
+    environment, the config file and the default can fill them."""
+    from bitswarm.node.settings import START
+    s.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                   help="TOML file of settings (default: <data-dir>/config.toml if present; "
+                        "env BITSWARM_CONFIG)")
+    for st in START:
+        dflt = "required" if st.required else f"default: {_fmt_default(st.default)}"
+        hint = f"{st.help} ({dflt}; env {st.env})"
+        kw = dict(dest=st.key, default=argparse.SUPPRESS, help=hint)
+        if st.is_flag:
+            s.add_argument(st.flag, action=argparse.BooleanOptionalAction, **kw)
+        elif st.repeat:
+            s.add_argument(st.flag, action="append", metavar="MULTIADDR", **kw)
+        else:
+            s.add_argument(st.flag, metavar=st.key.upper(), **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="node", description="bitswarm: federated LoRA fine-tuning of BitNet b1.58 models, peer to peer.")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    common = _common()
+    p = argparse.ArgumentParser(
+        prog="node", parents=[common], formatter_class=_Formatter, epilog=EXAMPLES,
+        description="bitswarm: federated LoRA fine-tuning of BitNet b1.58 models, peer to peer. "
+                    "Raw documents never leave this machine; signed, compressed adapter updates "
+                    "do.")
+    p.add_argument("--version", action="version", version=f"bitswarm {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
-    s = sub.add_parser("id", help="print this node's libp2p peer ID (creating the identity if absent)")
-    s.add_argument("--data-dir", type=Path, required=True)
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common],
+                              formatter_class=_Formatter, epilog=EXAMPLES)
 
-    s = sub.add_parser("start", help="join a swarm and fine-tune")
-    s.add_argument("--swarm", required=True, help="swarm name (peers with the same name train together)")
-    s.add_argument("--data", type=Path, required=True, help="folder of local text documents (never leaves this machine)")
-    s.add_argument("--data-dir", type=Path, required=True, help="node state: identity, adapter, logs")
-    s.add_argument("--model", type=Path, help="Hugging Face bitnet checkpoint folder (default: built-in model)")
-    s.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", help="libp2p listen multiaddr")
-    s.add_argument("--peer", action="append", default=[], help="multiaddr .../p2p/<peer-id> to dial (repeatable)")
-    s.add_argument("--rounds", type=int, help="rounds to run (default: until Ctrl-C)")
-    s.add_argument("--local-steps", type=int, default=20)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--rank", type=int, default=8, help="LoRA rank r")
-    s.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha")
-    s.add_argument("--targets", type=_targets, default=("q_proj", "k_proj", "v_proj", "o_proj"),
-                   help="comma-separated LoRA target modules, or 'all' (default q,k,v,o)")
-    s.add_argument("--freeze-a", action="store_true", help="FFA-LoRA: train B only (exact FedAvg)")
-    s.add_argument("--min-peers", type=int, default=1, help="other peers' updates that complete a round")
-    s.add_argument("--round-timeout", type=float, default=300.0, help="seconds to wait for peers' updates per round")
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--ctx", type=int, default=128, help="tokens per training sequence")
-    s.add_argument("--seed", type=int, default=0, help="local data sampling seed")
-    s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
-    s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
-                   help="where a GPU keeps the embedding/lm_head table: host memory saves "
-                        "V x D x 2 bytes of GPU memory for an upload of it per step")
-    s.add_argument("--recompute", default="auto", choices=["auto", "on", "off"],
-                   help="recompute layer activations in the backward pass (less memory, one "
-                        "more forward); auto: on for a GPU when the activations would exceed "
-                        "512 MiB, off for NumPy")
+    s = cmd("id", "print this node's libp2p peer ID (creating the identity if absent)")
+    s.add_argument("--data-dir", type=Path, required=True,
+                   help="node state folder; the Ed25519 identity is <data-dir>/identity.key")
 
-    s = sub.add_parser("eval", help="held-out loss (nats/token) and bits per byte")
-    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model, else the built-in model)")
+    s = cmd("start", "join a swarm and fine-tune; saves the adapter after every round")
+    _add_start_flags(s)
+
+    s = cmd("config", "show the effective `node start` settings and where each came from")
+    s.add_argument("action", choices=["show"], help="show: print every setting, value, source")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_start_flags(s)
+
+    s = cmd("eval", "held-out loss (nats/token) and bits per byte of the model (+ adapter)")
+    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base "
+                                              "model, else the built-in model)")
     s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
-    s.add_argument("--data", type=Path, required=True)
-    s.add_argument("--ctx", type=int, default=128)
-    s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    s.add_argument("--data", type=Path, required=True,
+                   help="folder of text files to evaluate on (each file on its own)")
+    s.add_argument("--ctx", type=int, default=128, help="tokens per evaluation window, at most "
+                   "the model's max_position_embeddings (default: 128)")
+    s.add_argument("--device", default="auto", choices=_DEVICES, help="default: auto")
     s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
-                   help="where a GPU keeps the embedding/lm_head table (host: saves GPU memory)")
+                   help="where a GPU keeps the embedding/lm_head table (default: gpu)")
     s.add_argument("--json", action="store_true", help="print one JSON line")
 
-    s = sub.add_parser("generate", help="stream text from the model (+ adapter), KV-cached")
-    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base model, else the built-in model)")
+    s = cmd("generate", "stream text from the model (+ adapter), KV-cached")
+    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base "
+                                              "model, else the built-in model)")
     s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
     s.add_argument("--prompt", required=True, help="text to continue")
-    s.add_argument("--max-new-tokens", type=int, default=64)
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sample softmax(logits/T)")
+    s.add_argument("--max-new-tokens", type=int, default=64, help="default: 64")
+    s.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy; else sample softmax(logits/T) (default: 0)")
     s.add_argument("--seed", type=int, default=None, help="sampling seed (numpy default_rng)")
-    s.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    s.add_argument("--device", default="auto", choices=_DEVICES, help="default: auto")
     s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
-                   help="where a GPU keeps the embedding/lm_head table (host: saves GPU memory)")
+                   help="where a GPU keeps the embedding/lm_head table (default: gpu)")
 
-    s = sub.add_parser("export", help="write an adapter as a PEFT folder or a llama.cpp GGUF LoRA")
+    s = cmd("export", "write an adapter as a PEFT folder or a llama.cpp GGUF LoRA")
     s.add_argument("--adapter", type=Path, required=True, help="adapter folder to export")
     s.add_argument("--format", required=True, choices=["peft", "gguf"])
     s.add_argument("--out", type=Path, required=True, help="output folder (peft) or file (gguf)")
     return p
 
 
+# ------------------------------------------------------------------------------ commands
+def check_state_dir(path: Path, flag: str = "--data-dir") -> None:
+    """Fail fast (ValueError naming the flag) unless `path` is, or can become, a writable
+    folder; creates it. Called before anything is written into it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot create it ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: not writable by this user")
+
+
 def cmd_id(args) -> int:
     from bitswarm.federation.identity import load_or_create_identity, peer_id_of
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    check_state_dir(args.data_dir)
     print(peer_id_of(load_or_create_identity(args.data_dir)))
-    return 0
+    return EXIT_OK
+
+
+def _given(args) -> dict:
+    """The start settings given on the command line (argparse leaves absent ones out)."""
+    from bitswarm.node.settings import START
+    return {s.key: getattr(args, s.key) for s in START if hasattr(args, s.key)}
+
+
+def resolve_start(args, require: bool = True):
+    from bitswarm.node.settings import resolve
+    return resolve(_given(args), os.environ, getattr(args, "config", None), require=require)
+
+
+def node_config(values: dict):
+    """NodeConfig from resolved settings (ValueError naming the flag for a bad value)."""
+    from bitswarm.node.config import NodeConfig, lora_config
+    v = values
+    return NodeConfig(
+        swarm=v["swarm"], data=v["data"], data_dir=v["data_dir"], model=v["model"],
+        listen=v["listen"], peers=list(v["peer"]), rounds=v["rounds"],
+        local_steps=v["local_steps"], lr=v["lr"],
+        lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),
+        min_peers=v["min_peers"], round_timeout_s=v["round_timeout"], device=v["device"],
+        embeddings=v["embeddings"], recompute=v["recompute"], batch_size=v["batch_size"],
+        ctx=v["ctx"], seed=v["seed"])
+
+
+def preflight(cfg) -> None:
+    """Every check `node start` can make before a side effect: the documents, the model's
+    config (and --ctx against its max_position_embeddings), the data dir."""
+    from bitswarm.formats.hf_checkpoint import read_config
+    from bitswarm.node.data import find_text_files
+    from bitswarm.node.default_model import DEFAULT_CONFIG
+    find_text_files(cfg.data)
+    mcfg = DEFAULT_CONFIG if cfg.model is None else read_config(cfg.model)
+    if cfg.ctx > mcfg.max_position_embeddings:
+        raise ValueError(f"--ctx: {cfg.ctx} is out of range; expected 2 to the model's "
+                         f"max_position_embeddings ({mcfg.max_position_embeddings})")
+    check_state_dir(cfg.data_dir)
 
 
 def cmd_start(args) -> int:
     import trio
 
-    from bitswarm.node.config import NodeConfig, lora_config
+    from bitswarm.fsutil import write_file_atomic
+    from bitswarm.node import logs
     from bitswarm.node.runtime import serve
-    cfg = NodeConfig(
-        swarm=args.swarm, data=args.data, data_dir=args.data_dir, model=args.model, listen=args.listen,
-        peers=args.peer, rounds=args.rounds, local_steps=args.local_steps, lr=args.lr,
-        lora=lora_config(args.rank, args.alpha, args.targets, args.freeze_a),
-        min_peers=args.min_peers, round_timeout_s=args.round_timeout, device=args.device,
-        embeddings=args.embeddings, recompute=args.recompute, batch_size=args.batch_size,
-        ctx=args.ctx, seed=args.seed)
+    from bitswarm.node.settings import CONFIG_FILE, to_toml
+
+    res = resolve_start(args)
+    cfg = node_config(res.values)
+    preflight(cfg)
+    written = cfg.data_dir / CONFIG_FILE
+    if res.config_path is None and not written.exists():
+        write_file_atomic(written, to_toml(res.values).encode("utf-8"))
+    logs.add_file(cfg.data_dir, args.log_format)
+    if res.config_path is not None:
+        log.info("settings from %s (flags and BITSWARM_* override it)", res.config_path)
     try:
-        done = trio.run(serve, cfg)
+        outcome = trio.run(serve, cfg)
     except BaseException as e:  # noqa: BLE001 - only Ctrl-C is handled; the rest re-raised
         if not _is_interrupt(e):
             raise
-        log.info("stopped by Ctrl-C; the adapter of the last completed round is in %s", cfg.data_dir / "adapter")
-        return 0
+        log.info("stopped by Ctrl-C; the adapter of the last completed round is in %s",
+                 cfg.data_dir / "adapter")
+        return EXIT_OK
+    done = getattr(outcome, "rounds", outcome)
     log.info("finished %d round(s); adapter saved in %s", done, cfg.data_dir / "adapter")
-    return 0
+    failure = getattr(outcome, "network_failure", None)
+    if failure:
+        print(f"node start: network goal failed: {failure}", file=sys.stderr)
+        return EXIT_NETWORK
+    return EXIT_OK
+
+
+def cmd_config(args) -> int:
+    res = resolve_start(args, require=False)
+    if args.json:
+        print(json.dumps({k: {"value": _jsonable(v), "source": res.sources[k]}
+                          for k, v in res.values.items()}))
+        return EXIT_OK
+    width = max(map(len, res.values))
+    for k, v in res.values.items():
+        print(f"{k:<{width}}  {_fmt_default(v):<40}  {res.sources[k]}")
+    return EXIT_OK
+
+
+def _jsonable(v):
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
 
 
 def _is_interrupt(e: BaseException) -> bool:
@@ -127,24 +267,35 @@ def _is_interrupt(e: BaseException) -> bool:
 
 
 def cmd_eval(args) -> int:
+    from bitswarm.formats.hf_checkpoint import read_config
     from bitswarm.kernels.backend import select_backend
     from bitswarm.kernels.model import BitNetModel
     from bitswarm.node.data import find_text_files, tokenize
     from bitswarm.node.evaluate import evaluate
-    from bitswarm.node.models import load_model
+    from bitswarm.node.models import load_model, resolve_model_dir
 
+    files = find_text_files(args.data)
     state, lcfg = _adapter(args)
+    limit = read_config(resolve_model_dir(args.model, adapter=args.adapter)).max_position_embeddings
+    if not 2 <= args.ctx <= limit:
+        raise ValueError(f"--ctx: {args.ctx} is out of range; expected 2 to the model's "
+                         f"max_position_embeddings ({limit})")
     m = load_model(args.model, adapter=args.adapter)
-    docs = [tokenize(m.tokenizer, f) for f in find_text_files(args.data)]
+    docs = [tokenize(m.tokenizer, f) for f in files]
     model = BitNetModel(m.weights, select_backend(args.device, args.embeddings), lcfg)
     model.set_lora(state)
     res = evaluate(model, docs, args.ctx)
+    if not all(math.isfinite(res[k]) for k in ("loss", "bits_per_byte")):
+        print(f"node eval: error: the loss is {res['loss']} (not finite): the model or adapter "
+              f"holds values that overflow", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
-        print(json.dumps({**res, "ctx": args.ctx, "files": len(docs), "device": model.be.name}))
+        print(json.dumps({**res, "ctx": args.ctx, "files": len(docs), "device": model.be.name},
+                         allow_nan=False))
     else:
         print(f"loss {res['loss']:.4f} nats/token, {res['bits_per_byte']:.4f} bits/byte "
               f"over {res['tokens']} tokens ({len(docs)} files, ctx {args.ctx}, device {model.be.name})")
-    return 0
+    return EXIT_OK
 
 
 def cmd_generate(args) -> int:
@@ -155,9 +306,11 @@ def cmd_generate(args) -> int:
     from bitswarm.node.models import load_model
 
     if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        raise ValueError(f"--max-new-tokens: {args.max_new_tokens} is out of range; expected an "
+                         f"integer >= 1")
     if not args.temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+        raise ValueError(f"--temperature: {args.temperature} is out of range; expected a "
+                         f"number >= 0")
     state, lcfg = _adapter(args)
     m = load_model(args.model, adapter=args.adapter)
     tok = m.tokenizer
@@ -177,17 +330,17 @@ def cmd_generate(args) -> int:
             sys.stdout.flush()
     except KeyboardInterrupt:
         sys.stdout.write("\n")
-        return 130
+        return EXIT_INTERRUPTED
     sys.stdout.write("\n")
     sys.stdout.flush()
-    return 0
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:
     from bitswarm.node.export import export_adapter
     out = export_adapter(args.adapter, args.format, args.out)
     print(f"exported {args.adapter} as {args.format} to {out}")
-    return 0
+    return EXIT_OK
 
 
 def _adapter(args):
@@ -200,16 +353,39 @@ def _adapter(args):
     return state, lcfg
 
 
+COMMANDS = {"id": cmd_id, "start": cmd_start, "config": cmd_config, "eval": cmd_eval,
+            "generate": cmd_generate, "export": cmd_export}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from bitswarm.node.progress import log_handler
-    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[log_handler()], force=True)
+    from bitswarm.node import logs
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help()
+        return EXIT_USAGE
+    level = getattr(args, "log_level", None) or os.environ.get("BITSWARM_LOG_LEVEL", "INFO")
+    fmt = getattr(args, "log_format", None) or os.environ.get("BITSWARM_LOG_FORMAT", "text")
+    if level not in logs.LEVELS or fmt not in logs.FORMATS:
+        print(f"node {args.cmd}: error: BITSWARM_LOG_LEVEL must be one of {logs.LEVELS} and "
+              f"BITSWARM_LOG_FORMAT one of {logs.FORMATS}", file=sys.stderr)
+        return EXIT_USAGE
+    args.log_format = fmt
+    logs.configure(level, fmt)
+    logs.quiet_vulkan_loader()
     try:
-        return {"id": cmd_id, "start": cmd_start, "eval": cmd_eval, "generate": cmd_generate,
-                "export": cmd_export}[args.cmd](args)
+        return COMMANDS[args.cmd](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"node {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"node {args.cmd}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - one line for people, the traceback for the log
+        log.error("node %s failed", args.cmd, exc_info=True, extra={"file_only": True})
+        print(f"node {args.cmd}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

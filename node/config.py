@@ -36,18 +36,18 @@ class NodeConfig:
             self.model = Path(self.model)
         if not self.swarm or len(self.swarm) > 64 or not self.swarm.isprintable():
             raise ValueError(f"--swarm must be 1-64 printable characters, got {self.swarm!r}")
-        checks = {
-            "--rounds": self.rounds is None or self.rounds >= 1,
-            "--local-steps": self.local_steps >= 1,
-            "--lr": 0 < self.lr < 1,
-            "--min-peers": self.min_peers >= 0,
-            "--round-timeout": self.round_timeout_s > 0,
-            "--batch-size": self.batch_size >= 1,
-            "--ctx": 2 <= self.ctx <= 4096,
+        checks = {   # flag: (value, ok); the expected form is the setting's (node/settings.py)
+            "--rounds": (self.rounds, self.rounds is None or self.rounds >= 1),
+            "--local-steps": (self.local_steps, self.local_steps >= 1),
+            "--lr": (self.lr, 0 < self.lr < 1),
+            "--min-peers": (self.min_peers, self.min_peers >= 0),
+            "--round-timeout": (self.round_timeout_s, self.round_timeout_s > 0),
+            "--batch-size": (self.batch_size, self.batch_size >= 1),
+            "--ctx": (self.ctx, self.ctx >= 2),   # the model bound: cli.preflight
         }
-        for flag, ok in checks.items():
+        for flag, (value, ok) in checks.items():
             if not ok:
-                raise ValueError(f"{flag}: value out of range")
+                raise ValueError(out_of_range(flag, value))
         if self.device not in ("auto", "gpu", "cpu"):
             raise ValueError(f"--device must be auto, gpu or cpu, got {self.device!r}")
         if self.recompute not in ("auto", "on", "off"):
@@ -65,13 +65,20 @@ class NodeConfig:
             raise ValueError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
 
 
+def out_of_range(flag: str, value) -> str:
+    """The one-line error for a flag's value outside its range, naming the range."""
+    from bitswarm.node.settings import BY_KEY
+    expect = BY_KEY[flag[2:].replace("-", "_")].expect
+    return f"{flag}: {value!r} is out of range; expected {expect}"
+
+
 def lora_config(rank: int, alpha: float, targets: tuple[str, ...], freeze_a: bool) -> LoRAConfig:
     """The LoRAConfig of the --rank / --alpha / --targets / --freeze-a flags; raises ValueError
     naming the flag for a bad value."""
     if rank < 1:
-        raise ValueError("--rank: value out of range")
+        raise ValueError(out_of_range("--rank", rank))
     if not alpha > 0:
-        raise ValueError("--alpha: value out of range")
+        raise ValueError(out_of_range("--alpha", alpha))
     bad = [t for t in targets if t not in PROJECTIONS]
     if bad or not targets:
         raise ValueError(f"--targets: unknown module(s) {bad}; choose from {list(PROJECTIONS)} or 'all'")

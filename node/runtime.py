@@ -144,7 +144,7 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
         losses.append(loss)
         tokens += count
         progress.step(rnd, s + 1, loss, len(transport.connected_peers()),
-                      transport.bytes_received, transport.bytes_sent)
+                      transport.bytes_received, transport.bytes_sent, tokens=count)
     local = await compute(node.trainer.adapter)
     delta = {k: local[k] - node.global_state[k] for k in node.global_state}
     t_train = time.monotonic() - t0
@@ -165,4 +165,4 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    append_line_durable(path, json.dumps(record))
+    append_line_durable(path, json.dumps(record, allow_nan=False))   # JSON has no NaN
