@@ -177,7 +177,8 @@ def load_adapter(adapter_dir: Path | str) -> tuple[LoRAState, LoRAConfig, dict[s
     Returns (LoRAState {"layers.{i}.{proj}.lora_A": float32 (r, in), ".lora_B": float32
     (out, r)}, in (layer, PROJECTIONS) order; LoRAConfig; metadata without the reserved keys). If adapter_dir is missing because a save was
     interrupted, reads the complete previous adapter beside it (module docstring).
-    Raises ValueError naming the file for a missing/corrupt file, unknown key, missing A or B,
+    Raises ValueError naming the file for a missing/corrupt file, unknown key, non-finite
+    values, missing A or B,
     wrong rank, or modules outside target_modules.
     """
     adapter_dir = Path(adapter_dir)
@@ -216,7 +217,10 @@ def load_adapter(adapter_dir: Path | str) -> tuple[LoRAState, LoRAConfig, dict[s
         if t.dtype.kind != "f" or t.ndim != 2:
             raise ValueError(f"{weights_path}: tensor {name!r} must be a 2-D float, got "
                              f"{t.dtype} {t.shape}")
-        parts.setdefault((layer, proj), {})[which] = t.astype(np.float32)
+        t = t.astype(np.float32)
+        if not np.isfinite(t).all():           # a diverged or corrupted adapter: never "valid"
+            raise ValueError(f"{weights_path}: tensor {name!r} holds NaN or Inf")
+        parts.setdefault((layer, proj), {})[which] = t
     if not parts:
         raise ValueError(f"{weights_path}: no LoRA tensors")
     lora: LoRAState = {}

@@ -1,0 +1,173 @@
+"""The command line as a new user meets it (issue 13): settings layers, help, fail-fast errors
+with their messages and exit codes, logs and progress without a terminal. Real `node` processes."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from bitswarm.node.settings import resolve
+
+NODE = [sys.executable, "-m", "bitswarm.node"]
+TINY = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
+TEXT = Path(__file__).resolve().parents[1] / "data" / "golden_text"
+
+
+def run(*args, env=None, timeout=120):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("BITSWARM_")}
+    e.update(env or {})
+    return subprocess.run([*NODE, *args], capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def _solo(tmp_path, *extra, env=None, timeout=180):
+    return run("start", "--swarm", "solo", "--data", str(TEXT), "--data-dir", str(tmp_path / "n"),
+               "--model", str(TINY), "--min-peers", "0", "--local-steps", "2", "--ctx", "32",
+               "--batch-size", "2", "--device", "cpu", *extra, env=env, timeout=timeout)
+
+
+def test_layers_flag_beats_env_beats_file_beats_default(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('swarm = "from-file"\ndata = "/d"\ndata_dir = "/dd"\nlocal_steps = 7\n'
+                   'lr = 0.01\nrank = 4\n')
+    r = resolve({"rank": "2"}, {"BITSWARM_LR": "0.02", "BITSWARM_RANK": "3"}, cfg)
+    assert r.values["rank"] == 2 and r.sources["rank"] == "flag --rank"
+    assert r.values["lr"] == 0.02 and r.sources["lr"] == "env BITSWARM_LR"
+    assert r.values["local_steps"] == 7 and r.sources["local_steps"] == f"config {cfg}"
+    assert r.values["batch_size"] == 8 and r.sources["batch_size"] == "default"
+    with pytest.raises(ValueError, match=r"--local-steps \(env BITSWARM_LOCAL_STEPS\): 'x' is "
+                                         r"not an integer; expected an integer >= 1"):
+        resolve({}, {"BITSWARM_LOCAL_STEPS": "x"}, cfg)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("local_stepz = 3\n")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['local_stepz'\]"):
+        resolve({}, {}, bad)
+    with pytest.raises(ValueError, match="--swarm is required"):
+        resolve({}, {})
+
+
+def test_config_written_on_first_start_is_used_by_the_next_and_shown(tmp_path):
+    r = _solo(tmp_path, "--rounds", "1", "--rank", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = tmp_path / "n"
+    assert 'rank = 4' in (d / "config.toml").read_text()
+    assert (d / "node.log").read_text().count("round 0 done") == 1
+    # `node start --data-dir D` alone runs with the file's settings; env and flags override it
+    r = run("start", "--data-dir", str(d), "--rounds", "1", env={"BITSWARM_LOCAL_STEPS": "1"},
+            timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"settings from {d / 'config.toml'}" in r.stderr
+    assert json.loads((d / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    show = run("config", "show", "--data-dir", str(d), "--json", "--lr", "0.005",
+               env={"BITSWARM_BATCH_SIZE": "3"})
+    assert show.returncode == 0, show.stderr
+    got = json.loads(show.stdout)
+    assert got["rank"] == {"value": 4, "source": f"config {d / 'config.toml'}"}
+    assert got["lr"] == {"value": 0.005, "source": "flag --lr"}
+    assert got["batch_size"] == {"value": 3, "source": "env BITSWARM_BATCH_SIZE"}
+    assert got["data_dir"] == {"value": str(d), "source": "flag --data-dir"}   # not in the file
+
+
+def test_help_version_and_bare_node():
+    bare = run()
+    assert bare.returncode == 2 and "start" in bare.stdout and "examples:" in bare.stdout
+    assert "required: cmd" not in bare.stderr
+    v = run("--version")
+    assert v.returncode == 0 and re.fullmatch(r"bitswarm \d+\.\d+\.\d+\n", v.stdout)
+    h = run("start", "--help")
+    for flag in ("--local-steps", "--lr", "--batch-size", "--min-peers", "--config"):
+        assert flag in h.stdout
+    assert "(default: 20; env BITSWARM_LOCAL_STEPS)" in re.sub(r"\s+", " ", h.stdout)
+    e = run("eval", "--help")
+    assert "--data" in e.stdout and "(default: 128)" in re.sub(r"\s+", " ", e.stdout)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "5"], "--lr: 5.0 is out of range; expected a number with 0 < lr < 1"),
+    (["--local-steps", "0"], "--local-steps: 0 is out of range; expected an integer >= 1"),
+    (["--ctx", "5000"], "--ctx: 5000 is out of range; expected 2 to the model's "
+                        "max_position_embeddings (256)"),
+])
+def test_ranges_name_the_value_and_the_range_before_side_effects(tmp_path, flags, message):
+    r = _solo(tmp_path, "--rounds", "1", *flags)
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "n").exists()          # nothing created: no identity, no copy
+
+
+def test_bad_data_and_data_dir_fail_in_one_line_before_side_effects(tmp_path):
+    r = run("start", "--swarm", "s", "--data", str(tmp_path / "nope"), "--data-dir",
+            str(tmp_path / "n"), "--rounds", "1")
+    assert r.returncode == 2 and f"--data {tmp_path / 'nope'}: not a directory" in r.stderr
+    assert not (tmp_path / "n").exists()              # data checked before identity / model copy
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for argv in (["start", "--swarm", "s", "--data", str(TEXT), "--data-dir", str(blocker / "d"),
+                  "--rounds", "1"], ["id", "--data-dir", str(blocker / "d")]):
+        r = run(*argv)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == (f"node {argv[0]}: error: --data-dir "
+                                                     f"{blocker / 'd'}: cannot create it (Not a directory)")
+        assert "Traceback" not in r.stderr
+
+
+def test_nan_adapter_is_rejected_by_eval_and_export(tmp_path):
+    r = _solo(tmp_path, "--rounds", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ad = tmp_path / "n" / "adapter"
+    weights = ad / "adapter_model.safetensors"
+    t = load_file(str(weights))
+    k = sorted(t)[0]
+    t[k] = np.full_like(t[k], np.nan)
+    save_file(t, str(weights))
+    for argv in (["eval", "--adapter", str(ad), "--data", str(TEXT), "--json"],
+                 ["export", "--adapter", str(ad), "--format", "peft", "--out", str(tmp_path / "x")]):
+        r = run(*argv)
+        assert r.returncode == 2, (argv, r.stdout, r.stderr)
+        assert "holds NaN or Inf" in r.stderr and k in r.stderr
+        assert "NaN" not in r.stdout
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_ctx_is_bounded_by_the_model(tmp_path):
+    r = run("eval", "--model", str(TINY), "--data", str(TEXT), "--ctx", "100000")
+    assert r.returncode == 2
+    assert "--ctx: 100000 is out of range; expected 2 to the model's max_position_embeddings (256)" in r.stderr
+
+
+def test_json_logs_and_no_vulkan_loader_noise(tmp_path):
+    r = _solo(tmp_path, "--rounds", "1", "--log-format", "json", env={"XDG_RUNTIME_DIR": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "XDG_RUNTIME_DIR" not in r.stderr
+    lines = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    assert any("round 0 done" in x["msg"] for x in lines)
+    assert all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+    # --log-level after the command name
+    q = _solo(tmp_path / "q", "--rounds", "1", "--log-level", "WARNING")
+    assert q.returncode == 0 and "round 0 done" not in q.stderr
+
+
+def test_progress_lines_without_a_terminal_at_least_every_30_s(tmp_path):
+    """The default model on 2 CPU cores: ~1 s per 8 x 128 step, so 30 steps train for ~20-40 s;
+    progress lines must come while it trains, never 30 s apart."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, f in enumerate(sorted(TEXT.iterdir())):
+        (docs / f"{i}.txt").write_text(f.read_text() * 3)
+    proc = subprocess.Popen([*NODE, "start", "--swarm", "p", "--data", str(docs), "--data-dir",
+                             str(tmp_path / "n"), "--rounds", "1", "--min-peers", "0",
+                             "--local-steps", "30", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stamps = []
+    t0 = time.monotonic()
+    for line in proc.stderr:
+        if re.search(r"round 0: step \d+/30|round 0 done", line):   # while it trains
+            stamps.append(time.monotonic() - t0)
+        assert time.monotonic() - t0 < 400
+    assert proc.wait(timeout=60) == 0
+    assert len(stamps) >= 3, stamps                  # step 1, at least one more, round done
+    assert max(b - a for a, b in zip(stamps, stamps[1:])) < 30, stamps
