@@ -41,6 +41,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from . import libp2p_compat, wire_recorder
+from .discovery import DialError, Discovery, StaticPeers
 from .identity import peer_id_of
 
 log = logging.getLogger("bitswarm.federation.transport")
@@ -58,7 +59,6 @@ SERVE_CONCURRENCY = 8  # payload requests served at once; more wait (bounds memo
 SERVE_IO_TIMEOUT_S = 10.0  # per read/write while serving: a stalled client is dropped
 PUBLISH_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0
-REDIAL_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # per configured peer, then stays at 30 s
 
 
 class TransportError(Exception):
@@ -74,7 +74,7 @@ class FetchError(TransportError):
         self.reason = reason
 
 
-class ConnectError(TransportError):
+class ConnectError(TransportError, DialError):
     """Dialing a peer failed or timed out."""
 
 
@@ -84,7 +84,8 @@ class TransportConfig:
 
     listen: str = "/ip4/127.0.0.1/tcp/0"  # multiaddr to listen on; tcp/0 = any free port
     topic: str = "bitswarm"  # the one gossip topic
-    peers: list[str] = field(default_factory=list)  # multiaddrs ending /p2p/<peer-id> to dial
+    # multiaddrs ending /p2p/<peer-id>: shorthand for open_transport(discovery=StaticPeers(peers))
+    peers: list[str] = field(default_factory=list)
     heartbeat_s: float = 1.0  # GossipSub heartbeat (mesh upkeep, gossip emission), seconds
     dial_timeout_s: float = 10.0  # per dial attempt, seconds
     psk: str | None = None  # 64 hex chars: private network (pnet); None = public
@@ -323,33 +324,6 @@ class Transport:
                 await trio.sleep(0.05)
             return peers
 
-    async def _keep_dialing(self, addr: str) -> None:
-        # Peers start at different moments, and may restart: redial whenever disconnected.
-        try:
-            target = info_from_p2p_addr(Multiaddr(addr)).peer_id.to_base58()
-        except Exception as e:
-            log.error("ignoring configured peer %r: %s", addr, e)
-            return
-        if target == self.peer_id:
-            log.info("ignoring configured peer %s: that is us", addr)
-            return
-        attempt = 0
-        while True:
-            if target in self.connected_peers():
-                attempt = 0
-                await trio.sleep(REDIAL_BACKOFF_S[-1] / 10)
-                continue
-            try:
-                await self.connect(addr)
-                log.info("connected to %s", addr)
-                attempt = 0
-                continue
-            except (ConnectError, ValueError) as e:
-                level = logging.WARNING if attempt < 3 else logging.DEBUG
-                log.log(level, "dial attempt %d to %s failed: %s", attempt + 1, addr, e)
-            await trio.sleep(REDIAL_BACKOFF_S[min(attempt, len(REDIAL_BACKOFF_S) - 1)])
-            attempt += 1
-
     async def _pump_messages(self, subscription) -> None:  # type: ignore[no-untyped-def]
         while True:
             msg = await subscription.get()
@@ -388,16 +362,21 @@ def muxer_options() -> dict:
 
 
 @asynccontextmanager
-async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIterator[Transport]:
+async def open_transport(key_pair: KeyPair, config: TransportConfig, *,
+                         discovery: Discovery | None = None) -> AsyncIterator[Transport]:
     """Start a libp2p host for `key_pair`, listening on `config.listen` and subscribed to
-    `config.topic`; yields the Transport once both hold. Configured peers are dialed in the
-    background (failures logged, retried with backoff). Leaving the block stops everything.
+    `config.topic`; yields the Transport once both hold. `discovery` (default:
+    StaticPeers(config.peers)) runs in the transport's nursery meanwhile, dialing the peers it
+    finds (failures logged, retried with backoff). Leaving the block stops everything.
 
     Raises:
         RuntimeError: installed libp2p is not 0.8.1 (see libp2p_compat).
-        ValueError: bad listen multiaddr.
+        ValueError: bad listen multiaddr; both `discovery` and `config.peers` given.
         OSError: listen address unusable, or the BITSWARM_RECORD_WIRE file cannot be opened.
     """
+    if discovery is not None and config.peers:
+        raise ValueError("give peers either in TransportConfig.peers or through discovery, not both")
+    discovery = discovery if discovery is not None else StaticPeers(config.peers)
     libp2p_compat.apply()
     wire_recorder.active()  # open the record file now, so a bad path fails here, not mid-write
     try:
@@ -444,8 +423,7 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIte
             host.set_stream_handler(PAYLOAD_PROTOCOL_ID, transport._serve_payload)
             transport.listen_multiaddrs = [str(a) for a in host.get_addrs()]
             nursery.start_soon(transport._pump_messages, subscription)
-            for addr in config.peers:
-                nursery.start_soon(transport._keep_dialing, addr)
+            nursery.start_soon(discovery.run, transport)
             log.info("transport %s listening on %s", transport.peer_id, transport.listen_multiaddrs)
             try:
                 yield transport

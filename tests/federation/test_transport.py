@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import stat
 import sys
@@ -20,16 +19,6 @@ from bitswarm.federation.identity import load_or_create_identity, peer_id_of
 from bitswarm.federation.signing import sign, verify
 from bitswarm.federation.transport import MAX_GOSSIP_BYTES, TransportConfig, muxer_options, security_options
 
-
-def _load_helper(name: str) -> types.ModuleType:
-    # --import-mode=importlib puts no test folder on sys.path; load our helper by path.
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-NodeProcess = _load_helper("helpers_fed_proc").NodeProcess
 TOPIC = "bitswarm-test"
 MB = 1_000_000
 
@@ -81,9 +70,9 @@ def test_sign_verify_roundtrip_and_tamper(tmp_path: Path) -> None:
 # ---- processes: gossip, fetch, restart -----------------------------------------------------
 
 
-def test_three_processes_gossip_and_fetch(tmp_path: Path) -> None:
-    with NodeProcess(tmp_path / "a", TOPIC) as a:
-        with NodeProcess(tmp_path / "b", TOPIC, [a.addr]) as b, NodeProcess(tmp_path / "c", TOPIC, [a.addr]) as c:
+def test_three_processes_gossip_and_fetch(tmp_path: Path, node_process) -> None:
+    with node_process(tmp_path / "a", TOPIC) as a:
+        with node_process(tmp_path / "b", TOPIC, [a.addr]) as b, node_process(tmp_path / "c", TOPIC, [a.addr]) as c:
             for node, n in ((a, 2), (b, 1), (c, 1)):
                 node.send(cmd="wait_topic_peers", n=n)
                 node.expect(lambda e: e["event"] == "peers", timeout_s=15)
@@ -119,7 +108,7 @@ def test_three_processes_gossip_and_fetch(tmp_path: Path) -> None:
         assert a.proc.poll() is None
         assert a.stop() < 5  # shutdown is prompt
     # Same data dir, new process: same peer ID.
-    with NodeProcess(tmp_path / "a", TOPIC) as again:
+    with node_process(tmp_path / "a", TOPIC) as again:
         assert again.peer_id == a.peer_id
 
 
@@ -144,13 +133,13 @@ async def _dial(target: str, sec_opt: dict) -> str:
             return f"refused: {type(e).__name__}"
 
 
-def test_plaintext_dialer_is_refused(tmp_path: Path) -> None:
+def test_plaintext_dialer_is_refused(tmp_path: Path, node_process) -> None:
     from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
     def plaintext_only(kp):  # type: ignore[no-untyped-def]
         return {PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)}
 
-    with NodeProcess(tmp_path / "n", TOPIC) as node:
+    with node_process(tmp_path / "n", TOPIC) as node:
         assert trio.run(_dial, node.addr, plaintext_only).startswith("refused")
         assert trio.run(_dial, node.addr, security_options) == "connected"  # the dialer itself works
         assert node.proc.poll() is None
@@ -159,12 +148,12 @@ def test_plaintext_dialer_is_refused(tmp_path: Path) -> None:
 # ---- plaintext wire recording --------------------------------------------------------------
 
 
-def test_wire_record_holds_plaintext_and_wire_does_not(tmp_path: Path) -> None:
+def test_wire_record_holds_plaintext_and_wire_does_not(tmp_path: Path, node_process) -> None:
     plain, cipher = tmp_path / "wire.plain", tmp_path / "wire.cipher"
     gossip_marker = "gossip-marker-" + os.urandom(8).hex()
     payload_marker = "payload-marker-" + os.urandom(8).hex()
     env = {"BITSWARM_RECORD_WIRE": str(plain), "BITSWARM_RECORD_WIRE_CIPHERTEXT": str(cipher)}
-    with NodeProcess(tmp_path / "a", TOPIC, env=env) as a, NodeProcess(tmp_path / "b", TOPIC, [a.addr]) as b:
+    with node_process(tmp_path / "a", TOPIC, env=env) as a, node_process(tmp_path / "b", TOPIC, [a.addr]) as b:
         b.send(cmd="wait_topic_peers", n=1)
         b.expect(lambda e: e["event"] == "peers", timeout_s=15)
         a.send(cmd="publish", data=gossip_marker)
