@@ -19,7 +19,12 @@ CONNECTED_POLL_S = REDIAL_BACKOFF_S[-1] / 10               # how often a live co
 
 class StaticPeers(Discovery):
     """addrs: multiaddrs ending /p2p/<peer-id>. A malformed one, or our own, is logged and
-    skipped; the others are dialed concurrently, each redialed whenever disconnected."""
+    skipped; the others are dialed concurrently, each redialed whenever disconnected.
+
+    py-libp2p 0.8.1 quirk: once every address of a peer failed, its swarm refuses to dial that
+    peer for 60 s (`_NegativePeerCache`), so a peer that starts listening after our first dial
+    is reached up to about a minute later (unless it dials us).
+    """
 
     def __init__(self, addrs: Sequence[str] = ()) -> None:
         self.addrs = list(addrs)
