@@ -7,7 +7,9 @@ given (the running Transport), and gossip and payload fetches use whatever conne
 closes.
 
 A new mechanism (Kademlia provider records, mDNS, rendezvous, ...) is one subclass in its own
-module, and its test with real hosts on 127.0.0.1.
+module, its test with real hosts on 127.0.0.1, and the line of the node's runtime that
+constructs it (today `StaticPeers(cfg.peers)`). A mechanism that speaks libp2p protocols
+itself (e.g. Kademlia) will also need the transport's host, which Dialer does not expose yet.
 """
 from __future__ import annotations
 
