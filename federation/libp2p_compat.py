@@ -1,6 +1,6 @@
 """Every workaround of py-libp2p 0.8.1 internals lives here, and only here.
 
-Each patch names the upstream behaviour it fixes; tests/federation/test_transport.py has one
+Each patch names the upstream behaviour it fixes; tests/federation/test_libp2p_compat.py has one
 test per patch that exercises the ORIGINAL function and fails once upstream changes, so the
 patch can be dropped or rewritten at the next version bump.
 

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import trio
 
+from bitswarm.federation.aggregation import FedAvg
+from bitswarm.federation.codecs import Int8BlockCodec
+from bitswarm.federation.discovery import StaticPeers
 from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundCoordinator
@@ -111,14 +114,15 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> int
 
     node = await compute(Node, cfg)
     rounds_log = cfg.data_dir / "rounds.jsonl"
-    tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm), peers=list(cfg.peers))
-    async with open_transport(node.key_pair, tcfg) as transport:
+    tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm))
+    async with open_transport(node.key_pair, tcfg, discovery=StaticPeers(cfg.peers)) as transport:
         for addr in transport.listen_multiaddrs:
             print(f"listening on {addr}", flush=True)
         coord = RoundCoordinator(
             transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
-            round_timeout_s=cfg.round_timeout_s, run_blocking=trio.to_thread.run_sync)
+            round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=FedAvg(),
+            run_blocking=trio.to_thread.run_sync)
         async with trio.open_nursery() as nursery:
             await nursery.start(coord.run)
             task_status.started(transport)

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
-
-def _load_helper(name: str) -> types.ModuleType:
-    # --import-mode=importlib puts no test folder on sys.path; load our helper by path.
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-NodeProcess = _load_helper("helpers_fed_proc").NodeProcess
 HOSTILE_SCRIPT = Path(__file__).with_name("helpers_fed_hostile.py")
 TOPIC = "bitswarm-hostile"
 
 
-def test_node_survives_malformed_pubsub_frames(tmp_path: Path) -> None:
-    with NodeProcess(tmp_path / "node", TOPIC) as node, NodeProcess(tmp_path / "good", TOPIC, [node.addr]) as good:
+def test_node_survives_malformed_pubsub_frames(tmp_path: Path, node_process) -> None:
+    with node_process(tmp_path / "node", TOPIC) as node, node_process(tmp_path / "good", TOPIC, [node.addr]) as good:
         good.send(cmd="wait_topic_peers", n=1)
         good.expect(lambda e: e["event"] == "peers", timeout_s=15)
 

@@ -1,4 +1,4 @@
-"""Deterministic FedAvg of LoRA deltas.
+"""FedAvg: the token-weighted mean of LoRA deltas, deterministic to the bit.
 
 FedAvg (McMahan et al. 2017, arXiv:1602.05629, Alg. 1): the new global update is the mean of
 client updates weighted by n_k, the amount of data each client trained on (here: tokens):
@@ -9,20 +9,20 @@ in float64, and cast to float32 once at the end.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
+from .base import AggregationRule, Contribution
 
-@dataclass(frozen=True)
-class Contribution:
-    """One peer's update: peer_id (base58), tokens (int >= 0, the FedAvg weight),
-    delta (name -> float32 array; e.g. lora_A (r, in), lora_B (out, r))."""
 
-    peer_id: str
-    tokens: int
-    delta: Mapping[str, np.ndarray]
+class FedAvg(AggregationRule):
+    """The default rule: `fedavg` of the round's contributions."""
+
+    name = "fedavg"
+
+    def aggregate(self, round: int, contributions: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        return fedavg(contributions)
 
 
 def fedavg(updates: Sequence[Contribution]) -> dict[str, np.ndarray]:

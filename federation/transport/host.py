@@ -1,32 +1,21 @@
-"""libp2p transport for a bitswarm node: gossip on one topic plus a bulk payload protocol.
-
-Stack: TCP, Noise only (py-libp2p's default also accepts secio and PLAINTEXT), Yamux only,
-GossipSub (StrictSign) with a ~1 s heartbeat. Gossip carries small signed messages; payloads
-(tens of MB) move over our own stream protocol `/bitswarm/payload/1.0.0`, because gossip drops
-anything above 1 MiB silently and request_response fails above ~6.5 MB.
-
-Payload protocol (all integers big-endian):
-    request  = u32 length (<= 4096) + request bytes
-    response = u8 status + u64 total length + chunks, each u32 length (1..65536) + bytes,
-               until `total` bytes have been sent; then the server closes the stream.
-    status: 0 OK, 1 NOT_FOUND (total = 0), 2 ERROR (provider failed; total = 0).
+"""The running transport: a libp2p host (TCP, Noise only, Yamux only), GossipSub on one topic,
+the payload protocol, and the discovery that dials peers.
 
 Every task runs in the nursery of `open_transport`; every network wait has a timeout.
+Logger: "bitswarm.federation.transport".
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 from libp2p import new_host
 from multiaddr import Multiaddr
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -40,69 +29,19 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from . import libp2p_compat, wire_recorder
-from .identity import peer_id_of
+from bitswarm.federation import libp2p_compat, wire_recorder
+from bitswarm.federation.discovery import Discovery, StaticPeers
+from bitswarm.federation.identity import peer_id_of
+
+from .config import TransportConfig
+from .errors import ConnectError, TransportError
+from .payload_protocol import PAYLOAD_PROTOCOL_ID, PayloadServer, fetch_payload
 
 log = logging.getLogger("bitswarm.federation.transport")
 
-PAYLOAD_PROTOCOL_ID = TProtocol("/bitswarm/payload/1.0.0")
 MAX_GOSSIP_BYTES = 256 * 1024  # py-libp2p drops gossip > 1 MiB silently; stay far below
-MAX_REQUEST_BYTES = 4096
-CHUNK_BYTES = 64 * 1024
-STATUS_OK, STATUS_NOT_FOUND, STATUS_ERROR = 0, 1, 2
-_U32 = struct.Struct(">I")
-_RESPONSE_HEADER = struct.Struct(">BQ")
-
 MESSAGE_BUFFER = 256  # gossip messages held for the consumer before new ones are dropped
-SERVE_CONCURRENCY = 8  # payload requests served at once; more wait (bounds memory and CPU)
-SERVE_IO_TIMEOUT_S = 10.0  # per read/write while serving: a stalled client is dropped
 PUBLISH_TIMEOUT_S = 10.0
-CLOSE_TIMEOUT_S = 1.0
-REDIAL_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # per configured peer, then stays at 30 s
-
-
-class TransportError(Exception):
-    """Base class of transport errors."""
-
-
-class FetchError(TransportError):
-    """A payload fetch failed. `reason` is one of: timeout, not_found, oversize, connection,
-    protocol, remote_error."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
-class ConnectError(TransportError):
-    """Dialing a peer failed or timed out."""
-
-
-@dataclass
-class TransportConfig:
-    """Network settings of one node."""
-
-    listen: str = "/ip4/127.0.0.1/tcp/0"  # multiaddr to listen on; tcp/0 = any free port
-    topic: str = "bitswarm"  # the one gossip topic
-    peers: list[str] = field(default_factory=list)  # multiaddrs ending /p2p/<peer-id> to dial
-    heartbeat_s: float = 1.0  # GossipSub heartbeat (mesh upkeep, gossip emission), seconds
-    dial_timeout_s: float = 10.0  # per dial attempt, seconds
-    psk: str | None = None  # 64 hex chars: private network (pnet); None = public
-
-    def __post_init__(self) -> None:
-        if not self.topic:
-            raise ValueError("TransportConfig.topic must be non-empty")
-        if not (math.isfinite(self.heartbeat_s) and self.heartbeat_s > 0):
-            raise ValueError(f"TransportConfig.heartbeat_s must be > 0, got {self.heartbeat_s}")
-        if not (math.isfinite(self.dial_timeout_s) and self.dial_timeout_s > 0):
-            raise ValueError(f"TransportConfig.dial_timeout_s must be > 0, got {self.dial_timeout_s}")
-        if self.psk is not None:
-            try:
-                ok = len(bytes.fromhex(self.psk)) == 32
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError("TransportConfig.psk must be 64 hex characters (32 bytes)")
 
 
 @dataclass
@@ -141,8 +80,7 @@ class Transport:
         self._pubsub = pubsub
         self._router = router
         self._nursery = nursery
-        self._provider: Callable[[bytes], bytes | None] | None = None
-        self._serve_slots = trio.Semaphore(SERVE_CONCURRENCY)
+        self._payload_server = PayloadServer(on_sent=self._count_sent)
         self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
         self._dropped_messages = 0
 
@@ -191,7 +129,7 @@ class Transport:
         compression or disk scans in it) or it stalls every connection. An exception in `fn`
         is logged and answered with status ERROR.
         """
-        self._provider = fn
+        self._payload_server.provider = fn
 
     async def fetch(self, peer_id: str, request: bytes, *, max_bytes: int, timeout_s: float) -> bytes:
         """Fetch one payload from `peer_id` (base58) over `/bitswarm/payload/1.0.0`.
@@ -205,83 +143,14 @@ class Transport:
                 'connection' (dial/stream failed or closed early), 'protocol' (malformed
                 response) or 'remote_error' (the peer's provider failed).
         """
-        request = bytes(request)
-        if len(request) > MAX_REQUEST_BYTES:
-            raise ValueError(f"fetch request of {len(request)} bytes exceeds {MAX_REQUEST_BYTES}")
-        if max_bytes < 0 or not timeout_s > 0:
-            raise ValueError(f"need max_bytes >= 0 and timeout_s > 0, got {max_bytes}, {timeout_s}")
-        target = _parse_peer_id(peer_id)
-        stream: INetStream | None = None
-        done = False
-        try:
-            with trio.fail_after(timeout_s):
-                stream = await self._host.new_stream(target, [PAYLOAD_PROTOCOL_ID])
-                await stream.write(_U32.pack(len(request)) + request)
-                status, total = _RESPONSE_HEADER.unpack(await _read_exactly(stream, _RESPONSE_HEADER.size))
-                if status == STATUS_NOT_FOUND:
-                    raise FetchError("not_found", f"peer {peer_id} has no payload for request {request[:64]!r}")
-                if status == STATUS_ERROR:
-                    raise FetchError("remote_error", f"peer {peer_id} failed to produce the payload")
-                if status != STATUS_OK:
-                    raise FetchError("protocol", f"unknown status byte {status}")
-                if total > max_bytes:
-                    raise FetchError("oversize", f"payload of {total} bytes exceeds max_bytes={max_bytes}")
-                data = bytearray()
-                while len(data) < total:
-                    (n,) = _U32.unpack(await _read_exactly(stream, 4))
-                    if not 0 < n <= min(CHUNK_BYTES, total - len(data)):
-                        raise FetchError("protocol", f"bad chunk length {n} ({len(data)}/{total} received)")
-                    data += await _read_exactly(stream, n)
-                    self.bytes_received += n
-                done = True
-                return bytes(data)
-        except trio.TooSlowError:
-            raise FetchError("timeout", f"fetch from {peer_id} exceeded {timeout_s} s") from None
-        except FetchError:
-            raise
-        except Exception as e:  # libp2p raises many types for dial/stream failures
-            raise FetchError("connection", f"fetch from {peer_id} failed: {type(e).__name__}: {e}") from e
-        finally:
-            if stream is not None:
-                await _close_stream(stream, reset=not done)
+        return await fetch_payload(self._host, peer_id, request, max_bytes=max_bytes,
+                                   timeout_s=timeout_s, on_received=self._count_received)
 
-    async def _serve_payload(self, stream: INetStream) -> None:
-        # A libp2p stream handler must never raise: it would kill the whole process.
-        peer = _peer_str(stream)
-        try:
-            with trio.fail_after(SERVE_IO_TIMEOUT_S):
-                (n,) = _U32.unpack(await _read_exactly(stream, 4))
-                if n > MAX_REQUEST_BYTES:
-                    log.warning("payload request of %d bytes from %s refused (max %d)", n, peer, MAX_REQUEST_BYTES)
-                    await _close_stream(stream, reset=True)
-                    return
-                request = await _read_exactly(stream, n)
-            async with self._serve_slots:
-                payload, status = self._lookup(request, peer)
-                with trio.fail_after(SERVE_IO_TIMEOUT_S):
-                    await stream.write(_RESPONSE_HEADER.pack(status, len(payload)))
-                view = memoryview(payload)
-                for start in range(0, len(view), CHUNK_BYTES):
-                    chunk = view[start : start + CHUNK_BYTES]
-                    with trio.fail_after(SERVE_IO_TIMEOUT_S):  # per chunk: slow readers are fine, dead ones not
-                        await stream.write(_U32.pack(len(chunk)) + chunk)
-                    self.bytes_sent += len(chunk)
-            await _close_stream(stream, reset=False)
-        except Exception as e:  # noqa: BLE001 - see above
-            log.info("serving payload to %s aborted: %s: %s", peer, type(e).__name__, e)
-            await _close_stream(stream, reset=True)
+    def _count_received(self, n: int) -> None:
+        self.bytes_received += n
 
-    def _lookup(self, request: bytes, peer: str) -> tuple[bytes, int]:
-        if self._provider is None:
-            return b"", STATUS_NOT_FOUND
-        try:
-            payload = self._provider(request)
-        except Exception:  # noqa: BLE001 - a provider bug must not kill the node
-            log.exception("payload provider failed for request %r from %s", request[:64], peer)
-            return b"", STATUS_ERROR
-        if payload is None:
-            return b"", STATUS_NOT_FOUND
-        return bytes(payload), STATUS_OK
+    def _count_sent(self, n: int) -> None:
+        self.bytes_sent += n
 
     # ---- peers --------------------------------------------------------------------------
 
@@ -323,33 +192,6 @@ class Transport:
                 await trio.sleep(0.05)
             return peers
 
-    async def _keep_dialing(self, addr: str) -> None:
-        # Peers start at different moments, and may restart: redial whenever disconnected.
-        try:
-            target = info_from_p2p_addr(Multiaddr(addr)).peer_id.to_base58()
-        except Exception as e:
-            log.error("ignoring configured peer %r: %s", addr, e)
-            return
-        if target == self.peer_id:
-            log.info("ignoring configured peer %s: that is us", addr)
-            return
-        attempt = 0
-        while True:
-            if target in self.connected_peers():
-                attempt = 0
-                await trio.sleep(REDIAL_BACKOFF_S[-1] / 10)
-                continue
-            try:
-                await self.connect(addr)
-                log.info("connected to %s", addr)
-                attempt = 0
-                continue
-            except (ConnectError, ValueError) as e:
-                level = logging.WARNING if attempt < 3 else logging.DEBUG
-                log.log(level, "dial attempt %d to %s failed: %s", attempt + 1, addr, e)
-            await trio.sleep(REDIAL_BACKOFF_S[min(attempt, len(REDIAL_BACKOFF_S) - 1)])
-            attempt += 1
-
     async def _pump_messages(self, subscription) -> None:  # type: ignore[no-untyped-def]
         while True:
             msg = await subscription.get()
@@ -388,16 +230,21 @@ def muxer_options() -> dict:
 
 
 @asynccontextmanager
-async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIterator[Transport]:
+async def open_transport(key_pair: KeyPair, config: TransportConfig, *,
+                         discovery: Discovery | None = None) -> AsyncIterator[Transport]:
     """Start a libp2p host for `key_pair`, listening on `config.listen` and subscribed to
-    `config.topic`; yields the Transport once both hold. Configured peers are dialed in the
-    background (failures logged, retried with backoff). Leaving the block stops everything.
+    `config.topic`; yields the Transport once both hold. `discovery` (default:
+    StaticPeers(config.peers)) runs in the transport's nursery meanwhile, dialing the peers it
+    finds (failures logged, retried with backoff). Leaving the block stops everything.
 
     Raises:
         RuntimeError: installed libp2p is not 0.8.1 (see libp2p_compat).
-        ValueError: bad listen multiaddr.
+        ValueError: bad listen multiaddr; both `discovery` and `config.peers` given.
         OSError: listen address unusable, or the BITSWARM_RECORD_WIRE file cannot be opened.
     """
+    if discovery is not None and config.peers:
+        raise ValueError("give peers either in TransportConfig.peers or through discovery, not both")
+    discovery = discovery if discovery is not None else StaticPeers(config.peers)
     libp2p_compat.apply()
     wire_recorder.active()  # open the record file now, so a bad path fails here, not mid-write
     try:
@@ -441,11 +288,10 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIte
             transport = Transport(key_pair, config, host, pubsub, router, nursery)
             pubsub.set_topic_validator(config.topic, transport._validate, False)
             subscription = await pubsub.subscribe(config.topic)
-            host.set_stream_handler(PAYLOAD_PROTOCOL_ID, transport._serve_payload)
+            host.set_stream_handler(PAYLOAD_PROTOCOL_ID, transport._payload_server.handle)
             transport.listen_multiaddrs = [str(a) for a in host.get_addrs()]
             nursery.start_soon(transport._pump_messages, subscription)
-            for addr in config.peers:
-                nursery.start_soon(transport._keep_dialing, addr)
+            nursery.start_soon(discovery.run, transport)
             log.info("transport %s listening on %s", transport.peer_id, transport.listen_multiaddrs)
             try:
                 yield transport
@@ -456,43 +302,3 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig) -> AsyncIte
                 transport._msg_send.close()
     if caller_error is not None:
         raise caller_error
-
-
-# ---- helpers ----------------------------------------------------------------------------
-
-
-async def _read_exactly(stream: INetStream, n: int) -> bytes:
-    """Read exactly n bytes; the caller's cancel scope bounds the time. Raises EOFError."""
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(n - len(buf))
-        if not chunk:
-            raise EOFError(f"stream closed after {len(buf)}/{n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-async def _close_stream(stream: INetStream, *, reset: bool) -> None:
-    # Shielded: cleanup must run even when we got here through cancellation.
-    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-        try:
-            await (stream.reset() if reset else stream.close())
-        except Exception as e:  # noqa: BLE001 - the stream may already be gone
-            log.debug("closing stream failed: %s", e)
-
-
-def _parse_peer_id(peer_id: str) -> ID:
-    try:
-        pid = ID.from_base58(peer_id)
-        if not pid.to_bytes():
-            raise ValueError("empty")
-        return pid
-    except Exception as e:
-        raise ValueError(f"bad peer ID {peer_id!r}: {e}") from e
-
-
-def _peer_str(stream: INetStream) -> str:
-    try:
-        return stream.muxed_conn.peer_id.to_base58()
-    except Exception:  # noqa: BLE001
-        return "?"

@@ -1,4 +1,9 @@
-"""Test-side driver for node processes (helpers_fed_node.py) speaking JSON lines."""
+"""Shared fixtures of the federation tests.
+
+`node_process`: the class NodeProcess, a test-side driver for node processes
+(helpers_fed_node.py) speaking JSON lines. A fixture because --import-mode=importlib puts no
+test folder on sys.path, so test modules cannot import a helper module.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 HERE = Path(__file__).resolve().parent
 NODE_SCRIPT = HERE / "helpers_fed_node.py"
@@ -103,3 +110,9 @@ class NodeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@pytest.fixture
+def node_process() -> type[NodeProcess]:
+    """NodeProcess(data_dir, topic, peers=(), env=None): a real node process on 127.0.0.1."""
+    return NodeProcess

@@ -2,8 +2,8 @@
 
 MemoryNetwork / MemoryTransport below are a TEST DOUBLE OF THE TRANSPORT (the network itself is
 tested in test_transport.py with real libp2p processes), not of what is tested here: the
-RoundCoordinator, wire format, codecs and FedAvg all run for real. Time is trio's MockClock
-(autojump), so deadlines of tens of seconds take milliseconds.
+RoundCoordinator, wire format, codecs and aggregation rules all run for real. Time is trio's
+MockClock (autojump), so deadlines of tens of seconds take milliseconds.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import zstandard
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from bitswarm.federation import codecs, wire
+from bitswarm.federation.aggregation import AggregationRule, Contribution, fedavg
 from bitswarm.federation.identity import peer_id_of
 from bitswarm.federation.rounds import RoundCoordinator
 from bitswarm.federation.transport import FetchError, GossipMessage
@@ -479,3 +480,67 @@ def test_exchange_argument_errors():
     with pytest.raises(ValueError, match="key_pair"):
         RoundCoordinator(t, create_new_key_pair(), swarm=SWARM, base_model=BASE, lora=LORA,
                          expected_shapes=SHAPES)
+
+
+# --- injected seams: codec and aggregation rule --------------------------------------------
+
+class PlainMean(AggregationRule):
+    """Unweighted mean in peer-ID order, float64: a second real rule for the seam."""
+
+    name = "plain-mean"
+
+    def aggregate(self, round, contributions):
+        ordered = sorted(contributions, key=lambda c: c.peer_id)
+        return {k: (sum(np.asarray(c.delta[k], np.float64) for c in ordered) / len(ordered))
+                .astype(np.float32) for k in ordered[0].delta}
+
+
+def test_injected_codecs_mix_in_one_swarm_and_lossless_gives_exact_fedavg():
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net, codec=codecs.RawCodec()) for _ in range(2)]
+        coords.append(make_coord(net, codec=codecs.Int8BlockCodec(block=64)))
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            res = await exchange_all(coords, 0, tokens=[100, 300, 600])
+            n.cancel_scope.cancel()
+        assert sorted(wire.decode_manifest(d).codec for _, d in net.published) == \
+            ["int8-block-zstd/1", "raw-zstd/1", "raw-zstd/1"]
+        assert all(r.rejected == [] and same_bits(r.aggregate, res[0].aggregate) for r in res)
+        _, int8_decoded = codecs.encode_update(delta_for(2), codec=codecs.Int8BlockCodec(block=64))
+        want = fedavg([Contribution(coords[0].peer_id, 100, delta_for(0)),
+                       Contribution(coords[1].peer_id, 300, delta_for(1)),
+                       Contribution(coords[2].peer_id, 600, int8_decoded)])
+        assert same_bits(res[0].aggregate, want)
+    run_mock(main)
+
+
+def test_injected_aggregation_rule_decides_the_aggregate():
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net, codec=codecs.RawCodec(), aggregation=PlainMean())
+                  for _ in range(3)]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            res = await exchange_all(coords, 0, tokens=[1, 10, 1000])
+            n.cancel_scope.cancel()
+        # Unweighted, whatever the token counts: the rule, not FedAvg, made the aggregate.
+        want = PlainMean().aggregate(0, [Contribution(c.peer_id, 1, delta_for(i))
+                                         for i, c in enumerate(coords)])
+        assert all(same_bits(r.aggregate, want) for r in res)
+    run_mock(main)
+
+
+def test_seam_argument_errors():
+    net = MemoryNetwork()
+
+    class Int8Variant(codecs.Int8BlockCodec):
+        """Claims the int8 wire name, but receivers would decode it as the registered class."""
+
+    for bad in ("raw-zstd/1", Int8Variant(), object()):
+        with pytest.raises(ValueError, match="codec"):
+            make_coord(net, codec=bad)
+    with pytest.raises(ValueError, match="aggregation"):
+        make_coord(net, aggregation=fedavg)

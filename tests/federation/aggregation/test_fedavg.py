@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from bitswarm.federation.aggregate import Contribution, fedavg
+from bitswarm.federation.aggregation import Contribution, FedAvg, fedavg
 
 SHAPES = {"layers.0.q_proj.lora_A": (4, 33), "layers.0.q_proj.lora_B": (33, 4)}
 
@@ -72,3 +72,10 @@ def test_errors():
     bad = dict(b.delta, **{k0: np.zeros((4, 32), np.float32)})
     with pytest.raises(ValueError, match="shape"):
         fedavg([a, Contribution(b.peer_id, 3, bad)])
+
+
+def test_fedavg_rule_is_the_pure_function():
+    ups = _updates(4, seed=11)
+    ref = fedavg(ups)
+    out = FedAvg().aggregate(7, ups)
+    assert all(out[k].tobytes() == ref[k].tobytes() for k in SHAPES)

@@ -1,0 +1,97 @@
+"""Fetching one announced payload: from its sender, else from connected peers that verified
+it, with a few passes and backoff; the bytes must match the signed manifest.
+
+Payloads are addressed by (round, SHA-256), so any holder will do: gossip reaches us through
+the mesh even when we hold no address of the sender (a star or a line of peers).
+
+Logger: "bitswarm.federation.rounds.fetch".
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from typing import Any
+
+import trio
+
+from bitswarm.federation.transport import FetchError
+from bitswarm.federation.wire import UpdateManifest, encode_payload_request
+
+log = logging.getLogger("bitswarm.federation.rounds.fetch")
+
+FETCH_ATTEMPTS = 3                    # passes over the sources of one (sender, round)
+FETCH_RETRY_BACKOFF_S = 1.0           # pause before pass k: k times this, seconds
+MAX_RELAYS = 4                        # connected peers asked per pass after the sender
+
+
+class FetchFailed(Exception):
+    """No source served the announced payload; `reason` says why (the sender's error first)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PayloadFetcher:
+    """Fetches payloads over a Transport (fetch / connected_peers / peer_id).
+
+    fetch_timeout_s: deadline of one fetch from one source, seconds.
+    max_parallel_fetches: payload fetches at once (all passes of one manifest hold one slot).
+    """
+
+    def __init__(self, transport: Any, *, fetch_timeout_s: float,
+                 max_parallel_fetches: int) -> None:
+        self.transport = transport
+        self.fetch_timeout_s = fetch_timeout_s
+        self._limiter = trio.CapacityLimiter(max_parallel_fetches)
+        self._rng = random.Random()           # relay order only; spreads load over neighbours
+
+    async def fetch(self, m: UpdateManifest) -> tuple[bytes, str]:
+        """The payload `m` announces (size and SHA-256 checked) and the peer that served it.
+
+        Takes at most FETCH_ATTEMPTS x (1 + MAX_RELAYS) x (fetch_timeout_s + 1) seconds plus
+        the backoff. Raises FetchFailed.
+        """
+        request = encode_payload_request(m.round, m.payload_sha256)
+        sender_error = other_error = None
+        async with self._limiter:
+            for attempt in range(FETCH_ATTEMPTS):
+                if attempt:
+                    await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
+                for source in self._sources(m):
+                    data, error = await self._fetch_verified(source, m, request)
+                    if data is not None:
+                        return data, source
+                    if source == m.sender:
+                        sender_error = error
+                    else:
+                        other_error = f"{error} (via {source})"
+                log.info("round %d: payload of %s not fetched (attempt %d/%d): %s", m.round,
+                         m.sender, attempt + 1, FETCH_ATTEMPTS, sender_error or other_error)
+        raise FetchFailed(sender_error or other_error or "no source")
+
+    def _sources(self, m: UpdateManifest) -> list[str]:
+        """The sender first; then up to MAX_RELAYS directly connected peers, shuffled."""
+        me = self.transport.peer_id
+        relays = [p for p in self.transport.connected_peers() if p not in (m.sender, me)]
+        self._rng.shuffle(relays)
+        return [m.sender, *relays[:MAX_RELAYS]]
+
+    async def _fetch_verified(self, source: str, m: UpdateManifest,
+                              request: bytes) -> tuple[bytes | None, str]:
+        """(payload, "") if `source` served the bytes the manifest names, else (None, reason)."""
+        # The transport bounds its own wait; the outer scope guards against one that does not
+        # (1 s of grace so the transport's own timeout error wins normally).
+        with trio.move_on_after(self.fetch_timeout_s + 1.0):
+            try:
+                data = await self.transport.fetch(source, request, max_bytes=m.payload_size,
+                                                  timeout_s=self.fetch_timeout_s)
+            except FetchError as e:
+                return None, f"fetch failed: {e}"
+            if len(data) != m.payload_size:
+                return None, f"payload size {len(data)} != announced {m.payload_size}"
+            if hashlib.sha256(data).digest() != m.payload_sha256:
+                return None, "payload SHA-256 mismatch with the manifest"
+            return data, ""
+        return None, "fetch timed out"

@@ -1,0 +1,101 @@
+"""Manifest intake on its own: window, dedupe, sender cap, compatibility, channel hand-over.
+
+Real signed manifests (wire.encode_manifest), no network: intake is a plain object fed bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from bitswarm.federation import wire
+from bitswarm.federation.identity import peer_id_of
+from bitswarm.federation.rounds.intake import ManifestIntake
+
+SWARM = "intake-swarm"
+BASE = hashlib.sha256(b"intake base").hexdigest()
+LORA = wire.lora_dict({"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"],
+                       "freeze_A": False})
+ME = peer_id_of(create_new_key_pair())
+
+
+def _intake(**over) -> ManifestIntake:
+    kw = dict(peer_id=ME, swarm=SWARM, base_model=BASE, lora=LORA, max_payload=10_000,
+              max_rounds_ahead=2, max_peers_per_round=3)
+    kw.update(over)
+    return ManifestIntake(**kw)
+
+
+def _manifest(rnd: int, kp=None, signer=None, **over) -> tuple[str, bytes]:
+    kp = kp or create_new_key_pair()
+    fields = dict(swarm=SWARM, round=rnd, base_model=BASE, lora=LORA, sender=peer_id_of(kp),
+                  tokens=100, codec="int8-block-zstd/1",
+                  payload_sha256=hashlib.sha256(b"p").digest(), payload_size=1000)
+    fields.update(over)
+    return fields["sender"], wire.encode_manifest(wire.UpdateManifest(**fields), signer or kp)
+
+
+def test_window_dedupe_and_sender_cap():
+    intake = _intake()
+    intake.enter(5)
+    s_ok, ok = _manifest(6)
+    intake.on_gossip(s_ok, ok)
+    intake.on_gossip(s_ok, ok)                       # republished: deduped
+    intake.on_gossip(*_manifest(4))                  # below the floor
+    intake.on_gossip(*_manifest(8))                  # beyond floor + max_rounds_ahead
+    assert intake.buffered(6) == [s_ok] and intake.buffered(4) == intake.buffered(8) == []
+    assert intake.latest_round_seen == 6
+    more = [_manifest(7) for _ in range(4)]
+    for sender, data in more:
+        intake.on_gossip(sender, data)
+    assert intake.buffered(7) == sorted(s for s, _ in more[:3])   # the 4th sender is dropped
+
+
+@pytest.mark.parametrize("over, needle", [
+    (dict(swarm="other"), "wrong swarm"), (dict(base_model="0" * 64), "wrong base model"),
+    (dict(lora={**LORA, "rank": 8}), "LoRA config"), (dict(codec="gzip/1"), "unknown codec"),
+    (dict(payload_size=10_001), "exceeds the bound")])
+def test_incompatible_manifests_are_rejected_with_a_reason(over, needle):
+    intake = _intake()
+    state = intake.enter(0)
+    sender, data = _manifest(0, **over)
+    intake.on_gossip(sender, data)
+    assert intake.buffered(0) == [] and len(state.rejected) == 1
+    assert state.rejected[0][0] == sender and needle in state.rejected[0][1]
+
+
+def test_unverified_gossip_blames_the_author(caplog):
+    caplog.set_level(logging.INFO, logger="bitswarm.federation.rounds.intake")
+    intake = _intake()
+    state = intake.enter(0)
+    intake.on_gossip("author-1", b"BSWX junk")       # no round, no active round: only logged
+    assert state.rejected == [] and "invalid gossip from author-1" in caplog.text
+    sender, forged = _manifest(0, signer=create_new_key_pair())
+    intake.on_gossip("author-2", forged)             # signed by another key than its sender's
+    assert intake.buffered(0) == []
+    assert state.rejected == [("author-2", f"bad signature for sender {sender}")]
+    intake.open(0)
+    intake.on_gossip("author-3", b"BSWX junk")       # during round 0: filed under it
+    assert state.rejected[1:] == [("author-3", "manifest has wrong magic b'BSWX'")]
+
+
+def test_channel_hands_over_buffered_then_live_manifests_once():
+    async def main():
+        intake = _intake()
+        intake.enter(0)
+        early = _manifest(0)
+        intake.on_gossip(*early)
+        inbox = intake.open(0)
+        late = _manifest(0)
+        intake.on_gossip(*late)
+        intake.on_gossip(*late)                      # republished: not handed over twice
+        intake.on_gossip(*_manifest(1))              # another round: buffered, not handed over
+        intake.close(0)
+        got = [m.sender async for m in inbox]
+        assert got == [early[0], late[0]]
+        intake.on_gossip(*_manifest(0))              # round 0 is over: ignored
+        assert intake.buffered(0) == [] and len(intake.buffered(1)) == 1
+    trio.run(main)
