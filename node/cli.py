@@ -228,11 +228,13 @@ def cmd_start(args) -> int:
         log.info("stopped by Ctrl-C; the adapter of the last completed round is in %s",
                  cfg.data_dir / "adapter")
         return EXIT_OK
-    done = getattr(outcome, "rounds", outcome)
-    log.info("finished %d round(s); adapter saved in %s", done, cfg.data_dir / "adapter")
-    failure = getattr(outcome, "network_failure", None)
-    if failure:
-        print(f"node start: network goal failed: {failure}", file=sys.stderr)
+    if outcome.interrupted:
+        log.info("stopped by Ctrl-C after %d round(s); the adapter of the last completed round "
+                 "is in %s", outcome.rounds, cfg.data_dir / "adapter")
+        return EXIT_OK
+    log.info("finished %d round(s); adapter saved in %s", outcome.rounds, cfg.data_dir / "adapter")
+    if outcome.network_failure:
+        print(f"node start: network goal failed: {outcome.network_failure}", file=sys.stderr)
         return EXIT_NETWORK
     return EXIT_OK
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,7 @@ from bitswarm.node.data import find_text_files, split_train_heldout, tokenize, T
 from bitswarm.node.evaluate import evaluate
 from bitswarm.node.models import load_model
 from bitswarm.node.progress import RoundProgress
+from bitswarm.node.swarm_watch import SwarmWatch
 from bitswarm.node.trainer import LocalTrainer
 
 log = logging.getLogger("bitswarm.node")
@@ -101,11 +105,22 @@ class Node:
                                "swarm": self.cfg.swarm})
 
 
-async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> int:
-    """Run a node until cfg.rounds rounds are done (or forever); returns rounds completed.
+@dataclass(frozen=True)
+class ServeOutcome:
+    """rounds: rounds completed; interrupted: stopped by Ctrl-C (SIGINT); network_failure: why
+    the network goal failed (SwarmWatch.failure), or None."""
 
-    Reports started (with the Transport) once it listens and is subscribed to the swarm topic.
-    Raises ValueError for bad files/flags before touching the network.
+    rounds: int
+    interrupted: bool = False
+    network_failure: str | None = None
+
+
+async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> ServeOutcome:
+    """Run a node until cfg.rounds rounds are done, or forever, or the first Ctrl-C (SIGINT:
+    the node stops after the current step, keeping the last completed round's adapter; a second
+    one quits at once, exit 130). Reports started (with the Transport) once it listens and is
+    subscribed to the swarm topic. Raises ValueError for bad files/flags before touching the
+    network.
     """
     limiter = trio.CapacityLimiter(1)   # one compute job at a time on the device
 
@@ -123,22 +138,49 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> int
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
             round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=FedAvg(),
             run_blocking=trio.to_thread.run_sync)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(coord.run)
-            task_status.started(transport)
-            held = await compute(node.heldout_loss)
-            _append_jsonl(rounds_log, {"round": -1, "heldout_loss": held,
-                                       "adapter_sha256": adapter_sha256(node.global_state)})
-            done = 0
-            with RoundProgress(cfg.rounds, cfg.local_steps) as progress:
-                while cfg.rounds is None or done < cfg.rounds:
-                    await _one_round(node, coord, transport, done, compute, progress, rounds_log)
-                    done += 1
-            nursery.cancel_scope.cancel()
-    return done
+        watch = SwarmWatch(transport.peer_id)
+        done, interrupted = 0, False
+        with RoundProgress(cfg.rounds, cfg.local_steps) as progress:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(coord.run)
+                await nursery.start(watch.run, transport, progress)
+                stop = await nursery.start(_stop_on_sigint)
+                task_status.started(transport)
+                log.info("evaluating the held-out loss before training")
+                held = await compute(node.heldout_loss)
+                _append_jsonl(rounds_log, {"round": -1, "heldout_loss": held,
+                                           "adapter_sha256": adapter_sha256(node.global_state)})
+                with stop:
+                    while cfg.rounds is None or done < cfg.rounds:
+                        await _one_round(node, coord, transport, done, compute, progress,
+                                         rounds_log, watch)
+                        done += 1
+                interrupted = stop.cancelled_caught
+                nursery.cancel_scope.cancel()
+        watch.poll(transport)
+    failure = None if interrupted or cfg.rounds is None else \
+        watch.failure(swarm=cfg.swarm, dialed=list(cfg.peers), min_peers=cfg.min_peers)
+    return ServeOutcome(done, interrupted, failure)
 
 
-async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, rounds_log: Path) -> None:
+async def _stop_on_sigint(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Hand the caller a cancel scope that the first SIGINT cancels (with one line saying so,
+    at once, although the step running on the worker thread finishes first); a second SIGINT
+    exits the process (status 130): checkpoints are atomic, so nothing half-written remains."""
+    scope = trio.CancelScope()
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        task_status.started(scope)
+        async for _ in signals:
+            if scope.cancel_called:
+                log.warning("second Ctrl-C: quitting now")
+                os._exit(130)
+            log.info("Ctrl-C: stopping after the current step (Ctrl-C again quits at once); the "
+                     "adapter of the last completed round is kept")
+            scope.cancel()
+
+
+async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, rounds_log: Path,
+                     watch: SwarmWatch) -> None:
     cfg = node.cfg
     t0 = time.monotonic()
     await compute(node.trainer.set_adapter, node.global_state)
@@ -152,11 +194,17 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
     local = await compute(node.trainer.adapter)
     delta = {k: local[k] - node.global_state[k] for k in node.global_state}
     t_train = time.monotonic() - t0
+    if cfg.min_peers:
+        progress.phase(rnd, "waiting for peers", cfg.round_timeout_s,
+                       f"{cfg.min_peers} peer update(s) complete the round, "
+                       f"{len(transport.topic_peers())} swarm member(s) connected")
     result = await coord.exchange(rnd, delta, tokens)
+    watch.add_round(result)
     node.global_state = {k: (node.global_state[k] + result.aggregate[k]).astype(np.float32)
                          for k in node.global_state}
     sha = adapter_sha256(node.global_state)
     held = await compute(node.heldout_loss)
+    progress.phase(rnd, "saving", detail=str(cfg.data_dir / "adapter"))
     await compute(node.save, rnd)
     peers = len(transport.connected_peers())
     progress.round_done(rnd, float(np.mean(losses)), held, len(result.contributors), peers,

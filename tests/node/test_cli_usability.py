@@ -3,6 +3,7 @@ with their messages and exit codes, logs and progress without a terminal. Real `
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -171,3 +172,77 @@ def test_progress_lines_without_a_terminal_at_least_every_30_s(tmp_path):
     assert proc.wait(timeout=60) == 0
     assert len(stamps) >= 3, stamps                  # step 1, at least one more, round done
     assert max(b - a for a, b in zip(stamps, stamps[1:])) < 30, stamps
+
+
+def _listening(proc) -> str:
+    """The multiaddr a started node prints first (`listening on ...`), within 60 s."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("listening on "):
+            return line.split()[-1]
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+    raise AssertionError("no `listening on` line within 60 s")
+
+
+def _member(tmp_path, name, *extra):
+    """A node that runs until killed (no --rounds), training alone between rounds."""
+    return subprocess.Popen(
+        [*NODE, "start", "--swarm", "team", "--data", str(TEXT), "--data-dir", str(tmp_path / name),
+         "--model", str(TINY), "--min-peers", "0", "--local-steps", "1", "--ctx", "32",
+         "--batch-size", "2", "--device", "cpu", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("case", ["dead-peer", "wrong-swarm", "wrong-lora"])
+def test_network_failures_exit_3_saying_why(tmp_path, case):
+    member = None if case == "dead-peer" else _member(tmp_path, "a")
+    try:
+        if member is None:   # a real multiaddr of a node that is not running
+            pid = run("id", "--data-dir", str(tmp_path / "ghost")).stdout.strip()
+            peer = f"/ip4/127.0.0.1/tcp/9/p2p/{pid}"
+        else:
+            peer = _listening(member)
+        swarm = "tema" if case == "wrong-swarm" else "team"
+        rank = ["--rank", "4"] if case == "wrong-lora" else []
+        r = run("start", "--swarm", swarm, "--data", str(TEXT), "--data-dir", str(tmp_path / "b"),
+                "--model", str(TINY), "--peer", peer, "--rounds", "2", "--round-timeout", "6",
+                "--local-steps", "1", "--ctx", "32", "--batch-size", "2", "--device", "cpu", *rank,
+                timeout=240)
+    finally:
+        if member is not None:
+            member.kill()
+            member.wait()
+    assert r.returncode == 3, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("node start: network goal failed: ")
+    want = {"dead-peer": f"no peer ever connected (dialed {peer})",
+            "wrong-swarm": "none joined swarm 'tema': swarm name mismatch suspected",
+            "wrong-lora": "was rejected"}[case]
+    assert want in last, last
+    assert (tmp_path / "b" / "adapter").is_dir()        # the rounds it ran are still saved
+
+
+def test_peer_lines_and_ctrl_c_says_so_at_once(tmp_path):
+    a = _member(tmp_path, "a")
+    b = None
+    try:
+        b = _member(tmp_path, "b", "--peer", _listening(a))
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "peer connected: " not in seen or "joined the swarm" not in seen:
+            seen += b.stderr.readline()
+            assert time.monotonic() < deadline, seen[-3000:]
+        b.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        while "Ctrl-C: stopping" not in seen:
+            seen += b.stderr.readline()
+        assert time.monotonic() - t0 < 5
+        out, err = b.communicate(timeout=60)
+        assert b.returncode == 0, err[-3000:]
+        assert "stopped by Ctrl-C" in err
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()

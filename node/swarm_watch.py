@@ -1,0 +1,73 @@
+"""What a running node saw of its swarm: one log line per peer connected / disconnected and per
+peer joining the swarm's gossipsub topic, and the facts behind `node start`'s network verdict
+(exit code 3, node/cli.py): was any peer ever met, did any join the swarm, did any update count.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+log = logging.getLogger("bitswarm.node")
+
+POLL_S = 1.0     # how often the connection and topic tables are read (seconds)
+
+
+@dataclass
+class SwarmWatch:
+    """Accumulates over the node's life; `poll` reads the transport, `add_round` a RoundResult."""
+
+    self_id: str
+    peers: set[str] = field(default_factory=set)          # connected now
+    members: set[str] = field(default_factory=set)        # subscribed to our topic now
+    ever_connected: set[str] = field(default_factory=set)
+    ever_members: set[str] = field(default_factory=set)
+    peer_updates: int = 0                                 # peers' updates aggregated, all rounds
+    rejections: dict[str, int] = field(default_factory=dict)   # reason -> count
+
+    def poll(self, transport) -> None:
+        now, members = set(transport.connected_peers()), set(transport.topic_peers())
+        for p in sorted(now - self.peers):
+            log.info("peer connected: %s (%d connected)", p, len(now))
+        for p in sorted(self.peers - now):
+            log.info("peer disconnected: %s (%d connected)", p, len(now))
+        for p in sorted(members - self.members):
+            log.info("peer %s joined the swarm (%d member(s) seen now)", p, len(members))
+        self.peers, self.members = now, members
+        self.ever_connected |= now
+        self.ever_members |= members
+
+    def add_round(self, result) -> None:
+        self.peer_updates += sum(1 for p in result.contributors if p != self.self_id)
+        for _peer, reason in result.rejected:
+            key = reason.split(":")[0][:80]
+            self.rejections[key] = self.rejections.get(key, 0) + 1
+
+    async def run(self, transport, progress, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Poll every POLL_S seconds until cancelled; refreshes the progress bar's countdown."""
+        task_status.started()
+        while True:
+            self.poll(transport)
+            progress.tick()
+            await trio.sleep(POLL_S)
+
+    def failure(self, *, swarm: str, dialed: list[str], min_peers: int) -> str | None:
+        """Why the network goal failed, or None: only when updates from peers were wanted
+        (min_peers > 0) and none ever counted."""
+        if min_peers == 0 or self.peer_updates > 0:
+            return None
+        if not self.ever_connected:
+            how = (f"dialed {', '.join(dialed)}" if dialed else "no --peer given and no peer dialed us")
+            return (f"no peer ever connected ({how}); check that the peers run and their "
+                    f"multiaddrs are right")
+        if not self.ever_members:
+            return (f"connected to {len(self.ever_connected)} peer(s) but none joined swarm "
+                    f"{swarm!r}: swarm name mismatch suspected (check --swarm on both sides)")
+        if self.rejections:
+            why = "; ".join(f"{r} (x{n})" for r, n in sorted(self.rejections.items()))
+            return (f"every update from the swarm's {len(self.ever_members)} peer(s) was rejected: "
+                    f"{why}; check that all nodes use the same --model, --rank, --alpha, "
+                    f"--targets and --freeze-a")
+        return (f"{len(self.ever_members)} peer(s) joined swarm {swarm!r} but no update of "
+                f"theirs arrived before --round-timeout in any round")
