@@ -112,7 +112,8 @@ def start_node(i: int, run_dir: Path, docs: Path, swarm: str, peers: list[str], 
                env: dict[str, str]) -> NodeProc:
     data_dir = run_dir / f"node{i}"
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_path, out_path = data_dir / "node.log", data_dir / "stdout.txt"
+    # stderr.txt: what the process printed; the node itself writes node.log beside it
+    log_path, out_path = data_dir / "stderr.txt", data_dir / "stdout.txt"
     cmd = [sys.executable, "-m", "bitswarm.node", "start", "--swarm", swarm, "--data", str(docs),
            "--data-dir", str(data_dir), "--seed", str(i), *node_args]
     for p in peers:
