@@ -101,10 +101,15 @@ class RoundProgress:
         if self._progress is not None:
             self._progress.update(self._task, phase=self._phase_text())
 
-    def tick(self) -> None:
-        """Refresh the countdown of the current phase (the bar only)."""
-        if self._progress is not None:
-            self._progress.update(self._task, phase=self._phase_text())
+    def tick(self, peers: int | None = None, bytes_in: int | None = None,
+             bytes_out: int | None = None) -> None:
+        """Refresh the phase countdown, and peers / bytes when given (the bar only: between
+        steps, e.g. while waiting for peers, the counters keep moving)."""
+        if self._progress is None:
+            return
+        extra = {} if peers is None else {"peers": peers, "bin": human_bytes(bytes_in or 0),
+                                          "bout": human_bytes(bytes_out or 0)}
+        self._progress.update(self._task, phase=self._phase_text(), **extra)
 
     def round_done(self, rnd: int, train_loss: float, heldout_loss: float | None, contributors: int,
                    peers: int, bytes_in: int, bytes_out: int, adapter_sha256: str) -> None:

@@ -183,6 +183,8 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
                      watch: SwarmWatch) -> None:
     cfg = node.cfg
     t0 = time.monotonic()
+    progress.phase(rnd, "training", detail=f"{cfg.local_steps} local step(s) of "
+                                            f"{cfg.batch_size} x {cfg.ctx} tokens")
     await compute(node.trainer.set_adapter, node.global_state)
     losses, tokens = [], 0
     for s in range(cfg.local_steps):

@@ -49,7 +49,7 @@ class SwarmWatch:
         task_status.started()
         while True:
             self.poll(transport)
-            progress.tick()
+            progress.tick(len(self.peers), transport.bytes_received, transport.bytes_sent)
             await trio.sleep(POLL_S)
 
     def failure(self, *, swarm: str, dialed: list[str], min_peers: int) -> str | None:
