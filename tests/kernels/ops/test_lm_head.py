@@ -5,21 +5,26 @@ The reference keeps float32 math, so chunked vs unchunked differ only in float32
 order (online log-sum-exp rescaling included): tolerances are a few ulp of the sums. The GPU
 op reads float16 tables exactly (unpack2x16float) and is compared against the reference run on
 the same float16-rounded table.
+cross_entropy.wgsl against its reference: the loss to 1e-5 (times the logit scale), the
+gradient to rtol 1e-5.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bitswarm.kernels import reference as ref
+from bitswarm.kernels.ops.embedding.reference import embedding
+from bitswarm.kernels.ops.lm_head import reference as ref
+from bitswarm.kernels.ops.matmul.reference import matmul
+
+from .helpers import rnd
 
 F32 = np.float32
 
-
 def unchunked(x, w, t, gs):
     w = w.astype(F32)
-    loss, dlog = ref.cross_entropy(ref.matmul(x, w, trans_b=True), t, gs)
-    return loss, ref.matmul(dlog, w)
+    loss, dlog = ref.cross_entropy(matmul(x, w, trans_b=True), t, gs)
+    return loss, matmul(dlog, w)
 
 
 def case(rng, N, V, D, scale):
@@ -84,7 +89,7 @@ def test_f16_table_embedding_and_matmul(gpu, close):
     np.testing.assert_array_equal(gpu.numpy(tw), w16)
     ids = rng.integers(-51, 51, 37).astype(np.int32)
     got = gpu.numpy(gpu.embedding(gpu.tensor(ids), tw))
-    np.testing.assert_array_equal(got, ref.embedding(ids, w16.astype(F32)))
+    np.testing.assert_array_equal(got, embedding(ids, w16.astype(F32)))
     x = rng.standard_normal((7, 33)).astype(F32)
     logits = gpu.numpy(gpu.matmul(gpu.tensor(x), tw, trans_b=True))
     close(logits, x @ w16.astype(F32).T, 1e-5, 1e-5, "f16 matmul trans_b")
@@ -101,7 +106,7 @@ def test_table_out_of_f16_range_stays_f32(gpu):
 
 
 def test_lm_head_leaves_no_pooled_chunk(gpu):
-    """The op's logits chunk is released, not pooled: allocated bytes return to the start."""
+    """The op's logits chunk is released, not pooled: allocated bytes return to the staref."""
     rng = np.random.default_rng(3)
     x, w, t = case(rng, 9, 300, 16, 1.0)
     tx, tw, tt = gpu.tensor(x), gpu.table(w), gpu.tensor(t)
@@ -111,3 +116,16 @@ def test_lm_head_leaves_no_pooled_chunk(gpu):
     gpu.numpy(loss)
     live = loss.buffer.size + dx.buffer.size + 9 * 4 * 4 + gpu._dummy().buffer.size
     assert gpu.ctx.allocated_bytes - before <= live
+
+
+# ---------------------------------------------------------------- loss / optimizer
+@pytest.mark.parametrize("N,V,scale", [(1, 1, 1.0), (6, 1000, 1.0), (4, 300, 50.0)])
+def test_cross_entropy(gpu, close, N, V, scale):
+    rng = np.random.default_rng(12)
+    logits = rnd(rng, N, V, scale=scale)
+    t = rng.integers(0, V, N).astype(np.int32)
+    t[::3] = -1 if N > 1 else t[::3]          # padding rows
+    loss, d = gpu.cross_entropy(gpu.tensor(logits), gpu.tensor(t), 1.0 / 3)
+    rloss, rd = ref.cross_entropy(logits, t, 1.0 / 3)
+    close(gpu.numpy(loss), rloss, 1e-5 * max(1.0, scale), 1e-5, "cross_entropy loss")
+    close(gpu.numpy(d), rd, 1e-7, 1e-5, "cross_entropy dlogits")

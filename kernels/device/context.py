@@ -1,13 +1,13 @@
-"""The wgpu device layer: a compute API of a few nouns (after gpu.cpp).
+"""Context: the wgpu adapter, device and queue, and the open command encoder (after gpu.cpp).
 
-    Context  adapter + device + queue, the buffer pool, the open command encoder.
-    Tensor   a storage buffer with a shape and a dtype (float32, int32, or int8 packed 4 per u32).
-    Kernel   one WGSL entry point compiled once (per override-constant set) and cached.
-    dispatch record one kernel launch into the open encoder.
+The device layer's nouns (kernels/device/): Context (this module: encoder, dispatch, parameter
+slots, bind-group cache), BufferPool (pool.py: buffers by size class, byte accounting), Tensor
+(tensor.py), Kernel (one WGSL entry point compiled once per override-constant set, cached here),
+ParamLayout (params.py: named uniform parameters), UploadRing (upload_ring.py).
 
 Ops of a step are ENCODED into one command encoder and submitted together; `Context.flush()`
 submits, and `Context.read(t)` flushes and reads back (queue.read_buffer waits for the GPU:
-wgpu-py 0.32's `on_submitted_work_done_sync()` is broken, see shared/FACTS.md).
+wgpu-py 0.32's `on_submitted_work_done_sync()` is broken, a wgpu-py 0.32 quirk).
 
 Ordering rules that keep this correct:
 - Uniform parameters live in persistent 256-byte slots of one uniform buffer, one slot per
@@ -18,33 +18,31 @@ Ordering rules that keep this correct:
 - Bind groups are cached by (pipeline, buffers, parameter slot): on a hit the dispatch skips
   create_bind_group, the largest host cost per dispatch (wgpu-py builds its structs in Python).
   The cache holds references to its buffers, so a buffer id cannot be reused while cached;
-  `trim()` destroys pooled buffers and so clears the cache.
+  `release()` destroys pooled buffers and drops the cached bind groups naming them.
 - Consecutive dispatches share one compute pass (WebGPU gives each dispatch its own usage scope,
   so wgpu still inserts the barriers between them); copies and clears end the pass.
 - Every FLUSH_EVERY dispatches the encoder is submitted, so the GPU starts on a step's first
   kernels while the host is still encoding the rest.
 - Uploads while an encoder is open go through a staging buffer and an in-encoder copy, so a
   pooled buffer that earlier commands of the same encoder still use is never overwritten early.
-- Buffers of garbage-collected Tensors go back to a pool keyed by byte size and are reused by
-  later allocations (GPU work within a queue executes in order, wgpu inserts the barriers); the
-  lowest-serial free buffer goes first, so a training step gets the same buffers every time and
-  the bind-group cache hits.
-- UploadRing streams host data (a host-resident table) through a few mappable buffers in
-  encoder order; mapping a slot waits only for the copy that last read it.
+- Buffers of garbage-collected Tensors go back to the BufferPool and are reused by later
+  allocations of the same size (GPU work within a queue executes in order, wgpu inserts the
+  barriers).
 
 Device errors (WGSL compile, pipeline, bind group, dispatch validation) are re-raised as
 `DeviceError` naming the shader and entry point.
 """
 from __future__ import annotations
 
-import heapq
 import logging
-import struct
 import threading
-from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
+
+from .pool import BufferPool
+from .tensor import Tensor, from_bytes, host_array, round_size, tensor_nbytes
+from .upload_ring import UploadRing
 
 log = logging.getLogger("bitswarm.kernels.device")
 
@@ -54,75 +52,8 @@ _PARAM_SLOTS = 4096       # distinct uniform parameter blocks before the table s
 _BG_CACHE_MAX = 16384     # cached bind groups before the cache is cleared
 FLUSH_EVERY = 128         # dispatches per submit (GPU/host overlap within a step)
 
-DTYPES = ("float32", "int32", "int8", "float16")
-
-
 class DeviceError(RuntimeError):
     """A wgpu validation/compile error, with the shader and entry point that caused it."""
-
-
-def _round_size(nbytes: int) -> int:
-    return max(16, (nbytes + 15) // 16 * 16)
-
-
-class Tensor:
-    """A GPU buffer with a shape and a dtype.
-
-    dtype "float32"/"int32": 4 bytes per element, row-major. dtype "int8": 2-D (rows, C), each row
-    packed 4 values per u32 (little-endian bytes, as WGSL pack4xI8), row stride ceil(C/4) words,
-    padding bytes zero. dtype "float16": IEEE binary16, row-major and flat, 2 per u32 (element i
-    is half i&1 of word i>>1, as WGSL unpack2x16float reads it; no shader-f16 feature needed). The buffer returns to the Context's pool when the Tensor is collected.
-    `host_min`/`host_max` record the value range of integer tensors uploaded from the host (used
-    to raise IndexError for bad token ids without a readback); None when unknown. `host` keeps
-    the host copy of small integer tensors (token ids, targets), so ops on a host-resident table
-    can gather rows on the host; None when not kept.
-    """
-
-    __slots__ = ("ctx", "buffer", "shape", "dtype", "nbytes", "host_min", "host_max", "host",
-                 "__weakref__")
-
-    def __init__(self, ctx: "Context", buffer, shape: tuple[int, ...], dtype: str, nbytes: int):
-        self.ctx, self.buffer, self.shape, self.dtype, self.nbytes = ctx, buffer, shape, dtype, nbytes
-        self.host_min = self.host_max = self.host = None
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def __del__(self) -> None:
-        ctx = getattr(self, "ctx", None)
-        if ctx is not None and self.buffer is not None:
-            ctx._freed.append(self.buffer)   # list.append is atomic under the GIL; no lock here
-            self.buffer = None
-
-    def __repr__(self) -> str:
-        return f"Tensor(shape={self.shape}, dtype={self.dtype})"
-
-
-def tensor_nbytes(shape: Sequence[int], dtype: str) -> int:
-    if dtype == "int8":
-        if len(shape) != 2:
-            raise ValueError(f"int8 tensors are 2-D (rows, C), got shape {tuple(shape)}")
-        return int(shape[0]) * ((int(shape[1]) + 3) // 4) * 4
-    if dtype not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}")
-    n = int(np.prod(shape, dtype=np.int64))
-    return (n + 1) // 2 * 4 if dtype == "float16" else n * 4
-
-
-def pack_int8_rows(a: np.ndarray) -> np.ndarray:
-    """int8 (rows, C) -> uint32 (rows, ceil(C/4)) little-endian, zero padded."""
-    rows, C = a.shape
-    C4 = (C + 3) // 4
-    padded = np.zeros((rows, C4 * 4), np.int8)
-    padded[:, :C] = a
-    return padded.view(np.uint32).reshape(rows, C4)
-
-
-def unpack_int8_rows(words: np.ndarray, rows: int, C: int) -> np.ndarray:
-    """Inverse of pack_int8_rows."""
-    C4 = (C + 3) // 4
-    return np.ascontiguousarray(words[: rows * C4]).view(np.int8).reshape(rows, C4 * 4)[:, :C].copy()
 
 
 class Kernel:
@@ -175,16 +106,10 @@ class Context:
         self.queue = self.device.queue
         U = wgpu.BufferUsage
         self._storage_usage = U.STORAGE | U.COPY_SRC | U.COPY_DST
-        # Free buffers per byte size, as heaps of (serial, buffer): `alloc` hands out the
-        # lowest-serial free buffer, so the same sequence of allocations and frees gets the same
-        # buffers every training step whatever order they were freed in, and the bind-group
-        # cache (keyed by buffers) hits from the second step on instead of creating ~half of
-        # the step's bind groups anew (create_bind_group was 2/3 of host time per dispatch).
-        self._pool: dict[int, list] = defaultdict(list)
-        self._serial: dict[int, int] = {}           # id(buffer) -> creation serial
-        self._freed: list = []
         self._kernels: dict[tuple, Kernel] = {}
         self._lock = threading.RLock()
+        self.pool = BufferPool(lambda size: self.device.create_buffer(
+            size=size, usage=self._storage_usage), self._lock)
         self._encoder = None
         self._keepalive: list = []          # staging buffers of the open encoder
         self._param_buf = self.device.create_buffer(size=_UNIFORM_SLOT * _PARAM_SLOTS,
@@ -196,47 +121,39 @@ class Context:
         self.bind_group_hits = 0
         self.n_dispatches = 0
         self.n_submits = 0
-        self.n_buffers_created = 0
-        # Bytes of storage buffers this Context holds (live tensors + the free pool); the
-        # pool keeps freed buffers, so this is what the driver sees. `peak_allocated_bytes` is
-        # its high-water mark since creation or the last `reset_peak()`.
-        self.allocated_bytes = 0
-        self.peak_allocated_bytes = 0
+
+    # Byte accounting lives in the pool; these read it (benchmarks and tests report them).
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of storage buffers this Context holds: live tensors, the free pool and open
+        UploadRings (what the driver sees)."""
+        return self.pool.allocated_bytes
+
+    @property
+    def peak_allocated_bytes(self) -> int:
+        """High-water mark of allocated_bytes since creation or the last `reset_peak()`."""
+        return self.pool.peak_allocated_bytes
+
+    @property
+    def n_buffers_created(self) -> int:
+        return self.pool.n_buffers_created
 
     # ------------------------------------------------------------ buffers
-    def _drain_freed(self) -> None:
-        while self._freed:
-            buf = self._freed.pop()
-            heapq.heappush(self._pool[buf.size], (self._serial[id(buf)], buf))
-
     def alloc(self, shape: Sequence[int], dtype: str = "float32") -> Tensor:
         """An uninitialized tensor (contents undefined: possibly a recycled buffer)."""
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ValueError(f"negative dimension in shape {shape}")
         nbytes = tensor_nbytes(shape, dtype)
-        size = _round_size(nbytes)
+        size = round_size(nbytes)
         if size > self.max_binding:
             raise ValueError(f"tensor {shape} {dtype} needs {size} bytes, over this device's "
                              f"storage binding limit of {self.max_binding} bytes")
-        with self._lock:
-            self._drain_freed()
-            free = self._pool.get(size)
-            buf = heapq.heappop(free)[1] if free else None
-        if buf is None:
-            buf = self.device.create_buffer(size=size, usage=self._storage_usage)
-            self.n_buffers_created += 1
-            with self._lock:
-                self._serial[id(buf)] = self.n_buffers_created
-                self.allocated_bytes += size
-                self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
-        return Tensor(self, buf, shape, dtype, nbytes)
+        return Tensor(self.pool.freed, self.pool.take(size), shape, dtype, nbytes)
 
     def pool_bytes(self) -> int:
         """Bytes held in the free pool (for tests and memory accounting)."""
-        with self._lock:
-            self._drain_freed()
-            return sum(k * len(v) for k, v in self._pool.items())
+        return self.pool.free_bytes()
 
     def trim(self) -> None:
         """Release every pooled buffer to the driver."""
@@ -248,19 +165,9 @@ class Context:
         buffer freed by Python may still be named by commands of the open encoder, and a
         destroyed buffer must not reach a submit (submitted work keeps it alive in wgpu)."""
         with self._lock:
-            self._drain_freed()
-            keys = [k for k in self._pool if sizes is None or k in sizes]
-            if not any(self._pool[k] for k in keys):
+            freed, gone = self.pool.release(sizes, self.flush)
+            if not freed:
                 return 0
-            self.flush()
-            gone, freed = set(), 0
-            for k in keys:
-                for _, b in self._pool.pop(k):
-                    gone.add(id(b))
-                    del self._serial[id(b)]
-                    freed += b.size
-                    b.destroy()
-            self.allocated_bytes -= freed
             if sizes is None:
                 self._bg_cache.clear()
             else:
@@ -274,21 +181,13 @@ class Context:
 
     def reset_peak(self) -> None:
         """Restart the high-water mark of allocated_bytes from its current value."""
-        with self._lock:
-            self.peak_allocated_bytes = self.allocated_bytes
+        self.pool.reset_peak()
 
     def upload(self, a: np.ndarray, dtype: str) -> Tensor:
         """Host array -> new Tensor. dtype int8 packs rows 4 per u32 (a must be 2-D); float16
         rounds to nearest even (values beyond +-65504 become inf)."""
         a = np.asarray(a)
-        if dtype == "int8":
-            if a.ndim != 2:
-                raise ValueError(f"int8 upload needs a 2-D array, got shape {a.shape}")
-            data = pack_int8_rows(a.astype(np.int8))
-        elif dtype == "float16":
-            data = np.ascontiguousarray(a, dtype=np.float16).reshape(-1)
-        else:
-            data = np.ascontiguousarray(a, dtype=np.float32 if dtype == "float32" else np.int32)
+        data = host_array(a, dtype)
         t = self.alloc(a.shape, dtype)
         self.write(t, data)
         return t
@@ -321,10 +220,16 @@ class Context:
         if src.nbytes != dst.nbytes:
             raise ValueError(f"copy size mismatch: {src.shape} {src.dtype} -> {dst.shape} {dst.dtype}")
         if src.nbytes:
-            with self._lock:
-                self._end_pass()
-                self._enc().copy_buffer_to_buffer(src.buffer, 0, dst.buffer, 0,
-                                                  _round_size(src.nbytes))
+            self.encode_copy(src.buffer, dst.buffer, round_size(src.nbytes))
+
+    def encode_copy(self, src, dst, nbytes: int, keepalive: bool = False) -> None:
+        """Record a copy of nbytes from wgpu buffer src to dst into the open encoder (ending
+        the compute pass); keepalive holds src until the encoder is submitted."""
+        with self._lock:
+            self._end_pass()
+            self._enc().copy_buffer_to_buffer(src, 0, dst, 0, nbytes)
+            if keepalive:
+                self._keepalive.append(src)
 
     def upload_ring(self, nbytes: int, slots: int = 2) -> "UploadRing":
         """`slots` host-writable buffers of nbytes each for streaming host data into tensors
@@ -337,12 +242,8 @@ class Context:
         if t.nbytes == 0:
             raw = b""
         else:
-            raw = self.queue.read_buffer(t.buffer, 0, _round_size(t.nbytes))
-        if t.dtype == "int8":
-            words = np.frombuffer(raw, np.uint32)
-            return unpack_int8_rows(words, t.shape[0], t.shape[1])
-        dt = {"float32": np.float32, "int32": np.int32, "float16": np.float16}[t.dtype]
-        return np.frombuffer(raw, dt)[: t.size].reshape(t.shape).copy()
+            raw = self.queue.read_buffer(t.buffer, 0, round_size(t.nbytes))
+        return from_bytes(raw, t)
 
     # ------------------------------------------------------------ kernels
     def kernel(self, name: str, source_fn, entry: str, constants: dict | None = None) -> Kernel:
@@ -405,7 +306,7 @@ class Context:
                     if params is not None:
                         entries.append({"binding": len(bufs), "resource": {
                             "buffer": self._param_buf, "offset": off,
-                            "size": _round_size(len(params))}})
+                            "size": round_size(len(params))}})
                     bg = self.device.create_bind_group(layout=kernel.layout, entries=entries)
                     if len(self._bg_cache) >= _BG_CACHE_MAX:
                         self._bg_cache.clear()
@@ -450,67 +351,6 @@ class Context:
         if not hasattr(self, "_sync_buf"):
             self._sync_buf = self.device.create_buffer(size=16, usage=self._storage_usage)
         self.queue.read_buffer(self._sync_buf, 0, 16)
-
-
-class UploadRing:
-    """Host-writable upload buffers (MAP_WRITE | COPY_SRC) used in turn to stream host data into
-    GPU tensors in encoder order, with a bounded footprint: the host writes slot i while the
-    GPU still copies from the others, and mapping slot i waits only for the copy that last read
-    it. Counted in the Context's allocated_bytes: with a resizable BAR (measured on an H200)
-    the driver places mappable buffers in device memory. Close it (or use it as a context
-    manager) to destroy the slots."""
-
-    def __init__(self, ctx: "Context", nbytes: int, slots: int = 2):
-        U, self.ctx = ctx.wgpu.BufferUsage, ctx
-        self.size = _round_size(nbytes)
-        self.bufs = [ctx.device.create_buffer(size=self.size, usage=U.MAP_WRITE | U.COPY_SRC,
-                                              mapped_at_creation=True) for _ in range(slots)]
-        self.fresh = [True] * slots          # mapped at creation: no wait the first time
-        self.i = 0
-        with ctx._lock:
-            ctx.allocated_bytes += self.size * slots
-            ctx.peak_allocated_bytes = max(ctx.peak_allocated_bytes, ctx.allocated_bytes)
-
-    def copy(self, data: np.ndarray, dst: Tensor) -> None:
-        """dst's first bytes = data's bytes (at most the slot size), in encoder order."""
-        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        if raw.nbytes > self.size or raw.nbytes > dst.nbytes:
-            raise ValueError(f"upload of {raw.nbytes} bytes into a {self.size}-byte slot / "
-                             f"{dst.nbytes}-byte tensor")
-        n4 = (raw.nbytes + 3) // 4 * 4
-        i, self.i = self.i, (self.i + 1) % len(self.bufs)
-        buf = self.bufs[i]
-        if not self.fresh[i]:
-            self.ctx.flush()                 # the copy that last read this slot is submitted,
-            buf.map_sync(self.ctx.wgpu.MapMode.WRITE)   # then mapping waits for it to finish
-        self.fresh[i] = False
-        buf.write_mapped(raw, 0)
-        buf.unmap()
-        with self.ctx._lock:
-            self.ctx._end_pass()
-            self.ctx._enc().copy_buffer_to_buffer(buf, 0, dst.buffer, 0, n4)
-            self.ctx._keepalive.append(buf)
-
-    def close(self) -> None:
-        if self.bufs:
-            self.ctx.flush()                 # submitted work keeps destroyed buffers alive
-            for b in self.bufs:
-                b.destroy()
-            with self.ctx._lock:
-                self.ctx.allocated_bytes -= self.size * len(self.bufs)
-            self.bufs = []
-
-    def __enter__(self) -> "UploadRing":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def pack_params(fmt: str, *values) -> bytes:
-    """Uniform params: fmt letters u (u32), i (i32), f (f32), in the WGSL struct's field order."""
-    conv = {"u": "I", "i": "i", "f": "f"}
-    return struct.pack("<" + "".join(conv[c] for c in fmt), *values)
 
 
 def grid_for(n_workgroups: int) -> tuple[int, int, int]:
