@@ -2,7 +2,7 @@
 quantization-aware training loop on the NumPy backend.
 
 As in test_model_grad.py, quantizers are piecewise constant: to check the chain rule itself, a
-test backend and test TrainOps replace both quantizers (absmax int8 activations, absmean ternary
+test backend and test ops replace both quantizers (absmax int8 activations, absmean ternary
 weights) with the identity, which is exactly what the straight-through estimator assumes. Then
 the STE gradient IS the true gradient and central differences must agree with it, for every
 kind of parameter: projections, norm weights, the tied embedding.

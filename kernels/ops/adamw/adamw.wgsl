@@ -1,4 +1,4 @@
-// AdamW step in place (torch.optim.AdamW semantics). Reference: kernels/reference.py `adamw_`.
+// AdamW step in place (torch.optim.AdamW semantics). Reference: reference.py `adamw_`.
 // p, g, m, v f32 (n,). Scalars are precomputed on the host in float32 exactly as the reference
 // does: decay = 1 - lr*wd, bc1 = 1 - beta1^step, bc2 = 1 - beta2^step.
 struct Params { total: u32, decay: f32, beta1: f32, omb1: f32, beta2: f32, omb2: f32,

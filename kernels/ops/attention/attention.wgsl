@@ -1,5 +1,5 @@
 // Causal GQA attention, forward and backward, tiled in the manner of FlashAttention-2.
-// Reference: kernels/reference.py `attention`, `attention_backward`.
+// Reference: reference.py `attention`, `attention_backward`.
 // Layouts (token-major, N = B*T, token n = b*T + t):
 //   q, o, do, dq  f32 (N, Hq*hd);  k, v, dk, dv  f32 (N, Hkv*hd);  lse, dsum  f32 (B, Hq, T)
 // Query head h reads KV head h / (Hq/Hkv); scale = 1/sqrt(hd) (f32, from the host); causal:
@@ -28,7 +28,7 @@
 // q and k) + tile_a 4 KiB = 13 KiB;
 // backward_dq: stage 10 KiB (score chunks of 16 dims of 4 tensors) + tile_a = 14 KiB;
 // backward_dkv: stage 8 KiB (chunks of 8 dims) + tile_a + tile_b = 16 KiB.
-// Override constants (kernels/gpu_backend.py sets them): HD = head dim, OV = ceil(hd/64),
+// Override constants (gpu.py beside this file sets them): HD = head dim, OV = ceil(hd/64),
 // VK = rows staged per output-reduction step (a power of two <= 32 with VK*ceil(hd/4) <= 512,
 // <= 256 in backward_dkv, which stages two tensors), FCH / BCH = vec4 per forward / backward
 // score chunk row.

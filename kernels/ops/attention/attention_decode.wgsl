@@ -1,5 +1,5 @@
 // One query (the newest token) attending over the first L rows of a KV cache, GQA.
-// Reference: kernels/reference.py `attention_decode`. q, o f32 (1, Hq*hd); k, v f32
+// Reference: reference.py `attention_decode`. q, o f32 (1, Hq*hd); k, v f32
 // (Lmax, Hkv*hd), row = position, after RoPE. Query head h reads KV head h / (Hq/Hkv).
 // One 64-invocation workgroup per query head; the L scores live in workgroup memory, so
 // L <= LMAX and hd <= HDMAX. The loop structure is that of attention.wgsl `forward` (same

@@ -1,5 +1,5 @@
 // KV-cache append, in place: cache[pos*C + i] = x[i] for i < M*C (rows pos .. pos+M-1).
-// Reference: kernels/reference.py `kv_append_`. cache f32 (Lmax, C), x f32 (M, C).
+// Reference: reference.py `kv_append_`. cache f32 (Lmax, C), x f32 (M, C).
 struct Params { total: u32, offset: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -1,5 +1,5 @@
 // W1.58A8 BitLinear forward (BitNet b1.58; Microsoft BitNet/gpu W2A8 kernel idea).
-// Reference: kernels/reference.py `bitlinear` (and `bitlinear_int` for the INT_OUT variant).
+// Reference: reference.py `bitlinear` (and `bitlinear_int` for the INT_OUT variant).
 //   xq   int8 (N, K) packed 4 per u32, row stride K4 = ceil(K/4) words (quantize_act's layout)
 //   xs   f32 (N,) per-token activation scale
 //   w    ternary codes (OUT, K), 2 bits each, 16 per u32, row stride K16 = ceil(K/16) words;

@@ -1,5 +1,5 @@
 // Straight-through input gradient of BitLinear: dx = dy @ (codes / weight_scale) (+ dx when
-// ACC: the host first copies `acc` into dx). Reference: kernels/reference.py
+// ACC: the host first copies `acc` into dx). Reference: reference.py
 // `bitlinear_backward`. dy f32 (N, OUT); w the same 2-bit packed codes as bitlinear.wgsl
 // (OUT rows from row wrow0, K16 = ceil(K/16) words each); dx f32 (N, K). fp32 accumulation.
 // Tiling: 16x16 invocations, 64 (n) x 64 (k) outputs per workgroup, OUT in steps of 16. Each

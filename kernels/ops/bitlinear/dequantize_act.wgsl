@@ -1,5 +1,5 @@
 // Dequantized int8 activations for the straight-through weight gradient
-// dW = dy^T @ (xq / x_scale). Reference: kernels/reference_train.py `dequantize_act`.
+// dW = dy^T @ (xq / x_scale). Reference: reference.py `dequantize_act`.
 //   xq int8 (N, C) packed 4 per u32 (row stride C4 = ceil(C/4), quantize_act's layout),
 //   xs f32 (N,) -> y f32 (N, C) = f32(xq) / xs[n]. WGSL division: within 2.5 ulp of NumPy's.
 // One invocation per output element.

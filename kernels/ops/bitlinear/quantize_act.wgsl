@@ -1,5 +1,5 @@
 // Per-token absmax int8 activation quantization (BitNet b1.58 W1.58A8, transformers'
-// ActQuant). Reference: kernels/reference.py `quantize_act`.
+// ActQuant). Reference: reference.py `quantize_act`.
 //   x f32 (N, C) -> xq int8 (N, C) packed 4 per u32 (row stride ceil(C/4) words, zero padded),
 //   x_scale f32 (N,) = 127 / max(max|x|, 1e-5); xq = clamp(round(x * x_scale), -128, 127).
 // WGSL f32 division is only accurate to 2.5 ulp, so 127/absmax is computed by integer long

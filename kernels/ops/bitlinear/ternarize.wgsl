@@ -1,11 +1,11 @@
 // Absmean ternarization of a latent fp32 projection for quantization-aware training (BitNet
 // b1.58, arXiv:2402.17764, eq. 1-3; transformers' WeightQuant). Reference:
-// kernels/reference_train.py `ternarize`.
+// reference.py `ternarize`.
 //   absmean: w f32 (OUT*K) -> scales[slot] = 1 / max(mean|w|, 1e-5). ONE workgroup of 256:
 //            strided partial sums then a fixed tree, so the result is deterministic; fp32 sum
 //            and WGSL's 2.5-ulp division make it differ from NumPy's float64 mean by a few ulp.
 //   pack:    w f32 (OUT, K), scales[slot] -> codes (OUT, K) 2-bit packed exactly as
-//            GpuBackend's ternary layout (kernels/gpu_backend.py pack_ternary): 16 per u32,
+//            GpuBackend's ternary layout (gpu.py pack_codes_2bit): 16 per u32,
 //            row stride K16 = ceil(K/16) words, field i of word j = element 16j+i stored as
 //            code+1, padding fields 1 (zero weight); code = clamp(round(w * s), -1, 1), round
 //            half-to-even: exact given s. One invocation per packed word.

@@ -1,6 +1,6 @@
 // Second pass of absmean ternarization: see ternarize.wgsl (entry `absmean`) for the layout.
-// Reference: kernels/reference_train.py `ternarize` (codes), kernels/gpu_backend.py
-// `pack_ternary` (layout). w f32 (OUT, K), scales f32 -> packed u32 (OUT, K16).
+// Reference: reference.py `ternarize` (codes), gpu.py `pack_codes_2bit`
+// (layout). w f32 (OUT, K), scales f32 -> packed u32 (OUT, K16).
 struct Params { out: u32, k: u32, k16: u32, slot: u32 }
 
 @group(0) @binding(0) var<storage, read> w: array<f32>;

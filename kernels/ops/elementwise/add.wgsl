@@ -1,4 +1,4 @@
-// add: out = a + b elementwise (same shapes). Reference: kernels/reference.py `add`.
+// add: out = a + b elementwise (same shapes). Reference: reference.py `add`.
 struct Params { total: u32 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;

@@ -1,5 +1,5 @@
 // Gated squared ReLU (BitNet MLP): h = relu(g)^2 * u, and its backward
-// (dg, du) = (2*relu(g)*u*dh, relu(g)^2*dh). Reference: kernels/reference.py `relu2_gate*`.
+// (dg, du) = (2*relu(g)*u*dh, relu(g)^2*dh). Reference: reference.py `relu2_gate*`.
 // All tensors f32 (N, I), one invocation per element; products in the reference's order.
 struct Params { total: u32 }
 

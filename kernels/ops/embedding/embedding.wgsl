@@ -1,4 +1,4 @@
-// embedding: out[n, c] = table[ids[n], c].  Reference: kernels/reference.py `embedding`.
+// embedding: out[n, c] = table[ids[n], c].  Reference: reference.py `embedding`.
 // ids i32 (N,), table (V, D) as raw u32 words: float32 (F16 = false, one word per element) or
 // float16 (F16 = true, element i is half i&1 of word i>>1, read with unpack2x16float: core
 // WGSL, no shader-f16 feature), out f32 (N, D). One invocation per output element.

@@ -1,6 +1,6 @@
 // Embedding-table gradient: dE[v, c] = sum of dy[n, c] over the positions n with ids[n] == v.
-// Reference: kernels/reference_train.py `embedding_backward`. Deterministic, no float atomics:
-// the host builds a CSR of positions per vocab id (reference_train.token_csr; ids are known on
+// Reference: reference.py `embedding_backward`. Deterministic, no float atomics:
+// the host builds a CSR of positions per vocab id (reference.token_csr; ids are known on
 // the host), so each output element is one invocation summing its positions in increasing n,
 // the order NumPy's np.add.at uses: bit-identical to the reference.
 //   row_ptr i32 (V+1,), pos i32 (N,), dy f32 (N, D) -> dE f32 (V, D) (rows of unseen ids = 0).

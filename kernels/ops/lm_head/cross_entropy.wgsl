@@ -1,5 +1,5 @@
 // Softmax cross-entropy, forward and backward fused (llm.c crossentropy_softmax).
-// Reference: kernels/reference.py `cross_entropy`. logits f32 (N, V), targets i32 (N,)
+// Reference: reference.py `cross_entropy`. logits f32 (N, V), targets i32 (N,)
 // (< 0 = padding) -> loss f32 (N,) nats, dlogits f32 (N, V) = (softmax - onehot) * grad_scale
 // (zero rows for padding). One 256-invocation workgroup per row.
 struct Params { rows: u32, v: u32, grad_scale: f32 }

@@ -1,5 +1,5 @@
 // lm_head + softmax cross-entropy over one vocab chunk at a time (the (N, V) logits are never
-// whole). Reference: kernels/reference.py `lm_head_cross_entropy` (online log-sum-exp,
+// whole). Reference: reference.py `lm_head_cross_entropy` (online log-sum-exp,
 // Milakov & Gimelshein 2018). The host loops over chunks [v0, v0 + vc):
 //   matmul (TRANS_B, b = table rows v0..)   logits (N, vc) = x Wc^T
 //   stats                                   running max m, sum s, target logit; P = exp(l - m')

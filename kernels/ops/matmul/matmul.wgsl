@@ -1,5 +1,5 @@
 // Dense fp32 matmul: c = alpha * op(a) @ op(b) (+ c when ACC: the host first copies `acc`
-// into c). Reference: kernels/reference.py `matmul`. op(a) (M, K): a stored (M, K), or (K, M)
+// into c). Reference: reference.py `matmul`. op(a) (M, K): a stored (M, K), or (K, M)
 // with TRANS_A; op(b) (K, N): b stored (K, N), or (N, K) with TRANS_B; c f32 (M, N).
 // Used for LoRA A/B forward and backward and the lm_head.
 // b is bound as raw u32 words: float32 (B_F16 = false, bitcast) or float16 (B_F16 = true,

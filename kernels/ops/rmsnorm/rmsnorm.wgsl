@@ -1,4 +1,4 @@
-// RMSNorm forward and input backward (weight frozen). Reference: kernels/reference.py
+// RMSNorm forward and input backward (weight frozen). Reference: reference.py
 // `rmsnorm`, `rmsnorm_backward`. One 256-invocation workgroup per row (token).
 //   forward:  x (N, C), w (C,) -> y (N, C) = w * x * rstd, rstd (N,) = 1/sqrt(mean(x^2) + eps)
 //   backward: dy, x (N, C), w (C,), rstd (N,) -> dx = r*g - x*r^3*mean(g*x), g = w*dy

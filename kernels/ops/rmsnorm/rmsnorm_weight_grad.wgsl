@@ -1,5 +1,5 @@
 // Weight gradient of RMSNorm y = w * x * rstd: dw[c] = sum_n (dy[n,c] * x[n,c]) * rstd[n].
-// Reference: kernels/reference_train.py `rmsnorm_weight_grad`. Deterministic two-pass sum
+// Reference: reference.py `rmsnorm_weight_grad`. Deterministic two-pass sum
 // (no atomics): `partial` sums rows [chunk*ROWS, (chunk+1)*ROWS) of one column in row order
 // (one invocation per (chunk, column): consecutive invocations read consecutive columns);
 // `finish` sums the chunks of a column in chunk order. The order differs from NumPy's pairwise

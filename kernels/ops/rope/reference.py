@@ -69,3 +69,7 @@ class RopeTables:
             cos, sin = rope_tables(n, hd, theta)
             hit = self._tables[key] = (n, self._put(cos), self._put(sin))
         return hit[1], hit[2]
+
+    def clear(self) -> None:
+        """Drop every table (benchmarks measure a fresh process's allocations)."""
+        self._tables.clear()

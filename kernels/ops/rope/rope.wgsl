@@ -1,5 +1,5 @@
 // RoPE, rotate_half convention: y = x*cos + rotate_half(x)*sin per head (sign = -1: inverse,
-// the backward). Reference: kernels/reference.py `rope`. x, y f32 (N, H*hd) with N = B*T,
+// the backward). Reference: reference.py `rope`. x, y f32 (N, H*hd) with N = B*T,
 // token n at position n % T; cos/sin f32 (>=T, hd/2) from reference.rope_tables (host).
 // One invocation per rotated pair (n, h, j < hd/2).
 struct Params { total: u32, t: u32, h: u32, hd: u32, sign: f32 }

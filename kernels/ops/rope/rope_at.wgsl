@@ -1,5 +1,5 @@
 // RoPE of M consecutive tokens of one sequence at positions pos .. pos+M-1 (decode with a KV
-// cache). Reference: kernels/reference.py `rope_at` (= `rope` with a position offset).
+// cache). Reference: reference.py `rope_at` (= `rope` with a position offset).
 // x, y f32 (M, H*hd); cos/sin f32 (>= pos+M, hd/2) from reference.rope_tables (host).
 // One invocation per rotated pair (n, h, j < hd/2).
 struct Params { total: u32, pos: u32, h: u32, hd: u32 }
