@@ -37,17 +37,26 @@ class ParamLayout:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(f[0] for f in self.fields)
+        return self._names
+
+    def __post_init__(self) -> None:
+        # precomputed for the per-dispatch path: the field-name set and the compiled struct
+        object.__setattr__(self, "_names", tuple(f[0] for f in self.fields))
+        object.__setattr__(self, "_keys", frozenset(self._names))
+        object.__setattr__(self, "_struct", struct.Struct(self.fmt))
+        object.__setattr__(self, "_scalars", all(f[2] == 1 for f in self.fields))
 
     def pack(self, **values) -> bytes:
         """Bytes of the struct with each field set from values[name]. Raises ValueError when a
         field is missing or a name is not a field (the message names both sides)."""
-        names = self.names
-        if len(values) != len(names) or any(n not in values for n in names):
+        names = self._names
+        if values.keys() != self._keys:
             missing = [n for n in names if n not in values]
             unknown = sorted(set(values) - set(names))
             raise ValueError(f"{self.shader} struct {self.struct}: missing {missing}, unknown "
                              f"{unknown}; its fields are {list(names)}")
+        if self._scalars:
+            return self._struct.pack(*[values[n] for n in names])
         flat = []
         for name, _, lanes in self.fields:
             v = values[name]
@@ -58,7 +67,7 @@ class ParamLayout:
                     raise ValueError(f"{self.shader} struct {self.struct}: field {name} takes "
                                      f"{lanes} values, got {len(v)}")
                 flat.extend(v)
-        return struct.pack(self.fmt, *flat)
+        return self._struct.pack(*flat)
 
 
 def _field_type(shader: str, name: str, text: str) -> tuple[str, int]:

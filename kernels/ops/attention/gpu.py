@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitswarm.kernels.device import Tensor, grid_for
+from bitswarm.kernels.ops.check import check
 
 F32 = np.float32
 ATTN_HDMAX = 256
@@ -19,15 +20,10 @@ DECODE_LMAX = 4096   # LMAX in attention_decode.wgsl
 DECODE_HDMAX = 256   # HDMAX in attention_decode.wgsl
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def _attn_check(q, k, v, B, T, Hq, Hkv, hd) -> None:
-    _check(Hkv > 0 and Hq % Hkv == 0, f"attention: Hq={Hq} not a multiple of Hkv={Hkv}")
-    _check(0 < hd <= ATTN_HDMAX, f"attention: head_dim={hd} outside the kernel's 1..{ATTN_HDMAX}")
-    _check(q.shape == (B * T, Hq * hd) and k.shape == (B * T, Hkv * hd) and v.shape == k.shape,
+def _attncheck(q, k, v, B, T, Hq, Hkv, hd) -> None:
+    check(Hkv > 0 and Hq % Hkv == 0, f"attention: Hq={Hq} not a multiple of Hkv={Hkv}")
+    check(0 < hd <= ATTN_HDMAX, f"attention: head_dim={hd} outside the kernel's 1..{ATTN_HDMAX}")
+    check(q.shape == (B * T, Hq * hd) and k.shape == (B * T, Hkv * hd) and v.shape == k.shape,
            f"attention: q {q.shape} k {k.shape} v {v.shape} for B={B} T={T} Hq={Hq} "
            f"Hkv={Hkv} hd={hd}")
 
@@ -50,7 +46,7 @@ def _params(B, T, Hq, Hkv, hd) -> dict:
 def attention(be, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv: int,
               hd: int) -> tuple[Tensor, Tensor]:
     """q (N, Hq*hd), k/v (N, Hkv*hd) f32 -> o (N, Hq*hd), lse (B, Hq, T)."""
-    _attn_check(q, k, v, B, T, Hq, Hkv, hd)
+    _attncheck(q, k, v, B, T, Hq, Hkv, hd)
     o, lse = be._new(q.shape), be._new((B, Hq, T))
     nqb = -(-T // 32)                      # 32-row query blocks
     be._launch("attention", [q, k, v, o, lse], grid_for(B * Hq * nqb), _params(B, T, Hq, Hkv, hd),
@@ -61,8 +57,8 @@ def attention(be, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv:
 def attention_backward(be, do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                        B: int, T: int, Hq: int, Hkv: int, hd: int) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of `attention`, shapes as q, k, v."""
-    _attn_check(q, k, v, B, T, Hq, Hkv, hd)
-    _check(do.shape == q.shape and o.shape == q.shape and lse.shape == (B, Hq, T),
+    _attncheck(q, k, v, B, T, Hq, Hkv, hd)
+    check(do.shape == q.shape and o.shape == q.shape and lse.shape == (B, Hq, T),
            f"attention_backward: do {do.shape} o {o.shape} lse {lse.shape}")
     dq, dk, dv = be._new(q.shape), be._new(k.shape), be._new(v.shape)
     dsum = be._new((B, Hq, T))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitswarm.kernels.device import Tensor, grid_for
+from bitswarm.kernels.ops.check import check
 
 F32 = np.float32
 # bitlinear split-K heuristic: split when the output tiles are fewer than BITLINEAR_MIN_WGS,
@@ -67,11 +68,6 @@ def pack_codes_2bit(codes: np.ndarray) -> np.ndarray:
     return np.bitwise_or.reduce(f << shifts, axis=-1).astype(np.uint32)
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def quantize_act(be, x: Tensor) -> tuple[Tensor, Tensor]:
     """x f32 (N, C) -> xq int8 (N, C) packed 4 per u32, x_scale f32 (N,). One workgroup a row."""
     N, C = x.shape
@@ -84,7 +80,7 @@ def bitlinear_tile_rows(be, N: int, OUT: int) -> int:
     """Output rows per bitlinear workgroup tile (64 or 32): the forced `be.bitlinear_tm`, else
     32 when the 64x64 tiles are fewer than BITLINEAR_TM32_BELOW (too few to fill the GPU)."""
     if be.bitlinear_tm is not None:
-        _check(be.bitlinear_tm in (32, 64), f"bitlinear_tm must be 32 or 64, got {be.bitlinear_tm}")
+        check(be.bitlinear_tm in (32, 64), f"bitlinear_tm must be 32 or 64, got {be.bitlinear_tm}")
         return int(be.bitlinear_tm)
     return 32 if -(-OUT // 64) * -(-N // 64) < BITLINEAR_TM32_BELOW else 64
 
@@ -115,16 +111,16 @@ def _gemm_params(N, OUT, K, w0: GpuTernary, spz, o1, o2, s1, s2) -> dict:
 
 
 def _bitlinear(be, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) -> Tensor:
-    _check(xq.dtype == "int8", f"bitlinear needs int8 activations (quantize_act), got {xq}")
+    check(xq.dtype == "int8", f"bitlinear needs int8 activations (quantize_act), got {xq}")
     N, K = xq.shape
-    _check(K == w.in_features, f"bitlinear: x has {K} features, weight expects {w.in_features}")
-    _check(x_scale.shape == (N,), f"bitlinear: x_scale {x_scale.shape} for {N} rows")
+    check(K == w.in_features, f"bitlinear: x has {K} features, weight expects {w.in_features}")
+    check(x_scale.shape == (N,), f"bitlinear: x_scale {x_scale.shape} for {N} rows")
     OUT = w.out_features
     op = "bitlinear_int" if int_out else "bitlinear"
     y = be._new((N, OUT), "int32" if int_out else "float32")
     splits, spz = bitlinear_plan(be, N, K, OUT)
     kw = be.bitlinear_kw
-    _check(kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {kw}")
+    check(kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {kw}")
     tm = bitlinear_tile_rows(be, N, OUT)
     # o1 = o2 = OUT: one output segment (main3's fields, unused by main)
     params = _gemm_params(N, OUT, K, w, spz, OUT, OUT, 1.0, 1.0)
@@ -162,7 +158,7 @@ def bitlinear_group(be, xq: Tensor, x_scale: Tensor, ws: list[GpuTernary]) -> li
     OUT = sum(w.out_features for w in ws)
     if not fused or bitlinear_plan(be, N, K, OUT)[0] != 1:
         return [bitlinear(be, xq, x_scale, w) for w in ws]
-    _check(xq.dtype == "int8" and all(w.in_features == K for w in ws)
+    check(xq.dtype == "int8" and all(w.in_features == K for w in ws)
            and x_scale.shape == (N,), f"bitlinear_group: xq {xq} x_scale {x_scale} for "
            f"weights {[w.shape for w in ws]}")
     ys = [be._new((N, w.out_features)) for w in ws]
@@ -170,7 +166,7 @@ def bitlinear_group(be, xq: Tensor, x_scale: Tensor, ws: list[GpuTernary]) -> li
     o2 = o1 + ws[1].out_features
     s2 = ws[2].weight_scale if len(ws) == 3 else F32(1.0)
     tm = bitlinear_tile_rows(be, N, OUT)
-    _check(be.bitlinear_kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {be.bitlinear_kw}")
+    check(be.bitlinear_kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {be.bitlinear_kw}")
     be._launch("bitlinear_group", [xq, x_scale, ws[0].packed, ys[0],
                                    ys[1], ys[2] if len(ws) == 3 else be._dummy()],
                (-(-OUT // 64), -(-N // tm), 1),
@@ -182,11 +178,11 @@ def bitlinear_group(be, xq: Tensor, x_scale: Tensor, ws: list[GpuTernary]) -> li
 def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None) -> Tensor:
     """STE input gradient: dy f32 (N, out) -> dx (N, in) = dy @ codes / weight_scale (+ acc)."""
     N, OUT = dy.shape
-    _check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
+    check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
     K = w.in_features
     dx = be._new((N, K))
     if acc is not None:
-        _check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
+        check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
         be.ctx.copy(acc, dx)
     be._launch("bitlinear_backward", [dy, w.packed, dx], (-(-K // 64), -(-N // 64), 1),
                dict(n=N, out=OUT, k=K, k16=(K + 15) // 16, weight_scale=w.weight_scale,

@@ -3,16 +3,12 @@ reference.py beside this file."""
 from __future__ import annotations
 
 from bitswarm.kernels.device import Tensor
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
+from bitswarm.kernels.ops.check import check
 
 
 def add(be, a: Tensor, b: Tensor) -> Tensor:
     """a + b, f32, same shapes."""
-    _check(a.shape == b.shape, f"add shapes differ: {a.shape} {b.shape}")
+    check(a.shape == b.shape, f"add shapes differ: {a.shape} {b.shape}")
     out = be._new(a.shape)
     be._launch("add", [a, b, out], be._ew_grid(a.size), dict(total=a.size))
     return out
@@ -20,7 +16,7 @@ def add(be, a: Tensor, b: Tensor) -> Tensor:
 
 def relu2_gate(be, g: Tensor, u: Tensor) -> Tensor:
     """h = relu(g)^2 * u, f32, same shapes."""
-    _check(g.shape == u.shape, f"relu2_gate shapes differ: {g.shape} {u.shape}")
+    check(g.shape == u.shape, f"relu2_gate shapes differ: {g.shape} {u.shape}")
     h = be._new(g.shape)
     be._launch("relu2_gate", [g, u, h], be._ew_grid(g.size), dict(total=g.size))
     return h
@@ -28,7 +24,7 @@ def relu2_gate(be, g: Tensor, u: Tensor) -> Tensor:
 
 def relu2_gate_backward(be, dh: Tensor, g: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     """(dg, du) of relu2_gate, f32, same shapes."""
-    _check(dh.shape == g.shape == u.shape,
+    check(dh.shape == g.shape == u.shape,
            f"relu2_gate_backward shapes differ: {dh.shape} {g.shape} {u.shape}")
     dg, du = be._new(g.shape), be._new(g.shape)
     be._launch("relu2_gate_backward", [dh, g, u, dg, du], be._ew_grid(g.size), dict(total=g.size))

@@ -6,30 +6,26 @@ from __future__ import annotations
 import numpy as np
 
 from bitswarm.kernels.device import Tensor
+from bitswarm.kernels.ops.check import check
 from bitswarm.kernels.ops.embedding.reference import token_csr
 from bitswarm.kernels.ops.lm_head.host_table import HostTable
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
 
 
 def embedding(be, ids: Tensor, table: Tensor | HostTable) -> Tensor:
     """ids int32 (N,) (from be.tensor), table (V, D) f32/f16 or a HostTable -> f32 (N, D).
     Raises IndexError for ids outside [-V, V) (known from the upload), ValueError for shapes."""
-    _check(len(table.shape) == 2, f"embedding table must be (V, D), got {table.shape}")
-    _check(ids.dtype == "int32" and len(ids.shape) == 1, f"ids must be int32 (N,), got {ids}")
+    check(len(table.shape) == 2, f"embedding table must be (V, D), got {table.shape}")
+    check(ids.dtype == "int32" and len(ids.shape) == 1, f"ids must be int32 (N,), got {ids}")
     V, D = table.shape
     if ids.host_max is not None and (ids.host_max >= V or ids.host_min < -V):
         raise IndexError(f"token id out of range for vocab size {V} "
                          f"(ids span {ids.host_min}..{ids.host_max})")
     if isinstance(table, HostTable):
         # The gather is an exact copy (f16 -> f32 widening), as the GPU kernel does.
-        _check(ids.host is not None, "embedding from a host table needs ids uploaded by "
+        check(ids.host is not None, "embedding from a host table needs ids uploaded by "
                "GpuBackend.tensor (host copy kept)")
         return be.ctx.upload(table.data[ids.host].astype(np.float32), "float32")
-    _check(table.dtype in ("float32", "float16"), f"embedding table dtype {table.dtype}")
+    check(table.dtype in ("float32", "float16"), f"embedding table dtype {table.dtype}")
     N = ids.shape[0]
     out = be._new((N, D))
     be._launch("embedding", [ids, table, out], be._ew_grid(N * D),

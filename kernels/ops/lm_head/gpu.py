@@ -7,22 +7,18 @@ from __future__ import annotations
 import numpy as np
 
 from bitswarm.kernels.device import Tensor, grid_for
+from bitswarm.kernels.ops.check import check
 from bitswarm.kernels.ops.lm_head.host_table import HostTable, table_chunks, table_rows
 from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
 
 F32 = np.float32
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def cross_entropy(be, logits: Tensor, targets: Tensor, grad_scale: float) -> tuple[Tensor, Tensor]:
     """logits f32 (N, V), targets int32 (N,) (< 0: padding) -> loss (N,), dlogits (N, V).
     Raises IndexError for a target >= V (known from the upload)."""
     N, V = logits.shape
-    _check(targets.dtype == "int32" and targets.shape == (N,),
+    check(targets.dtype == "int32" and targets.shape == (N,),
            f"cross_entropy: targets must be int32 ({N},), got {targets}")
     if targets.host_max is not None and targets.host_max >= V:
         raise IndexError(f"target {targets.host_max} out of range for vocab size {V}")
@@ -42,10 +38,10 @@ def lm_head_cross_entropy(be, x: Tensor, w: Tensor | HostTable, targets: Tensor,
     host = isinstance(w, HostTable)
     N, D = x.shape
     V = w.shape[0]
-    _check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D)
+    check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D)
            and w.dtype in ("float32", "float16"),
            f"lm_head_cross_entropy: x {x} w {w} chunk {chunk}")
-    _check(targets.dtype == "int32" and targets.shape == (N,)
+    check(targets.dtype == "int32" and targets.shape == (N,)
            and (targets.host is not None or not host),
            f"lm_head_cross_entropy: targets must be int32 ({N},) (from GpuBackend.tensor "
            f"for a host table), got {targets}")

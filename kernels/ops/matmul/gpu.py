@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitswarm.kernels.device import Tensor
+from bitswarm.kernels.ops.check import check
 from bitswarm.kernels.ops.lm_head.host_table import HostTable, matmul_host_table
 
 F32 = np.float32
@@ -13,25 +14,20 @@ _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
            alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
     """alpha * op(a) @ op(b) (+ acc): a f32, b f32 or f16 (a table) -> f32 (M, N)."""
-    _check(len(a.shape) == 2 and len(b.shape) == 2, f"matmul needs 2-D, got {a.shape} {b.shape}")
+    check(len(a.shape) == 2 and len(b.shape) == 2, f"matmul needs 2-D, got {a.shape} {b.shape}")
     if isinstance(b, HostTable):
         return matmul_host_table(be, a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, acc=acc)
     M, K = a.shape[::-1] if trans_a else a.shape
     K2, N = b.shape[::-1] if trans_b else b.shape
-    _check(K == K2, f"matmul inner dims differ: op(a) {(M, K)} op(b) {(K2, N)}")
-    _check(a.dtype == "float32" and b.dtype in ("float32", "float16"),
+    check(K == K2, f"matmul inner dims differ: op(a) {(M, K)} op(b) {(K2, N)}")
+    check(a.dtype == "float32" and b.dtype in ("float32", "float16"),
            f"matmul: a must be float32 and b float32 or float16, got {a.dtype} {b.dtype}")
     c = be._new((M, N))
     if acc is not None:
-        _check(acc.shape == (M, N), f"matmul: acc {acc.shape} != {(M, N)}")
+        check(acc.shape == (M, N), f"matmul: acc {acc.shape} != {(M, N)}")
         be.ctx.copy(acc, c)
     tiles = -(-N // 64) * -(-M // 64)
     consts = {"TRANS_A": int(trans_a), "TRANS_B": int(trans_b), "ACC": int(acc is not None),

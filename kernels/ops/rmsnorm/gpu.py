@@ -5,19 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from bitswarm.kernels.device import Tensor, grid_for
+from bitswarm.kernels.ops.check import check
 
 _NORM_ROWS = 64   # rows per partial sum of rmsnorm_weight_grad (ROWS in the shader)
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
 
 
 def rmsnorm(be, x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """x f32 (N, C), w (C,) -> y (N, C), rstd (N,). One workgroup per row."""
     N, C = x.shape
-    _check(w.shape == (C,), f"rmsnorm weight {w.shape} does not match x {x.shape}")
+    check(w.shape == (C,), f"rmsnorm weight {w.shape} does not match x {x.shape}")
     y, rstd = be._new((N, C)), be._new((N,))
     be._launch("rmsnorm", [x, w, y, rstd], grid_for(N), dict(rows=N, c=C, eps=np.float32(eps)))
     return y, rstd
@@ -26,7 +22,7 @@ def rmsnorm(be, x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 def rmsnorm_backward(be, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor) -> Tensor:
     """Input gradient (w frozen): dy, x (N, C), w (C,), rstd (N,) -> dx (N, C)."""
     N, C = x.shape
-    _check(dy.shape == x.shape and w.shape == (C,) and rstd.shape == (N,),
+    check(dy.shape == x.shape and w.shape == (C,) and rstd.shape == (N,),
            f"rmsnorm_backward shapes dy {dy.shape} x {x.shape} w {w.shape} rstd {rstd.shape}")
     dx = be._new((N, C))
     be._launch("rmsnorm_backward", [dy, x, w, rstd, dx], grid_for(N), dict(rows=N, c=C, eps=0.0))
