@@ -17,7 +17,7 @@ from .ops.helpers import rnd, ternary
 
 F32 = np.float32
 
-# ---------------------------------------------------------------- whole sequences
+
 def _attention_block(be, ids, P, B, T, Hq, Hkv, hd, targets):
     """A tiny float attention block and its backward, written once against any Backend:
     embed -> rmsnorm -> q/k/v (matmul) -> rope -> attention -> o (matmul) -> residual ->

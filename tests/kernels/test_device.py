@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 
 from bitswarm.kernels.device import DeviceError, parse_params
-from bitswarm.kernels.device import Context  # noqa: F401  (the facade other code uses)
 
-F32 = np.float32
+from .ops.helpers import rnd
 
 
-def rnd(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(F32)
-
-# ---------------------------------------------------------------- plumbing
 def test_roundtrip_dtypes_and_zeros(gpu):
     rng = np.random.default_rng(0)
     a = rnd(rng, 3, 5)

@@ -8,7 +8,6 @@ the STE gradient IS the true gradient and central differences must agree with it
 kind of parameter: projections, norm weights, the tied embedding.
 """
 import numpy as np
-import pytest
 
 from bitswarm.kernels.ops import precision
 from bitswarm.kernels.backend import CpuBackend

@@ -11,6 +11,7 @@ from .helpers import rnd
 
 F32 = np.float32
 
+
 def test_adamw(gpu, close):
     rng = np.random.default_rng(13)
     p, m, v = rnd(rng, 37, 21), np.zeros((37, 21), F32), np.zeros((37, 21), F32)

@@ -20,7 +20,7 @@ from .helpers import rnd
 
 F32 = np.float32
 
-# ---------------------------------------------------------------- attention
+
 # attention.wgsl tiles 32 query rows x 32 keys and splits head dims over 16 invocations of
 # vec4s: the shapes cover T below, at and past a block (1, 5, 37, 128, 300), GQA ratios 1, 2,
 # 3, 4, head dims 16, 64, 128, 256, one not a multiple of 16 (20) and one of 4 (6, the
@@ -28,6 +28,8 @@ F32 = np.float32
 @pytest.mark.parametrize("B,T,Hq,Hkv,hd,scale", [
     (1, 1, 1, 1, 16, 1.0), (2, 5, 4, 1, 16, 1.0), (2, 37, 2, 2, 64, 1.0), (1, 128, 4, 1, 128, 1.0),
     (1, 37, 2, 1, 256, 1.0), (1, 67, 3, 1, 20, 4.0), (2, 9, 4, 2, 6, 1.0), (1, 300, 2, 1, 16, 1.0)])
+
+
 def test_attention_forward_backward(gpu, close, B, T, Hq, Hkv, hd, scale):
     rng = np.random.default_rng(11)
     q, k, v = rnd(rng, B * T, Hq * hd, scale=scale), rnd(rng, B * T, Hkv * hd, scale=scale), \

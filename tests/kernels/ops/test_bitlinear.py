@@ -20,7 +20,7 @@ from .helpers import rnd, ternary
 
 F32 = np.float32
 
-# ---------------------------------------------------------------- W1.58A8
+
 def _quant_inputs(rng):
     cases = [rnd(rng, 1, 1), rnd(rng, 5, 3), rnd(rng, 37, 300), rnd(rng, 3, 1001, scale=1e30)]
     # one value per row over 40 binades: stresses the correctly rounded 127/absmax
@@ -119,6 +119,8 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
 
 @pytest.mark.parametrize("N,K,outs", [(37, 100, (70, 20, 20)), (65, 300, (129, 33)),
                                       (3, 64, (64, 16, 16)), (70, 700, (16, 48, 200))])
+
+
 def test_bitlinear_group_is_one_launch_and_bit_identical(gpu, N, K, outs):
     """q/k/v (or gate/up) of one layer uploaded as one packed buffer and run as ONE GEMM
     (entry main3) give the same bits as separate uploads and launches, and equal the reference
@@ -154,6 +156,8 @@ def test_bitlinear_group_is_one_launch_and_bit_identical(gpu, N, K, outs):
 
 @pytest.mark.parametrize("N,OUT,K,use_acc", [(1, 1, 1, False), (37, 70, 100, True),
                                              (65, 129, 300, False), (3, 2560, 20, True)])
+
+
 def test_bitlinear_backward(gpu, close, N, OUT, K, use_acc):
     rng = np.random.default_rng(7)
     dy, w = rnd(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)

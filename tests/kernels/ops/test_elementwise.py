@@ -11,6 +11,7 @@ from .helpers import rnd
 
 F32 = np.float32
 
+
 def test_add_and_relu2_gate(gpu, close):
     rng = np.random.default_rng(9)
     for shape in ((1, 1), (37, 300)):

@@ -13,7 +13,7 @@ from .helpers import rnd
 
 F32 = np.float32
 
-# ---------------------------------------------------------------- embedding / norms
+
 def test_embedding(gpu, close):
     rng = np.random.default_rng(2)
     table = rnd(rng, 50, 33)

@@ -21,6 +21,7 @@ from .helpers import rnd
 
 F32 = np.float32
 
+
 def unchunked(x, w, t, gs):
     w = w.astype(F32)
     loss, dlog = ref.cross_entropy(matmul(x, w, trans_b=True), t, gs)
@@ -38,6 +39,8 @@ def case(rng, N, V, D, scale):
 @pytest.mark.parametrize("N,V,D,chunk,scale", [(1, 1, 1, 1, 1.0), (9, 300, 16, 64, 1.0),
                                                (9, 300, 16, 300, 1.0), (7, 1000, 33, 97, 8.0),
                                                (5, 257, 8, 1000, 30.0)])
+
+
 def test_reference_chunked_equals_unchunked(N, V, D, chunk, scale, close):
     rng = np.random.default_rng(0)
     x, w, t = case(rng, N, V, D, scale)
@@ -62,6 +65,8 @@ def test_reference_rejects_bad_input():
 @pytest.mark.parametrize("f16", [True, False])
 @pytest.mark.parametrize("N,V,D,chunk,scale", [(1, 1, 2, 1, 1.0), (9, 300, 16, 64, 1.0),
                                                (70, 1000, 33, 97, 8.0), (5, 257, 130, 1000, 30.0)])
+
+
 def test_gpu_matches_reference(gpu, close, f16, N, V, D, chunk, scale):
     rng = np.random.default_rng(1)
     x, w, t = case(rng, N, V, D, scale)
@@ -118,7 +123,6 @@ def test_lm_head_leaves_no_pooled_chunk(gpu):
     assert gpu.ctx.allocated_bytes - before <= live
 
 
-# ---------------------------------------------------------------- loss / optimizer
 @pytest.mark.parametrize("N,V,scale", [(1, 1, 1.0), (6, 1000, 1.0), (4, 300, 50.0)])
 def test_cross_entropy(gpu, close, N, V, scale):
     rng = np.random.default_rng(12)

@@ -12,13 +12,15 @@ from .helpers import rnd
 
 F32 = np.float32
 
-# ---------------------------------------------------------------- dense
+
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("M,K,N,alpha,use_acc", [(1, 1, 1, 1.0, False), (33, 70, 45, 2.0, True),
                                                  (65, 17, 129, 1.0, False), (37, 64, 8, 0.5, True),
                                                  # split-K path (few output tiles, long K)
                                                  (37, 1000, 8, 0.5, True), (5, 777, 3, 1.0, False)])
+
+
 def test_matmul(gpu, close, trans_a, trans_b, M, K, N, alpha, use_acc):
     rng = np.random.default_rng(8)
     a = rnd(rng, *((K, M) if trans_a else (M, K)))

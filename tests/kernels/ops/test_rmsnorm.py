@@ -13,6 +13,7 @@ from .helpers import rnd
 
 F32 = np.float32
 
+
 @pytest.mark.parametrize("N,C,scale", [(1, 7, 1.0), (37, 300, 1.0), (5, 1000, 1e4), (3, 64, 1e-3)])
 def test_rmsnorm_forward_backward(gpu, close, N, C, scale):
     rng = np.random.default_rng(3)

@@ -17,9 +17,11 @@ from .helpers import rnd
 
 F32 = np.float32
 
-# ---------------------------------------------------------------- RoPE
+
 @pytest.mark.parametrize("B,T,H,hd,theta", [(1, 1, 1, 2, 10000.0), (3, 7, 3, 8, 10000.0),
                                              (1, 300, 2, 128, 500000.0)])
+
+
 def test_rope_and_inverse(gpu, close, B, T, H, hd, theta):
     rng = np.random.default_rng(10)
     x = rnd(rng, B * T, H * hd)
@@ -32,7 +34,6 @@ def test_rope_and_inverse(gpu, close, B, T, H, hd, theta):
     close(gpu.numpy(back), x, 1e-5, 1e-5, "rope roundtrip")
 
 
-# ---------------------------------------------------------------- reference semantics
 def test_rope_at_is_rope_with_an_offset():
     rng = np.random.default_rng(0)
     T, H, hd = 11, 3, 8
@@ -58,7 +59,6 @@ def test_cpu_backend_has_the_decode_ops():
                                   ref.rope_at(x, cos, sin, 200, 2, 8))
 
 
-# ---------------------------------------------------------------- GPU vs reference
 @pytest.mark.parametrize("M,pos,H,hd", [(1, 0, 3, 16), (1, 130, 2, 16), (5, 7, 4, 8)])
 def test_gpu_rope_at(gpu, close, M, pos, H, hd):
     rng = np.random.default_rng(3)
