@@ -9,8 +9,6 @@ from bitswarm.kernels.ops.elementwise import reference as ref
 
 from .helpers import rnd
 
-F32 = np.float32
-
 
 def test_add_and_relu2_gate(gpu, close):
     rng = np.random.default_rng(9)

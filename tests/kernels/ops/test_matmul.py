@@ -10,8 +10,6 @@ from bitswarm.kernels.ops.matmul import reference as ref
 
 from .helpers import rnd
 
-F32 = np.float32
-
 
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])

@@ -15,8 +15,6 @@ from bitswarm.kernels.ops.rope import reference as ref
 
 from .helpers import rnd
 
-F32 = np.float32
-
 
 @pytest.mark.parametrize("B,T,H,hd,theta", [(1, 1, 1, 2, 10000.0), (3, 7, 3, 8, 10000.0),
                                              (1, 300, 2, 128, 500000.0)])
