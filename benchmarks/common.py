@@ -2,7 +2,7 @@
 
 Benchmarks are scripts, not tests: each prints a table and writes one JSON file (default
 benchmarks/results/<name>-<host>.json). Timings are wall clock around a GPU sync (a 16-byte
-readback, see kernels/device.py), median of `reps` repetitions of `inner` launches each.
+readback, see kernels/device/context.py), median of `reps` repetitions of `inner` launches each.
 """
 from __future__ import annotations
 

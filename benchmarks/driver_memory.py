@@ -1,7 +1,7 @@
 """GPU memory as the driver sees it (nvidia-smi memory.used), phase by phase of a LoRA training
 run, next to the device layer's own count of allocated storage-buffer bytes.
 
-The device layer's counter (kernels/device.py Context.allocated_bytes) is what the other
+The device layer's counter (kernels/device Context.allocated_bytes) is what the other
 benchmarks report, like torch.cuda.max_memory_allocated for PyTorch. The driver also holds
 wgpu's internal allocations (upload staging, allocator blocks, the Vulkan device itself): this
 script shows how much, and where it appears.

@@ -87,7 +87,7 @@ class Baseline:
             o = fwd()
             g = torch.randn_like(o)
             return lambda: torch.autograd.grad(o, (q, k, v), g, retain_graph=True)
-        from bitswarm.kernels import reference as ref
+        from bitswarm.kernels.ops.attention import reference as ref
         q = self.arr((B * T, Hq * hd), rng)
         k = self.arr((B * T, Hkv * hd), rng)
         v = self.arr((B * T, Hkv * hd), rng)
@@ -106,8 +106,9 @@ class Baseline:
                 s = 127.0 / y.abs().amax(-1, keepdim=True).clamp_min(1e-5)
                 return (y * s).round().clamp(-128, 127).to(self.torch.int8), s
             return f
-        from bitswarm.kernels import reference as ref
-        return lambda: ref.quantize_act(ref.rmsnorm(x, w, 1e-5)[0])
+        from bitswarm.kernels.ops.bitlinear.reference import quantize_act
+        from bitswarm.kernels.ops.rmsnorm.reference import rmsnorm
+        return lambda: quantize_act(rmsnorm(x, w, 1e-5)[0])
 
 
 def _forced(be, tm, kw, splits, fn):

@@ -4,7 +4,7 @@ and vocabulary.
 Runs BitNetModel.loss_and_grads + AdamW (as benchmarks/train_step.py, same fast weights) on
 GpuBackend at a shape that fits the adapter (lavapipe: 128 MiB per storage binding), records the
 device layer's high-water mark of allocated storage-buffer bytes
-(kernels/device.py Context.peak_allocated_bytes: live tensors plus the free pool) and splits it:
+(kernels/device Context.peak_allocated_bytes: live tensors plus the free pool) and splits it:
 
     table       embedding / tied lm_head, as stored (float16 since issue 3)
     ternary     2-bit packed projections
@@ -73,10 +73,10 @@ def measure(be, cfg, targets: str, B: int, T: int, steps: int, plain: bool, f32_
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.lora import init_lora, trainable_keys
     from bitswarm.kernels.model import BitNetModel
-    from bitswarm.kernels.gpu_backend import HostTable
+    from bitswarm.kernels.ops.lm_head.host_table import HostTable
     from bitswarm.kernels.optim import AdamW, AdamWConfig
     ctx = be.ctx
-    be._rope_cache.clear()          # each run pays for its own RoPE tables, as a fresh process
+    be._rope.clear()                # each run pays for its own RoPE tables, as a fresh process
     gc.collect()
     ctx.trim()
     base = ctx.allocated_bytes

@@ -68,10 +68,10 @@ OPS_PER_ITER = {"dp4a": 8 * 8, "fma": 4 * 4 * 2}
 
 
 def measure(ctx, kind: str, src: str, n_wg: int, iters: int, reps: int) -> dict:
-    from bitswarm.kernels.device import grid_for, pack_params
+    from bitswarm.kernels.device import grid_for, parse_params
     k = ctx.kernel(f"peak_{kind}", lambda: src, "main")
     out = ctx.alloc((n_wg * 256,), "int32")
-    params = pack_params("uu", iters, 12345)
+    params = parse_params(f"peak_{kind}", src, "P").pack(iters=iters, seed=12345)
     grid = grid_for(n_wg)
     dt, _ = time_gpu(ctx, lambda: ctx.dispatch(k, [out], params, grid), inner=3, reps=reps)
     ops = n_wg * 256 * iters * OPS_PER_ITER[kind]

@@ -5,12 +5,12 @@ batch 4 x ctx 128 = 512 tokens, LoRA rank 8 (alpha 16) on q/k/v/o ("qkvo") or al
 projections ("all"). Weights: random ternary codes (one layer's codes drawn and shared by every
 layer, uploaded per layer, so GPU memory is that of the full model), N(0, 0.02) tied embeddings.
 Peak GPU memory: the device layer's high-water mark of allocated storage-buffer bytes
-(kernels/device.py Context.peak_allocated_bytes; wgpu's own internal allocations are not counted).
+(kernels/device Context.peak_allocated_bytes; wgpu's own internal allocations are not counted).
 
 Baselines, same shapes, same run:
   torch+peft: transformers BitNetForCausalLM (online ternary AutoBitLinear, bf16) + PEFT LoRA,
               torch.optim.AdamW, on CUDA when torch sees a GPU; peak = torch.cuda.max_memory_allocated.
-  numpy:      our CpuBackend (kernels/reference.py) on the CPU; measured at 1 and 2 layers and
+  numpy:      our CpuBackend (kernels/ops/*/reference.py) on the CPU; measured at 1 and 2 layers and
               extrapolated linearly to the full depth (a full-depth NumPy step takes minutes).
 
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
@@ -36,7 +36,7 @@ from common import DriverMemory, machine_info, out_path, parser, torch_cuda, wri
 from shapes import CONFIGS  # noqa: E402
 
 B, T, RANK, ALPHA = 4, 128, 8, 16.0
-EPOCH_TOKENS = 41_700          # PubMedQA epoch of QVAC Fabric's benchmark (shared/FACTS.md)
+EPOCH_TOKENS = 41_700          # PubMedQA epoch of QVAC Fabric's benchmark (~41.7k tokens)
 TARGETS = {"qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
            "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
 

@@ -42,6 +42,7 @@ from safetensors import safe_open
 from safetensors.numpy import save as st_save
 
 from bitswarm.fsutil import fsync_dir, write_file_atomic
+from bitswarm.kernels.ops.bitlinear.reference import ternarize
 
 from bitswarm.kernels.config import (ATTN_PROJECTIONS, PROJECTIONS, BitNetConfig, BitNetWeights,
                                      LayerWeights, TernaryLinear, assemble_weights)
@@ -51,7 +52,6 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILE = "tokenizer.json"
 
-ABSMEAN_EPS = np.float32(1e-5)
 
 # transformers.BitNetConfig defaults (configuration_bitnet.py), used for fields config.json omits.
 _HF_DEFAULTS: dict[str, Any] = {
@@ -91,16 +91,11 @@ def hf_module_name(layer: int, proj: str) -> str:
 # ternary helpers
 
 def absmean_ternarize(w: np.ndarray) -> TernaryLinear:
-    """Ternarize a latent weight (out, in) like transformers' WeightQuant, in float32.
-
-    s = 1 / max(mean|W|, 1e-5) (mean accumulated in float64, rounded to float32),
-    codes = clamp(round_half_even(W * s), -1, 1) as int8. Returns TernaryLinear(codes, s).
-    """
-    w32 = np.asarray(w, dtype=np.float32)
-    mean = np.float32(np.abs(w32).mean(dtype=np.float64))
-    scale = np.float32(1.0) / max(mean, ABSMEAN_EPS)
-    codes = np.clip(np.rint(w32 * scale), -1, 1).astype(np.int8)
-    return TernaryLinear(codes=codes, weight_scale=np.float32(scale))
+    """Ternarize a latent weight (out, in) like transformers' WeightQuant, in float32: the
+    bitlinear family's reference `ternarize` (s = 1 / max(mean|W|, QUANT_EPS), codes =
+    clamp(round_half_even(W * s), -1, 1) int8) as a TernaryLinear(codes, s)."""
+    codes, scale = ternarize(w)
+    return TernaryLinear(codes=codes, weight_scale=scale)
 
 
 def pack_ternary(codes: np.ndarray) -> np.ndarray:

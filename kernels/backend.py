@@ -1,32 +1,64 @@
 """Compute backends: one op vocabulary, two implementations (NumPy on the CPU, WGSL via wgpu).
 
-The model (kernels/model.py) is written once against `Backend`; a backend's tensors are opaque
-handles (NumPy arrays here, GPU buffers in GpuBackend). Every op's semantics are those of the
-same-named function in kernels/reference.py, which is also what CpuBackend runs.
+The model, generation and pretraining (kernels/model.py, generate.py, pretrain.py) are written
+once against `Backend`; a backend's tensors are opaque handles (NumPy arrays here, GPU buffers
+in GpuBackend). Every op's semantics are those of its family's reference
+(kernels/ops/<family>/reference.py, listed in kernels/ops/registry.py), which is what
+CpuBackend runs; GpuBackend binds each family's GPU launcher. Callers branch on `caps`
+(`BackendCaps`), never on `name` (for display and logs only).
 
 `select_backend("auto")` picks the GPU only when wgpu finds a real GPU adapter: lavapipe /
-llvmpipe are CPUs, where NumPy is faster (see ../shared/FACTS.md, "Speed on lavapipe").
+llvmpipe are CPUs, where NumPy is faster (measured on lavapipe with 2 cores: the best W1.58A8
+kernel ~45 GOP/s, NumPy's fp32 matmul ~200 GFLOP/s).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from bitswarm.kernels import reference as ref
 from bitswarm.kernels.config import TernaryLinear
+from bitswarm.kernels.ops.adamw import reference as _adamw
+from bitswarm.kernels.ops.attention import reference as _attention
+from bitswarm.kernels.ops.bitlinear import reference as _bitlinear
+from bitswarm.kernels.ops.elementwise import reference as _elementwise
+from bitswarm.kernels.ops.embedding import reference as _embedding
+from bitswarm.kernels.ops.lm_head import reference as _lm_head
+from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
+from bitswarm.kernels.ops.matmul import reference as _matmul
+from bitswarm.kernels.ops.rmsnorm import reference as _rmsnorm
+from bitswarm.kernels.ops.rope import reference as _rope
+from bitswarm.kernels.ops.rope.reference import RopeTables
 
 log = logging.getLogger("bitswarm.kernels.backend")
 
 Tensor = Any  # backend-specific handle
 
 
+@dataclass(frozen=True)
+class BackendCaps:
+    """What callers may branch on.
+
+    device_memory_limited: activation memory is the limit (a GPU: recompute activations rather
+    than hold them when a step would need more than kernels/model.py RECOMPUTE_ABOVE); False
+    where tensors live in host memory (NumPy: time is the limit, never recompute)."""
+
+    device_memory_limited: bool
+
+
+CPU_CAPS = BackendCaps(device_memory_limited=False)
+GPU_CAPS = BackendCaps(device_memory_limited=True)
+
+
 class Backend(Protocol):
-    """The op vocabulary. Shapes and semantics: kernels/reference.py."""
+    """The op vocabulary. Shapes, dtypes and semantics: each op's reference (registry.OPS)."""
 
     name: str
+    caps: BackendCaps
 
+    # transfers (not ops: no kernel)
     def tensor(self, a: np.ndarray) -> Tensor: ...                  # upload (float32 / int32)
     def ternary(self, w: TernaryLinear) -> Tensor: ...               # upload a frozen projection
     def ternary_group(self, ws: list[TernaryLinear]) -> list: ...   # ... several, one input
@@ -35,53 +67,58 @@ class Backend(Protocol):
     def numpy(self, t: Tensor) -> np.ndarray: ...                    # download (waits)
     def zeros_like(self, t: Tensor) -> Tensor: ...
 
+    # embedding
     def embedding(self, ids: Tensor, table: Tensor) -> Tensor: ...
+    def embedding_backward(self, ids: np.ndarray, dy: Tensor, vocab_size: int) -> Tensor: ...
+    # rmsnorm
     def rmsnorm(self, x: Tensor, w: Tensor, eps: float) -> tuple[Tensor, Tensor]: ...
     def rmsnorm_backward(self, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor) -> Tensor: ...
+    def rmsnorm_weight_grad(self, dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor: ...
+    # bitlinear (W1.58A8)
     def quantize_act(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
     def bitlinear(self, xq: Tensor, x_scale: Tensor, w: Tensor) -> Tensor: ...
     def bitlinear_group(self, xq: Tensor, x_scale: Tensor, ws: list) -> list: ...
     def bitlinear_backward(self, dy: Tensor, w: Tensor, acc: Tensor | None = None) -> Tensor: ...
+    def ternarize_all(self, ws: Sequence[Tensor]) -> list: ...       # latent -> ternary handles
+    def dequantize_act(self, xq: Tensor, x_scale: Tensor) -> Tensor: ...
+    # matmul, elementwise
     def matmul(self, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
                alpha: float = 1.0, acc: Tensor | None = None) -> Tensor: ...
     def add(self, a: Tensor, b: Tensor) -> Tensor: ...
+    def relu2_gate(self, g: Tensor, u: Tensor) -> Tensor: ...
+    def relu2_gate_backward(self, dh: Tensor, g: Tensor, u: Tensor) -> tuple[Tensor, Tensor]: ...
+    # rope
     def rope(self, x: Tensor, T: int, H: int, hd: int, theta: float,
              inverse: bool = False) -> Tensor: ...
+    def rope_at(self, x: Tensor, pos: int, H: int, hd: int, theta: float) -> Tensor: ...
+    # attention (training, and decoding over a KV cache)
     def attention(self, q: Tensor, k: Tensor, v: Tensor, B: int, T: int, Hq: int, Hkv: int,
                   hd: int) -> tuple[Tensor, Tensor]: ...
     def attention_backward(self, do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
                            lse: Tensor, B: int, T: int, Hq: int, Hkv: int,
                            hd: int) -> tuple[Tensor, Tensor, Tensor]: ...
-    def relu2_gate(self, g: Tensor, u: Tensor) -> Tensor: ...
-    def relu2_gate_backward(self, dh: Tensor, g: Tensor, u: Tensor) -> tuple[Tensor, Tensor]: ...
+    def kv_append_(self, cache: Tensor, x: Tensor, pos: int) -> None: ...
+    def attention_decode(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, L: int, Hq: int,
+                         Hkv: int, hd: int) -> Tensor: ...
+    # lm_head / loss
     def cross_entropy(self, logits: Tensor, targets: Tensor,
                       grad_scale: float) -> tuple[Tensor, Tensor]: ...
     def lm_head_cross_entropy(self, x: Tensor, w: Tensor, targets: Tensor, grad_scale: float,
-                              chunk: int = ref.LM_CHUNK,
+                              chunk: int = LM_CHUNK,
                               grad: bool = True) -> tuple[Tensor, Tensor | None]: ...
+    # optimizer
     def adamw_(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float,
                beta1: float, beta2: float, eps: float, weight_decay: float) -> None: ...
 
 
-class DecodeBackend(Backend, Protocol):
-    """Backend plus the decode (KV-cache) ops of kernels/generate.py; semantics: the "decode"
-    section of kernels/reference.py. CpuBackend implements them; for GpuBackend they live in
-    kernels/gpu_decode_ops.py (GpuDecodeOps), and `generate.decode_ops` picks the right one.
-    A sub-protocol, so the training op vocabulary (and the registry that mirrors it) is unchanged."""
-
-    def rope_at(self, x: Tensor, pos: int, H: int, hd: int, theta: float) -> Tensor: ...
-    def kv_append_(self, cache: Tensor, x: Tensor, pos: int) -> None: ...
-    def attention_decode(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, L: int, Hq: int,
-                         Hkv: int, hd: int) -> Tensor: ...
-
-
 class CpuBackend:
-    """NumPy backend: the reference semantics, run as they are."""
+    """NumPy backend: the family references, run as they are."""
 
     name = "cpu"
+    caps = CPU_CAPS
 
     def __init__(self) -> None:
-        self._rope_cache: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._rope = RopeTables()
 
     def tensor(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a)
@@ -107,50 +144,52 @@ class CpuBackend:
     def zeros_like(self, t: np.ndarray) -> np.ndarray:
         return np.zeros_like(t)
 
-    embedding = staticmethod(ref.embedding)
-    rmsnorm = staticmethod(ref.rmsnorm)
-    rmsnorm_backward = staticmethod(ref.rmsnorm_backward)
-    quantize_act = staticmethod(ref.quantize_act)
-    matmul = staticmethod(ref.matmul)
-    add = staticmethod(ref.add)
-    attention = staticmethod(ref.attention)
-    attention_backward = staticmethod(ref.attention_backward)
-    relu2_gate = staticmethod(ref.relu2_gate)
-    relu2_gate_backward = staticmethod(ref.relu2_gate_backward)
-    cross_entropy = staticmethod(ref.cross_entropy)
-    lm_head_cross_entropy = staticmethod(ref.lm_head_cross_entropy)
-    adamw_ = staticmethod(ref.adamw_)
+    embedding = staticmethod(_embedding.embedding)
+    embedding_backward = staticmethod(_embedding.embedding_backward)
+    rmsnorm = staticmethod(_rmsnorm.rmsnorm)
+    rmsnorm_backward = staticmethod(_rmsnorm.rmsnorm_backward)
+    rmsnorm_weight_grad = staticmethod(_rmsnorm.rmsnorm_weight_grad)
+    quantize_act = staticmethod(_bitlinear.quantize_act)
+    dequantize_act = staticmethod(_bitlinear.dequantize_act)
+    matmul = staticmethod(_matmul.matmul)
+    add = staticmethod(_elementwise.add)
+    relu2_gate = staticmethod(_elementwise.relu2_gate)
+    relu2_gate_backward = staticmethod(_elementwise.relu2_gate_backward)
+    attention = staticmethod(_attention.attention)
+    attention_backward = staticmethod(_attention.attention_backward)
+    kv_append_ = staticmethod(_attention.kv_append_)
+    attention_decode = staticmethod(_attention.attention_decode)
+    cross_entropy = staticmethod(_lm_head.cross_entropy)
+    lm_head_cross_entropy = staticmethod(_lm_head.lm_head_cross_entropy)
+    adamw_ = staticmethod(_adamw.adamw_)
 
+    # ternary projections are TernaryLinear (codes, weight_scale) on the host
     def bitlinear(self, xq, x_scale, w: TernaryLinear):
-        return ref.bitlinear(xq, x_scale, w.codes, w.weight_scale)
+        return _bitlinear.bitlinear(xq, x_scale, w.codes, w.weight_scale)
 
     def bitlinear_group(self, xq, x_scale, ws: list[TernaryLinear]):
-        return ref.bitlinear_group(xq, x_scale, [w.codes for w in ws],
-                                   [w.weight_scale for w in ws])
+        return _bitlinear.bitlinear_group(xq, x_scale, [w.codes for w in ws],
+                                         [w.weight_scale for w in ws])
 
     def bitlinear_backward(self, dy, w: TernaryLinear, acc=None):
-        dx = ref.bitlinear_backward(dy, w.codes, w.weight_scale)
+        dx = _bitlinear.bitlinear_backward(dy, w.codes, w.weight_scale)
         return dx if acc is None else dx + acc
 
-    def rope(self, x, T, H, hd, theta, inverse=False):
-        key = (hd, theta)
-        cs = self._rope_cache.get(key)
-        if cs is None or cs[0].shape[0] < T:
-            cs = self._rope_cache[key] = ref.rope_tables(max(T, 128), hd, theta)
-        return ref.rope(x, cs[0], cs[1], T, H, hd, inverse)
+    def ternarize(self, w: np.ndarray) -> TernaryLinear:
+        """One latent weight -> TernaryLinear (ternarize_all's step; a test hook overrides it)."""
+        codes, scale = _bitlinear.ternarize(w)
+        return TernaryLinear(codes, scale)
 
-    # ------------------------------------------------------------ decode (KV cache)
-    kv_append_ = staticmethod(ref.kv_append_)
-    attention_decode = staticmethod(ref.attention_decode)
+    def ternarize_all(self, ws) -> list[TernaryLinear]:
+        return [self.ternarize(w) for w in ws]
+
+    def rope(self, x, T, H, hd, theta, inverse=False):
+        cos, sin = self._rope.get(T, hd, theta)
+        return _rope.rope(x, cos, sin, T, H, hd, inverse)
 
     def rope_at(self, x, pos, H, hd, theta):
-        need = pos + x.shape[0]
-        key = (hd, theta)
-        cs = self._rope_cache.get(key)
-        if cs is None or cs[0].shape[0] < need:      # grow geometrically: one token per call
-            have = 0 if cs is None else cs[0].shape[0]
-            cs = self._rope_cache[key] = ref.rope_tables(max(need, 2 * have, 128), hd, theta)
-        return ref.rope_at(x, cs[0], cs[1], pos, H, hd)
+        cos, sin = self._rope.get(pos + x.shape[0], hd, theta, grow=True)
+        return _rope.rope_at(x, cos, sin, pos, H, hd)
 
 
 def real_gpu_available() -> bool:

@@ -16,12 +16,12 @@ position). Only the (V,) logits of one token are downloaded per step.
 Sampling: temperature 0 is greedy (argmax, lowest id on ties); otherwise one draw from
 softmax(logits / T) (float64) with the caller's numpy Generator, so a seed reproduces a run.
 
-Symbols: kernels/config.py. Decode ops: kernels/reference.py "decode" section (CpuBackend),
-kernels/gpu_decode_ops.py (GpuBackend).
+Symbols: kernels/config.py. Decode ops (rope_at, kv_append_, attention_decode): Backend methods,
+kernels/ops/rope and kernels/ops/attention.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -29,21 +29,6 @@ from bitswarm.kernels.backend import Backend
 from bitswarm.kernels.config import BitNetWeights, LoRAConfig
 from bitswarm.kernels.lora import LoRAState
 from bitswarm.kernels.model import BitNetModel
-
-_DECODE_OPS = ("rope_at", "kv_append_", "attention_decode")
-
-
-def decode_ops(backend: Backend) -> Any:
-    """The object that runs the decode ops for `backend`: the backend itself when it has them
-    (CpuBackend), else a GpuDecodeOps on it. Raises TypeError for a backend with neither."""
-    if all(hasattr(backend, n) for n in _DECODE_OPS):
-        return backend
-    from bitswarm.kernels.gpu_backend import GpuBackend
-    if isinstance(backend, GpuBackend):
-        from bitswarm.kernels.gpu_decode_ops import GpuDecodeOps
-        return GpuDecodeOps(backend)
-    raise TypeError(f"backend {getattr(backend, 'name', backend)!r} has no decode ops")
-
 
 def sample_token(logits: np.ndarray, temperature: float, rng: np.random.Generator | None) -> int:
     """Next token from logits float (V,): argmax when temperature == 0, else a draw from
@@ -103,7 +88,7 @@ class Generator:
         self.model = BitNetModel(weights, backend, lora_cfg or LoRAConfig())
         if lora_state:
             self.model.set_lora(lora_state)
-        self.ops = decode_ops(backend)
+        self.ops = backend
         self.pos = 0                      # tokens in the cache
         self.max_len = 0
         self._k: list = []

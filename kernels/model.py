@@ -132,7 +132,7 @@ class BitNetModel:
         ~3 GiB -> on; 125M: ~0.35 GiB -> off, the faster path)."""
         if self.recompute is not None:
             return bool(self.recompute)
-        if getattr(self.be, "name", "") == "cpu":
+        if not self.be.caps.device_memory_limited:
             return False
         return self.saved_activation_bytes(N) > RECOMPUTE_ABOVE
 

@@ -3,7 +3,7 @@
 The forward pass is kernels/model.py's (W1.58A8 BitLinear everywhere, unquantized tied
 lm_head). What changes for pretraining:
   * every projection keeps a latent float32 weight; each step it is ternarized per tensor with
-    absmean (`TrainOps.ternarize`) and the forward runs on the ternary codes, exactly as the
+    absmean (`Backend.ternarize`) and the forward runs on the ternary codes, exactly as the
     shipped packed checkpoint will;
   * the backward pass is the straight-through estimator through both quantizers (BitNet b1.58,
     arXiv:2402.17764; transformers' AutoBitLinear online mode): the latent weight receives the
@@ -13,58 +13,24 @@ lm_head). What changes for pretraining:
     input gradient plus the lm_head term dlogits^T @ norm(x).
 
 Latent parameters are a flat dict of backend tensors keyed like `param_shapes` ("embed_tokens",
-"norm", "layers.{i}.input_layernorm", "layers.{i}.q_proj", ...). Training-only ops come from a
-`TrainOps` object (CpuTrainOps: kernels/reference_train.py; GpuTrainOps: kernels/gpu_train_ops.py),
+"norm", "layers.{i}.input_layernorm", "layers.{i}.q_proj", ...). Training-only ops
+(ternarize_all, dequantize_act, rmsnorm_weight_grad, embedding_backward) are Backend methods,
 so the model code is written once, like BitNetModel.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from bitswarm.kernels import reference_train as rt
+from bitswarm.kernels.ops.bitlinear import reference as rt
 from bitswarm.kernels.backend import Backend
 from bitswarm.kernels.config import (NORMS, PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
                                      LoRAConfig, TernaryLinear)
 from bitswarm.kernels.model import BitNetModel
 from bitswarm.kernels.optim import AdamW, AdamWConfig
 
-
-
-class TrainOps(Protocol):
-    """Training-only ops on a backend's tensors. Semantics: kernels/reference_train.py."""
-
-    def ternarize_all(self, ws: list) -> list: ...     # latent (out, in) tensors -> ternary handles
-    def dequantize_act(self, xq: Any, x_scale: Any) -> Any: ...
-    def rmsnorm_weight_grad(self, dy: Any, x: Any, rstd: Any) -> Any: ...
-    def embedding_backward(self, ids: np.ndarray, dy: Any, vocab_size: int) -> Any: ...
-
-
-class CpuTrainOps:
-    """TrainOps for CpuBackend: the NumPy reference as is."""
-
-    def ternarize(self, w: np.ndarray) -> TernaryLinear:
-        codes, scale = rt.ternarize(w)
-        return TernaryLinear(codes, scale)
-
-    def ternarize_all(self, ws: list) -> list:
-        return [self.ternarize(w) for w in ws]
-
-    dequantize_act = staticmethod(rt.dequantize_act)
-    rmsnorm_weight_grad = staticmethod(rt.rmsnorm_weight_grad)
-
-    def embedding_backward(self, ids: np.ndarray, dy: np.ndarray, vocab_size: int) -> np.ndarray:
-        return rt.embedding_backward(ids, dy, vocab_size)
-
-
-def train_ops_for(backend: Backend) -> TrainOps:
-    """CpuTrainOps for the NumPy backend, GpuTrainOps for GpuBackend."""
-    if getattr(backend, "name", "") == "cpu":
-        return CpuTrainOps()
-    from bitswarm.kernels.gpu_train_ops import GpuTrainOps
-    return GpuTrainOps(backend)
 
 
 # ------------------------------------------------------------------------- latent parameters
@@ -129,12 +95,12 @@ class PretrainModel(BitNetModel):
         latent: host float32 arrays keyed like param_shapes (uploaded once; the model's norm and
             embedding tensors ARE the latent tensors, so in-place optimizer updates are seen by
             the next forward).
-        backend, ops: where the math runs and its training ops (default: train_ops_for).
+        backend, ops: where the math runs and its training ops (default: the backend).
     Call `refresh()` after every optimizer step to re-ternarize the projections.
     """
 
     def __init__(self, cfg: BitNetConfig, latent: dict[str, np.ndarray], backend: Backend,
-                 ops: TrainOps | None = None) -> None:
+                 ops: Backend | None = None) -> None:
         shapes = param_shapes(cfg)
         missing = sorted(set(shapes) - set(latent))
         if missing:
@@ -144,7 +110,7 @@ class PretrainModel(BitNetModel):
                 raise ValueError(f"latent {k!r} has shape {np.shape(latent[k])}, expected {s}")
         # The latent tensors are the parameters; the ternary handles are derived from them by
         # refresh(), so the frozen-weight upload of BitNetModel.__init__ does not apply.
-        self.ops = ops if ops is not None else train_ops_for(backend)
+        self.ops = ops if ops is not None else backend
         self.params = {k: backend.tensor(np.asarray(latent[k], np.float32)) for k in shapes}
         embed = self.params["embed_tokens"]
         self._bind(cfg, backend, LoRAConfig(), embed=embed, lm_head=embed,

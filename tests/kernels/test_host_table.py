@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from bitswarm.kernels.config import LoRAConfig
-from bitswarm.kernels.gpu_backend import GpuBackend, HostTable
+from bitswarm.kernels.gpu_backend import GpuBackend
 from bitswarm.kernels.lora import init_lora
 from bitswarm.kernels.model import BitNetModel
 
 from bitswarm.formats.hf_checkpoint import random_bitnet
-from bitswarm.kernels.device import _round_size
-from bitswarm.kernels.reference import LM_CHUNK
+from bitswarm.kernels.device import round_size
+from bitswarm.kernels.ops.lm_head.host_table import HostTable
+from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
 
 from .test_model_memory import CFG as SMALL
 
@@ -117,8 +118,8 @@ def test_training_step_identical_and_table_off_the_gpu(gpu, host):
     assert lg == lh and eg == eh
     for k in gg:
         np.testing.assert_array_equal(gh[k], gg[k], err_msg=k)
-    table = _round_size(CFG.vocab_size * CFG.hidden_size * 2)
-    chunk = _round_size(LM_CHUNK * CFG.hidden_size * 2)
+    table = round_size(CFG.vocab_size * CFG.hidden_size * 2)
+    chunk = round_size(LM_CHUNK * CFG.hidden_size * 2)
     assert resident["gpu"] - resident["host"] == table, resident
     # the streamed chunk buffer and the two upload slots live only while the lm_head op runs;
     # the N target rows and the per-call id tensors add a few KiB

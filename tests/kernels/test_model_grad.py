@@ -8,7 +8,7 @@ IS the true gradient, and central differences in float64 must agree with it.
 import numpy as np
 import pytest
 
-from bitswarm.kernels import reference as ref
+from bitswarm.kernels.ops import precision
 from bitswarm.kernels.backend import CpuBackend
 from bitswarm.kernels.config import BitNetConfig, BitNetWeights, LayerWeights, LoRAConfig, PROJECTIONS, TernaryLinear
 from bitswarm.kernels.lora import init_lora
@@ -43,7 +43,7 @@ class NoQuantBackend(CpuBackend):
 @pytest.fixture(autouse=True)
 def float64_reference(monkeypatch):
     # Run the reference in float64 so finite differences are meaningful.
-    monkeypatch.setattr(ref, "F32", np.float64)
+    monkeypatch.setattr(precision, "F32", np.float64)
 
 
 @pytest.mark.parametrize("targets", [("q_proj", "k_proj", "v_proj", "o_proj"), PROJECTIONS])

@@ -2,7 +2,7 @@
 quantization-aware training loop on the NumPy backend.
 
 As in test_model_grad.py, quantizers are piecewise constant: to check the chain rule itself, a
-test backend and test TrainOps replace both quantizers (absmax int8 activations, absmean ternary
+test backend and test ops replace both quantizers (absmax int8 activations, absmean ternary
 weights) with the identity, which is exactly what the straight-through estimator assumes. Then
 the STE gradient IS the true gradient and central differences must agree with it, for every
 kind of parameter: projections, norm weights, the tied embedding.
@@ -10,15 +10,13 @@ kind of parameter: projections, norm weights, the tied embedding.
 import dataclasses
 
 import numpy as np
-import pytest
 
-from bitswarm.kernels import reference as ref
-from bitswarm.kernels import reference_train as rt
+from bitswarm.kernels.ops import precision
 from bitswarm.kernels.backend import CpuBackend
 from bitswarm.formats.hf_checkpoint import load_bitnet, save_bitnet
 from bitswarm.kernels.config import BitNetConfig, LoRAConfig, TernaryLinear
 from bitswarm.kernels.model import BitNetModel
-from bitswarm.training.engine import (CpuTrainOps, PretrainModel, PRETRAIN_ADAMW,
+from bitswarm.training.engine import (PretrainModel, PRETRAIN_ADAMW,
                                        PretrainOptimizer, count_params, init_latent,
                                        param_shapes, to_weights)
 
@@ -40,7 +38,7 @@ class NoQuantBackend(CpuBackend):
         return xq @ (w.codes / float(w.weight_scale)).T
 
 
-class NoQuantOps(CpuTrainOps):
+class NoQuantOps(CpuBackend):
     """Identity weight quantizer: the 'codes' are the latent weight itself, scale 1."""
 
     def ternarize(self, w):
@@ -48,7 +46,7 @@ class NoQuantOps(CpuTrainOps):
 
 
 def test_full_grads_match_finite_differences(monkeypatch):
-    monkeypatch.setattr(ref, "F32", np.float64)
+    monkeypatch.setattr(precision, "F32", np.float64)
     rng = np.random.default_rng(0)
     latent = {k: (v + (0.1 * rng.standard_normal(v.shape) if v.ndim == 1 else 0) * 1)
               for k, v in init_latent(CFG, seed=1, std=0.3).items()}
@@ -104,26 +102,3 @@ def test_quantized_training_reduces_loss_and_saves_exactly(tmp_path):
     loaded = BitNetModel(load_bitnet(tmp_path), be, LoRAConfig())
     np.testing.assert_array_equal(loaded.forward(ids), model.forward(ids))
     assert count_params(CFG) == sum(int(np.prod(s)) for s in param_shapes(CFG).values())
-
-
-def test_reference_train_ops():
-    rng = np.random.default_rng(5)
-    w = rng.standard_normal((8, 12)).astype(np.float32)
-    codes, s = rt.ternarize(w)
-    assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 0, 1}
-    assert s == np.float32(1.0) / np.float32(np.abs(w).mean(dtype=np.float64))
-    with pytest.raises(ValueError, match="2-D"):
-        rt.ternarize(w[0])
-    ids = np.array([3, 1, 3, 0], np.int32)
-    dy = rng.standard_normal((4, 5)).astype(np.float32)
-    dE = rt.embedding_backward(ids, dy, 6)
-    np.testing.assert_array_equal(dE[3], dy[0] + dy[2])
-    assert not dE[5].any()
-    with pytest.raises(IndexError):
-        rt.embedding_backward(np.array([6]), dy[:1], 6)
-    row_ptr, pos = rt.token_csr(ids, 6)
-    assert row_ptr.tolist() == [0, 1, 2, 2, 4, 4, 4] and pos.tolist() == [3, 1, 0, 2]
-    x = rng.standard_normal((4, 5)).astype(np.float32)
-    _, rstd = ref.rmsnorm(x, np.ones(5, np.float32), 1e-5)
-    np.testing.assert_allclose(rt.rmsnorm_weight_grad(dy, x, rstd),
-                               (dy * x * rstd[:, None]).sum(0), rtol=1e-6)

@@ -1,0 +1,1 @@
+"""The bitlinear op family: shaders, NumPy reference (reference.py) and GPU launcher (gpu.py)."""

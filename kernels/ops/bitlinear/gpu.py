@@ -1,0 +1,190 @@
+"""GPU launchers of the W1.58A8 BitLinear family for GpuBackend: quantize_act.wgsl,
+bitlinear.wgsl (main; main3 for a group of projections as one GEMM; split-K slabs + reduce),
+bitlinear_backward.wgsl; semantics: reference.py beside this file. Pretraining's ternarize /
+dequantize_act launchers are in train_gpu.py.
+
+Frozen projections stay 2-bit packed in GPU memory (`pack_codes_2bit`, 16 weights per u32;
+not the HF checkpoint layout of formats/hf_checkpoint.py). The tile-rows and split-K heuristics
+live here with the measurements that set them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bitswarm.kernels.device import Tensor, grid_for
+from bitswarm.kernels.ops.check import check
+
+F32 = np.float32
+# bitlinear split-K heuristic: split when the output tiles are fewer than BITLINEAR_MIN_WGS,
+# each slab summing >= BITLINEAR_MIN_K of K. Off by default (0): on an H200 at N = 512 every
+# 2B-4T shape was fastest unsplit (k/v 0.074 ms unsplit vs 0.127 ms in 2 slabs, q/o 0.202 vs
+# 0.257: the extra reduce dispatch and the int32 slab traffic cost more than the fuller GPU
+# gains; benchmarks/results/kernels-h200.json, group "W1.58A8 GEMM split-K"). Forced counts
+# (`GpuBackend.bitlinear_splits`) stay available for other GPUs and the benchmark sweep.
+BITLINEAR_MIN_WGS = 0
+BITLINEAR_MIN_K = 512
+BITLINEAR_KW = 16        # bitlinear.wgsl activation words per K step (16 or 32; see shader)
+# bitlinear tile rows: 32-row tiles (twice the workgroups) when the 64x64 tiles are fewer than
+# this. Off by default (0): on an H200 32-row tiles gained nothing where they were meant to
+# (2B-4T k/v: 0.073 ms either way, 29% of peak; 1b k/v 14.3% vs 13.8%) and lost elsewhere
+# (down 43.7% vs 47.0%); benchmarks/results/kernels-h200-tm.json. Forced via `bitlinear_tm`.
+BITLINEAR_TM32_BELOW = 0
+
+
+@dataclass
+class GpuTernary:
+    """A frozen W1.58 projection on the GPU: codes (out, in) 2-bit packed, code+1 per field,
+    16 per u32 (row stride ceil(in/16) words, padding = zero weights), and weight_scale (f32)."""
+
+    packed: Tensor
+    out_features: int
+    in_features: int
+    weight_scale: np.float32
+    row0: int = 0          # first row in `packed` (projections of a `ternary_group` share it)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+
+def pack_codes_2bit(codes: np.ndarray) -> np.ndarray:
+    """The GPU layout of ternary codes: int8 (out, in) in {-1, 0, 1} -> uint32 (out,
+    ceil(in/16)), field i of word j is element 16j+i at bits 2i, stored as code+1 (padding 1 =
+    a zero weight). ternarize_pack.wgsl writes the same words. Raises ValueError for other
+    values or a non-2-D array."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"ternary codes must be 2-D (out, in), got shape {codes.shape}")
+    if codes.size and (codes.min() < -1 or codes.max() > 1):
+        raise ValueError("ternary codes must be in {-1, 0, 1}")
+    out, k = codes.shape
+    k16 = (k + 15) // 16
+    f = np.ones((out, k16 * 16), np.uint32)
+    f[:, :k] = codes.astype(np.int32) + 1
+    f = f.reshape(out, k16, 16)
+    shifts = (2 * np.arange(16, dtype=np.uint32))
+    return np.bitwise_or.reduce(f << shifts, axis=-1).astype(np.uint32)
+
+
+def quantize_act(be, x: Tensor) -> tuple[Tensor, Tensor]:
+    """x f32 (N, C) -> xq int8 (N, C) packed 4 per u32, x_scale f32 (N,). One workgroup a row."""
+    N, C = x.shape
+    xq, xs = be._new((N, C), "int8"), be._new((N,))
+    be._launch("quantize_act", [x, xq, xs], grid_for(N), dict(rows=N, c=C, c4=(C + 3) // 4))
+    return xq, xs
+
+
+def bitlinear_tile_rows(be, N: int, OUT: int) -> int:
+    """Output rows per bitlinear workgroup tile (64 or 32): the forced `be.bitlinear_tm`, else
+    32 when the 64x64 tiles are fewer than BITLINEAR_TM32_BELOW (too few to fill the GPU)."""
+    if be.bitlinear_tm is not None:
+        check(be.bitlinear_tm in (32, 64), f"bitlinear_tm must be 32 or 64, got {be.bitlinear_tm}")
+        return int(be.bitlinear_tm)
+    return 32 if -(-OUT // 64) * -(-N // 64) < BITLINEAR_TM32_BELOW else 64
+
+
+def bitlinear_plan(be, N: int, K: int, OUT: int) -> tuple[int, int]:
+    """(slabs, K steps per slab) the bitlinear forward uses for (N, K) x (OUT, K)^T: the forced
+    `be.bitlinear_splits` or the heuristic (BITLINEAR_MIN_WGS), clamped to the number of K
+    steps (4 * bitlinear_kw int8 each), without empty slabs; 1 if the int32 slabs would exceed
+    a storage binding."""
+    nsteps = max(1, -(-K // (4 * be.bitlinear_kw)))    # the kernel's K steps
+    if be.bitlinear_splits is not None:
+        splits = max(1, int(be.bitlinear_splits))
+    else:
+        tiles = -(-OUT // 64) * -(-N // bitlinear_tile_rows(be, N, OUT))
+        splits = min(-(-BITLINEAR_MIN_WGS // tiles), K // BITLINEAR_MIN_K)
+    splits = max(1, min(splits, nsteps))
+    spz = -(-nsteps // splits)
+    splits = -(-nsteps // spz)                 # no empty slabs
+    if splits * N * OUT * 4 > be.ctx.max_binding:
+        return 1, nsteps
+    return splits, spz
+
+
+def _gemm_params(N, OUT, K, w0: GpuTernary, spz, o1, o2, s1, s2) -> dict:
+    """bitlinear.wgsl's Params (main and main3 share it; main ignores o1, o2, s1, s2)."""
+    return dict(n=N, out=OUT, k4=(K + 3) // 4, k16=(K + 15) // 16, weight_scale=w0.weight_scale,
+                spz=spz, wrow0=w0.row0, o1=o1, o2=o2, s1=s1, s2=s2)
+
+
+def _bitlinear(be, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) -> Tensor:
+    check(xq.dtype == "int8", f"bitlinear needs int8 activations (quantize_act), got {xq}")
+    N, K = xq.shape
+    check(K == w.in_features, f"bitlinear: x has {K} features, weight expects {w.in_features}")
+    check(x_scale.shape == (N,), f"bitlinear: x_scale {x_scale.shape} for {N} rows")
+    OUT = w.out_features
+    op = "bitlinear_int" if int_out else "bitlinear"
+    y = be._new((N, OUT), "int32" if int_out else "float32")
+    splits, spz = bitlinear_plan(be, N, K, OUT)
+    kw = be.bitlinear_kw
+    check(kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {kw}")
+    tm = bitlinear_tile_rows(be, N, OUT)
+    # o1 = o2 = OUT: one output segment (main3's fields, unused by main)
+    params = _gemm_params(N, OUT, K, w, spz, OUT, OUT, 1.0, 1.0)
+    if splits >= 2:
+        part = be._new((splits, N, OUT), "int32")
+        be._launch(op, [xq, x_scale, w.packed, part], (-(-OUT // 64), -(-N // tm), splits),
+                   params, constants={"INT_OUT": int(int_out), "SPLIT": 1, "KW": kw, "TM": tm})
+        be._launch(op, [part, x_scale, y], be._ew_grid(N * OUT),
+                   dict(n=N, out=OUT, splits=splits, weight_scale=w.weight_scale),
+                   name="reduce", constants={"INT_OUT": int(int_out)})
+        return y
+    be._launch(op, [xq, x_scale, w.packed, y], (-(-OUT // 64), -(-N // tm), 1), params,
+               constants={"INT_OUT": int(int_out), "KW": kw, "TM": tm})
+    return y
+
+
+def bitlinear(be, xq: Tensor, x_scale: Tensor, w: GpuTernary) -> Tensor:
+    """xq int8 (N, in), x_scale f32 (N,), w (out, in) -> y f32 (N, out)."""
+    return _bitlinear(be, xq, x_scale, w, False)
+
+
+def bitlinear_int(be, xq: Tensor, w: GpuTernary) -> Tensor:
+    """The exact int32 core (N, out) = xq @ codes^T (reference.bitlinear_int); for tests."""
+    dummy = be._new((xq.shape[0],))
+    return _bitlinear(be, xq, dummy, w, True)
+
+
+def bitlinear_group(be, xq: Tensor, x_scale: Tensor, ws: list[GpuTernary]) -> list[Tensor]:
+    """[bitlinear(xq, x_scale, w) for w in ws], bit-identical, as ONE GEMM (entry main3) when
+    2-3 projections of a `ternary_group` lie back to back in one packed buffer and the GEMM
+    runs unsplit; otherwise one launch each. Shapes: xq int8 (N, K) -> a list of f32 (N, out_i)."""
+    N, K = xq.shape
+    fused = (2 <= len(ws) <= 3 and all(w.packed is ws[0].packed for w in ws)
+             and all(b.row0 == a.row0 + a.out_features for a, b in zip(ws, ws[1:])))
+    OUT = sum(w.out_features for w in ws)
+    if not fused or bitlinear_plan(be, N, K, OUT)[0] != 1:
+        return [bitlinear(be, xq, x_scale, w) for w in ws]
+    check(xq.dtype == "int8" and all(w.in_features == K for w in ws)
+           and x_scale.shape == (N,), f"bitlinear_group: xq {xq} x_scale {x_scale} for "
+           f"weights {[w.shape for w in ws]}")
+    ys = [be._new((N, w.out_features)) for w in ws]
+    o1 = ws[0].out_features
+    o2 = o1 + ws[1].out_features
+    s2 = ws[2].weight_scale if len(ws) == 3 else F32(1.0)
+    tm = bitlinear_tile_rows(be, N, OUT)
+    check(be.bitlinear_kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {be.bitlinear_kw}")
+    be._launch("bitlinear_group", [xq, x_scale, ws[0].packed, ys[0],
+                                   ys[1], ys[2] if len(ws) == 3 else be._dummy()],
+               (-(-OUT // 64), -(-N // tm), 1),
+               _gemm_params(N, OUT, K, ws[0], 1 << 30, o1, o2, ws[1].weight_scale, s2),
+               constants={"KW": be.bitlinear_kw, "TM": tm})
+    return ys
+
+
+def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None) -> Tensor:
+    """STE input gradient: dy f32 (N, out) -> dx (N, in) = dy @ codes / weight_scale (+ acc)."""
+    N, OUT = dy.shape
+    check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
+    K = w.in_features
+    dx = be._new((N, K))
+    if acc is not None:
+        check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
+        be.ctx.copy(acc, dx)
+    be._launch("bitlinear_backward", [dy, w.packed, dx], (-(-K // 64), -(-N // 64), 1),
+               dict(n=N, out=OUT, k=K, k16=(K + 15) // 16, weight_scale=w.weight_scale,
+                    wrow0=w.row0), constants={"ACC": int(acc is not None)})
+    return dx

@@ -1,0 +1,104 @@
+"""NumPy reference of the W1.58A8 BitLinear family: the semantics of quantize_act.wgsl,
+bitlinear.wgsl (main, main3, split-K reduce), bitlinear_backward.wgsl, ternarize.wgsl +
+ternarize_pack.wgsl and dequantize_act.wgsl.
+
+Sources: BitNet b1.58 (arXiv:2402.17764, eq. 1-3) and transformers' integrations/bitnet.py:
+absmean ternary weights (WeightQuant, fp32), per-token absmax int8 activations (ActQuant), and
+the straight-through estimator through both quantizers. The quantizers' constants are defined
+here once (QUANT_EPS, ACT_QMAX); the shaders spell the same literals.
+
+Pretraining adds what LoRA fine-tuning never computes: `ternarize` (redone every step on the
+latent fp32 weight), `dequantize_act` and `bitlinear_weight_grad` (dW = dy^T @ (xq / x_scale)).
+Floats are precision.F32 (float32); functions are pure.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitswarm.kernels.ops import precision as prec
+from bitswarm.kernels.ops.matmul.reference import matmul
+
+ACT_QMAX = 127.0   # int8 absmax activation quantization (W1.58A8)
+QUANT_EPS = 1e-5   # clamp of absmax (activations) and mean|W| (weights), as transformers
+
+
+def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token absmax int8: s = 127 / max(max|x|, 1e-5); xq = clamp(round(x*s), -128, 127).
+
+    x (N, C) float32 -> xq int8 (N, C), x_scale float32 (N,). round is half-to-even.
+    """
+    absmax = np.maximum(np.max(np.abs(x), axis=-1), prec.F32(QUANT_EPS)).astype(prec.F32)
+    s = (prec.F32(ACT_QMAX) / absmax).astype(prec.F32)
+    xq = np.clip(np.rint(x * s[:, None]), -128, 127).astype(np.int8)
+    return xq, s
+
+
+def bitlinear(xq: np.ndarray, x_scale: np.ndarray, codes: np.ndarray, weight_scale) -> np.ndarray:
+    """W1.58A8 projection: y = (xq @ codes^T) / (x_scale * weight_scale).
+
+    xq int8 (N, in), x_scale float32 (N,), codes int8 (out, in) in {-1,0,1}, weight_scale
+    float32 scalar -> y float32 (N, out). The int32 dot product is exact (float32 matmul of
+    small integers is exact while |sum| < 2^24, i.e. in < 132k).
+    """
+    acc = xq.astype(prec.F32) @ codes.astype(prec.F32).T          # exact integers
+    return (acc / (x_scale[:, None] * prec.F32(weight_scale))).astype(prec.F32)
+
+
+def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, codes: list, weight_scales: list) -> list:
+    """Several W1.58A8 projections of the same input (q/k/v, gate/up): [bitlinear(xq, x_scale,
+    c, s) for c, s in zip(codes, weight_scales)]. GpuBackend runs them as one GEMM."""
+    return [bitlinear(xq, x_scale, c, s) for c, s in zip(codes, weight_scales)]
+
+
+def bitlinear_int(xq: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The integer core of bitlinear: int32 (N, out) = xq int8 (N, in) @ codes int8 (out, in)^T."""
+    return xq.astype(np.int32) @ codes.astype(np.int32).T
+
+
+def bitlinear_backward(dy: np.ndarray, codes: np.ndarray, weight_scale) -> np.ndarray:
+    """Straight-through input gradient: dx = dy @ (codes / weight_scale). dy (N, out) -> (N, in).
+
+    The STE passes the gradient through both quantizers (activation and weight) unchanged.
+    """
+    return ((dy @ codes.astype(prec.F32)) / prec.F32(weight_scale)).astype(prec.F32)
+
+
+def ternarize(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """Absmean ternarization of a latent weight, per tensor, in float32.
+
+    w float32 (out, in) -> codes int8 (out, in) in {-1, 0, +1}, weight_scale float32 scalar:
+        s = 1 / max(mean|W|, 1e-5);  codes = clamp(round_half_even(W * s), -1, 1)
+    mean|W| is accumulated in float64 and rounded to float32 (the GPU kernel sums in a fixed
+    tree order in float32; see ternarize.wgsl beside this file for the tolerance this implies). The layer
+    uses W = codes / s. Raises ValueError for a non-2-D or non-finite weight.
+    """
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"ternarize needs a 2-D (out, in) weight, got shape {w.shape}")
+    w32 = w.astype(np.float32, copy=False)
+    mean = np.float32(np.abs(w32).mean(dtype=np.float64))
+    if not np.isfinite(mean):
+        raise ValueError("ternarize: weight holds NaN or Inf")
+    scale = np.float32(1.0) / max(mean, np.float32(QUANT_EPS))
+    codes = np.clip(np.rint(w32 * scale), -1, 1).astype(np.int8)
+    return codes, np.float32(scale)
+
+
+def ternarize_all(ws: list) -> list[tuple[np.ndarray, np.float32]]:
+    """[ternarize(w) for w in ws]: every latent projection of a step at once (the GPU reads all
+    their scales back in one download)."""
+    return [ternarize(w) for w in ws]
+
+
+def dequantize_act(xq: np.ndarray, x_scale: np.ndarray) -> np.ndarray:
+    """xq int8 (N, C), x_scale float32 (N,) (quantize_act's outputs) -> xq / x_scale (N, C)."""
+    return (xq.astype(prec.F32) / x_scale.astype(prec.F32)[:, None]).astype(prec.F32)
+
+
+def bitlinear_weight_grad(dy: np.ndarray, xq: np.ndarray, x_scale: np.ndarray) -> np.ndarray:
+    """Straight-through latent-weight gradient of bitlinear: dW = dy^T @ (xq / x_scale).
+
+    dy (N, out), xq int8 (N, in), x_scale (N,) -> dW float32 (out, in). The GPU path runs the
+    dense matmul with trans_a on dequantize_act's output.
+    """
+    return matmul(dy, dequantize_act(xq, x_scale), trans_a=True)

@@ -1,0 +1,90 @@
+"""GPU launchers of the loss family for GpuBackend: cross_entropy.wgsl, and the lm_head fused
+with it (per vocab chunk: matmul.wgsl logits, lm_head.wgsl `stats`, matmul.wgsl gradient rows;
+then `finish`); semantics: reference.py beside this file. A HostTable streams through
+host_table.py with the same kernels on the same values in the same order."""
+from __future__ import annotations
+
+import numpy as np
+
+from bitswarm.kernels.device import Tensor, grid_for
+from bitswarm.kernels.ops.check import check
+from bitswarm.kernels.ops.lm_head.host_table import HostTable, table_chunks, table_rows
+from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
+
+F32 = np.float32
+
+
+def cross_entropy(be, logits: Tensor, targets: Tensor, grad_scale: float) -> tuple[Tensor, Tensor]:
+    """logits f32 (N, V), targets int32 (N,) (< 0: padding) -> loss (N,), dlogits (N, V).
+    Raises IndexError for a target >= V (known from the upload)."""
+    N, V = logits.shape
+    check(targets.dtype == "int32" and targets.shape == (N,),
+           f"cross_entropy: targets must be int32 ({N},), got {targets}")
+    if targets.host_max is not None and targets.host_max >= V:
+        raise IndexError(f"target {targets.host_max} out of range for vocab size {V}")
+    loss, d = be._new((N,)), be._new((N, V))
+    be._launch("cross_entropy", [logits, targets, loss, d], grid_for(N),
+               dict(rows=N, v=V, grad_scale=F32(grad_scale)))
+    return loss, d
+
+
+def lm_head_cross_entropy(be, x: Tensor, w: Tensor | HostTable, targets: Tensor,
+                          grad_scale: float, chunk: int = LM_CHUNK,
+                          grad: bool = True) -> tuple[Tensor, Tensor | None]:
+    """reference.lm_head_cross_entropy. A HostTable streams through one chunk buffer (rows
+    uploaded before each chunk's two matmuls): the same kernels on the same values in the same
+    order as a GPU-resident table, so the results are identical; `finish` then reads W[target]
+    from the N target rows, gathered on the host."""
+    host = isinstance(w, HostTable)
+    N, D = x.shape
+    V = w.shape[0]
+    check(chunk >= 1 and x.dtype == "float32" and w.shape == (V, D)
+           and w.dtype in ("float32", "float16"),
+           f"lm_head_cross_entropy: x {x} w {w} chunk {chunk}")
+    check(targets.dtype == "int32" and targets.shape == (N,)
+           and (targets.host is not None or not host),
+           f"lm_head_cross_entropy: targets must be int32 ({N},) (from GpuBackend.tensor "
+           f"for a host table), got {targets}")
+    if targets.host_max is not None and targets.host_max >= V:
+        raise IndexError(f"target {targets.host_max} out of range for vocab size {V}")
+    f16 = int(w.dtype == "float16")
+    # largest chunk whose logits (and, streamed, whose table rows) fit one storage binding
+    vc = max(1, min(chunk, V, be.ctx.max_binding // (4 * max(N, 1))))
+    if host:
+        vc = min(vc, table_rows(be, w, N))
+    logits = be._new((N, vc))
+    st = be._new((N, 4))
+    acc = be._new((N, D)) if grad else be._dummy()
+    loss = be._new((N,))
+    mm = {"TRANS_A": 0, "ACC": 0, "SPLIT": 0, "B_F16": f16}
+    if host:        # (v0, rows, the tensor holding them, their element offset in it)
+        chunks = ((v0, n, wc, 0) for v0, n, wc in table_chunks(be, w, vc))
+    else:
+        chunks = ((v0, min(vc, V - v0), w, v0 * D) for v0 in range(0, V, vc))
+    for v0, n, wc, off in chunks:
+        be._launch("matmul", [x, wc, logits], (-(-n // 64), -(-N // 64), 1),
+                   dict(m=N, n=n, k=D, alpha=1.0, kchunk=D, b_off=off),
+                   constants={**mm, "TRANS_B": 1})
+        be._launch("lm_head_cross_entropy", [logits, targets, st, acc], grid_for(N),
+                   dict(rows=N, vc=n, v0=v0, d=D, first=int(v0 == 0)), name="stats",
+                   constants={"GRAD": int(grad)})
+        if grad:
+            be._launch("matmul", [logits, wc, acc], (-(-D // 64), -(-N // 64), 1),
+                       dict(m=N, n=D, k=n, alpha=1.0, kchunk=n, b_off=off),
+                       constants={**mm, "TRANS_B": 0, "ACC": 1})
+    sizes = {logits.buffer.size}
+    if host:        # row i's target row is row i of `rows` (padding keeps its -1)
+        sizes.add(wc.buffer.size)
+        t = targets.host
+        valid = t >= 0
+        table = be.ctx.upload(w.data[np.where(valid, t, 0)], w.dtype)
+        targets = be.tensor(np.where(valid, np.arange(N), -1).astype(np.int32))
+        V = max(N, 1)
+    else:
+        table = w
+    be._launch("lm_head_cross_entropy", [st, targets, table, acc, loss], grid_for(N),
+               dict(rows=N, d=D, v=V, grad_scale=F32(grad_scale)), name="finish",
+               constants={"GRAD": int(grad), "F16": f16})
+    del logits, wc, chunks
+    be.ctx.release(sizes)         # chunk buffers are this op's alone: don't pool them
+    return loss, (acc if grad else None)

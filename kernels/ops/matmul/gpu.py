@@ -1,0 +1,51 @@
+"""GPU launcher of the dense matmul (matmul.wgsl main; split-K slabs + reduce for skinny
+outputs) for GpuBackend; semantics: reference.py beside this file. A host-resident table as b
+streams through lm_head/host_table.py."""
+from __future__ import annotations
+
+import numpy as np
+
+from bitswarm.kernels.device import Tensor
+from bitswarm.kernels.ops.check import check
+from bitswarm.kernels.ops.lm_head.host_table import HostTable, matmul_host_table
+
+F32 = np.float32
+_MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
+_MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
+
+
+def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
+           alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
+    """alpha * op(a) @ op(b) (+ acc): a f32, b f32 or f16 (a table) -> f32 (M, N)."""
+    check(len(a.shape) == 2 and len(b.shape) == 2, f"matmul needs 2-D, got {a.shape} {b.shape}")
+    if isinstance(b, HostTable):
+        return matmul_host_table(be, a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, acc=acc)
+    M, K = a.shape[::-1] if trans_a else a.shape
+    K2, N = b.shape[::-1] if trans_b else b.shape
+    check(K == K2, f"matmul inner dims differ: op(a) {(M, K)} op(b) {(K2, N)}")
+    check(a.dtype == "float32" and b.dtype in ("float32", "float16"),
+           f"matmul: a must be float32 and b float32 or float16, got {a.dtype} {b.dtype}")
+    c = be._new((M, N))
+    if acc is not None:
+        check(acc.shape == (M, N), f"matmul: acc {acc.shape} != {(M, N)}")
+        be.ctx.copy(acc, c)
+    tiles = -(-N // 64) * -(-M // 64)
+    consts = {"TRANS_A": int(trans_a), "TRANS_B": int(trans_b), "ACC": int(acc is not None),
+              "B_F16": int(b.dtype == "float16")}
+    # Skinny outputs (LoRA's r columns, A/B gradients) give few tiles: split K so the GPU
+    # has >= ~256 workgroups, each summing >= 256 of K, then reduce the slabs in order.
+    splits = min(-(-_MATMUL_MIN_WGS // tiles), K // _MATMUL_MIN_KCHUNK)
+    if splits >= 2 and splits * M * N * 4 <= be.ctx.max_binding:
+        kchunk = (-(-K // splits) + 15) // 16 * 16
+        splits = -(-K // kchunk)
+        part = be._new((splits, M, N))
+        be._launch("matmul", [a, b, part], (-(-N // 64), -(-M // 64), splits),
+                   dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=kchunk, b_off=0),
+                   constants={**consts, "ACC": 0, "SPLIT": 1})
+        be._launch("matmul", [part, c], be._ew_grid(M * N),
+                   dict(total=M * N, splits=splits, alpha=F32(alpha)), name="reduce",
+                   constants={"ACC": consts["ACC"]})
+        return c
+    be._launch("matmul", [a, b, c], (-(-N // 64), -(-M // 64), 1),
+               dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=K, b_off=0), constants=consts)
+    return c

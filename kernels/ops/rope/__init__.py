@@ -1,0 +1,1 @@
+"""The rope op family: shaders, NumPy reference (reference.py) and GPU launcher (gpu.py)."""

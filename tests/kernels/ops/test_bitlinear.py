@@ -1,0 +1,202 @@
+"""The W1.58A8 BitLinear family (kernels/ops/bitlinear/) on the GPU against its NumPy reference.
+
+Exact: quantize_act's int8 values and x_scale bits, the bitlinear int32 accumulator (every tile
+/ K-step / split-K variant), the ternary codes GIVEN the GPU's scale (round(w*s) is correctly
+rounded in WGSL), the 2-bit packed layout. Toleranced: bitlinear's f32 output (one WGSL
+division: rtol 4e-7), the backward (fp32 sums in another order), the absmean scale (fp32 tree
+sum + WGSL's 2.5-ulp division vs NumPy's float64 mean: rtol 1e-5), dequantize_act (one WGSL
+division: rtol 1e-6).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitswarm.kernels.ops.bitlinear import gpu as blg
+from bitswarm.kernels.ops.bitlinear import reference as ref
+from bitswarm.kernels.ops.bitlinear.gpu import pack_codes_2bit
+
+from .helpers import rnd, ternary
+
+F32 = np.float32
+
+
+def _quant_inputs(rng):
+    cases = [rnd(rng, 1, 1), rnd(rng, 5, 3), rnd(rng, 37, 300), rnd(rng, 3, 1001, scale=1e30)]
+    # one value per row over 40 binades: stresses the correctly rounded 127/absmax
+    mags = np.exp2(rng.uniform(-16, 24, 4000)) * rng.uniform(1, 2, 4000)
+    cases.append((mags * rng.choice([-1, 1], 4000)).astype(F32)[:, None])
+    # exact .5 ties after scaling (absmax 127 -> s = 1): round half to even
+    cases.append(np.array([[127, 2.5, -3.5, 0.5, -0.5, 1.5, 126.5], [0, 0, 0, 0, 0, 0, 0],
+                           [1e-7, -2e-6, 0, 0, 0, 0, 0]], F32))
+    # random rows with huge dynamic range inside the row
+    cases.append((rnd(rng, 64, 45) * np.exp2(rng.integers(-20, 20, (64, 45)))).astype(F32))
+    return cases
+
+
+def test_quantize_act_exact(gpu):
+    rng = np.random.default_rng(4)
+    for x in _quant_inputs(rng):
+        xq, xs = gpu.quantize_act(gpu.tensor(x))
+        rq, rs = ref.quantize_act(x)
+        gq, gs = gpu.numpy(xq), gpu.numpy(xs)
+        assert gq.dtype == np.int8 and gq.shape == x.shape
+        np.testing.assert_array_equal(gs.view(np.int32), rs.view(np.int32),
+                                      err_msg=f"x_scale bits differ for shape {x.shape}")
+        np.testing.assert_array_equal(gq, rq, err_msg=f"int8 values differ for shape {x.shape}")
+
+
+@pytest.mark.parametrize("N,K,OUT", [(1, 1, 1), (37, 100, 70), (65, 300, 129), (2, 2560, 17)])
+def test_bitlinear_integer_core_exact(gpu, N, K, OUT):
+    rng = np.random.default_rng(5)
+    xq = rng.integers(-128, 128, (N, K)).astype(np.int8)       # full int8 range
+    w = ternary(rng, OUT, K)
+    got = gpu.numpy(gpu.bitlinear_int(gpu.tensor(xq), gpu.ternary(w)))
+    np.testing.assert_array_equal(got, ref.bitlinear_int(xq, w.codes))
+
+
+@pytest.mark.parametrize("N,K,OUT", [(1, 1, 1), (37, 100, 70), (65, 300, 129)])
+def test_bitlinear_quantized_chain(gpu, close, N, K, OUT):
+    """quantize_act -> bitlinear on the GPU vs the same reference chain."""
+    rng = np.random.default_rng(6)
+    x, w = rnd(rng, N, K, scale=30.0), ternary(rng, OUT, K, ws=0.37)
+    xq, xs = gpu.quantize_act(gpu.tensor(x))
+    y = gpu.numpy(gpu.bitlinear(xq, xs, gpu.ternary(w)))
+    rq, rs = ref.quantize_act(x)
+    # int core exact, then one f32 division (WGSL: within 2.5 ulp)
+    close(y, ref.bitlinear(rq, rs, w.codes, w.weight_scale), 0, 4e-7, "bitlinear y")
+
+
+@pytest.mark.parametrize("N,K,OUT", [(37, 700, 70), (65, 1000, 129), (2, 2560, 17)])
+def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
+    """Tile rows 64 and 32 (bitlinear_tm) x K steps of 64 and of 128 int8 (bitlinear_kw 16, 32)
+    x split-K (forced 1, 2, 3 slabs, the default (unsplit), and the heuristic switched on,
+    which picks 5 for (2, 2560, 17)): the int32 core equals the reference exactly; the f32
+    output is bit-identical to the unsplit TM=64 KW=16 kernel's and within the chain test's
+    tolerance of the reference. K is not a multiple of 64 nor of the slab size (700 = 11 steps
+    of 64 -> slabs of 4, 4, 3 steps); N and OUT are not multiples of 32 or 64 (37 and 65 rows:
+    2 and 3 row tiles at TM = 32, partial last ones)."""
+    rng = np.random.default_rng(8)
+    xq = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    xs = rng.uniform(0.01, 2.0, N).astype(F32)
+    w = ternary(rng, OUT, K, ws=0.37)
+    gw, gx, gs = gpu.ternary(w), gpu.tensor(xq), gpu.tensor(xs)
+    want_i = ref.bitlinear_int(xq, w.codes)
+    want_f = ref.bitlinear(xq, xs, w.codes, w.weight_scale)
+    saved = gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm
+    saved_wgs, saved_tm32 = blg.BITLINEAR_MIN_WGS, blg.BITLINEAR_TM32_BELOW
+    try:
+        ys = {}
+        for tm in (64, 32):
+            for kw in (16, 32):
+                for splits in (1, 2, 3, None):
+                    gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = splits, kw, tm
+                    np.testing.assert_array_equal(
+                        gpu.numpy(gpu.bitlinear_int(gx, gw)), want_i,
+                        err_msg=f"int32 core, tm={tm} kw={kw} splits={splits}")
+                    ys[tm, kw, splits] = gpu.numpy(gpu.bitlinear(gx, gs, gw))
+        gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = None, 16, None
+        assert gpu.bitlinear_tile_rows(512, 640) == 64            # default: 64-row tiles
+        blg.BITLINEAR_TM32_BELOW = 264                             # the heuristic switched on
+        assert gpu.bitlinear_tile_rows(512, 640) == 32            # k/v at 2B-4T: 80 tiles
+        assert gpu.bitlinear_tile_rows(512, 2560) == 64           # q/o at 2B-4T: 320 tiles
+        assert gpu.bitlinear_tile_rows(N, OUT) == 32              # these shapes: 32
+        assert gpu.bitlinear_plan(2, 2560, 17) == (1, 40)         # default: unsplit
+        blg.BITLINEAR_MIN_WGS = 512                                # the heuristic switched on
+        assert gpu.bitlinear_plan(2, 2560, 17) == (5, 8)          # 40 K steps, 8 per slab
+        assert gpu.bitlinear_plan(512, 2560, 6912)[0] == 1        # gate/up: 864 tiles
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, gw)), want_i,
+                                      err_msg="int32 core, heuristic on")
+    finally:
+        gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = saved
+        blg.BITLINEAR_MIN_WGS, blg.BITLINEAR_TM32_BELOW = saved_wgs, saved_tm32
+    for key, y in ys.items():
+        np.testing.assert_array_equal(y.view(np.int32), ys[64, 16, 1].view(np.int32),
+                                      err_msg=f"f32 output bits, (tm, kw, splits)={key} vs "
+                                              "unsplit TM=64 KW=16")
+    close(ys[64, 16, 1], want_f, 0, 4e-7, "bitlinear y")  # one f32 division, as the chain test
+
+
+@pytest.mark.parametrize("N,K,outs", [(37, 100, (70, 20, 20)), (65, 300, (129, 33)),
+                                      (3, 64, (64, 16, 16)), (70, 700, (16, 48, 200))])
+
+
+def test_bitlinear_group_is_one_launch_and_bit_identical(gpu, N, K, outs):
+    """q/k/v (or gate/up) of one layer uploaded as one packed buffer and run as ONE GEMM
+    (entry main3) give the same bits as separate uploads and launches, and equal the reference
+    exactly in the int32 core (checked through bitlinear_int on each view); the STE backward
+    reads its rows of the shared buffer (row0)."""
+    rng = np.random.default_rng(11)
+    ws = [ternary(rng, o, K, ws=0.3 + 0.2 * j) for j, o in enumerate(outs)]
+    xq = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    xs = rng.uniform(0.01, 2.0, N).astype(F32)
+    gx, gs = gpu.tensor(xq), gpu.tensor(xs)
+    group = gpu.ternary_group(ws)
+    assert len({id(g.packed) for g in group}) == 1
+    before = gpu.ctx.n_dispatches
+    ys = gpu.bitlinear_group(gx, gs, group)
+    assert gpu.ctx.n_dispatches == before + 1                      # one GEMM for the group
+    want = ref.bitlinear_group(xq, xs, [w.codes for w in ws], [w.weight_scale for w in ws])
+    for w, g, y, r in zip(ws, group, ys, want):
+        alone = gpu.numpy(gpu.bitlinear(gx, gs, gpu.ternary(w)))
+        got = gpu.numpy(y)
+        np.testing.assert_array_equal(got.view(np.int32), alone.view(np.int32))
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear(gx, gs, g)).view(np.int32),
+                                      alone.view(np.int32))          # a view, launched alone
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, g)),
+                                      ref.bitlinear_int(xq, w.codes))
+        assert np.max(np.abs(got - r)) <= 4e-7 * np.max(np.abs(r))
+        dy = rnd(rng, N, w.codes.shape[0])
+        np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy), g)),
+                                      gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy),
+                                                                       gpu.ternary(w))))
+    with pytest.raises(ValueError, match="input widths"):
+        gpu.ternary_group([ternary(rng, 4, K), ternary(rng, 4, K + 1)])
+
+
+@pytest.mark.parametrize("N,OUT,K,use_acc", [(1, 1, 1, False), (37, 70, 100, True),
+                                             (65, 129, 300, False), (3, 2560, 20, True)])
+
+
+def test_bitlinear_backward(gpu, close, N, OUT, K, use_acc):
+    rng = np.random.default_rng(7)
+    dy, w = rnd(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
+    acc = rnd(rng, N, K) if use_acc else None
+    got = gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy), gpu.ternary(w),
+                                           None if acc is None else gpu.tensor(acc)))
+    want = ref.bitlinear_backward(dy, w.codes, w.weight_scale) + (0 if acc is None else acc)
+    # fp32 sum of OUT terms in another order: error ~ eps * sqrt(OUT) * |terms|
+    close(got, want, 2e-6 * np.sqrt(OUT) / w.weight_scale, 1e-5, "bitlinear_backward dx")
+
+
+def test_ternarize_matches_reference(gpu, close):
+    rng = np.random.default_rng(0)
+    ws = [(rng.standard_normal((12, 37)) * 0.02).astype(F32),      # K not a multiple of 16
+          (rng.standard_normal((64, 300)) * 3).astype(F32),
+          np.zeros((4, 16), F32)]                                  # mean 0 -> scale 1e5
+    handles = gpu.ternarize_all([gpu.tensor(w) for w in ws])
+    for w, h in zip(ws, handles):
+        codes, s = ref.ternarize(w)
+        close(np.array([h.weight_scale]), np.array([s]), 0.0, 1e-5, "absmean scale")
+        want = np.clip(np.rint(w * h.weight_scale), -1, 1).astype(np.int8)
+        np.testing.assert_array_equal(gpu.numpy(h.packed).view(np.uint32), pack_codes_2bit(want))
+        assert h.shape == w.shape
+        # and the codes equal the reference's except where w*s sits on a rounding boundary
+        assert np.mean(want != codes) < 1e-3
+
+
+def test_dequantize_act(gpu, close):
+    x = (np.random.default_rng(1).standard_normal((7, 45)) * 4).astype(F32)
+    xq, xs = ref.quantize_act(x)
+    got = gpu.numpy(gpu.dequantize_act(gpu.tensor(xq), gpu.tensor(xs)))
+    close(got, ref.dequantize_act(xq, xs), 0.0, 1e-6, "dequantize_act")
+
+
+def test_reference_ternarize():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 12)).astype(np.float32)
+    codes, s = ref.ternarize(w)
+    assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 0, 1}
+    assert s == np.float32(1.0) / np.float32(np.abs(w).mean(dtype=np.float64))
+    with pytest.raises(ValueError, match="2-D"):
+        ref.ternarize(w[0])

@@ -1,1 +1,0 @@
-"""WGSL shader sources, shipped inside the wheel; loaded by bitswarm.kernels.registry."""
