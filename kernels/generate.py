@@ -57,16 +57,16 @@ class CachedAttention:
         self.gen, self.pos = gen, pos
 
     def __call__(self, model: BitNetModel, i: int, q, k, v) -> tuple:
-        c, be, ops, pos = model.cfg, model.be, self.gen.ops, self.pos
+        c, be, pos = model.cfg, model.be, self.pos
         Hq, Hkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        q = ops.rope_at(q, pos, Hq, hd, c.rope_theta)
-        k = ops.rope_at(k, pos, Hkv, hd, c.rope_theta)
-        ops.kv_append_(self.gen._k[i], k, pos)
-        ops.kv_append_(self.gen._v[i], v, pos)
+        q = be.rope_at(q, pos, Hq, hd, c.rope_theta)
+        k = be.rope_at(k, pos, Hkv, hd, c.rope_theta)
+        be.kv_append_(self.gen._k[i], k, pos)
+        be.kv_append_(self.gen._v[i], v, pos)
         if pos == 0:
             o, _ = be.attention(q, k, v, 1, q.shape[0], Hq, Hkv, hd)
         else:
-            o = ops.attention_decode(q, self.gen._k[i], self.gen._v[i], pos + 1, Hq, Hkv, hd)
+            o = be.attention_decode(q, self.gen._k[i], self.gen._v[i], pos + 1, Hq, Hkv, hd)
         return q, k, v, o, None
 
 
@@ -88,7 +88,6 @@ class Generator:
         self.model = BitNetModel(weights, backend, lora_cfg or LoRAConfig())
         if lora_state:
             self.model.set_lora(lora_state)
-        self.ops = backend
         self.pos = 0                      # tokens in the cache
         self.max_len = 0
         self._k: list = []
