@@ -141,7 +141,9 @@ def test_eval_ctx_is_bounded_by_the_model(tmp_path):
 
 
 def test_json_logs_and_no_vulkan_loader_noise(tmp_path):
-    r = _solo(tmp_path, "--rounds", "1", "--log-format", "json", env={"XDG_RUNTIME_DIR": ""})
+    # --device auto probes wgpu for a GPU: without a session the Vulkan loader used to complain
+    r = _solo(tmp_path, "--rounds", "1", "--log-format", "json", "--device", "auto",
+              env={"XDG_RUNTIME_DIR": ""})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "XDG_RUNTIME_DIR" not in r.stderr
     lines = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
