@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from bitswarm.kernels.backend import Backend
 
 
@@ -52,3 +54,14 @@ class AdamW:
             self.be.adamw_(p, g, m, v, step=self.t, lr=c.lr if lr is None else lr,
                            beta1=c.beta1, beta2=c.beta2, eps=c.eps,
                            weight_decay=c.weight_decay if self.decays(k) else 0.0)
+
+    def state_dict(self) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """(step count t, {key: (m, v) float32 host arrays}) for a checkpoint."""
+        return self.t, {k: (np.asarray(self.be.numpy(m), np.float32),
+                            np.asarray(self.be.numpy(v), np.float32))
+                        for k, (m, v) in self.state.items()}
+
+    def load_state_dict(self, t: int, moments: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Restore what `state_dict` returned (moments uploaded to the backend)."""
+        self.t = int(t)
+        self.state = {k: (self.be.tensor(m), self.be.tensor(v)) for k, (m, v) in moments.items()}

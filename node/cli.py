@@ -1,4 +1,4 @@
-"""Command line: `node id | start | config show | eval | generate | export` (also `bitswarm ...`,
+"""Command line: `node id | start | config show | status | eval | generate | export` (also `bitswarm ...`,
 `python -m bitswarm.node`).
 
 Exit codes (README, "Exit codes"):
@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from bitswarm import __version__
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["show"], help="show: print every setting, value, source")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _add_start_flags(s)
+
+    s = cmd("status", "what the node on a data dir is doing (from <data-dir>/status.json)")
+    s.add_argument("--data-dir", type=Path, required=True, help="the node's state folder")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = cmd("eval", "held-out loss (nats/token) and bits per byte of the model (+ adapter)")
     s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base "
@@ -208,12 +213,14 @@ def cmd_start(args) -> int:
 
     from bitswarm.fsutil import write_file_atomic
     from bitswarm.node import logs
+    from bitswarm.node.lock import lock_data_dir
     from bitswarm.node.runtime import serve
     from bitswarm.node.settings import CONFIG_FILE, to_toml
 
     res = resolve_start(args)
     cfg = node_config(res.values)
     preflight(cfg)
+    lock_data_dir(cfg.data_dir)                  # one node per data dir, before any write
     written = cfg.data_dir / CONFIG_FILE
     if res.config_path is None and not written.exists():
         write_file_atomic(written, to_toml(res.values).encode("utf-8"))
@@ -248,6 +255,28 @@ def cmd_config(args) -> int:
     width = max(map(len, res.values))
     for k, v in res.values.items():
         print(f"{k:<{width}}  {_fmt_default(v):<40}  {res.sources[k]}")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from bitswarm.node.status import read_status
+    st = read_status(args.data_dir)
+    if args.json:
+        print(json.dumps(st))
+        return EXIT_OK
+    state = "running" if st["running"] else "not running"
+    print(f"{state} (pid {st['pid']}), swarm {st.get('swarm')!r}, peer ID {st.get('peer_id')}")
+    print(f"round {st.get('round')} ({st.get('phase')}), {st.get('rounds_completed')} round(s) "
+          f"completed this session" + (f", resumed after round {st['resumed_from']}"
+                                      if st.get("resumed_from") is not None else ""))
+    print(f"peers {len(st.get('peers', []))} connected, {len(st.get('swarm_members', []))} in "
+          f"the swarm: {', '.join(st.get('peers', [])) or '-'}")
+    print(f"last train loss {st.get('last_train_loss')}, held-out loss "
+          f"{st.get('last_heldout_loss')}")
+    print(f"adapter sha256 {st.get('adapter_sha256')} (last round aggregated every swarm member "
+          f"seen: {st.get('adapter_agrees')})")
+    print(f"bytes in {st.get('bytes_in')} / out {st.get('bytes_out')}, uptime "
+          f"{st.get('uptime_s')} s, updated {time.strftime('%H:%M:%S', time.localtime(st['updated']))}")
     return EXIT_OK
 
 
@@ -355,7 +384,8 @@ def _adapter(args):
     return state, lcfg
 
 
-COMMANDS = {"id": cmd_id, "start": cmd_start, "config": cmd_config, "eval": cmd_eval,
+COMMANDS = {"id": cmd_id, "start": cmd_start, "config": cmd_config, "status": cmd_status,
+            "eval": cmd_eval,
             "generate": cmd_generate, "export": cmd_export}
 
 

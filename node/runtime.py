@@ -42,6 +42,9 @@ from bitswarm.node.data import find_text_files, split_train_heldout, tokenize, T
 from bitswarm.node.evaluate import evaluate
 from bitswarm.node.models import load_model
 from bitswarm.node.progress import RoundProgress
+from bitswarm.node.resume import LocalState, Resumed, save_local_state
+from bitswarm.node.resume import load as load_resume
+from bitswarm.node.status import StatusFile
 from bitswarm.node.swarm_watch import SwarmWatch
 from bitswarm.node.trainer import LocalTrainer
 
@@ -98,11 +101,33 @@ class Node:
         self.model.set_lora(self.global_state)
         return evaluate(self.model, self.heldout_docs, self.cfg.ctx)["loss"]
 
-    def save(self, rnd: int) -> None:
+    def resume(self) -> Resumed | None:
+        """Continue from the data dir's last completed round, if it holds one (node/resume.py);
+        sets the global adapter and the local optimizer / sampler state. The error-feedback
+        residual is the caller's to restore into the coordinator."""
+        r = load_resume(self.cfg.data_dir, swarm=self.cfg.swarm, base_model=self.base_model,
+                        lora=self.cfg.lora)
+        if r is None:
+            return None
+        if set(r.adapter) != set(self.global_state) or any(
+                r.adapter[k].shape != self.global_state[k].shape for k in r.adapter):
+            raise ValueError(f"--data-dir {self.cfg.data_dir}: its adapter does not fit this "
+                             f"model and LoRA config; use another --data-dir")
+        self.global_state = r.adapter
+        if r.local is not None:
+            self.trainer.optim.load_state_dict(r.local.t, r.local.moments)
+            self.sampler.rng.bit_generator.state = r.local.rng
+        return r
+
+    def save(self, rnd: int, residual: dict) -> None:
+        """The end of round rnd: the adapter (PEFT, atomic), then the local state (atomic)."""
         save_adapter(self.cfg.data_dir / "adapter", self.global_state, self.cfg.lora,
                      base_model=str(self.model_dir.resolve()),
                      metadata={"round": str(rnd), "base_model_sha256": self.base_model,
                                "swarm": self.cfg.swarm})
+        t, moments = self.trainer.optim.state_dict()
+        save_local_state(self.cfg.data_dir, rnd, LocalState(
+            dict(residual), moments, t, self.sampler.rng.bit_generator.state))
 
 
 @dataclass(frozen=True)
@@ -128,7 +153,14 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     node = await compute(Node, cfg)
+    resumed = await compute(node.resume)
+    first = 0 if resumed is None else resumed.round + 1
     rounds_log = cfg.data_dir / "rounds.jsonl"
+    _start_session(rounds_log, first, resumed)
+    if cfg.rounds is not None and first >= cfg.rounds:
+        log.info("the swarm's rounds 0..%d are already complete in %s; nothing to do",
+                 cfg.rounds - 1, cfg.data_dir)
+        return ServeOutcome(0)
     tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm))
     async with open_transport(node.key_pair, tcfg, discovery=StaticPeers(cfg.peers)) as transport:
         for addr in transport.listen_multiaddrs:
@@ -138,26 +170,37 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
             round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=FedAvg(),
             run_blocking=trio.to_thread.run_sync)
-        watch = SwarmWatch(transport.peer_id)
-        done, interrupted = 0, False
+        if resumed is not None and resumed.local is not None:
+            coord.error_feedback.residual = dict(resumed.local.residual)
+        status = StatusFile(cfg.data_dir, swarm=cfg.swarm, peer_id=transport.peer_id,
+                            resumed_from=None if resumed is None else resumed.round,
+                            adapter_sha256=adapter_sha256(node.global_state))
+        watch = SwarmWatch(transport.peer_id, status=status)
+        done, interrupted, rnd = 0, False, first
         with RoundProgress(cfg.rounds, cfg.local_steps) as progress:
             async with trio.open_nursery() as nursery:
                 await nursery.start(coord.run)
                 await nursery.start(watch.run, transport, progress)
                 stop = await nursery.start(_stop_on_sigint)
                 task_status.started(transport)
-                log.info("evaluating the held-out loss before training")
-                held = await compute(node.heldout_loss)
-                _append_jsonl(rounds_log, {"round": -1, "heldout_loss": held,
-                                           "adapter_sha256": adapter_sha256(node.global_state)})
                 with stop:
-                    while cfg.rounds is None or done < cfg.rounds:
-                        await _one_round(node, coord, transport, done, compute, progress,
+                    if resumed is None:
+                        log.info("evaluating the held-out loss before training")
+                        held = await compute(node.heldout_loss)
+                        _append_jsonl(rounds_log, {"round": -1, "heldout_loss": held,
+                                                   "adapter_sha256": adapter_sha256(node.global_state)})
+                    else:
+                        log.info("resuming after round %d (adapter sha256 %s)", resumed.round,
+                                 adapter_sha256(node.global_state))
+                    while cfg.rounds is None or rnd < cfg.rounds:
+                        await _one_round(node, coord, transport, rnd, compute, progress,
                                          rounds_log, watch)
-                        done += 1
+                        done, rnd = done + 1, rnd + 1
                 interrupted = stop.cancelled_caught
                 nursery.cancel_scope.cancel()
         watch.poll(transport)
+        status.update(phase="stopped")
+        status.write()
     failure = None if interrupted or cfg.rounds is None else \
         watch.failure(swarm=cfg.swarm, dialed=list(cfg.peers), min_peers=cfg.min_peers)
     return ServeOutcome(done, interrupted, failure)
@@ -179,10 +222,25 @@ async def _stop_on_sigint(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
             scope.cancel()
 
 
+def _start_session(path: Path, first: int, resumed: Resumed | None) -> None:
+    """Mark a new session in rounds.jsonl; a torn last line (a kill mid-append) is cut first,
+    so every line stays one JSON object."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    _append_jsonl(path, {"session": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "pid": os.getpid(), "first_round": first,
+                         "resumed_from": None if resumed is None else resumed.round})
+
+
 async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, rounds_log: Path,
                      watch: SwarmWatch) -> None:
     cfg = node.cfg
     t0 = time.monotonic()
+    watch.status.update(round=rnd, phase="training")
+    watch.status.write()
     progress.phase(rnd, "training", detail=f"{cfg.local_steps} local step(s) of "
                                             f"{cfg.batch_size} x {cfg.ctx} tokens")
     await compute(node.trainer.set_adapter, node.global_state)
@@ -196,6 +254,7 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
     local = await compute(node.trainer.adapter)
     delta = {k: local[k] - node.global_state[k] for k in node.global_state}
     t_train = time.monotonic() - t0
+    watch.status.update(phase="exchanging", last_train_loss=float(np.mean(losses)))
     if cfg.min_peers:
         progress.phase(rnd, "waiting for peers", cfg.round_timeout_s,
                        f"{cfg.min_peers} peer update(s) complete the round, "
@@ -207,7 +266,12 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
     sha = adapter_sha256(node.global_state)
     held = await compute(node.heldout_loss)
     progress.phase(rnd, "saving", detail=str(cfg.data_dir / "adapter"))
-    await compute(node.save, rnd)
+    await compute(node.save, rnd, coord.error_feedback.residual)
+    members = set(transport.topic_peers()) | {transport.peer_id}
+    watch.status.update(phase="round done", adapter_sha256=sha, last_heldout_loss=held,
+                        rounds_completed=watch.status.fields["rounds_completed"] + 1,
+                        adapter_agrees=members <= set(result.contributors))
+    watch.status.write()
     peers = len(transport.connected_peers())
     progress.round_done(rnd, float(np.mean(losses)), held, len(result.contributors), peers,
                         transport.bytes_received, transport.bytes_sent, sha)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 log = logging.getLogger("bitswarm.node")
 
-POLL_S = 1.0     # how often the connection and topic tables are read (seconds)
+POLL_S = 1.0     # how often the connection and topic tables are read, status.json written (s)
 
 
 @dataclass
@@ -19,6 +20,7 @@ class SwarmWatch:
     """Accumulates over the node's life; `poll` reads the transport, `add_round` a RoundResult."""
 
     self_id: str
+    status: Any = None                                    # node/status.StatusFile, kept current
     peers: set[str] = field(default_factory=set)          # connected now
     members: set[str] = field(default_factory=set)        # subscribed to our topic now
     ever_connected: set[str] = field(default_factory=set)
@@ -50,6 +52,10 @@ class SwarmWatch:
         while True:
             self.poll(transport)
             progress.tick(len(self.peers), transport.bytes_received, transport.bytes_sent)
+            if self.status is not None:
+                self.status.update(peers=sorted(self.peers), swarm_members=sorted(self.members),
+                                   bytes_in=transport.bytes_received, bytes_out=transport.bytes_sent)
+                self.status.write()
             await trio.sleep(POLL_S)
 
     def failure(self, *, swarm: str, dialed: list[str], min_peers: int) -> str | None:

@@ -180,6 +180,12 @@ class RoundCoordinator:
 
     # --- public API ----------------------------------------------------------------------
 
+    @property
+    def error_feedback(self) -> ErrorFeedback:
+        """The error-feedback state of our payloads (its `residual` is what a resumed node
+        restores)."""
+        return self._ef
+
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Serve payloads, consume gossip and republish manifests until cancelled (or until
         the transport's message channel closes). Reports started once it serves payloads."""
