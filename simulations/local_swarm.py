@@ -105,7 +105,9 @@ class NodeProc:
 
     def rounds(self) -> list[dict]:
         path = self.data_dir / "rounds.jsonl"
-        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        """The node's round records from rounds.jsonl (session marker lines left out)."""
+        lines = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        return [r for r in lines if "round" in r]
 
 
 def start_node(i: int, run_dir: Path, docs: Path, swarm: str, peers: list[str], node_args: list[str],
