@@ -186,7 +186,7 @@ def node_config(values: dict):
     v = values
     return NodeConfig(
         swarm=v["swarm"], data=v["data"], data_dir=v["data_dir"], model=v["model"],
-        listen=v["listen"], peers=list(v["peer"]), rounds=v["rounds"],
+        listen=v["listen"], peers=list(v["peer"]), metrics=v["metrics"], rounds=v["rounds"],
         local_steps=v["local_steps"], lr=v["lr"],
         lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),
         min_peers=v["min_peers"], round_timeout_s=v["round_timeout"], device=v["device"],

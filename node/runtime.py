@@ -44,6 +44,7 @@ from bitswarm.node.models import load_model
 from bitswarm.node.progress import RoundProgress
 from bitswarm.node.resume import LocalState, Resumed, save_local_state
 from bitswarm.node.resume import load as load_resume
+from bitswarm.node.metrics import serve_metrics
 from bitswarm.node.status import StatusFile
 from bitswarm.node.swarm_watch import SwarmWatch
 from bitswarm.node.trainer import LocalTrainer
@@ -175,6 +176,9 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         status = StatusFile(cfg.data_dir, swarm=cfg.swarm, peer_id=transport.peer_id,
                             resumed_from=None if resumed is None else resumed.round,
                             adapter_sha256=adapter_sha256(node.global_state))
+        if cfg.metrics:
+            serve_metrics(cfg.metrics, status)
+            log.info("metrics on http://%s/metrics", cfg.metrics)
         watch = SwarmWatch(transport.peer_id, status=status)
         done, interrupted, rnd = 0, False, first
         with RoundProgress(cfg.rounds, cfg.local_steps) as progress:

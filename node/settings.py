@@ -59,6 +59,14 @@ def _peers(s: Any) -> list[str]:
     return [str(p) for p in items]
 
 
+def _hostport(s: Any) -> str | None:
+    if s is None or s == "":
+        return None
+    from bitswarm.node.metrics import parse_hostport
+    parse_hostport(s)
+    return str(s)
+
+
 def _opt_int(s: Any) -> int | None:
     return None if s is None or s == "" else _int(s)
 
@@ -130,6 +138,8 @@ START: tuple[Setting, ...] = (
     Setting("listen", str, "/ip4/127.0.0.1/tcp/0", "libp2p listen multiaddr", "a multiaddr"),
     Setting("peer", _peers, [], "multiaddr .../p2p/<peer-id> of a peer to dial (repeatable)",
             "multiaddrs ending in /p2p/<peer-id>", repeat=True),
+    Setting("metrics", _hostport, None, "serve the node's status as Prometheus metrics at "
+            "HOST:PORT (e.g. 127.0.0.1:9464)", "HOST:PORT"),
     Setting("rounds", _opt_int, None, "federated rounds to run (default: until Ctrl-C)",
             "an integer >= 1"),
     Setting("local_steps", _int, 20, "AdamW steps on local data per round", "an integer >= 1"),

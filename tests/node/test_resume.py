@@ -109,9 +109,17 @@ def test_sigkill_at_random_points_always_resumes(tmp_path):
         assert _same(_tensors(whole), _tensors(d))
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_one_node_per_data_dir_and_status_while_running(tmp_path):
     d = tmp_path / "n"
-    a = subprocess.Popen(_args(d), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    port = _free_port()
+    a = subprocess.Popen(_args(d, "--metrics", f"127.0.0.1:{port}"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                          env=_env())
     try:
         deadline = time.monotonic() + 60
@@ -135,6 +143,12 @@ def test_one_node_per_data_dir_and_status_while_running(tmp_path):
             assert k in st
         text = run([*NODE, "status", "--data-dir", str(d)])
         assert text.returncode == 0 and text.stdout.startswith(f"running (pid {a.pid})")
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        done = [l for l in metrics.splitlines() if l.startswith("bitswarm_rounds_completed ")]
+        assert done and float(done[0].split()[1]) >= 1
+        assert 'bitswarm_info{adapter_sha256="' in metrics and "bitswarm_peers 0.0" in metrics
     finally:
         a.send_signal(signal.SIGINT)
         a.wait(timeout=60)
