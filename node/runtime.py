@@ -184,7 +184,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         with RoundProgress(cfg.rounds, cfg.local_steps) as progress:
             async with trio.open_nursery() as nursery:
                 await nursery.start(coord.run)
-                await nursery.start(watch.run, transport, progress)
+                await nursery.start(watch.run, transport, progress, list(cfg.peers))
                 stop = await nursery.start(_stop_on_sigint)
                 task_status.started(transport)
                 with stop:

@@ -12,6 +12,7 @@ import trio
 
 log = logging.getLogger("bitswarm.node")
 
+NO_PEER_WARN_S = 30.0   # without any peer this long, say so (again every 10 minutes)
 POLL_S = 1.0     # how often the connection and topic tables are read, status.json written (s)
 
 
@@ -46,11 +47,19 @@ class SwarmWatch:
             key = reason.split(":")[0][:80]
             self.rejections[key] = self.rejections.get(key, 0) + 1
 
-    async def run(self, transport, progress, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Poll every POLL_S seconds until cancelled; refreshes the progress bar's countdown."""
+    async def run(self, transport, progress, dialed: list[str] = (), *,
+                  task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Poll every POLL_S seconds until cancelled; refreshes the progress bar's countdown and
+        status.json; warns while no peer has been met (the dials go on meanwhile)."""
         task_status.started()
+        warn_at = trio.current_time() + NO_PEER_WARN_S
         while True:
             self.poll(transport)
+            if not self.ever_connected and trio.current_time() >= warn_at:
+                warn_at += 600.0
+                how = (f"dialing {', '.join(dialed)} (failures above)" if dialed else
+                       f"no --peer given; peers can dial us at {', '.join(transport.listen_multiaddrs)}")
+                log.warning("no peer connected after %.0f s: %s; still trying", NO_PEER_WARN_S, how)
             progress.tick(len(self.peers), transport.bytes_received, transport.bytes_sent)
             if self.status is not None:
                 self.status.update(peers=sorted(self.peers), swarm_members=sorted(self.members),

@@ -208,7 +208,8 @@ def test_network_failures_exit_3_saying_why(tmp_path, case):
         swarm = "tema" if case == "wrong-swarm" else "team"
         rank = ["--rank", "4"] if case == "wrong-lora" else []
         r = run("start", "--swarm", swarm, "--data", str(TEXT), "--data-dir", str(tmp_path / "b"),
-                "--model", str(TINY), "--peer", peer, "--rounds", "2", "--round-timeout", "6",
+                "--model", str(TINY), "--peer", peer, "--rounds", "2",
+                "--round-timeout", "16" if case == "dead-peer" else "6",
                 "--local-steps", "1", "--ctx", "32", "--batch-size", "2", "--device", "cpu", *rank,
                 timeout=240)
     finally:
@@ -222,6 +223,9 @@ def test_network_failures_exit_3_saying_why(tmp_path, case):
             "wrong-swarm": "none joined swarm 'tema': swarm name mismatch suspected",
             "wrong-lora": "was rejected"}[case]
     assert want in last, last
+    if case == "dead-peer":   # 2 x 16 s alone: the bounded-wait warning came while it kept dialing
+        assert f"no peer connected after 30 s: dialing {peer} (failures above); still trying" in r.stderr
+        assert "dial attempt 1 to" in r.stderr
     assert (tmp_path / "b" / "adapter").is_dir()        # the rounds it ran are still saved
 
 
