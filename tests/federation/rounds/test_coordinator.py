@@ -1,7 +1,7 @@
 """Round protocol over an in-memory network of N coordinators in one trio process.
 
 MemoryNetwork / MemoryTransport below are a TEST DOUBLE OF THE TRANSPORT (the network itself is
-tested in test_transport.py with real libp2p processes), not of what is tested here: the
+tested in transport/test_host.py and discovery/test_static.py with real libp2p hosts), not of what is tested here: the
 RoundCoordinator, wire format, codecs and aggregation rules all run for real. Time is trio's
 MockClock (autojump), so deadlines of tens of seconds take milliseconds.
 """
