@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 import trio
 
 from bitswarm.federation.codecs import CODECS
+from bitswarm.federation.log_limit import RateLimitedLog, reason_key
 from bitswarm.federation.wire import UpdateManifest, WireError, check_compatible, decode_manifest
 
 log = logging.getLogger("bitswarm.federation.rounds.intake")
+_LOG = RateLimitedLog(log)     # peers choose how often these fire
 
 _MAX_REJECTIONS_PER_ROUND = 1024      # bounds memory against a flood of distinct bad messages
 
@@ -41,7 +43,8 @@ class RoundState:
         if entry in self.rejected or len(self.rejected) >= _MAX_REJECTIONS_PER_ROUND:
             return
         self.rejected.append(entry)
-        log.warning("round %d: rejected update from %s: %s", self.round, peer, entry[1])
+        _LOG.log(logging.WARNING, reason_key("rejected", entry[1]),
+                 "round %d: rejected update from %s: %s", self.round, peer, entry[1])
 
 
 class ManifestIntake:
@@ -115,8 +118,8 @@ class ManifestIntake:
         if m.sender in state.settled:
             return                                       # republished: (sender, round) seen
         if len(state.settled) >= self.max_peers_per_round:
-            log.warning("round %d: %d senders already; manifest of %s dropped", m.round,
-                        len(state.settled), m.sender)
+            _LOG.log(logging.WARNING, "sender cap", "round %d: %d senders already; manifest of "
+                     "%s dropped", m.round, len(state.settled), m.sender)
             return
         state.settled.add(m.sender)
         try:
@@ -144,7 +147,8 @@ class ManifestIntake:
         elif self._active is not None:
             self._active.reject(from_peer, e.reason)
         else:
-            log.info("invalid gossip from %s: %s", from_peer, e.reason)
+            _LOG.log(logging.INFO, reason_key("invalid gossip", e.reason),
+                     "invalid gossip from %s: %s", from_peer, e.reason)
 
     def _state(self, rnd: int) -> RoundState:
         state = self._rounds.get(rnd)

@@ -23,9 +23,11 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from ..log_limit import RateLimitedLog
 from .errors import FetchError
 
 log = logging.getLogger("bitswarm.federation.transport")
+_LOG = RateLimitedLog(log)     # peers choose how often these fire
 
 PAYLOAD_PROTOCOL_ID = TProtocol("/bitswarm/payload/1.0.0")
 MAX_REQUEST_BYTES = 4096
@@ -103,7 +105,8 @@ class PayloadServer:
             with trio.fail_after(SERVE_IO_TIMEOUT_S):
                 (n,) = _U32.unpack(await _read_exactly(stream, 4))
                 if n > MAX_REQUEST_BYTES:
-                    log.warning("payload request of %d bytes from %s refused (max %d)", n, peer, MAX_REQUEST_BYTES)
+                    _LOG.log(logging.WARNING, "oversized payload request", "payload request of %d "
+                             "bytes from %s refused (max %d)", n, peer, MAX_REQUEST_BYTES)
                     await _close_stream(stream, reset=True)
                     return
                 request = await _read_exactly(stream, n)
@@ -119,7 +122,8 @@ class PayloadServer:
                     self._on_sent(len(chunk))
             await _close_stream(stream, reset=False)
         except Exception as e:  # noqa: BLE001 - see above
-            log.info("serving payload to %s aborted: %s: %s", peer, type(e).__name__, e)
+            _LOG.log(logging.INFO, f"serving aborted: {type(e).__name__}",
+                     "serving payload to %s aborted: %s: %s", peer, type(e).__name__, e)
             await _close_stream(stream, reset=True)
 
     def _lookup(self, request: bytes, peer: str) -> tuple[bytes, int]:
