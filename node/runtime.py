@@ -7,7 +7,8 @@ after 5 s of a blocked loop: py-libp2p 0.8.1's yamux).
 
 Round r: every node starts from the same global adapter G_r, trains --local-steps on its own
 documents, publishes delta_r = L_r - G_r (compressed, signed), collects peers' deltas, and sets
-G_{r+1} = G_r + FedAvg(decoded deltas, own included) weighted by tokens (McMahan et al. 2017).
+G_{r+1} = G_r + bounded FedAvg(decoded deltas, own included): norms clipped and token claims
+capped against the round's lower median, then weighted by tokens (McMahan et al. 2017).
 G_0 is seeded from the swarm name and base-model hash, so nodes that aggregate the same updates
 hold bit-identical adapters; each logs the adapter's SHA-256 after every round.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from bitswarm.federation.aggregation import FedAvg
+from bitswarm.federation.aggregation import BoundedFedAvg
 from bitswarm.federation.codecs import Int8BlockCodec
 from bitswarm.federation.discovery import StaticPeers
 from bitswarm.federation.identity import load_or_create_identity
@@ -169,7 +170,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         coord = RoundCoordinator(
             transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
-            round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=FedAvg(),
+            round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=BoundedFedAvg(),
             run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:
             coord.error_feedback.residual = dict(resumed.local.residual)

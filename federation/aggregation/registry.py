@@ -5,8 +5,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .base import AggregationRule
+from .bounded import BoundedFedAvg
 from .fedavg import FedAvg
 
 AGGREGATION_RULES: Mapping[str, type[AggregationRule]] = MappingProxyType({
-    cls.name: cls for cls in (FedAvg,)
+    cls.name: cls for cls in (FedAvg, BoundedFedAvg)
 })

@@ -72,3 +72,41 @@ def test_nodes_survive_hostile_peers_and_reject_bad_updates(tmp_path):
     for reason in ("wrong magic", "bad signature", "wrong swarm", "wrong base model", "shape",
                    "non-finite", "sha-256"):
         assert any(reason in l for l in rejections), f"no rejection for {reason!r}: {rejections}"
+
+
+def test_a_correctly_signed_update_scaled_1e12_is_bounded(tmp_path):
+    """A peer that follows the protocol but sends noise x1e12 claiming 1e12 tokens every round:
+    the honest nodes aggregate it (it is valid) yet bounded (node default BoundedFedAvg), so they
+    finish every round on identical adapters with a finite, near-unchanged held-out loss (plain
+    FedAvg: their next step's loss was NaN and both exited 1)."""
+    docs = prepare_documents(tmp_path, 2, files_per_node=12)
+    args = ["--rounds", "3", "--min-peers", "2", "--local-steps", "3", "--ctx", "64",
+            "--batch-size", "4", "--device", "cpu", "--round-timeout", "120"]
+    procs, attacker = [], None
+    try:
+        n0 = start_node(0, tmp_path, docs[0], SWARM, [], args, {})
+        procs.append(n0)
+        addr = n0.multiaddr(timeout_s=120)
+        base = model_hash(n0.data_dir / "default-model")
+        attacker = subprocess.Popen([sys.executable, str(HERE / "helpers_scaled_update.py"), addr,
+                                     SWARM, base, "3", "1e12", "300"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_event(attacker, "ready", 60)
+        n1 = start_node(1, tmp_path, docs[1], SWARM, [addr], args, {})
+        procs.append(n1)
+        for p in (n0, n1):
+            assert p.proc.wait(timeout=300) == 0, p.log_path.read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+        if attacker is not None:
+            attacker.kill()
+    r0, r1 = (p.rounds() for p in (n0, n1))
+    start = r0[0]["heldout_loss"]
+    r0, r1 = ([r for r in rs if r["round"] >= 0] for rs in (r0, r1))
+    assert len(r0) == len(r1) == 3
+    for a, b in zip(r0, r1):
+        assert a["adapter_sha256"] == b["adapter_sha256"]
+        assert len(a["contributors"]) == 3                      # the attacker's update counted...
+    assert abs(r0[-1]["heldout_loss"] - start) < 0.5, (start, r0[-1]["heldout_loss"])   # ...bounded

@@ -25,7 +25,7 @@ def _contributions(n: int, seed: int) -> list[Contribution]:
 
 
 def test_registry_is_keyed_by_rule_name():
-    assert NAMES == ["fedavg"]
+    assert NAMES == ["bounded-fedavg", "fedavg"]
     for name, cls in AGGREGATION_RULES.items():
         assert issubclass(cls, AggregationRule) and cls.name == name
 

@@ -1,0 +1,61 @@
+"""A hostile swarm member that speaks the protocol correctly: for rounds 0..R-1 it gossips a
+correctly signed, compatible update whose delta is random noise scaled by SCALE (e.g. 1e12) and
+claims the maximum token count, and serves its payload. Nothing about it is malformed, so only
+bounded aggregation stands between it and the honest nodes' adapters.
+
+Usage: python helpers_scaled_update.py <node_multiaddr> <swarm> <base_model_sha256> <rounds> <scale> <seconds>
+Prints {"event": "ready"} after its first manifests went out, {"event": "done"} at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from bitswarm.federation import wire
+from bitswarm.federation.codecs import encode_update
+from bitswarm.federation.identity import peer_id_of
+from bitswarm.federation.transport import TransportConfig, open_transport
+from bitswarm.federation.wire import MAX_TOKENS
+from bitswarm.kernels.config import LoRAConfig
+from bitswarm.kernels.lora import lora_shapes
+from bitswarm.node.default_model import DEFAULT_CONFIG
+from bitswarm.node.runtime import swarm_topic
+
+
+async def main(addr: str, swarm: str, base_model: str, rounds: int, scale: float,
+               seconds: float) -> None:
+    kp = create_new_key_pair()
+    rng = np.random.default_rng(7)
+    shapes = lora_shapes(DEFAULT_CONFIG, LoRAConfig())
+    served, manifests = {}, []
+    for rnd in range(rounds):
+        delta = {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in shapes.items()}
+        payload = encode_update(delta)[0]
+        sha = hashlib.sha256(payload).digest()
+        served[wire.encode_payload_request(rnd, sha)] = payload
+        m = wire.UpdateManifest(swarm=swarm, round=rnd, base_model=base_model,
+                                lora=wire.lora_dict(LoRAConfig()), sender=peer_id_of(kp),
+                                tokens=MAX_TOKENS, codec="int8-block-zstd/1", payload_sha256=sha,
+                                payload_size=len(payload))
+        manifests.append(wire.encode_manifest(m, kp))
+    async with open_transport(kp, TransportConfig(topic=swarm_topic(swarm), peers=[addr])) as t:
+        t.set_payload_provider(lambda req: served.get(req))
+        await t.wait_for_topic_peers(1, timeout_s=30)
+        with trio.move_on_after(seconds):
+            for cycle in range(10**9):
+                for m in manifests:
+                    await t.publish(m)
+                    await trio.sleep(0.2)
+                if cycle == 0:
+                    print(json.dumps({"event": "ready"}), flush=True)
+    print(json.dumps({"event": "done"}), flush=True)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    trio.run(main, a[0], a[1], a[2], int(a[3]), float(a[4]), float(a[5]))
