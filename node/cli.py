@@ -288,6 +288,13 @@ def _jsonable(v):
     return v
 
 
+def _leaf(e: BaseException) -> BaseException:
+    """The first non-group exception inside trio's (Base)ExceptionGroups."""
+    while getattr(e, "exceptions", None):
+        e = e.exceptions[0]
+    return e
+
+
 def _is_interrupt(e: BaseException) -> bool:
     """KeyboardInterrupt, possibly wrapped in trio's (Base)ExceptionGroups by the nurseries it
     unwound through."""
@@ -408,15 +415,19 @@ def main(argv: list[str] | None = None) -> int:
     logs.quiet_vulkan_loader()
     try:
         return COMMANDS[args.cmd](args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"node {args.cmd}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"node {args.cmd}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # noqa: BLE001 - one line for people, the traceback for the log
-        log.error("node %s failed", args.cmd, exc_info=True, extra={"file_only": True})
-        print(f"node {args.cmd}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except BaseException as group:  # noqa: BLE001 - unwrap trio's groups to the real error
+        e = _leaf(group)
+        if isinstance(e, (ValueError, FileNotFoundError)):
+            print(f"node {args.cmd}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(e, KeyboardInterrupt):
+            print(f"node {args.cmd}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if not isinstance(e, Exception):
+            raise
+        log.error("node %s failed", args.cmd, exc_info=group, extra={"file_only": True})
+        print(f"node {args.cmd}: failed: {type(e).__name__}: {e} (traceback in the log)",
+              file=sys.stderr)
         return EXIT_FAILED
 
 
