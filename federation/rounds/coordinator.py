@@ -190,6 +190,7 @@ class RoundCoordinator:
         """Serve payloads, consume gossip and republish manifests until cancelled (or until
         the transport's message channel closes). Reports started once it serves payloads."""
         self.transport.set_payload_provider(self._served.serve)
+        self.transport.set_gossip_validator(self._intake.relayable)   # relay only what we accept
         self._running = True
         try:
             async with trio.open_nursery() as nursery:

@@ -100,6 +100,38 @@ class ManifestIntake:
         self._floor = rnd + 1
         self._rounds.pop(rnd, None)
 
+    def relayable(self, from_peer: str, data: bytes) -> bool:
+        """The transport's gossip validator: True for a valid, verified, compatible manifest of
+        a round in the window (or the round just below it, which stragglers still need); false
+        for the rest, which is then neither delivered nor relayed to the mesh, its rejection
+        filed as `on_gossip` would. No per-sender bookkeeping here (that is on_gossip's, on
+        delivery). Never raises on hostile input."""
+        try:
+            m = decode_manifest(data)
+        except WireError as e:
+            self._reject_unverified(from_peer, e)
+            return False
+        if m.sender == self.peer_id:
+            return True
+        if m.round < self._floor - 1 or m.round > self._floor + self.max_rounds_ahead:
+            return False                         # outside what any node near us still needs
+        try:
+            self._check(m)
+        except WireError as e:
+            if self._floor <= m.round:
+                self._state(m.round).reject(m.sender, e.reason)
+            return False
+        return True
+
+    def _check(self, m: UpdateManifest) -> None:
+        """Compatibility and bounds of a verified manifest; raises WireError with the reason."""
+        check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
+        if m.codec not in CODECS:
+            raise WireError(f"unknown codec {m.codec!r}")
+        if m.payload_size > self.max_payload:
+            raise WireError(f"payload_size {m.payload_size} exceeds the bound "
+                            f"{self.max_payload} for our shapes")
+
     def on_gossip(self, from_peer: str, data: bytes) -> None:
         """Validate one gossip message (signed author `from_peer`) and file it. Never raises
         on hostile input."""
@@ -123,12 +155,7 @@ class ManifestIntake:
             return
         state.settled.add(m.sender)
         try:
-            check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
-            if m.codec not in CODECS:
-                raise WireError(f"unknown codec {m.codec!r}")
-            if m.payload_size > self.max_payload:
-                raise WireError(f"payload_size {m.payload_size} exceeds the bound "
-                                f"{self.max_payload} for our shapes")
+            self._check(m)
         except WireError as e:
             state.reject(m.sender, e.reason)
             return

@@ -83,6 +83,7 @@ class Transport:
         self._payload_server = PayloadServer(on_sent=self._count_sent)
         self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
         self._dropped_messages = 0
+        self._gossip_validator: Callable[[str, bytes], bool] | None = None
 
     # ---- gossip -------------------------------------------------------------------------
 
@@ -209,10 +210,21 @@ class Transport:
                 if self._dropped_messages in (1, 10, 100) or self._dropped_messages % 1000 == 0:
                     log.warning("gossip consumer too slow: %d messages dropped so far", self._dropped_messages)
 
+    def set_gossip_validator(self, fn: Callable[[str, bytes], bool] | None) -> None:
+        """Also require `fn(author peer ID base58, data)` for a gossip message to be delivered
+        AND relayed to the mesh (gossipsub drops what its topic validator refuses), so a node
+        never forwards what it would not accept. Runs on the event loop for every message: keep
+        it fast; an exception in it counts as a refusal."""
+        self._gossip_validator = fn
+
     def _validate(self, forwarder: ID, msg) -> bool:  # type: ignore[no-untyped-def]
         # A raising validator kills the process: never let anything escape.
         try:
-            return len(msg.data) <= MAX_GOSSIP_BYTES
+            if len(msg.data) > MAX_GOSSIP_BYTES:
+                return False
+            if self._gossip_validator is None or msg.from_id == self._id.to_bytes():
+                return True
+            return bool(self._gossip_validator(ID(msg.from_id).to_base58(), bytes(msg.data)))
         except Exception:  # noqa: BLE001
             return False
 

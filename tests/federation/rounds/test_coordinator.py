@@ -62,6 +62,7 @@ class MemoryTransport:
         self.bytes_sent = self.bytes_received = 0
         self._send, self._recv = trio.open_memory_channel(256)
         self._provider = None
+        self._validator = None
         self.failing_serves = 0              # next fetches FROM this node fail ('connection')
 
     async def publish(self, data: bytes) -> None:
@@ -69,6 +70,8 @@ class MemoryTransport:
         self.bytes_sent += len(data)
         for other in self.net.nodes.values():
             if other is not self:
+                if other._validator is not None and not other._validator(self.peer_id, bytes(data)):
+                    continue                 # like gossipsub: refused by the topic validator
                 try:
                     other._send.send_nowait(GossipMessage(self.peer_id, bytes(data)))
                     other.bytes_received += len(data)
@@ -81,6 +84,9 @@ class MemoryTransport:
 
     def set_payload_provider(self, fn) -> None:
         self._provider = fn
+
+    def set_gossip_validator(self, fn) -> None:
+        self._validator = fn
 
     async def fetch(self, peer_id: str, request: bytes, *, max_bytes: int, timeout_s: float) -> bytes:
         await trio.sleep(0.01)               # a little virtual latency

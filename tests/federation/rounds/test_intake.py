@@ -99,3 +99,24 @@ def test_channel_hands_over_buffered_then_live_manifests_once():
         intake.on_gossip(*_manifest(0))              # round 0 is over: ignored
         assert intake.buffered(0) == [] and len(intake.buffered(1)) == 1
     trio.run(main)
+
+
+def test_relayable_is_the_gossip_validator():
+    """What the transport may relay: verified, compatible manifests of rounds in the window
+    (or just below it); refusals are filed with their reason, nothing else is recorded."""
+    intake = _intake()
+    intake.enter(3)
+    sender, good = _manifest(3)
+    assert intake.relayable(sender, good)
+    assert intake.buffered(3) == []                       # judging is not filing
+    assert intake.relayable(*_manifest(2))                # a straggler's round: still relayed
+    assert not intake.relayable(*_manifest(1))            # long past
+    assert not intake.relayable(*_manifest(6))            # too far ahead
+    assert not intake.relayable("12D3KooWjunk", b"\x00not a manifest")
+    bad_sender, wrong_swarm = _manifest(3, swarm="another swarm")
+    assert not intake.relayable(bad_sender, wrong_swarm)
+    state = intake.enter(3)
+    reasons = [r for _, r in state.rejected]
+    assert any("swarm" in r for r in reasons)     # (unattributable garbage is only logged)
+    intake.on_gossip(sender, good)                        # delivery files the good one
+    assert intake.buffered(3) == [sender]
