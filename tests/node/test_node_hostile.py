@@ -33,33 +33,45 @@ def _wait_event(proc: subprocess.Popen, event: str, timeout_s: float) -> None:
     raise AssertionError(f"no {event!r} within {timeout_s} s")
 
 
-def test_nodes_survive_hostile_peers_and_reject_bad_updates(tmp_path):
+def _two_nodes_and_an_attacker(tmp_path, args, helper, helper_args, before_attack=None):
+    """Node 0, then a hostile helper process dialing it (after `before_attack(addr)` if given),
+    then node 1 dialing node 0 only; waits for both nodes to finish (exit 0) -> (n0, n1)."""
     docs = prepare_documents(tmp_path, 2, files_per_node=12)
-    procs = []
+    procs, attacker = [], None
     try:
-        n0 = start_node(0, tmp_path, docs[0], SWARM, [], ARGS, {})
+        n0 = start_node(0, tmp_path, docs[0], SWARM, [], args, {})
         procs.append(n0)
         addr = n0.multiaddr(timeout_s=120)
         base = model_hash(n0.data_dir / "default-model")
-
-        frames = subprocess.run([sys.executable, str(HERE.parent / "federation" / "helpers_fed_hostile.py"),
-                                 addr, swarm_topic(SWARM)], capture_output=True, text=True, timeout=60)
-        assert '"done"' in frames.stdout, frames.stderr[-2000:]
-        assert n0.proc.poll() is None, "node 0 died from malformed gossipsub frames"
-
-        bad = subprocess.Popen([sys.executable, str(HERE / "helpers_bad_updates.py"), addr, SWARM, base, "60"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_event(bad, "ready", 60)
-        n1 = start_node(1, tmp_path, docs[1], SWARM, [addr], ARGS, {})
+        if before_attack is not None:
+            before_attack(n0, addr)
+        attacker = subprocess.Popen([sys.executable, str(HERE / helper), addr, SWARM, base,
+                                     *helper_args],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_event(attacker, "ready", 60)
+        n1 = start_node(1, tmp_path, docs[1], SWARM, [addr], args, {})
         procs.append(n1)
         for p in (n0, n1):
-            assert p.proc.wait(timeout=240) == 0, p.log_path.read_text()[-3000:]
-        bad.kill()
+            assert p.proc.wait(timeout=300) == 0, p.log_path.read_text()[-3000:]
     finally:
         for p in procs:
             if p.proc.poll() is None:
                 p.proc.kill()
+        if attacker is not None:
+            attacker.kill()
+    return n0, n1
 
+
+def _malformed_frames(n0, addr) -> None:
+    frames = subprocess.run([sys.executable, str(HERE.parent / "federation" / "helpers_fed_hostile.py"),
+                             addr, swarm_topic(SWARM)], capture_output=True, text=True, timeout=60)
+    assert '"done"' in frames.stdout, frames.stderr[-2000:]
+    assert n0.proc.poll() is None, "node 0 died from malformed gossipsub frames"
+
+
+def test_nodes_survive_hostile_peers_and_reject_bad_updates(tmp_path):
+    n0, n1 = _two_nodes_and_an_attacker(tmp_path, ARGS, "helpers_bad_updates.py", ["60"],
+                                        before_attack=_malformed_frames)
     r0, r1 = ([r for r in p.rounds() if r["round"] >= 0] for p in (n0, n1))
     assert len(r0) == len(r1) == 2
     for a, b in zip(r0, r1):
@@ -84,29 +96,10 @@ def test_a_correctly_signed_update_scaled_1e12_is_bounded(tmp_path):
     the honest nodes aggregate it (it is valid) yet bounded (node default BoundedFedAvg), so they
     finish every round on identical adapters with a finite, near-unchanged held-out loss (plain
     FedAvg: their next step's loss was NaN and both exited 1)."""
-    docs = prepare_documents(tmp_path, 2, files_per_node=12)
     args = ["--rounds", "3", "--min-peers", "2", "--local-steps", "3", "--ctx", "64",
             "--batch-size", "4", "--device", "cpu", "--round-timeout", "120"]
-    procs, attacker = [], None
-    try:
-        n0 = start_node(0, tmp_path, docs[0], SWARM, [], args, {})
-        procs.append(n0)
-        addr = n0.multiaddr(timeout_s=120)
-        base = model_hash(n0.data_dir / "default-model")
-        attacker = subprocess.Popen([sys.executable, str(HERE / "helpers_scaled_update.py"), addr,
-                                     SWARM, base, "3", "1e12", "300"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_event(attacker, "ready", 60)
-        n1 = start_node(1, tmp_path, docs[1], SWARM, [addr], args, {})
-        procs.append(n1)
-        for p in (n0, n1):
-            assert p.proc.wait(timeout=300) == 0, p.log_path.read_text()[-3000:]
-    finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
-        if attacker is not None:
-            attacker.kill()
+    n0, n1 = _two_nodes_and_an_attacker(tmp_path, args, "helpers_scaled_update.py",
+                                        ["3", "1e12", "300"])
     r0, r1 = (p.rounds() for p in (n0, n1))
     start = r0[0]["heldout_loss"]
     r0, r1 = ([r for r in rs if r["round"] >= 0] for rs in (r0, r1))
