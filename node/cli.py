@@ -79,7 +79,8 @@ def _add_start_flags(s: argparse.ArgumentParser) -> None:
         if st.is_flag:
             s.add_argument(st.flag, action=argparse.BooleanOptionalAction, **kw)
         elif st.repeat:
-            s.add_argument(st.flag, action="append", metavar="MULTIADDR", **kw)
+            s.add_argument(st.flag, action="append",
+                           metavar="PEER_ID" if st.key == "allow" else "MULTIADDR", **kw)
         else:
             s.add_argument(st.flag, metavar=st.key.upper(), **kw)
 
@@ -187,11 +188,35 @@ def node_config(values: dict):
     return NodeConfig(
         swarm=v["swarm"], data=v["data"], data_dir=v["data_dir"], model=v["model"],
         listen=v["listen"], peers=list(v["peer"]), metrics=v["metrics"], rounds=v["rounds"],
+        allow=allow_list(v["allow"], v["allow_file"]),
         local_steps=v["local_steps"], lr=v["lr"],
         lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),
         min_peers=v["min_peers"], round_timeout_s=v["round_timeout"], device=v["device"],
         embeddings=v["embeddings"], recompute=v["recompute"], batch_size=v["batch_size"],
         ctx=v["ctx"], seed=v["seed"])
+
+
+def allow_list(ids: list[str], path: Path | None) -> frozenset[str] | None:
+    """The --allow peer IDs plus those of --allow-file (one per line, # comments), or None when
+    neither is given (everyone in the swarm counts). ValueError naming the file and line."""
+    from bitswarm.node.settings import _peer_ids
+    if not ids and path is None:
+        return None
+    out = set(ids)
+    if path is not None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--allow-file {path}: cannot read it ({e})") from None
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                try:
+                    out.update(_peer_ids(line))
+                except ValueError as e:
+                    raise ValueError(f"--allow-file {path}:{n}: {e}; expected one peer ID per "
+                                     f"line") from None
+    return frozenset(out)
 
 
 def preflight(cfg) -> None:

@@ -17,6 +17,7 @@ class NodeConfig:
     model: Path | None = None               # HF bitnet checkpoint dir; None = built-in default
     listen: str = "/ip4/127.0.0.1/tcp/0"    # libp2p listen multiaddr
     peers: list[str] = field(default_factory=list)   # multiaddrs (…/p2p/<peer-id>) to dial
+    allow: frozenset[str] | None = None     # peer IDs whose updates count; None = any member
     metrics: str | None = None              # HOST:PORT of a Prometheus endpoint; None = off
     rounds: int | None = None               # federated rounds; None = until stopped
     local_steps: int = 20                   # optimizer steps per round

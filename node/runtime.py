@@ -171,7 +171,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
             transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
             round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=BoundedFedAvg(),
-            run_blocking=trio.to_thread.run_sync)
+            allowed_senders=cfg.allow, run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:
             coord.error_feedback.residual = dict(resumed.local.residual)
         status = StatusFile(cfg.data_dir, swarm=cfg.swarm, peer_id=transport.peer_id,

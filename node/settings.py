@@ -67,6 +67,24 @@ def _hostport(s: Any) -> str | None:
     return str(s)
 
 
+def _peer_ids(s: Any) -> list[str]:
+    """Peer IDs (base58 multihash, as `node id` prints) from a list or a comma/space string."""
+    from libp2p.peer.id import ID
+    items = s if isinstance(s, (list, tuple)) else str(s).replace(",", " ").split()
+    out = []
+    for p in map(str, items):
+        try:
+            ID.from_base58(p)
+        except Exception:  # base58 / multihash errors come in several types
+            raise ValueError(f"{p!r} is not a peer ID") from None
+        out.append(p)
+    return out
+
+
+def _opt_path(s: Any) -> Path | None:
+    return None if s is None or s == "" else _path(s)
+
+
 def _opt_int(s: Any) -> int | None:
     return None if s is None or s == "" else _int(s)
 
@@ -138,6 +156,11 @@ START: tuple[Setting, ...] = (
     Setting("listen", str, "/ip4/127.0.0.1/tcp/0", "libp2p listen multiaddr", "a multiaddr"),
     Setting("peer", _peers, [], "multiaddr .../p2p/<peer-id> of a peer to dial (repeatable)",
             "multiaddrs ending in /p2p/<peer-id>", repeat=True),
+    Setting("allow", _peer_ids, [], "peer ID whose updates may count (repeatable; with "
+            "--allow-file: the union); default: every peer of the swarm", "peer IDs as `node id` "
+            "prints them", repeat=True),
+    Setting("allow_file", _opt_path, None, "file of allowed peer IDs, one per line (# comments)",
+            "a text file of peer IDs"),
     Setting("metrics", _hostport, None, "serve the node's status as Prometheus metrics at "
             "HOST:PORT (e.g. 127.0.0.1:9464)", "HOST:PORT"),
     Setting("rounds", _opt_int, None, "federated rounds to run (default: until Ctrl-C)",

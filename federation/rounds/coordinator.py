@@ -102,6 +102,8 @@ class RoundCoordinator:
         max_rounds_ahead: manifests up to this many rounds ahead of ours are buffered.
         max_peers_per_round: manifests buffered per round, beyond which new senders are dropped.
         max_parallel_fetches: payload fetches at once.
+        allowed_senders: peer IDs (base58) whose updates may count; None = anyone in the swarm.
+            Others are rejected ("sender not on the allow-list") and not relayed.
         run_blocking: awaits a zero-argument function off the event loop (compression, decoding,
             aggregation). Default: trio.to_thread.run_sync. Tests under trio's MockClock pass an
             inline runner: the clock's autojump does not see worker threads.
@@ -117,7 +119,7 @@ class RoundCoordinator:
                  republish_interval_s: float = 2.0, codec: Codec | None = None,
                  aggregation: AggregationRule | None = None,
                  max_rounds_ahead: int = 2, max_peers_per_round: int = 256,
-                 max_parallel_fetches: int = 8,
+                 max_parallel_fetches: int = 8, allowed_senders: frozenset[str] | None = None,
                  run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None) -> None:
         for name, v in [("round_timeout_s", round_timeout_s), ("fetch_timeout_s", fetch_timeout_s),
                         ("republish_interval_s", republish_interval_s)]:
@@ -165,7 +167,8 @@ class RoundCoordinator:
         self._intake = ManifestIntake(
             peer_id=self.peer_id, swarm=swarm, base_model=self.base_model, lora=self.lora,
             max_payload=max_payload_bytes(self.expected_shapes),
-            max_rounds_ahead=max_rounds_ahead, max_peers_per_round=max_peers_per_round)
+            max_rounds_ahead=max_rounds_ahead, max_peers_per_round=max_peers_per_round,
+            allowed_senders=allowed_senders)
         self._fetcher = PayloadFetcher(transport, fetch_timeout_s=self.fetch_timeout_s,
                                        max_parallel_fetches=max_parallel_fetches)
         self._served = ServedRounds()

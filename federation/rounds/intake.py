@@ -55,11 +55,14 @@ class ManifestIntake:
         swarm, base_model (hex SHA-256), lora (canonical `wire.lora_dict`): compatibility.
         max_payload: bytes; larger announced payloads are refused.
         max_rounds_ahead, max_peers_per_round: the buffering bounds.
+        allowed_senders: peer IDs whose updates may count (None: any); our own always may.
     """
 
     def __init__(self, *, peer_id: str, swarm: str, base_model: str, lora: dict,
-                 max_payload: int, max_rounds_ahead: int, max_peers_per_round: int) -> None:
+                 max_payload: int, max_rounds_ahead: int, max_peers_per_round: int,
+                 allowed_senders: frozenset[str] | None = None) -> None:
         self.peer_id, self.swarm, self.base_model, self.lora = peer_id, swarm, base_model, lora
+        self.allowed = None if allowed_senders is None else frozenset(allowed_senders) | {peer_id}
         self.max_payload = max_payload
         self.max_rounds_ahead = max_rounds_ahead
         self.max_peers_per_round = max_peers_per_round
@@ -124,7 +127,10 @@ class ManifestIntake:
         return True
 
     def _check(self, m: UpdateManifest) -> None:
-        """Compatibility and bounds of a verified manifest; raises WireError with the reason."""
+        """Admission, compatibility and bounds of a verified manifest; raises WireError with the
+        reason."""
+        if self.allowed is not None and m.sender not in self.allowed:
+            raise WireError("sender not on the allow-list")
         check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
         if m.codec not in CODECS:
             raise WireError(f"unknown codec {m.codec!r}")
