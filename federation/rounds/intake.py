@@ -123,6 +123,9 @@ class ManifestIntake:
         except WireError as e:
             if self._floor <= m.round:
                 self._state(m.round).reject(m.sender, e.reason)
+            else:                                # a round we closed: refused, logged, not filed
+                _LOG.log(logging.WARNING, reason_key("rejected", e.reason),
+                         "round %d: rejected update from %s: %s", m.round, m.sender, e.reason)
             return False
         return True
 

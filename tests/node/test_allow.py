@@ -32,7 +32,9 @@ def test_only_allowed_peers_updates_count(tmp_path):
                                                           "--allow-file", str(allow_file)], {})
         procs.append(a)
         addr = a.multiaddr(timeout_s=120)
-        c = start_node(2, tmp_path, docs[2], SWARM, [addr], [*ARGS, "--min-peers", "0"], {})
+        # C waits for (and accepts) A and B, so it stays in the swarm republishing its updates
+        c = start_node(2, tmp_path, docs[2], SWARM, [addr], [*ARGS, "--min-peers", "2",
+                                                              "--round-timeout", "15"], {})
         procs.append(c)
         b = start_node(1, tmp_path, docs[1], SWARM, [addr], [*ARGS, "--min-peers", "1",
                                                               "--allow", ids[0]], {})
