@@ -184,39 +184,17 @@ def resolve_start(args, require: bool = True):
 def node_config(values: dict):
     """NodeConfig from resolved settings (ValueError naming the flag for a bad value)."""
     from bitswarm.node.config import NodeConfig, lora_config
+    from bitswarm.node.settings import read_allow_list
     v = values
     return NodeConfig(
         swarm=v["swarm"], data=v["data"], data_dir=v["data_dir"], model=v["model"],
         listen=v["listen"], peers=list(v["peer"]), metrics=v["metrics"], rounds=v["rounds"],
-        allow=allow_list(v["allow"], v["allow_file"]),
+        allow=read_allow_list(v["allow"], v["allow_file"]),
         local_steps=v["local_steps"], lr=v["lr"],
         lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),
         min_peers=v["min_peers"], round_timeout_s=v["round_timeout"], device=v["device"],
         embeddings=v["embeddings"], recompute=v["recompute"], batch_size=v["batch_size"],
         ctx=v["ctx"], seed=v["seed"])
-
-
-def allow_list(ids: list[str], path: Path | None) -> frozenset[str] | None:
-    """The --allow peer IDs plus those of --allow-file (one per line, # comments), or None when
-    neither is given (everyone in the swarm counts). ValueError naming the file and line."""
-    from bitswarm.node.settings import _peer_ids
-    if not ids and path is None:
-        return None
-    out = set(ids)
-    if path is not None:
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"--allow-file {path}: cannot read it ({e})") from None
-        for n, line in enumerate(lines, 1):
-            line = line.split("#", 1)[0].strip()
-            if line:
-                try:
-                    out.update(_peer_ids(line))
-                except ValueError as e:
-                    raise ValueError(f"--allow-file {path}:{n}: {e}; expected one peer ID per "
-                                     f"line") from None
-    return frozenset(out)
 
 
 def preflight(cfg) -> None:
@@ -272,9 +250,10 @@ def cmd_start(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from bitswarm.node.settings import plain
     res = resolve_start(args, require=False)
     if args.json:
-        print(json.dumps({k: {"value": _jsonable(v), "source": res.sources[k]}
+        print(json.dumps({k: {"value": plain(v), "source": res.sources[k]}
                           for k, v in res.values.items()}))
         return EXIT_OK
     width = max(map(len, res.values))
@@ -303,14 +282,6 @@ def cmd_status(args) -> int:
     print(f"bytes in {st.get('bytes_in')} / out {st.get('bytes_out')}, uptime "
           f"{st.get('uptime_s')} s, updated {time.strftime('%H:%M:%S', time.localtime(st['updated']))}")
     return EXIT_OK
-
-
-def _jsonable(v):
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, tuple):
-        return list(v)
-    return v
 
 
 def _leaf(e: BaseException) -> BaseException:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from bitswarm.formats.hf_checkpoint import read_safetensors
 from bitswarm.formats.peft_adapter import load_adapter
 from bitswarm.fsutil import write_file_atomic
 from bitswarm.kernels.config import LoRAConfig
@@ -59,11 +59,10 @@ def save_local_state(data_dir: Path, rnd: int, st: LocalState) -> None:
 
 
 def _load_local_state(path: Path, rnd: int) -> LocalState | None:
+    if not path.is_file():
+        return None
     try:
-        blob = path.read_bytes()
-        tensors = st_load(blob)
-        n = int.from_bytes(blob[:8], "little")
-        meta = json.loads(blob[8:8 + n]).get("__metadata__", {})
+        tensors, meta = read_safetensors(path)
         if int(meta["round"]) != rnd:
             log.warning("%s is of round %s, the adapter of round %d: local optimizer and "
                         "error-feedback state start fresh", path, meta["round"], rnd)
@@ -72,8 +71,6 @@ def _load_local_state(path: Path, rnd: int) -> LocalState | None:
         moments = {k[7:]: (v, tensors[f"adam_v/{k[7:]}"]) for k, v in tensors.items()
                    if k.startswith("adam_m/")}
         return LocalState(residual, moments, int(meta["adam_t"]), json.loads(meta["rng"]))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError, KeyError, TypeError) as e:   # a corrupt file loses only speed
         log.warning("%s unreadable (%s): local optimizer and error-feedback state start fresh",
                     path, e)

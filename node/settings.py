@@ -258,6 +258,37 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config: Path | Non
     return Resolved(values, sources, config)
 
 
+def read_allow_list(ids: list[str], path: Path | None) -> frozenset[str] | None:
+    """The --allow peer IDs plus those of --allow-file (one per line, # comments), or None when
+    neither is given (everyone in the swarm counts). ValueError naming the file and line."""
+    if not ids and path is None:
+        return None
+    out = set(ids)
+    if path is not None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--allow-file {path}: cannot read it ({e})") from None
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                try:
+                    out.update(_peer_ids(line))
+                except ValueError as e:
+                    raise ValueError(f"--allow-file {path}:{n}: {e}; expected one peer ID per "
+                                     f"line") from None
+    return frozenset(out)
+
+
+def plain(v: Any) -> Any:
+    """A setting's value as TOML / JSON can hold it (paths as strings, tuples as lists)."""
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (tuple, frozenset)):
+        return list(v)
+    return v
+
+
 def to_toml(values: Mapping[str, Any]) -> str:
     """The settings as a config.toml (unset optional settings as comments), data_dir left out:
     the file lives in it."""
@@ -271,9 +302,5 @@ def to_toml(values: Mapping[str, Any]) -> str:
         if v is None:
             lines.append(f"# {s.key} =   # {s.help}")
             continue
-        if isinstance(v, Path):
-            v = str(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        lines.append(tomli_w.dumps({s.key: v}).rstrip("\n"))
+        lines.append(tomli_w.dumps({s.key: plain(v)}).rstrip("\n"))
     return "\n".join(lines) + "\n"
