@@ -10,6 +10,12 @@ Manifest (gossiped, small):   b"BSWM" | u8 version | msgpack [body: bin, signatu
     `sender` (signing.sign) over header + body. The signature binds the sender, not the
     forwarder: gossip may arrive from anyone, and a verifier needs only the sender's peer ID.
 Payload request (sent with transport.fetch):   b"BSWR" | u8 version | msgpack [round, sha256]
+State request (transport.fetch):   b"BSWS" | u8 version | msgpack [round, adapter sha256]
+Round records (signed decisions of a round) live in `round_record.py` and share the framing.
+
+Version 2 (protocol v2) adds `base_adapter` and `issued_at` to the manifest: an update is bound
+to the exact global adapter it was trained from (the swarm's history) and to a time window, so
+it can never count in another round, another run of the swarm, or a fork.
 
 Errors: every malformed input raises WireError(reason); nothing else escapes the decoders.
 """
@@ -27,9 +33,11 @@ from bitswarm.federation import signing
 
 MANIFEST_MAGIC = b"BSWM"
 REQUEST_MAGIC = b"BSWR"
-WIRE_VERSION = 1
+STATE_REQUEST_MAGIC = b"BSWS"
+WIRE_VERSION = 2
 _MANIFEST_HEADER = MANIFEST_MAGIC + bytes([WIRE_VERSION])
 _REQUEST_HEADER = REQUEST_MAGIC + bytes([WIRE_VERSION])
+_STATE_REQUEST_HEADER = STATE_REQUEST_MAGIC + bytes([WIRE_VERSION])
 
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_REQUEST_BYTES = 128
@@ -40,6 +48,7 @@ MAX_PAYLOAD_BYTES = 1 << 30          # 1 GiB; receivers bound it further from ex
 MAX_RANK = 4096
 MAX_ALPHA = 1e6
 MAX_NAME_CHARS = 128                 # swarm, sender, codec, module names
+MAX_TIME = 2**40                     # issued_at, unix seconds
 MAX_TARGET_MODULES = 16
 SHA256_BYTES = 32
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -68,7 +77,9 @@ class UpdateManifest:
     model (64 chars). lora: canonical LoRA config (see `lora_dict`). sender: base58 peer ID of the
     signer. tokens: tokens trained on this round (the FedAvg weight n_k, McMahan et al. 2017,
     arXiv:1602.05629). codec: payload codec name (bitswarm.federation.codecs). payload_sha256:
-    32-byte SHA-256 of the payload. payload_size: payload length in bytes.
+    32-byte SHA-256 of the payload. payload_size: payload length in bytes. base_adapter:
+    32-byte SHA-256 (`state_hash.adapter_sha256`) of the global adapter G_round the delta was
+    trained from. issued_at: unix seconds when the sender signed it (receivers bound its age).
     """
 
     swarm: str
@@ -80,6 +91,8 @@ class UpdateManifest:
     codec: str
     payload_sha256: bytes
     payload_size: int
+    base_adapter: bytes
+    issued_at: int
 
 
 _FIELDS = tuple(f.name for f in fields(UpdateManifest))
@@ -170,6 +183,21 @@ def check_compatible(m: UpdateManifest, *, swarm: str, base_model: str, lora: An
         raise WireError(f"different LoRA config {m.lora} (expected {ours})")
 
 
+def encode_state_request(round: int, adapter_sha256: bytes) -> bytes:
+    """Request for the global adapter G_round whose SHA-256 is `adapter_sha256` (32 bytes)."""
+    _check_request(round, adapter_sha256)
+    return _STATE_REQUEST_HEADER + msgpack.packb([round, bytes(adapter_sha256)], use_bin_type=True)
+
+
+def decode_state_request(data: bytes) -> tuple[int, bytes]:
+    """Parse a state request -> (round, adapter sha256). Raises WireError when malformed."""
+    obj = _unpack_framed(data, _STATE_REQUEST_HEADER, MAX_REQUEST_BYTES, "state request")
+    if not (isinstance(obj, list) and len(obj) == 2):
+        raise WireError("state request must be [round, sha256]")
+    _check_request(obj[0], obj[1])
+    return obj[0], obj[1]
+
+
 def encode_payload_request(round: int, payload_sha256: bytes) -> bytes:
     """Request for the payload of `round` whose SHA-256 is `payload_sha256` (32 bytes)."""
     _check_request(round, payload_sha256)
@@ -246,6 +274,9 @@ def _check_body(b: dict) -> None:
     if type(b["payload_sha256"]) is not bytes or len(b["payload_sha256"]) != SHA256_BYTES:
         raise WireError("payload_sha256 must be 32 bytes")
     _check_int("payload_size", b["payload_size"], 1, MAX_PAYLOAD_BYTES)
+    if type(b["base_adapter"]) is not bytes or len(b["base_adapter"]) != SHA256_BYTES:
+        raise WireError("base_adapter must be 32 bytes")
+    _check_int("issued_at", b["issued_at"], 0, MAX_TIME)
 
 
 def _check_request(round: Any, sha: Any) -> None:

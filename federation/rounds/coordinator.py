@@ -1,20 +1,30 @@
-"""The round state machine: publish a signed manifest, fetch peers' payloads, aggregate.
+"""The round state machine: publish a signed manifest, fetch peers' payloads, agree on the
+round's updates, hold the swarm's global adapter.
 
-Round r on one node (`RoundCoordinator.exchange`):
+The coordinator holds G_r, the global adapter round r starts from, and its digest
+(state_hash.adapter_digest). Round r on one node (`RoundCoordinator.exchange`):
   1. compress the local delta with error feedback around the injected codec, keep the payload
-     to serve it (keyed by (round, SHA-256)), gossip the signed manifest (wire.UpdateManifest);
-  2. for each manifest of round r that intake accepted (intake.py), fetch the payload from
-     the sender or a relay (fetch.py), decode it against the expected shapes (codecs);
-  3. stop when `min_peers` peers' updates are in, or at the deadline with what arrived;
-  4. aggregate with the injected rule (default FedAvg) over the own DECODED delta plus the
-     peers' decoded deltas, so nodes holding the same set of updates compute the same bits.
+     to serve it (keyed by (round, SHA-256)), gossip the signed manifest (wire.UpdateManifest,
+     naming the digest of G_r: updates trained from another adapter never mix);
+  2. for each manifest of round r and base G_r that intake accepted (intake.py), fetch the
+     payload from the sender or a relay (fetch.py), decode it against the expected shapes;
+  3. stop when `min_peers` peers' updates are in, at the deadline, or when a peer's round
+     record for (r, G_r) arrives;
+  4. agree (agreement.py): propose a signed round record of what we hold unless a record came
+     first, wait for the contributors' records, adopt the best record we can recompute;
+     G_{r+1} = G_r + rule(decoded deltas of exactly that record's updates), so every node that
+     adopts the same record holds the same bits.
 Every failure in (2) becomes a `rejected` entry with a reason and a log line; the round goes on.
 
-In the background (`run`): feed gossip to intake, serve payloads and republish manifests of
-the current and previous round (serving.py).
+`catch_up` moves a node that is behind or on a minority fork to the swarm's head: the state
+the most signers claim at the highest round (view.py), fetched from one of them by digest
+(wire state request) and checked against it.
+
+In the background (`run`): feed gossip to intake, serve payloads and adapters, republish the
+current manifest and the adopted record (serving.py).
 
 Tasks: `run` owns the republish loop; each `exchange` owns its nursery, in which a dispatcher
-reads the accepted manifests from intake's memory channel and starts one fetch per sender.
+reads intake's deliveries and starts one fetch per sender.
 
 Logger: "bitswarm.federation.rounds" (parent of the rounds.* module loggers).
 """
@@ -25,7 +35,9 @@ import hashlib
 import logging
 import math
 import numbers
+import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,14 +47,18 @@ import trio
 
 from bitswarm.federation.aggregation import AggregationRule, Contribution, FedAvg
 from bitswarm.federation.codecs import (CODECS, Codec, CodecError, ErrorFeedback, Int8BlockCodec,
-                                        decode_update, max_payload_bytes)
+                                        RawCodec, decode_update, encode_update, max_payload_bytes)
 from bitswarm.federation.identity import peer_id_of
+from bitswarm.federation.round_record import MAX_RECORD_UPDATES, RoundRecord, encode_record
+from bitswarm.federation.state_hash import adapter_digest
+from bitswarm.federation.transport import FetchError
 from bitswarm.federation.wire import (MAX_ROUND, MAX_TOKENS, UpdateManifest, WireError,
-                                      encode_manifest, lora_dict)
+                                      encode_manifest, encode_state_request, lora_dict)
 
+from .agreement import acknowledged, ranked
 from .fetch import FetchFailed, PayloadFetcher
-from .intake import ManifestIntake, RoundState
-from .serving import ServedRounds, publish_manifest, republish_loop
+from .intake import ManifestIntake, ManifestSeen, RecordSeen, RoundState
+from .serving import ServedRounds, publish, republish_loop
 
 log = logging.getLogger("bitswarm.federation.rounds")
 
@@ -54,28 +70,57 @@ class RoundResult:
     """Outcome of one round on this node.
 
     aggregate: name -> float32 array (expected shapes), the aggregation rule's result over the
-        contributors' decoded deltas; add it to the global adapter. contributors: peer IDs
-        whose updates are in the aggregate, own included, sorted. rejected: (peer ID, reason)
-        per refused manifest or payload (for a bad signature, the peer is the gossip author,
-        not the claimed sender). bytes_sent / bytes_received: the transport's counters over
-        this exchange (bytes, all traffic in that window, republishing included).
+        adopted record's decoded deltas. adapter: G_{round+1} = G_round + aggregate (float32),
+        now held by the coordinator; adapter_sha256: its hex digest. contributors: peer IDs
+        whose updates are in the aggregate, sorted. included: whether ours is among them (a
+        late update is dropped). proposer: the peer ID whose round record was adopted.
+        rejected: (peer ID, reason) per refused manifest, payload or record (for a bad
+        signature, the peer is the gossip author, not the claimed sender). bytes_sent /
+        bytes_received: the transport's counters over this exchange (all traffic in that
+        window, republishing included).
     """
 
     round: int
     aggregate: dict[str, np.ndarray]
+    adapter: dict[str, np.ndarray]
+    adapter_sha256: str
     contributors: list[str]
+    included: bool
+    proposer: str
     rejected: list[tuple[str, str]]
     bytes_sent: int
     bytes_received: int
 
 
+@dataclass(frozen=True)
+class SyncResult:
+    """A catch-up: the coordinator now holds G_round (adapter, hex adapter_sha256), fetched
+    from `source`; `signers` peers claimed it."""
+
+    round: int
+    adapter: dict[str, np.ndarray]
+    adapter_sha256: str
+    source: str
+    signers: int
+
+
 @dataclass
 class _Exchange:
-    """One exchange's progress: peers' decoded updates, and whether there are enough."""
+    """One exchange's progress: the updates of our base we hold (decoded), their signed
+    manifests, the records seen and who authored records, and the events that move it."""
 
     intake: RoundState
+    base: bytes
     contributions: dict[str, Contribution] = field(default_factory=dict)
+    manifests: dict[str, ManifestSeen] = field(default_factory=dict)
+    records: list[RoundRecord] = field(default_factory=list)
+    authors: set[str] = field(default_factory=set)
     enough: trio.Event = field(default_factory=trio.Event)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def poke(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
 
 async def _to_thread(fn: Callable[[], T]) -> T:
@@ -86,50 +131,62 @@ class RoundCoordinator:
     """Runs federated rounds over a Transport (bitswarm.federation.transport API).
 
     Args:
-        transport: publish / messages / set_payload_provider / fetch / connected_peers /
-            peer_id / byte counters.
-        key_pair: libp2p Ed25519 KeyPair of transport.peer_id (signs our manifests).
+        transport: publish / messages / set_payload_provider / set_gossip_validator / fetch /
+            connected_peers / peer_id / byte counters.
+        key_pair: libp2p Ed25519 KeyPair of transport.peer_id (signs our manifests, records).
         swarm: swarm name. base_model: hex SHA-256 of the base model.
         lora: LoRAConfig or mapping (rank, alpha, target_modules, freeze_A); peers must match.
         expected_shapes: name -> shape of every LoRA tensor (lora_A (r, in), lora_B (out, r)).
+        initial_adapter: G at `initial_round` (name -> float32, expected shapes; default zeros).
+        initial_round: the round `initial_adapter` starts (0, or a resumed node's next round).
         min_peers: valid updates from OTHER peers that complete a round early (>= 0).
-        round_timeout_s: deadline of one exchange, seconds, from its start.
+        round_timeout_s: deadline of one exchange's collection, seconds, from its start.
+        settle_s: longest wait for the contributors' round records after closing, seconds.
         fetch_timeout_s: deadline of one payload fetch, seconds.
-        republish_interval_s: period of manifest republishing, seconds.
+        republish_interval_s: period of republishing, seconds.
         codec: Codec of our payloads (default Int8BlockCodec()), wrapped in error feedback;
             we accept peers' payloads in any registered codec (codecs.CODECS).
-        aggregation: AggregationRule of the round (default FedAvg()).
+        aggregation: AggregationRule of the round (default FedAvg()); peers must use the same.
         max_rounds_ahead: manifests up to this many rounds ahead of ours are buffered.
-        max_peers_per_round: manifests buffered per round, beyond which new senders are dropped.
+        max_peers_per_round: manifests buffered per round (<= 256, a record's bound), beyond
+            which new senders are dropped.
         max_parallel_fetches: payload fetches at once.
         allowed_senders: peer IDs (base58) whose updates may count; None = anyone in the swarm.
             Others are rejected ("sender not on the allow-list") and not relayed.
+        max_age_s: oldest issued_at accepted, seconds (default max(3600, 4 x round_timeout_s)).
+        clock: unix time, seconds (time.time); stamps and checks issued_at.
         run_blocking: awaits a zero-argument function off the event loop (compression, decoding,
             aggregation). Default: trio.to_thread.run_sync. Tests under trio's MockClock pass an
             inline runner: the clock's autojump does not see worker threads.
 
     Raises ValueError on bad arguments, including a key pair that is not the transport's.
     Usage: start `run` in a nursery (`await nursery.start(coord.run)`), then call `exchange`
-    once per round with increasing round numbers.
+    once per round with increasing round numbers (`catch_up` between rounds).
     """
 
     def __init__(self, transport: Any, key_pair: Any, *, swarm: str, base_model: str, lora: Any,
-                 expected_shapes: Mapping[str, tuple[int, ...]], min_peers: int = 1,
-                 round_timeout_s: float = 300.0, fetch_timeout_s: float = 30.0,
-                 republish_interval_s: float = 2.0, codec: Codec | None = None,
-                 aggregation: AggregationRule | None = None,
-                 max_rounds_ahead: int = 2, max_peers_per_round: int = 256,
+                 expected_shapes: Mapping[str, tuple[int, ...]],
+                 initial_adapter: Mapping[str, np.ndarray] | None = None, initial_round: int = 0,
+                 min_peers: int = 1, round_timeout_s: float = 300.0, settle_s: float = 5.0,
+                 fetch_timeout_s: float = 30.0, republish_interval_s: float = 2.0,
+                 codec: Codec | None = None, aggregation: AggregationRule | None = None,
+                 max_rounds_ahead: int = 2, max_peers_per_round: int = MAX_RECORD_UPDATES,
                  max_parallel_fetches: int = 8, allowed_senders: frozenset[str] | None = None,
+                 max_age_s: float | None = None, clock: Callable[[], float] = time.time,
                  run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None) -> None:
         for name, v in [("round_timeout_s", round_timeout_s), ("fetch_timeout_s", fetch_timeout_s),
-                        ("republish_interval_s", republish_interval_s)]:
+                        ("republish_interval_s", republish_interval_s), ("settle_s", settle_s)]:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         for name, v, lo in [("min_peers", min_peers, 0), ("max_rounds_ahead", max_rounds_ahead, 0),
                             ("max_peers_per_round", max_peers_per_round, 1),
-                            ("max_parallel_fetches", max_parallel_fetches, 1)]:
+                            ("max_parallel_fetches", max_parallel_fetches, 1),
+                            ("initial_round", initial_round, 0)]:
             if type(v) is not int or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if max_peers_per_round > MAX_RECORD_UPDATES:
+            raise ValueError(f"max_peers_per_round must be <= {MAX_RECORD_UPDATES} (what a "
+                             f"round record holds), got {max_peers_per_round}")
         if not re.fullmatch(r"[0-9a-fA-F]{64}", base_model or ""):
             raise ValueError(f"base_model must be a hex SHA-256, got {base_model!r}")
         codec = Int8BlockCodec() if codec is None else codec
@@ -154,34 +211,65 @@ class RoundCoordinator:
         except WireError as e:
             raise ValueError(f"bad lora config: {e.reason}") from None
         self.expected_shapes = {k: tuple(int(d) for d in s) for k, s in expected_shapes.items()}
+        if initial_adapter is None:
+            initial_adapter = {k: np.zeros(s, np.float32) for k, s in self.expected_shapes.items()}
+        if set(initial_adapter) != set(self.expected_shapes) or any(
+                tuple(np.shape(initial_adapter[k])) != s for k, s in self.expected_shapes.items()):
+            raise ValueError("initial_adapter keys/shapes differ from expected_shapes")
         self.min_peers = min_peers
         self.round_timeout_s = float(round_timeout_s)
+        self.settle_s = float(settle_s)
         self.fetch_timeout_s = float(fetch_timeout_s)
         self.republish_interval_s = float(republish_interval_s)
         self.codec = codec
         self.aggregation = aggregation
         self.max_rounds_ahead = max_rounds_ahead
         self.max_peers_per_round = max_peers_per_round
+        self._clock = clock
         self._run_blocking = run_blocking or _to_thread
         self._ef = ErrorFeedback(codec)
+        self._max_payload = max_payload_bytes(self.expected_shapes)
         self._intake = ManifestIntake(
             peer_id=self.peer_id, swarm=swarm, base_model=self.base_model, lora=self.lora,
-            max_payload=max_payload_bytes(self.expected_shapes),
+            rule=aggregation.name, max_payload=self._max_payload,
             max_rounds_ahead=max_rounds_ahead, max_peers_per_round=max_peers_per_round,
-            allowed_senders=allowed_senders)
+            allowed_senders=allowed_senders, clock=clock,
+            max_age_s=max(3600.0, 4 * self.round_timeout_s) if max_age_s is None else max_age_s)
         self._fetcher = PayloadFetcher(transport, fetch_timeout_s=self.fetch_timeout_s,
                                        max_parallel_fetches=max_parallel_fetches)
         self._served = ServedRounds()
-        self._last_round: int | None = None
+        self._rng = random.Random()
+        self._round = initial_round
+        self._set_adapter(initial_round, initial_adapter)
         self._running = False
         self._exchanging = False
 
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def round(self) -> int:
+        """The round the held adapter starts: the next round this node takes part in."""
+        return self._round
+
+    @property
+    def adapter(self) -> dict[str, np.ndarray]:
+        """The held global adapter G_round (name -> float32; do not modify)."""
+        return self._adapter
+
+    @property
+    def adapter_sha256(self) -> str:
+        """Hex SHA-256 of the held adapter (state_hash.adapter_sha256)."""
+        return self._digest.hex()
+
     @property
     def latest_round_seen(self) -> int | None:
-        """Highest round of a valid, compatible manifest received (None before the first)."""
+        """Highest round a valid, compatible message claimed (None before the first)."""
         return self._intake.latest_round_seen
 
-    # --- public API ----------------------------------------------------------------------
+    @property
+    def view(self):
+        """The swarm view (rounds/view.py): signed claims of who holds which adapter."""
+        return self._intake.view
 
     @property
     def error_feedback(self) -> ErrorFeedback:
@@ -190,7 +278,7 @@ class RoundCoordinator:
         return self._ef
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve payloads, consume gossip and republish manifests until cancelled (or until
+        """Serve payloads and adapters, consume gossip and republish until cancelled (or until
         the transport's message channel closes). Reports started once it serves payloads."""
         self.transport.set_payload_provider(self._served.serve)
         self.transport.set_gossip_validator(self._intake.relayable)   # relay only what we accept
@@ -209,8 +297,10 @@ class RoundCoordinator:
 
     async def exchange(self, round: int, delta: Mapping[str, np.ndarray],
                        tokens: int) -> RoundResult:
-        """Run round `round` with our `delta` (name -> float32, expected shapes) trained on
-        `tokens` tokens (int >= 1, our FedAvg weight). Returns within about round_timeout_s.
+        """Run round `round` (>= self.round; the held adapter is its base) with our `delta`
+        (name -> float32, expected shapes) trained on `tokens` tokens (int >= 1, our FedAvg
+        weight). Returns within about round_timeout_s + settle_s (plus the fetches a record
+        we adopt needs); the coordinator then holds G_{round+1}.
 
         Raises ValueError (bad round, tokens or delta; rounds must increase) and RuntimeError
         (run() not started, or another exchange in progress). Peer failures never raise.
@@ -226,8 +316,8 @@ class RoundCoordinator:
             tokens = int(tokens)
         if type(round) is not int or not 0 <= round <= MAX_ROUND:
             raise ValueError(f"round must be an int in [0, {MAX_ROUND}], got {round!r}")
-        if self._last_round is not None and round <= self._last_round:
-            raise ValueError(f"round {round} is not after the last round {self._last_round}")
+        if round < self._round:
+            raise ValueError(f"round {round} is before the held adapter's round {self._round}")
         if type(tokens) is not int or not 1 <= tokens <= MAX_TOKENS:
             raise ValueError(f"tokens must be an int in [1, {MAX_TOKENS}], got {tokens!r}")
         if set(delta) != set(self.expected_shapes) or any(
@@ -239,6 +329,43 @@ class RoundCoordinator:
         finally:
             self._exchanging = False
 
+    async def catch_up(self) -> SyncResult | None:
+        """Move to the swarm's head if we are behind it or on a fork with fewer signers
+        (view.py): fetch the head adapter by digest from a signer and check it. A head claimed
+        by a single signer while others exist is not trusted. Returns None when we are at the
+        head (or no signer served it; logged). Call between exchanges, never during one."""
+        if self._exchanging:
+            raise RuntimeError("catch_up during an exchange")
+        view = self._intake.view
+        head = view.head(exclude=self.peer_id)
+        if head is None or head.round < self._round:
+            return None
+        if head.round == self._round:
+            if head.digest == self._digest:
+                return None
+            ours = len(view.support(self._round, self._digest, exclude=self.peer_id)) + 1
+            if (ours, head.digest) > (len(head.signers), self._digest):
+                return None                          # we are on the better-supported side
+        if len(head.signers) < 2 <= view.signers(exclude=self.peer_id):
+            log.warning("round %d: head %s… claimed by only %s; not syncing to it", head.round,
+                        head.digest.hex()[:16], head.signers[0])
+            return None
+        log.info("the swarm is at round %d (adapter %s…, %d signer(s)); we hold round %d (%s…): "
+                 "syncing", head.round, head.digest.hex()[:16], len(head.signers), self._round,
+                 self._digest.hex()[:16])
+        request = encode_state_request(head.round, head.digest)
+        sources = list(head.signers)
+        self._rng.shuffle(sources)
+        for source in sources[:4]:
+            adapter = await self._fetch_state(source, request, head.digest)
+            if adapter is not None:
+                self._set_adapter(head.round, adapter)
+                return SyncResult(head.round, adapter, head.digest.hex(), source,
+                                  len(head.signers))
+        log.warning("round %d: no signer served adapter %s…; staying at round %d", head.round,
+                    head.digest.hex()[:16], self._round)
+        return None
+
     def buffered(self, round: int) -> list[str]:
         """Senders (sorted) of valid manifests held for `round` (for tests and status)."""
         return self._intake.buffered(round)
@@ -248,66 +375,160 @@ class RoundCoordinator:
     async def _exchange(self, round: int, delta: Mapping[str, np.ndarray],
                         tokens: int) -> RoundResult:
         sent0, received0 = self.transport.bytes_sent, self.transport.bytes_received
+        base, base_digest = self._adapter, self._digest
         payload, own = await self._run_blocking(functools.partial(self._ef.compress, delta))
         sha = hashlib.sha256(payload).digest()
         manifest = UpdateManifest(
             swarm=self.swarm, round=round, base_model=self.base_model, lora=self.lora,
             sender=self.peer_id, tokens=tokens, codec=self.codec.wire_name, payload_sha256=sha,
-            payload_size=len(payload))
+            payload_size=len(payload), base_adapter=base_digest, issued_at=int(self._clock()))
         data = encode_manifest(manifest, self.key_pair)
-        self._last_round = round
-        ex = _Exchange(self._intake.enter(round))
+        ex = _Exchange(self._intake.enter(round), base_digest)
+        ex.contributions[self.peer_id] = Contribution(self.peer_id, tokens, own)
+        ex.manifests[self.peer_id] = ManifestSeen(manifest, data)
         self._served.enter(round)
         self._served.payloads[(round, sha)] = payload        # serve before announcing
         self._served.manifests[round] = data
         log.info("round %d: publishing update (%d bytes, %d tokens, %d manifests buffered)",
                  round, len(payload), tokens, len(ex.intake.manifests))
-
         try:
-            with trio.move_on_after(self.round_timeout_s) as deadline:
-                await publish_manifest(self.transport, data, round, self.fetch_timeout_s)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._dispatch, self._intake.open(round), nursery, ex)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dispatch, self._intake.open(round, base_digest),
+                                   nursery, ex)
+                with trio.move_on_after(self.round_timeout_s) as deadline:
+                    await publish(self.transport, data, round, self.fetch_timeout_s)
                     self._check_enough(ex)
                     await ex.enough.wait()
-                    nursery.cancel_scope.cancel()       # stragglers' fetches are not needed
+                self._log_close(round, ex, deadline.cancelled_caught)
+                record, aggregate, adapter = await self._agree(round, base, ex)
+                nursery.cancel_scope.cancel()       # stragglers' fetches are not needed
         finally:
-            self._intake.close(round)                   # late manifests for this round: ignored
-
-        got = len(ex.contributions)
-        if deadline.cancelled_caught:
-            if got:
-                log.warning("round %d: deadline (%.1f s) with %d of %d peer updates; aggregating "
-                            "those", round, self.round_timeout_s, got, self.min_peers)
-            else:
-                log.warning("round %d: deadline (%.1f s) with no valid peer update; the aggregate "
-                            "is our own decoded delta alone", round, self.round_timeout_s)
-        contributions = [Contribution(self.peer_id, tokens, own), *ex.contributions.values()]
-        aggregate = await self._run_blocking(
-            functools.partial(self.aggregation.aggregate, round, contributions))
-        contributors = sorted(c.peer_id for c in contributions)
-        log.info("round %d: aggregated %d updates (%s), %d rejected", round, len(contributors),
-                 ", ".join(p[-8:] for p in contributors), len(ex.intake.rejected))
-        return RoundResult(round=round, aggregate=aggregate, contributors=contributors,
+            self._intake.close(round)               # late messages for this round: ignored
+        self._served.records = {round: record.data}
+        self._set_adapter(round + 1, adapter)
+        contributors = record.contributors
+        included = self.peer_id in contributors
+        if not included:
+            log.warning("round %d: our update came too late for the record the swarm adopted "
+                        "(proposer %s); it is dropped", round, record.proposer)
+        log.info("round %d: aggregated %d updates (%s) per the record of %s, %d rejected", round,
+                 len(contributors), ", ".join(p[-8:] for p in contributors),
+                 "ours" if record.proposer == self.peer_id else record.proposer,
+                 len(ex.intake.rejected))
+        return RoundResult(round=round, aggregate=aggregate, adapter=adapter,
+                           adapter_sha256=self._digest.hex(), contributors=contributors,
+                           included=included, proposer=record.proposer,
                            rejected=list(ex.intake.rejected),
                            bytes_sent=self.transport.bytes_sent - sent0,
                            bytes_received=self.transport.bytes_received - received0)
 
-    async def _dispatch(self, inbox: trio.MemoryReceiveChannel[UpdateManifest],
-                        nursery: trio.Nursery, ex: _Exchange) -> None:
-        """Start one fetch per accepted manifest, in the exchange's nursery, until intake
-        closes the round (or the exchange cancels the nursery)."""
-        async with inbox:
-            async for m in inbox:
-                nursery.start_soon(self._fetch_one, ex, m)
+    def _log_close(self, round: int, ex: _Exchange, deadline: bool) -> None:
+        got = len(ex.contributions) - 1
+        if ex.records:
+            log.info("round %d: a peer's round record arrived with %d of our %d peer update(s) "
+                     "in", round, got, self.min_peers)
+        elif deadline and got:
+            log.warning("round %d: deadline (%.1f s) with %d of %d peer updates; proposing "
+                        "those", round, self.round_timeout_s, got, self.min_peers)
+        elif deadline:
+            log.warning("round %d: deadline (%.1f s) with no valid peer update; proposing our "
+                        "own delta alone", round, self.round_timeout_s)
 
-    async def _fetch_one(self, ex: _Exchange, m: UpdateManifest) -> None:
-        """Fetch, verify, decode and file one peer's update; failures become rejections."""
+    async def _agree(self, round: int, base: Mapping[str, np.ndarray],
+                     ex: _Exchange) -> tuple[RoundRecord, dict, dict]:
+        """Propose unless a record came first, settle, adopt the best record that recomputes
+        (agreement.py). Returns (record, aggregate, new adapter)."""
+        own: tuple[RoundRecord, dict, dict] | None = None
+        if not ex.records:
+            own = await self._propose(round, base, ex)
+        with trio.move_on_after(self.settle_s):
+            while not acknowledged(ranked(ex.records)[0], ex.authors, self.peer_id):
+                await ex.changed.wait()
+        for record in ranked(ex.records):
+            if own is not None and record is own[0]:
+                return own
+            verified = await self._verify(round, base, record, ex)
+            if verified is not None:
+                await publish(self.transport, record.data, round, self.fetch_timeout_s)  # ack
+                return (record, *verified)
+        if own is None:                              # every peer record failed to recompute
+            own = await self._propose(round, base, ex)
+        return own
+
+    async def _propose(self, round: int, base: Mapping[str, np.ndarray],
+                       ex: _Exchange) -> tuple[RoundRecord, dict, dict]:
+        contributions = sorted(ex.contributions.values(), key=lambda c: c.peer_id)
+        aggregate, adapter = await self._run_blocking(
+            functools.partial(self._apply, round, base, contributions))
+        record = encode_record(
+            swarm=self.swarm, round=round, base_model=self.base_model, lora=self.lora,
+            rule=self.aggregation.name, base_adapter=ex.base,
+            new_adapter=adapter_digest(adapter), issued_at=int(self._clock()),
+            update_bytes=[ex.manifests[c.peer_id].data for c in contributions],
+            key_pair=self.key_pair)
+        ex.records.append(record)
+        await publish(self.transport, record.data, round, self.fetch_timeout_s)
+        return record, aggregate, adapter
+
+    def _apply(self, round: int, base: Mapping[str, np.ndarray],
+               contributions: list[Contribution]) -> tuple[dict, dict]:
+        aggregate = self.aggregation.aggregate(round, contributions)
+        adapter = {k: (base[k] + aggregate[k]).astype(np.float32) for k in base}
+        return aggregate, adapter
+
+    async def _verify(self, round: int, base: Mapping[str, np.ndarray], record: RoundRecord,
+                      ex: _Exchange) -> tuple[dict, dict] | None:
+        """Recompute `record` from its updates (fetching the payloads we lack); the
+        (aggregate, adapter) if its new adapter digest matches, else None (rejection filed)."""
+        contributions = []
+        with trio.move_on_after(self.round_timeout_s):
+            for m in record.updates:
+                held = ex.contributions.get(m.sender)
+                if held is not None and ex.manifests[m.sender].manifest.payload_sha256 == \
+                        m.payload_sha256:
+                    contributions.append(Contribution(m.sender, m.tokens, held.delta))
+                    continue
+                if m.sender == self.peer_id:
+                    ex.intake.reject(record.proposer, "round record names an update of ours "
+                                     "that we did not send this round")
+                    return None
+                delta = await self._fetch_decoded(m, ex)
+                if delta is None:
+                    ex.intake.reject(record.proposer, f"round record: update of {m.sender} "
+                                     "could not be fetched to check it")
+                    return None
+                contributions.append(Contribution(m.sender, m.tokens, delta))
+            aggregate, adapter = await self._run_blocking(
+                functools.partial(self._apply, round, base, contributions))
+            if adapter_digest(adapter) != record.new_adapter:
+                ex.intake.reject(record.proposer, "round record's new adapter does not "
+                                 "recompute from its updates")
+                return None
+            return aggregate, adapter
+        ex.intake.reject(record.proposer, "round record: checking it timed out")
+        return None
+
+    async def _dispatch(self, inbox: trio.MemoryReceiveChannel, nursery: trio.Nursery,
+                        ex: _Exchange) -> None:
+        """Start one fetch per accepted manifest and file each record, in the exchange's
+        nursery, until intake closes the round (or the exchange cancels the nursery)."""
+        async with inbox:
+            async for item in inbox:
+                if isinstance(item, RecordSeen):
+                    ex.records.append(item.record)
+                    ex.authors.update({item.author, item.record.proposer})
+                    ex.enough.set()                  # a peer closed the round: stop collecting
+                    ex.poke()
+                else:
+                    nursery.start_soon(self._fetch_one, ex, item)
+
+    async def _fetch_decoded(self, m: UpdateManifest, ex: _Exchange) -> dict | None:
+        """Fetch, verify and decode one peer's update; failures become rejections (None)."""
         try:
             data, source = await self._fetcher.fetch(m)
         except FetchFailed as e:
             ex.intake.reject(m.sender, e.reason)
-            return
+            return None
         try:
             # The bytes match the signed manifest: a decode failure is the sender's doing.
             delta = await self._run_blocking(functools.partial(
@@ -315,13 +536,48 @@ class RoundCoordinator:
                 max_bytes=m.payload_size, codec=m.codec))
         except CodecError as e:
             ex.intake.reject(m.sender, f"bad payload: {e}")
-            return
+            return None
         self._served.payloads[(m.round, m.payload_sha256)] = data   # relay it for peers behind us
-        ex.contributions[m.sender] = Contribution(m.sender, m.tokens, delta)
         log.info("round %d: update from %s accepted (%d bytes, %d tokens, via %s)", m.round,
                  m.sender, len(data), m.tokens, "sender" if source == m.sender else source)
+        return delta
+
+    async def _fetch_one(self, ex: _Exchange, seen: ManifestSeen) -> None:
+        m = seen.manifest
+        delta = await self._fetch_decoded(m, ex)
+        if delta is None:
+            return
+        ex.contributions[m.sender] = Contribution(m.sender, m.tokens, delta)
+        ex.manifests[m.sender] = seen
         self._check_enough(ex)
 
     def _check_enough(self, ex: _Exchange) -> None:
-        if len(ex.contributions) >= self.min_peers:
+        if len(ex.contributions) - 1 >= self.min_peers:
             ex.enough.set()
+
+    # --- the held adapter ----------------------------------------------------------------
+
+    def _set_adapter(self, round: int, adapter: Mapping[str, np.ndarray]) -> None:
+        """Hold G_round and serve it to peers that sync (raw float32: lossless)."""
+        self._round = round
+        self._adapter = {k: np.asarray(v, np.float32) for k, v in adapter.items()}
+        self._digest = adapter_digest(self._adapter)
+        self._intake.view.note(self.peer_id, round, self._digest)
+        payload, _ = encode_update(self._adapter, codec=RawCodec())
+        self._served.states = {k: v for k, v in self._served.states.items() if k[0] >= round - 1}
+        self._served.states[(round, self._digest)] = payload
+
+    async def _fetch_state(self, source: str, request: bytes, digest: bytes) -> dict | None:
+        try:
+            data = await self.transport.fetch(source, request, max_bytes=self._max_payload,
+                                              timeout_s=self.fetch_timeout_s)
+            adapter = await self._run_blocking(functools.partial(
+                decode_update, data, expected_shapes=self.expected_shapes,
+                max_bytes=self._max_payload, codec=RawCodec.wire_name))
+        except (FetchError, CodecError) as e:
+            log.warning("state from %s: %s", source, e)
+            return None
+        if adapter_digest(adapter) != digest:
+            log.warning("state from %s does not match the digest it claimed; ignored", source)
+            return None
+        return adapter

@@ -1,10 +1,12 @@
-"""What a node offers the swarm: payloads by (round, SHA-256), served to any peer that asks,
-and its signed manifests, republished, both for the current and the previous round.
+"""What a node offers the swarm: payloads by (round, SHA-256) and global adapters by (round,
+SHA-256), served to any peer that asks; its signed manifest of the current round and the round
+record it adopted last, republished.
 
 Gossipsub may publish before a peer's subscription is known, and late joiners miss messages,
-so manifests are republished every interval (receivers dedupe by (sender, round)). Payloads
-of the previous round stay served (our own and the verified ones we relay) for peers a round
-behind.
+so both are republished every interval (receivers dedupe). Payloads of the previous round stay
+served (our own and the verified ones we relay) for peers a round behind, who need them to
+check the record they adopt. The adopted record is what a straggler or a newcomer needs to
+reach the swarm's adapter; republishing it is also our acknowledgement of it (agreement.py).
 
 Logger: "bitswarm.federation.rounds.serving".
 """
@@ -16,55 +18,64 @@ from typing import Any
 import trio
 
 from bitswarm.federation.transport import TransportError
-from bitswarm.federation.wire import WireError, decode_payload_request
+from bitswarm.federation.wire import (STATE_REQUEST_MAGIC, WireError, decode_payload_request,
+                                      decode_state_request)
 
 log = logging.getLogger("bitswarm.federation.rounds.serving")
 
-SERVED_ROUNDS = 2                     # payloads and republished manifests: current + previous
+SERVED_ROUNDS = 2                     # payloads and adapters: current + previous round
 
 
 class ServedRounds:
-    """Payloads and manifests of the last SERVED_ROUNDS rounds."""
+    """Payloads, adapters and our messages of the last SERVED_ROUNDS rounds."""
 
     def __init__(self) -> None:
         self.payloads: dict[tuple[int, bytes], bytes] = {}   # (round, sha256) -> payload
+        self.states: dict[tuple[int, bytes], bytes] = {}     # (round, adapter sha256) -> payload
         self.manifests: dict[int, bytes] = {}                # round -> our signed manifest
+        self.records: dict[int, bytes] = {}                  # round -> the record adopted last
 
     def enter(self, rnd: int) -> None:
-        """Round `rnd` starts: drop what is older than the previous round."""
+        """Round `rnd` starts: drop what is older than the previous round and manifests of
+        earlier rounds (the adopted record carries those that counted)."""
         keep_from = rnd - (SERVED_ROUNDS - 1)
         self.payloads = {k: v for k, v in self.payloads.items() if k[0] >= keep_from}
-        self.manifests = {r: v for r, v in self.manifests.items() if r >= keep_from}
+        self.states = {k: v for k, v in self.states.items() if k[0] >= keep_from}
+        self.manifests = {r: v for r, v in self.manifests.items() if r >= rnd}
 
     def serve(self, request: bytes) -> bytes | None:
-        """Payload provider for the transport (a wire payload request -> bytes or None):
-        a dict lookup, safe on the event loop. Malformed requests get None."""
+        """Provider for the transport (a wire payload or state request -> bytes or None): a
+        dict lookup, safe on the event loop. Malformed requests get None."""
         try:
-            rnd, sha = decode_payload_request(request)
+            if bytes(request[:4]) == STATE_REQUEST_MAGIC:
+                return self.states.get(decode_state_request(request))
+            return self.payloads.get(decode_payload_request(request))
         except WireError as e:
-            log.debug("bad payload request: %s", e.reason)
+            log.debug("bad request: %s", e.reason)
             return None
-        return self.payloads.get((rnd, sha))
+
+    def gossip(self) -> list[tuple[int, bytes]]:
+        """(round, message) to republish: the adopted records, then our manifests."""
+        return sorted(self.records.items()) + sorted(self.manifests.items())
 
 
-async def publish_manifest(transport: Any, data: bytes, rnd: int, timeout_s: float) -> None:
-    """Gossip our manifest `data` of round `rnd` within `timeout_s` seconds; a failure is
+async def publish(transport: Any, data: bytes, rnd: int, timeout_s: float) -> None:
+    """Gossip our message `data` of round `rnd` within `timeout_s` seconds; a failure is
     logged (the republish loop retries), never raised."""
     try:
         with trio.move_on_after(timeout_s) as scope:
             await transport.publish(data)
     except TransportError as e:
-        log.warning("round %d: publishing our manifest failed (%s); will retry", rnd, e)
+        log.warning("round %d: publishing failed (%s); will retry", rnd, e)
         return
     if scope.cancelled_caught:
-        log.warning("round %d: publishing our manifest timed out; will retry", rnd)
+        log.warning("round %d: publishing timed out; will retry", rnd)
 
 
 async def republish_loop(transport: Any, served: ServedRounds, interval_s: float,
                          timeout_s: float) -> None:
-    """Every `interval_s` seconds, publish each manifest in `served` again, oldest round
-    first. Runs until cancelled."""
+    """Every `interval_s` seconds, publish `served.gossip()` again. Runs until cancelled."""
     while True:
         await trio.sleep(interval_s)
-        for rnd, data in sorted(served.manifests.items()):
-            await publish_manifest(transport, data, rnd, timeout_s)
+        for rnd, data in served.gossip():
+            await publish(transport, data, rnd, timeout_s)

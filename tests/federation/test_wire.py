@@ -25,7 +25,8 @@ def key_pair():
 def _manifest(key_pair, **over) -> UpdateManifest:
     fields = dict(swarm="test-swarm", round=3, base_model=BASE, lora=wire.lora_dict(LORA),
                   sender=peer_id_of(key_pair), tokens=4096, codec="int8-block-zstd/1",
-                  payload_sha256=hashlib.sha256(b"payload").digest(), payload_size=7)
+                  payload_sha256=hashlib.sha256(b"payload").digest(), payload_size=7,
+                  base_adapter=hashlib.sha256(b"G_3").digest(), issued_at=1_800_000_000)
     fields.update(over)
     return UpdateManifest(**fields)
 
@@ -46,7 +47,7 @@ def _resign(key_pair, body_map: dict) -> bytes:
 def test_round_trip(key_pair):
     m = _manifest(key_pair)
     data = wire.encode_manifest(m, key_pair)
-    assert data[:4] == b"BSWM" and data[4] == 1
+    assert data[:4] == b"BSWM" and data[4] == 2
     assert len(data) < 512
     assert wire.decode_manifest(data) == m
 
@@ -78,7 +79,7 @@ def test_tampered_body_fails_signature(key_pair):
 @pytest.mark.parametrize("mutate, match", [
     (lambda d: d[:-1], "truncated"),
     (lambda d: b"XXXX" + d[4:], "magic"),
-    (lambda d: d[:4] + b"\x02" + d[5:], "version"),
+    (lambda d: d[:4] + b"\x01" + d[5:], "version"),      # v1 (no base adapter) is refused
     (lambda d: d + b"\x00", "trailing"),
     (lambda d: d[:5] + b"\xc1" + d[6:], "msgpack"),
     (lambda d: d[:5] + msgpack.packb([b"x"]), "frame"),

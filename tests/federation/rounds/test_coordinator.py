@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 
 import msgpack
 import numpy as np
@@ -20,9 +21,11 @@ import zstandard
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from bitswarm.federation import codecs, wire
+from bitswarm.federation.round_record import decode_record, encode_record
 from bitswarm.federation.aggregation import AggregationRule, Contribution, fedavg
 from bitswarm.federation.identity import peer_id_of
 from bitswarm.federation.rounds import RoundCoordinator
+from bitswarm.federation.state_hash import adapter_digest
 from bitswarm.federation.transport import FetchError, GossipMessage
 from bitswarm.kernels.config import LoRAConfig
 
@@ -208,7 +211,9 @@ def test_next_round_manifest_arriving_early_is_buffered():
     run_mock(main)
 
 
-def test_peer_rounds_ahead_is_buffered_within_bound():
+def test_a_round_the_swarm_closed_is_adopted_and_the_window_is_bounded():
+    """b runs rounds 0 and 1 alone; a, starting later, finds b's round records for its rounds
+    and adopts them (its own updates came too late), holding b's adapter bit for bit."""
     async def main():
         net = MemoryNetwork()
         a = make_coord(net, min_peers=1, republish_interval_s=1e4)
@@ -219,23 +224,28 @@ def test_peer_rounds_ahead_is_buffered_within_bound():
             b0 = await b.exchange(0, delta_for(10), 40)
             b1 = await b.exchange(1, delta_for(11), 40)
             assert a.buffered(0) == a.buffered(1) == [b.peer_id]   # a has not started round 0
-            for rnd in (0, 1):
+            for rnd, b_res in ((0, b0), (1, b1)):
                 t0 = trio.current_time()
                 res = await a.exchange(rnd, delta_for(20 + rnd), 60)
                 assert trio.current_time() - t0 < 1.0
-                assert res.contributors == sorted([a.peer_id, b.peer_id])
-            # a is now at round 1: rounds up to 1 + 1 + max_rounds_ahead are buffered, no more.
+                assert res.contributors == [b.peer_id] and not res.included
+                assert res.proposer == b.peer_id
+                assert res.adapter_sha256 == b_res.adapter_sha256 == a.adapter_sha256
+            # a is now at round 2: rounds up to 2 + max_rounds_ahead are buffered, no more.
             await b.exchange(2 + a.max_rounds_ahead, delta_for(12), 40)
             await b.exchange(3 + a.max_rounds_ahead, delta_for(13), 40)
             assert a.buffered(2 + a.max_rounds_ahead) == [b.peer_id]
             assert a.buffered(3 + a.max_rounds_ahead) == []
-            assert b0.contributors == b1.contributors == [b.peer_id]
+            assert b0.contributors == b1.contributors == [b.peer_id] and b0.included
             n.cancel_scope.cancel()
     run_mock(main)
 
 
-@pytest.mark.parametrize("failures, accepted", [(2, True), (3, False)])
+@pytest.mark.parametrize("failures, accepted", [(2, True), (6, False)])
 def test_transient_fetch_failures_are_retried(failures, accepted):
+    """a must fetch b's payload to check b's round record: failed passes are retried (the
+    collection's fetch and the check's fetch each make 3); when all 6 fail, the record cannot
+    be checked, so a refuses it and proposes its own."""
     async def main():
         net = MemoryNetwork()
         a, b = make_coord(net, min_peers=1), make_coord(net, min_peers=0)
@@ -243,13 +253,15 @@ def test_transient_fetch_failures_are_retried(failures, accepted):
             await n.start(a.run)
             await n.start(b.run)
             b.transport.failing_serves = failures
-            await b.exchange(0, delta_for(1), 10)
+            b_res = await b.exchange(0, delta_for(1), 10)
             res = await a.exchange(0, delta_for(2), 10)
             if accepted:
-                assert res.contributors == sorted([a.peer_id, b.peer_id]) and res.rejected == []
+                assert res.contributors == [b.peer_id] and res.rejected == []
+                assert res.adapter_sha256 == b_res.adapter_sha256
             else:
-                assert res.contributors == [a.peer_id]
-                assert res.rejected == [(b.peer_id, "fetch failed: connection: injected dial failure")]
+                assert res.contributors == [a.peer_id] and res.proposer == a.peer_id
+                assert (b.peer_id, "fetch failed: connection: injected dial failure") in res.rejected
+                assert any(p == b.peer_id and "could not be fetched" in r for p, r in res.rejected)
             n.cancel_scope.cancel()
     run_mock(main)
 
@@ -297,11 +309,15 @@ def test_republish_reaches_a_late_joiner():
     run_mock(main)
 
 
+ZERO_DIGEST = adapter_digest({k: np.zeros(s, np.float32) for k, s in SHAPES.items()})
+
+
 def _hostile_manifest(kp, payload: bytes, *, rnd=0, signer=None, **over) -> bytes:
     m = wire.UpdateManifest(swarm=SWARM, round=rnd, base_model=BASE, lora=wire.lora_dict(LORA),
                             sender=peer_id_of(kp), tokens=10**6, codec=codecs.INT8_CODEC,
                             payload_sha256=hashlib.sha256(payload).digest(),
-                            payload_size=len(payload))
+                            payload_size=len(payload), base_adapter=ZERO_DIGEST,
+                            issued_at=int(time.time()))
     return wire.encode_manifest(dataclasses.replace(m, **over), signer or kp)
 
 
@@ -420,7 +436,7 @@ def test_alone_at_deadline_aggregate_is_own_decoded_delta(caplog):
             _, decoded = codecs.encode_update(delta)     # first round: no residual yet
             assert res.contributors == [a.peer_id] and same_bits(res.aggregate, decoded)
             n.cancel_scope.cancel()
-        assert "no valid peer update" in caplog.text and "own decoded delta alone" in caplog.text
+        assert "no valid peer update" in caplog.text and "own delta alone" in caplog.text
     run_mock(main)
 
 
@@ -434,8 +450,9 @@ def test_payloads_served_for_last_two_rounds_only():
                 await a.exchange(rnd, delta_for(rnd), 10)
             manifests = {}
             for sender, data in net.published:
-                m = wire.decode_manifest(data)
-                manifests[m.round] = m
+                if data[:4] == wire.MANIFEST_MAGIC:
+                    m = wire.decode_manifest(data)
+                    manifests[m.round] = m
             provider = a.transport._provider
             assert provider(wire.encode_payload_request(0, manifests[0].payload_sha256)) is None
             for rnd in (1, 2):
@@ -443,10 +460,12 @@ def test_payloads_served_for_last_two_rounds_only():
                 assert p is not None and hashlib.sha256(p).digest() == manifests[rnd].payload_sha256
             assert provider(b"junk") is None
             assert provider(wire.encode_payload_request(2, b"\x00" * 32)) is None
-            # Only the current and previous rounds' manifests are republished.
+            # Republished: the current round's manifest and the record adopted last.
             net.published.clear()
             await trio.sleep(2.5)
-            assert sorted(wire.decode_manifest(d).round for _, d in net.published) == [1, 2]
+            assert [(d[:4], wire.decode_manifest(d).round if d[:4] == wire.MANIFEST_MAGIC
+                     else decode_record(d).round) for _, d in net.published] == \
+                [(b"BSRR", 2), (b"BSWM", 2)]
             n.cancel_scope.cancel()
     run_mock(main)
 
@@ -477,7 +496,7 @@ def test_exchange_argument_errors():
                     await b.exchange(5, delta_for(0), 10)
                 inner.cancel_scope.cancel()
             await a.exchange(3, delta_for(0), 10)
-            with pytest.raises(ValueError, match="not after"):
+            with pytest.raises(ValueError, match="before the held adapter's round"):
                 await a.exchange(3, delta_for(0), 10)
             n.cancel_scope.cancel()
     run_mock(main)
@@ -511,7 +530,8 @@ def test_injected_codecs_mix_in_one_swarm_and_lossless_gives_exact_fedavg():
                 await n.start(c.run)
             res = await exchange_all(coords, 0, tokens=[100, 300, 600])
             n.cancel_scope.cancel()
-        assert sorted(wire.decode_manifest(d).codec for _, d in net.published) == \
+        assert sorted(wire.decode_manifest(d).codec for _, d in net.published
+                      if d[:4] == wire.MANIFEST_MAGIC) == \
             ["int8-block-zstd/1", "raw-zstd/1", "raw-zstd/1"]
         assert all(r.rejected == [] and same_bits(r.aggregate, res[0].aggregate) for r in res)
         _, int8_decoded = codecs.encode_update(delta_for(2), codec=codecs.Int8BlockCodec(block=64))
@@ -550,3 +570,143 @@ def test_seam_argument_errors():
             make_coord(net, codec=bad)
     with pytest.raises(ValueError, match="aggregation"):
         make_coord(net, aggregation=fedavg)
+
+
+# --- protocol v2: agreement, stragglers, catch-up, forks ----------------------------------
+
+def test_more_peers_than_min_peers_and_uneven_speeds_do_not_split_the_swarm():
+    """5 nodes with --min-peers 1 finishing their training at different times: each round,
+    every node adopts the same record and holds the same adapter."""
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net, min_peers=1) for _ in range(5)]
+        rng = np.random.default_rng(0)
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            for rnd in range(3):
+                delays = rng.uniform(0, 3, len(coords))
+                results = [None] * len(coords)
+
+                async def one(i):
+                    await trio.sleep(delays[i])           # uneven training times
+                    results[i] = await coords[i].exchange(rnd, delta_for(100 * rnd + i), 50 + i)
+                async with trio.open_nursery() as inner:
+                    for i in range(len(coords)):
+                        inner.start_soon(one, i)
+                assert len({r.adapter_sha256 for r in results}) == 1, [r.contributors for r in results]
+                assert len({r.proposer for r in results}) == 1
+                assert len({c.adapter_sha256 for c in coords}) == 1
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_a_straggler_past_the_deadline_adopts_the_swarms_record(caplog):
+    caplog.set_level(logging.WARNING, logger="bitswarm.federation.rounds")
+
+    async def main():
+        net = MemoryNetwork()
+        fast, slow = make_coord(net, min_peers=1), make_coord(net, min_peers=1)
+        async with trio.open_nursery() as n:
+            await n.start(fast.run)
+            await n.start(slow.run)
+            results = {}
+
+            async def run(c, name, delay):
+                await trio.sleep(delay)
+                results[name] = await c.exchange(0, delta_for(len(name)), 10)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(run, fast, "fast", 0.0)
+                inner.start_soon(run, slow, "slow", TIMEOUT_S + 15)   # trains past the deadline
+            assert results["fast"].contributors == results["slow"].contributors == [fast.peer_id]
+            assert not results["slow"].included and results["slow"].proposer == fast.peer_id
+            assert fast.adapter_sha256 == slow.adapter_sha256
+            both = await exchange_all([fast, slow], 1)            # then both take part again
+            assert [r.contributors for r in both] == [sorted([fast.peer_id, slow.peer_id])] * 2
+            assert fast.adapter_sha256 == slow.adapter_sha256
+            n.cancel_scope.cancel()
+        assert "came too late" in caplog.text
+    run_mock(main)
+
+
+def test_a_late_joiner_catches_up_and_takes_part():
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net) for _ in range(3)]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            for rnd in range(3):
+                await exchange_all(coords, rnd)
+            late = make_coord(net, min_peers=3)
+            await n.start(late.run)
+            assert await late.catch_up() is None          # nothing heard yet: stays
+            await trio.sleep(2.5)                         # one republish: records of round 2
+            sync = await late.catch_up()
+            assert sync is not None and sync.round == 3 == late.round
+            assert late.adapter_sha256 == sync.adapter_sha256 == coords[0].adapter_sha256
+            assert sync.signers == 3
+            assert await late.catch_up() is None          # at the head now
+            res = await exchange_all([*coords, late], 3)
+            assert all(len(r.contributors) == 4 for r in res)
+            assert len({c.adapter_sha256 for c in [*coords, late]}) == 1
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_a_node_on_a_minority_fork_resyncs_to_the_majority():
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net) for _ in range(3)]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            await exchange_all(coords, 0)
+            # A node at the same round on another adapter (say it missed the winning record).
+            fork = make_coord(net, initial_round=1, initial_adapter=delta_for(99))
+            await n.start(fork.run)
+            await trio.sleep(2.5)
+            assert fork.round == 1 and fork.adapter_sha256 != coords[0].adapter_sha256
+            sync = await fork.catch_up()
+            assert sync is not None and fork.adapter_sha256 == coords[0].adapter_sha256
+            # The majority does not move towards the lone fork.
+            for c in coords:
+                assert await c.catch_up() is None
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_a_record_that_does_not_recompute_is_refused():
+    """A hostile peer gossips a record naming every honest update plus its own (so it ranks
+    first) but a made-up new adapter: the honest nodes fetch, recompute, refuse it, and agree
+    among themselves."""
+    async def main():
+        net = MemoryNetwork()
+        a, b = (make_coord(net, min_peers=3) for _ in range(2))   # wait for the hostile record
+        h_t, h_kp = net.add()
+        payload, _ = codecs.encode_update(delta_for(7))
+        own_request = wire.encode_payload_request(0, hashlib.sha256(payload).digest())
+        h_t.set_payload_provider(lambda req: payload if req == own_request else None)
+        h_manifest = _hostile_manifest(h_kp, payload, tokens=10)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+
+            async def hostile():
+                await h_t.publish(h_manifest)
+                await trio.sleep(1.0)
+                honest = [d for s, d in net.published
+                          if s in (a.peer_id, b.peer_id) and d[:4] == wire.MANIFEST_MAGIC]
+                rec = encode_record(swarm=SWARM, round=0, base_model=BASE, lora=wire.lora_dict(LORA),
+                                    rule=a.aggregation.name, base_adapter=ZERO_DIGEST,
+                                    new_adapter=b"\x66" * 32, issued_at=int(time.time()),
+                                    update_bytes=[h_manifest, *honest], key_pair=h_kp)
+                await h_t.publish(rec.data)
+            n.start_soon(hostile)
+            ra, rb = await exchange_all([a, b], 0)
+            assert ra.adapter_sha256 == rb.adapter_sha256 and ra.proposer != h_t.peer_id
+            for r in (ra, rb):
+                assert (h_t.peer_id, "round record's new adapter does not recompute from its "
+                        "updates") in r.rejected
+            n.cancel_scope.cancel()
+    run_mock(main)

@@ -1,4 +1,5 @@
-"""What a node serves: payloads and manifests of the last two rounds; republishing order."""
+"""What a node serves: payloads and adapters of the last two rounds, the current manifest and
+the last adopted record; republishing order."""
 from __future__ import annotations
 
 import trio
@@ -20,7 +21,12 @@ def test_served_rounds_keep_current_and_previous_round():
     assert served.serve(wire.encode_payload_request(1, b"\x01" * 32)) == b"payload 1"
     assert served.serve(wire.encode_payload_request(2, b"\x01" * 32)) is None   # wrong hash
     assert served.serve(b"junk") is None
-    assert sorted(served.manifests) == [1, 2]
+    assert sorted(served.manifests) == [2]           # the adopted record carries older ones
+    served.states[(2, b"\x07" * 32)] = b"adapter 2"
+    served.records = {1: b"record 1"}
+    assert served.serve(wire.encode_state_request(2, b"\x07" * 32)) == b"adapter 2"
+    assert served.serve(wire.encode_state_request(2, b"\x08" * 32)) is None
+    assert served.gossip() == [(1, b"record 1"), (2, b"manifest 2")]
 
 
 class _Publisher:

@@ -1,0 +1,35 @@
+"""How the swarm agrees on which updates form round r (protocol v2; docs/protocol.md).
+
+No server and no vote: every node that closes round r itself (its `--min-peers` updates are
+in, or its deadline passed) signs a round record of what it aggregated and gossips it; a node
+that receives a record for its round and base adapter before closing stops collecting and
+takes part in the choice instead. Each node then waits, at most `settle_s`, until every
+contributor of the best record it knows has gossiped some record of the round (its own
+proposal, or the one it adopted: adopting republishes it, which is the acknowledgement), and
+adopts the best record whose new adapter it can recompute bit for bit:
+
+    best = the most contributors, then the lowest proposer rank
+           (SHA-256(base adapter | round | proposer): nobody can choose to win every round).
+
+Recomputing needs every named payload (a node fetches those it lacks from their senders or
+from anyone who verified them) and the same aggregation rule; a record that does not
+recompute is refused with a logged reason and the next best is tried. Nodes that see the same
+records adopt the same one; when gossip splits them anyway, the next round's manifests and
+records show both adapters and the side with fewer signers re-syncs (coordinator.catch_up).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bitswarm.federation.round_record import RoundRecord
+
+
+def ranked(records: Iterable[RoundRecord]) -> list[RoundRecord]:
+    """Distinct records (by signed bytes), best first."""
+    unique = {r.data: r for r in records}
+    return sorted(unique.values(), key=lambda r: r.priority)
+
+
+def acknowledged(best: RoundRecord, authors: set[str], me: str) -> bool:
+    """Whether every contributor of `best` (other than `me`) authored a record this round."""
+    return set(best.contributors) - {me} <= authors

@@ -1,0 +1,65 @@
+"""What the swarm says it holds: signed claims "G_k has SHA-256 h", the latest per signer.
+
+A manifest of round k with base adapter h claims (k, h) for its sender; a round record of round
+k with new adapter h claims (k + 1, h) for its proposer and for every peer that gossips it
+(nodes republish the record they adopted). From these, `head` names the state a node that is
+behind, or on a fork, should fetch: the highest round anyone claims, and there the hash with
+the most signers (ties: the smaller hash, so every node picks the same).
+
+Bounded: at most MAX_SIGNERS signers are tracked (the least recently heard is forgotten).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+MAX_SIGNERS = 4096
+
+
+@dataclass(frozen=True)
+class Head:
+    """round: k; digest: 32-byte SHA-256 of G_k; signers: peer IDs claiming it, sorted."""
+
+    round: int
+    digest: bytes
+    signers: tuple[str, ...]
+
+
+class SwarmView:
+    """The latest (round, adapter digest) claimed by each signer."""
+
+    def __init__(self) -> None:
+        self._claims: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+
+    def note(self, signer: str, round: int, digest: bytes) -> None:
+        """Record that `signer` holds G_round with `digest`; older claims of it are replaced,
+        a claim of an older round than its latest is ignored."""
+        old = self._claims.get(signer)
+        if old is not None and old[0] > round:
+            return
+        self._claims[signer] = (round, bytes(digest))
+        self._claims.move_to_end(signer)
+        while len(self._claims) > MAX_SIGNERS:
+            self._claims.popitem(last=False)
+
+    def support(self, round: int, digest: bytes, *, exclude: str | None = None) -> list[str]:
+        """Signers (sorted) whose latest claim is exactly (round, digest)."""
+        return sorted(s for s, c in self._claims.items() if c == (round, digest) and s != exclude)
+
+    def signers(self, *, exclude: str | None = None) -> int:
+        """How many signers are tracked (other than `exclude`)."""
+        return sum(1 for s in self._claims if s != exclude)
+
+    def head(self, *, exclude: str | None = None) -> Head | None:
+        """The highest claimed round and, there, the best-supported digest (see module
+        docstring), ignoring `exclude` (ourselves); None when nobody else claimed anything."""
+        claims = [c for s, c in self._claims.items() if s != exclude]
+        if not claims:
+            return None
+        top = max(r for r, _ in claims)
+        counts: dict[bytes, int] = {}
+        for r, d in claims:
+            if r == top:
+                counts[d] = counts.get(d, 0) + 1
+        digest = min(counts, key=lambda d: (-counts[d], d))
+        return Head(top, digest, tuple(self.support(top, digest, exclude=exclude)))
