@@ -6,11 +6,13 @@ CapacityLimiter(1) per device so the event loop keeps serving peers (a yamux sen
 after 5 s of a blocked loop: py-libp2p 0.8.1's yamux).
 
 Round r: every node starts from the same global adapter G_r, trains --local-steps on its own
-documents, publishes delta_r = L_r - G_r (compressed, signed), collects peers' deltas, and sets
-G_{r+1} = G_r + bounded FedAvg(decoded deltas, own included): norms clipped and token claims
+documents, publishes delta_r = L_r - G_r (compressed, signed, bound to G_r's hash), collects
+peers' deltas, and the swarm agrees on one signed round record (protocol v2, docs/protocol.md):
+G_{r+1} = G_r + bounded FedAvg(the record's decoded deltas): norms clipped and token claims
 capped against the round's lower median, then weighted by tokens (McMahan et al. 2017).
-G_0 is seeded from the swarm name and base-model hash, so nodes that aggregate the same updates
-hold bit-identical adapters; each logs the adapter's SHA-256 after every round.
+G_0 is seeded from the swarm name and base-model hash. Before each round the node checks the
+swarm view and catches up (fetching the head adapter by hash) when it is behind or on a
+minority fork: a late joiner or a node back from sleep takes part from the swarm's round.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from bitswarm.federation.discovery import StaticPeers
 from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundCoordinator
+from bitswarm.federation.state_hash import adapter_sha256
 from bitswarm.federation.transport import TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
 from bitswarm.kernels.backend import select_backend
@@ -53,18 +56,13 @@ from bitswarm.node.trainer import LocalTrainer
 log = logging.getLogger("bitswarm.node")
 
 
+JOIN_WAIT_S = 10.0        # at start, how long a node with peers listens for the swarm's head
+LINGER_S = 30.0           # after the last round, longest wait for the peers to hold our adapter
+
+
 def swarm_topic(swarm: str) -> str:
-    """Gossipsub topic of a swarm: hashed so any printable name is a safe topic string."""
-    return f"/bitswarm/1/{hashlib.sha256(swarm.encode()).hexdigest()[:32]}/updates"
-
-
-def adapter_sha256(state: LoRAState) -> str:
-    """SHA-256 over sorted keys and the float32 bytes of each matrix (C order)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(state[k], np.float32).tobytes())
-    return h.hexdigest()
+    """Gossipsub topic of a swarm (protocol v2): hashed so any printable name is a safe topic."""
+    return f"/bitswarm/2/{hashlib.sha256(swarm.encode()).hexdigest()[:32]}/updates"
 
 
 def _initial_seed(swarm: str, base_model: str) -> int:
@@ -171,7 +169,8 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
             transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
             round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=BoundedFedAvg(),
-            allowed_senders=cfg.allow, run_blocking=trio.to_thread.run_sync)
+            allowed_senders=cfg.allow, initial_adapter=node.global_state, initial_round=first,
+            run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:
             coord.error_feedback.residual = dict(resumed.local.residual)
         status = StatusFile(cfg.data_dir, swarm=cfg.swarm, peer_id=transport.peer_id,
@@ -197,13 +196,23 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                     else:
                         log.info("resuming after round %d (adapter sha256 %s)", resumed.round,
                                  adapter_sha256(node.global_state))
-                    while cfg.rounds is None or rnd < cfg.rounds:
+                    if cfg.peers:
+                        await _listen_for_head(coord, transport)
+                    while True:
+                        await _catch_up(node, coord, rounds_log, compute)
+                        rnd = coord.round
+                        if cfg.rounds is not None and rnd >= cfg.rounds:
+                            break
                         await _one_round(node, coord, transport, rnd, compute, progress,
                                          rounds_log, watch)
-                        done, rnd = done + 1, rnd + 1
+                        done += 1
+                    if done:
+                        await _linger(node, coord, transport, compute, rounds_log)
                 interrupted = stop.cancelled_caught
                 nursery.cancel_scope.cancel()
         watch.poll(transport)
+        watch.peers_agreeing = len(coord.view.support(
+            coord.round, bytes.fromhex(coord.adapter_sha256), exclude=transport.peer_id))
         status.update(phase="stopped")
         status.write()
     failure = None if interrupted or cfg.rounds is None else \
@@ -240,6 +249,45 @@ def _start_session(path: Path, first: int, resumed: Resumed | None) -> None:
                          "resumed_from": None if resumed is None else resumed.round})
 
 
+async def _listen_for_head(coord, transport) -> None:
+    """Give a joining node a moment to hear the swarm (peers republish their latest record and
+    manifest every 2 s) before it decides which round it is in: at most JOIN_WAIT_S."""
+    with trio.move_on_after(JOIN_WAIT_S):
+        while not transport.topic_peers():
+            await trio.sleep(0.2)
+        heard = trio.current_time() + 2 * coord.republish_interval_s + 0.5
+        while coord.view.signers(exclude=coord.peer_id) == 0 or trio.current_time() < heard:
+            await trio.sleep(0.2)
+
+
+async def _linger(node: Node, coord, transport, compute, rounds_log: Path) -> None:
+    """After the last round, keep serving (at most LINGER_S) until every connected swarm member
+    that takes part in agreement claims the adapter we hold: a straggler still checking the
+    final round's record needs our payloads, and a node that exits at once would leave it on
+    its own proposal. If the final round split the swarm, the minority side re-syncs here."""
+    with trio.move_on_after(LINGER_S):
+        while not (set(transport.topic_peers()) & coord.view.recorders()) <= set(
+                coord.view.support(coord.round, bytes.fromhex(coord.adapter_sha256))):
+            await trio.sleep(0.5)
+            await _catch_up(node, coord, rounds_log, compute)
+
+
+async def _catch_up(node: Node, coord, rounds_log: Path, compute) -> None:
+    """Adopt the swarm's head when the view says we are behind or on a minority fork, and save
+    it as the last completed round's adapter (a restart resumes from it)."""
+    sync = await coord.catch_up()
+    if sync is None:
+        return
+    node.global_state = dict(sync.adapter)
+    coord.error_feedback.reset()        # residuals of another history would only add noise
+    log.info("synced to the swarm's round %d (adapter sha256 %s, from %s, claimed by %d peer(s))",
+             sync.round, sync.adapter_sha256, sync.source, sync.signers)
+    if sync.round > 0:
+        await compute(node.save, sync.round - 1, {})
+    _append_jsonl(rounds_log, {"synced_to_round": sync.round, "adapter_sha256": sync.adapter_sha256,
+                               "source": sync.source, "signers": sync.signers})
+
+
 async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, rounds_log: Path,
                      watch: SwarmWatch) -> None:
     cfg = node.cfg
@@ -266,23 +314,23 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
                        f"{len(transport.topic_peers())} swarm member(s) connected")
     result = await coord.exchange(rnd, delta, tokens)
     watch.add_round(result)
-    node.global_state = {k: (node.global_state[k] + result.aggregate[k]).astype(np.float32)
-                         for k in node.global_state}
-    sha = adapter_sha256(node.global_state)
+    node.global_state = dict(result.adapter)
+    sha = result.adapter_sha256
     held = await compute(node.heldout_loss)
     progress.phase(rnd, "saving", detail=str(cfg.data_dir / "adapter"))
     await compute(node.save, rnd, coord.error_feedback.residual)
-    members = set(transport.topic_peers()) | {transport.peer_id}
     watch.status.update(phase="round done", adapter_sha256=sha, last_heldout_loss=held,
                         rounds_completed=watch.status.fields["rounds_completed"] + 1,
-                        adapter_agrees=members <= set(result.contributors))
+                        adapter_agrees=coord.view.agrees(coord.round, bytes.fromhex(sha),
+                                                         exclude=coord.peer_id))
     watch.status.write()
     peers = len(transport.connected_peers())
     progress.round_done(rnd, float(np.mean(losses)), held, len(result.contributors), peers,
                         transport.bytes_received, transport.bytes_sent, sha)
     _append_jsonl(rounds_log, {
         "round": rnd, "train_loss": float(np.mean(losses)), "heldout_loss": held, "tokens": tokens,
-        "contributors": result.contributors, "rejected": [list(r) for r in result.rejected],
+        "contributors": result.contributors, "included": result.included,
+        "proposer": result.proposer, "rejected": [list(r) for r in result.rejected],
         "adapter_sha256": sha, "train_s": round(t_train, 3), "round_s": round(time.monotonic() - t0, 3),
         "bytes_sent": transport.bytes_sent, "bytes_received": transport.bytes_received})
 

@@ -27,6 +27,8 @@ class SwarmWatch:
     ever_connected: set[str] = field(default_factory=set)
     ever_members: set[str] = field(default_factory=set)
     peer_updates: int = 0                                 # peers' updates aggregated, all rounds
+    peer_records: int = 0                                 # rounds closed by a peer's record
+    peers_agreeing: int = 0                               # peers holding our final adapter
     rejections: dict[str, int] = field(default_factory=dict)   # reason -> count
 
     def poll(self, transport) -> None:
@@ -43,6 +45,7 @@ class SwarmWatch:
 
     def add_round(self, result) -> None:
         self.peer_updates += sum(1 for p in result.contributors if p != self.self_id)
+        self.peer_records += result.proposer != self.self_id
         for _peer, reason in result.rejected:
             key = reason.split(":")[0][:80]
             self.rejections[key] = self.rejections.get(key, 0) + 1
@@ -69,8 +72,9 @@ class SwarmWatch:
 
     def failure(self, *, swarm: str, dialed: list[str], min_peers: int) -> str | None:
         """Why the network goal failed, or None: only when updates from peers were wanted
-        (min_peers > 0) and none ever counted."""
-        if min_peers == 0 or self.peer_updates > 0:
+        (min_peers > 0) and the node never federated: no peer update counted, no peer's round
+        record was adopted, and no peer holds our final adapter."""
+        if min_peers == 0 or self.peer_updates or self.peer_records or self.peers_agreeing:
             return None
         if not self.ever_connected:
             how = (f"dialed {', '.join(dialed)}" if dialed else "no --peer given and no peer dialed us")

@@ -331,13 +331,16 @@ class RoundCoordinator:
 
     async def catch_up(self) -> SyncResult | None:
         """Move to the swarm's head if we are behind it or on a fork with fewer signers
-        (view.py): fetch the head adapter by digest from a signer and check it. A head claimed
-        by a single signer while others exist is not trusted. Returns None when we are at the
-        head (or no signer served it; logged). Call between exchanges, never during one."""
+        (view.py): fetch the head adapter by digest from a signer (connected ones first) and
+        check it. The head is the highest round claimed by at least 2 signers (1 when we know
+        only one). Returns None when we are at the head (or no signer served it; logged).
+        Call between exchanges, never during one."""
         if self._exchanging:
             raise RuntimeError("catch_up during an exchange")
         view = self._intake.view
-        head = view.head(exclude=self.peer_id)
+        # One signer alone is not trusted while others exist (a fast peer, or a liar).
+        quorum = 2 if view.signers(exclude=self.peer_id) >= 2 else 1
+        head = view.head(exclude=self.peer_id, min_signers=quorum)
         if head is None or head.round < self._round:
             return None
         if head.round == self._round:
@@ -346,16 +349,14 @@ class RoundCoordinator:
             ours = len(view.support(self._round, self._digest, exclude=self.peer_id)) + 1
             if (ours, head.digest) > (len(head.signers), self._digest):
                 return None                          # we are on the better-supported side
-        if len(head.signers) < 2 <= view.signers(exclude=self.peer_id):
-            log.warning("round %d: head %s… claimed by only %s; not syncing to it", head.round,
-                        head.digest.hex()[:16], head.signers[0])
-            return None
         log.info("the swarm is at round %d (adapter %s…, %d signer(s)); we hold round %d (%s…): "
                  "syncing", head.round, head.digest.hex()[:16], len(head.signers), self._round,
                  self._digest.hex()[:16])
         request = encode_state_request(head.round, head.digest)
         sources = list(head.signers)
         self._rng.shuffle(sources)
+        connected = set(self.transport.connected_peers())
+        sources.sort(key=lambda p: p not in connected)       # peers we can reach first
         for source in sources[:4]:
             adapter = await self._fetch_state(source, request, head.digest)
             if adapter is not None:

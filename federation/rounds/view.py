@@ -30,10 +30,14 @@ class SwarmView:
 
     def __init__(self) -> None:
         self._claims: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._recorders: set[str] = set()
 
-    def note(self, signer: str, round: int, digest: bytes) -> None:
+    def note(self, signer: str, round: int, digest: bytes, *, via_record: bool = False) -> None:
         """Record that `signer` holds G_round with `digest`; older claims of it are replaced,
-        a claim of an older round than its latest is ignored."""
+        a claim of an older round than its latest is ignored. via_record: the claim came from
+        a round record it gossiped (it takes part in agreement, not only in training)."""
+        if via_record and len(self._recorders) < MAX_SIGNERS:
+            self._recorders.add(signer)
         old = self._claims.get(signer)
         if old is not None and old[0] > round:
             return
@@ -46,20 +50,31 @@ class SwarmView:
         """Signers (sorted) whose latest claim is exactly (round, digest)."""
         return sorted(s for s, c in self._claims.items() if c == (round, digest) and s != exclude)
 
+    def agrees(self, round: int, digest: bytes, *, exclude: str | None = None) -> bool:
+        """Whether no signer (other than `exclude`) claims another adapter for `round`."""
+        return all(c[1] == digest for s, c in self._claims.items()
+                   if c[0] == round and s != exclude)
+
+    def recorders(self) -> set[str]:
+        """Signers that gossiped round records (at most MAX_SIGNERS)."""
+        return set(self._recorders)
+
     def signers(self, *, exclude: str | None = None) -> int:
         """How many signers are tracked (other than `exclude`)."""
         return sum(1 for s in self._claims if s != exclude)
 
-    def head(self, *, exclude: str | None = None) -> Head | None:
-        """The highest claimed round and, there, the best-supported digest (see module
-        docstring), ignoring `exclude` (ourselves); None when nobody else claimed anything."""
-        claims = [c for s, c in self._claims.items() if s != exclude]
-        if not claims:
-            return None
-        top = max(r for r, _ in claims)
-        counts: dict[bytes, int] = {}
-        for r, d in claims:
-            if r == top:
+    def head(self, *, exclude: str | None = None, min_signers: int = 1) -> Head | None:
+        """The highest round whose best-supported digest (see module docstring) has at least
+        `min_signers` signers, ignoring `exclude` (ourselves); None when there is none. (With
+        min_signers 2, one fast or lying peer alone does not make the head.)"""
+        by_round: dict[int, dict[bytes, int]] = {}
+        for s, (r, d) in self._claims.items():
+            if s != exclude:
+                counts = by_round.setdefault(r, {})
                 counts[d] = counts.get(d, 0) + 1
-        digest = min(counts, key=lambda d: (-counts[d], d))
-        return Head(top, digest, tuple(self.support(top, digest, exclude=exclude)))
+        for top in sorted(by_round, reverse=True):
+            counts = by_round[top]
+            digest = min(counts, key=lambda d: (-counts[d], d))
+            if counts[digest] >= min_signers:
+                return Head(top, digest, tuple(self.support(top, digest, exclude=exclude)))
+        return None

@@ -8,15 +8,20 @@ gossips updates that a node must reject, serving their payloads:
   wrong_shape      a payload whose tensors have the wrong shapes
   non_finite       a payload holding NaN (lossless codec, so the NaN arrives as sent)
   hash_mismatch    a manifest whose payload SHA-256 does not match what is served
+  stale            a correctly signed, well-formed update issued two hours ago (a replay)
+
+The payload-level ones are bound to the round's base adapter, read from the honest nodes'
+manifests (protocol v2), so that a node fetches them and meets the fault.
 
 Usage: python helpers_bad_updates.py <node_multiaddr> <swarm> <base_model_sha256> <seconds>
-Prints {"event": "ready"} once every bad update was gossiped once, {"event": "done"} at the end.
+Prints {"event": "ready"} once it is in the swarm, {"event": "done"} at the end.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
+import time
 
 import msgpack
 import numpy as np
@@ -62,6 +67,7 @@ async def main(addr: str, swarm: str, base_model: str, seconds: float) -> None:
     shapes = lora_shapes(DEFAULT_CONFIG, LoRAConfig())
     blobs = payloads(shapes)
     served: dict[bytes, bytes] = {}
+    bases: dict[int, bytes] = {}               # round -> the honest nodes' base adapter
 
     # One sender identity per kind of bad update: a node keeps one update per (sender, round),
     # so a single identity would only ever get its first bad update looked at.
@@ -69,37 +75,49 @@ async def main(addr: str, swarm: str, base_model: str, seconds: float) -> None:
     senders: dict[str, object] = {"hash_mismatch": kp}
 
     def manifest(kind, rnd, payload, *, swarm_=swarm, base=base_model, codec="int8-block-zstd/1",
-                 sha=None, signer=None):
+                 sha=None, signer=None, age_s=0):
         key = senders.setdefault(kind, create_new_key_pair())
         sha = sha or hashlib.sha256(payload).digest()
         served[wire.encode_payload_request(rnd, sha)] = payload
         m = wire.UpdateManifest(swarm=swarm_, round=rnd, base_model=base, lora=lora, sender=peer_id_of(key),
                                 tokens=1000, codec=codec, payload_sha256=sha,
-                                payload_size=len(payload))
+                                payload_size=len(payload), base_adapter=bases[rnd],
+                                issued_at=int(time.time()) - age_s)
         return wire.encode_manifest(m, signer or key)
+
+    async def learn_bases(t) -> None:
+        async for msg in t.messages():
+            try:
+                m = wire.decode_manifest(msg.data)
+            except wire.WireError:
+                continue
+            bases.setdefault(m.round, m.base_adapter)
 
     cfg = TransportConfig(topic=swarm_topic(swarm), peers=[addr])
     async with open_transport(kp, cfg) as t:
         t.set_payload_provider(lambda req: served.get(req))
         with trio.fail_after(30):
             await t.wait_for_topic_peers(1, timeout_s=30)
+        print(json.dumps({"event": "ready"}), flush=True)
         with trio.move_on_after(seconds):
-            for cycle in range(10**9):
-                if cycle == 1:   # every kind of bad update has been gossiped once
-                    print(json.dumps({"event": "ready"}), flush=True)
-                for rnd in (0, 1):
-                    msgs = [
-                        b"\x00garbage, not a manifest",
-                        manifest("mis_signed", rnd, blobs["good"], signer=other),
-                        manifest("wrong_swarm", rnd, blobs["good"], swarm_=swarm + "-other"),
-                        manifest("wrong_base", rnd, blobs["good"], base="0" * 64),
-                        manifest("wrong_shape", rnd, blobs["wrong_shape"]),
-                        manifest("non_finite", rnd, blobs["non_finite"], codec=RAW_CODEC),
-                        manifest("hash_mismatch", rnd, blobs["good"], sha=hashlib.sha256(b"other").digest()),
-                    ]
-                    for m in msgs:
-                        await t.publish(m)
-                        await trio.sleep(0.15)   # stay under gossipsub's 10 msg/s per topic
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(learn_bases, t)
+                while True:
+                    await t.publish(b"\x00garbage, not a manifest")
+                    for rnd in sorted(bases)[-2:]:
+                        msgs = [
+                            manifest("mis_signed", rnd, blobs["good"], signer=other),
+                            manifest("wrong_swarm", rnd, blobs["good"], swarm_=swarm + "-other"),
+                            manifest("wrong_base", rnd, blobs["good"], base="0" * 64),
+                            manifest("wrong_shape", rnd, blobs["wrong_shape"]),
+                            manifest("non_finite", rnd, blobs["non_finite"], codec=RAW_CODEC),
+                            manifest("hash_mismatch", rnd, blobs["good"], sha=hashlib.sha256(b"other").digest()),
+                            manifest("stale", rnd, blobs["good"], age_s=7200),
+                        ]
+                        for m in msgs:
+                            await t.publish(m)
+                            await trio.sleep(0.15)   # stay under gossipsub's 10 msg/s per topic
+                    await trio.sleep(0.3)
     print(json.dumps({"event": "done"}), flush=True)
 
 

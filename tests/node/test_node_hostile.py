@@ -82,12 +82,12 @@ def test_nodes_survive_hostile_peers_and_reject_bad_updates(tmp_path):
     rejections = [l.lower() for l in n0.log_path.read_text().splitlines()
                   if "rejected update" in l or "not fetched" in l]
     for reason in ("wrong magic", "bad signature", "wrong swarm", "wrong base model", "shape",
-                   "non-finite", "sha-256"):
+                   "non-finite", "sha-256", "stale"):
         assert any(reason in l for l in rejections), f"no rejection for {reason!r}: {rejections}"
     # node 1 is connected to node 0 only: manifests node 0's gossip validator refused were not
     # relayed, so node 1 never even saw them (payload-level faults travel in valid manifests)
     seen1 = n1.log_path.read_text().lower()
-    for reason in ("wrong magic", "bad signature", "wrong swarm", "wrong base model"):
+    for reason in ("wrong magic", "bad signature", "wrong swarm", "wrong base model", "stale"):
         assert reason not in seen1, f"node 1 received relayed junk ({reason!r})"
 
 

@@ -1,0 +1,145 @@
+"""Protocol v2 end to end with real `node start` processes on 127.0.0.1: a node joining a
+running swarm with one member's address, a node killed with SIGKILL mid-round and restarted,
+and the README's two-node quickstart with one node much slower than the other.
+
+Every node must end on the swarm's adapter: the last adapter SHA-256 each node logged (its
+final round, or a re-sync after it) is the same for all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from bitswarm.simulations.local_swarm import prepare_documents, start_node
+
+FAST = ["--local-steps", "3", "--ctx", "64", "--batch-size", "4", "--device", "cpu"]
+ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _lines(p) -> list[dict]:
+    path = p.data_dir / "rounds.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _final_sha(p) -> str:
+    return [x for x in _lines(p) if "adapter_sha256" in x][-1]["adapter_sha256"]
+
+
+def _rounds(p) -> list[int]:
+    return [x["round"] for x in _lines(p) if x.get("round", -1) >= 0]
+
+
+def _wait(cond, timeout_s: float, what: str, procs) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        for p in procs:
+            if p.proc.poll() not in (None, 0):
+                raise AssertionError(f"node {p.index} exited {p.proc.returncode}: "
+                                     + p.log_path.read_text()[-3000:])
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finish(procs, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        rc = p.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        assert rc == 0, f"node {p.index} exited {rc}: " + p.log_path.read_text()[-3000:]
+
+
+def _kill_all(procs) -> None:
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def test_a_fourth_node_joins_at_round_2_with_one_members_address(tmp_path):
+    docs = prepare_documents(tmp_path, 4, files_per_node=10)
+    # Rounds of several seconds, so the swarm is still mid-run when the fourth node arrives.
+    args = ["--rounds", "5", "--min-peers", "2", "--round-timeout", "60", *FAST,
+            "--local-steps", "8"]
+    procs, addrs = [], []
+    try:
+        for i in range(3):
+            procs.append(start_node(i, tmp_path, docs[i], "living", list(addrs), args, ENV))
+            addrs.append(procs[-1].multiaddr(timeout_s=120))
+        _wait(lambda: 1 in _rounds(procs[0]), 240, "the swarm's round 1", procs)
+        late = start_node(3, tmp_path, docs[3], "living", [addrs[1]], args, ENV)
+        procs.append(late)
+        t_join = time.monotonic()
+        _wait(lambda: any("synced_to_round" in x for x in _lines(late)), 120, "the late sync",
+              procs)
+        catch_up_s = time.monotonic() - t_join
+        _finish(procs, 400)
+    finally:
+        _kill_all(procs)
+    assert len({_final_sha(p) for p in procs}) == 1, [_final_sha(p) for p in procs]
+    sync = next(x for x in _lines(late) if "synced_to_round" in x)
+    assert sync["synced_to_round"] >= 2 and sync["signers"] >= 2
+    assert _rounds(late)[0] == sync["synced_to_round"] and _rounds(late)[-1] == 4
+    for p in procs[:3]:
+        assert _rounds(p) == [0, 1, 2, 3, 4]
+    # Once it joined, the late node's updates count: the last round holds four contributors.
+    last = [x for x in _lines(procs[0]) if x.get("round") == 4][0]
+    assert late.data_dir.joinpath("rounds.jsonl").exists() and len(last["contributors"]) == 4, last
+    print(f"late joiner: started to synced in {catch_up_s:.1f} s")
+
+
+def test_a_node_killed_in_round_2_resumes_and_ends_with_the_others(tmp_path):
+    docs = prepare_documents(tmp_path, 3, files_per_node=10)
+    args = ["--rounds", "5", "--min-peers", "2", "--round-timeout", "45", *FAST]
+    procs, addrs = [], []
+    try:
+        for i in range(3):
+            procs.append(start_node(i, tmp_path, docs[i], "kill9", list(addrs), args, ENV))
+            addrs.append(procs[-1].multiaddr(timeout_s=120))
+        victim = procs[2]
+        _wait(lambda: "round 2: training" in victim.log_path.read_text()
+              or "round 2: publishing" in victim.log_path.read_text(), 300, "round 2", procs)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+        before = _lines(victim)
+        assert _rounds(victim) == [0, 1]
+        procs[2] = restarted = start_node(2, tmp_path, docs[2], "kill9", addrs[:2], args, ENV)
+        _finish(procs, 400)
+    finally:
+        _kill_all(procs)
+    assert len({_final_sha(p) for p in procs}) == 1, [_final_sha(p) for p in procs]
+    after = _lines(restarted)[len(before):]
+    session = next(x for x in after if "session" in x)
+    assert session["resumed_from"] == 1 and session["first_round"] == 2
+    rounds_after = [x["round"] for x in after if x.get("round", -1) >= 0]
+    assert rounds_after and rounds_after[0] >= 2 and rounds_after[-1] == 4   # continued, not reset
+    assert not any(x.get("round") == -1 for x in after)   # no fresh start from the seeded adapter
+
+
+def test_quickstart_with_one_node_much_slower_ends_on_one_adapter(tmp_path):
+    """The README's two terminals, defaults as written (`--min-peers 1`), with terminal 2's
+    node training 8x longer per round than its deadline allows the first to wait: the fast
+    node closes each round alone, the slow one adopts the swarm's record (its late update is
+    dropped), and both end on the same adapter."""
+    docs = prepare_documents(tmp_path, 2, files_per_node=10)
+    env = {**ENV, "BITSWARM_ROUND_TIMEOUT": "6", "BITSWARM_CTX": "64", "BITSWARM_BATCH_SIZE": "4",
+           "BITSWARM_DEVICE": "cpu"}
+    procs = []
+    try:
+        a = start_node(0, tmp_path, docs[0], "docs", [], ["--rounds", "3", "--local-steps", "2"],
+                       {**env})
+        procs.append(a)
+        addr = a.multiaddr(timeout_s=120)
+        b = start_node(1, tmp_path, docs[1], "docs", [addr], ["--rounds", "3", "--local-steps", "16"],
+                       {**env})
+        procs.append(b)
+        _finish(procs, 400)
+    finally:
+        _kill_all(procs)
+    assert _final_sha(a) == _final_sha(b)
+    late = [x for x in _lines(b) if x.get("round", -1) >= 0 and not x["included"]]
+    assert late, "the slow node was never late: the test did not exercise a deadline"
+    assert "came too late" in b.log_path.read_text()
