@@ -332,6 +332,12 @@ def read_safetensors(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str,
     return {name: src.get(name) for name in src.where}, dict(src.metadata)
 
 
+def read_safetensors_metadata(path: Path | str) -> dict[str, str]:
+    """The __metadata__ (str -> str) of a safetensors file, reading only its header. Raises
+    ValueError naming the file when it is missing or its header is malformed."""
+    return dict(_st_header(Path(path))[2])
+
+
 def _load_projection(src: _TensorSource, module: str, out_in: tuple[int, int],
                      quant: dict) -> TernaryLinear:
     out, inp = out_in
