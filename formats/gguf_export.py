@@ -36,12 +36,15 @@ Tokenizer: the Hugging Face tokenizer.json must be byte-level BPE that llama.cpp
 reproduces: pre_tokenizer ByteLevel(add_prefix_space=false, use_regex=true) -> pre "gpt-2"
 (GPT-2's split regex; also accepted with use_regex=false when there are no merges, where the
 split changes nothing), or the Llama 3 Split + ByteLevel(use_regex=false) -> "llama-bpe"; no
-normalizer. Added special tokens are CONTROL, other added tokens USER_DEFINED; ids missing below
+normalizer. A vocabulary without merges (a pure byte-level one) gets no tokenizer.ggml.merges
+key (gguf-py cannot write an empty array): formats/gguf_model.py reads that as no merges, but
+llama.cpp requires the key. Added special tokens are CONTROL, other added tokens USER_DEFINED; ids missing below
 vocab_size are "[PAD{id}]" tokens of type UNUSED (as convert_hf_to_gguf.py pads).
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,8 @@ import numpy as np
 from bitswarm.formats.gguf_model import ARCH, GGUF_PROJ, LLAMA3_SPLIT, QK_K
 from bitswarm.fsutil import atomic_file
 from bitswarm.kernels.config import PROJECTIONS, BitNetWeights
+
+log = logging.getLogger("bitswarm.formats")
 
 TYPES = ("f32", "f16", "tq1_0", "tq2_0")
 HIDDEN_ACTIVATION = "relu2"
@@ -156,7 +161,11 @@ def write_gguf_model(path: Path | str, weights: BitNetWeights, tokenizer_json: s
     w.add_tokenizer_pre(tok["pre"])
     w.add_token_list(tok["tokens"])
     w.add_token_types(tok["types"])
-    w.add_token_merges(tok["merges"])
+    if tok["merges"]:
+        w.add_token_merges(tok["merges"])
+    else:   # gguf-py cannot write an empty array
+        log.warning("%s has no BPE merges: tokenizer.ggml.merges is left out, which "
+                    "formats/gguf_model.py reads as none but llama.cpp refuses", tokenizer_where)
     if c.bos_token_id is not None:
         w.add_bos_token_id(c.bos_token_id)
     if c.eos_token_id is not None:

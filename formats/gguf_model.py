@@ -428,12 +428,13 @@ def load_gguf_tokenizer(path: Path | str):
         pre = f.value("tokenizer.ggml.pre", str, default="default")
         if model != "gpt2" or pre not in _PRE_LLAMA3 + _PRE_GPT2:
             return None
-        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
-            if key not in f.fields:
-                raise ValueError(f"{f.path}: tokenizer model 'gpt2' without {key!r}")
+        if "tokenizer.ggml.tokens" not in f.fields:
+            raise ValueError(f"{f.path}: tokenizer model 'gpt2' without 'tokenizer.ggml.tokens'")
         try:
             tokens = f.fields["tokenizer.ggml.tokens"].contents()
-            merges = f.fields["tokenizer.ggml.merges"].contents()
+            # absent merges: a pure byte-level vocabulary (gguf-py writes no empty arrays)
+            merges = (f.fields["tokenizer.ggml.merges"].contents()
+                      if "tokenizer.ggml.merges" in f.fields else [])
             types = (f.fields["tokenizer.ggml.token_type"].contents()
                      if "tokenizer.ggml.token_type" in f.fields else [1] * len(tokens))
         except (IndexError, UnicodeDecodeError, TypeError) as exc:
