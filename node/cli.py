@@ -147,10 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a GPU keeps the embedding/lm_head table (default: gpu)")
 
     s = cmd("export", "write an adapter as a PEFT folder or a llama.cpp GGUF LoRA, or a base "
-                      "model as a llama.cpp GGUF model")
+                      "model as a llama.cpp GGUF model or a PEFT-wrappable HF folder")
     s.add_argument("--adapter", type=Path, help="adapter folder to export")
     s.add_argument("--model", type=Path, help="base model to export (checkpoint folder or .gguf)")
-    s.add_argument("--format", required=True, choices=["peft", "gguf"])
+    s.add_argument("--format", required=True, choices=["peft", "gguf", "hf"],
+                   help="adapters: peft or gguf; base models: gguf (llama.cpp) or hf (online "
+                        "autobitlinear folder that PEFT can wrap)")
     s.add_argument("--type", choices=["f32", "f16", "tq1_0", "tq2_0"], default=None,
                    help="--model only: projection type; tq* only for rows that are a multiple "
                         "of 256 values, F16 otherwise (default: tq2_0)")

@@ -11,6 +11,10 @@ Adapters (--adapter DIR):
 Base models (--model DIR or FILE.gguf):
   gguf  llama.cpp's arch-"bitnet" layout, written by formats/gguf_export.py; --type f32, f16,
         tq1_0 or tq2_0 (default tq2_0).
+  hf    a Hugging Face `bitnet` folder in the online autobitlinear layout (float32 latent
+        weights that ternarize back to the model: formats/hf_checkpoint.save_bitnet latent=True),
+        which transformers loads as nn.Linear-based AutoBitLinear and PEFT can wrap; the
+        folder replaces --out atomically.
 """
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ from pathlib import Path
 from bitswarm.formats.gguf_export import TYPES, write_gguf_model
 from bitswarm.formats.gguf_lora import write_gguf_lora
 from bitswarm.formats.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, base_model_ref, load_adapter
-from bitswarm.formats.hf_checkpoint import read_json
+from bitswarm.formats.hf_checkpoint import read_json, save_bitnet
 from bitswarm.fsutil import replace_dir_atomic, write_file_durable
 from bitswarm.node.models import load_model
 
 FORMATS = ("peft", "gguf")
+MODEL_FORMATS = ("gguf", "hf")
 DEFAULT_TYPE = "tq2_0"
 
 
@@ -112,6 +117,27 @@ def export_model_gguf(model: Path | str, out: Path | str, qtype: str = DEFAULT_T
                             tokenizer_where=f"{model} (its tokenizer)")
 
 
+def export_model_hf(model: Path | str, out: Path | str) -> Path:
+    """Write a base model (checkpoint folder or .gguf file) as a transformers `bitnet` folder in
+    the online autobitlinear layout at `out` (replacing any folder there atomically).
+
+    Raises ValueError naming --model for a missing or bad model and --out when it is the model
+    itself, a file, or has no parent directory; --out is untouched on any error.
+    """
+    model, out = Path(model), Path(out)
+    if not model.exists():
+        raise ValueError(f"--model {model}: not found; expected a checkpoint folder or a .gguf "
+                         "file")
+    _check_out(model, out, "model")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    m = load_model(model)
+    tok = m.tokenizer.to_str()
+    replace_dir_atomic(out, lambda tmp: save_bitnet(m.weights, tmp, tokenizer_json=tok,
+                                                    latent=True))
+    return out
+
+
 def export_adapter(adapter_dir: Path | str, fmt: str, out: Path | str) -> Path:
     """Dispatch on fmt ("peft" or "gguf"); raises ValueError naming --format otherwise."""
     if fmt == "peft":
@@ -132,6 +158,12 @@ def export(*, adapter: Path | None, model: Path | None, fmt: str, out: Path,
         if qtype is not None:
             raise ValueError("--type applies to --model exports only (adapters are float32)")
         return export_adapter(adapter, fmt, out)
-    if fmt != "gguf":
-        raise ValueError(f"--format {fmt}: a base model exports as --format gguf")
+    if fmt not in MODEL_FORMATS:
+        raise ValueError(f"--format {fmt}: a base model exports as --format "
+                         f"{' or '.join(MODEL_FORMATS)}")
+    if fmt == "hf":
+        if qtype is not None:
+            raise ValueError("--type applies to --format gguf only (hf writes float32 latent "
+                             "weights)")
+        return export_model_hf(model, out)
     return export_model_gguf(model, out, DEFAULT_TYPE if qtype is None else qtype)

@@ -132,3 +132,26 @@ def test_type_with_adapter_is_refused(tmp_path):
     r = run("export", "--adapter", str(tmp_path), "--format", "gguf", "--type", "f16",
             "--out", str(tmp_path / "a.gguf"))
     assert r.returncode == 2 and "--type applies to --model exports only" in r.stderr
+
+
+def test_export_model_as_autobitlinear_folder(tmp_path):
+    """`--format hf`: the packed (BitLinear) checkpoint re-saved in the online autobitlinear
+    layout loads back to the same codes (scales to the ulp); transformers + PEFT on it:
+    tools/check_peft_load.py --latent."""
+    from bitswarm.formats.hf_checkpoint import load_bitnet
+    packed = TINY.with_name("tiny-bitnet-packed")
+    out = tmp_path / "hf"
+    r = run("export", "--model", str(packed), "--format", "hf", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["quantization_config"]["linear_class"] == "autobitlinear"
+    assert conf["quantization_config"]["quantization_mode"] == "online"
+    a, b = load_bitnet(packed), load_bitnet(out)
+    for la, lb in zip(a.layers, b.layers):
+        for p, t in la.proj.items():
+            np.testing.assert_array_equal(t.codes, lb.proj[p].codes)
+            assert abs(float(lb.proj[p].weight_scale) / float(t.weight_scale) - 1) < 2.5e-7
+    r = run("export", "--model", str(packed), "--format", "hf", "--type", "f16",
+            "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "--type applies to --format gguf only" in r.stderr
+    assert not (tmp_path / "x").exists()
