@@ -3,6 +3,7 @@
 hf_checkpoint  Hugging Face `bitnet` model folders (config.json, safetensors, latent or packed
                ternary weights) <-> kernels.config.BitNetWeights
 gguf_model     llama.cpp GGUF models with TQ1_0 / TQ2_0 ternary tensors -> BitNetWeights
+gguf_export    BitNetWeights + tokenizer.json -> a llama.cpp arch-"bitnet" GGUF model
 gguf_lora      a LoRA adapter as a llama.cpp GGUF LoRA file
 peft_adapter   LoRA adapters in Hugging Face PEFT's folder layout (adapter_config.json +
                adapter_model.safetensors), written atomically

@@ -1,4 +1,4 @@
-"""GGUF BitNet b1.58 models (llama.cpp arch "bitnet") -> BitNetWeights.
+"""GGUF BitNet b1.58 models (llama.cpp arch "bitnet") -> BitNetWeights (writing: gguf_export).
 
 Format: GGUF v2/v3 as read by gguf-py's `GGUFReader` (ggml-org/llama.cpp gguf-py). Metadata keys
 and tensor names are llama.cpp's for MODEL_ARCH.BITNET (gguf-py constants.py; the graph is
@@ -342,6 +342,16 @@ def read_gguf_config(f: _GgufFile, hidden_act: str | None = None) -> BitNetConfi
         raise ValueError(f"{p}: {exc}") from exc
 
 
+def load_gguf_config(path: Path | str, *, hidden_act: str | None = None) -> BitNetConfig:
+    """BitNetConfig of a GGUF file's metadata alone (read_gguf_config), no tensor data read.
+    Raises ValueError naming the file as read_gguf_config does."""
+    f = _GgufFile(Path(path))
+    try:
+        return read_gguf_config(f, hidden_act)
+    finally:
+        f.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 
@@ -393,8 +403,8 @@ def load_gguf(path: Path | str, *, hidden_act: str | None = None) -> BitNetWeigh
 
 # Pre-tokenizer regexes of llama.cpp's `tokenizer.ggml.pre` names (llama-vocab.cpp), for the
 # byte-level BPE ("gpt2") vocabularies bitswarm can rebuild exactly.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_LLAMA3 = ("llama-bpe", "llama3", "llama-v3")
 _PRE_GPT2 = ("gpt-2", "gpt2", "default")
 
@@ -418,12 +428,13 @@ def load_gguf_tokenizer(path: Path | str):
         pre = f.value("tokenizer.ggml.pre", str, default="default")
         if model != "gpt2" or pre not in _PRE_LLAMA3 + _PRE_GPT2:
             return None
-        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
-            if key not in f.fields:
-                raise ValueError(f"{f.path}: tokenizer model 'gpt2' without {key!r}")
+        if "tokenizer.ggml.tokens" not in f.fields:
+            raise ValueError(f"{f.path}: tokenizer model 'gpt2' without 'tokenizer.ggml.tokens'")
         try:
             tokens = f.fields["tokenizer.ggml.tokens"].contents()
-            merges = f.fields["tokenizer.ggml.merges"].contents()
+            # absent merges: a pure byte-level vocabulary (gguf-py writes no empty arrays)
+            merges = (f.fields["tokenizer.ggml.merges"].contents()
+                      if "tokenizer.ggml.merges" in f.fields else [])
             types = (f.fields["tokenizer.ggml.token_type"].contents()
                      if "tokenizer.ggml.token_type" in f.fields else [1] * len(tokens))
         except (IndexError, UnicodeDecodeError, TypeError) as exc:
@@ -441,7 +452,7 @@ def load_gguf_tokenizer(path: Path | str):
         tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=llama3))
         if llama3:
             tok.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         else:
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -122,6 +122,60 @@ def unpack_ternary(packed: np.ndarray) -> np.ndarray:
     return u.astype(np.int8) - 1
 
 
+def _mean_absmean(S: np.float32, n: int) -> tuple[np.float32, np.float32]:
+    """mean|W| of a weight whose |W| sums EXACTLY to S over n elements, as the two readers
+    compute it: float32 division (torch's sum / numel, NumPy float32 mean) and bitswarm's
+    float64 mean rounded to float32 (kernels/ops/bitlinear/reference.py ternarize)."""
+    return np.float32(S) / np.float32(n), np.float32(np.float64(S) / np.float64(n))
+
+
+def latent_weight(t: TernaryLinear) -> tuple[np.ndarray, bool]:
+    """Latent float32 weight (out, in) whose absmean ternarization (transformers' WeightQuant,
+    bitswarm's ternarize) gives back t.codes and t.weight_scale: the `autobitlinear` online
+    layout, which PEFT can wrap (nn.Linear-based), for a ternary projection.
+
+    Zeros stay 0; each nonzero is code * k_i * q with q a power of two and integers k_i >= 1
+    summing to K <= 2^24, so every partial sum of |W| is exact in float32 in any order (torch's,
+    NumPy's, float64's alike) and every reader gets the same mean|W| = fl32(K q / n). K is the
+    one nearest fl32(1/weight_scale) * n / q with fl32(1 / mean|W|) == weight_scale. Returns
+    (weight, exact): exact is False when no K gives the scale bit for bit (float32 may have no
+    m with fl32(1/m) == weight_scale; then the nearest scale, within an ulp, is reproduced by
+    every reader alike), or when the tensor has more than 2^24 nonzeros (one magnitude then;
+    summation order may move the scale by an ulp).
+    """
+    codes = np.asarray(t.codes)
+    s = np.float32(t.weight_scale)
+    flat = codes.reshape(-1)
+    n, nz = flat.size, np.flatnonzero(flat)
+    nnz = nz.size
+    if nnz == 0:
+        return np.zeros(codes.shape, np.float32), bool(s == np.float32(1) / np.float32(1e-5))
+    m0 = float(np.float32(1) / s)                    # the mean|W| to aim at
+    if nnz <= 2**24:
+        q = 2.0 ** np.ceil(np.log2(m0 * n / 2**24))  # K = m0 n / q <= 2^24
+        K0 = int(round(m0 * n / q))
+        best = None
+        for K in sorted(range(max(nnz, K0 - 64), min(2**24, K0 + 64) + 1),
+                        key=lambda k: abs(k - K0)):
+            a, b = _mean_absmean(np.float32(K * q), n)
+            if a != b:
+                continue
+            err = abs(float(np.float32(1) / max(a, np.float32(1e-5))) - float(s))
+            if best is None or err < best[0]:
+                best = (err, K)
+            if err == 0:
+                break
+        if best is not None:
+            base, extra = divmod(best[1], nnz)
+            mags = np.full(nnz, base, np.float64)
+            mags[:extra] += 1
+            w = np.zeros(n, np.float32)
+            w[nz] = (flat[nz] * mags * q).astype(np.float32)
+            return w.reshape(codes.shape), best[0] == 0
+    a = np.float32(m0 * n / nnz)
+    return (codes.astype(np.float32) * a).astype(np.float32), False
+
+
 # ---------------------------------------------------------------------------------------------
 # config
 
@@ -332,6 +386,12 @@ def read_safetensors(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str,
     return {name: src.get(name) for name in src.where}, dict(src.metadata)
 
 
+def read_safetensors_metadata(path: Path | str) -> dict[str, str]:
+    """The __metadata__ (str -> str) of a safetensors file, reading only its header. Raises
+    ValueError naming the file when it is missing or its header is malformed."""
+    return dict(_st_header(Path(path))[2])
+
+
 def _load_projection(src: _TensorSource, module: str, out_in: tuple[int, int],
                      quant: dict) -> TernaryLinear:
     out, inp = out_in
@@ -392,8 +452,10 @@ def load_bitnet(model_dir: Path | str) -> BitNetWeights:
 # ---------------------------------------------------------------------------------------------
 # saving
 
-def state_dict(weights: BitNetWeights) -> dict[str, np.ndarray]:
-    """transformers state dict of `weights` in the PACKED layout (uint8 + float32 (1,) scales)."""
+def state_dict(weights: BitNetWeights, *, latent: bool = False) -> dict[str, np.ndarray]:
+    """transformers state dict of `weights`: the PACKED layout (uint8 (out/4, in) + float32 (1,)
+    scales), or with latent=True float32 (out, in) latent weights (`latent_weight`) for the
+    online autobitlinear layout."""
     c = weights.config
     sd: dict[str, np.ndarray] = {"model.embed_tokens.weight": weights.embed_tokens,
                                  "model.norm.weight": weights.norm}
@@ -409,6 +471,9 @@ def state_dict(weights: BitNetWeights) -> dict[str, np.ndarray]:
                 raise ValueError(f"layer {i} {proj}: codes {t.shape}, config wants "
                                  f"{c.proj_shape(proj)}")
             m = hf_module_name(i, proj)
+            if latent:
+                sd[f"{m}.weight"] = latent_weight(t)[0]
+                continue
             sd[f"{m}.weight"] = pack_ternary(t.codes)
             # BitLinear convention (divides by it) == ours: store s itself, shape (1,) like
             # BitLinear's weight_scale buffer.
@@ -422,22 +487,27 @@ def state_dict(weights: BitNetWeights) -> dict[str, np.ndarray]:
 
 
 def save_bitnet(weights: BitNetWeights, model_dir: Path | str, *,
-                tokenizer_json: str | None = None) -> None:
-    """Write `weights` as a packed transformers `bitnet` checkpoint into `model_dir`.
+                tokenizer_json: str | None = None, latent: bool = False) -> None:
+    """Write `weights` as a transformers `bitnet` checkpoint into `model_dir`.
 
-    Files: model.safetensors (uint8 (out/4, in) codes + float32 (1,) weight_scale per
-    projection, BitLinear convention = ours), tokenizer.json (if given), then config.json
-    (quantization_config bitnet/bitlinear/offline). Each file is replaced atomically (temp file,
+    Files: model.safetensors, tokenizer.json (if given), then config.json. Packed (default):
+    uint8 (out/4, in) codes + float32 (1,) weight_scale per projection (BitLinear convention =
+    ours), quantization_config bitnet/bitlinear/offline: 2 bits a weight, but transformers
+    builds its `BitLinear`, which PEFT cannot wrap. latent=True: float32 (out, in) latent
+    weights chosen by `latent_weight` (absmean ternarization gives back the codes and, where
+    float32 allows, the scale bit for bit), quantization_config bitnet/autobitlinear/online:
+    nn.Linear-based AutoBitLinear, which PEFT wraps; 32 bits a weight. Each file is replaced atomically (temp file,
     fsync, os.replace); config.json is written last, so a reader never sees a new config with
     old weights. Raises ValueError for shapes that disagree with the config or out % 4 != 0.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tensors = state_dict(weights)
+    tensors = state_dict(weights, latent=latent)
     write_file_atomic(model_dir / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
     if tokenizer_json is not None:
         write_file_atomic(model_dir / TOKENIZER_FILE, tokenizer_json.encode("utf-8"))
-    cfg = json.dumps(config_to_hf(weights.config, packed=True), indent=2, sort_keys=True) + "\n"
+    cfg = json.dumps(config_to_hf(weights.config, packed=not latent), indent=2,
+                     sort_keys=True) + "\n"
     write_file_atomic(model_dir / CONFIG_FILE, cfg.encode("utf-8"))
     fsync_dir(model_dir)
 

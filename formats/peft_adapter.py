@@ -4,6 +4,10 @@ An adapter directory holds
   adapter_config.json         PEFT LoraConfig (peft_type "LORA", r, lora_alpha, target_modules,
                               lora_dropout 0, bias "none", task_type "CAUSAL_LM", ...), so
                               `peft.PeftModel.from_pretrained(bitnet_model, dir)` loads it.
+                              base_model_name_or_path: a local base model as a path RELATIVE
+                              to the adapter folder (so the pair can move together; a Hub id
+                              is kept as given); the base's hash goes in the metadata
+                              (`base_model_sha256`, as the node writes it).
   adapter_model.safetensors   float32 tensors named
                               base_model.model.model.layers.{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight
                               base_model.model.model.layers.{i}.mlp.{gate,up,down}_proj.lora_{A,B}.weight
@@ -38,7 +42,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as st_save
 
-from bitswarm.formats.hf_checkpoint import hf_module_name, read_json, read_safetensors
+from bitswarm.formats.hf_checkpoint import (hf_module_name, read_json, read_safetensors,
+                                            read_safetensors_metadata)
 from bitswarm.fsutil import replace_dir_atomic, write_file_durable
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
 from bitswarm.kernels.lora import LoRAState, lora_key
@@ -82,6 +87,24 @@ def adapter_config_json(lora_config: LoRAConfig, base_model: str) -> dict:
     }
 
 
+def base_model_ref(base_model: str, adapter_dir: Path | str) -> str:
+    """What adapter_config.json's base_model_name_or_path holds for `base_model`: an absolute
+    local path becomes relative to adapter_dir (symlinks resolved on both sides); anything else
+    (a Hub id, an already relative path) is kept as given."""
+    if os.path.isabs(base_model):
+        return os.path.relpath(Path(base_model).resolve(), Path(adapter_dir).resolve())
+    return base_model
+
+
+def read_adapter_metadata(adapter_dir: Path | str) -> dict[str, str]:
+    """The metadata save_adapter stored (without the reserved keys), reading only the weight
+    file's header. Raises ValueError naming the file when it is missing or malformed."""
+    meta = read_safetensors_metadata(Path(adapter_dir) / WEIGHTS_FILE)
+    for k in _RESERVED_META:
+        meta.pop(k, None)
+    return meta
+
+
 def _siblings(adapter_dir: Path, kind: str) -> list[Path]:
     """.NAME.tmp-* / .NAME.old-* next to adapter_dir, newest first."""
     found = adapter_dir.parent.glob(f".{adapter_dir.name}.{kind}-*")
@@ -105,7 +128,8 @@ def save_adapter(adapter_dir: Path | str, lora: LoRAState, lora_config: LoRAConf
     lora: LoRAState {"layers.{i}.{proj}.lora_A": float32 (r, in), ".lora_B": float32 (out, r)},
     both matrices of every adapted projection, proj in lora_config.target_modules, r ==
     lora_config.rank. metadata: str -> str, stored in the safetensors header (keys "format" and
-    "bitswarm.lora" are reserved). Raises ValueError for a bad key, a missing A or B, shape,
+    "bitswarm.lora" are reserved). base_model: a Hub id or a local path, stored relative to
+    adapter_dir (base_model_ref). Raises ValueError for a bad key, a missing A or B, shape,
     rank, non-finite value or metadata entry.
     """
     adapter_dir = Path(adapter_dir)
@@ -139,7 +163,8 @@ def save_adapter(adapter_dir: Path | str, lora: LoRAState, lora_config: LoRAConf
     extra = json.dumps({"init_std": lora_config.init_std, "freeze_A": lora_config.freeze_A},
                        sort_keys=True)
     blob = st_save(tensors, metadata={**metadata, "format": "pt", "bitswarm.lora": extra})
-    config = json.dumps(adapter_config_json(lora_config, base_model), indent=2) + "\n"
+    config = json.dumps(adapter_config_json(lora_config, base_model_ref(base_model, adapter_dir)),
+                        indent=2) + "\n"
 
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     _recover(adapter_dir)

@@ -39,6 +39,7 @@ examples:
   node eval --adapter ~/.bitswarm/a/adapter --data ~/held-out --json
   node generate --adapter ~/.bitswarm/a/adapter --prompt "The meeting" --max-new-tokens 40
   node export --adapter ~/.bitswarm/a/adapter --format gguf --out adapter.gguf
+  node export --model ~/models/my-bitnet --format gguf --type tq2_0 --out model.gguf
 """
 
 
@@ -116,11 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = cmd("eval", "held-out loss (nats/token) and bits per byte of the model (+ adapter)")
-    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base "
+    s.add_argument("--model", type=Path, help="checkpoint folder or .gguf file (default: the adapter's base "
                                               "model, else the built-in model)")
     s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
     s.add_argument("--data", type=Path, required=True,
-                   help="folder of text files to evaluate on (each file on its own)")
+                   help="folder of text files to evaluate on (each file on its own; .jsonl "
+                        "chat lines count assistant tokens only)")
+    s.add_argument("--strict", action="store_true",
+                   help="a bad .jsonl line or non-UTF-8 file is fatal (default: skipped with a "
+                        "warning naming it)")
     s.add_argument("--ctx", type=int, default=128, help="tokens per evaluation window, at most "
                    "the model's max_position_embeddings (default: 128)")
     s.add_argument("--device", default="auto", choices=_DEVICES, help="default: auto")
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON line")
 
     s = cmd("generate", "stream text from the model (+ adapter), KV-cached")
-    s.add_argument("--model", type=Path, help="checkpoint folder (default: the adapter's base "
+    s.add_argument("--model", type=Path, help="checkpoint folder or .gguf file (default: the adapter's base "
                                               "model, else the built-in model)")
     s.add_argument("--adapter", type=Path, help="PEFT adapter folder (e.g. <data-dir>/adapter)")
     s.add_argument("--prompt", required=True, help="text to continue")
@@ -141,9 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embeddings", default="gpu", choices=["gpu", "host"],
                    help="where a GPU keeps the embedding/lm_head table (default: gpu)")
 
-    s = cmd("export", "write an adapter as a PEFT folder or a llama.cpp GGUF LoRA")
-    s.add_argument("--adapter", type=Path, required=True, help="adapter folder to export")
-    s.add_argument("--format", required=True, choices=["peft", "gguf"])
+    s = cmd("export", "write an adapter as a PEFT folder or a llama.cpp GGUF LoRA, or a base "
+                      "model as a llama.cpp GGUF model or a PEFT-wrappable HF folder")
+    s.add_argument("--adapter", type=Path, help="adapter folder to export")
+    s.add_argument("--model", type=Path, help="base model to export (checkpoint folder or .gguf)")
+    s.add_argument("--format", required=True, choices=["peft", "gguf", "hf"],
+                   help="adapters: peft or gguf; base models: gguf (llama.cpp) or hf (online "
+                        "autobitlinear folder that PEFT can wrap)")
+    s.add_argument("--type", choices=["f32", "f16", "tq1_0", "tq2_0"], default=None,
+                   help="--model only: projection type; tq* only for rows that are a multiple "
+                        "of 256 values, F16 otherwise (default: tq2_0)")
     s.add_argument("--out", type=Path, required=True, help="output folder (peft) or file (gguf)")
     return p
 
@@ -197,14 +209,17 @@ def node_config(values: dict):
         ctx=v["ctx"], seed=v["seed"])
 
 
-def preflight(cfg) -> None:
-    """Every check `node start` can make before a side effect: the documents, the model's
-    config (and --ctx against its max_position_embeddings), the data dir."""
-    from bitswarm.formats.hf_checkpoint import read_config
-    from bitswarm.node.data import find_text_files
+def preflight(cfg, strict: bool = False) -> None:
+    """Every check `node start` can make before a side effect: the documents (with strict,
+    every file and .jsonl line: node/data.py check_data), the model's config (and --ctx
+    against its max_position_embeddings), the data dir."""
+    from bitswarm.node.data import check_data, find_text_files
     from bitswarm.node.default_model import DEFAULT_CONFIG
-    find_text_files(cfg.data)
-    mcfg = DEFAULT_CONFIG if cfg.model is None else read_config(cfg.model)
+    from bitswarm.node.models import model_config
+    files = find_text_files(cfg.data)
+    if strict:
+        check_data(files)
+    mcfg = DEFAULT_CONFIG if cfg.model is None else model_config(cfg.model)
     if cfg.ctx > mcfg.max_position_embeddings:
         raise ValueError(f"--ctx: {cfg.ctx} is out of range; expected 2 to the model's "
                          f"max_position_embeddings ({mcfg.max_position_embeddings})")
@@ -222,7 +237,7 @@ def cmd_start(args) -> int:
 
     res = resolve_start(args)
     cfg = node_config(res.values)
-    preflight(cfg)
+    preflight(cfg, strict=res.values["strict"])
     lock_data_dir(cfg.data_dir)                  # one node per data dir, before any write
     written = cfg.data_dir / CONFIG_FILE
     if res.config_path is None and not written.exists():
@@ -301,21 +316,22 @@ def _is_interrupt(e: BaseException) -> bool:
 
 
 def cmd_eval(args) -> int:
-    from bitswarm.formats.hf_checkpoint import read_config
     from bitswarm.kernels.backend import select_backend
     from bitswarm.kernels.model import BitNetModel
-    from bitswarm.node.data import find_text_files, tokenize
+    from bitswarm.node.data import check_data, find_text_files, tokenize
     from bitswarm.node.evaluate import evaluate
-    from bitswarm.node.models import load_model, resolve_model_dir
+    from bitswarm.node.models import load_model, model_config, resolve_model_dir
 
     files = find_text_files(args.data)
+    if args.strict:
+        check_data(files)
     state, lcfg = _adapter(args)
-    limit = read_config(resolve_model_dir(args.model, adapter=args.adapter)).max_position_embeddings
+    limit = model_config(resolve_model_dir(args.model, adapter=args.adapter)).max_position_embeddings
     if not 2 <= args.ctx <= limit:
         raise ValueError(f"--ctx: {args.ctx} is out of range; expected 2 to the model's "
                          f"max_position_embeddings ({limit})")
     m = load_model(args.model, adapter=args.adapter)
-    docs = [tokenize(m.tokenizer, f) for f in files]
+    docs = [tokenize(m.tokenizer, f, strict=args.strict) for f in files]
     model = BitNetModel(m.weights, select_backend(args.device, args.embeddings), lcfg)
     model.set_lora(state)
     res = evaluate(model, docs, args.ctx)
@@ -371,9 +387,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bitswarm.node.export import export_adapter
-    out = export_adapter(args.adapter, args.format, args.out)
-    print(f"exported {args.adapter} as {args.format} to {out}")
+    from bitswarm.node.export import export
+    out = export(adapter=args.adapter, model=args.model, fmt=args.format, out=args.out,
+                 qtype=args.type)
+    print(f"exported {args.adapter or args.model} as {args.format} to {out}")
     return EXIT_OK
 
 

@@ -147,12 +147,15 @@ def _choice(*options: str) -> Callable[[Any], str]:
 START: tuple[Setting, ...] = (
     Setting("swarm", str, None, "swarm name: peers with the same name train together "
             "(the gossipsub topic derives from it)", "1-64 printable characters", required=True),
-    Setting("data", _path, None, "folder of local text documents (.txt .md .rst); they never "
-            "leave this machine", "a folder of text files", required=True),
+    Setting("data", _path, None, "folder of local documents (.txt .md .rst, .jsonl text or "
+            "chat lines); they never leave this machine", "a folder of text files",
+            required=True),
+    Setting("strict", _bool, False, "a bad .jsonl line or a non-UTF-8 file is fatal (default: "
+            "skipped with a warning naming it)", "true or false", is_flag=True),
     Setting("data_dir", _path, None, "node state: identity key, adapter, rounds.jsonl, "
             "node.log, config.toml", "a writable folder", required=True),
-    Setting("model", _path, None, "Hugging Face bitnet checkpoint folder (default: the "
-            "built-in model)", "a checkpoint folder"),
+    Setting("model", _path, None, "Hugging Face bitnet checkpoint folder or llama.cpp bitnet "
+            ".gguf file (default: the built-in model)", "a checkpoint folder or .gguf file"),
     Setting("listen", str, "/ip4/127.0.0.1/tcp/0", "libp2p listen multiaddr", "a multiaddr"),
     Setting("peer", _peers, [], "multiaddr .../p2p/<peer-id> of a peer to dial (repeatable)",
             "multiaddrs ending in /p2p/<peer-id>", repeat=True),

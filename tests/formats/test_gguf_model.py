@@ -275,11 +275,11 @@ def _llama3_style_reference():
 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from bitswarm.formats.gguf_model import _LLAMA3_SPLIT
+    from bitswarm.formats.gguf_model import LLAMA3_SPLIT
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), "isolated"),
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     specials = ["<|begin_of_text|>", "<|end_of_text|>"]

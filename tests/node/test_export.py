@@ -9,8 +9,10 @@ gguf.GGUFReader, which parses the file without our writer's help.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,9 @@ import pytest
 from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
 from bitswarm.formats.peft_adapter import load_adapter, save_adapter
 from bitswarm.node.export import export_adapter, export_gguf, export_peft
+from bitswarm.node.models import adapter_base_model
+
+TINY = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
 
 SHAPES = {"q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64),
           "gate_proj": (160, 64), "up_proj": (160, 64), "down_proj": (64, 160)}
@@ -35,7 +40,9 @@ def adapter(tmp_path):
             lora[f"layers.{i}.{p}.lora_A"] = rng.normal(size=(4, SHAPES[p][1])).astype(np.float32)
             lora[f"layers.{i}.{p}.lora_B"] = rng.normal(size=(SHAPES[p][0], 4)).astype(np.float32)
     d = tmp_path / "adapter"
-    save_adapter(d, lora, cfg, base_model="/models/tiny-bitnet", metadata={"round": "3"})
+    base = tmp_path / "models" / "tiny-bitnet"
+    shutil.copytree(TINY, base)
+    save_adapter(d, lora, cfg, base_model=str(base), metadata={"round": "3"})
     return d, lora, cfg
 
 
@@ -92,7 +99,10 @@ def test_peft_export_loads_back_identically(adapter, tmp_path):
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "/models/tiny-bitnet"
+    # The base stays named relative to the adapter: from the copy it still resolves.
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == "../models/tiny-bitnet" and adapter_base_model(out) == out / base
+    assert (out / base).resolve() == (tmp_path / "models" / "tiny-bitnet").resolve()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".copy.")]
 
 
