@@ -57,7 +57,7 @@ log = logging.getLogger("bitswarm.node")
 
 
 JOIN_WAIT_S = 10.0        # at start, how long a node with peers listens for the swarm's head
-LINGER_S = 30.0           # after the last round, longest wait for the peers to hold our adapter
+LINGER_S = 20.0           # after the last round, longest wait for the peers to hold our adapter
 
 
 def swarm_topic(swarm: str) -> str:
@@ -262,11 +262,12 @@ async def _listen_for_head(coord, transport) -> None:
 
 async def _linger(node: Node, coord, transport, compute, rounds_log: Path) -> None:
     """After the last round, keep serving (at most LINGER_S) until every connected swarm member
-    that takes part in agreement claims the adapter we hold: a straggler still checking the
-    final round's record needs our payloads, and a node that exits at once would leave it on
-    its own proposal. If the final round split the swarm, the minority side re-syncs here."""
+    active in it (a signed claim of the last round or later) claims the adapter we hold: a
+    straggler still checking the final round's record needs our payloads, and a node that
+    exits at once would leave it on its own proposal. If the final round split the swarm, the
+    minority side re-syncs here."""
     with trio.move_on_after(LINGER_S):
-        while not (set(transport.topic_peers()) & coord.view.recorders()) <= set(
+        while not set(coord.view.active(coord.round - 1, transport.topic_peers())) <= set(
                 coord.view.support(coord.round, bytes.fromhex(coord.adapter_sha256))):
             await trio.sleep(0.5)
             await _catch_up(node, coord, rounds_log, compute)

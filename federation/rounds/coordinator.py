@@ -361,6 +361,7 @@ class RoundCoordinator:
             adapter = await self._fetch_state(source, request, head.digest)
             if adapter is not None:
                 self._set_adapter(head.round, adapter)
+                self._intake.enter(head.round)   # buffer the head round's records from now on
                 return SyncResult(head.round, adapter, head.digest.hex(), source,
                                   len(head.signers))
         log.warning("round %d: no signer served adapter %s…; staying at round %d", head.round,
