@@ -17,6 +17,7 @@ class NodeConfig:
     model: Path | None = None               # HF bitnet checkpoint dir; None = built-in default
     listen: str = "/ip4/127.0.0.1/tcp/0"    # libp2p listen multiaddr
     peers: list[str] = field(default_factory=list)   # multiaddrs (…/p2p/<peer-id>) to dial
+    bootstrap: list[str] = field(default_factory=list)   # DHT entry points (…/p2p/<peer-id>)
     allow: frozenset[str] | None = None     # peer IDs whose updates count; None = any member
     metrics: str | None = None              # HOST:PORT of a Prometheus endpoint; None = off
     rounds: int | None = None               # federated rounds; None = until stopped
@@ -56,13 +57,15 @@ class NodeConfig:
             raise ValueError(f"--recompute must be auto, on or off, got {self.recompute!r}")
         if self.embeddings not in ("gpu", "host"):
             raise ValueError(f"--embeddings must be gpu or host, got {self.embeddings!r}")
-        for addr in [self.listen, *self.peers]:
-            try:
-                ma = Multiaddr(addr)
-            except Exception as e:  # the multiaddr library raises several types
-                raise ValueError(f"bad multiaddr {addr!r}: {e}") from None
-            if addr in self.peers and "p2p" not in [p.name for p in ma.protocols()]:
-                raise ValueError(f"--peer {addr!r} lacks /p2p/<peer-id>")
+        for flag, addrs in [("--listen", [self.listen]), ("--peer", self.peers),
+                            ("--bootstrap", self.bootstrap)]:
+            for addr in addrs:
+                try:
+                    ma = Multiaddr(addr)
+                except Exception as e:  # the multiaddr library raises several types
+                    raise ValueError(f"{flag}: bad multiaddr {addr!r}: {e}") from None
+                if flag != "--listen" and "p2p" not in [p.name for p in ma.protocols()]:
+                    raise ValueError(f"{flag} {addr!r} lacks /p2p/<peer-id>")
         if not isinstance(self.lora, LoRAConfig):
             raise ValueError(f"lora must be a LoRAConfig, got {type(self.lora).__name__}")
 

@@ -30,7 +30,7 @@ import trio
 
 from bitswarm.federation.aggregation import BoundedFedAvg
 from bitswarm.federation.codecs import Int8BlockCodec
-from bitswarm.federation.discovery import StaticPeers
+from bitswarm.federation.discovery import SwarmDHT
 from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundCoordinator
@@ -162,7 +162,8 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                  cfg.rounds - 1, cfg.data_dir)
         return ServeOutcome(0)
     tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm))
-    async with open_transport(node.key_pair, tcfg, discovery=StaticPeers(cfg.peers)) as transport:
+    dialed = [*cfg.peers, *cfg.bootstrap]
+    async with open_transport(node.key_pair, tcfg, discovery=SwarmDHT(dialed, cfg.swarm)) as transport:
         for addr in transport.listen_multiaddrs:
             print(f"listening on {addr}", flush=True)
         coord = RoundCoordinator(
@@ -184,7 +185,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         with RoundProgress(cfg.rounds, cfg.local_steps) as progress:
             async with trio.open_nursery() as nursery:
                 await nursery.start(coord.run)
-                await nursery.start(watch.run, transport, progress, list(cfg.peers))
+                await nursery.start(watch.run, transport, progress, dialed)
                 stop = await nursery.start(_stop_on_sigint)
                 task_status.started(transport)
                 with stop:
@@ -196,7 +197,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                     else:
                         log.info("resuming after round %d (adapter sha256 %s)", resumed.round,
                                  adapter_sha256(node.global_state))
-                    if cfg.peers:
+                    if dialed:
                         await _listen_for_head(coord, transport)
                     while True:
                         await _catch_up(node, coord, rounds_log, compute)
@@ -216,7 +217,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         status.update(phase="stopped")
         status.write()
     failure = None if interrupted or cfg.rounds is None else \
-        watch.failure(swarm=cfg.swarm, dialed=list(cfg.peers), min_peers=cfg.min_peers)
+        watch.failure(swarm=cfg.swarm, dialed=dialed, min_peers=cfg.min_peers)
     return ServeOutcome(done, interrupted, failure)
 
 

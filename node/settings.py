@@ -159,6 +159,9 @@ START: tuple[Setting, ...] = (
     Setting("listen", str, "/ip4/127.0.0.1/tcp/0", "libp2p listen multiaddr", "a multiaddr"),
     Setting("peer", _peers, [], "multiaddr .../p2p/<peer-id> of a peer to dial (repeatable)",
             "multiaddrs ending in /p2p/<peer-id>", repeat=True),
+    Setting("bootstrap", _peers, [], "multiaddr .../p2p/<peer-id> of any reachable bitswarm "
+            "node (repeatable): swarm members are then found through the Kademlia DHT",
+            "multiaddrs ending in /p2p/<peer-id>", repeat=True),
     Setting("allow", _peer_ids, [], "peer ID whose updates may count (repeatable; with "
             "--allow-file: the union); default: every peer of the swarm", "peer IDs as `node id` "
             "prints them", repeat=True),

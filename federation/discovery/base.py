@@ -6,10 +6,10 @@ given (the running Transport), and gossip and payload fetches use whatever conne
 `open_transport(..., discovery=...)` runs it in the transport's nursery until the transport
 closes.
 
-A new mechanism (Kademlia provider records, mDNS, rendezvous, ...) is one subclass in its own
-module, its test with real hosts on 127.0.0.1, and the line of the node's runtime that
-constructs it (today `StaticPeers(cfg.peers)`). A mechanism that speaks libp2p protocols
-itself (e.g. Kademlia) will also need the transport's host, which Dialer does not expose yet.
+A new mechanism (mDNS, rendezvous, ...) is one subclass in its own module, its test with real
+hosts on 127.0.0.1, and the line of the node's runtime that constructs it (today
+`SwarmDHT(peers + bootstrap, swarm)`, kademlia.py). A mechanism that speaks libp2p protocols
+itself uses `Dialer.libp2p_host`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Dialer(Protocol):
     """What a Discovery may use of the transport."""
 
     peer_id: str                              # our own base58 peer ID
+    libp2p_host: object                       # the py-libp2p IHost (for protocols like the DHT)
 
     def connected_peers(self) -> list[str]:
         """Base58 IDs of peers with an open connection."""

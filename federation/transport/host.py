@@ -155,6 +155,11 @@ class Transport:
 
     # ---- peers --------------------------------------------------------------------------
 
+    @property
+    def libp2p_host(self) -> IHost:
+        """The py-libp2p host (for discovery protocols that speak libp2p themselves)."""
+        return self._host
+
     def connected_peers(self) -> list[str]:
         """Base58 IDs of peers with an open connection."""
         return [p.to_base58() for p, conns in list(self._host.get_network().connections.items()) if conns]

@@ -144,3 +144,26 @@ def test_quickstart_with_one_node_much_slower_ends_on_one_adapter(tmp_path):
     late = [x for x in _lines(b) if x.get("round", -1) >= 0 and not x["included"]]
     assert late, "the slow node was never late: the test did not exercise a deadline"
     assert "came too late" in b.log_path.read_text()
+
+
+def test_two_nodes_join_by_name_with_only_a_bootstrap_node_of_another_swarm(tmp_path):
+    """`--bootstrap` of a node that is not even a member (it trains in swarm 'lobby'): the two
+    members find each other through DHT provider records, federate and agree."""
+    docs = prepare_documents(tmp_path, 3, files_per_node=10)
+    procs = []
+    try:
+        lobby = start_node(0, tmp_path, docs[0], "lobby", [],
+                           ["--rounds", "1000", "--min-peers", "0", *FAST], ENV)
+        procs.append(lobby)
+        addr = lobby.multiaddr(timeout_s=120)
+        members = [start_node(i, tmp_path, docs[i], "docs", [],
+                              ["--rounds", "2", "--min-peers", "1", "--round-timeout", "60",
+                               "--bootstrap", addr, *FAST], ENV) for i in (1, 2)]
+        procs += members
+        _finish(members, 300)
+    finally:
+        _kill_all(procs)
+    assert _final_sha(members[0]) == _final_sha(members[1])
+    for p in members:
+        rounds = [x for x in _lines(p) if x.get("round", -1) >= 0]
+        assert [len(x["contributors"]) for x in rounds] == [2, 2], rounds

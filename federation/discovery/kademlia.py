@@ -1,0 +1,104 @@
+"""SwarmDHT: join a swarm by name through the libp2p Kademlia DHT (py-libp2p's KadDHT).
+
+Every node runs a DHT server on its libp2p host. It dials its bootstrap addresses (any
+reachable bitswarm node, member of the swarm or not) and keeps them dialed, adds every
+connected peer to its routing table, announces itself as a provider of the swarm's rendezvous
+key, and looks up the key's other providers, dialing up to `target_peers` of them, which is
+enough for a gossipsub mesh (degree 6). Provider records expire, so the announcement and the
+lookup repeat: every `fast_s` seconds while no member is connected, every `refresh_s` after.
+
+Rendezvous key: the sha2-256 multihash of b"bitswarm/2/swarm/" + the swarm name (UTF-8), so
+names never collide with other DHT users' keys and the name itself is not published.
+
+Source: libp2p Kademlia DHT spec (provider records, ADD_PROVIDER / GET_PROVIDERS); py-libp2p
+0.8.1 `libp2p.kad_dht.KadDHT`. Logger: "bitswarm.federation.discovery".
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.tools.anyio_service import background_trio_service
+
+from .base import Dialer, DialError, Discovery
+from .static import StaticPeers
+
+log = logging.getLogger("bitswarm.federation.discovery")
+
+# py-libp2p 0.8.1's DHT logs a warning each time a peer closes a DHT stream it had open
+# (normal when a peer leaves): keep it out of the node's log.
+logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
+
+QUERY_TIMEOUT_S = 15.0          # one provide or find_providers, seconds
+
+
+def rendezvous_key(swarm: str) -> str:
+    """Hex of the sha2-256 multihash (0x12 0x20 + digest) of the swarm's rendezvous name."""
+    return (b"\x12\x20" + hashlib.sha256(b"bitswarm/2/swarm/" + swarm.encode()).digest()).hex()
+
+
+class SwarmDHT(Discovery):
+    """bootstrap: multiaddrs ending /p2p/<peer-id> (dialed and redialed like StaticPeers);
+    swarm: the swarm name; target_peers: members to keep connected; fast_s / refresh_s:
+    announce-and-look-up period, seconds, before and after the first member is connected.
+
+    The dialer must be a running Transport (it needs `libp2p_host`, the py-libp2p host).
+    """
+
+    def __init__(self, bootstrap: Sequence[str], swarm: str, *, target_peers: int = 8,
+                 fast_s: float = 3.0, refresh_s: float = 30.0) -> None:
+        self.bootstrap = list(bootstrap)
+        self.key = rendezvous_key(swarm)
+        self.target_peers = target_peers
+        self.fast_s, self.refresh_s = fast_s, refresh_s
+        self.found: set[str] = set()            # members found through provider records
+
+    async def run(self, dialer: Dialer) -> None:
+        host = dialer.libp2p_host
+        dht = KadDHT(host, DHTMode.SERVER)
+        async with background_trio_service(dht), trio.open_nursery() as nursery:
+            nursery.start_soon(StaticPeers(self.bootstrap).run, dialer)
+            while True:
+                await self._round(dialer, dht, host)
+                await trio.sleep(self.refresh_s if self.found & set(dialer.connected_peers())
+                                 else self.fast_s)
+
+    async def _round(self, dialer: Dialer, dht: KadDHT, host) -> None:
+        """Routing table upkeep, one announcement, one lookup, dials; failures are logged."""
+        for peer in list(host.get_network().connections):
+            try:
+                await dht.add_peer(peer)
+            except Exception as e:  # noqa: BLE001 - a peer without the DHT protocol, etc.
+                log.debug("DHT: cannot add %s to the routing table: %s", peer, e)
+        if dht.get_routing_table_size() == 0:
+            return                               # nobody to ask yet (bootstrap still dialing)
+        try:
+            with trio.fail_after(QUERY_TIMEOUT_S):
+                await dht.provide(self.key)
+                providers = await dht.find_providers(self.key, count=4 * self.target_peers)
+        except trio.TooSlowError:
+            log.warning("DHT: provider lookup timed out after %.0f s; retrying", QUERY_TIMEOUT_S)
+            return
+        except Exception as e:  # noqa: BLE001 - py-libp2p raises assorted errors mid-query
+            log.warning("DHT: provider lookup failed: %s: %s", type(e).__name__, e)
+            return
+        connected = set(dialer.connected_peers())
+        for info in providers:
+            pid = info.peer_id.to_base58()
+            if pid == dialer.peer_id:
+                continue
+            self.found.add(pid)
+            if pid in connected or len(connected & self.found) >= self.target_peers:
+                continue
+            for addr in info.addrs:
+                full = f"{addr}/p2p/{pid}" if "/p2p/" not in str(addr) else str(addr)
+                try:
+                    await dialer.connect(full)
+                    log.info("DHT: connected to swarm member %s (%s)", pid, full)
+                    connected.add(pid)
+                    break
+                except (DialError, ValueError) as e:
+                    log.info("DHT: dial %s failed: %s", full, e)
