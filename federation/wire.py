@@ -80,6 +80,7 @@ class UpdateManifest:
     32-byte SHA-256 of the payload. payload_size: payload length in bytes. base_adapter:
     32-byte SHA-256 (`state_hash.adapter_sha256`) of the global adapter G_round the delta was
     trained from. issued_at: unix seconds when the sender signed it (receivers bound its age).
+    rule: the swarm's aggregation rule (aggregation registry name), part of compatibility.
     """
 
     swarm: str
@@ -93,6 +94,7 @@ class UpdateManifest:
     payload_size: int
     base_adapter: bytes
     issued_at: int
+    rule: str
 
 
 _FIELDS = tuple(f.name for f in fields(UpdateManifest))
@@ -277,6 +279,7 @@ def _check_body(b: dict) -> None:
     if type(b["base_adapter"]) is not bytes or len(b["base_adapter"]) != SHA256_BYTES:
         raise WireError("base_adapter must be 32 bytes")
     _check_int("issued_at", b["issued_at"], 0, MAX_TIME)
+    _check_str("rule", b["rule"])
 
 
 def _check_request(round: Any, sha: Any) -> None:

@@ -205,7 +205,8 @@ def node_config(values: dict):
         allow=read_allow_list(v["allow"], v["allow_file"]),
         local_steps=v["local_steps"], lr=v["lr"],
         lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),
-        min_peers=v["min_peers"], round_timeout_s=v["round_timeout"], device=v["device"],
+        min_peers=v["min_peers"], round_timeout_s=v["round_timeout"],
+        aggregation=v["aggregation"], device=v["device"],
         embeddings=v["embeddings"], recompute=v["recompute"], batch_size=v["batch_size"],
         ctx=v["ctx"], seed=v["seed"])
 

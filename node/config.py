@@ -26,6 +26,7 @@ class NodeConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank r, alpha, targets, freeze_A
     min_peers: int = 1                      # other peers' updates that complete a round (quorum)
     round_timeout_s: float = 300.0          # deadline to collect a round's updates, seconds
+    aggregation: str = "bounded-fedavg"     # the swarm's rule (federation.aggregation registry)
     device: str = "auto"                    # auto | gpu | cpu
     embeddings: str = "gpu"                 # gpu | host: where a GPU keeps the vocab table
     recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
@@ -51,6 +52,10 @@ class NodeConfig:
         for flag, (value, ok) in checks.items():
             if not ok:
                 raise ValueError(out_of_range(flag, value))
+        from bitswarm.federation.aggregation import AGGREGATION_RULES
+        if self.aggregation not in AGGREGATION_RULES:
+            raise ValueError(f"--aggregation must be one of {', '.join(sorted(AGGREGATION_RULES))}, "
+                             f"got {self.aggregation!r}")
         if self.device not in ("auto", "gpu", "cpu"):
             raise ValueError(f"--device must be auto, gpu or cpu, got {self.device!r}")
         if self.recompute not in ("auto", "on", "off"):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from bitswarm.federation.aggregation import BoundedFedAvg
+from bitswarm.federation.aggregation import AGGREGATION_RULES
 from bitswarm.federation.codecs import Int8BlockCodec
 from bitswarm.federation.discovery import SwarmDHT
 from bitswarm.federation.identity import load_or_create_identity
@@ -169,7 +169,8 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         coord = RoundCoordinator(
             transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
-            round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(), aggregation=BoundedFedAvg(),
+            round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(),
+            aggregation=AGGREGATION_RULES[cfg.aggregation](),
             allowed_senders=cfg.allow, initial_adapter=node.global_state, initial_round=first,
             run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:

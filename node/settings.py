@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bitswarm.federation.aggregation import AGGREGATION_RULES
 from bitswarm.kernels.config import ATTN_PROJECTIONS, PROJECTIONS
 
 try:
@@ -184,6 +185,10 @@ START: tuple[Setting, ...] = (
             "trains alone", "an integer >= 0"),
     Setting("round_timeout", _float, 300.0, "seconds to wait for peers' updates per round",
             "a number of seconds > 0"),
+    Setting("aggregation", _choice(*sorted(AGGREGATION_RULES)), "bounded-fedavg",
+            "the swarm's aggregation rule (every member must use the same: updates and round "
+            "records name it)", ", ".join(sorted(AGGREGATION_RULES)),
+            choices=tuple(sorted(AGGREGATION_RULES))),
     Setting("batch_size", _int, 8, "sequences per training step", "an integer >= 1"),
     Setting("ctx", _int, 128, "tokens per training sequence (at most the model's "
             "max_position_embeddings)", "an integer >= 2"),

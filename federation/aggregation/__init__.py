@@ -5,11 +5,19 @@
     fedavg.py    FedAvg and the pure `fedavg` it calls
     bounded.py   BoundedFedAvg (the node's default): norms clipped and token claims capped
                  against the round's lower median, then fedavg
+    median.py, trimmed_mean.py, krum.py, centered_clipping.py   the robust rules (unweighted)
+    vectors.py   updates as float64 vectors, for the robust rules
 """
 from .base import AggregationRule, Contribution
 from .bounded import BoundedFedAvg, bound_contributions
+from .centered_clipping import CenteredClipping, centered_clipping
 from .fedavg import FedAvg, fedavg
+from .krum import MultiKrum, multi_krum
+from .median import CoordinateMedian, coordinate_median
 from .registry import AGGREGATION_RULES
+from .trimmed_mean import TrimmedMean, trimmed_mean
 
-__all__ = ["AGGREGATION_RULES", "AggregationRule", "BoundedFedAvg", "Contribution", "FedAvg",
-           "bound_contributions", "fedavg"]
+__all__ = ["AGGREGATION_RULES", "AggregationRule", "BoundedFedAvg", "CenteredClipping",
+           "Contribution", "CoordinateMedian", "FedAvg", "MultiKrum", "TrimmedMean",
+           "bound_contributions", "centered_clipping", "coordinate_median", "fedavg",
+           "multi_krum", "trimmed_mean"]

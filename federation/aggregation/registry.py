@@ -6,8 +6,13 @@ from types import MappingProxyType
 
 from .base import AggregationRule
 from .bounded import BoundedFedAvg
+from .centered_clipping import CenteredClipping
 from .fedavg import FedAvg
+from .krum import MultiKrum
+from .median import CoordinateMedian
+from .trimmed_mean import TrimmedMean
 
 AGGREGATION_RULES: Mapping[str, type[AggregationRule]] = MappingProxyType({
-    cls.name: cls for cls in (FedAvg, BoundedFedAvg)
+    cls.name: cls for cls in (FedAvg, BoundedFedAvg, CoordinateMedian, TrimmedMean, MultiKrum,
+                              CenteredClipping)
 })

@@ -383,7 +383,8 @@ class RoundCoordinator:
         manifest = UpdateManifest(
             swarm=self.swarm, round=round, base_model=self.base_model, lora=self.lora,
             sender=self.peer_id, tokens=tokens, codec=self.codec.wire_name, payload_sha256=sha,
-            payload_size=len(payload), base_adapter=base_digest, issued_at=int(self._clock()))
+            payload_size=len(payload), base_adapter=base_digest, issued_at=int(self._clock()),
+            rule=self.aggregation.name)
         data = encode_manifest(manifest, self.key_pair)
         ex = _Exchange(self._intake.enter(round), base_digest)
         ex.contributions[self.peer_id] = Contribution(self.peer_id, tokens, own)

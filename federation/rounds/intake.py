@@ -281,6 +281,8 @@ class ManifestIntake:
         if self.allowed is not None and m.sender not in self.allowed:
             raise WireError("sender not on the allow-list")
         check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
+        if m.rule != self.rule:
+            raise WireError(f"aggregation rule {m.rule!r} (ours is {self.rule!r})")
         if m.codec not in CODECS:
             raise WireError(f"unknown codec {m.codec!r}")
         if m.payload_size > self.max_payload:

@@ -23,7 +23,8 @@ G_NEXT = hashlib.sha256(b"G_8").digest()
 def _update(kp, **over) -> bytes:
     fields = dict(swarm="s", round=7, base_model=BASE_MODEL, lora=LORA, sender=peer_id_of(kp),
                   tokens=100, codec="int8-block-zstd/1", payload_sha256=b"\x01" * 32,
-                  payload_size=10, base_adapter=G, issued_at=int(time.time()))
+                  payload_size=10, base_adapter=G, issued_at=int(time.time()),
+                  rule="bounded-fedavg")
     fields.update(over)
     return wire.encode_manifest(wire.UpdateManifest(**fields), kp)
 

@@ -26,7 +26,8 @@ def _manifest(key_pair, **over) -> UpdateManifest:
     fields = dict(swarm="test-swarm", round=3, base_model=BASE, lora=wire.lora_dict(LORA),
                   sender=peer_id_of(key_pair), tokens=4096, codec="int8-block-zstd/1",
                   payload_sha256=hashlib.sha256(b"payload").digest(), payload_size=7,
-                  base_adapter=hashlib.sha256(b"G_3").digest(), issued_at=1_800_000_000)
+                  base_adapter=hashlib.sha256(b"G_3").digest(), issued_at=1_800_000_000,
+                  rule="bounded-fedavg")
     fields.update(over)
     return UpdateManifest(**fields)
 

@@ -68,6 +68,7 @@ async def main(addr: str, swarm: str, base_model: str, seconds: float) -> None:
     blobs = payloads(shapes)
     served: dict[bytes, bytes] = {}
     bases: dict[int, bytes] = {}               # round -> the honest nodes' base adapter
+    rules: dict[int, str] = {}                 # round -> their aggregation rule
 
     # One sender identity per kind of bad update: a node keeps one update per (sender, round),
     # so a single identity would only ever get its first bad update looked at.
@@ -82,7 +83,7 @@ async def main(addr: str, swarm: str, base_model: str, seconds: float) -> None:
         m = wire.UpdateManifest(swarm=swarm_, round=rnd, base_model=base, lora=lora, sender=peer_id_of(key),
                                 tokens=1000, codec=codec, payload_sha256=sha,
                                 payload_size=len(payload), base_adapter=bases[rnd],
-                                issued_at=int(time.time()) - age_s)
+                                issued_at=int(time.time()) - age_s, rule=rules[rnd])
         return wire.encode_manifest(m, signer or key)
 
     async def learn_bases(t) -> None:
@@ -92,6 +93,7 @@ async def main(addr: str, swarm: str, base_model: str, seconds: float) -> None:
             except wire.WireError:
                 continue
             bases.setdefault(m.round, m.base_adapter)
+            rules.setdefault(m.round, m.rule)
 
     cfg = TransportConfig(topic=swarm_topic(swarm), peers=[addr])
     async with open_transport(kp, cfg) as t:

@@ -37,7 +37,7 @@ async def main(addr: str, swarm: str, base_model: str, rounds: int, scale: float
     served: dict[bytes, bytes] = {}
     manifests: dict[int, bytes] = {}            # round -> our manifest (bound to its base)
 
-    def attack(rnd: int, base_adapter: bytes) -> None:
+    def attack(rnd: int, base_adapter: bytes, rule: str) -> None:
         delta = {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in shapes.items()}
         payload = encode_update(delta)[0]
         sha = hashlib.sha256(payload).digest()
@@ -46,7 +46,7 @@ async def main(addr: str, swarm: str, base_model: str, rounds: int, scale: float
                                 lora=wire.lora_dict(LoRAConfig()), sender=peer_id_of(kp),
                                 tokens=MAX_TOKENS, codec="int8-block-zstd/1", payload_sha256=sha,
                                 payload_size=len(payload), base_adapter=base_adapter,
-                                issued_at=int(time.time()))
+                                issued_at=int(time.time()), rule=rule)
         manifests[rnd] = wire.encode_manifest(m, kp)
 
     async def learn_bases(t) -> None:
@@ -56,7 +56,7 @@ async def main(addr: str, swarm: str, base_model: str, rounds: int, scale: float
             except wire.WireError:
                 continue                       # records and the rest
             if m.round < rounds and m.round not in manifests:
-                attack(m.round, m.base_adapter)
+                attack(m.round, m.base_adapter, m.rule)
 
     async with open_transport(kp, TransportConfig(topic=swarm_topic(swarm), peers=[addr])) as t:
         t.set_payload_provider(lambda req: served.get(req))

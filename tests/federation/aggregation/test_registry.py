@@ -25,7 +25,8 @@ def _contributions(n: int, seed: int) -> list[Contribution]:
 
 
 def test_registry_is_keyed_by_rule_name():
-    assert NAMES == ["bounded-fedavg", "fedavg"]
+    assert NAMES == ["bounded-fedavg", "centered-clipping", "fedavg", "median", "multi-krum",
+                     "trimmed-mean"]
     for name, cls in AGGREGATION_RULES.items():
         assert issubclass(cls, AggregationRule) and cls.name == name
 

@@ -317,7 +317,7 @@ def _hostile_manifest(kp, payload: bytes, *, rnd=0, signer=None, **over) -> byte
                             sender=peer_id_of(kp), tokens=10**6, codec=codecs.INT8_CODEC,
                             payload_sha256=hashlib.sha256(payload).digest(),
                             payload_size=len(payload), base_adapter=ZERO_DIGEST,
-                            issued_at=int(time.time()))
+                            issued_at=int(time.time()), rule="fedavg")
     return wire.encode_manifest(dataclasses.replace(m, **over), signer or kp)
 
 

@@ -38,7 +38,7 @@ def _manifest(rnd: int, kp=None, signer=None, **over) -> tuple[str, bytes]:
     fields = dict(swarm=SWARM, round=rnd, base_model=BASE, lora=LORA, sender=peer_id_of(kp),
                   tokens=100, codec="int8-block-zstd/1",
                   payload_sha256=hashlib.sha256(b"p").digest(), payload_size=1000,
-                  base_adapter=B0, issued_at=int(time.time()))
+                  base_adapter=B0, issued_at=int(time.time()), rule="fedavg")
     fields.update(over)
     return fields["sender"], wire.encode_manifest(wire.UpdateManifest(**fields), signer or kp)
 
