@@ -1,4 +1,4 @@
-"""Command line: `node id | start | config show | status | eval | generate | export` (also `bitswarm ...`,
+"""Command line: `node id | swarm-key new | start | config show | status | eval | generate | export` (also `bitswarm ...`,
 `python -m bitswarm.node`).
 
 Exit codes (README, "Exit codes"):
@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=Path, required=True,
                    help="node state folder; the Ed25519 identity is <data-dir>/identity.key")
 
+    s = cmd("swarm-key", "make a private network key: only nodes started with --swarm-key "
+            "FILE can connect to each other")
+    s.add_argument("action", choices=["new"], help="new: write a fresh key (never overwrites)")
+    s.add_argument("file", type=Path, metavar="FILE", help="the key file to create (mode 0600)")
+
     s = cmd("start", "join a swarm and fine-tune; saves the adapter after every round")
     _add_start_flags(s)
 
@@ -182,6 +187,19 @@ def cmd_id(args) -> int:
     return EXIT_OK
 
 
+def cmd_swarm_key(args) -> int:
+    from bitswarm.federation.swarm_key import write_new_swarm_key
+    try:
+        write_new_swarm_key(args.file)
+    except FileExistsError as e:
+        raise ValueError(str(e)) from None
+    except OSError as e:
+        raise ValueError(f"{args.file}: cannot create it: {e.strerror}") from None
+    print(f"wrote a new swarm key to {args.file}; give it to every member (--swarm-key "
+          f"{args.file}) and to no one else")
+    return EXIT_OK
+
+
 def _given(args) -> dict:
     """The start settings given on the command line (argparse leaves absent ones out)."""
     from bitswarm.node.settings import START
@@ -196,6 +214,7 @@ def resolve_start(args, require: bool = True):
 def node_config(values: dict):
     """NodeConfig from resolved settings (ValueError naming the flag for a bad value)."""
     from bitswarm.node.config import NodeConfig, lora_config
+    from bitswarm.federation.swarm_key import read_swarm_key
     from bitswarm.node.settings import read_allow_list
     v = values
     return NodeConfig(
@@ -203,6 +222,7 @@ def node_config(values: dict):
         listen=v["listen"], peers=list(v["peer"]), bootstrap=list(v["bootstrap"]),
         metrics=v["metrics"], rounds=v["rounds"],
         allow=read_allow_list(v["allow"], v["allow_file"]),
+        swarm_key=None if v["swarm_key"] is None else read_swarm_key(v["swarm_key"]),
         local_steps=v["local_steps"], lr=v["lr"],
         lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),
         min_peers=v["min_peers"], round_timeout_s=v["round_timeout"],
@@ -406,7 +426,7 @@ def _adapter(args):
     return state, lcfg
 
 
-COMMANDS = {"id": cmd_id, "start": cmd_start, "config": cmd_config, "status": cmd_status,
+COMMANDS = {"id": cmd_id, "swarm-key": cmd_swarm_key, "start": cmd_start, "config": cmd_config, "status": cmd_status,
             "eval": cmd_eval,
             "generate": cmd_generate, "export": cmd_export}
 

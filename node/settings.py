@@ -166,6 +166,8 @@ START: tuple[Setting, ...] = (
     Setting("allow", _peer_ids, [], "peer ID whose updates may count (repeatable; with "
             "--allow-file: the union); default: every peer of the swarm", "peer IDs as `node id` "
             "prints them", repeat=True),
+    Setting("swarm_key", _opt_path, None, "private network key file (`node swarm-key new "
+            "FILE`): only nodes holding the same key can connect", "a swarm key file"),
     Setting("allow_file", _opt_path, None, "file of allowed peer IDs, one per line (# comments)",
             "a text file of peer IDs"),
     Setting("metrics", _hostport, None, "serve the node's status as Prometheus metrics at "
