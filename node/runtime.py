@@ -33,7 +33,7 @@ from bitswarm.federation.codecs import Int8BlockCodec
 from bitswarm.federation.discovery import SwarmDHT
 from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.fsutil import append_line_durable
-from bitswarm.federation.rounds import RoundCoordinator
+from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
 from bitswarm.federation.state_hash import adapter_sha256
 from bitswarm.federation.transport import TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
@@ -57,7 +57,7 @@ log = logging.getLogger("bitswarm.node")
 
 
 JOIN_WAIT_S = 10.0        # at start, how long a node with peers listens for the swarm's head
-LINGER_S = 20.0           # after the last round, longest wait for the peers to hold our adapter
+LINGER_S = 20.0           # after the last round, least wait for peers to hold our adapter
 
 
 def swarm_topic(swarm: str) -> str:
@@ -183,6 +183,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
             log.info("metrics on http://%s/metrics", cfg.metrics)
         watch = SwarmWatch(transport.peer_id, status=status)
         done, interrupted, rnd = 0, False, first
+        history = {first: bytes.fromhex(coord.adapter_sha256)}   # round -> digest of G_round
         with RoundProgress(cfg.rounds, cfg.local_steps) as progress:
             async with trio.open_nursery() as nursery:
                 await nursery.start(coord.run)
@@ -207,14 +208,16 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                             break
                         await _one_round(node, coord, transport, rnd, compute, progress,
                                          rounds_log, watch)
+                        history[coord.round] = bytes.fromhex(coord.adapter_sha256)
                         done += 1
                     if done:
                         await _linger(node, coord, transport, compute, rounds_log)
                 interrupted = stop.cancelled_caught
                 nursery.cancel_scope.cancel()
         watch.poll(transport)
-        watch.peers_agreeing = len(coord.view.support(
-            coord.round, bytes.fromhex(coord.adapter_sha256), exclude=transport.peer_id))
+        # A peer agrees when its latest signed claim is an adapter this node held at that round.
+        watch.peers_agreeing = sum(1 for r, d in coord.view.latest(exclude=transport.peer_id).values()
+                                   if history.get(r) == d)
         status.update(phase="stopped")
         status.write()
     failure = None if interrupted or cfg.rounds is None else \
@@ -263,14 +266,19 @@ async def _listen_for_head(coord, transport) -> None:
 
 
 async def _linger(node: Node, coord, transport, compute, rounds_log: Path) -> None:
-    """After the last round, keep serving (at most LINGER_S) until every connected swarm member
-    active in it (a signed claim of the last round or later) claims the adapter we hold: a
-    straggler still checking the final round's record needs our payloads, and a node that
-    exits at once would leave it on its own proposal. If the final round split the swarm, the
-    minority side re-syncs here."""
-    with trio.move_on_after(LINGER_S):
-        while not set(coord.view.active(coord.round - 1, transport.topic_peers())) <= set(
-                coord.view.support(coord.round, bytes.fromhex(coord.adapter_sha256))):
+    """After the last round, keep serving (at most max(LINGER_S, --round-timeout)) until every
+    connected swarm member that takes part in agreement (it gossiped a round record) claims the
+    adapter we hold or a later one: a straggler still checking the final rounds' records needs
+    our payloads, and a node that exits at once would leave it on its own proposal. If the
+    final round split the swarm, the minority side re-syncs here."""
+    def settled() -> bool:
+        claims = coord.view.latest()
+        mine = (coord.round, bytes.fromhex(coord.adapter_sha256))
+        return all(claims.get(p) == mine or claims.get(p, (-1,))[0] > coord.round
+                   for p in set(transport.topic_peers()) & coord.view.recorders())
+
+    with trio.move_on_after(max(LINGER_S, node.cfg.round_timeout_s)):
+        while not settled():
             await trio.sleep(0.5)
             await _catch_up(node, coord, rounds_log, compute)
 
@@ -315,7 +323,11 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
         progress.phase(rnd, "waiting for peers", cfg.round_timeout_s,
                        f"{cfg.min_peers} peer update(s) complete the round, "
                        f"{len(transport.topic_peers())} swarm member(s) connected")
-    result = await coord.exchange(rnd, delta, tokens)
+    try:
+        result = await coord.exchange(rnd, delta, tokens)
+    except SwarmMovedOn as e:
+        log.warning("%s: our update of round %d is dropped; catching up", e, rnd)
+        return
     watch.add_round(result)
     node.global_state = dict(result.adapter)
     sha = result.adapter_sha256

@@ -58,7 +58,7 @@ from bitswarm.federation.wire import (MAX_ROUND, MAX_TOKENS, UpdateManifest, Wir
 from .agreement import acknowledged, ranked
 from .fetch import FetchFailed, PayloadFetcher
 from .intake import ManifestIntake, ManifestSeen, RecordSeen, RoundState
-from .serving import ServedRounds, publish, republish_loop
+from .serving import SERVED_ROUNDS, ServedRounds, publish, republish_loop
 
 log = logging.getLogger("bitswarm.federation.rounds")
 
@@ -121,6 +121,16 @@ class _Exchange:
     def poke(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+
+class SwarmMovedOn(Exception):
+    """The swarm is too many rounds ahead to check its records (its payloads of our round are
+    no longer served): our update would be dropped anyway. `head`: the swarm's round. The
+    caller catches up (RoundCoordinator.catch_up) instead of exchanging."""
+
+    def __init__(self, round: int, head: int) -> None:
+        super().__init__(f"round {round}: the swarm is at round {head}")
+        self.round, self.head = round, head
 
 
 async def _to_thread(fn: Callable[[], T]) -> T:
@@ -302,8 +312,10 @@ class RoundCoordinator:
         weight). Returns within about round_timeout_s + settle_s (plus the fetches a record
         we adopt needs); the coordinator then holds G_{round+1}.
 
-        Raises ValueError (bad round, tokens or delta; rounds must increase) and RuntimeError
-        (run() not started, or another exchange in progress). Peer failures never raise.
+        Raises ValueError (bad round, tokens or delta; rounds must increase), RuntimeError
+        (run() not started, or another exchange in progress) and SwarmMovedOn (the swarm's
+        head is SERVED_ROUNDS or more rounds ahead: catch up instead). Peer failures never
+        raise.
         """
         if not self._running:
             raise RuntimeError("start RoundCoordinator.run in a nursery before exchange")
@@ -323,6 +335,9 @@ class RoundCoordinator:
         if set(delta) != set(self.expected_shapes) or any(
                 tuple(np.shape(delta[k])) != s for k, s in self.expected_shapes.items()):
             raise ValueError("delta keys/shapes differ from expected_shapes")
+        head = self._head()
+        if head is not None and head.round >= round + SERVED_ROUNDS:
+            raise SwarmMovedOn(round, head.round)
         self._exchanging = True
         try:
             return await self._exchange(round, delta, tokens)
@@ -338,9 +353,7 @@ class RoundCoordinator:
         if self._exchanging:
             raise RuntimeError("catch_up during an exchange")
         view = self._intake.view
-        # One signer alone is not trusted while others exist (a fast peer, or a liar).
-        quorum = 2 if view.signers(exclude=self.peer_id) >= 2 else 1
-        head = view.head(exclude=self.peer_id, min_signers=quorum)
+        head = self._head()
         if head is None or head.round < self._round:
             return None
         if head.round == self._round:
@@ -367,6 +380,12 @@ class RoundCoordinator:
         log.warning("round %d: no signer served adapter %s…; staying at round %d", head.round,
                     head.digest.hex()[:16], self._round)
         return None
+
+    def _head(self):
+        # One signer alone is not trusted while others exist (a fast peer, or a liar).
+        view = self._intake.view
+        quorum = 2 if view.signers(exclude=self.peer_id) >= 2 else 1
+        return view.head(exclude=self.peer_id, min_signers=quorum)
 
     def buffered(self, round: int) -> list[str]:
         """Senders (sorted) of valid manifests held for `round` (for tests and status)."""

@@ -220,9 +220,9 @@ class ManifestIntake:
     def _on_record(self, author: str, rec: RoundRecord) -> None:
         if not self._valid(rec):
             return
-        self._claim(rec.proposer, rec.round + 1, rec.new_adapter)
+        self._claim(rec.proposer, rec.round + 1, rec.new_adapter, via_record=True)
         if author != self.peer_id:
-            self._claim(author, rec.round + 1, rec.new_adapter)
+            self._claim(author, rec.round + 1, rec.new_adapter, via_record=True)
         if not self._floor <= rec.round <= self._floor + self.max_rounds_ahead:
             return
         state = self._state(rec.round)
@@ -289,8 +289,8 @@ class ManifestIntake:
             raise WireError(f"payload_size {m.payload_size} exceeds the bound "
                             f"{self.max_payload} for our shapes")
 
-    def _claim(self, signer: str, rnd: int, digest: bytes) -> None:
-        self.view.note(signer, rnd, digest)
+    def _claim(self, signer: str, rnd: int, digest: bytes, *, via_record: bool = False) -> None:
+        self.view.note(signer, rnd, digest, via_record=via_record)
         self.latest_round_seen = max(rnd, self.latest_round_seen or 0)
 
     def _decode(self, data: bytes) -> UpdateManifest | RoundRecord:

@@ -3,9 +3,9 @@ SHA-256), served to any peer that asks; its signed manifest of the current round
 record it adopted last, republished.
 
 Gossipsub may publish before a peer's subscription is known, and late joiners miss messages,
-so both are republished every interval (receivers dedupe). Payloads of the previous round stay
-served (our own and the verified ones we relay) for peers a round behind, who need them to
-check the record they adopt. The adopted record is what a straggler or a newcomer needs to
+so both are republished every interval (receivers dedupe). Payloads of the last SERVED_ROUNDS
+rounds stay served (our own and the verified ones we relay) for peers behind, who need them to
+check the records they adopt; adapters only for the current and previous round. The adopted record is what a straggler or a newcomer needs to
 reach the swarm's adapter; republishing it is also our acknowledgement of it (agreement.py).
 
 Logger: "bitswarm.federation.rounds.serving".
@@ -23,7 +23,9 @@ from bitswarm.federation.wire import (STATE_REQUEST_MAGIC, WireError, decode_pay
 
 log = logging.getLogger("bitswarm.federation.rounds.serving")
 
-SERVED_ROUNDS = 2                     # payloads and adapters: current + previous round
+# Payloads: the current round and 3 before it, so a straggler up to 3 rounds behind can still
+# check the records it adopts (further behind, it catches up by adapter hash instead).
+SERVED_ROUNDS = 4
 
 
 class ServedRounds:
@@ -40,7 +42,7 @@ class ServedRounds:
         earlier rounds (the adopted record carries those that counted)."""
         keep_from = rnd - (SERVED_ROUNDS - 1)
         self.payloads = {k: v for k, v in self.payloads.items() if k[0] >= keep_from}
-        self.states = {k: v for k, v in self.states.items() if k[0] >= keep_from}
+        self.states = {k: v for k, v in self.states.items() if k[0] >= rnd - 1}
         self.manifests = {r: v for r, v in self.manifests.items() if r >= rnd}
 
     def serve(self, request: bytes) -> bytes | None:

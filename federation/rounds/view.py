@@ -30,10 +30,14 @@ class SwarmView:
 
     def __init__(self) -> None:
         self._claims: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._recorders: set[str] = set()
 
-    def note(self, signer: str, round: int, digest: bytes) -> None:
+    def note(self, signer: str, round: int, digest: bytes, *, via_record: bool = False) -> None:
         """Record that `signer` holds G_round with `digest`; older claims of it are replaced,
-        a claim of an older round than its latest is ignored."""
+        a claim of an older round than its latest is ignored. via_record: the claim came from
+        a round record it gossiped (it takes part in agreement, not only in training)."""
+        if via_record and len(self._recorders) < MAX_SIGNERS:
+            self._recorders.add(signer)
         old = self._claims.get(signer)
         if old is not None and old[0] > round:
             return
@@ -51,9 +55,13 @@ class SwarmView:
         return all(c[1] == digest for s, c in self._claims.items()
                    if c[0] == round and s != exclude)
 
-    def active(self, since_round: int, among) -> list[str]:
-        """Those of `among` whose latest claim is of round `since_round` or later, sorted."""
-        return sorted(s for s in among if s in self._claims and self._claims[s][0] >= since_round)
+    def latest(self, *, exclude: str | None = None) -> dict[str, tuple[int, bytes]]:
+        """signer -> its latest claim (round, digest)."""
+        return {s: c for s, c in self._claims.items() if s != exclude}
+
+    def recorders(self) -> set[str]:
+        """Signers that gossiped round records (at most MAX_SIGNERS)."""
+        return set(self._recorders)
 
     def signers(self, *, exclude: str | None = None) -> int:
         """How many signers are tracked (other than `exclude`)."""

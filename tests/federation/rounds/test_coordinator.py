@@ -24,7 +24,8 @@ from bitswarm.federation import codecs, wire
 from bitswarm.federation.round_record import decode_record, encode_record
 from bitswarm.federation.aggregation import AggregationRule, Contribution, fedavg
 from bitswarm.federation.identity import peer_id_of
-from bitswarm.federation.rounds import RoundCoordinator
+from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
+from bitswarm.federation.rounds.serving import SERVED_ROUNDS
 from bitswarm.federation.state_hash import adapter_digest
 from bitswarm.federation.transport import FetchError, GossipMessage
 from bitswarm.kernels.config import LoRAConfig
@@ -440,13 +441,14 @@ def test_alone_at_deadline_aggregate_is_own_decoded_delta(caplog):
     run_mock(main)
 
 
-def test_payloads_served_for_last_two_rounds_only():
+def test_payloads_served_for_the_last_rounds_only():
     async def main():
         net = MemoryNetwork()
         a = make_coord(net, min_peers=0)
         async with trio.open_nursery() as n:
             await n.start(a.run)
-            for rnd in range(3):
+            last = SERVED_ROUNDS
+            for rnd in range(last + 1):
                 await a.exchange(rnd, delta_for(rnd), 10)
             manifests = {}
             for sender, data in net.published:
@@ -455,17 +457,39 @@ def test_payloads_served_for_last_two_rounds_only():
                     manifests[m.round] = m
             provider = a.transport._provider
             assert provider(wire.encode_payload_request(0, manifests[0].payload_sha256)) is None
-            for rnd in (1, 2):
+            for rnd in range(1, last + 1):
                 p = provider(wire.encode_payload_request(rnd, manifests[rnd].payload_sha256))
                 assert p is not None and hashlib.sha256(p).digest() == manifests[rnd].payload_sha256
             assert provider(b"junk") is None
-            assert provider(wire.encode_payload_request(2, b"\x00" * 32)) is None
+            assert provider(wire.encode_payload_request(last, b"\x00" * 32)) is None
+            # The held adapter is served by its hash (state sync), lossless.
+            state = provider(wire.encode_state_request(a.round, bytes.fromhex(a.adapter_sha256)))
+            decoded = codecs.decode_update(state, expected_shapes=SHAPES, max_bytes=len(state))
+            assert adapter_digest(decoded).hex() == a.adapter_sha256
             # Republished: the current round's manifest and the record adopted last.
             net.published.clear()
             await trio.sleep(2.5)
             assert [(d[:4], wire.decode_manifest(d).round if d[:4] == wire.MANIFEST_MAGIC
                      else decode_record(d).round) for _, d in net.published] == \
-                [(b"BSRR", 2), (b"BSWM", 2)]
+                [(b"BSRR", last), (b"BSWM", last)]
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_a_swarm_too_far_ahead_raises_swarm_moved_on():
+    async def main():
+        net = MemoryNetwork()
+        a, b = make_coord(net, min_peers=0), make_coord(net, min_peers=0)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            for rnd in range(SERVED_ROUNDS):
+                await a.exchange(rnd, delta_for(rnd), 10)
+            await trio.sleep(2.5)
+            with pytest.raises(SwarmMovedOn, match=f"at round {SERVED_ROUNDS}"):
+                await b.exchange(0, delta_for(9), 10)
+            assert (await b.catch_up()).round == SERVED_ROUNDS
+            assert b.adapter_sha256 == a.adapter_sha256
             n.cancel_scope.cancel()
     run_mock(main)
 

@@ -6,27 +6,29 @@ import trio
 import trio.testing
 
 from bitswarm.federation import wire
-from bitswarm.federation.rounds.serving import ServedRounds, republish_loop
+from bitswarm.federation.rounds.serving import SERVED_ROUNDS, ServedRounds, republish_loop
 from bitswarm.federation.transport import TransportError
 
 
-def test_served_rounds_keep_current_and_previous_round():
+def test_served_rounds_keep_the_last_rounds():
     served = ServedRounds()
-    for rnd in range(3):
+    for rnd in range(SERVED_ROUNDS + 1):
         served.enter(rnd)
         served.payloads[(rnd, bytes([rnd]) * 32)] = f"payload {rnd}".encode()
         served.manifests[rnd] = f"manifest {rnd}".encode()
-    assert served.serve(wire.encode_payload_request(0, b"\x00" * 32)) is None   # pruned
-    assert served.serve(wire.encode_payload_request(2, b"\x02" * 32)) == b"payload 2"
-    assert served.serve(wire.encode_payload_request(1, b"\x01" * 32)) == b"payload 1"
-    assert served.serve(wire.encode_payload_request(2, b"\x01" * 32)) is None   # wrong hash
+    r0, r2 = 0, SERVED_ROUNDS                        # first and last round entered
+    req = lambda r, b=None: wire.encode_payload_request(r, bytes([b if b is not None else r]) * 32)  # noqa: E731
+    assert served.serve(req(r0)) is None                            # pruned: SERVED_ROUNDS kept
+    assert served.serve(req(r0 + 1)) == f"payload {r0 + 1}".encode()
+    assert served.serve(req(r2)) == f"payload {r2}".encode()
+    assert served.serve(req(r2, r0 + 1)) is None                    # wrong hash
     assert served.serve(b"junk") is None
-    assert sorted(served.manifests) == [2]           # the adopted record carries older ones
-    served.states[(2, b"\x07" * 32)] = b"adapter 2"
-    served.records = {1: b"record 1"}
-    assert served.serve(wire.encode_state_request(2, b"\x07" * 32)) == b"adapter 2"
-    assert served.serve(wire.encode_state_request(2, b"\x08" * 32)) is None
-    assert served.gossip() == [(1, b"record 1"), (2, b"manifest 2")]
+    assert sorted(served.manifests) == [r2]          # the adopted record carries older ones
+    served.states[(r2, b"\x07" * 32)] = b"adapter"
+    served.records = {r2 - 1: b"record"}
+    assert served.serve(wire.encode_state_request(r2, b"\x07" * 32)) == b"adapter"
+    assert served.serve(wire.encode_state_request(r2, b"\x08" * 32)) is None
+    assert served.gossip() == [(r2 - 1, b"record"), (r2, f"manifest {r2}".encode())]
 
 
 class _Publisher:
