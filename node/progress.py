@@ -111,13 +111,15 @@ class RoundProgress:
                                           "bout": human_bytes(bytes_out or 0)}
         self._progress.update(self._task, phase=self._phase_text(), **extra)
 
-    def round_done(self, rnd: int, train_loss: float, heldout_loss: float | None, contributors: int,
-                   peers: int, bytes_in: int, bytes_out: int, adapter_sha256: str) -> None:
+    def round_done(self, rnd: int, train_loss: float | None, heldout_loss: float | None,
+                   contributors: int, peers: int, bytes_in: int, bytes_out: int,
+                   adapter_sha256: str) -> None:
         held = "-" if heldout_loss is None else f"{heldout_loss:.4f}"
+        train = "- (rolled back)" if train_loss is None else f"{train_loss:.4f}"
         self._phase, self._deadline = "done", None
         self._round_t0 = time.monotonic()
         if self._progress is not None:
             self._progress.reset(self._task, total=self.local_steps)   # elapsed restarts too
-        log.info("round %d done: train loss %.4f, held-out loss %s, %d update(s) aggregated, "
-                 "%d peer(s), in %s / out %s, adapter sha256 %s", rnd, train_loss, held, contributors,
+        log.info("round %d done: train loss %s, held-out loss %s, %d update(s) aggregated, "
+                 "%d peer(s), in %s / out %s, adapter sha256 %s", rnd, train, held, contributors,
                  peers, human_bytes(bytes_in), human_bytes(bytes_out), adapter_sha256)

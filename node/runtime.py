@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -85,6 +86,8 @@ class Node:
         if cfg.recompute != "auto":
             self.model.recompute = cfg.recompute == "on"
         self.shapes = lora_shapes(weights.config, cfg.lora)
+        # A training loss above twice a uniform guess's (2 ln V nats) means the step diverged.
+        self.explode_loss = 2.0 * math.log(weights.config.vocab_size)
         files = find_text_files(cfg.data)
         train_files, held_files = split_train_heldout(files)
         self.train_docs = [tokenize(self.tokenizer, f) for f in train_files]
@@ -308,30 +311,48 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
     progress.phase(rnd, "training", detail=f"{cfg.local_steps} local step(s) of "
                                             f"{cfg.batch_size} x {cfg.ctx} tokens")
     await compute(node.trainer.set_adapter, node.global_state)
-    losses, tokens = [], 0
+    losses, tokens, diverged = [], 0, None
     for s in range(cfg.local_steps):
-        loss, count = await compute(node.trainer.step)
+        try:
+            loss, count = await compute(node.trainer.step)
+        except FloatingPointError as e:          # a non-finite loss: never trained on
+            diverged = f"step {s + 1}: {e}"
+            break
+        if loss > node.explode_loss:
+            diverged = f"step {s + 1}: loss {loss:.2f} > {node.explode_loss:.1f} (2 ln vocab)"
+            break
         losses.append(loss)
         tokens += count
         progress.step(rnd, s + 1, loss, len(transport.connected_peers()),
                       transport.bytes_received, transport.bytes_sent, tokens=count)
     local = await compute(node.trainer.adapter)
     delta = {k: local[k] - node.global_state[k] for k in node.global_state}
+    if diverged is None and not all(np.isfinite(v).all() for v in delta.values()):
+        diverged = "the local adapter holds non-finite values"
     t_train = time.monotonic() - t0
-    watch.status.update(phase="exchanging", last_train_loss=float(np.mean(losses)))
-    if cfg.min_peers:
-        progress.phase(rnd, "waiting for peers", cfg.round_timeout_s,
-                       f"{cfg.min_peers} peer update(s) complete the round, "
-                       f"{len(transport.topic_peers())} swarm member(s) connected")
-    try:
-        result = await coord.exchange(rnd, delta, tokens)
-    except SwarmMovedOn as e:
-        log.warning("%s: our update of round %d is dropped; catching up", e, rnd)
-        return
+    if diverged is not None:
+        result = await _roll_back(node, coord, rnd, diverged, compute, rounds_log)
+        if result is None:
+            return
+        losses = []
+    else:
+        watch.status.update(phase="exchanging", last_train_loss=float(np.mean(losses)))
+        if cfg.min_peers:
+            progress.phase(rnd, "waiting for peers", cfg.round_timeout_s,
+                           f"{cfg.min_peers} peer update(s) complete the round, "
+                           f"{len(transport.topic_peers())} swarm member(s) connected")
+        try:
+            result = await coord.exchange(rnd, delta, tokens)
+        except SwarmMovedOn as e:
+            log.warning("%s: our update of round %d is dropped; catching up", e, rnd)
+            return
     watch.add_round(result)
     node.global_state = dict(result.adapter)
     sha = result.adapter_sha256
     held = await compute(node.heldout_loss)
+    if held is not None and not math.isfinite(held):
+        log.warning("round %d: held-out loss is %s; recorded as null", rnd, held)
+        held = None
     progress.phase(rnd, "saving", detail=str(cfg.data_dir / "adapter"))
     await compute(node.save, rnd, coord.error_feedback.residual)
     watch.status.update(phase="round done", adapter_sha256=sha, last_heldout_loss=held,
@@ -340,14 +361,30 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
                                                          exclude=coord.peer_id))
     watch.status.write()
     peers = len(transport.connected_peers())
-    progress.round_done(rnd, float(np.mean(losses)), held, len(result.contributors), peers,
+    train_loss = float(np.mean(losses)) if losses else None
+    progress.round_done(rnd, train_loss, held, len(result.contributors), peers,
                         transport.bytes_received, transport.bytes_sent, sha)
     _append_jsonl(rounds_log, {
-        "round": rnd, "train_loss": float(np.mean(losses)), "heldout_loss": held, "tokens": tokens,
+        "round": rnd, "train_loss": train_loss, "heldout_loss": held, "tokens": tokens,
         "contributors": result.contributors, "included": result.included,
         "proposer": result.proposer, "rejected": [list(r) for r in result.rejected],
         "adapter_sha256": sha, "train_s": round(t_train, 3), "round_s": round(time.monotonic() - t0, 3),
         "bytes_sent": transport.bytes_sent, "bytes_received": transport.bytes_received})
+
+
+async def _roll_back(node: Node, coord, rnd: int, why: str, compute, rounds_log: Path):
+    """Local training diverged: back to the round's global adapter with fresh optimizer
+    moments and half the learning rate, no update of ours this round (the swarm's record is
+    followed when peers are expected). Returns the followed RoundResult, or None (the round is
+    tried again, at the lower rate)."""
+    lr = await compute(node.trainer.roll_back, node.global_state)
+    log.warning("round %d: local training diverged (%s): rolled back to the round's global "
+                "adapter, optimizer reset, learning rate now %.3g; no update of ours this round",
+                rnd, why, lr)
+    _append_jsonl(rounds_log, {"diverged_round": rnd, "reason": why, "lr": lr})
+    if node.cfg.min_peers == 0:
+        return None
+    return await coord.follow(rnd)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -20,12 +20,21 @@ class LocalTrainer:
         self.model = model
         self.sampler = sampler
         self.batch_size = batch_size
+        self.lr = lr
         self.optim = AdamW(model.be, AdamWConfig(lr=lr))
 
     def set_adapter(self, state: LoRAState) -> None:
         """Replace the adapter (the round's global adapter). Optimizer moments are kept: they are
         local state, and every round starts from the same global values on all nodes."""
         self.model.set_lora(state)
+
+    def roll_back(self, state: LoRAState) -> float:
+        """After a diverged step: set `state`, drop the optimizer moments (they carry the
+        divergence) and halve the learning rate; returns the new rate."""
+        self.model.set_lora(state)
+        self.lr /= 2
+        self.optim = AdamW(self.model.be, AdamWConfig(lr=self.lr))
+        return self.lr
 
     def adapter(self) -> LoRAState:
         return self.model.get_lora()

@@ -344,6 +344,43 @@ class RoundCoordinator:
         finally:
             self._exchanging = False
 
+    async def follow(self, round: int) -> RoundResult | None:
+        """Take part in round `round` (>= self.round) without an update of ours (e.g. after
+        local training diverged): wait up to 2 x round_timeout_s (peers may run to their own
+        deadline first) for the swarm's round records, adopt the best that recomputes, hold
+        G_{round+1}. Returns None (holding G_round still)
+        when none arrived or none recomputed. Raises like `exchange`."""
+        if not self._running:
+            raise RuntimeError("start RoundCoordinator.run in a nursery before follow")
+        if self._exchanging:
+            raise RuntimeError("an exchange is already in progress")
+        if type(round) is not int or round < self._round:
+            raise ValueError(f"round {round!r} is before the held adapter's round {self._round}")
+        self._exchanging = True
+        try:
+            sent0, received0 = self.transport.bytes_sent, self.transport.bytes_received
+            base = self._adapter
+            ex = _Exchange(self._intake.enter(round), self._digest)
+            self._served.enter(round)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._dispatch, self._intake.open(round, ex.base),
+                                       nursery, ex)
+                    with trio.move_on_after(2 * self.round_timeout_s):
+                        while not ex.records:
+                            await ex.changed.wait()
+                    adopted = await self._agree(round, base, ex, contribute=False)
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._intake.close(round)
+            if adopted is None:
+                log.warning("round %d: no round record of the swarm could be adopted; holding "
+                            "round %d's adapter", round, round)
+                return None
+            return self._finish(round, ex, *adopted, sent0, received0)
+        finally:
+            self._exchanging = False
+
     async def catch_up(self) -> SyncResult | None:
         """Move to the swarm's head if we are behind it or on a fork with fewer signers
         (view.py): fetch the head adapter by digest from a signer (connected ones first) and
@@ -426,11 +463,16 @@ class RoundCoordinator:
                 nursery.cancel_scope.cancel()       # stragglers' fetches are not needed
         finally:
             self._intake.close(round)               # late messages for this round: ignored
+        return self._finish(round, ex, record, aggregate, adapter, sent0, received0)
+
+    def _finish(self, round: int, ex: _Exchange, record: RoundRecord, aggregate: dict,
+                adapter: dict, sent0: int, received0: int) -> RoundResult:
+        """Hold the adopted record's adapter, republish the record, report the round."""
         self._served.records = {round: record.data}
         self._set_adapter(round + 1, adapter)
         contributors = record.contributors
         included = self.peer_id in contributors
-        if not included:
+        if not included and self.peer_id in ex.manifests:
             log.warning("round %d: our update came too late for the record the swarm adopted "
                         "(proposer %s); it is dropped", round, record.proposer)
         log.info("round %d: aggregated %d updates (%s) per the record of %s, %d rejected", round,
@@ -456,13 +498,16 @@ class RoundCoordinator:
             log.warning("round %d: deadline (%.1f s) with no valid peer update; proposing our "
                         "own delta alone", round, self.round_timeout_s)
 
-    async def _agree(self, round: int, base: Mapping[str, np.ndarray],
-                     ex: _Exchange) -> tuple[RoundRecord, dict, dict]:
-        """Propose unless a record came first, settle, adopt the best record that recomputes
-        (agreement.py). Returns (record, aggregate, new adapter)."""
+    async def _agree(self, round: int, base: Mapping[str, np.ndarray], ex: _Exchange, *,
+                     contribute: bool = True) -> tuple[RoundRecord, dict, dict] | None:
+        """Propose unless a record came first (or we do not contribute), settle, adopt the
+        best record that recomputes (agreement.py). Returns (record, aggregate, new adapter);
+        None only when not contributing and no record recomputed."""
         own: tuple[RoundRecord, dict, dict] | None = None
-        if not ex.records:
+        if contribute and not ex.records:
             own = await self._propose(round, base, ex)
+        if not ex.records:
+            return None
         with trio.move_on_after(self.settle_s):
             while not acknowledged(ranked(ex.records)[0], ex.authors, self.peer_id):
                 await ex.changed.wait()
@@ -473,7 +518,7 @@ class RoundCoordinator:
             if verified is not None:
                 await publish(self.transport, record.data, round, self.fetch_timeout_s)  # ack
                 return (record, *verified)
-        if own is None:                              # every peer record failed to recompute
+        if own is None and contribute:               # every peer record failed to recompute
             own = await self._propose(round, base, ex)
         return own
 

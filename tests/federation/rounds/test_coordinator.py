@@ -734,3 +734,31 @@ def test_a_record_that_does_not_recompute_is_refused():
                         "updates") in r.rejected
             n.cancel_scope.cancel()
     run_mock(main)
+
+
+def test_follow_adopts_the_round_without_an_update_of_ours():
+    async def main():
+        net = MemoryNetwork()
+        a, b = make_coord(net, min_peers=0), make_coord(net, min_peers=1)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            results = {}
+
+            async def follow():
+                results["b"] = await b.follow(0)
+            n.start_soon(follow)
+            await trio.sleep(0.5)
+            results["a"] = await a.exchange(0, delta_for(1), 10)
+            with trio.fail_after(TIMEOUT_S):
+                while "b" not in results:
+                    await trio.sleep(0.01)
+            assert results["b"].contributors == [a.peer_id] and not results["b"].included
+            assert b.round == 1 and b.adapter_sha256 == a.adapter_sha256
+            lonely = make_coord(MemoryNetwork())
+            await n.start(lonely.run)
+            t0 = trio.current_time()
+            assert await lonely.follow(0) is None and lonely.round == 0
+            assert trio.current_time() - t0 >= 2 * TIMEOUT_S
+            n.cancel_scope.cancel()
+    run_mock(main)
