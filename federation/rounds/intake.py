@@ -57,9 +57,9 @@ class RecordSeen:
 
 @dataclass
 class RoundState:
-    """What intake holds for one round: accepted manifests by (sender, base adapter), every
-    such key judged (the dedupe set), records by (author, record hash), and the rejections
-    (peer ID, reason)."""
+    """What intake holds for one round: accepted manifests by (sender, base adapter), the keys
+    of valid compatible manifests (the dedupe set and the sender slots), records by (author,
+    record hash), and the rejections (peer ID, reason)."""
 
     round: int
     manifests: dict[tuple[str, bytes], ManifestSeen] = field(default_factory=dict)
@@ -201,16 +201,16 @@ class ManifestIntake:
         key = (m.sender, m.base_adapter)
         if key in state.settled:
             return                                       # republished: seen
+        try:
+            self._check(m)                               # refusals take no sender slot
+        except WireError as e:
+            state.reject(m.sender, e.reason)
+            return
         if len(state.settled) >= self.max_peers_per_round:
             _LOG.log(logging.WARNING, "sender cap", "round %d: %d senders already; manifest of "
                      "%s dropped", m.round, len(state.settled), m.sender)
             return
         state.settled.add(key)
-        try:
-            self._check(m)
-        except WireError as e:
-            state.reject(m.sender, e.reason)
-            return
         self._claim(m.sender, m.round, m.base_adapter)
         seen = state.manifests[key] = ManifestSeen(m, data)
         log.debug("round %d: manifest from %s (%d tokens)", m.round, m.sender, m.tokens)

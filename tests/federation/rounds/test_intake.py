@@ -201,3 +201,17 @@ def test_a_record_naming_a_sender_off_the_allow_list_is_refused():
     assert not intake.relayable(rec.proposer, rec.data)
     intake.on_gossip(rec.proposer, rec.data)
     assert intake.view.head(exclude=ME) is None
+
+
+def test_refused_manifests_take_no_sender_slot():
+    """A flood of incompatible (here: wrong-swarm) manifests from fresh keys cannot fill the
+    per-round sender slots that honest updates need."""
+    intake = _intake()
+    state = intake.enter(0)
+    for _ in range(10):
+        intake.on_gossip(*_manifest(0, swarm="flood"))
+    honest = [_manifest(0) for _ in range(3)]
+    for sender, data in honest:
+        intake.on_gossip(sender, data)
+    assert intake.buffered(0) == sorted(s for s, _ in honest)
+    assert len(state.rejected) == 10
