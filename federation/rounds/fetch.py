@@ -23,6 +23,7 @@ log = logging.getLogger("bitswarm.federation.rounds.fetch")
 FETCH_ATTEMPTS = 3                    # passes over the sources of one (sender, round)
 FETCH_RETRY_BACKOFF_S = 1.0           # pause before pass k: k times this, seconds
 MAX_RELAYS = 4                        # connected peers asked per pass after the sender
+TOTAL_DEADLINE_FACTOR = 2.0           # one fetch, every pass and source: this x fetch_timeout_s
 
 
 class FetchFailed(Exception):
@@ -50,25 +51,31 @@ class PayloadFetcher:
     async def fetch(self, m: UpdateManifest) -> tuple[bytes, str]:
         """The payload `m` announces (size and SHA-256 checked) and the peer that served it.
 
-        Takes at most FETCH_ATTEMPTS x (1 + MAX_RELAYS) x (fetch_timeout_s + 1) seconds plus
-        the backoff. Raises FetchFailed.
+        Takes at most TOTAL_DEADLINE_FACTOR x fetch_timeout_s seconds, all sources and passes
+        together (a slow or endless server holds a fetch slot no longer). Raises FetchFailed.
         """
         request = encode_payload_request(m.round, m.payload_sha256)
-        sender_error = other_error = None
         async with self._limiter:
-            for attempt in range(FETCH_ATTEMPTS):
-                if attempt:
-                    await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
-                for source in self._sources(m):
-                    data, error = await self._fetch_verified(source, m, request)
-                    if data is not None:
-                        return data, source
-                    if source == m.sender:
-                        sender_error = error
-                    else:
-                        other_error = f"{error} (via {source})"
-                log.info("round %d: payload of %s not fetched (attempt %d/%d): %s", m.round,
-                         m.sender, attempt + 1, FETCH_ATTEMPTS, sender_error or other_error)
+            with trio.move_on_after(TOTAL_DEADLINE_FACTOR * self.fetch_timeout_s):
+                return await self._passes(m, request)
+            raise FetchFailed(f"no source served it within "
+                              f"{TOTAL_DEADLINE_FACTOR * self.fetch_timeout_s:.0f} s")
+
+    async def _passes(self, m: UpdateManifest, request: bytes) -> tuple[bytes, str]:
+        sender_error = other_error = None
+        for attempt in range(FETCH_ATTEMPTS):
+            if attempt:
+                await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
+            for source in self._sources(m):
+                data, error = await self._fetch_verified(source, m, request)
+                if data is not None:
+                    return data, source
+                if source == m.sender:
+                    sender_error = error
+                else:
+                    other_error = f"{error} (via {source})"
+            log.info("round %d: payload of %s not fetched (attempt %d/%d): %s", m.round,
+                     m.sender, attempt + 1, FETCH_ATTEMPTS, sender_error or other_error)
         raise FetchFailed(sender_error or other_error or "no source")
 
     def _sources(self, m: UpdateManifest) -> list[str]:

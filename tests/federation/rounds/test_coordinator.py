@@ -68,6 +68,7 @@ class MemoryTransport:
         self._provider = None
         self._validator = None
         self.failing_serves = 0              # next fetches FROM this node fail ('connection')
+        self.serve_delay_s = 0.0             # fetches FROM this node hang this long first
 
     async def publish(self, data: bytes) -> None:
         self.net.published.append((self.peer_id, data))
@@ -97,6 +98,7 @@ class MemoryTransport:
         target = self.net.nodes.get(peer_id)
         if target is None or not self.net.linked(self.peer_id, peer_id):
             raise FetchError("connection", f"no known addresses to peer {peer_id}")
+        await trio.sleep(target.serve_delay_s)   # an endless server: only deadlines end it
         if target.failing_serves:
             target.failing_serves -= 1
             raise FetchError("connection", "injected dial failure")
@@ -760,5 +762,34 @@ def test_follow_adopts_the_round_without_an_update_of_ours():
             t0 = trio.current_time()
             assert await lonely.follow(0) is None and lonely.round == 0
             assert trio.current_time() - t0 >= 2 * TIMEOUT_S
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_an_endless_payload_server_holds_a_fetch_slot_for_a_bounded_time():
+    """Slow servers hold fetch slots: each fetch (every pass and source together) ends within
+    2 x fetch_timeout_s, so 12 endless servers and 8 slots still let the honest update in."""
+    async def main():
+        net = MemoryNetwork()
+        a, honest = (make_coord(net, min_peers=13, max_parallel_fetches=8, round_timeout_s=60.0)
+                     for _ in range(2))
+        slow = []
+        for i in range(12):
+            t, kp = net.add()
+            t.serve_delay_s = 1e6
+            payload, _ = codecs.encode_update(delta_for(50 + i))
+            t.set_payload_provider(lambda req, p=payload: p)
+            slow.append((t, _hostile_manifest(kp, payload, tokens=10)))
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(honest.run)
+            for t, m in slow:
+                await t.publish(m)
+            t0 = trio.current_time()
+            res, _ = await exchange_all([a, honest], 0)
+            assert trio.current_time() - t0 <= 60.0 + 6.0
+            assert honest.peer_id in res.contributors
+            timeouts = [r for p, r in res.rejected if "within 10 s" in r]
+            assert len(timeouts) == 12, res.rejected
             n.cancel_scope.cancel()
     run_mock(main)
