@@ -18,6 +18,7 @@ class NodeConfig:
     listen: str = "/ip4/127.0.0.1/tcp/0"    # libp2p listen multiaddr
     peers: list[str] = field(default_factory=list)   # multiaddrs (…/p2p/<peer-id>) to dial
     bootstrap: list[str] = field(default_factory=list)   # DHT entry points (…/p2p/<peer-id>)
+    mdns: bool = False                      # find swarm members on the LAN (mDNS)
     allow: frozenset[str] | None = None     # peer IDs whose updates count; None = any member
     swarm_key: str | None = None            # pnet pre-shared key, 64 hex chars; None = public
     metrics: str | None = None              # HOST:PORT of a Prometheus endpoint; None = off

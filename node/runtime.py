@@ -31,7 +31,7 @@ import trio
 
 from bitswarm.federation.aggregation import AGGREGATION_RULES
 from bitswarm.federation.codecs import Int8BlockCodec
-from bitswarm.federation.discovery import SwarmDHT
+from bitswarm.federation.discovery import AllOf, LanPeers, SwarmDHT
 from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
@@ -166,7 +166,10 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         return ServeOutcome(0)
     tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm), psk=cfg.swarm_key)
     dialed = [*cfg.peers, *cfg.bootstrap]
-    async with open_transport(node.key_pair, tcfg, discovery=SwarmDHT(dialed, cfg.swarm)) as transport:
+    discovery = SwarmDHT(dialed, cfg.swarm)
+    if cfg.mdns:
+        discovery = AllOf(discovery, LanPeers(cfg.swarm))
+    async with open_transport(node.key_pair, tcfg, discovery=discovery) as transport:
         for addr in transport.listen_multiaddrs:
             print(f"listening on {addr}", flush=True)
         coord = RoundCoordinator(

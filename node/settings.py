@@ -166,6 +166,8 @@ START: tuple[Setting, ...] = (
     Setting("allow", _peer_ids, [], "peer ID whose updates may count (repeatable; with "
             "--allow-file: the union); default: every peer of the swarm", "peer IDs as `node id` "
             "prints them", repeat=True),
+    Setting("mdns", _bool, False, "find swarm members on the same LAN with mDNS", "true or false",
+            is_flag=True),
     Setting("swarm_key", _opt_path, None, "private network key file (`node swarm-key new "
             "FILE`): only nodes holding the same key can connect", "a swarm key file"),
     Setting("allow_file", _opt_path, None, "file of allowed peer IDs, one per line (# comments)",

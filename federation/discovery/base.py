@@ -26,6 +26,7 @@ class Dialer(Protocol):
 
     peer_id: str                              # our own base58 peer ID
     libp2p_host: object                       # the py-libp2p IHost (for protocols like the DHT)
+    listen_multiaddrs: list[str]              # where we listen (…/p2p/<our peer ID>)
 
     def connected_peers(self) -> list[str]:
         """Base58 IDs of peers with an open connection."""
