@@ -59,7 +59,7 @@ def _kill_all(procs) -> None:
             p.proc.wait()
 
 
-def test_a_fourth_node_joins_at_round_2_with_one_members_address(tmp_path):
+def test_a_fourth_node_joins_at_round_2_with_only_a_bootstrap_address(tmp_path):
     docs = prepare_documents(tmp_path, 4, files_per_node=10)
     # Every node waits for 3 peer updates: until the fourth arrives, rounds close at their
     # 15 s deadline, so the swarm is in round 2 when it joins; then rounds close at once.
@@ -71,7 +71,8 @@ def test_a_fourth_node_joins_at_round_2_with_one_members_address(tmp_path):
             procs.append(start_node(i, tmp_path, docs[i], "living", list(addrs), args, ENV))
             addrs.append(procs[-1].multiaddr(timeout_s=120))
         _wait(lambda: 1 in _rounds(procs[0]), 240, "the swarm's round 1", procs)
-        late = start_node(3, tmp_path, docs[3], "living", [addrs[1]], args, ENV)
+        late = start_node(3, tmp_path, docs[3], "living", [], [*args, "--bootstrap", addrs[1]],
+                          ENV)
         procs.append(late)
         t_join = time.monotonic()
         _wait(lambda: any("synced_to_round" in x for x in _lines(late)), 120, "the late sync",
