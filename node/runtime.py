@@ -40,7 +40,7 @@ from bitswarm.federation.transport import TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
 from bitswarm.kernels.backend import select_backend
 from bitswarm.formats.peft_adapter import save_adapter
-from bitswarm.kernels.lora import LoRAState, init_lora, lora_shapes
+from bitswarm.kernels.lora import init_lora, lora_shapes
 from bitswarm.kernels.model import BitNetModel
 from bitswarm.node.config import NodeConfig
 from bitswarm.node.data import find_text_files, split_train_heldout, tokenize, TrainSampler

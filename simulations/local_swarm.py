@@ -125,6 +125,29 @@ def start_node(i: int, run_dir: Path, docs: Path, swarm: str, peers: list[str], 
     return NodeProc(i, data_dir, docs, proc, log_path, out_path)
 
 
+def wait_all(procs: list[NodeProc], timeout_s: float) -> None:
+    """Wait until every node exits, all within `timeout_s` seconds together. Raises
+    RuntimeError with the node's log tail when one exits non-zero or is still running."""
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"node {p.index} still running after {timeout_s} s:\n"
+                               + p.log_path.read_text()[-3000:]) from None
+        if p.proc.returncode != 0:
+            raise RuntimeError(f"node {p.index} exited {p.proc.returncode}:\n"
+                               + p.log_path.read_text()[-3000:])
+
+
+def kill_all(procs: list[NodeProc]) -> None:
+    """Kill (SIGKILL) and reap every node still running."""
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
 def run_swarm(run_dir: Path, *, nodes: int = 3, rounds: int = 3, files_per_node: int = 60,
               node_args: list[str] = (), record_wire: bool = False, timeout_s: float = 600.0,
               swarm: str = "bbc-demo", topic: str | None = None, eval_files: int = 0) -> list[NodeProc]:
@@ -153,20 +176,9 @@ def run_swarm(run_dir: Path, *, nodes: int = 3, rounds: int = 3, files_per_node:
         for i in range(nodes):
             procs.append(start_node(i, run_dir, docs[i], swarm, list(addrs), args, env_for(i)))
             addrs.append(procs[-1].multiaddr(timeout_s=120))
-        deadline = time.monotonic() + timeout_s
-        for p in procs:
-            try:
-                p.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"node {p.index} still running after {timeout_s} s:\n"
-                                   + p.log_path.read_text()[-3000:]) from None
-            if p.proc.returncode != 0:
-                raise RuntimeError(f"node {p.index} exited {p.proc.returncode}:\n" + p.log_path.read_text()[-3000:])
+        wait_all(procs, timeout_s)
     finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait()
+        kill_all(procs)
     return procs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from bitswarm.simulations.local_swarm import prepare_documents, start_node
+from bitswarm.simulations.local_swarm import kill_all, prepare_documents, start_node, wait_all
 
 FAST = ["--local-steps", "3", "--ctx", "64", "--batch-size", "4", "--device", "cpu",
         "--rounds", "2", "--round-timeout", "60"]
@@ -35,12 +35,9 @@ def test_a_median_swarm_agrees_and_refuses_a_member_on_another_rule(tmp_path):
                                                                "--min-peers", "0", *FAST,
                                                                "--local-steps", "8"], ENV)
         procs += [b, c]
-        for p in procs:
-            assert p.proc.wait(timeout=300) == 0, p.log_path.read_text()[-3000:]
+        wait_all(procs, 300)
     finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
+        kill_all(procs)
     ra, rb = _rounds(a), _rounds(b)
     assert [x["adapter_sha256"] for x in ra] == [x["adapter_sha256"] for x in rb]
     for x, y in zip(ra, rb):

@@ -6,7 +6,7 @@ fails fast naming the file and line."""
 import subprocess
 import sys
 
-from bitswarm.simulations.local_swarm import prepare_documents, start_node
+from bitswarm.simulations.local_swarm import kill_all, prepare_documents, start_node, wait_all
 
 NODE = [sys.executable, "-m", "bitswarm.node"]
 SWARM = "allow-test"
@@ -39,12 +39,9 @@ def test_only_allowed_peers_updates_count(tmp_path):
         b = start_node(1, tmp_path, docs[1], SWARM, [addr], [*ARGS, "--min-peers", "1",
                                                               "--allow", ids[0]], {})
         procs.append(b)
-        for p in procs:
-            assert p.proc.wait(timeout=300) == 0, p.log_path.read_text()[-3000:]
+        wait_all(procs, 300)
     finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
+        kill_all(procs)
     ra, rb = ([r for r in p.rounds() if r["round"] >= 0] for p in (a, b))
     assert len(ra) == len(rb) == 2
     for x, y in zip(ra, rb):

@@ -11,9 +11,8 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
-from bitswarm.simulations.local_swarm import prepare_documents, start_node
+from bitswarm.simulations.local_swarm import kill_all, prepare_documents, start_node, wait_all
 
 FAST = ["--local-steps", "3", "--ctx", "64", "--batch-size", "4", "--device", "cpu"]
 ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -45,20 +44,6 @@ def _wait(cond, timeout_s: float, what: str, procs) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _finish(procs, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    for p in procs:
-        rc = p.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        assert rc == 0, f"node {p.index} exited {rc}: " + p.log_path.read_text()[-3000:]
-
-
-def _kill_all(procs) -> None:
-    for p in procs:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait()
-
-
 def test_a_fourth_node_joins_at_round_2_with_only_a_bootstrap_address(tmp_path):
     docs = prepare_documents(tmp_path, 4, files_per_node=10)
     # Every node waits for 3 peer updates: until the fourth arrives, rounds close at their
@@ -78,9 +63,9 @@ def test_a_fourth_node_joins_at_round_2_with_only_a_bootstrap_address(tmp_path):
         _wait(lambda: any("synced_to_round" in x for x in _lines(late)), 120, "the late sync",
               procs)
         catch_up_s = time.monotonic() - t_join
-        _finish(procs, 400)
+        wait_all(procs, 400)
     finally:
-        _kill_all(procs)
+        kill_all(procs)
     assert len({_final_sha(p) for p in procs}) == 1, [_final_sha(p) for p in procs]
     sync = next(x for x in _lines(late) if "synced_to_round" in x)
     assert sync["synced_to_round"] == 2 and sync["signers"] == 3
@@ -109,9 +94,9 @@ def test_a_node_killed_in_round_2_resumes_and_ends_with_the_others(tmp_path):
         before = _lines(victim)
         assert _rounds(victim) == [0, 1]
         procs[2] = restarted = start_node(2, tmp_path, docs[2], "kill9", addrs[:2], args, ENV)
-        _finish(procs, 400)
+        wait_all(procs, 400)
     finally:
-        _kill_all(procs)
+        kill_all(procs)
     assert len({_final_sha(p) for p in procs}) == 1, [_final_sha(p) for p in procs]
     after = _lines(restarted)[len(before):]
     session = next(x for x in after if "session" in x)
@@ -138,9 +123,9 @@ def test_quickstart_with_one_node_much_slower_ends_on_one_adapter(tmp_path):
         b = start_node(1, tmp_path, docs[1], "docs", [addr], ["--rounds", "3", "--local-steps", "100"],
                        {**env})
         procs.append(b)
-        _finish(procs, 400)
+        wait_all(procs, 400)
     finally:
-        _kill_all(procs)
+        kill_all(procs)
     assert _final_sha(a) == _final_sha(b)
     late = [x for x in _lines(b) if x.get("round", -1) >= 0 and not x["included"]]
     assert late, "the slow node was never late: the test did not exercise a deadline"
@@ -162,9 +147,9 @@ def test_two_nodes_join_by_name_with_only_a_bootstrap_node_of_another_swarm(tmp_
                               ["--rounds", "2", "--min-peers", "1", "--round-timeout", "60",
                                "--bootstrap", addr, *FAST], ENV) for i in (1, 2)]
         procs += members
-        _finish(members, 300)
+        wait_all(members, 300)
     finally:
-        _kill_all(procs)
+        kill_all(procs)
     assert _final_sha(members[0]) == _final_sha(members[1])
     for p in members:
         rounds = [x for x in _lines(p) if x.get("round", -1) >= 0]

@@ -9,7 +9,7 @@ import json
 import numpy as np
 from safetensors.numpy import load_file
 
-from bitswarm.simulations.local_swarm import prepare_documents, start_node
+from bitswarm.simulations.local_swarm import kill_all, prepare_documents, start_node, wait_all
 
 ARGS = ["--rounds", "2", "--local-steps", "8", "--ctx", "64", "--batch-size", "4",
         "--device", "cpu", "--min-peers", "1", "--round-timeout", "10"]
@@ -31,12 +31,9 @@ def test_a_diverging_node_rolls_back_and_follows_the_swarm(tmp_path):
         addr = healthy.multiaddr(timeout_s=120)
         wild = start_node(1, tmp_path, docs[1], "rollback", [addr], [*ARGS, "--lr", "0.9"], {})
         procs.append(wild)
-        for p in procs:
-            assert p.proc.wait(timeout=300) == 0, p.log_path.read_text()[-3000:]
+        wait_all(procs, 300)
     finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
+        kill_all(procs)
     lines = _strict_lines(wild)
     diverged = [x for x in lines if "diverged_round" in x]
     assert diverged and diverged[0]["lr"] == 0.45 and "2 ln vocab" in diverged[0]["reason"]

@@ -16,7 +16,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from bitswarm.federation import wire
 from bitswarm.federation.identity import peer_id_of
 from bitswarm.federation.round_record import encode_record
-from bitswarm.federation.rounds.intake import ManifestSeen, ManifestIntake, RecordSeen
+from bitswarm.federation.rounds.intake import ManifestIntake, RecordSeen
 
 SWARM = "intake-swarm"
 BASE = hashlib.sha256(b"intake base").hexdigest()
