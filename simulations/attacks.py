@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--local-steps", type=int, default=4)
     ap.add_argument("--rules", default=",".join(sorted(AGGREGATION_RULES)))
     ap.add_argument("--attacks", default=",".join(ATTACKS))
+    ap.add_argument("--files-per-node", type=int, default=12)
+    ap.add_argument("--eval-files", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("runs/attacks"))
     a = ap.parse_args(argv)
     rules, attacks = a.rules.split(","), a.attacks.split(",")
@@ -135,8 +137,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = ensure_default_model(Path(tmp) / "default-model")
         loaded = load_model(model_dir)
-        docs = prepare_documents(Path(tmp), a.honest + a.attackers, 12, topic="business",
-                                 eval_files=20)
+        docs = prepare_documents(Path(tmp), a.honest + a.attackers, a.files_per_node,
+                                 topic="business", eval_files=a.eval_files)
         eval_docs = [tokenize(loaded.tokenizer, f) for f in find_text_files(Path(tmp) / "eval")]
         results, t0 = [], time.monotonic()
         for rule in rules:
