@@ -58,7 +58,7 @@ log = logging.getLogger("bitswarm.node")
 
 
 JOIN_WAIT_S = 10.0        # at start, how long a node with peers listens for the swarm's head
-LINGER_S = 20.0           # after the last round, least wait for peers to hold our adapter
+LINGER_S = 30.0           # after the last round, least wait for peers to hold our adapter
 
 
 def swarm_topic(swarm: str) -> str:
@@ -272,19 +272,25 @@ async def _listen_for_head(coord, transport) -> None:
 
 
 async def _linger(node: Node, coord, transport, compute, rounds_log: Path) -> None:
-    """After the last round, keep serving (at most max(LINGER_S, --round-timeout)) until every
-    connected swarm member that takes part in agreement (it gossiped a round record) claims the
-    adapter we hold or a later one: a straggler still checking the final rounds' records needs
-    our payloads, and a node that exits at once would leave it on its own proposal. If the
-    final round split the swarm, the minority side re-syncs here."""
-    def settled() -> bool:
+    """After the last round, keep serving (at most max(LINGER_S, 2 x --round-timeout)) until
+    every connected swarm member that takes part in agreement (it gossiped a round record) or
+    has not been heard from yet (still training its first round) claims the adapter we hold or
+    a later one: a straggler still checking the final rounds' records needs our payloads, and
+    a node that exits at once would leave it on its own proposal. If the final round split the
+    swarm, the minority side re-syncs here."""
+    def waiting() -> set[str]:
         claims = coord.view.latest()
         mine = (coord.round, bytes.fromhex(coord.adapter_sha256))
-        return all(claims.get(p) == mine or claims.get(p, (-1,))[0] > coord.round
-                   for p in set(transport.topic_peers()) & coord.view.recorders())
+        members = {p for p in transport.topic_peers()
+                   if p in coord.view.recorders() or p not in claims}
+        return {p for p in members if claims.get(p) != mine and claims.get(p, (-1,))[0] <= coord.round}
 
-    with trio.move_on_after(max(LINGER_S, node.cfg.round_timeout_s)):
-        while not settled():
+    limit = max(LINGER_S, 2 * node.cfg.round_timeout_s)
+    if waiting():
+        log.info("waiting up to %.0f s for %d peer(s) to reach the final adapter", limit,
+                 len(waiting()))
+    with trio.move_on_after(limit):
+        while waiting():
             await trio.sleep(0.5)
             await _catch_up(node, coord, rounds_log, compute)
 
