@@ -1,6 +1,7 @@
 """Node configuration: one flat dataclass, a comment on each field, validated on construction."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,10 @@ class NodeConfig:
     min_peers: int = 1                      # other peers' updates that complete a round (quorum)
     round_timeout_s: float = 300.0          # deadline to collect a round's updates, seconds
     aggregation: str = "bounded-fedavg"     # the swarm's rule (federation.aggregation registry)
+    dp_clip: float | None = None            # DP-FedAvg clip norm C of our updates; None = off
+    dp_noise: float = 0.0                   # noise multiplier sigma (std sigma x C)
+    dp_delta: float = 1e-5                  # delta of the reported (epsilon, delta)
+    dp_epsilon_budget: float | None = None  # stop before spending more epsilon
     device: str = "auto"                    # auto | gpu | cpu
     embeddings: str = "gpu"                 # gpu | host: where a GPU keeps the vocab table
     recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
@@ -50,10 +55,19 @@ class NodeConfig:
             "--round-timeout": (self.round_timeout_s, self.round_timeout_s > 0),
             "--batch-size": (self.batch_size, self.batch_size >= 1),
             "--ctx": (self.ctx, self.ctx >= 2),   # the model bound: cli.preflight
+            "--dp-clip": (self.dp_clip, self.dp_clip is None or (math.isfinite(self.dp_clip)
+                                                                and self.dp_clip > 0)),
+            "--dp-noise": (self.dp_noise, math.isfinite(self.dp_noise) and self.dp_noise >= 0),
+            "--dp-delta": (self.dp_delta, 0 < self.dp_delta < 1),
+            "--dp-epsilon-budget": (self.dp_epsilon_budget, self.dp_epsilon_budget is None
+                                    or self.dp_epsilon_budget > 0),
         }
         for flag, (value, ok) in checks.items():
             if not ok:
                 raise ValueError(out_of_range(flag, value))
+        if self.dp_clip is None and (self.dp_noise or self.dp_epsilon_budget is not None):
+            raise ValueError("--dp-noise and --dp-epsilon-budget need --dp-clip C (the L2 norm "
+                             "each update is clipped to)")
         from bitswarm.federation.aggregation import AGGREGATION_RULES
         if self.aggregation not in AGGREGATION_RULES:
             raise ValueError(f"--aggregation must be one of {', '.join(sorted(AGGREGATION_RULES))}, "

@@ -33,6 +33,7 @@ from bitswarm.federation.aggregation import AGGREGATION_RULES
 from bitswarm.federation.codecs import Int8BlockCodec
 from bitswarm.federation.discovery import AllOf, LanPeers, SwarmDHT
 from bitswarm.federation.identity import load_or_create_identity
+from bitswarm.federation.privacy import GaussianRDPAccountant, clip_and_noise
 from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
 from bitswarm.federation.state_hash import adapter_sha256
@@ -97,6 +98,9 @@ class Node:
                  self.sampler.tokens, len(held_files))
         self.trainer = LocalTrainer(self.model, self.sampler, lr=cfg.lr, batch_size=cfg.batch_size)
         self.global_state = init_lora(weights.config, cfg.lora, _initial_seed(cfg.swarm, self.base_model))
+        self.dp = None if cfg.dp_clip is None else GaussianRDPAccountant(
+            cfg.dp_noise, releases=_dp_releases(cfg.data_dir / "rounds.jsonl"))
+        self.dp_rng = np.random.default_rng()            # OS entropy: noise nobody can replay
 
     def heldout_loss(self) -> float | None:
         if not self.heldout_docs:
@@ -211,6 +215,8 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                         await _catch_up(node, coord, rounds_log, compute)
                         rnd = coord.round
                         if cfg.rounds is not None and rnd >= cfg.rounds:
+                            break
+                        if _dp_budget_spent(node):
                             break
                         await _one_round(node, coord, transport, rnd, compute, progress,
                                          rounds_log, watch)
@@ -350,11 +356,17 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
             progress.phase(rnd, "waiting for peers", cfg.round_timeout_s,
                            f"{cfg.min_peers} peer update(s) complete the round, "
                            f"{len(transport.topic_peers())} swarm member(s) connected")
+        if node.dp is not None:
+            delta, norm = clip_and_noise(delta, cfg.dp_clip, cfg.dp_noise, node.dp_rng)
+            log.info("round %d: DP: update norm %.4g clipped to %.4g, noise sigma %.3g", rnd,
+                     norm, cfg.dp_clip, cfg.dp_noise)
         try:
             result = await coord.exchange(rnd, delta, tokens)
         except SwarmMovedOn as e:
             log.warning("%s: our update of round %d is dropped; catching up", e, rnd)
             return
+        if node.dp is not None:                  # published: one more Gaussian release
+            node.dp.step()
     watch.add_round(result)
     node.global_state = dict(result.adapter)
     sha = result.adapter_sha256
@@ -373,7 +385,13 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
     train_loss = float(np.mean(losses)) if losses else None
     progress.round_done(rnd, train_loss, held, len(result.contributors), peers,
                         transport.bytes_received, transport.bytes_sent, sha)
-    _append_jsonl(rounds_log, {
+    dp = {} if node.dp is None else {"dp_epsilon": node.dp.epsilon(cfg.dp_delta),
+                                     "dp_delta": cfg.dp_delta, "dp_releases": node.dp.releases}
+    if dp:
+        log.info("round %d: DP: epsilon %.3f at delta %g after %d published update(s)", rnd,
+                 dp["dp_epsilon"], cfg.dp_delta, node.dp.releases)
+        watch.status.update(dp_epsilon=dp["dp_epsilon"])
+    _append_jsonl(rounds_log, {**dp,
         "round": rnd, "train_loss": train_loss, "heldout_loss": held, "tokens": tokens,
         "contributors": result.contributors, "included": result.included,
         "proposer": result.proposer, "rejected": [list(r) for r in result.rejected],
@@ -394,6 +412,33 @@ async def _roll_back(node: Node, coord, rnd: int, why: str, compute, rounds_log:
     if node.cfg.min_peers == 0:
         return None
     return await coord.follow(rnd)
+
+
+def _dp_releases(rounds_log: Path) -> int:
+    """Updates this data dir already published under DP (a resumed node's accountant)."""
+    if not rounds_log.exists():
+        return 0
+    n = 0
+    for line in rounds_log.read_text().splitlines():
+        try:
+            n = max(n, int(json.loads(line).get("dp_releases", 0)))
+        except (ValueError, AttributeError):
+            continue
+    return n
+
+
+def _dp_budget_spent(node: Node) -> bool:
+    """Whether one more published update would exceed --dp-epsilon-budget (then the node stops)."""
+    cfg = node.cfg
+    if node.dp is None or cfg.dp_epsilon_budget is None:
+        return False
+    nxt = node.dp.epsilon(cfg.dp_delta, node.dp.releases + 1)
+    if nxt <= cfg.dp_epsilon_budget:
+        return False
+    log.warning("DP budget: one more update would reach epsilon %.3f > --dp-epsilon-budget %g "
+                "(delta %g, %d update(s) published); stopping", nxt, cfg.dp_epsilon_budget,
+                cfg.dp_delta, node.dp.releases)
+    return True
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

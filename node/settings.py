@@ -90,6 +90,10 @@ def _opt_int(s: Any) -> int | None:
     return None if s is None or s == "" else _int(s)
 
 
+def _opt_float(s: Any) -> float | None:
+    return None if s is None or s == "" else _float(s)
+
+
 def _int(s: Any) -> int:
     try:
         if isinstance(s, bool) or (isinstance(s, float) and not s.is_integer()):
@@ -193,6 +197,14 @@ START: tuple[Setting, ...] = (
             "the swarm's aggregation rule (every member must use the same: updates and round "
             "records name it)", ", ".join(sorted(AGGREGATION_RULES)),
             choices=tuple(sorted(AGGREGATION_RULES))),
+    Setting("dp_clip", _opt_float, None, "DP-FedAvg: clip each published update to this L2 "
+            "norm (off by default)", "a number > 0"),
+    Setting("dp_noise", _float, 0.0, "DP-FedAvg: Gaussian noise multiplier sigma (std sigma x "
+            "dp-clip per coordinate), needs --dp-clip", "a number >= 0"),
+    Setting("dp_delta", _float, 1e-5, "DP: the delta of the (epsilon, delta) reported",
+            "a number in (0, 1)"),
+    Setting("dp_epsilon_budget", _opt_float, None, "DP: stop before a round would spend more "
+            "than this epsilon", "a number > 0"),
     Setting("batch_size", _int, 8, "sequences per training step", "an integer >= 1"),
     Setting("ctx", _int, 128, "tokens per training sequence (at most the model's "
             "max_position_embeddings)", "an integer >= 2"),

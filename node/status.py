@@ -29,7 +29,8 @@ class StatusFile:
         self.fields = {"pid": os.getpid(), "started": now, "phase": "starting", "round": None,
                        "rounds_completed": 0, "resumed_from": None, "peers": [],
                        "swarm_members": [], "last_train_loss": None, "last_heldout_loss": None,
-                       "adapter_sha256": None, "adapter_agrees": None, "bytes_in": 0,
+                       "adapter_sha256": None, "adapter_agrees": None, "dp_epsilon": None,
+                       "bytes_in": 0,
                        "bytes_out": 0, **fields}
 
     def update(self, **fields) -> None:
