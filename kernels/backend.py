@@ -36,6 +36,7 @@ from bitswarm.kernels.ops.rmsnorm import reference as _rmsnorm
 from bitswarm.kernels.ops.rope import cpu as _rope
 from bitswarm.kernels.ops.rope import reference as _rope_ref
 from bitswarm.kernels.ops.rope.reference import RopeTables
+from bitswarm.kernels.ops import threads as _threads
 
 log = logging.getLogger("bitswarm.kernels.backend")
 
@@ -62,6 +63,8 @@ class Backend(Protocol):
 
     name: str
     caps: BackendCaps
+    device_info: str               # the device in one line, for logs
+    device_warning: str | None     # why the device is slow (a CPU rasterizer), else None
 
     # transfers (not ops: no kernel)
     def tensor(self, a: np.ndarray) -> Tensor: ...                  # upload (float32 / int32)
@@ -120,14 +123,23 @@ class CpuBackend:
     """NumPy backend: each op family's CPU path (kernels/ops/<family>/cpu.py where one exists,
     else the family's reference). The CPU paths are the references' arithmetic restructured
     for float32 BLAS (frozen ternary codes held once as float32, q/k/v as one GEMM, in-place
-    elementwise work, GQA attention without repeated K/V); tests/kernels/test_cpu_ops.py holds
-    each to its reference (bit-identical where stated there, else a float32 tolerance)."""
+    elementwise work, GQA attention without repeated K/V), each splitting its rows over the
+    cores with BLAS held to one thread (kernels/ops/threads.py); tests/kernels/test_cpu_ops.py
+    holds each to its reference (bit-identical where stated there, else a float32 tolerance)."""
 
     name = "cpu"
     caps = CPU_CAPS
 
     def __init__(self) -> None:
         self._rope = RopeTables()
+        _threads.own_blas()      # BLAS on one thread: the ops split rows over the cores
+
+    @property
+    def device_info(self) -> str:
+        """The device in one line (for the node's log)."""
+        return f"NumPy on {_threads.workers()} CPU thread(s)"
+
+    device_warning = None   # why this device is slow (GpuBackend on a CPU rasterizer)
 
     def tensor(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a)
@@ -207,9 +219,9 @@ def real_gpu_available() -> bool:
         return False
     if adapter is None:
         return False
+    from bitswarm.kernels.device import is_cpu_adapter
     info = adapter.info
-    kind = str(info.get("adapter_type", "")).lower()
-    return kind not in ("cpu", "") and "llvmpipe" not in str(info.get("device", "")).lower()
+    return bool(str(info.get("adapter_type", ""))) and not is_cpu_adapter(info)
 
 
 def select_backend(device: str, embeddings: str = "gpu") -> Backend:

@@ -10,8 +10,9 @@ as few, large float32 BLAS calls.
 - `bitlinear` / `bitlinear_group`: xq @ codes^T is a GEMM of small integers, exact in float32
   while |sum| < 2^24 (in < 132k), so the result equals the reference's int32 accumulator
   whatever BLAS's summation order; the scale division is the reference's. Bit-identical.
-- `bitlinear_backward`: dy @ codes / weight_scale as the reference; the same BLAS call on the
-  same operands (bit-identical where BLAS is deterministic for the shape).
+- `bitlinear_backward`: dy @ codes / weight_scale as the reference; float32 GEMMs, so equal to
+  the reference up to BLAS's summation order.
+Every op splits its rows over the worker threads (kernels/ops/threads.py).
 Floats are precision.F32, looked up per call (a float64 gradient check switches them).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from bitswarm.kernels.config import TernaryLinear
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.bitlinear.reference import ACT_QMAX, QUANT_EPS
+from bitswarm.kernels.ops.threads import run_split
 
 
 class CpuTernary(TernaryLinear):
@@ -83,15 +85,23 @@ def ternary_group(ws: list[TernaryLinear]) -> list[CpuTernary]:
 
 
 def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """reference.quantize_act's values, with xq as float32 (N, C) (integers in [-128, 127])
-    rather than int8; x_scale float32 (N,). Bit-identical values."""
+    """reference.quantize_act's values, with xq as float32 (N, C) (integers in [-127, 127])
+    rather than int8; x_scale float32 (N,). Bit-identical values for finite x. No clip pass:
+    |x * s| <= absmax * (127 / absmax) rounds to at most 127 (non-finite x gives NaN here,
+    an arbitrary int8 in the reference)."""
     F = prec.F32
-    absmax = np.maximum(np.max(x, axis=-1), -np.min(x, axis=-1))      # max|x|, no |x| temporary
-    np.maximum(absmax, F(QUANT_EPS), out=absmax)
-    s = np.divide(F(ACT_QMAX), absmax, out=absmax).astype(F, copy=False)
-    xq = np.multiply(x, s[:, None])
-    np.rint(xq, out=xq)
-    np.clip(xq, -128, 127, out=xq)
+    N, C = x.shape
+    xq = np.empty((N, C), F)
+    s = np.empty(N, F)
+
+    def rows(lo, hi):
+        xr, sr = x[lo:hi], s[lo:hi]
+        np.maximum(np.max(xr, axis=-1), -np.min(xr, axis=-1), out=sr)   # max|x|, no |x| pass
+        np.maximum(sr, F(QUANT_EPS), out=sr)
+        np.divide(F(ACT_QMAX), sr, out=sr)
+        q = np.multiply(xr, sr[:, None], out=xq[lo:hi])
+        np.rint(q, out=q)
+    run_split(rows, N)
     return xq, s
 
 
@@ -105,38 +115,61 @@ def _as_float(xq: np.ndarray) -> np.ndarray:
     return xq if xq.dtype == prec.F32 else xq.astype(prec.F32)
 
 
-def _scaled(acc: np.ndarray, x_scale: np.ndarray, weight_scale, out=None) -> np.ndarray:
-    """acc / (x_scale * weight_scale) per row, as the reference divides."""
-    return np.divide(acc, (x_scale[:, None] * prec.F32(weight_scale)).astype(prec.F32, copy=False),
-                     out=out)
+def _divisor(x_scale: np.ndarray, weight_scale) -> np.ndarray:
+    """x_scale * weight_scale (N, 1): the reference's per-row divisor."""
+    return (x_scale[:, None] * prec.F32(weight_scale)).astype(prec.F32, copy=False)
 
 
 def bitlinear(xq: np.ndarray, x_scale: np.ndarray, w: CpuTernary) -> np.ndarray:
     """y = (xq @ codes^T) / (x_scale * weight_scale): xq (N, in) (float32 or int8), x_scale
     (N,), w a CpuTernary (out, in) -> (N, out) float32."""
-    acc = _as_float(xq) @ _cpu(w).dense().T
-    return _scaled(acc, x_scale, w.weight_scale, out=acc)
+    return bitlinear_group(xq, x_scale, [w])[0]
 
 
 def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -> list:
-    """[bitlinear(xq, x_scale, w) for w in ws] as one GEMM when ws is one whole group (in
-    order), else one GEMM each. -> list of contiguous (N, out_i) float32."""
+    """[bitlinear(xq, x_scale, w) for w in ws], as one GEMM on the stacked codes when ws is one
+    whole group in order. -> list of contiguous (N, out_i) float32."""
+    F = prec.F32
     ws = [_cpu(w) for w in ws]
+    xq = _as_float(xq)
+    N = xq.shape[0]
     g = ws[0].group
-    whole = (g is not None and all(w.group is g for w in ws) and len(ws) == len(g.codes)
-             and [w.rows for w in ws] == sorted(w.rows for w in ws))
-    if not whole:
-        return [bitlinear(xq, x_scale, w) for w in ws]
-    acc = _as_float(xq) @ g.dense().T                                   # (N, sum out)
-    return [_scaled(acc[:, w.rows[0]:w.rows[1]], x_scale, w.weight_scale) for w in ws]
+    if g is not None and len(ws) == len(g.codes) and all(w.group is g for w in ws) \
+            and [w.rows for w in ws] == sorted(w.rows for w in ws):
+        mats, parts = [g.dense()], [[(i, w.rows[0], w.rows[1]) for i, w in enumerate(ws)]]
+    else:
+        mats = [w.dense() for w in ws]
+        parts = [[(i, 0, w.codes.shape[0])] for i, w in enumerate(ws)]
+    ys = [np.empty((N, w.codes.shape[0]), F) for w in ws]
+    divs = [_divisor(x_scale, w.weight_scale) for w in ws]
+
+    def rows(lo, hi):
+        for m, members in zip(mats, parts):
+            if len(members) == 1:
+                i = members[0][0]
+                acc = np.matmul(xq[lo:hi], m.T, out=ys[i][lo:hi])
+                np.divide(acc, divs[i][lo:hi], out=acc)
+                continue
+            acc = xq[lo:hi] @ m.T                                        # (rows, sum out)
+            for i, a, b in members:
+                np.divide(acc[:, a:b], divs[i][lo:hi], out=ys[i][lo:hi])
+    run_split(rows, N)
+    return ys
 
 
 def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = None) -> np.ndarray:
     """Straight-through input gradient dx = dy @ (codes / weight_scale) (+ acc): dy (N, out)
     -> (N, in)."""
+    F = prec.F32
     w = _cpu(w)
-    dx = dy @ w.dense()
-    dx /= prec.F32(w.weight_scale)
-    if acc is not None:
-        dx += acc
+    c = w.dense()
+    ws = F(w.weight_scale)
+    dx = np.empty((dy.shape[0], c.shape[1]), np.result_type(dy, c))
+
+    def rows(lo, hi):
+        d = np.matmul(dy[lo:hi], c, out=dx[lo:hi])
+        d /= ws
+        if acc is not None:
+            d += acc[lo:hi]
+    run_split(rows, dy.shape[0])
     return dx

@@ -1,6 +1,7 @@
 """CpuBackend's lm_head + cross-entropy over vocab chunks: reference.lm_head_cross_entropy
 (beside this file) with the chunk's logits exponentiated in place and no copy of a float32
-table chunk. Same online log-sum-exp and the same order of operations; differs from the
+table chunk, rows split over the worker threads (kernels/ops/threads.py; each row's
+loss and gradient depend on that row alone). Same online log-sum-exp and the same order of operations; differs from the
 reference by float32 rounding only where BLAS sums differently (tests/kernels/test_cpu_ops.py).
 Floats are precision.F32."""
 from __future__ import annotations
@@ -9,6 +10,7 @@ import numpy as np
 
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
+from bitswarm.kernels.ops.threads import run_split
 
 
 def lm_head_cross_entropy(x: np.ndarray, w: np.ndarray, targets: np.ndarray, grad_scale: float,
@@ -25,6 +27,21 @@ def lm_head_cross_entropy(x: np.ndarray, w: np.ndarray, targets: np.ndarray, gra
                          f"{targets.shape} chunk {chunk}")
     if N and targets.max(initial=-1) >= V:
         raise IndexError(f"target {int(targets.max())} out of range for vocab size {V}")
+    loss = np.empty(N, F)
+    dx = np.empty((N, D), F) if grad else None
+
+    def rows(lo, hi):
+        _rows(x[lo:hi], w, targets[lo:hi], grad_scale, chunk, grad, loss[lo:hi],
+              None if dx is None else dx[lo:hi])
+    run_split(rows, N)
+    return loss, dx
+
+
+def _rows(x, w, targets, grad_scale, chunk, grad, loss_out, dx_out) -> None:
+    """lm_head_cross_entropy of some rows, into loss_out (and dx_out)."""
+    F = prec.F32
+    N, D = x.shape
+    V = w.shape[0]
     valid = targets >= 0
     rows = np.arange(N)
     m = np.full(N, -np.inf, F)
@@ -46,19 +63,19 @@ def lm_head_cross_entropy(x: np.ndarray, w: np.ndarray, targets: np.ndarray, gra
         s += lg.sum(-1, dtype=F)
         if grad:
             if acc is None:
-                acc = lg @ wc
+                acc = np.matmul(lg, wc, out=dx_out)
             else:
                 acc *= r[:, None]
                 acc += lg @ wc
         m = m_new
-    loss = np.where(valid, m + np.log(s) - tl, F(0.0)).astype(F, copy=False)
+    loss_out[...] = np.where(valid, m + np.log(s) - tl, F(0.0))
     if not grad:
-        return loss, None
+        return
     if acc is None:
-        acc = np.zeros((N, D), F)
+        dx_out[...] = 0
+        acc = dx_out
     t = np.where(valid, targets, 0)
     scale = (valid * F(grad_scale)).astype(F)[:, None]
     acc /= s[:, None]
     acc -= w[t].astype(F, copy=False)
     acc *= scale
-    return loss, acc

@@ -1,36 +1,51 @@
 """CpuBackend's RMSNorm: the reference's arithmetic (reference.py beside this file) without its
-temporaries and copies. rmsnorm is bit-identical to the reference; rmsnorm_backward regroups
-the per-row coefficient (r^3 * mean(g*x)) and so differs by float32 rounding only
-(tests/kernels/test_cpu_ops.py). Floats are precision.F32, looked up per call.
+temporaries and copies, rows split over the worker threads (kernels/ops/threads.py). rmsnorm is
+bit-identical to the reference; rmsnorm_backward regroups the per-row coefficient
+(r^3 * mean(g*x)) and so differs by float32 rounding only (tests/kernels/test_cpu_ops.py).
+Floats are precision.F32, looked up per call.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from bitswarm.kernels.ops import precision as prec
+from bitswarm.kernels.ops.threads import run_split
 
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """As reference.rmsnorm: x (N, C), w (C,) -> y (N, C), rstd (N,); same values, bit for bit."""
     F = prec.F32
-    sq = np.multiply(x, x)
-    rstd = np.mean(sq, axis=-1, dtype=F)
-    rstd += F(eps)
-    np.sqrt(rstd, out=rstd)
-    np.divide(F(1.0), rstd, out=rstd)
-    y = np.multiply(x, rstd[:, None], out=sq)
-    y *= w
+    N = x.shape[0]
+    y = np.empty(x.shape, np.result_type(x, w))
+    rstd = np.empty(N, F)
+
+    def rows(lo, hi):
+        xr, yr, rr = x[lo:hi], y[lo:hi], rstd[lo:hi]
+        np.multiply(xr, xr, out=yr)
+        np.mean(yr, axis=-1, dtype=F, out=rr)
+        rr += F(eps)
+        np.sqrt(rr, out=rr)
+        np.divide(F(1.0), rr, out=rr)
+        np.multiply(xr, rr[:, None], out=yr)
+        yr *= w
+    run_split(rows, N)
     return y, rstd
 
 
 def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndarray) -> np.ndarray:
     """As reference.rmsnorm_backward: dx = r*g - x * (r^3 * mean(g*x)), g = w*dy. -> (N, C)."""
     F = prec.F32
-    g = np.multiply(dy, w)
-    t = np.multiply(g, x)
-    c = np.mean(t, axis=-1, dtype=F)                       # (N,)
-    c *= rstd * rstd * rstd
-    g *= rstd[:, None]
-    np.multiply(x, c[:, None], out=t)
-    g -= t
-    return g
+    N = x.shape[0]
+    dx = np.empty(x.shape, np.result_type(dy, x, w))
+
+    def rows(lo, hi):
+        g = np.multiply(dy[lo:hi], w, out=dx[lo:hi])
+        xr, r = x[lo:hi], rstd[lo:hi]
+        t = np.multiply(g, xr)
+        c = np.mean(t, axis=-1, dtype=F)                   # (rows,)
+        c *= r * r * r
+        g *= r[:, None]
+        np.multiply(xr, c[:, None], out=t)
+        g -= t
+    run_split(rows, N)
+    return dx
