@@ -45,7 +45,10 @@ TARGETS = {"qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
 
 
 def shape(model: str) -> dict:
-    """The model's dimensions as a plain dict (BitNetConfig field names)."""
+    """The model's dimensions as a plain dict (BitNetConfig field names); a worker gets them as
+    JSON in BITSWARM_BENCH_SHAPE (the torch venv has no bitswarm)."""
+    if os.environ.get("BITSWARM_BENCH_SHAPE"):
+        return json.loads(os.environ["BITSWARM_BENCH_SHAPE"])
     if model == "default":
         c = json.loads(DEFAULT_CONFIG.read_text())
         keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -144,7 +147,8 @@ def _run(python: str, system: str, model: str, B: int, a) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--models", model,
            "--batch", str(B), "--ctx", str(a.ctx), "--targets", a.targets, "--steps",
            str(a.steps), "--warmup", str(a.warmup), "--tmp", a.tmp]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout_s)
+    env = dict(os.environ, BITSWARM_BENCH_SHAPE=json.dumps(shape(model)))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout_s, env=env)
     if p.returncode != 0:
         return {"error": (p.stderr or p.stdout)[-2000:]}
     return json.loads(p.stdout.strip().splitlines()[-1])

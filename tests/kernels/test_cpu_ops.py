@@ -43,14 +43,38 @@ def test_quantize_act_and_bitlinear_are_exact(be):
     x[5, 7] = 1e4                                # one outlier row
     xq, xs = be.quantize_act(x)
     rq, rs = bl_ref.quantize_act(x)
-    assert xq.dtype == F32
+    assert xq.dtype == (np.int8 if bl_cpu.int8_enabled() else F32)
     same(xq.astype(np.int8), rq)
-    same(xq, rq.astype(F32))
     same(xs, rs)
     w = ternary(rng, 40, 96, ws=23.5)
     same(be.bitlinear(xq, xs, be.ternary(w)), bl_ref.bitlinear(rq, rs, w.codes, w.weight_scale))
     # an int8 xq (the reference's form) gives the same
     same(be.bitlinear(rq, rs, be.ternary(w)), bl_ref.bitlinear(rq, rs, w.codes, w.weight_scale))
+
+
+@pytest.mark.parametrize("int8", ["1", "0"])
+def test_int8_and_float_gemm_paths_are_identical(be, monkeypatch, int8):
+    """The onnxruntime int8 GEMM (when installed) and the float32 GEMM give the reference's
+    bitlinear bit for bit, for a group and for single projections."""
+    monkeypatch.setenv("BITSWARM_CPU_INT8", int8)
+    if int8 == "1" and not bl_cpu.int8_enabled():
+        pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
+    rng = np.random.default_rng(7)
+    x = rnd(rng, 130, 72, scale=2.0)
+    ws = [ternary(rng, o, 72, ws=s) for o, s in ((72, 9.0), (24, 12.5), (24, 31.0))]
+    xq, xs = be.quantize_act(x)
+    assert xq.dtype == (np.int8 if int8 == "1" else F32)
+    rq, rs = bl_ref.quantize_act(x)
+    want = bl_ref.bitlinear_group(rq, rs, [w.codes for w in ws], [w.weight_scale for w in ws])
+    for got, w in zip(be.bitlinear_group(xq, xs, be.ternary_group(ws)), want):
+        same(got, w)
+    for w, ref in zip(ws, want):
+        same(be.bitlinear(xq, xs, be.ternary(w)), ref)
+    if int8 == "1":
+        from bitswarm.kernels.ops.bitlinear import int8_gemm
+        c = ws[0].codes
+        same(int8_gemm.gemm(int8_gemm.offset_u8(rq), np.ascontiguousarray(c.T)),
+             bl_ref.bitlinear_int(rq, c))
 
 
 def test_bitlinear_group_is_one_stacked_gemm_and_exact(be):

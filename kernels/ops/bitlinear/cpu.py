@@ -5,8 +5,10 @@ as few, large float32 BLAS calls.
   codes held once as a float32 (out, in) matrix, built on upload and kept (the base model is
   frozen), so no step converts int8 codes again. A group's codes are one stacked matrix: one
   GEMM per group.
-- `quantize_act` returns xq as float32 holding the int8 values (what the GEMM multiplies); the
-  values and x_scale are the reference's, bit for bit.
+- `quantize_act` returns the reference's xq and x_scale bit for bit: int8 when the int8 GEMM
+  (int8_gemm.py, onnxruntime, optional) is there, else float32 holding the same integers.
+- The forward GEMM runs in int8 through onnxruntime when installed (exact int32), else as a
+  float32 GEMM of the same small integers (exact too): identical results either way.
 - `bitlinear` / `bitlinear_group`: xq @ codes^T is a GEMM of small integers, exact in float32
   while |sum| < 2^24 (in < 132k), so the result equals the reference's int32 accumulator
   whatever BLAS's summation order; the scale division is the reference's. Bit-identical.
@@ -17,10 +19,13 @@ Floats are precision.F32, looked up per call (a float64 gradient check switches 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from bitswarm.kernels.config import TernaryLinear
 from bitswarm.kernels.ops import precision as prec
+from bitswarm.kernels.ops.bitlinear import int8_gemm
 from bitswarm.kernels.ops.bitlinear.reference import ACT_QMAX, QUANT_EPS
 from bitswarm.kernels.ops.threads import run_split
 
@@ -35,6 +40,7 @@ class CpuTernary(TernaryLinear):
         super().__init__(w.codes, np.float32(w.weight_scale))
         self.group, self.rows = group, rows
         self._dense: dict = {}
+        self._t: np.ndarray | None = None
 
     def dense(self) -> np.ndarray:
         """codes as a C-contiguous precision.F32 (out, in) matrix (cached)."""
@@ -49,6 +55,15 @@ class CpuTernary(TernaryLinear):
             self._dense[F] = d
         return d
 
+    def codes_t(self) -> np.ndarray:
+        """codes^T as a C-contiguous int8 (in, out) matrix, the int8 GEMM's operand (cached)."""
+        if self.group is not None:
+            a, b = self.rows
+            return self.group.codes_t()[:, a:b]
+        if self._t is None:
+            self._t = np.ascontiguousarray(self.codes.T, dtype=np.int8)
+        return self._t
+
 
 class _Group:
     """The stacked codes of projections reading one input (rows in member order)."""
@@ -56,6 +71,12 @@ class _Group:
     def __init__(self, ws: list[TernaryLinear]) -> None:
         self.codes = [w.codes for w in ws]
         self._dense: dict = {}
+        self._t: np.ndarray | None = None
+
+    def codes_t(self) -> np.ndarray:
+        if self._t is None:
+            self._t = np.ascontiguousarray(np.concatenate(self.codes, axis=0).T, dtype=np.int8)
+        return self._t
 
     def dense(self) -> np.ndarray:
         F = prec.F32
@@ -84,14 +105,21 @@ def ternary_group(ws: list[TernaryLinear]) -> list[CpuTernary]:
     return out
 
 
+def int8_enabled() -> bool:
+    """Whether bitlinear runs its GEMM in int8 (onnxruntime installed and BITSWARM_CPU_INT8
+    not "0"); else the float32 GEMM of the same integers. Results are identical either way."""
+    return os.environ.get("BITSWARM_CPU_INT8", "1") != "0" and int8_gemm.session() is not None
+
+
 def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """reference.quantize_act's values, with xq as float32 (N, C) (integers in [-127, 127])
-    rather than int8; x_scale float32 (N,). Bit-identical values for finite x. No clip pass:
-    |x * s| <= absmax * (127 / absmax) rounds to at most 127 (non-finite x gives NaN here,
-    an arbitrary int8 in the reference)."""
+    """reference.quantize_act's values: xq int8 (N, C) when the int8 GEMM is enabled, else
+    float32 holding the same integers (what the float32 GEMM multiplies); x_scale float32 (N,).
+    Bit-identical values for finite x. No clip pass: |x * s| <= absmax * (127 / absmax) rounds
+    to at most 127 (non-finite x is undefined, as in the reference's int8 cast)."""
     F = prec.F32
     N, C = x.shape
-    xq = np.empty((N, C), F)
+    as_int8 = int8_enabled()
+    xq = np.empty((N, C), np.int8 if as_int8 else F)
     s = np.empty(N, F)
 
     def rows(lo, hi):
@@ -99,8 +127,13 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.maximum(np.max(xr, axis=-1), -np.min(xr, axis=-1), out=sr)   # max|x|, no |x| pass
         np.maximum(sr, F(QUANT_EPS), out=sr)
         np.divide(F(ACT_QMAX), sr, out=sr)
-        q = np.multiply(xr, sr[:, None], out=xq[lo:hi])
-        np.rint(q, out=q)
+        if as_int8:
+            q = np.multiply(xr, sr[:, None])
+            np.rint(q, out=q)
+            xq[lo:hi] = q                            # exact: integers in [-127, 127]
+        else:
+            q = np.multiply(xr, sr[:, None], out=xq[lo:hi])
+            np.rint(q, out=q)
     run_split(rows, N)
     return xq, s
 
@@ -131,19 +164,29 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
     whole group in order. -> list of contiguous (N, out_i) float32."""
     F = prec.F32
     ws = [_cpu(w) for w in ws]
-    xq = _as_float(xq)
+    int8 = xq.dtype == np.int8 and int8_enabled()
+    if not int8:
+        xq = _as_float(xq)
     N = xq.shape[0]
     g = ws[0].group
     if g is not None and len(ws) == len(g.codes) and all(w.group is g for w in ws) \
             and [w.rows for w in ws] == sorted(w.rows for w in ws):
-        mats, parts = [g.dense()], [[(i, w.rows[0], w.rows[1]) for i, w in enumerate(ws)]]
+        mats = [g.codes_t() if int8 else g.dense()]
+        parts = [[(i, w.rows[0], w.rows[1]) for i, w in enumerate(ws)]]
     else:
-        mats = [w.dense() for w in ws]
+        mats = [w.codes_t() if int8 else w.dense() for w in ws]
         parts = [[(i, 0, w.codes.shape[0])] for i, w in enumerate(ws)]
     ys = [np.empty((N, w.codes.shape[0]), F) for w in ws]
     divs = [_divisor(x_scale, w.weight_scale) for w in ws]
 
     def rows(lo, hi):
+        if int8:
+            xu = int8_gemm.offset_u8(xq[lo:hi])
+            for m, members in zip(mats, parts):
+                acc = int8_gemm.gemm(xu, np.ascontiguousarray(m))        # int32, exact
+                for i, a, b in members:
+                    np.divide(acc[:, a:b], divs[i][lo:hi], out=ys[i][lo:hi], dtype=F)
+            return
         for m, members in zip(mats, parts):
             if len(members) == 1:
                 i = members[0][0]
