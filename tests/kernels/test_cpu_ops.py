@@ -184,3 +184,15 @@ def test_float64_when_the_references_are(monkeypatch, be):
     assert h.dense().dtype == np.float64
     assert be.bitlinear_backward(rng.standard_normal((5, 8)), h).dtype == np.float64
     assert be.rmsnorm(x, np.ones(16), 1e-5)[0].dtype == np.float64
+
+
+def test_float_copies_beyond_the_cache_budget_are_rebuilt_per_call(be, monkeypatch):
+    """Past CACHE_BYTES the float copies of the codes are not kept; results are the same."""
+    rng = np.random.default_rng(8)
+    w = ternary(rng, 32, 48, ws=7.0)
+    dy = rnd(rng, 10, 32)
+    kept = be.bitlinear_backward(dy, be.ternary(w))
+    monkeypatch.setattr(bl_cpu, "CACHE_BYTES", 0)
+    h = be.ternary(w)
+    same(be.bitlinear_backward(dy, h), kept)
+    assert not any(isinstance(k, tuple) for k in h._cache)      # nothing float was kept

@@ -62,14 +62,16 @@ KEEP_PROBS_BYTES = 64 * 2**20   # keep P of one layer up to this size (2B-4T at 
 
 def _attention_rows(q, k, v, B, T, Hkv, g, hd, o, lse, P):
     """Forward of B whole sequences into o (N, Hq*hd), lse (B, Hkv, g*T, 1), P or None."""
-    S = _scores(_q_rows(q, B, T, Hkv, g, hd), _kv(k, B, T, Hkv, hd), B, T, Hkv, g, hd)
+    F = prec.F32
+    Q = _q_rows(q, B, T, Hkv, g, hd)
+    Q *= F(1.0 / np.sqrt(hd))           # scale the (g*T, hd) queries, not the (g*T, T) scores
+    S = np.matmul(Q, _kv(k, B, T, Hkv, hd).transpose(0, 1, 3, 2), out=P)
+    S.reshape(B, Hkv, g, T, T)[...] += _mask(T, F)
     m = S.max(-1, keepdims=True)
     S -= m
     np.exp(S, out=S)
     l = S.sum(-1, keepdims=True)
     S /= l
-    if P is not None:
-        P[...] = S
     O = np.matmul(S, _kv(v, B, T, Hkv, hd))                             # (B, Hkv, g*T, hd)
     np.log(l, out=l)
     l += m

@@ -12,14 +12,15 @@ as few, large float32 BLAS calls.
 - `bitlinear` / `bitlinear_group`: xq @ codes^T is a GEMM of small integers, exact in float32
   while |sum| < 2^24 (in < 132k), so the result equals the reference's int32 accumulator
   whatever BLAS's summation order; the scale division is the reference's. Bit-identical.
-- `bitlinear_backward`: dy @ codes / weight_scale as the reference; float32 GEMMs, so equal to
-  the reference up to BLAS's summation order.
+- `bitlinear_backward`: dy @ (codes / weight_scale), the scale folded into the kept matrix
+  (the reference divides the product): equal to it up to float32 rounding.
 Every op splits its rows over the worker threads (kernels/ops/threads.py).
 Floats are precision.F32, looked up per call (a float64 gradient check switches them).
 """
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 
@@ -30,39 +31,71 @@ from bitswarm.kernels.ops.bitlinear.reference import ACT_QMAX, QUANT_EPS
 from bitswarm.kernels.ops.threads import run_split
 
 
+# Float copies of frozen codes are kept while their total stays under this many bytes (4 per
+# weight: the shipped default model ~50 MB, 125M ~0.35 GB each kind); beyond it they are
+# rebuilt per call (one conversion pass, ~5% of the GEMM), so large models (2B-4T: ~10 GB)
+# do not hold float32 copies of every projection. int8 copies (1 byte per weight) are kept.
+CACHE_BYTES = int(os.environ.get("BITSWARM_CPU_CACHE_BYTES", 2 << 30))
+_cached = [0]
+
+
+def _release(nbytes: int) -> None:
+    _cached[0] -= nbytes
+
+
+def _kept(owner, cache: dict, key, build):
+    """cache[key], built by build() and kept while the byte budget allows."""
+    d = cache.get(key)
+    if d is None:
+        d = build()
+        if _cached[0] + d.nbytes <= CACHE_BYTES:
+            _cached[0] += d.nbytes
+            weakref.finalize(owner, _release, d.nbytes)
+            cache[key] = d
+    return d
+
+
 class CpuTernary(TernaryLinear):
-    """A TernaryLinear (codes int8 (out, in), weight_scale) plus its codes as a dense float
-    matrix, built once per float type. In a group (`group_of`), `rows` is this projection's
-    row range of the group's stacked matrix."""
+    """A TernaryLinear (codes int8 (out, in), weight_scale) plus, built on first use and kept
+    (within CACHE_BYTES): its codes as a float matrix (the float32 forward), codes /
+    weight_scale as a float matrix (the input gradient), and codes^T as int8 (the int8
+    forward). In a group (`ternary_group`), `rows` is this projection's row range of the
+    group's stacked matrices."""
 
     def __init__(self, w: TernaryLinear, group: "_Group | None" = None,
                  rows: tuple[int, int] | None = None) -> None:
         super().__init__(w.codes, np.float32(w.weight_scale))
         self.group, self.rows = group, rows
-        self._dense: dict = {}
-        self._t: np.ndarray | None = None
+        self._cache: dict = {}
 
     def dense(self) -> np.ndarray:
-        """codes as a C-contiguous precision.F32 (out, in) matrix (cached)."""
+        """codes as a C-contiguous precision.F32 (out, in) matrix."""
+        if self.group is not None:
+            a, b = self.rows
+            return self.group.dense()[a:b]
         F = prec.F32
-        d = self._dense.get(F)
-        if d is None:
-            if self.group is not None:
-                a, b = self.rows
-                d = self.group.dense()[a:b]
-            else:
-                d = np.ascontiguousarray(self.codes, dtype=F)
-            self._dense[F] = d
-        return d
+        return _kept(self, self._cache, ("dense", F),
+                     lambda: np.ascontiguousarray(self.codes, dtype=F))
+
+    def grad_matrix(self) -> np.ndarray:
+        """codes / weight_scale, C-contiguous precision.F32 (out, in): dx = dy @ this."""
+        F = prec.F32
+
+        def build():
+            m = np.ascontiguousarray(self.codes, dtype=F)
+            m /= F(self.weight_scale)
+            return m
+        return _kept(self, self._cache, ("grad", F), build)
 
     def codes_t(self) -> np.ndarray:
-        """codes^T as a C-contiguous int8 (in, out) matrix, the int8 GEMM's operand (cached)."""
+        """codes^T as int8 (in, out), the int8 GEMM's operand (C-contiguous when alone)."""
         if self.group is not None:
             a, b = self.rows
             return self.group.codes_t()[:, a:b]
-        if self._t is None:
-            self._t = np.ascontiguousarray(self.codes.T, dtype=np.int8)
-        return self._t
+        t = self._cache.get("t")
+        if t is None:
+            t = self._cache["t"] = np.ascontiguousarray(self.codes.T, dtype=np.int8)
+        return t
 
 
 class _Group:
@@ -70,20 +103,19 @@ class _Group:
 
     def __init__(self, ws: list[TernaryLinear]) -> None:
         self.codes = [w.codes for w in ws]
-        self._dense: dict = {}
-        self._t: np.ndarray | None = None
+        self._cache: dict = {}
 
     def codes_t(self) -> np.ndarray:
-        if self._t is None:
-            self._t = np.ascontiguousarray(np.concatenate(self.codes, axis=0).T, dtype=np.int8)
-        return self._t
+        t = self._cache.get("t")
+        if t is None:
+            t = self._cache["t"] = np.ascontiguousarray(
+                np.concatenate(self.codes, axis=0).T, dtype=np.int8)
+        return t
 
     def dense(self) -> np.ndarray:
         F = prec.F32
-        d = self._dense.get(F)
-        if d is None:
-            d = self._dense[F] = np.concatenate([c.astype(F) for c in self.codes], axis=0)
-        return d
+        return _kept(self, self._cache, ("dense", F),
+                     lambda: np.concatenate([c.astype(F) for c in self.codes], axis=0))
 
 
 def ternary(w: TernaryLinear) -> CpuTernary:
@@ -129,8 +161,7 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.divide(F(ACT_QMAX), sr, out=sr)
         if as_int8:
             q = np.multiply(xr, sr[:, None])
-            np.rint(q, out=q)
-            xq[lo:hi] = q                            # exact: integers in [-127, 127]
+            np.rint(q, out=xq[lo:hi], casting="unsafe")   # exact: integers in [-127, 127]
         else:
             q = np.multiply(xr, sr[:, None], out=xq[lo:hi])
             np.rint(q, out=q)
@@ -203,15 +234,11 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
 def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = None) -> np.ndarray:
     """Straight-through input gradient dx = dy @ (codes / weight_scale) (+ acc): dy (N, out)
     -> (N, in)."""
-    F = prec.F32
-    w = _cpu(w)
-    c = w.dense()
-    ws = F(w.weight_scale)
+    c = _cpu(w).grad_matrix()
     dx = np.empty((dy.shape[0], c.shape[1]), np.result_type(dy, c))
 
     def rows(lo, hi):
         d = np.matmul(dy[lo:hi], c, out=dx[lo:hi])
-        d /= ws
         if acc is not None:
             d += acc[lo:hi]
     run_split(rows, dy.shape[0])

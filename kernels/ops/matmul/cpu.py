@@ -24,5 +24,5 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool
         if acc is not None:
             o += acc[lo:hi]
     # small products (LoRA's rank-r sides) run on the calling thread
-    run_split(rows, M, min_rows=max(64, (1 << 22) // max(1, K * Bm.shape[1])))
+    run_split(rows, M, min_rows=max(128, (1 << 20) // max(1, K * Bm.shape[1])))
     return out
