@@ -8,14 +8,15 @@ torch.optim.AdamW on the CPU. Both: LoRA rank 8, alpha 16, q/k/v/o (or all seven
 lr 1e-4, batch B x ctx 128, random weights of the model's shape (speed does not depend on the
 values), one fixed batch of random token ids.
 
-Each system runs in its own process (ours in this interpreter, torch in --torch-python, a venv
-holding torch, transformers and peft: benchmark-only extras, never runtime dependencies), and
-the two alternate `--repeats` times so that load from other processes on a shared machine
-falls on both; every repeat reports its median step (after warm-up steps) and the ratio of the
-pair, and the summary is the median over repeats.
+Each system runs in its own worker process (ours in this interpreter, torch in --torch-python,
+a venv holding torch, transformers and peft: benchmark-only extras, never runtime
+dependencies), both built and warmed up first; then the two take turns, one step each
+(--pause-s between turns, so the other side's threads are idle), so that load from other
+processes on a shared machine falls on both alike. Every step pair is printed with its ratio
+(torch seconds / our seconds); the summary is the median step of each and the median ratio.
 
     python benchmarks/train_step_cpu.py [--models default,125m] [--batch 8[,16]]
-        [--targets qkvo|all] [--repeats 3] [--steps 3] [--warmup 2]
+        [--targets qkvo|all] [--steps 7] [--warmup 2] [--pause-s 0.5]
         [--torch-python .venv-bench/bin/python] [--no-torch] [--out FILE]
 
 Set-up of the baseline venv (CPU wheels; plain PyPI when the PyTorch CPU index is unreachable):
@@ -33,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,17 +72,55 @@ def token_batch(vocab: int, B: int, T: int):
     return ids[:, :-1], ids[:, 1:]
 
 
-def _timed(step, steps: int, warmup: int) -> dict:
-    times, losses = [], []
-    for s in range(warmup + steps):
+def serve(step, info: dict, warmup: int) -> None:
+    """Worker loop: warm up, print {"ready": info}, then one step per "step" line on stdin,
+    printing {"s": seconds, "loss": loss} for each; exits at end of input."""
+    for _ in range(warmup):
+        step()
+    print(json.dumps({"ready": info}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
         t0 = time.perf_counter()
-        losses.append(step())
-        if s >= warmup:
-            times.append(time.perf_counter() - t0)
-    return {"step_s": statistics.median(times), "times_s": times, "losses": losses}
+        loss = step()
+        print(json.dumps({"s": time.perf_counter() - t0, "loss": loss}), flush=True)
 
 
-def worker_ours(model: str, B: int, T: int, targets: str, steps: int, warmup: int) -> dict:
+class Worker:
+    """One system's worker process (its own interpreter), driven a step at a time."""
+
+    def __init__(self, python: str, system: str, model: str, B: int, a) -> None:
+        cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--models", model,
+               "--batch", str(B), "--ctx", str(a.ctx), "--targets", a.targets,
+               "--warmup", str(a.warmup), "--tmp", a.tmp]
+        env = dict(os.environ, BITSWARM_BENCH_SHAPE=json.dumps(shape(model)))
+        self.err = tempfile.TemporaryFile("w+")       # a pipe could fill and block the worker
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self.err, text=True, env=env)
+        self.info = self._read().get("ready")
+
+    def _read(self) -> dict:
+        line = self.p.stdout.readline()
+        if not line:
+            self.p.wait(timeout=60)
+            self.err.seek(0)
+            raise RuntimeError(self.err.read()[-2000:])
+        return json.loads(line)
+
+    def step(self) -> dict:
+        self.p.stdin.write("step\n")
+        self.p.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.p.stdin.close()
+            self.p.wait(timeout=60)
+        except Exception:
+            self.p.kill()
+
+
+def worker_ours(model: str, B: int, T: int, targets: str):
     sys.path.insert(0, str(HERE))
     from train_step import fast_weights
     from bitswarm.kernels.backend import CpuBackend
@@ -102,11 +142,11 @@ def worker_ours(model: str, B: int, T: int, targets: str, steps: int, warmup: in
         loss, _, grads = m.loss_and_grads(ids, tg)
         opt.step(m.lora, {k: grads[k] for k in keys})
         return loss
-    return _timed(step, steps, warmup)
+    from bitswarm.kernels.ops.bitlinear.cpu import int8_enabled
+    return step, {"int8_gemm": int8_enabled(), "device": be.device_info}
 
 
-def worker_torch(model: str, B: int, T: int, targets: str, steps: int, warmup: int,
-                 tmp: Path) -> dict:
+def worker_torch(model: str, B: int, T: int, targets: str, tmp: Path):
     # benchmarks/kernels.py would shadow Hugging Face's optional `kernels` package
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
     import torch
@@ -137,21 +177,9 @@ def worker_torch(model: str, B: int, T: int, targets: str, steps: int, warmup: i
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(out.loss)
-    res = _timed(step, steps, warmup)
-    res.update(q_proj_class=kind, threads=torch.get_num_threads(),
-               versions={"torch": torch.__version__, "transformers": transformers.__version__})
-    return res
-
-
-def _run(python: str, system: str, model: str, B: int, a) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--worker", system, "--models", model,
-           "--batch", str(B), "--ctx", str(a.ctx), "--targets", a.targets, "--steps",
-           str(a.steps), "--warmup", str(a.warmup), "--tmp", a.tmp]
-    env = dict(os.environ, BITSWARM_BENCH_SHAPE=json.dumps(shape(model)))
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout_s, env=env)
-    if p.returncode != 0:
-        return {"error": (p.stderr or p.stdout)[-2000:]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return step, {"q_proj_class": kind, "threads": torch.get_num_threads(),
+                  "versions": {"torch": torch.__version__,
+                               "transformers": transformers.__version__}}
 
 
 def main() -> None:
@@ -162,68 +190,67 @@ def main() -> None:
     ap.add_argument("--batch", default="8", help="comma-separated batch sizes (sequences)")
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--targets", default="qkvo", choices=sorted(TARGETS))
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=7, help="timed step pairs")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pause-s", type=float, default=0.5)
     ap.add_argument("--torch-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
-    ap.add_argument("--timeout-s", type=float, default=1800)
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         B = int(a.batch)
         if a.worker == "ours":
-            r = worker_ours(a.models, B, a.ctx, a.targets, a.steps, a.warmup)
+            step, info = worker_ours(a.models, B, a.ctx, a.targets)
         else:
-            r = worker_torch(a.models, B, a.ctx, a.targets, a.steps, a.warmup, Path(a.tmp))
-        print(json.dumps(r))
+            step, info = worker_torch(a.models, B, a.ctx, a.targets, Path(a.tmp))
+        serve(step, info, a.warmup)
         return
     use_torch = not a.no_torch and Path(a.torch_python).exists()
     rows = []
-    print(f"{'model':8s} {'batch':>5s} {'rep':>3s} {'ours tok/s':>11s} {'torch tok/s':>12s} "
+    print(f"{'model':8s} {'batch':>5s} {'step':>4s} {'ours tok/s':>11s} {'torch tok/s':>12s} "
           f"{'ours/torch':>10s}   load(1m)")
     for model in a.models.split(","):
         for B in map(int, a.batch.split(",")):
             tok = B * a.ctx
-            reps = []
-            for rep in range(a.repeats):
-                r = {"ours": _run(sys.executable, "ours", model, B, a)}
-                if use_torch:
-                    r["torch"] = _run(a.torch_python, "torch", model, B, a)
-                r["load_1m"] = os.getloadavg()[0]
-                for k in ("ours", "torch"):
-                    if k in r and "step_s" in r[k]:
-                        r[k]["tokens_per_s"] = tok / r[k]["step_s"]
-                ok = lambda k: k in r and "tokens_per_s" in r[k]  # noqa: E731
-                if ok("ours") and ok("torch"):
-                    r["ratio"] = r["ours"]["tokens_per_s"] / r["torch"]["tokens_per_s"]
-                reps.append(r)
-                fmt = lambda k: f"{r[k]['tokens_per_s']:.0f}" if ok(k) else (  # noqa: E731
-                    "error" if k in r else "-")
-                print(f"{model:8s} {B:5d} {rep:3d} {fmt('ours'):>11s} {fmt('torch'):>12s} "
-                      f"{r.get('ratio', float('nan')):10.3f}   {r['load_1m']:.2f}", flush=True)
-                for k in ("ours", "torch"):
-                    if k in r and "error" in r[k]:
-                        print(f"  {k} failed: {r[k]['error'][-600:]}", file=sys.stderr)
-            med = lambda k: statistics.median(  # noqa: E731
-                [x[k]["tokens_per_s"] for x in reps if k in x and "tokens_per_s" in x[k]] or [0])
-            ratios = [x["ratio"] for x in reps if "ratio" in x]
+            ours = Worker(sys.executable, "ours", model, B, a)
+            torch_w = Worker(a.torch_python, "torch", model, B, a) if use_torch else None
+            pairs = []
+            try:
+                for i in range(a.steps):
+                    r = {"ours": ours.step()}
+                    time.sleep(a.pause_s)            # let the other side's threads go idle
+                    if torch_w is not None:
+                        r["torch"] = torch_w.step()
+                        time.sleep(a.pause_s)
+                        r["ratio"] = r["torch"]["s"] / r["ours"]["s"]
+                    r["load_1m"] = os.getloadavg()[0]
+                    pairs.append(r)
+                    tt = f"{tok / r['torch']['s']:.0f}" if "torch" in r else "-"
+                    print(f"{model:8s} {B:5d} {i:4d} {tok / r['ours']['s']:11.0f} {tt:>12s} "
+                          f"{r.get('ratio', float('nan')):10.3f}   {r['load_1m']:.2f}", flush=True)
+            finally:
+                ours.close()
+                if torch_w is not None:
+                    torch_w.close()
+            med = lambda k: tok / statistics.median(x[k]["s"] for x in pairs)  # noqa: E731
             row = {"model": model, "shape": shape(model), "batch": B, "ctx": a.ctx,
-                   "targets": a.targets, "tokens": tok, "repeats": reps,
+                   "targets": a.targets, "tokens": tok, "steps": pairs,
+                   "ours_info": ours.info, "torch_info": torch_w.info if torch_w else None,
                    "ours_tokens_per_s": med("ours"),
-                   "torch_tokens_per_s": med("torch") if use_torch else None,
-                   "ratio_median": statistics.median(ratios) if ratios else None}
+                   "torch_tokens_per_s": med("torch") if torch_w else None,
+                   "ratio_median": statistics.median(x["ratio"] for x in pairs) if torch_w else None}
             rows.append(row)
-            print(f"{model:8s} {B:5d} med {row['ours_tokens_per_s']:11.0f} "
-                  f"{(row['torch_tokens_per_s'] or 0):12.0f} {(row['ratio_median'] or float('nan')):10.3f}",
-                  flush=True)
+            print(f"{model:8s} {B:5d}  med {row['ours_tokens_per_s']:11.0f} "
+                  f"{(row['torch_tokens_per_s'] or 0):12.0f} "
+                  f"{(row['ratio_median'] or float('nan')):10.3f}", flush=True)
     out = Path(a.out) if a.out else HERE / "results" / f"train_step_cpu-{os.uname().nodename}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "train_step_cpu", "cpus": os.cpu_count(),
                                "python": sys.version.split()[0], "steps": a.steps,
-                               "warmup": a.warmup, "rows": rows}, indent=1))
+                               "warmup": a.warmup, "pause_s": a.pause_s, "rows": rows},
+                              indent=1))
     print(f"wrote {out}")
 
 
