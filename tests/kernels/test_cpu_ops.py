@@ -137,6 +137,8 @@ def test_norm_elementwise_rope_matmul(be, close):
         aa, bb = (a.T.copy() if ta else a), (b if tb else b.T.copy())
         same(be.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.5, acc=c),
              mm_ref.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.5, acc=c))
+        close(be.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.3),     # not a power of two
+              mm_ref.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.3), 1e-6, 1e-5, "matmul")
 
 
 @pytest.mark.parametrize("Hq,Hkv", [(4, 4), (6, 2), (4, 1)])

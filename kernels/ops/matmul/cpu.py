@@ -1,5 +1,8 @@
 """CpuBackend's dense matmul: reference.matmul (beside this file) without the float32 copy of
-its float32 product, so bit-identical to it. Floats are precision.F32."""
+its float32 product, alpha applied to the smaller operand instead of the product (one pass
+over the rank-r side, not over the (N, D) output), rows split over the worker threads when the
+product is large (kernels/ops/threads.py). Bit-identical to the reference when alpha is a power
+of two (LoRA's alpha / r = 16 / 8), else within float32 rounding. Floats are precision.F32."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,12 +18,14 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool
     F = prec.F32
     M, K = A.shape
     out = np.empty((M, Bm.shape[1]), np.result_type(A, Bm, F))
-    alpha = F(alpha)
+    if alpha != 1.0:      # scale the smaller operand (LoRA's rank-r side), not the product
+        if A.size <= Bm.size:
+            A = A * F(alpha)
+        else:
+            Bm = Bm * F(alpha)
 
     def rows(lo, hi):
         o = np.matmul(A[lo:hi], Bm, out=out[lo:hi])
-        if alpha != 1.0:
-            o *= alpha
         if acc is not None:
             o += acc[lo:hi]
     # small products (LoRA's rank-r sides) run on the calling thread

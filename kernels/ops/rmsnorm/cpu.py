@@ -1,7 +1,7 @@
 """CpuBackend's RMSNorm: the reference's arithmetic (reference.py beside this file) without its
 temporaries and copies, rows split over the worker threads (kernels/ops/threads.py). rmsnorm is
-bit-identical to the reference; rmsnorm_backward regroups the per-row coefficient
-(r^3 * mean(g*x)) and so differs by float32 rounding only (tests/kernels/test_cpu_ops.py).
+bit-identical to the reference; rmsnorm_backward sums mean(g*x) as a row dot (einsum) and
+regroups the per-row coefficient (r^3 * mean(g*x)), so differs by float32 rounding only (tests/kernels/test_cpu_ops.py).
 Floats are precision.F32, looked up per call.
 """
 from __future__ import annotations
@@ -41,11 +41,9 @@ def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndar
     def rows(lo, hi):
         g = np.multiply(dy[lo:hi], w, out=dx[lo:hi])
         xr, r = x[lo:hi], rstd[lo:hi]
-        t = np.multiply(g, xr)
-        c = np.mean(t, axis=-1, dtype=F)                   # (rows,)
-        c *= r * r * r
+        c = np.einsum("ij,ij->i", g, xr)                   # row dots, no (rows, C) temporary
+        c *= r * r * r / F(x.shape[1])
         g *= r[:, None]
-        np.multiply(xr, c[:, None], out=t)
-        g -= t
+        g -= np.multiply(xr, c[:, None])
     run_split(rows, N)
     return dx
