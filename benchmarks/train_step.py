@@ -10,7 +10,7 @@ Peak GPU memory: the device layer's high-water mark of allocated storage-buffer 
 Baselines, same shapes, same run:
   torch+peft: transformers BitNetForCausalLM (online ternary AutoBitLinear, bf16) + PEFT LoRA,
               torch.optim.AdamW, on CUDA when torch sees a GPU; peak = torch.cuda.max_memory_allocated.
-  numpy:      our CpuBackend (kernels/ops/*/reference.py) on the CPU; measured at 1 and 2 layers and
+  numpy:      our CpuBackend (kernels/ops/*/cpu.py) on the CPU; measured at 1 and 2 layers and
               extrapolated linearly to the full depth (a full-depth NumPy step takes minutes).
 
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]

@@ -21,16 +21,22 @@ import numpy as np
 
 from bitswarm.kernels.config import TernaryLinear
 from bitswarm.kernels.ops.adamw import reference as _adamw
+from bitswarm.kernels.ops.attention import cpu as _attention_cpu
 from bitswarm.kernels.ops.attention import reference as _attention
+from bitswarm.kernels.ops.bitlinear import cpu as _bitlinear_cpu
 from bitswarm.kernels.ops.bitlinear import reference as _bitlinear
-from bitswarm.kernels.ops.elementwise import reference as _elementwise
+from bitswarm.kernels.ops.elementwise import cpu as _elementwise
 from bitswarm.kernels.ops.embedding import reference as _embedding
+from bitswarm.kernels.ops.lm_head import cpu as _lm_head_cpu
 from bitswarm.kernels.ops.lm_head import reference as _lm_head
 from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
-from bitswarm.kernels.ops.matmul import reference as _matmul
+from bitswarm.kernels.ops.matmul import cpu as _matmul
+from bitswarm.kernels.ops.rmsnorm import cpu as _rmsnorm_cpu
 from bitswarm.kernels.ops.rmsnorm import reference as _rmsnorm
-from bitswarm.kernels.ops.rope import reference as _rope
+from bitswarm.kernels.ops.rope import cpu as _rope
+from bitswarm.kernels.ops.rope import reference as _rope_ref
 from bitswarm.kernels.ops.rope.reference import RopeTables
+from bitswarm.kernels.ops import threads as _threads
 
 log = logging.getLogger("bitswarm.kernels.backend")
 
@@ -57,6 +63,8 @@ class Backend(Protocol):
 
     name: str
     caps: BackendCaps
+    device_info: str               # the device in one line, for logs
+    device_warning: str | None     # why the device is slow (a CPU rasterizer), else None
 
     # transfers (not ops: no kernel)
     def tensor(self, a: np.ndarray) -> Tensor: ...                  # upload (float32 / int32)
@@ -112,23 +120,38 @@ class Backend(Protocol):
 
 
 class CpuBackend:
-    """NumPy backend: the family references, run as they are."""
+    """NumPy backend: each op family's CPU path (kernels/ops/<family>/cpu.py where one exists,
+    else the family's reference). The CPU paths are the references' arithmetic restructured
+    for float32 BLAS (frozen ternary codes held once as float32, q/k/v as one GEMM, in-place
+    elementwise work, GQA attention without repeated K/V), each splitting its rows over the
+    cores with BLAS held to one thread (kernels/ops/threads.py); tests/kernels/test_cpu_ops.py
+    holds each to its reference (bit-identical where stated there, else a float32 tolerance)."""
 
     name = "cpu"
     caps = CPU_CAPS
 
     def __init__(self) -> None:
         self._rope = RopeTables()
+        _threads.own_blas()      # BLAS on one thread: the ops split rows over the cores
+
+    @property
+    def device_info(self) -> str:
+        """The device in one line (for the node's log)."""
+        return f"NumPy on {_threads.workers()} CPU thread(s)"
+
+    device_warning = None   # why this device is slow (GpuBackend on a CPU rasterizer)
 
     def tensor(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a)
         return np.array(a, dtype=np.int32 if a.dtype.kind in "iu" else np.float32)
 
     def ternary(self, w: TernaryLinear) -> TernaryLinear:
-        return w
+        """A frozen projection with its codes held once as a float32 matrix (CpuTernary)."""
+        return _bitlinear_cpu.ternary(w)
 
     def ternary_group(self, ws: list[TernaryLinear]) -> list[TernaryLinear]:
-        return list(ws)
+        """Projections of one input sharing one stacked float32 codes matrix (one GEMM)."""
+        return _bitlinear_cpu.ternary_group(ws)
 
     def table(self, a: np.ndarray) -> np.ndarray:
         """Embedding / lm_head table (V, D): float32 here (host memory is not the limit, and
@@ -146,39 +169,33 @@ class CpuBackend:
 
     embedding = staticmethod(_embedding.embedding)
     embedding_backward = staticmethod(_embedding.embedding_backward)
-    rmsnorm = staticmethod(_rmsnorm.rmsnorm)
-    rmsnorm_backward = staticmethod(_rmsnorm.rmsnorm_backward)
+    rmsnorm = staticmethod(_rmsnorm_cpu.rmsnorm)
+    rmsnorm_backward = staticmethod(_rmsnorm_cpu.rmsnorm_backward)
     rmsnorm_weight_grad = staticmethod(_rmsnorm.rmsnorm_weight_grad)
-    quantize_act = staticmethod(_bitlinear.quantize_act)
+    # xq is float32 holding the int8 values (what the float32 GEMM multiplies)
+    quantize_act = staticmethod(_bitlinear_cpu.quantize_act)
     dequantize_act = staticmethod(_bitlinear.dequantize_act)
     matmul = staticmethod(_matmul.matmul)
     add = staticmethod(_elementwise.add)
     relu2_gate = staticmethod(_elementwise.relu2_gate)
     relu2_gate_backward = staticmethod(_elementwise.relu2_gate_backward)
-    attention = staticmethod(_attention.attention)
-    attention_backward = staticmethod(_attention.attention_backward)
+    attention = staticmethod(_attention_cpu.attention)
+    attention_backward = staticmethod(_attention_cpu.attention_backward)
     kv_append_ = staticmethod(_attention.kv_append_)
     attention_decode = staticmethod(_attention.attention_decode)
     cross_entropy = staticmethod(_lm_head.cross_entropy)
-    lm_head_cross_entropy = staticmethod(_lm_head.lm_head_cross_entropy)
+    lm_head_cross_entropy = staticmethod(_lm_head_cpu.lm_head_cross_entropy)
     adamw_ = staticmethod(_adamw.adamw_)
 
-    # ternary projections are TernaryLinear (codes, weight_scale) on the host
-    def bitlinear(self, xq, x_scale, w: TernaryLinear):
-        return _bitlinear.bitlinear(xq, x_scale, w.codes, w.weight_scale)
-
-    def bitlinear_group(self, xq, x_scale, ws: list[TernaryLinear]):
-        return _bitlinear.bitlinear_group(xq, x_scale, [w.codes for w in ws],
-                                         [w.weight_scale for w in ws])
-
-    def bitlinear_backward(self, dy, w: TernaryLinear, acc=None):
-        dx = _bitlinear.bitlinear_backward(dy, w.codes, w.weight_scale)
-        return dx if acc is None else dx + acc
+    # ternary projections are CpuTernary (codes, weight_scale, float32 codes) on the host
+    bitlinear = staticmethod(_bitlinear_cpu.bitlinear)
+    bitlinear_group = staticmethod(_bitlinear_cpu.bitlinear_group)
+    bitlinear_backward = staticmethod(_bitlinear_cpu.bitlinear_backward)
 
     def ternarize(self, w: np.ndarray) -> TernaryLinear:
         """One latent weight -> TernaryLinear (ternarize_all's step; a test hook overrides it)."""
         codes, scale = _bitlinear.ternarize(w)
-        return TernaryLinear(codes, scale)
+        return _bitlinear_cpu.ternary(TernaryLinear(codes, scale))
 
     def ternarize_all(self, ws) -> list[TernaryLinear]:
         return [self.ternarize(w) for w in ws]
@@ -189,7 +206,7 @@ class CpuBackend:
 
     def rope_at(self, x, pos, H, hd, theta):
         cos, sin = self._rope.get(pos + x.shape[0], hd, theta, grow=True)
-        return _rope.rope_at(x, cos, sin, pos, H, hd)
+        return _rope_ref.rope_at(x, cos, sin, pos, H, hd)
 
 
 def real_gpu_available() -> bool:
@@ -202,9 +219,9 @@ def real_gpu_available() -> bool:
         return False
     if adapter is None:
         return False
+    from bitswarm.kernels.device import is_cpu_adapter
     info = adapter.info
-    kind = str(info.get("adapter_type", "")).lower()
-    return kind not in ("cpu", "") and "llvmpipe" not in str(info.get("device", "")).lower()
+    return bool(str(info.get("adapter_type", ""))) and not is_cpu_adapter(info)
 
 
 def select_backend(device: str, embeddings: str = "gpu") -> Backend:

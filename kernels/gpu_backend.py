@@ -24,7 +24,7 @@ import numpy as np
 
 from bitswarm.kernels.backend import GPU_CAPS
 from bitswarm.kernels.config import TernaryLinear
-from bitswarm.kernels.device import Context, Tensor
+from bitswarm.kernels.device import Context, Tensor, describe_adapter, is_cpu_adapter
 from bitswarm.kernels.ops import registry
 from bitswarm.kernels.ops.adamw import gpu as _adamw
 from bitswarm.kernels.ops.attention import gpu as _attention
@@ -57,6 +57,19 @@ class GpuBackend:
 
     name = "gpu"
     caps = GPU_CAPS
+
+    @property
+    def device_info(self) -> str:
+        """The wgpu adapter in one line (for the node's log)."""
+        return f"wgpu adapter {describe_adapter(self.ctx.info)}"
+
+    @property
+    def device_warning(self) -> str | None:
+        """Why this device is slow, when it is a CPU rasterizer; else None."""
+        if not is_cpu_adapter(self.ctx.info):
+            return None
+        return ("this adapter is a CPU rasterizer: the WGSL kernels run on the CPU, several "
+                "times slower than the NumPy backend (--device cpu)")
 
     def __init__(self, ctx: Context | None = None, table_residency: str = "gpu") -> None:
         if table_residency not in TABLE_RESIDENCIES:

@@ -83,6 +83,9 @@ class Node:
         self.base_model = loaded.sha256
         self.backend = select_backend(cfg.device, cfg.embeddings)
         log.info("base model %s (sha256 %s…), backend %s", self.model_dir, self.base_model[:12], self.backend.name)
+        warn = self.backend.device_warning
+        (log.warning if warn else log.info)("compute device: %s%s", self.backend.device_info,
+                                            f" ({warn})" if warn else "")
         self.model = BitNetModel(weights, self.backend, cfg.lora)
         if cfg.recompute != "auto":
             self.model.recompute = cfg.recompute == "on"

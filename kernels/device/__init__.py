@@ -9,7 +9,8 @@
 
 Ops (kernels/ops/) launch kernels through kernels/ops/registry.py; nothing here knows an op.
 """
-from .context import FLUSH_EVERY, WG_MAX, Context, DeviceError, Kernel, grid_for
+from .context import (FLUSH_EVERY, WG_MAX, Context, DeviceError, Kernel, describe_adapter,
+                      grid_for, is_cpu_adapter)
 from .params import ParamLayout, parse_params
 from .pool import BufferPool
 from .tensor import (DTYPES, Tensor, pack_int8_rows, round_size, tensor_nbytes,
@@ -17,5 +18,6 @@ from .tensor import (DTYPES, Tensor, pack_int8_rows, round_size, tensor_nbytes,
 from .upload_ring import UploadRing
 
 __all__ = ["FLUSH_EVERY", "WG_MAX", "Context", "DeviceError", "Kernel", "grid_for",
+           "describe_adapter", "is_cpu_adapter",
            "ParamLayout", "parse_params", "BufferPool", "DTYPES", "Tensor", "pack_int8_rows",
            "round_size", "tensor_nbytes", "unpack_int8_rows", "UploadRing"]

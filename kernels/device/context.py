@@ -75,6 +75,25 @@ class Kernel:
             raise DeviceError(f"shader {name}.wgsl entry {entry!r} failed to build: {e}") from e
 
 
+CPU_ADAPTER_NAMES = ("llvmpipe", "lavapipe", "swiftshader", "softpipe", "warp")
+
+
+def is_cpu_adapter(info: dict) -> bool:
+    """Whether wgpu adapter info (`adapter.info`) describes a CPU rasterizer (Mesa's lavapipe /
+    llvmpipe, SwiftShader, Microsoft WARP): adapter_type "CPU" or a known name. On those the
+    WGSL kernels run on the CPU, slower than NumPy (docs/benchmarks.md)."""
+    kind = str(info.get("adapter_type", "")).lower()
+    names = " ".join(str(info.get(k, "")) for k in ("device", "description")).lower()
+    return kind == "cpu" or any(n in names for n in CPU_ADAPTER_NAMES)
+
+
+def describe_adapter(info: dict) -> str:
+    """One line naming an adapter: 'device (adapter_type, backend_type, vendor)'."""
+    parts = [str(info.get(k)) for k in ("adapter_type", "backend_type", "vendor") if info.get(k)]
+    return f"{info.get('device') or info.get('description') or 'unknown adapter'}" + (
+        f" ({', '.join(parts)})" if parts else "")
+
+
 class Context:
     """Adapter, device and queue; pool of buffers; the open command encoder.
 

@@ -1,0 +1,47 @@
+"""CpuBackend's elementwise ops: the reference's arithmetic (reference.py beside this file) in
+place, with no float32 copy of float32 results, rows split over the worker threads
+(kernels/ops/threads.py). Bit-identical to the reference (doubling is exact, so 2*r*u*dh may be
+grouped as (r*u*dh)*2). Floats are precision.F32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitswarm.kernels.ops.threads import run_split
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b, same shapes (a new array)."""
+    out = np.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
+    if a.shape != out.shape or b.shape != out.shape or out.ndim == 0:
+        return np.add(a, b, out=out)
+    run_split(lambda lo, hi: np.add(a[lo:hi], b[lo:hi], out=out[lo:hi]), out.shape[0])
+    return out
+
+
+def relu2_gate(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """h = relu(g)^2 * u, (N, I)."""
+    h = np.empty(g.shape, np.result_type(g, u))
+
+    def rows(lo, hi):
+        r = np.maximum(g[lo:hi], 0, out=h[lo:hi])
+        r *= r
+        r *= u[lo:hi]
+    run_split(rows, g.shape[0])
+    return h
+
+
+def relu2_gate_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dg, du) = (2*relu(g)*u*dh, relu(g)^2*dh)."""
+    t = np.result_type(dh, g, u)
+    dg, du = np.empty(g.shape, t), np.empty(g.shape, t)
+
+    def rows(lo, hi):
+        r = np.maximum(g[lo:hi], 0, out=dg[lo:hi])
+        d = np.multiply(r, r, out=du[lo:hi])
+        d *= dh[lo:hi]
+        r *= u[lo:hi]
+        r *= dh[lo:hi]
+        r *= 2
+    run_split(rows, g.shape[0])
+    return dg, du

@@ -1,0 +1,200 @@
+"""CpuBackend's CPU paths (kernels/ops/<family>/cpu.py) against the family references, which stay
+the source of truth. Exact (bit for bit) where the CPU path does the reference's arithmetic in
+the same order: quantize_act, bitlinear and bitlinear_group (float32 GEMMs of small integers are
+exact), rmsnorm, rope, the elementwise ops, matmul. A float32 tolerance where only the summation
+order or the grouping of a per-row factor differs: rmsnorm_backward, attention (GQA heads
+summed inside the matmul), bitlinear_backward and lm_head_cross_entropy (BLAS blocking).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitswarm.kernels.backend import CpuBackend
+from bitswarm.kernels.ops.attention import reference as att_ref
+from bitswarm.kernels.ops.bitlinear import cpu as bl_cpu
+from bitswarm.kernels.ops.bitlinear import reference as bl_ref
+from bitswarm.kernels.ops.elementwise import reference as ew_ref
+from bitswarm.kernels.ops.lm_head import reference as lm_ref
+from bitswarm.kernels.ops.matmul import reference as mm_ref
+from bitswarm.kernels.ops.rmsnorm import reference as rn_ref
+from bitswarm.kernels.ops.rope import reference as rope_ref
+
+from .ops.helpers import rnd, ternary
+
+F32 = np.float32
+
+
+def same(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    assert np.array_equal(a, b)
+
+
+@pytest.fixture
+def be():
+    return CpuBackend()
+
+
+def test_quantize_act_and_bitlinear_are_exact(be):
+    rng = np.random.default_rng(0)
+    x = rnd(rng, 67, 96, scale=3.0)
+    x[3] = 0.0                                   # absmax clamped to the epsilon
+    x[5, 7] = 1e4                                # one outlier row
+    xq, xs = be.quantize_act(x)
+    rq, rs = bl_ref.quantize_act(x)
+    assert xq.dtype == (np.int8 if bl_cpu.int8_enabled() else F32)
+    same(xq.astype(np.int8), rq)
+    same(xs, rs)
+    w = ternary(rng, 40, 96, ws=23.5)
+    same(be.bitlinear(xq, xs, be.ternary(w)), bl_ref.bitlinear(rq, rs, w.codes, w.weight_scale))
+    # an int8 xq (the reference's form) gives the same
+    same(be.bitlinear(rq, rs, be.ternary(w)), bl_ref.bitlinear(rq, rs, w.codes, w.weight_scale))
+
+
+@pytest.mark.parametrize("int8", ["1", "0"])
+def test_int8_and_float_gemm_paths_are_identical(be, monkeypatch, int8):
+    """The onnxruntime int8 GEMM (when installed) and the float32 GEMM give the reference's
+    bitlinear bit for bit, for a group and for single projections."""
+    monkeypatch.setenv("BITSWARM_CPU_INT8", int8)
+    if int8 == "1" and not bl_cpu.int8_enabled():
+        pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
+    rng = np.random.default_rng(7)
+    x = rnd(rng, 130, 72, scale=2.0)
+    ws = [ternary(rng, o, 72, ws=s) for o, s in ((72, 9.0), (24, 12.5), (24, 31.0))]
+    xq, xs = be.quantize_act(x)
+    assert xq.dtype == (np.int8 if int8 == "1" else F32)
+    rq, rs = bl_ref.quantize_act(x)
+    want = bl_ref.bitlinear_group(rq, rs, [w.codes for w in ws], [w.weight_scale for w in ws])
+    for got, w in zip(be.bitlinear_group(xq, xs, be.ternary_group(ws)), want):
+        same(got, w)
+    for w, ref in zip(ws, want):
+        same(be.bitlinear(xq, xs, be.ternary(w)), ref)
+    if int8 == "1":
+        from bitswarm.kernels.ops.bitlinear import int8_gemm
+        c = ws[0].codes
+        same(int8_gemm.gemm(int8_gemm.offset_u8(rq), np.ascontiguousarray(c.T)),
+             bl_ref.bitlinear_int(rq, c))
+
+
+def test_bitlinear_group_is_one_stacked_gemm_and_exact(be):
+    rng = np.random.default_rng(1)
+    x = rnd(rng, 50, 64)
+    ws = [ternary(rng, o, 64, ws=s) for o, s in ((64, 11.0), (16, 13.0), (16, 17.5))]
+    group = be.ternary_group(ws)
+    assert group[0].group is group[2].group
+    xq, xs = be.quantize_act(x)
+    rq, rs = bl_ref.quantize_act(x)
+    got = be.bitlinear_group(xq, xs, group)
+    want = bl_ref.bitlinear_group(rq, rs, [w.codes for w in ws], [w.weight_scale for w in ws])
+    for g, w in zip(got, want):
+        assert g.flags.c_contiguous
+        same(g, w)
+    for g, w in zip(group, ws):                  # members alone equal the group's parts
+        same(be.bitlinear(xq, xs, g), bl_ref.bitlinear(rq, rs, w.codes, w.weight_scale))
+    with pytest.raises(ValueError, match="in_features"):
+        be.ternary_group([ternary(rng, 4, 8), ternary(rng, 4, 9)])
+
+
+def test_bitlinear_backward_within_float32(be, close):
+    rng = np.random.default_rng(2)
+    w = ternary(rng, 48, 80, ws=21.0)
+    dy, acc = rnd(rng, 33, 48), rnd(rng, 33, 80)
+    h = be.ternary(w)
+    close(be.bitlinear_backward(dy, h), bl_ref.bitlinear_backward(dy, w.codes, w.weight_scale),
+          1e-6, 1e-5, "bitlinear_backward")
+    close(be.bitlinear_backward(dy, h, acc),
+          bl_ref.bitlinear_backward(dy, w.codes, w.weight_scale) + acc, 1e-6, 1e-5,
+          "bitlinear_backward acc")
+    # a plain TernaryLinear (a test's ternarize hook) works too
+    close(be.bitlinear_backward(dy, w), bl_ref.bitlinear_backward(dy, w.codes, w.weight_scale),
+          1e-6, 1e-5, "bitlinear_backward plain")
+
+
+def test_norm_elementwise_rope_matmul(be, close):
+    rng = np.random.default_rng(3)
+    x, w, dy = rnd(rng, 20, 48), 1 + 0.1 * rnd(rng, 48), rnd(rng, 20, 48)
+    y, r = be.rmsnorm(x, w, 1e-5)
+    ry, rr = rn_ref.rmsnorm(x, w, 1e-5)
+    same(y, ry)
+    same(r, rr)
+    close(be.rmsnorm_backward(dy, x, w, r), rn_ref.rmsnorm_backward(dy, x, w, rr), 1e-6, 1e-5,
+          "rmsnorm_backward")
+    g, u, dh = rnd(rng, 20, 48), rnd(rng, 20, 48), rnd(rng, 20, 48)
+    same(be.relu2_gate(g, u), ew_ref.relu2_gate(g, u))
+    for a, b in zip(be.relu2_gate_backward(dh, g, u), ew_ref.relu2_gate_backward(dh, g, u)):
+        same(a, b)
+    same(be.add(g, u), ew_ref.add(g, u))
+    B, T, H, hd = 3, 7, 4, 16
+    q = rnd(rng, B * T, H * hd)
+    cos, sin = rope_ref.rope_tables(T, hd, 10000.0)
+    for inv in (False, True):
+        same(be.rope(q, T, H, hd, 10000.0, inverse=inv), rope_ref.rope(q, cos, sin, T, H, hd, inv))
+    cos, sin = rope_ref.rope_tables(9, hd, 10000.0)
+    same(be.rope_at(q[:2], 5, H, hd, 10000.0), rope_ref.rope_at(q[:2], cos, sin, 5, H, hd))
+    a, b, c = rnd(rng, 9, 5), rnd(rng, 7, 5), rnd(rng, 9, 7)
+    for ta, tb in ((False, True), (True, False)):
+        aa, bb = (a.T.copy() if ta else a), (b if tb else b.T.copy())
+        same(be.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.5, acc=c),
+             mm_ref.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.5, acc=c))
+        close(be.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.3),     # not a power of two
+              mm_ref.matmul(aa, bb, trans_a=ta, trans_b=tb, alpha=0.3), 1e-6, 1e-5, "matmul")
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (6, 2), (4, 1)])
+def test_attention_forward_backward_within_float32(be, close, Hq, Hkv):
+    rng = np.random.default_rng(4)
+    B, T, hd = 2, 9, 8
+    q, k, v = rnd(rng, B * T, Hq * hd), rnd(rng, B * T, Hkv * hd), rnd(rng, B * T, Hkv * hd)
+    o, lse = be.attention(q, k, v, B, T, Hq, Hkv, hd)
+    ro, rl = att_ref.attention(q, k, v, B, T, Hq, Hkv, hd)
+    close(o, ro, 1e-6, 1e-5, "attention o")
+    close(lse, rl, 1e-6, 1e-5, "attention lse")
+    do = rnd(rng, B * T, Hq * hd)
+    got = be.attention_backward(do, q, k, v, o, lse, B, T, Hq, Hkv, hd)
+    want = att_ref.attention_backward(do, q, k, v, ro, rl, B, T, Hq, Hkv, hd)
+    for g, w, n in zip(got, want, ("dq", "dk", "dv")):
+        close(g, w, 1e-5, 1e-4, f"attention {n}")
+
+
+@pytest.mark.parametrize("chunk", [5, 16, 100])
+def test_lm_head_cross_entropy_within_float32(be, close, chunk):
+    rng = np.random.default_rng(5)
+    N, D, V = 13, 24, 37
+    x, w = rnd(rng, N, D), rnd(rng, V, D)
+    t = rng.integers(0, V, N).astype(np.int32)
+    t[[2, 9]] = -1
+    loss, dx = be.lm_head_cross_entropy(x, w, t, 0.25, chunk=chunk)
+    rloss, rdx = lm_ref.lm_head_cross_entropy(x, w, t, 0.25, chunk=chunk)
+    close(loss, rloss, 1e-5, 1e-5, "loss")
+    close(dx, rdx, 1e-6, 1e-5, "dx")
+    loss2, none = be.lm_head_cross_entropy(x, w, t, 0.25, chunk=chunk, grad=False)
+    assert none is None
+    same(loss2, loss)
+    with pytest.raises(IndexError):
+        be.lm_head_cross_entropy(x, w, np.full(N, V, np.int32), 1.0)
+
+
+def test_float64_when_the_references_are(monkeypatch, be):
+    """The CPU paths follow precision.F32 as the references do (the float64 gradient checks)."""
+    from bitswarm.kernels.ops import precision
+    monkeypatch.setattr(precision, "F32", np.float64)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 16))
+    w = ternary(rng, 8, 16)
+    h = bl_cpu.ternary(w)
+    assert h.dense().dtype == np.float64
+    assert be.bitlinear_backward(rng.standard_normal((5, 8)), h).dtype == np.float64
+    assert be.rmsnorm(x, np.ones(16), 1e-5)[0].dtype == np.float64
+
+
+def test_float_copies_beyond_the_cache_budget_are_rebuilt_per_call(be, monkeypatch):
+    """Past CACHE_BYTES the float copies of the codes are not kept; results are the same."""
+    rng = np.random.default_rng(8)
+    w = ternary(rng, 32, 48, ws=7.0)
+    dy = rnd(rng, 10, 32)
+    kept = be.bitlinear_backward(dy, be.ternary(w))
+    monkeypatch.setattr(bl_cpu, "CACHE_BYTES", 0)
+    h = be.ternary(w)
+    same(be.bitlinear_backward(dy, h), kept)
+    assert not any(isinstance(k, tuple) for k in h._cache)      # nothing float was kept
