@@ -167,6 +167,8 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
     first = 0 if resumed is None else resumed.round + 1
     rounds_log = cfg.data_dir / "rounds.jsonl"
     _start_session(rounds_log, first, resumed)
+    if resumed is not None:
+        _recover_round_line(rounds_log, resumed.round, adapter_sha256(node.global_state))
     if cfg.rounds is not None and first >= cfg.rounds:
         log.info("the swarm's rounds 0..%d are already complete in %s; nothing to do",
                  cfg.rounds - 1, cfg.data_dir)
@@ -238,6 +240,22 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
     failure = None if interrupted or cfg.rounds is None else \
         watch.failure(swarm=cfg.swarm, dialed=dialed, min_peers=cfg.min_peers)
     return ServeOutcome(done, interrupted, failure)
+
+
+def _recover_round_line(path: Path, rnd: int, sha: str) -> None:
+    """A kill between the checkpoint and the rounds.jsonl append leaves the resumed round
+    without its line: write it (marked recovered; its losses and bytes were not kept), so the
+    file keeps one object per completed round."""
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("round") == rnd:
+                return
+        except (ValueError, AttributeError):
+            continue
+    log.warning("rounds.jsonl lacks round %d (killed after its checkpoint): recording it from "
+                "the checkpoint", rnd)
+    _append_jsonl(path, {"round": rnd, "adapter_sha256": sha, "recovered": True,
+                         "train_loss": None, "heldout_loss": None, "tokens": None})
 
 
 async def _stop_on_sigint(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
