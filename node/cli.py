@@ -201,7 +201,7 @@ def node_config(values: dict):
     return NodeConfig(
         swarm=v["swarm"], data=v["data"], data_dir=v["data_dir"], model=v["model"],
         listen=v["listen"], peers=list(v["peer"]), bootstrap=list(v["bootstrap"]),
-        metrics=v["metrics"], rounds=v["rounds"],
+        relay=v["relay"], metrics=v["metrics"], rounds=v["rounds"],
         allow=read_allow_list(v["allow"], v["allow_file"]),
         local_steps=v["local_steps"], lr=v["lr"],
         lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),

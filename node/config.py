@@ -18,6 +18,7 @@ class NodeConfig:
     listen: str = "/ip4/127.0.0.1/tcp/0"    # libp2p listen multiaddr
     peers: list[str] = field(default_factory=list)   # multiaddrs (…/p2p/<peer-id>) to dial
     bootstrap: list[str] = field(default_factory=list)   # DHT entry points (…/p2p/<peer-id>)
+    relay: bool = False                     # also relay for NATed peers (circuit relay v2 HOP)
     allow: frozenset[str] | None = None     # peer IDs whose updates count; None = any member
     metrics: str | None = None              # HOST:PORT of a Prometheus endpoint; None = off
     rounds: int | None = None               # federated rounds; None = until stopped

@@ -161,7 +161,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         log.info("the swarm's rounds 0..%d are already complete in %s; nothing to do",
                  cfg.rounds - 1, cfg.data_dir)
         return ServeOutcome(0)
-    tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm))
+    tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm), relay=cfg.relay)
     dialed = [*cfg.peers, *cfg.bootstrap]
     async with open_transport(node.key_pair, tcfg, discovery=SwarmDHT(dialed, cfg.swarm)) as transport:
         for addr in transport.listen_multiaddrs:
