@@ -27,7 +27,8 @@ Patches (applied once, by `apply()`; idempotent):
 5. `AutoNATService._try_dial`: the dial-back uses `host.connect`, which returns at once when any
    connection to the peer exists. The requester always has one (it is asking over it), so every
    node was told "reachable". We dial the advertised address afresh (TCP + Noise handshake,
-   proving the peer ID; bounded by AUTONAT_DIAL_TIMEOUT_S) and close that connection.
+   proving the peer ID; bounded by AUTONAT_DIAL_TIMEOUT_S, at most AUTONAT_MAX_DIALS addresses)
+   and close that connection.
 
 Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
 (for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
@@ -49,6 +50,7 @@ log = logging.getLogger("bitswarm.federation.libp2p_compat")
 SUPPORTED_LIBP2P_VERSION = "0.8.1"
 _RESET_TIMEOUT_S = 2.0
 AUTONAT_DIAL_TIMEOUT_S = 5.0
+AUTONAT_MAX_DIALS = 4        # addresses tried per dial-back request (all carry the requester's IP)
 
 _applied = False
 # Originals, kept for the tests that pin upstream behaviour.
@@ -191,7 +193,7 @@ def _autonat_dial_back_afresh() -> None:
 
     async def _try_dial(self, peer_id, addrs):  # type: ignore[no-untyped-def]
         network = self.host.get_network()
-        for raw in addrs:
+        for raw in addrs[:AUTONAT_MAX_DIALS]:        # every one can cost a 5 s dial
             try:
                 addr = Multiaddr(raw)
                 transport = network.transport_manager.transport_for_dialing(addr)

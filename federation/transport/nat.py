@@ -87,7 +87,7 @@ class NatTraversal:
                                                                            limits=RELAY_LIMITS))
         # dial_timeout: the unilateral direct dial DCUtR tries first waits this long before
         # punching (a NAT drops its SYN silently); 0.8.1 defaults to 10 s.
-        self.dcutr = DCUtRProtocol(host, dial_timeout=DCUTR_DIAL_TIMEOUT_S)
+        self.dcutr = _LoggedDCUtR(host, dial_timeout=DCUTR_DIAL_TIMEOUT_S)
         # Every node answers dial-backs; one verdict decides (a swarm often has one public node).
         self.autonat = AutoNATService(host, serve=True, confirmations=1)
         self.reservations: dict[str, str] = {}      # relay peer ID -> our circuit multiaddr
@@ -221,6 +221,18 @@ class NatTraversal:
     def _due(last: dict[str, float], peer: str, every_s: float) -> bool:
         t = last.get(peer)
         return t is None or trio.current_time() - t >= every_s
+
+
+class _LoggedDCUtR(DCUtRProtocol):
+    """py-libp2p's DCUtR, unchanged, logging when a hole punch starts and how it ends (its own
+    log lines are muted above)."""
+
+    async def _perform_hole_punch(self, peer_id, addrs, as_responder=False):  # type: ignore[no-untyped-def]
+        log.info("peer %s: hole punch: dialing %s", peer_id, ", ".join(map(str, addrs)) or "nothing")
+        ok = await super()._perform_hole_punch(peer_id, addrs, as_responder)
+        log.info("peer %s: hole punch %s", peer_id, "succeeded" if ok else
+                 "failed; the connection stays relayed")
+        return ok
 
 
 def _protocols(host: Any, pid: ID) -> list[str]:
