@@ -18,6 +18,17 @@ Patches (applied once, by `apply()`; idempotent):
 3. `NoiseTransportReadWriter.encrypt`: hook for the plaintext wire recorder
    (`wire_recorder.py`, enabled by BITSWARM_RECORD_WIRE); encrypt() sees every plaintext
    chunk the Noise session writes (yamux frames carrying gossip and our streams).
+4. `BasicHost.get_addrs`: it strips "the" /p2p/ part of every announced address with
+   `decapsulate(/p2p/<first p2p value>)`, which on a relayed address
+   `<relay addr>/p2p/<relay>/p2p-circuit` cuts everything from the relay's ID on and announces
+   the relay's IP with OUR peer ID (a wrong direct address; the circuit one is lost). We append
+   the host's circuit addresses (`host._bitswarm_circuit_addrs`, set by transport/nat.py) after
+   the original's result instead, each followed by /p2p/<our id>.
+5. `AutoNATService._try_dial`: the dial-back uses `host.connect`, which returns at once when any
+   connection to the peer exists. The requester always has one (it is asking over it), so every
+   node was told "reachable". We dial the advertised address afresh (TCP + Noise handshake,
+   proving the peer ID; bounded by AUTONAT_DIAL_TIMEOUT_S, at most AUTONAT_MAX_DIALS addresses)
+   and close that connection.
 
 Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
 (for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
@@ -38,6 +49,8 @@ log = logging.getLogger("bitswarm.federation.libp2p_compat")
 
 SUPPORTED_LIBP2P_VERSION = "0.8.1"
 _RESET_TIMEOUT_S = 2.0
+AUTONAT_DIAL_TIMEOUT_S = 5.0
+AUTONAT_MAX_DIALS = 4        # addresses tried per dial-back request (all carry the requester's IP)
 
 _applied = False
 # Originals, kept for the tests that pin upstream behaviour.
@@ -78,6 +91,8 @@ def apply() -> None:
     _guard_pubsub_stream_handler()
     _guard_pubsub_push_msg()
     _hook_noise_encrypt()
+    _announce_circuit_addrs()
+    _autonat_dial_back_afresh()
     _applied = True
     log.debug("libp2p %s compat patches applied", SUPPORTED_LIBP2P_VERSION)
 
@@ -149,6 +164,54 @@ def _hook_noise_encrypt() -> None:
         return ciphertext
 
     NoiseTransportReadWriter.encrypt = encrypt  # type: ignore[method-assign]
+
+
+def _announce_circuit_addrs() -> None:
+    from libp2p.host.basic_host import BasicHost
+    from multiaddr import Multiaddr
+
+    original = BasicHost.get_addrs
+    ORIGINALS["BasicHost.get_addrs"] = original
+
+    @functools.wraps(original)
+    def get_addrs(self):  # type: ignore[no-untyped-def]
+        addrs = original(self)
+        circuits = getattr(self, "_bitswarm_circuit_addrs", ())
+        if circuits:
+            me = Multiaddr(f"/p2p/{self.get_id()!s}")
+            addrs = addrs + [Multiaddr(str(c)).encapsulate(me) for c in circuits]
+        return addrs
+
+    BasicHost.get_addrs = get_addrs  # type: ignore[method-assign]
+
+
+def _autonat_dial_back_afresh() -> None:
+    from libp2p.host.autonat.autonat import AutoNATService
+    from multiaddr import Multiaddr
+
+    ORIGINALS["AutoNATService._try_dial"] = AutoNATService._try_dial
+
+    async def _try_dial(self, peer_id, addrs):  # type: ignore[no-untyped-def]
+        network = self.host.get_network()
+        for raw in addrs[:AUTONAT_MAX_DIALS]:        # every one can cost a 5 s dial
+            try:
+                addr = Multiaddr(raw)
+                transport = network.transport_manager.transport_for_dialing(addr)
+                if transport is None or "/p2p-circuit" in str(addr):
+                    continue
+                with trio.fail_after(AUTONAT_DIAL_TIMEOUT_S):
+                    conn = await transport.dial(addr)
+                    try:
+                        await network.upgrader.upgrade_security(conn, True, peer_id)
+                    finally:
+                        with trio.move_on_after(1.0):
+                            await conn.close()
+                return bytes(raw)
+            except Exception as e:  # noqa: BLE001 - unreachable, refused, wrong peer: next one
+                log.debug("AutoNAT dial-back to %s at %r failed: %s", peer_id, raw, e)
+        return None
+
+    AutoNATService._try_dial = _try_dial  # type: ignore[method-assign]
 
 
 def ensure_tcp_port_free(ip: str, port: int) -> None:

@@ -220,7 +220,7 @@ def node_config(values: dict):
     return NodeConfig(
         swarm=v["swarm"], data=v["data"], data_dir=v["data_dir"], model=v["model"],
         listen=v["listen"], peers=list(v["peer"]), bootstrap=list(v["bootstrap"]), mdns=v["mdns"],
-        metrics=v["metrics"], rounds=v["rounds"],
+        relay=v["relay"], metrics=v["metrics"], rounds=v["rounds"],
         allow=read_allow_list(v["allow"], v["allow_file"]),
         swarm_key=None if v["swarm_key"] is None else read_swarm_key(v["swarm_key"]),
         local_steps=v["local_steps"], lr=v["lr"],

@@ -20,6 +20,7 @@ class NodeConfig:
     peers: list[str] = field(default_factory=list)   # multiaddrs (…/p2p/<peer-id>) to dial
     bootstrap: list[str] = field(default_factory=list)   # DHT entry points (…/p2p/<peer-id>)
     mdns: bool = False                      # find swarm members on the LAN (mDNS)
+    relay: bool = False                     # also relay for NATed peers (circuit relay v2 HOP)
     allow: frozenset[str] | None = None     # peer IDs whose updates count; None = any member
     swarm_key: str | None = None            # pnet pre-shared key, 64 hex chars; None = public
     metrics: str | None = None              # HOST:PORT of a Prometheus endpoint; None = off

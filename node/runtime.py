@@ -173,7 +173,8 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         log.info("the swarm's rounds 0..%d are already complete in %s; nothing to do",
                  cfg.rounds - 1, cfg.data_dir)
         return ServeOutcome(0)
-    tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm), psk=cfg.swarm_key)
+    tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm), psk=cfg.swarm_key,
+                           relay=cfg.relay)
     dialed = [*cfg.peers, *cfg.bootstrap]
     discovery = SwarmDHT(dialed, cfg.swarm)
     if cfg.mdns:

@@ -167,6 +167,8 @@ START: tuple[Setting, ...] = (
     Setting("bootstrap", _peers, [], "multiaddr .../p2p/<peer-id> of any reachable bitswarm "
             "node (repeatable): swarm members are then found through the Kademlia DHT",
             "multiaddrs ending in /p2p/<peer-id>", repeat=True),
+    Setting("relay", _bool, False, "also relay for peers behind NATs (circuit relay v2); give it "
+            "on a publicly reachable node, e.g. the bootstrap node", "true or false", is_flag=True),
     Setting("allow", _peer_ids, [], "peer ID whose updates may count (repeatable; with "
             "--allow-file: the union); default: every peer of the swarm", "peer IDs as `node id` "
             "prints them", repeat=True),

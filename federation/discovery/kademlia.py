@@ -33,6 +33,7 @@ log = logging.getLogger("bitswarm.federation.discovery")
 logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
 
 QUERY_TIMEOUT_S = 15.0          # one provide or find_providers, seconds
+NEIGHBOUR_TIMEOUT_S = 5.0       # one direct ADD_PROVIDER + GET_PROVIDERS with a peer, seconds
 
 
 def rendezvous_key(swarm: str) -> str:
@@ -75,16 +76,48 @@ class SwarmDHT(Discovery):
                 log.debug("DHT: cannot add %s to the routing table: %s", peer, e)
         if dht.get_routing_table_size() == 0:
             return                               # nobody to ask yet (bootstrap still dialing)
+        await self._dial_members(dialer, await self._ask_neighbours(dht, host))
+        providers = []
         try:
             with trio.fail_after(QUERY_TIMEOUT_S):
                 await dht.provide(self.key)
                 providers = await dht.find_providers(self.key, count=4 * self.target_peers)
         except trio.TooSlowError:
-            log.warning("DHT: provider lookup timed out after %.0f s; retrying", QUERY_TIMEOUT_S)
-            return
+            # Expected where members sit behind NATs: the walk dials their private addresses.
+            log.info("DHT: provider walk timed out after %.0f s; retrying", QUERY_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - py-libp2p raises assorted errors mid-query
             log.warning("DHT: provider lookup failed: %s: %s", type(e).__name__, e)
-            return
+        await self._dial_members(dialer, providers)
+
+    async def _ask_neighbours(self, dht: KadDHT, host) -> list:
+        """Announce ourselves to, and ask for providers, every directly connected DHT peer, one
+        RPC each (NEIGHBOUR_TIMEOUT_S). The iterative walk after it dials the k closest peers
+        it hears of, which for members behind NATs are private addresses that time out; a
+        bootstrap node we are connected to answers at once. py-libp2p 0.8.1 also answers
+        `find_providers` from the local store alone once it holds any record (our own, after
+        `provide`), so the walk by itself never finds the others.
+        Uses ProviderStore._send_add_provider / _get_providers_from_peer_with_closers (0.8.1)."""
+        store = dht.provider_store
+        key = bytes.fromhex(self.key)
+        found: list = []
+
+        async def one(peer) -> None:
+            try:
+                with trio.fail_after(NEIGHBOUR_TIMEOUT_S):
+                    await store._send_add_provider(peer, key)
+                    providers, _ = await store._get_providers_from_peer_with_closers(peer, key)
+                    found.extend(providers)
+            except Exception as e:  # noqa: BLE001 - timeout, no DHT protocol, reset
+                log.debug("DHT: provider exchange with %s failed: %s", peer, e)
+
+        async with trio.open_nursery() as nursery:
+            for peer, conns in list(host.get_network().connections.items()):
+                if conns and all("/p2p-circuit" not in str(a) for c in conns
+                                 for a in c.get_transport_addresses()):
+                    nursery.start_soon(one, peer)
+        return found
+
+    async def _dial_members(self, dialer: Dialer, providers: list) -> None:
         connected = set(dialer.connected_peers())
         for info in providers:
             pid = info.peer_id.to_base58()
@@ -93,8 +126,11 @@ class SwarmDHT(Discovery):
             self.found.add(pid)
             if pid in connected or len(connected & self.found) >= self.target_peers:
                 continue
-            for addr in info.addrs:
-                full = f"{addr}/p2p/{pid}" if "/p2p/" not in str(addr) else str(addr)
+            # A member announces a relayed address (…/p2p/<relay>/p2p-circuit) only when AutoNAT
+            # found it unreachable: dial that first (its other addresses are private ones that
+            # would time out); DCUtR then tries to make the connection direct.
+            for addr in sorted(info.addrs, key=lambda a: "/p2p-circuit" not in str(a)):
+                full = str(addr) if str(addr).endswith(f"/p2p/{pid}") else f"{addr}/p2p/{pid}"
                 try:
                     await dialer.connect(full)
                     log.info("DHT: connected to swarm member %s (%s)", pid, full)

@@ -7,6 +7,7 @@ GossipSub (StrictSign) with a ~1 s heartbeat. Gossip carries small signed messag
     config.py            TransportConfig
     errors.py            TransportError, FetchError, ConnectError
     payload_protocol.py  /bitswarm/payload/1.0.0: framing, fetch client, PayloadServer
+    nat.py               NatTraversal: circuit relay v2 (HOP with relay=True), AutoNAT, DCUtR
     host.py              Transport (gossip, peers, payloads) and open_transport, which runs
                          the injected discovery (bitswarm.federation.discovery)
 """

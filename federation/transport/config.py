@@ -16,6 +16,7 @@ class TransportConfig:
     heartbeat_s: float = 1.0  # GossipSub heartbeat (mesh upkeep, gossip emission), seconds
     dial_timeout_s: float = 10.0  # per dial attempt, seconds
     psk: str | None = None  # 64 hex chars: private network (pnet); None = public
+    relay: bool = False  # also relay for others (circuit relay v2 HOP); see transport/nat.py
 
     def __post_init__(self) -> None:
         if not self.topic:

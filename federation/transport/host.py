@@ -35,6 +35,7 @@ from bitswarm.federation.identity import peer_id_of
 
 from .config import TransportConfig
 from .errors import ConnectError, TransportError
+from .nat import NatTraversal, is_circuit
 from .payload_protocol import PAYLOAD_PROTOCOL_ID, PayloadServer, fetch_payload
 
 log = logging.getLogger("bitswarm.federation.transport")
@@ -69,6 +70,7 @@ class Transport:
         pubsub: Pubsub,
         router: GossipSub,
         nursery: trio.Nursery,
+        nat: NatTraversal | None = None,
     ) -> None:
         self.peer_id = peer_id_of(key_pair)
         self.config = config
@@ -80,6 +82,7 @@ class Transport:
         self._pubsub = pubsub
         self._router = router
         self._nursery = nursery
+        self._nat = nat
         self._payload_server = PayloadServer(on_sent=self._count_sent)
         self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
         self._dropped_messages = 0
@@ -160,12 +163,29 @@ class Transport:
         """The py-libp2p host (for discovery protocols that speak libp2p themselves)."""
         return self._host
 
+    def peer_paths(self) -> dict[str, str]:
+        """Base58 peer ID -> 'direct' or 'relayed' (circuit relay v2), per connected peer; a peer
+        reached both ways (during a hole punch's grace period) counts as direct."""
+        return dict(self._nat._current_paths()) if self._nat is not None else {}
+
+    @property
+    def reachability(self) -> str:
+        """AutoNAT's verdict on this node: 'public', 'private' or 'unknown'."""
+        return self._nat.reachability if self._nat is not None else "unknown"
+
+    @property
+    def circuit_addrs(self) -> list[str]:
+        """Our relayed addresses (…/p2p-circuit/p2p/<us>), one per relay holding a reservation."""
+        return [a for a in map(str, self._host.get_addrs()) if is_circuit(a)]
+
     def connected_peers(self) -> list[str]:
         """Base58 IDs of peers with an open connection."""
         return [p.to_base58() for p, conns in list(self._host.get_network().connections.items()) if conns]
 
     async def connect(self, multiaddr: str) -> None:
         """Dial `multiaddr` (must end /p2p/<peer-id>) within config.dial_timeout_s seconds.
+        A relayed address (<relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>) is dialed through
+        that relay (circuit relay v2); DCUtR then tries to make the connection direct.
 
         A no-op if already connected. py-libp2p spends a fixed ~250 ms per dial.
 
@@ -181,7 +201,16 @@ class Transport:
             raise ValueError(f"refusing to dial ourselves: {multiaddr}")
         try:
             with trio.fail_after(self.config.dial_timeout_s):
-                await self._host.connect(info)
+                if not is_circuit(multiaddr):
+                    await self._host.connect(info)
+                elif self._host.get_network().get_connections(info.peer_id):
+                    return
+                elif self._nat is None:
+                    raise ConnectError(f"cannot dial relayed address {multiaddr}: no relay transport")
+                else:
+                    await self._nat.dial_circuit(multiaddr)
+        except ConnectError:
+            raise
         except trio.TooSlowError:
             raise ConnectError(f"dial {multiaddr} timed out after {self.config.dial_timeout_s} s") from None
         except Exception as e:
@@ -298,11 +327,13 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig, *,
     # that cleanup would replace the caller's exception and then be absorbed by the cancelled
     # scope, so `raise ValueError` inside `async with open_transport(...)` would vanish.
     caller_error: BaseException | None = None
+    nat = NatTraversal(host, relay=config.relay)
     async with host.run(listen_addrs=[listen]), trio.open_nursery() as nursery:
         async with background_trio_service(pubsub), background_trio_service(router):
             with trio.fail_after(10):
                 await pubsub.wait_until_ready()
-            transport = Transport(key_pair, config, host, pubsub, router, nursery)
+            await nursery.start(nat.run)
+            transport = Transport(key_pair, config, host, pubsub, router, nursery, nat)
             pubsub.set_topic_validator(config.topic, transport._validate, False)
             subscription = await pubsub.subscribe(config.topic)
             host.set_stream_handler(PAYLOAD_PROTOCOL_ID, transport._payload_server.handle)
