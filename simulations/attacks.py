@@ -95,7 +95,11 @@ def run_one(rule: str, attack: str, *, honest: int, attackers: int, rounds: int,
                 updates = []
                 for i, (c, tr) in enumerate(zip(coords, trainers)):
                     tr.set_adapter(c.adapter)
-                    tokens = sum(tr.step()[1] for _ in range(steps))
+                    try:
+                        tokens = sum(tr.step()[1] for _ in range(steps))
+                    except FloatingPointError:          # the rule let the attack through
+                        nursery.cancel_scope.cancel()
+                        return None
                     delta = {k: tr.adapter()[k] - c.adapter[k] for k in shapes}
                     if i >= honest:
                         delta, tokens = attack_delta(attack, delta, rng, direction), CLAIMED_TOKENS
@@ -107,6 +111,9 @@ def run_one(rule: str, attack: str, *, honest: int, attackers: int, rounds: int,
         return coords
 
     coords = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    if coords is None:
+        return {"rule": rule, "attack": attack, "heldout_loss": None, "honest_agree": True,
+                "diverged": True}
     shas = {c.adapter_sha256 for c in coords[:honest]}
     model.set_lora(coords[0].adapter)
     held = evaluate(model, eval_docs, 64)["loss"]
@@ -159,7 +166,7 @@ def main(argv=None) -> int:
                 continue
             r = next(x for x in results if x["rule"] == rule and x["attack"] == c)
             if r["heldout_loss"] is None:
-                cells.append("NaN")
+                cells.append("diverged (NaN loss)")
             else:
                 rel = r["heldout_loss"] / base[rule] - 1
                 cells.append(f"{r['heldout_loss']:.3f} ({rel:+.1%}){'' if r['honest_agree'] else ' split'}")
