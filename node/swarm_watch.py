@@ -66,6 +66,8 @@ class SwarmWatch:
             progress.tick(len(self.peers), transport.bytes_received, transport.bytes_sent)
             if self.status is not None:
                 self.status.update(peers=sorted(self.peers), swarm_members=sorted(self.members),
+                                   peer_paths=transport.peer_paths(),
+                                   reachability=transport.reachability,
                                    bytes_in=transport.bytes_received, bytes_out=transport.bytes_sent)
                 self.status.write()
             await trio.sleep(POLL_S)

@@ -139,8 +139,9 @@ def test_one_node_per_data_dir_and_status_while_running(tmp_path):
         assert st["peer_id"].startswith("12D3KooW") and st["peers"] == []
         assert len(st["adapter_sha256"]) == 64 and st["last_train_loss"] > 0
         for k in ("round", "phase", "last_heldout_loss", "adapter_agrees", "bytes_in",
-                  "bytes_out", "uptime_s", "swarm_members"):
+                  "bytes_out", "uptime_s", "swarm_members", "dp_epsilon"):
             assert k in st
+        assert st["peer_paths"] == {} and st["reachability"] in ("unknown", "public", "private")
         text = run([*NODE, "status", "--data-dir", str(d)])
         assert text.returncode == 0 and text.stdout.startswith(f"running (pid {a.pid})")
         import urllib.request
