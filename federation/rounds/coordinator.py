@@ -272,11 +272,6 @@ class RoundCoordinator:
         return self._digest.hex()
 
     @property
-    def latest_round_seen(self) -> int | None:
-        """Highest round a valid, compatible message claimed (None before the first)."""
-        return self._intake.latest_round_seen
-
-    @property
     def view(self):
         """The swarm view (rounds/view.py): signed claims of who holds which adapter."""
         return self._intake.view

@@ -106,13 +106,18 @@ class ManifestIntake:
         self.max_peers_per_round = max_peers_per_round
         self.max_age_s, self.max_skew_s, self.clock = max_age_s, max_skew_s, clock
         self.view = SwarmView()
-        self.latest_round_seen: int | None = None   # highest round of a valid, compatible message
         self._floor = 0                     # messages for rounds below this are not buffered
         self._rounds: dict[int, RoundState] = {}
         self._active: RoundState | None = None
         self._active_base: bytes | None = None
         self._outbox: trio.MemorySendChannel[Delivery] | None = None
         self._verified: OrderedDict[bytes, UpdateManifest] = OrderedDict()
+
+    @property
+    def latest_round_seen(self) -> int | None:
+        """Highest round a peer's valid, compatible message claimed (None before the first)."""
+        rounds = [r for r, _ in self.view.latest(exclude=self.peer_id).values()]
+        return max(rounds) if rounds else None
 
     def buffered(self, rnd: int) -> list[str]:
         """Senders (sorted) of accepted manifests held for round `rnd`."""
@@ -291,7 +296,6 @@ class ManifestIntake:
 
     def _claim(self, signer: str, rnd: int, digest: bytes, *, via_record: bool = False) -> None:
         self.view.note(signer, rnd, digest, via_record=via_record)
-        self.latest_round_seen = max(rnd, self.latest_round_seen or 0)
 
     def _decode(self, data: bytes) -> UpdateManifest | RoundRecord:
         if bytes(data[:4]) == RECORD_MAGIC:
