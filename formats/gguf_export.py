@@ -49,8 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitswarm.formats.gguf_model import ARCH, GGUF_PROJ, LLAMA3_SPLIT, QK_K
-from bitswarm.fsutil import atomic_file
+from bitswarm.formats.gguf_model import ARCH, GGUF_PROJ, LLAMA3_SPLIT, QK_K, write_gguf
 from bitswarm.kernels.config import PROJECTIONS, BitNetWeights
 
 log = logging.getLogger("bitswarm.formats")
@@ -195,10 +194,4 @@ def write_gguf_model(path: Path | str, weights: BitNetWeights, tokenizer_json: s
             w.add_tensor(f"{b}.{GGUF_PROJ[proj]}.weight", data, raw_dtype=ty)
             w.add_tensor(f"{b}.{GGUF_PROJ[proj]}.scale",
                          np.asarray([np.float32(1) / np.float32(t.weight_scale)], np.float32))
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        w.write_header_to_file(path=tmp)
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-    return path
+    return write_gguf(w, path)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bitswarm.formats.gguf_model import write_gguf
 from bitswarm.formats.hf_checkpoint import hf_module_name
-from bitswarm.fsutil import atomic_file
 from bitswarm.kernels.config import LoRAConfig
 from bitswarm.kernels.lora import LoRAState
 
@@ -59,9 +59,4 @@ def write_gguf_lora(path: Path | str, lora: LoRAState, lora_config: LoRAConfig, 
         tensor = gguf_base_name(int(layer), proj, n_layers)
         w.add_tensor(f"{tensor}.lora_a", np.ascontiguousarray(lora[key], dtype=np.float32))
         w.add_tensor(f"{tensor}.lora_b", np.ascontiguousarray(lora[f"{base}.lora_B"], dtype=np.float32))
-    with atomic_file(path) as tmp:
-        w.write_header_to_file(path=tmp)
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-    return path
+    return write_gguf(w, path)

@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights, TernaryLinear,
+from bitswarm.fsutil import atomic_file
+from bitswarm.kernels.config import (BitNetConfig, BitNetWeights, TernaryLinear,
                                      assemble_weights)
 
 ARCH = "bitnet"
@@ -60,6 +61,18 @@ DEFAULT_ROPE_FREQ_BASE = 10000.0    # llama.cpp's default when rope.freq_base is
 
 # ---------------------------------------------------------------------------------------------
 # block decoders (ggml-quants.c dequantize_row_tq1_0 / _tq2_0; gguf-py quants.py TQ1_0 / TQ2_0)
+
+def write_gguf(w, path: Path) -> Path:
+    """Write a filled gguf-py GGUFWriter `w` (header, key-values, tensors) to `path`
+    atomically (a crash leaves the old file or none, never half a file); returns the path."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        w.write_header_to_file(path=tmp)
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return path
+
 
 def decode_tq2_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TQ2_0 blocks uint8 (n, 66) -> (codes int8 (n, 256) in {-1,0,1}, d float16 (n,)).
