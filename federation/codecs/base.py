@@ -31,6 +31,9 @@ class Codec(ABC):
         header_fields: container keys besides "codec" and "tensors" (e.g. ("block",)), in the
             order they are written; `header()` and `from_header` handle them.
         tensor_fields: how many fields follow [name, shape] in each tensor entry.
+        max_rel_error: bound on |x - decoded| per value as a fraction of the tensor's absmax
+            (0 lossless), or None for codecs without a per-value bound (sparsifying,
+            ternary): those rely on error feedback to deliver what they drop later.
 
     Contract: the container must stay within `container.decompressed_bound` (4 bytes per value
     plus framing), `encode_tensor` and `decode_tensor` must give the same float32 bits for the
@@ -41,6 +44,7 @@ class Codec(ABC):
     wire_name: ClassVar[str]
     header_fields: ClassVar[tuple[str, ...]] = ()
     tensor_fields: ClassVar[int]
+    max_rel_error: ClassVar[float | None] = None
 
     def header(self) -> dict[str, Any]:
         """Container fields of this codec's parameters (keys: `header_fields`, in order)."""

@@ -26,6 +26,7 @@ class Int8BlockCodec(Codec):
 
     wire_name = INT8_CODEC
     header_fields = ("block",)
+    max_rel_error = 0.5 / 127
     tensor_fields = 2
 
     def __init__(self, block: int = DEFAULT_BLOCK) -> None:

@@ -18,6 +18,7 @@ class RawCodec(Codec):
     """Lossless float32; no parameters."""
 
     wire_name = RAW_CODEC
+    max_rel_error = 0.0
     tensor_fields = 1
 
     def encode_tensor(self, x: np.ndarray) -> tuple[list[Any], np.ndarray]:
