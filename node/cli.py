@@ -226,7 +226,8 @@ def node_config(values: dict):
         local_steps=v["local_steps"], lr=v["lr"],
         lora=lora_config(v["rank"], v["alpha"], v["targets"], v["freeze_a"]),
         min_peers=v["min_peers"], round_timeout_s=v["round_timeout"],
-        aggregation=v["aggregation"], dp_clip=v["dp_clip"], dp_noise=v["dp_noise"],
+        aggregation=v["aggregation"], codec=v["codec"], topk_fraction=v["topk_fraction"],
+        outer_lr=v["outer_lr"], outer_momentum=v["outer_momentum"], dp_clip=v["dp_clip"], dp_noise=v["dp_noise"],
         dp_delta=v["dp_delta"], dp_epsilon_budget=v["dp_epsilon_budget"], device=v["device"],
         embeddings=v["embeddings"], recompute=v["recompute"], batch_size=v["batch_size"],
         ctx=v["ctx"], seed=v["seed"])

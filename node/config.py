@@ -31,6 +31,10 @@ class NodeConfig:
     min_peers: int = 1                      # other peers' updates that complete a round (quorum)
     round_timeout_s: float = 300.0          # deadline to collect a round's updates, seconds
     aggregation: str = "bounded-fedavg"     # the swarm's rule (federation.aggregation registry)
+    codec: str = "int8"                     # our updates' codec (federation.codecs CODEC_NAMES)
+    topk_fraction: float = 0.03             # share of values the top-k codec sends
+    outer_lr: float = 1.0                   # DiLoCo outer step; lr 1 + momentum 0 = plain
+    outer_momentum: float = 0.0             # Nesterov momentum of the outer step
     dp_clip: float | None = None            # DP-FedAvg clip norm C of our updates; None = off
     dp_noise: float = 0.0                   # noise multiplier sigma (std sigma x C)
     dp_delta: float = 1e-5                  # delta of the reported (epsilon, delta)
@@ -60,6 +64,9 @@ class NodeConfig:
                                                                 and self.dp_clip > 0)),
             "--dp-noise": (self.dp_noise, math.isfinite(self.dp_noise) and self.dp_noise >= 0),
             "--dp-delta": (self.dp_delta, 0 < self.dp_delta < 1),
+            "--topk-fraction": (self.topk_fraction, 0 < self.topk_fraction <= 1),
+            "--outer-lr": (self.outer_lr, math.isfinite(self.outer_lr) and 0 < self.outer_lr <= 10),
+            "--outer-momentum": (self.outer_momentum, 0 <= self.outer_momentum < 1),
             "--dp-epsilon-budget": (self.dp_epsilon_budget, self.dp_epsilon_budget is None
                                     or self.dp_epsilon_budget > 0),
         }
@@ -70,6 +77,9 @@ class NodeConfig:
             raise ValueError("--dp-noise and --dp-epsilon-budget need --dp-clip C (the L2 norm "
                              "each update is clipped to)")
         from bitswarm.federation.aggregation import AGGREGATION_RULES
+        from bitswarm.federation.codecs import CODEC_NAMES
+        if self.codec not in CODEC_NAMES:
+            raise ValueError(f"--codec must be one of {', '.join(CODEC_NAMES)}, got {self.codec!r}")
         if self.aggregation not in AGGREGATION_RULES:
             raise ValueError(f"--aggregation must be one of {', '.join(sorted(AGGREGATION_RULES))}, "
                              f"got {self.aggregation!r}")

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from bitswarm.federation.aggregation import AGGREGATION_RULES
-from bitswarm.federation.codecs import Int8BlockCodec
+from bitswarm.federation.aggregation import AGGREGATION_RULES, NesterovOuter
+from bitswarm.federation.codecs import make_codec
 from bitswarm.federation.discovery import AllOf, LanPeers, SwarmDHT
 from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.federation.privacy import GaussianRDPAccountant, clip_and_noise
@@ -150,6 +150,13 @@ class ServeOutcome:
     network_failure: str | None = None
 
 
+
+def outer_step(cfg) -> NesterovOuter | None:
+    """The swarm's outer optimizer from --outer-lr / --outer-momentum (None: the plain step)."""
+    if cfg.outer_lr == 1.0 and cfg.outer_momentum == 0.0:
+        return None
+    return NesterovOuter(cfg.outer_lr, cfg.outer_momentum)
+
 async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> ServeOutcome:
     """Run a node until cfg.rounds rounds are done, or forever, or the first Ctrl-C (SIGINT:
     the node stops after the current step, keeping the last completed round's adapter; a second
@@ -185,8 +192,9 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
         coord = RoundCoordinator(
             transport, node.key_pair, swarm=cfg.swarm, base_model=node.base_model,
             lora=lora_dict(cfg.lora), expected_shapes=node.shapes, min_peers=cfg.min_peers,
-            round_timeout_s=cfg.round_timeout_s, codec=Int8BlockCodec(),
-            aggregation=AGGREGATION_RULES[cfg.aggregation](),
+            round_timeout_s=cfg.round_timeout_s,
+            codec=make_codec(cfg.codec, topk_fraction=cfg.topk_fraction),
+            aggregation=AGGREGATION_RULES[cfg.aggregation](), outer=outer_step(cfg),
             allowed_senders=cfg.allow, initial_adapter=node.global_state, initial_round=first,
             run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:

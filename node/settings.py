@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bitswarm.federation.aggregation import AGGREGATION_RULES
+from bitswarm.federation.codecs import CODEC_NAMES
 from bitswarm.kernels.config import ATTN_PROJECTIONS, PROJECTIONS
 
 try:
@@ -199,6 +200,16 @@ START: tuple[Setting, ...] = (
             "the swarm's aggregation rule (every member must use the same: updates and round "
             "records name it)", ", ".join(sorted(AGGREGATION_RULES)),
             choices=tuple(sorted(AGGREGATION_RULES))),
+    Setting("codec", _choice(*CODEC_NAMES), "int8", "how this node compresses its updates "
+            "(with error feedback); peers decode every codec", ", ".join(CODEC_NAMES),
+            choices=tuple(CODEC_NAMES)),
+    Setting("topk_fraction", _float, 0.03, "top-k codec: the share of each tensor's values "
+            "sent (the largest in magnitude)", "a number with 0 < fraction <= 1"),
+    Setting("outer_lr", _float, 1.0, "outer learning rate of the global step (DiLoCo; with "
+            "--outer-momentum 0 and 1.0 here: plain FedAvg); every member must use the same",
+            "a number in (0, 10]"),
+    Setting("outer_momentum", _float, 0.0, "Nesterov momentum of the global step (DiLoCo uses "
+            "0.9 with --outer-lr 0.7); every member must use the same", "a number in [0, 1)"),
     Setting("dp_clip", _opt_float, None, "DP-FedAvg: clip each published update to this L2 "
             "norm (off by default)", "a number > 0"),
     Setting("dp_noise", _float, 0.0, "DP-FedAvg: Gaussian noise multiplier sigma (std sigma x "

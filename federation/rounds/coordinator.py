@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import numpy as np
 import trio
 
-from bitswarm.federation.aggregation import AggregationRule, Contribution, FedAvg
+from bitswarm.federation.aggregation import AggregationRule, Contribution, FedAvg, NesterovOuter
 from bitswarm.federation.codecs import (CODECS, Codec, CodecError, ErrorFeedback, Int8BlockCodec,
                                         RawCodec, decode_update, encode_update, max_payload_bytes)
 from bitswarm.federation.identity import peer_id_of
@@ -157,6 +157,9 @@ class RoundCoordinator:
         codec: Codec of our payloads (default Int8BlockCodec()), wrapped in error feedback;
             we accept peers' payloads in any registered codec (codecs.CODECS).
         aggregation: AggregationRule of the round (default FedAvg()); peers must use the same.
+        outer: the outer optimizer of the global step (aggregation/outer.py: DiLoCo's
+            NesterovOuter), or None for G + aggregate; peers must use the same (its name joins
+            the rule's on the wire), and its state is part of the global state's hash.
         max_rounds_ahead: manifests up to this many rounds ahead of ours are buffered.
         max_peers_per_round: manifests buffered per round (<= 256, a record's bound), beyond
             which new senders are dropped.
@@ -180,6 +183,7 @@ class RoundCoordinator:
                  min_peers: int = 1, round_timeout_s: float = 300.0, settle_s: float = 5.0,
                  fetch_timeout_s: float = 30.0, republish_interval_s: float = 2.0,
                  codec: Codec | None = None, aggregation: AggregationRule | None = None,
+                 outer: NesterovOuter | None = None,
                  max_rounds_ahead: int = 2, max_peers_per_round: int = MAX_RECORD_UPDATES,
                  max_parallel_fetches: int = 8, allowed_senders: frozenset[str] | None = None,
                  max_age_s: float | None = None, clock: Callable[[], float] = time.time,
@@ -233,15 +237,24 @@ class RoundCoordinator:
         self.republish_interval_s = float(republish_interval_s)
         self.codec = codec
         self.aggregation = aggregation
+        if outer is not None and not isinstance(outer, NesterovOuter):
+            raise ValueError(f"outer must be a NesterovOuter or None, got {outer!r}")
+        self.outer = outer
+        # The name peers must match: the rule, then the outer step when there is one.
+        self.rule_name = aggregation.name if outer is None else f"{aggregation.name}+{outer.name}"
+        self._state_shapes = dict(self.expected_shapes)
+        if outer is not None:
+            self._state_shapes.update(outer.state_shapes(self.expected_shapes))
         self.max_rounds_ahead = max_rounds_ahead
         self.max_peers_per_round = max_peers_per_round
         self._clock = clock
         self._run_blocking = run_blocking or _to_thread
         self._ef = ErrorFeedback(codec)
         self._max_payload = max_payload_bytes(self.expected_shapes)
+        self._max_state = max_payload_bytes(self._state_shapes)
         self._intake = ManifestIntake(
             peer_id=self.peer_id, swarm=swarm, base_model=self.base_model, lora=self.lora,
-            rule=aggregation.name, max_payload=self._max_payload,
+            rule=self.rule_name, max_payload=self._max_payload,
             max_rounds_ahead=max_rounds_ahead, max_peers_per_round=max_peers_per_round,
             allowed_senders=allowed_senders, clock=clock,
             max_age_s=max(3600.0, 4 * self.round_timeout_s) if max_age_s is None else max_age_s)
@@ -250,7 +263,7 @@ class RoundCoordinator:
         self._served = ServedRounds()
         self._rng = random.Random()
         self._round = initial_round
-        self._set_adapter(initial_round, initial_adapter)
+        self._set_state(initial_round, initial_adapter)
         self._running = False
         self._exchanging = False
 
@@ -267,8 +280,14 @@ class RoundCoordinator:
         return self._adapter
 
     @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The held global state: the adapter plus the outer optimizer's tensors (if any)."""
+        return self._state
+
+    @property
     def adapter_sha256(self) -> str:
-        """Hex SHA-256 of the held adapter (state_hash.adapter_sha256)."""
+        """Hex SHA-256 of the held global state (state_hash.adapter_sha256): the adapter's
+        own hash without an outer optimizer, adapter and optimizer state with one."""
         return self._digest.hex()
 
     @property
@@ -354,7 +373,7 @@ class RoundCoordinator:
         self._exchanging = True
         try:
             sent0, received0 = self.transport.bytes_sent, self.transport.bytes_received
-            base = self._adapter
+            base = self._state
             ex = _Exchange(self._intake.enter(round), self._digest)
             self._served.enter(round)
             try:
@@ -405,9 +424,9 @@ class RoundCoordinator:
         for source in sources[:4]:
             adapter = await self._fetch_state(source, request, head.digest)
             if adapter is not None:
-                self._set_adapter(head.round, adapter)
+                self._set_state(head.round, adapter)
                 self._intake.enter(head.round)   # buffer the head round's records from now on
-                return SyncResult(head.round, adapter, head.digest.hex(), source,
+                return SyncResult(head.round, self._adapter, head.digest.hex(), source,
                                   len(head.signers))
         log.warning("round %d: no signer served adapter %s…; staying at round %d", head.round,
                     head.digest.hex()[:16], self._round)
@@ -428,14 +447,14 @@ class RoundCoordinator:
     async def _exchange(self, round: int, delta: Mapping[str, np.ndarray],
                         tokens: int) -> RoundResult:
         sent0, received0 = self.transport.bytes_sent, self.transport.bytes_received
-        base, base_digest = self._adapter, self._digest
+        base, base_digest = self._state, self._digest
         payload, own = await self._run_blocking(functools.partial(self._ef.compress, delta))
         sha = hashlib.sha256(payload).digest()
         manifest = UpdateManifest(
             swarm=self.swarm, round=round, base_model=self.base_model, lora=self.lora,
             sender=self.peer_id, tokens=tokens, codec=self.codec.wire_name, payload_sha256=sha,
             payload_size=len(payload), base_adapter=base_digest, issued_at=int(self._clock()),
-            rule=self.aggregation.name)
+            rule=self.rule_name)
         data = encode_manifest(manifest, self.key_pair)
         ex = _Exchange(self._intake.enter(round), base_digest)
         ex.contributions[self.peer_id] = Contribution(self.peer_id, tokens, own)
@@ -464,7 +483,7 @@ class RoundCoordinator:
                 adapter: dict, sent0: int, received0: int) -> RoundResult:
         """Hold the adopted record's adapter, republish the record, report the round."""
         self._served.records = {round: record.data}
-        self._set_adapter(round + 1, adapter)
+        self._set_state(round + 1, adapter)
         contributors = record.contributors
         included = self.peer_id in contributors
         if not included and self.peer_id in ex.manifests:
@@ -474,7 +493,7 @@ class RoundCoordinator:
                  len(contributors), ", ".join(p[-8:] for p in contributors),
                  "ours" if record.proposer == self.peer_id else record.proposer,
                  len(ex.intake.rejected))
-        return RoundResult(round=round, aggregate=aggregate, adapter=adapter,
+        return RoundResult(round=round, aggregate=aggregate, adapter=self._adapter,
                            adapter_sha256=self._digest.hex(), contributors=contributors,
                            included=included, proposer=record.proposer,
                            rejected=list(ex.intake.rejected),
@@ -524,7 +543,7 @@ class RoundCoordinator:
             functools.partial(self._apply, round, base, contributions))
         record = encode_record(
             swarm=self.swarm, round=round, base_model=self.base_model, lora=self.lora,
-            rule=self.aggregation.name, base_adapter=ex.base,
+            rule=self.rule_name, base_adapter=ex.base,
             new_adapter=adapter_digest(adapter), issued_at=int(self._clock()),
             update_bytes=[ex.manifests[c.peer_id].data for c in contributions],
             key_pair=self.key_pair)
@@ -534,9 +553,11 @@ class RoundCoordinator:
 
     def _apply(self, round: int, base: Mapping[str, np.ndarray],
                contributions: list[Contribution]) -> tuple[dict, dict]:
+        """(aggregate, next global state) of `contributions` on global state `base`."""
         aggregate = self.aggregation.aggregate(round, contributions)
-        adapter = {k: (base[k] + aggregate[k]).astype(np.float32) for k in base}
-        return aggregate, adapter
+        if self.outer is not None:
+            return aggregate, self.outer.step(base, aggregate)
+        return aggregate, {k: (base[k] + aggregate[k]).astype(np.float32) for k in base}
 
     async def _verify(self, round: int, base: Mapping[str, np.ndarray], record: RoundRecord,
                       ex: _Exchange) -> tuple[dict, dict] | None:
@@ -619,23 +640,26 @@ class RoundCoordinator:
 
     # --- the held adapter ----------------------------------------------------------------
 
-    def _set_adapter(self, round: int, adapter: Mapping[str, np.ndarray]) -> None:
-        """Hold G_round and serve it to peers that sync (raw float32: lossless)."""
+    def _set_state(self, round: int, state: Mapping[str, np.ndarray]) -> None:
+        """Hold G_round (adapter tensors, plus the outer optimizer's: zeros where `state`
+        lacks them, as at the start) and serve it to peers that sync (raw float32: lossless)."""
         self._round = round
-        self._adapter = {k: np.asarray(v, np.float32) for k, v in adapter.items()}
-        self._digest = adapter_digest(self._adapter)
+        self._state = {k: np.asarray(state[k], np.float32) if k in state
+                       else np.zeros(s, np.float32) for k, s in self._state_shapes.items()}
+        self._adapter = {k: self._state[k] for k in self.expected_shapes}
+        self._digest = adapter_digest(self._state)
         self._intake.view.note(self.peer_id, round, self._digest)
-        payload, _ = encode_update(self._adapter, codec=RawCodec())
+        payload, _ = encode_update(self._state, codec=RawCodec())
         self._served.states = {k: v for k, v in self._served.states.items() if k[0] >= round - 1}
         self._served.states[(round, self._digest)] = payload
 
     async def _fetch_state(self, source: str, request: bytes, digest: bytes) -> dict | None:
         try:
-            data = await self.transport.fetch(source, request, max_bytes=self._max_payload,
+            data = await self.transport.fetch(source, request, max_bytes=self._max_state,
                                               timeout_s=self.fetch_timeout_s)
             adapter = await self._run_blocking(functools.partial(
-                decode_update, data, expected_shapes=self.expected_shapes,
-                max_bytes=self._max_payload, codec=RawCodec.wire_name))
+                decode_update, data, expected_shapes=self._state_shapes,
+                max_bytes=self._max_state, codec=RawCodec.wire_name))
         except (FetchError, CodecError) as e:
             log.warning("state from %s: %s", source, e)
             return None
