@@ -5,26 +5,45 @@ transport (the network itself is tested with real hosts in tests/federation/tran
 Same API as bitswarm.federation.transport.Transport: publish / messages / set_payload_provider
 / set_gossip_validator / fetch / connected_peers / peer_id / byte counters. Gossip reaches
 every other node at once (through its validator, as gossipsub's topic validator); a fetch calls
-the target's payload provider after a little virtual latency. Pairs in `unlinked` have no
-direct connection (fetches between them fail; gossip still crosses, as through the mesh).
+the target's payload provider after the link's latency and transfer time. Pairs in `unlinked`
+have no direct connection (fetches between them fail; gossip still crosses, as through the
+mesh). Link shaping for the virtual engine (simulations/virtual.py): `latency_s` one way,
+`bandwidth_Bps` per transfer, `loss` the chance that one gossip delivery or one fetch is lost.
 """
 from __future__ import annotations
+
+import random
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from bitswarm.federation.identity import peer_id_of
 from bitswarm.federation.transport import FetchError, GossipMessage
+from bitswarm.federation.wire import STATE_REQUEST_MAGIC
 
 
 class MemoryNetwork:
     """Test double of the libp2p network: instant gossip to every other node, fetch = a call
     of the target's payload provider. Records every publish (sender, data)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, latency_s: float = 0.005, bandwidth_Bps: float | None = None,
+                 loss: float = 0.0, seed: int = 0, buffer: int = 256,
+                 record_published: bool = True) -> None:
         self.nodes: dict[str, MemoryTransport] = {}
         self.published: list[tuple[str, bytes]] = []
         self.unlinked: set[frozenset[str]] = set()   # pairs with no direct connection
+        self.latency_s, self.bandwidth_Bps, self.loss = latency_s, bandwidth_Bps, loss
+        self.buffer, self.record_published = buffer, record_published
+        self.rng = random.Random(seed)
+        self.payload_bytes = 0              # fetched update payloads (not state syncs)
+        self.payload_transfers = 0          # how many such payloads were fetched
+
+    def lost(self) -> bool:
+        return self.loss > 0 and self.rng.random() < self.loss
+
+    def transfer_s(self, n_bytes: int) -> float:
+        """Seconds for a request/response of n_bytes: two latencies plus the transfer."""
+        return 2 * self.latency_s + (n_bytes / self.bandwidth_Bps if self.bandwidth_Bps else 0.0)
 
     def linked(self, a: str, b: str) -> bool:
         return frozenset((a, b)) not in self.unlinked
@@ -35,6 +54,12 @@ class MemoryNetwork:
         self.nodes[t.peer_id] = t
         return t, key_pair
 
+    def remove(self, peer_id: str) -> None:
+        """The node leaves the network: no more gossip to or from it, fetches from it fail."""
+        t = self.nodes.pop(peer_id, None)
+        if t is not None:
+            t._send.close()
+
 
 class MemoryTransport:
     """Same API as bitswarm.federation.transport.Transport (test double)."""
@@ -43,23 +68,26 @@ class MemoryTransport:
         self.net, self.peer_id = net, peer_id
         self.listen_multiaddrs: list[str] = []
         self.bytes_sent = self.bytes_received = 0
-        self._send, self._recv = trio.open_memory_channel(256)
+        self._send, self._recv = trio.open_memory_channel(net.buffer)
         self._provider = None
         self._validator = None
         self.failing_serves = 0              # next fetches FROM this node fail ('connection')
         self.serve_delay_s = 0.0             # fetches FROM this node hang this long first
 
     async def publish(self, data: bytes) -> None:
-        self.net.published.append((self.peer_id, data))
-        self.bytes_sent += len(data)
-        for other in self.net.nodes.values():
+        if self.net.record_published:
+            self.net.published.append((self.peer_id, data))
+        for other in list(self.net.nodes.values()):
             if other is not self:
+                if self.net.lost():
+                    continue
+                self.bytes_sent += len(data)     # one copy per receiver, as a mesh sends it
                 if other._validator is not None and not other._validator(self.peer_id, bytes(data)):
                     continue                 # like gossipsub: refused by the topic validator
                 try:
                     other._send.send_nowait(GossipMessage(self.peer_id, bytes(data)))
                     other.bytes_received += len(data)
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.ClosedResourceError):
                     pass                     # like the real transport: a full buffer drops
         await trio.lowlevel.checkpoint()
 
@@ -73,10 +101,12 @@ class MemoryTransport:
         self._validator = fn
 
     async def fetch(self, peer_id: str, request: bytes, *, max_bytes: int, timeout_s: float) -> bytes:
-        await trio.sleep(0.01)               # a little virtual latency
+        await trio.sleep(2 * self.net.latency_s)             # request and first byte
         target = self.net.nodes.get(peer_id)
         if target is None or not self.net.linked(self.peer_id, peer_id):
             raise FetchError("connection", f"no known addresses to peer {peer_id}")
+        if self.net.lost():
+            raise FetchError("connection", "lost on the link")
         await trio.sleep(target.serve_delay_s)   # an endless server: only deadlines end it
         if target.failing_serves:
             target.failing_serves -= 1
@@ -86,6 +116,11 @@ class MemoryTransport:
             raise FetchError("not_found", "unknown payload")
         if len(payload) > max_bytes:
             raise FetchError("oversize", f"{len(payload)} > {max_bytes}")
+        if self.net.bandwidth_Bps:
+            await trio.sleep(len(payload) / self.net.bandwidth_Bps)
+        if bytes(request[:4]) != STATE_REQUEST_MAGIC:        # an update, not a state sync
+            self.net.payload_bytes += len(payload)
+            self.net.payload_transfers += 1
         target.bytes_sent += len(payload)
         self.bytes_received += len(payload)
         return payload

@@ -530,7 +530,11 @@ class RoundCoordinator:
                 return own
             verified = await self._verify(round, base, record, ex)
             if verified is not None:
-                await publish(self.transport, record.data, round, self.fetch_timeout_s)  # ack
+                # The ack: only contributors' acks are waited for (agreement.acknowledged), so
+                # a follower leaves it to the republish loop (N followers acking at once would
+                # be N^2 deliveries per round in a large swarm).
+                if self.peer_id in record.contributors:
+                    await publish(self.transport, record.data, round, self.fetch_timeout_s)
                 return (record, *verified)
         if own is None and contribute:               # every peer record failed to recompute
             own = await self._propose(round, base, ex)
