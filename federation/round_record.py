@@ -130,13 +130,14 @@ def _record(b: dict, updates: list[UpdateManifest], data: bytes) -> RoundRecord:
         raise WireError("round record updates must have distinct senders, sorted")
     if b["proposer"] not in senders:
         raise WireError("round record proposer is not among its contributors")
+    lora = lora_dict(b["lora"])
     for m in updates:
         if (m.swarm, m.round, m.base_model, m.base_adapter) != (
                 b["swarm"], b["round"], b["base_model"], b["base_adapter"]) \
-                or lora_dict(m.lora) != lora_dict(b["lora"]):
+                or m.lora != lora:          # decoded manifests hold canonical lora
             raise WireError(f"round record update of {m.sender} is for another round or state")
     return RoundRecord(swarm=b["swarm"], round=b["round"], base_model=b["base_model"],
-                       lora=lora_dict(b["lora"]), rule=b["rule"], base_adapter=b["base_adapter"],
+                       lora=lora, rule=b["rule"], base_adapter=b["base_adapter"],
                        new_adapter=b["new_adapter"], proposer=b["proposer"],
                        issued_at=b["issued_at"], updates=tuple(updates),
                        update_bytes=tuple(b["updates"]), data=data)

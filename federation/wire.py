@@ -180,8 +180,9 @@ def check_compatible(m: UpdateManifest, *, swarm: str, base_model: str, lora: An
         raise WireError(f"wrong swarm {m.swarm!r} (expected {swarm!r})")
     if m.base_model != base_model.lower():
         raise WireError(f"wrong base model {m.base_model[:16]}... (expected {base_model[:16]}...)")
-    ours = lora_dict(lora)
-    if lora_dict(m.lora) != ours:
+    # A decoded manifest's lora is canonical (decode_manifest refuses others), so an equal
+    # mapping is the same config; anything else is canonicalized once to compare.
+    if m.lora != lora and lora_dict(m.lora) != (ours := lora_dict(lora)):
         raise WireError(f"different LoRA config {m.lora} (expected {ours})")
 
 

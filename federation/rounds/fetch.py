@@ -78,12 +78,13 @@ class PayloadFetcher:
                      m.sender, attempt + 1, FETCH_ATTEMPTS, sender_error or other_error)
         raise FetchFailed(sender_error or other_error or "no source")
 
-    def _sources(self, m: UpdateManifest) -> list[str]:
-        """The sender first; then up to MAX_RELAYS directly connected peers, shuffled."""
+    def _sources(self, m: UpdateManifest):
+        """The sender first; then (only if it failed) up to MAX_RELAYS directly connected
+        peers in random order."""
+        yield m.sender
         me = self.transport.peer_id
         relays = [p for p in self.transport.connected_peers() if p not in (m.sender, me)]
-        self._rng.shuffle(relays)
-        return [m.sender, *relays[:MAX_RELAYS]]
+        yield from self._rng.sample(relays, min(MAX_RELAYS, len(relays)))
 
     async def _fetch_verified(self, source: str, m: UpdateManifest,
                               request: bytes) -> tuple[bytes | None, str]:

@@ -37,6 +37,7 @@ _LOG = RateLimitedLog(log)     # peers choose how often these fire
 
 _MAX_REJECTIONS_PER_ROUND = 1024      # bounds memory against a flood of distinct bad messages
 _VERIFIED_CACHE = 4096                # manifests whose signature was checked (records embed them)
+_RECORD_CACHE = 256                   # verified records: acks and republishes repeat the bytes
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class ManifestIntake:
         self._active_base: bytes | None = None
         self._outbox: trio.MemorySendChannel[Delivery] | None = None
         self._verified: OrderedDict[bytes, UpdateManifest] = OrderedDict()
+        self._records: OrderedDict[bytes, RoundRecord] = OrderedDict()
 
     @property
     def latest_round_seen(self) -> int | None:
@@ -299,7 +301,16 @@ class ManifestIntake:
 
     def _decode(self, data: bytes) -> UpdateManifest | RoundRecord:
         if bytes(data[:4]) == RECORD_MAGIC:
-            return decode_record(data, decode_update=self._decode_manifest_cached)
+            # Every contributor acks a record with the same bytes, and the validator and the
+            # consumer both see each delivery: verify each distinct record once.
+            key = hashlib.sha256(data).digest()
+            rec = self._records.get(key)
+            if rec is None:
+                rec = decode_record(data, decode_update=self._decode_manifest_cached)
+                self._records[key] = rec
+                while len(self._records) > _RECORD_CACHE:
+                    self._records.popitem(last=False)
+            return rec
         return decode_manifest(data)
 
     def _decode_manifest_cached(self, data: bytes) -> UpdateManifest:
