@@ -26,7 +26,9 @@ ROW_FIELDS = ("round", "node", "state", "trained", "included", "contributors", "
 def summarize(s, result: dict, centralized: list[float] | None) -> dict:
     rounds = result["rounds"]
     fp32_payload = result["payload_transfers"] * 4 * result["values_per_update"]
-    init, final = result["initial_loss"], rounds[-1]["heldout_loss"] if rounds else None
+    init = result["initial_loss"]
+    # The processes engine evaluates only the final adapter on the evaluation folder.
+    final = result.get("final_eval_loss") or (rounds[-1]["heldout_loss"] if rounds else None)
     central = centralized[-1] if centralized else None
     captured = None
     if central is not None and final is not None and init - central != 0:
@@ -58,7 +60,8 @@ def write_report(out: Path, s, result: dict, centralized: list[float] | None) ->
         for row in result["rows"]:
             w.writerow({**row, "heldout_loss": held.get(row["round"])})
     with open(out / "rounds_swarm.csv", "w", newline="") as f:
-        keys = list(result["rounds"][0]) + (["centralized_heldout_loss"] if centralized else [])
+        keys = list(dict.fromkeys(k for r in result["rounds"] for k in r))
+        keys += ["centralized_heldout_loss"] if centralized else []
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for i, r in enumerate(result["rounds"]):

@@ -31,6 +31,8 @@ def run_scenario(path: Path | str, out: Path, *, log=print) -> dict:
     s = load_scenario(path)
     base = Path(path).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
+    for sub in ("nodes", "data", "work"):      # a rerun starts fresh (never resumes a run)
+        shutil.rmtree(out / sub, ignore_errors=True)
     t0 = time.monotonic()
     notes = []
     if s.engine == "virtual":
