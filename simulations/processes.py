@@ -117,7 +117,9 @@ def run_processes(s: Scenario, data: NodeData, out: Path, *, log=print):
             cmd = [*(lab.exec_prefix(i) if shaped else []), sys.executable, "-m",
                    "bitswarm.node", "start", "--data", str(data.nodes[i]), "--data-dir", str(d),
                    "--listen", listen, "--seed", str(i), *base]
-            for p in peers[-8:]:
+            # A full mesh up to 40 nodes (payloads come straight from their senders), else the
+            # 16 most recent (the rest through the DHT-free relay path: fetch falls back).
+            for p in peers if len(peers) <= 40 else peers[-16:]:
                 cmd += ["--peer", p]
             popen = subprocess.Popen(cmd, stdout=open(d / "stdout.txt", "w"),
                                      stderr=open(d / "stderr.txt", "w"), env=env,

@@ -91,6 +91,12 @@ def test_help_version_and_bare_node():
 @pytest.mark.parametrize("flags, message", [
     (["--lr", "5"], "--lr: 5.0 is out of range; expected a number with 0 < lr < 1"),
     (["--local-steps", "0"], "--local-steps: 0 is out of range; expected an integer >= 1"),
+    (["--outer-momentum", "1"], "--outer-momentum: 1.0 is out of range; expected a number in "
+                                "[0, 1)"),
+    (["--topk-fraction", "0"], "--topk-fraction: 0.0 is out of range; expected a number with "
+                               "0 < fraction <= 1"),
+    (["--codec", "gzip"], "--codec (flag --codec): 'gzip' is not one of fp32, fp16, int8, "
+                          "ternary, top-k"),
     (["--ctx", "5000"], "--ctx: 5000 is out of range; expected 2 to the model's "
                         "max_position_embeddings (256)"),
 ])

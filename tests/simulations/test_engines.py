@@ -110,6 +110,8 @@ nodes = 3
 rounds = 2
 local_steps = 2
 codec = "fp16"
+outer_lr = 0.7
+outer_momentum = 0.9
 round_timeout_s = 60
 [data]
 files_per_node = 5
