@@ -20,9 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run one scenario; writes summary.json, rounds.csv, plots")
     r.add_argument("scenario", type=Path, help="scenario TOML file")
     r.add_argument("--out", type=Path, required=True, help="output folder")
+    w = sub.add_parser("sweep", help="run a scenario once per value of one key; writes "
+                       "sweep.csv, sweep.md, sweep.png and one run folder per value")
+    w.add_argument("scenario", type=Path, help="scenario TOML file")
+    w.add_argument("--set", required=True, metavar="KEY=V1,V2,...",
+                   help="a top-level key and its values, e.g. codec=fp32,int8,top-k")
+    w.add_argument("--out", type=Path, required=True, help="output folder")
     a = ap.parse_args(argv)
-    from .runner import run_scenario
+    from .runner import run_scenario, sweep
     try:
+        if a.cmd == "sweep":
+            key, sep, values = a.set.partition("=")
+            if not sep or not values:
+                raise ScenarioError(f"--set {a.set!r}: expected KEY=V1,V2,...")
+            rows = sweep(a.scenario, key, values.split(","), a.out)
+            print((a.out / "sweep.md").read_text())
+            return 0 if all(r["final_heldout_loss"] is not None for r in rows) else 1
         summary = run_scenario(a.scenario, a.out)
     except ScenarioError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,6 +28,9 @@ from .local_swarm import BBC_TOPICS
 from .scenario import Scenario
 
 
+_CENTRALIZED: dict[tuple, list[float]] = {}
+
+
 def lora_of(s: Scenario) -> LoRAConfig:
     return LoRAConfig(rank=s.rank, alpha=s.alpha, freeze_A=s.freeze_a)
 
@@ -69,7 +72,17 @@ class ModelLearners:
         return float(evaluate(self.model, self.eval_docs, self.s.ctx)["loss"])
 
     def centralized(self, checkpoints: list[int]) -> list[float]:
-        """Held-out loss after each cumulative step count in `checkpoints` (increasing)."""
+        """Held-out loss after each cumulative step count in `checkpoints` (increasing).
+        Cached per process for the settings it depends on (a sweep over codecs, rules or
+        DP trains it once)."""
+        s = self.s
+        key = (s.model, s.data, s.nodes, s.seed, s.lr, s.batch_size, s.ctx, s.rank, s.alpha,
+               s.freeze_a, tuple(checkpoints))
+        if key not in _CENTRALIZED:
+            _CENTRALIZED[key] = self._centralized(checkpoints)
+        return list(_CENTRALIZED[key])
+
+    def _centralized(self, checkpoints: list[int]) -> list[float]:
         pooled = TrainSampler([d for docs in self.docs for d in docs], self.s.ctx,
                               seed=self.s.seed + 10_007)
         tr = LocalTrainer(self.model, pooled, lr=self.s.lr, batch_size=self.s.batch_size)

@@ -80,6 +80,9 @@ def node_args(s: Scenario) -> list[str]:
             "--round-timeout", str(s.round_timeout_s), "--device", "cpu"]
     if s.freeze_a:
         args.append("--freeze-a")
+    if s.dp_clip:
+        args += ["--dp-clip", str(s.dp_clip), "--dp-noise", str(s.dp_noise),
+                 "--dp-delta", str(s.dp_delta)]
     if s.model != "default":
         args += ["--model", s.model]
     return args

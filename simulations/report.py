@@ -46,6 +46,9 @@ def summarize(s, result: dict, centralized: list[float] | None) -> dict:
         "codec": s.codec, "aggregation": s.aggregation,
         "outer": None if (s.outer_lr, s.outer_momentum) == (1.0, 0.0)
         else {"lr": s.outer_lr, "momentum": s.outer_momentum},
+        "dp": None if not s.dp_clip else {
+            "clip": s.dp_clip, "noise": s.dp_noise, "delta": s.dp_delta,
+            "epsilon": rounds[-1].get("dp_epsilon") if rounds else None},
         "wall_s": result["wall_s"], "notes": result.get("notes", []),
     }
 

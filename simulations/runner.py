@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .datasets import build_data, topic_counts
 from .report import write_report
-from .scenario import Scenario, load_scenario
+from .scenario import Scenario, ScenarioError, load_scenario
 
 
 def centralized_checkpoints(result: dict, s: Scenario) -> list[int]:
@@ -25,11 +25,11 @@ def centralized_checkpoints(result: dict, s: Scenario) -> list[int]:
     return out
 
 
-def run_scenario(path: Path | str, out: Path, *, log=print) -> dict:
-    """Run the scenario at `path`, writing everything under `out`. Returns the summary.
-    Raises ScenarioError (bad file) before anything is written."""
-    s = load_scenario(path)
-    base = Path(path).resolve().parent
+def run_scenario(path: Path | str | Scenario, out: Path, *, log=print) -> dict:
+    """Run the scenario at `path` (or a loaded Scenario), writing everything under `out`.
+    Returns the summary. Raises ScenarioError (bad file) before anything is written."""
+    s = path if isinstance(path, Scenario) else load_scenario(path)
+    base = Path(s.path).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("nodes", "data", "work"):      # a rerun starts fresh (never resumes a run)
         shutil.rmtree(out / sub, ignore_errors=True)
@@ -61,3 +61,80 @@ def run_scenario(path: Path | str, out: Path, *, log=print) -> dict:
     result["wall_s"] = time.monotonic() - t0
     shutil.rmtree(out / "work", ignore_errors=True)
     return write_report(out, s, result, centralized)
+
+
+def sweep(path: Path | str, key: str, values: list[str], out: Path, *, log=print) -> list[dict]:
+    """Run the scenario once per value of `key` (a top-level scenario key), each in
+    out/<key>=<value>/; writes out/sweep.csv, out/sweep.md and out/sweep.png (final held-out
+    loss per value; against epsilon when sweeping a DP key). Raises ScenarioError for an
+    unknown key or a value of the wrong form, before anything runs."""
+    import dataclasses
+    s0 = load_scenario(path)
+    names = {f.name for f in dataclasses.fields(Scenario)} - {"data", "link", "churn", "path"}
+    if key not in names:
+        raise ScenarioError(f"--set {key}: not a top-level scenario key; choose from "
+                            f"{sorted(names)}")
+    runs = []
+    for v in values:
+        raw = getattr(s0, key)
+        try:
+            val = type(raw)(v) if not isinstance(raw, bool) else v.lower() in ("1", "true")
+        except ValueError:
+            raise ScenarioError(f"--set {key}={v}: expected a {type(raw).__name__}") from None
+        s = dataclasses.replace(s0, **{key: val})
+        from .scenario import _check
+        _check(Path(s0.path), s)
+        runs.append((v, s))
+    rows = []
+    for v, s in runs:
+        log(f"== {key} = {v}")
+        summary = run_scenario(s, out / f"{key}={v}", log=log)
+        rows.append({key: v, **{k: summary[k] for k in (
+            "final_heldout_loss", "centralized_heldout_loss", "reduction_captured",
+            "final_vs_centralized", "payload_compression", "bytes_sent_total",
+            "fp32_bytes_equivalent", "adapters_identical", "wall_s")},
+            "dp_epsilon": (summary.get("dp") or {}).get("epsilon")})
+    write_sweep(out, key, rows)
+    return rows
+
+
+def write_sweep(out: Path, key: str, rows: list[dict]) -> None:
+    import csv
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda x: "" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in rows[0]) + " |" for r in rows]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    dp = key.startswith("dp_") and all(r["dp_epsilon"] is not None for r in rows
+                                       if float(r[key] or 0) > 0)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if dp:
+        pts = [(r["dp_epsilon"], r["final_heldout_loss"]) for r in rows
+               if r["dp_epsilon"] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="swarm with DP")
+        ax.set(xscale="log", xlabel="epsilon (delta as in the scenario)")
+        no_dp = [r["final_heldout_loss"] for r in rows if r["dp_epsilon"] is None]
+        if no_dp:
+            ax.axhline(no_dp[0], ls="--", color="gray", label="no noise")
+    else:
+        ax.plot(range(len(rows)), [r["final_heldout_loss"] for r in rows], "o-")
+        ax.set_xticks(range(len(rows)), [str(r[key]) for r in rows])
+        ax.set(xlabel=key)
+    central = rows[0]["centralized_heldout_loss"]
+    if central is not None:
+        ax.axhline(central, ls=":", color="green", label="centralized")
+    ax.set(ylabel="final held-out loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=110)
+    plt.close(fig)

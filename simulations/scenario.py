@@ -107,6 +107,9 @@ class Scenario:
     republish_s: float = 2.0             # the coordinators' republish interval, seconds
     centralized_baseline: bool = False
     churn_fraction: float = 0.0          # each round this share of the nodes is away
+    dp_clip: float = 0.0                 # DP-FedAvg clip norm C of every update (0: off)
+    dp_noise: float = 0.0                # DP noise multiplier sigma (std sigma x C)
+    dp_delta: float = 1e-5               # the delta of the (epsilon, delta) reported
     initial_nodes: int = -1              # -1: all; the rest join per [[churn]]
     data: DataSpec = field(default_factory=DataSpec)
     link: LinkSpec = field(default_factory=LinkSpec)
@@ -220,6 +223,10 @@ def _check(path: Path, s: Scenario) -> None:
     need(s.cohort == -1 or s.cohort >= 1, "cohort", "an integer >= 1 (or -1: every active "
          "node)", s.cohort)
     need(s.republish_s > 0, "republish_s", "a number of seconds > 0", s.republish_s)
+    need(s.dp_clip >= 0, "dp_clip", "a number >= 0 (0: off)", s.dp_clip)
+    need(s.dp_noise >= 0 and (s.dp_clip > 0 or s.dp_noise == 0), "dp_noise",
+         "a number >= 0, with dp_clip > 0", s.dp_noise)
+    need(0 < s.dp_delta < 1, "dp_delta", "a number in (0, 1)", s.dp_delta)
     need(0 <= s.churn_fraction < 1, "churn_fraction", "a number in [0, 1)", s.churn_fraction)
     need(-1 <= s.initial_nodes <= s.nodes and s.initial_nodes != 0, "initial_nodes",
          f"an integer in [1, nodes = {s.nodes}] (or -1: all)", s.initial_nodes)

@@ -29,6 +29,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 
 from bitswarm.federation.aggregation import AGGREGATION_RULES, NesterovOuter
 from bitswarm.federation.codecs import make_codec
+from bitswarm.federation.privacy import GaussianRDPAccountant, clip_and_noise
 from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
 
 from .memory_net import MemoryNetwork
@@ -76,6 +77,10 @@ def membership(s: Scenario) -> list[dict[str, set[int]]]:
     return plan
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None     # sigma = 0: no privacy (JSON has no inf)
+
+
 def sent_total(nodes: list[VNode], online: set[int]) -> int:
     """Bytes all nodes sent so far (the transports of nodes that left included)."""
     return sum(n.bytes_before + (n.coord.transport.bytes_sent if n.index in online else 0)
@@ -93,6 +98,11 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
     rows: list[dict] = []
     per_round: list[dict] = []
     initial_loss = learners.evaluate(learners.initial)
+    # DP-FedAvg with local noise: every released update is clipped and noised (as `node start
+    # --dp-clip --dp-noise` does); each node's accountant counts its releases.
+    dp_rng = np.random.default_rng(s.seed + 4242)
+    accountants = [GaussianRDPAccountant(s.dp_noise) for _ in range(s.nodes)] \
+        if s.dp_clip else None
 
     async def main():
         L = s.link
@@ -162,6 +172,10 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                 trained = {}
                 for i in cohort:
                     trained[i] = learners.train(i, nodes[i].coord.adapter, s.local_steps)
+                    if accountants is not None:
+                        noised, _ = clip_and_noise(trained[i][0], s.dp_clip, s.dp_noise, dp_rng)
+                        trained[i] = (noised, *trained[i][1:])
+                        accountants[i].step()
                 results, sent0, recv0 = {}, {}, {}
                 for i in active:
                     t = nodes[i].coord.transport
@@ -221,7 +235,9 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                     "cohort": len(cohort), "adapters_identical": len(shas) == 1,
                     "tokens": sum(trained[i][1] for i in trained),
                     "round_s": max((results.get((i, "t"), 0.0) for i in active), default=0.0),
-                    "bytes_sent_cum": sent_total(nodes, online)})
+                    "bytes_sent_cum": sent_total(nodes, online),
+                    **({"dp_epsilon": _finite(max(a.epsilon(s.dp_delta) for a in accountants
+                                                  if a.releases))} if accountants else {})})
                 log(f"round {r}: {len(active)} active, cohort {len(cohort)}, held-out loss "
                     f"{held:.4f}, {'identical adapters' if len(shas) == 1 else f'{len(shas)} adapters'}"
                     f", {time.monotonic() - t_wall:.0f} s")

@@ -176,3 +176,29 @@ eval_files_per_topic = 1
 latency_ms = 40
 """), tmp_path / "out", log=lambda *_: None)
     assert not (tmp_path / "out" / "nodes").exists()
+
+
+def test_sweep_over_dp_noise_reports_epsilon_per_value(tmp_path):
+    """`bitswarm simulate sweep`: one run per value; with DP (clip 1, local noise) epsilon
+    falls as the noise multiplier grows, and no noise reports no finite epsilon."""
+    from bitswarm.simulations.runner import sweep
+    p = scenario(tmp_path, """
+name = "dp"
+nodes = 4
+rounds = 3
+surrogate = true
+local_steps = 3
+dp_clip = 1.0
+""")
+    rows = sweep(p, "dp_noise", ["0", "1", "4"], tmp_path / "sw", log=lambda *_: None)
+    eps = [r["dp_epsilon"] for r in rows]
+    assert eps[0] is None and eps[1] > eps[2] > 0
+    assert all(r["adapters_identical"] for r in rows)
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 5_000
+    assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 5
+    assert (tmp_path / "sw" / "dp_noise=4" / "summary.json").exists()
+    from bitswarm.simulations.scenario import ScenarioError
+    with pytest.raises(ScenarioError, match="not a top-level scenario key"):
+        sweep(p, "colour", ["1"], tmp_path / "sw2")
+    with pytest.raises(ScenarioError, match="dp_noise"):
+        sweep(p, "dp_noise", ["-1"], tmp_path / "sw3")
