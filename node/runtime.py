@@ -195,6 +195,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
             round_timeout_s=cfg.round_timeout_s,
             codec=make_codec(cfg.codec, topk_fraction=cfg.topk_fraction),
             aggregation=AGGREGATION_RULES[cfg.aggregation](), outer=outer_step(cfg),
+            dp=None if cfg.dp_clip is None else (cfg.dp_clip, cfg.dp_noise),
             allowed_senders=cfg.allow, initial_adapter=node.global_state, initial_round=first,
             run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:

@@ -131,7 +131,8 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                 codec=make_codec(s.codec, topk_fraction=s.topk_fraction),
                 aggregation=AGGREGATION_RULES[s.aggregation](),
                 outer=None if (s.outer_lr, s.outer_momentum) == (1.0, 0.0)
-                else NesterovOuter(s.outer_lr, s.outer_momentum), run_blocking=_inline)
+                else NesterovOuter(s.outer_lr, s.outer_momentum),
+                dp=(s.dp_clip, s.dp_noise) if s.dp_clip else None, run_blocking=_inline)
             await nursery.start(run_coord, node)
             online.add(i)
 

@@ -160,6 +160,10 @@ class RoundCoordinator:
         outer: the outer optimizer of the global step (aggregation/outer.py: DiLoCo's
             NesterovOuter), or None for G + aggregate; peers must use the same (its name joins
             the rule's on the wire), and its state is part of the global state's hash.
+        dp: (clip norm C, noise multiplier sigma) of the swarm's DP-FedAvg, or None: every
+            member must use the same (it joins the rule's name on the wire), so no peer's
+            update in the aggregate carries less noise than the swarm promises. The clipping
+            and noising itself is the caller's (federation/privacy), before `exchange`.
         max_rounds_ahead: manifests up to this many rounds ahead of ours are buffered.
         max_peers_per_round: manifests buffered per round (<= 256, a record's bound), beyond
             which new senders are dropped.
@@ -183,7 +187,7 @@ class RoundCoordinator:
                  min_peers: int = 1, round_timeout_s: float = 300.0, settle_s: float = 5.0,
                  fetch_timeout_s: float = 30.0, republish_interval_s: float = 2.0,
                  codec: Codec | None = None, aggregation: AggregationRule | None = None,
-                 outer: NesterovOuter | None = None,
+                 outer: NesterovOuter | None = None, dp: tuple[float, float] | None = None,
                  max_rounds_ahead: int = 2, max_peers_per_round: int = MAX_RECORD_UPDATES,
                  max_parallel_fetches: int = 8, allowed_senders: frozenset[str] | None = None,
                  max_age_s: float | None = None, clock: Callable[[], float] = time.time,
@@ -242,6 +246,11 @@ class RoundCoordinator:
         self.outer = outer
         # The name peers must match: the rule, then the outer step when there is one.
         self.rule_name = aggregation.name if outer is None else f"{aggregation.name}+{outer.name}"
+        if dp is not None:
+            clip, noise = dp
+            if not (math.isfinite(clip) and clip > 0 and math.isfinite(noise) and noise >= 0):
+                raise ValueError(f"dp must be (clip > 0, noise >= 0), got {dp!r}")
+            self.rule_name += f"+dp(c={clip:g},s={noise:g})"
         self._state_shapes = dict(self.expected_shapes)
         if outer is not None:
             self._state_shapes.update(outer.state_shapes(self.expected_shapes))

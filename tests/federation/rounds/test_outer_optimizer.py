@@ -85,3 +85,23 @@ def test_fedavg_rule_name_carries_the_outer_step():
     assert c.rule_name == "fedavg+nesterov(lr=0.5,mu=0.8)"
     with pytest.raises(ValueError, match="outer"):
         make_coord(net, outer="diloco")
+    dp = make_coord(net, outer=NesterovOuter(0.5, 0.8), dp=(0.05, 1.0))
+    assert dp.rule_name == "fedavg+nesterov(lr=0.5,mu=0.8)+dp(c=0.05,s=1)"
+    with pytest.raises(ValueError, match="dp must be"):
+        make_coord(net, dp=(0.0, 1.0))
+
+
+def test_peers_with_other_dp_settings_are_not_aggregated():
+    """DP-FedAvg is a swarm setting: an update without the swarm's noise never counts."""
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net, dp=(0.05, 1.0), round_timeout_s=5.0) for _ in range(2)]
+        other = make_coord(net, dp=(0.05, 0.5), round_timeout_s=5.0)
+        async with trio.open_nursery() as n:
+            for c in [*coords, other]:
+                await n.start(c.run)
+            res = await exchange_all([*coords, other], 0)
+            assert [len(r.contributors) for r in res] == [2, 2, 1]
+            assert any("rule" in reason for _, reason in res[0].rejected)
+            n.cancel_scope.cancel()
+    run_mock(main)
