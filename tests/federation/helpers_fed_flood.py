@@ -1,7 +1,8 @@
-"""A flooding peer process against one node, for `seconds` seconds; one JSON stats line at the
-end ({"event": "done", ...}), {"event": "ready"} once its first attack runs.
+"""A flooding peer process against one node, for `seconds` seconds: {"event": "ready"} at the
+start, then its running totals ({"event": "stats", ...}) every second and once more at the end
+({"event": "done", ...}), so a test that stops it early still has them.
 
-Usage: python helpers_fed_flood.py <mode> <node_multiaddr> <topic> <seconds> [swarm]
+Usage: python helpers_fed_flood.py <mode> <node_multiaddr> <topic> <seconds> [swarm [delay_s]]
 
 Modes:
   window   a peer that ignores yamux flow control: its yamux believes every send window is
@@ -12,7 +13,7 @@ Modes:
            messages/s, pre-built: junk data and validly signed manifests for a wrong base
            model, each validly pubsub-signed by one of 256 keys, and mis-signed ones; batches
            of 50 per RPC. When the node blocks it, it comes back under a fresh identity.
-  conns    300 connections (one identity each), each opening 100
+  conns    300 connections (one identity each), each opening 80
            payload streams that send nothing, 100 connections at a time.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bitswarm.federation.transport import PAYLOAD_PROTOCOL_ID, muxer_options, se
 from bitswarm.kernels.config import LoRAConfig
 
 stats: dict[str, int] = {}
+last_error = [""]
 
 
 def count(key: str, n: int = 1) -> None:
@@ -66,7 +68,10 @@ async def with_peer(info, body) -> None:  # type: ignore[no-untyped-def]
             count("connections")
             await body(host)
     except Exception as e:  # noqa: BLE001 - the node closing us is the point
+        while isinstance(e, BaseExceptionGroup) and e.exceptions:
+            e = e.exceptions[0]
         count(f"ended: {type(e).__name__}")
+        last_error[0] = f"{type(e).__name__}: {str(e)[:200]}"
 
 
 # ---- window ------------------------------------------------------------------------------
@@ -169,7 +174,7 @@ async def conns(info, stop: trio.Event, total: int = 300, parallel: int = 100) -
                     count("streams_opened")
                 except Exception:  # noqa: BLE001 - reset by the node past its cap
                     count("streams_refused")
-            for _ in range(100):
+            for _ in range(80):             # over the node's cap of 64 per connection
                 nursery.start_soon(one_stream)
         with trio.move_on_after(3):
             await stop.wait()
@@ -184,11 +189,12 @@ async def conns(info, stop: trio.Event, total: int = 300, parallel: int = 100) -
             nursery.start_soon(one, i)
 
 
-async def main(mode: str, target: str, topic: str, seconds: float, swarm: str) -> None:
+async def main(mode: str, target: str, topic: str, seconds: float, swarm: str, delay_s: float) -> None:
     info = info_from_p2p_addr(multiaddr.Multiaddr(target))
     stop = trio.Event()
-    started = time.monotonic()
     emit(event="ready")
+    await trio.sleep(delay_s)
+    started = time.monotonic()
     async with trio.open_nursery() as nursery:
         if mode == "window":
             nursery.start_soon(window, info, stop)
@@ -198,7 +204,10 @@ async def main(mode: str, target: str, topic: str, seconds: float, swarm: str) -
             nursery.start_soon(conns, info, stop)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
-        await trio.sleep(seconds)
+        with trio.move_on_after(seconds):
+            while True:
+                await trio.sleep(1.0)
+                emit(event="stats", last_error=last_error[0], **stats)
         stop.set()
         nursery.cancel_scope.deadline = trio.current_time() + 5    # bounded wind-down
     emit(event="done", seconds=round(time.monotonic() - started, 1), **stats)
@@ -206,4 +215,4 @@ async def main(mode: str, target: str, topic: str, seconds: float, swarm: str) -
 
 if __name__ == "__main__":
     trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]),
-             sys.argv[5] if len(sys.argv) > 5 else "flood")
+             sys.argv[5] if len(sys.argv) > 5 else "flood", float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
