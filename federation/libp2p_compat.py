@@ -35,8 +35,12 @@ Patches (applied once, by `apply()`; idempotent):
    and keeps buffering (a peer ignoring flow control grows the node ~1:1, 1 GB in 30 s). We
    make every stream buffer check the frame against the window before it is buffered; a peer
    that exceeds it gets its whole connection closed, as go-yamux and hashicorp/yamux do
-   (ErrRecvWindowExceeded ends the session). Buffered bytes per stream stay <= the window
-   (<= 16 MiB, py-libp2p's MAX_WINDOW_SIZE; 256 KiB unless the reader keeps up).
+   (ErrRecvWindowExceeded ends the session). py-libp2p's window auto-tuning also grants up
+   to 16 MiB per stream after a few small reads (it doubles the target on every read within
+   4 RTT, which on a LAN is every read), so a stream whose reader took 8 bytes may legally
+   hold 16 MiB, x 64 streams. We cap the window at YAMUX_MAX_WINDOW (4 MiB, still 80 MB/s per
+   stream at 50 ms RTT) and a connection's buffered bytes over all its streams at
+   YAMUX_MAX_CONN_BUFFER (8 MiB); a peer past either is closed like a window violator.
 7. `SwarmConn._handle_muxed_stream`: py-libp2p caps outbound streams per connection (256)
    but accepts any number of inbound ones, each a task and a buffer. Over the transport's
    `max_inbound_streams_per_conn` (PeerGuard), a new inbound stream is reset at once.
@@ -82,6 +86,8 @@ AUTONAT_DIAL_TIMEOUT_S = 5.0
 AUTONAT_MAX_DIALS = 4        # addresses tried per dial-back request (all carry the requester's IP)
 GATE_CLOSE_TIMEOUT_S = 2.0   # closing a refused connection
 DEFAULT_MAX_INBOUND_STREAMS = 64   # per connection, for hosts without a PeerGuard
+YAMUX_MAX_WINDOW = 4 * 1024 * 1024        # receive window per stream, bytes (upstream: 16 MiB)
+YAMUX_MAX_CONN_BUFFER = 8 * 1024 * 1024   # unread bytes per connection, all streams together
 
 _applied = False
 # Originals, kept for the tests that pin upstream behaviour.
@@ -177,7 +183,7 @@ def _guard_pubsub_push_msg() -> None:
         try:
             if guard is not None:                 # patch 9: before any signature check
                 forwarder = msg_forwarder.to_base58()
-                if not guard.admit_message(forwarder, len(msg.data)):
+                if not guard.admit_message(forwarder, len(msg.data), msg_forwarder):
                     return
                 _FORWARDER.set((guard, forwarder))
             await original(self, msg_forwarder, msg)
@@ -279,11 +285,14 @@ class _WindowedBuffer(bytearray):
 
     def extend(self, data) -> None:  # type: ignore[no-untyped-def, override]
         stream = self._conn.streams.get(self._sid)
-        if stream is not None and len(data) > stream.recv_window:
+        if stream is None:
+            return super().extend(data)
+        buffered = sum(map(len, self._conn.stream_buffers.values()))
+        if len(data) > stream.recv_window or buffered + len(data) > YAMUX_MAX_CONN_BUFFER:
             peer = self._conn.peer_id
             _LOG.log(logging.WARNING, f"window {peer}", "peer %s exceeded the yamux receive window "
-                     "on stream %d (%d bytes sent, %d granted): connection closed", peer,
-                     self._sid, len(data), stream.recv_window)
+                     "on stream %d (%d bytes sent, %d granted, %d unread on the connection): "
+                     "connection closed", peer, self._sid, len(data), stream.recv_window, buffered)
             # Shutting down makes handle_incoming stop after this frame (the raise is caught
             # in its DATA path; the wrapped handle_incoming then closes the connection).
             self._conn.event_shutting_down.set()
@@ -308,7 +317,11 @@ class _WindowedBuffers(dict):
 
 
 def _enforce_yamux_receive_window() -> None:
+    import libp2p.stream_muxer.yamux.yamux as yamux_module
     from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    ORIGINALS["yamux.MAX_WINDOW_SIZE"] = yamux_module.MAX_WINDOW_SIZE
+    yamux_module.MAX_WINDOW_SIZE = YAMUX_MAX_WINDOW     # read as a module global by auto-tuning
 
     original_init, original_incoming = Yamux.__init__, Yamux.handle_incoming
     ORIGINALS["Yamux.__init__"] = original_init
@@ -384,26 +397,38 @@ def _gate_connections() -> None:
     @functools.wraps(original)
     async def add_conn(self, muxed_conn, direction: str = "unknown"):  # type: ignore[no-untyped-def]
         guard = getattr(self, "_bitswarm_guard", None)
-        if guard is not None:
-            peer = muxed_conn.peer_id
-            existing = self.connections.get(peer, [])
-            if not any(c.muxed_conn is muxed_conn for c in existing):   # add_conn dedups
-                ip = _remote_ip(muxed_conn)
-                all_conns = [c for conns in self.connections.values() for c in conns]
-                from_ip = sum(1 for c in all_conns if ip is not None and _remote_ip(c.muxed_conn) == ip
-                              and getattr(c, "direction", None) == Direction.INBOUND)
-                reason = guard.connection_refusal(str(peer), ip, direction == "inbound",
-                                                  len(all_conns), len(existing), from_ip)
-                if reason is not None:
-                    with trio.CancelScope(shield=True), trio.move_on_after(GATE_CLOSE_TIMEOUT_S):
-                        try:
-                            await muxed_conn.close()
-                        except Exception as e:  # noqa: BLE001
-                            log.debug("closing a refused connection failed: %s", e)
-                    if direction == "inbound":
-                        return None       # the listener ignores add_conn's result
-                    raise SwarmException(f"connection to {peer} refused: {reason}")
-        return await original(self, muxed_conn, direction)
+        if guard is None:
+            return await original(self, muxed_conn, direction)
+        peer = muxed_conn.peer_id
+        existing = self.connections.get(peer, [])
+        if any(c.muxed_conn is muxed_conn for c in existing):     # add_conn dedups
+            return await original(self, muxed_conn, direction)
+        # Connections admitted but still inside add_conn (it awaits before registering them)
+        # count too, or a burst of handshakes finishing together would all pass.
+        pending = self.__dict__.setdefault("_bitswarm_pending", {})
+        ip = _remote_ip(muxed_conn)
+        inbound = direction == "inbound"
+        live = [c for conns in self.connections.values() for c in conns]
+        registered = {id(c.muxed_conn) for c in live}
+        known = [(c.muxed_conn.peer_id, _remote_ip(c.muxed_conn), c.direction == Direction.INBOUND)
+                 for c in live] + [v for k, v in pending.items() if k not in registered]
+        from_ip = sum(1 for _p, i, inb in known if inb and ip is not None and i == ip)
+        of_peer = sum(1 for p, _i, _inb in known if p == peer)
+        reason = guard.connection_refusal(str(peer), ip, inbound, len(known), of_peer, from_ip)
+        if reason is None:
+            pending[id(muxed_conn)] = (peer, ip, inbound)
+            try:
+                return await original(self, muxed_conn, direction)
+            finally:
+                pending.pop(id(muxed_conn), None)
+        with trio.CancelScope(shield=True), trio.move_on_after(GATE_CLOSE_TIMEOUT_S):
+            try:
+                await muxed_conn.close()
+            except Exception as e:  # noqa: BLE001
+                log.debug("closing a refused connection failed: %s", e)
+        if inbound:
+            return None                   # the listener ignores add_conn's result
+        raise SwarmException(f"connection to {peer} refused: {reason}")
 
     Swarm.add_conn = add_conn  # type: ignore[method-assign]
 

@@ -44,7 +44,7 @@ class GuardLimits:
     gossip_bytes_burst: float = 2 * 1024 * 1024  # > MAX_GOSSIP_BYTES, so one big message fits
     max_connections: int = 128               # open connections, both directions
     max_conns_per_peer: int = 2              # a direct and a relayed one during a hole punch
-    max_conns_per_ip: int = 32               # inbound, per remote IP (loopback counts too)
+    max_conns_per_ip: int = 16               # inbound, per remote IP (loopback counts too)
     max_inbound_streams_per_conn: int = 64   # streams a peer holds open to us on one connection
     block_s: float = 300.0                   # how long a graylisted peer stays blocked, s
     max_tracked_peers: int = 4096            # per-peer tables' size bound
@@ -69,11 +69,13 @@ def score_params():  # type: ignore[no-untyped-def]
     - P2 first deliveries: +1 each, capped at 20, decaying 1%/heartbeat: an honest relay's
       credit, so a few messages it forwards that we judge stale do not hurt it.
     - P4 invalid messages (our validator refused them): -4 each, decaying 5%/heartbeat.
-    - P5 behaviour penalty (bad signatures 1 each, rate-limit overruns 0.1 each, py-libp2p's
-      own IHAVE/IWANT/GRAFT spam penalties): -1 per unit above 5, decaying 10%/heartbeat.
+    - P5 behaviour penalty (bad signatures 1 each, rate-limit overruns 0.1 each, messages
+      sent while below the publish threshold 2 each, py-libp2p's own IHAVE/IWANT/GRAFT spam
+      penalties): -1 per unit above 5, decaying 10%/heartbeat.
     - thresholds: no gossip to peers below -20, their messages dropped unread below -40,
       graylisted (and, by PeerGuard, blocked) below -80; PX accepted only from >= 0.
-    A forwarder is blocked after ~20 invalid messages or ~85 bad signatures in quick succession.
+    A forwarder is blocked after ~10 invalid messages and ~20 more of anything, or ~85 bad
+    signatures, in quick succession.
     """
     from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 
@@ -91,6 +93,7 @@ LOG_BURST = 10          # decision lines per kind (blocked, over rate, refused, 
 LOG_PERIOD_S = 60.0     # ... per this many seconds
 BAD_SIGNATURE_PENALTY = 1.0
 OVER_RATE_PENALTY = 0.1
+BELOW_PUBLISH_PENALTY = 2.0   # a message sent while below the publish threshold
 
 
 class TokenBucket:
@@ -136,9 +139,12 @@ class PeerGuard:
 
     # ---- gossip -------------------------------------------------------------------------
 
-    def admit_message(self, forwarder: str, size_bytes: int) -> bool:
-        """Charge one gossip message of `size_bytes` from neighbour `forwarder` (base58) to its
-        buckets: False (drop it, before any signature check) if blocked or over either rate."""
+    def admit_message(self, forwarder: str, size_bytes: int, pid=None) -> bool:  # type: ignore[no-untyped-def]
+        """Charge one gossip message of `size_bytes` from neighbour `forwarder` (base58; `pid`:
+        its libp2p ID if the caller has it) to its buckets: False (drop it, before any
+        signature check) if blocked, over either rate, or below the publish threshold (then
+        it costs a penalty: py-libp2p would drop it unread at no cost to the sender, so a
+        peer could sit just above the graylist and keep sending)."""
         now = self._clock()
         if self.is_blocked(forwarder, now):
             return False
@@ -154,7 +160,16 @@ class PeerGuard:
             self._buckets.move_to_end(forwarder)
         msgs, size = buckets
         if msgs.take(1, now) and size.take(size_bytes, now):
-            return True
+            if self.scorer is None:
+                return True
+            try:
+                pid = pid if pid is not None else _peer_id(forwarder)
+                if self.scorer.score(pid, [self.topic]) >= self.scorer.params.publish_threshold:
+                    return True
+            except Exception:  # noqa: BLE001 - a scoring bug must not stop message handling
+                return True
+            self._penalize(forwarder, BELOW_PUBLISH_PENALTY)
+            return False
         self.dropped_over_rate += 1
         self._decision("over rate", forwarder, "peer %s over the gossip rate limit (%g msg/s, "
                        "%g B/s): its messages are dropped", forwarder,

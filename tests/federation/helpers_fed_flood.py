@@ -14,7 +14,7 @@ Modes:
            model, each validly pubsub-signed by one of 256 keys, and mis-signed ones; batches
            of 50 per RPC. When the node blocks it, it comes back under a fresh identity.
   conns    300 connections (one identity each), each opening 80
-           payload streams that send nothing, 100 connections at a time.
+           payload streams that send nothing (16 at a time), 64 connections at a time; a connection the node refused is given up at once.
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def new_peer():  # type: ignore[no-untyped-def]
 async def with_peer(info, body) -> None:  # type: ignore[no-untyped-def]
     """Run `body(host)` on a fresh identity connected to the node; errors end it quietly."""
     host = new_peer()
+    count("dials")
     try:
         async with host.run(listen_addrs=[]):
             with trio.fail_after(10):
@@ -162,21 +163,32 @@ async def gossip(info, stop: trio.Event, topic: str, swarm: str) -> None:  # typ
 # ---- conns -------------------------------------------------------------------------------
 
 
-async def conns(info, stop: trio.Event, total: int = 300, parallel: int = 100) -> None:  # type: ignore[no-untyped-def]
+async def conns(info, stop: trio.Event, total: int = 300, parallel: int = 64) -> None:  # type: ignore[no-untyped-def]
     slots = trio.Semaphore(parallel)
 
     async def hold(host) -> None:  # type: ignore[no-untyped-def]
-        async with trio.open_nursery() as nursery:
-            async def one_stream() -> None:
-                try:
-                    with trio.fail_after(10):
-                        await host.new_stream(info.peer_id, [PAYLOAD_PROTOCOL_ID])
-                    count("streams_opened")
-                except Exception:  # noqa: BLE001 - reset by the node past its cap
-                    count("streams_refused")
-            for _ in range(80):             # over the node's cap of 64 per connection
-                nursery.start_soon(one_stream)
-        with trio.move_on_after(3):
+        held = []
+        gone = trio.Event()
+
+        async def open_one() -> None:
+            try:
+                with trio.fail_after(5):
+                    held.append(await host.new_stream(info.peer_id, [PAYLOAD_PROTOCOL_ID]))
+                count("streams_opened")
+            except Exception as e:  # noqa: BLE001 - reset by the node past its cap
+                count("streams_refused")
+                count(f"stream error: {type(e).__name__}: {str(e)[:60]}")
+                if "No valid connections" in str(e):
+                    gone.set()            # the node closed the connection (connection limits)
+
+        for _batch in range(5):              # 80 streams, 16 at a time: over the cap of 64
+            async with trio.open_nursery() as nursery:
+                for _ in range(16):
+                    nursery.start_soon(open_one)
+            if gone.is_set():
+                count("connections_refused")
+                return
+        with trio.move_on_after(1):
             await stop.wait()
 
     async def one(_i: int) -> None:
