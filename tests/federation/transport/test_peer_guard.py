@@ -109,28 +109,49 @@ def test_yamux_window_upstream_buffers_past_it_and_we_close_the_connection() -> 
     trio.run(scenario)
 
 
-def test_inbound_streams_per_connection_are_capped() -> None:
+async def _open_streams(attacker, victim_id: str, n: int) -> list:  # type: ignore[no-untyped-def]
+    """Open n payload streams that send nothing (each holds a handler task on the victim)."""
+    opened = []
+    for _ in range(n):
+        try:
+            with trio.fail_after(WAIT_S):
+                opened.append(await attacker.libp2p_host.new_stream(ID.from_base58(victim_id),
+                                                                    [PAYLOAD_PROTOCOL_ID]))
+        except Exception:  # noqa: BLE001 - reset by the victim
+            pass
+    return opened
+
+
+def test_inbound_streams_upstream_unbounded_and_we_cap_them() -> None:
+    from libp2p.network.connection.swarm_connection import SwarmConn
+
     libp2p_compat.apply()
+
+    def handlers(conn) -> int:  # type: ignore[no-untyped-def]
+        return sum(1 for s in conn.get_streams() if s.get_protocol() == PAYLOAD_PROTOCOL_ID)
 
     async def scenario() -> None:
         async with AsyncExitStack() as stack:
             victim, addr, (attacker,) = await _pair(stack, GuardLimits(max_inbound_streams_per_conn=8))
             await attacker.connect(addr)
-            opened, refused = [], 0
-            for _ in range(12):      # streams that send nothing: each holds a handler task
-                try:
-                    with trio.fail_after(WAIT_S):
-                        stream = await attacker.libp2p_host.new_stream(ID.from_base58(victim.peer_id),
-                                                                       [PAYLOAD_PROTOCOL_ID])
-                        await stream.write(b"")
-                        opened.append(stream)
-                except Exception:  # noqa: BLE001 - reset by the victim
-                    refused += 1
             conn = _conn_to(victim, attacker.peer_id)
+            # Upstream 0.8.1: every inbound stream is accepted (only outbound ones are capped,
+            # at 256). If this fails, upstream caps them: drop patch 7.
+            patched = SwarmConn._handle_muxed_stream
+            SwarmConn._handle_muxed_stream = libp2p_compat.ORIGINALS["SwarmConn._handle_muxed_stream"]
+            try:
+                held = await _open_streams(attacker, victim.peer_id, 12)
+                await _wait(lambda: handlers(conn) >= 12, "12 upstream stream handlers")
+            finally:
+                SwarmConn._handle_muxed_stream = patched
+            for stream in held:
+                await stream.reset()
+            await _wait(lambda: handlers(conn) == 0, "the streams gone")
+            # Patched: at most 8 are held, the rest reset on arrival.
+            held = await _open_streams(attacker, victim.peer_id, 12)
             await _wait(lambda: getattr(conn, "_bitswarm_inbound", 0) >= 8, "8 streams held")
             await trio.sleep(0.3)
-            # The victim never holds more than the cap, whatever the attacker thinks it opened.
-            assert conn._bitswarm_inbound <= 8
+            assert conn._bitswarm_inbound <= 8 and handlers(conn) <= 8
 
     trio.run(scenario)
 
@@ -211,6 +232,13 @@ def test_token_bucket_and_rate_limit_decisions_are_bounded(caplog) -> None:
 
 
 def test_score_params_are_set_and_limits_validated() -> None:
+    from libp2p.pubsub.score import ScoreParams
+
+    # Upstream 0.8.1 scores nobody: every weight 0, every threshold -inf. If this fails,
+    # upstream ships real defaults: compare them with ours.
+    up = ScoreParams()
+    assert up.p4_invalid_messages.weight == up.p5_behavior_penalty_weight == 0
+    assert up.graylist_threshold == up.publish_threshold == float("-inf")
     p = score_params()
     assert p.graylist_threshold < p.publish_threshold < p.gossip_threshold < 0
     assert p.p4_invalid_messages.weight > 0 and p.p5_behavior_penalty_weight > 0
