@@ -1,7 +1,8 @@
 """Long fuzz run of every decoder of peer input, the payload stream framing included (the
 suite's hypothesis tests are the bounded version): N inputs per decoder, half random bytes,
-half mutated valid messages (byte flips, cuts, insertions), seeded. Prints per decoder how many inputs were rejected with the decoder's
-own error, accepted, or raised anything else (must be 0), and the rate.
+half mutated valid messages (byte flips, cuts, insertions), seeded. Prints per decoder how many
+inputs were rejected with the decoder's own error, accepted, or raised anything else (must be
+0), and the rate.
 
     python benchmarks/fuzz_decoders.py --per-decoder 250000 --seed 1
 
