@@ -133,7 +133,8 @@ def test_floods_leave_the_honest_swarm_unharmed(tmp_path: Path, unattacked: dict
 
     # The floods were real...
     assert stats["window"].get("bytes_pushed", 0) >= 8 << 20, stats      # 32 windows' worth
-    assert stats["gossip"].get("messages_sent", 0) >= 3_000, stats   # ~1,000/s on 2 shared cores
+    # (it is blocked ~0.2 s into each identity, so most of its time goes into reconnecting)
+    assert stats["gossip"].get("messages_sent", 0) >= 2_000, stats
     conns = stats["conns"]
     assert conns.get("dials", 0) >= 100, stats
     assert conns.get("streams_opened", 0) + conns.get("streams_refused", 0) >= 1_000, stats
