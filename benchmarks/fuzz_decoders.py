@@ -1,15 +1,21 @@
-"""Long fuzz run of every decoder of peer input (the suite's hypothesis tests are the bounded
-version): N inputs per decoder, half random bytes, half mutated valid messages (byte flips,
-cuts, insertions), seeded. Prints per decoder how many inputs were rejected with the decoder's
-own error, accepted, or raised anything else (must be 0), and the rate.
+"""Long fuzz run of every decoder of peer input, the payload stream framing included (the
+suite's hypothesis tests are the bounded version): N inputs per decoder, half random bytes,
+half mutated valid messages (byte flips, cuts, insertions), seeded. Prints per decoder how many
+inputs were rejected with the decoder's own error, accepted, or raised anything else (must be
+0), and the rate.
 
     python benchmarks/fuzz_decoders.py --per-decoder 250000 --seed 1
+
+The stream framing readers (payload_protocol.read_response / read_request) get each input from
+an in-memory stream in seeded random chunk sizes; they must return or raise FetchError /
+EOFError without waiting for more than the input holds.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import random
+import struct
 import sys
 import time
 
@@ -19,6 +25,47 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from bitswarm.federation import codecs, wire
 from bitswarm.federation.identity import peer_id_of
 from bitswarm.federation.round_record import decode_record, encode_record
+from bitswarm.federation.transport import FetchError
+from bitswarm.federation.transport.payload_protocol import (CHUNK_BYTES, STATUS_OK, read_request,
+                                                            read_response)
+
+
+class BytesStream:
+    """`data` as a stream whose reads return at most the next of `sizes` bytes."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data, self.sizes, self.reads = memoryview(data), sizes, 0
+
+    async def read(self, n: int) -> bytes:
+        out = bytes(self.data[:min(n, self.sizes[self.reads % len(self.sizes)])])
+        self.reads += 1
+        self.data = self.data[len(out):]
+        return out
+
+
+def run(coro):
+    """Drive a reader over a BytesStream (which never waits); waiting would be a bug."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("a framing reader waited for more than its input holds")
+
+
+def framing(reader):
+    chunking = random.Random(7)
+
+    def decode(data: bytes):
+        sizes = [chunking.choice((1, 3, 64, 4096, 70_000)) for _ in range(chunking.randint(1, 3))]
+        return run(reader(BytesStream(data, sizes)))
+    return decode
+
+
+def response_frame(payload: bytes, chunk: int) -> bytes:
+    body = b"".join(struct.pack(">I", len(payload[i:i + chunk])) + payload[i:i + chunk]
+                    for i in range(0, len(payload), chunk))
+    return struct.pack(">BQ", STATUS_OK, len(payload)) + body
 
 
 def seeds():
@@ -46,6 +93,14 @@ def seeds():
             lambda d: (wire.decode_payload_request(d), wire.decode_state_request(d)),
             wire.WireError, [wire.encode_payload_request(3, b"\x01" * 32),
                              wire.encode_state_request(3, b"\x01" * 32)]),
+        "stream framing: response": (
+            framing(lambda s: read_response(s, max_bytes=3 * CHUNK_BYTES, on_received=lambda n: None)),
+            (FetchError, EOFError),
+            [response_frame(b"abc", 3), response_frame(bytes(range(256)) * 40, 1000),
+             response_frame(b"x" * 2000, 700)]),
+        "stream framing: request": (
+            framing(read_request), (FetchError, EOFError),
+            [struct.pack(">I", 40) + b"r" * 40, struct.pack(">I", 4096) + b"r" * 4096]),
     }
 
 
@@ -88,7 +143,7 @@ def main(argv=None) -> int:
                 print(f"  {name}: {type(e).__name__}: {e} on {data[:64]!r}", file=sys.stderr)
         dt = time.perf_counter() - t0
         bad += counts["other exception"]
-        print(f"{name:22s} {a.per_decoder:>9,} inputs  rejected {counts['rejected']:>9,}  "
+        print(f"{name:26s} {a.per_decoder:>9,} inputs  rejected {counts['rejected']:>9,}  "
               f"accepted {counts['accepted']:>7,}  other exceptions {counts['other exception']}  "
               f"({a.per_decoder / dt:,.0f}/s)")
     return 1 if bad else 0

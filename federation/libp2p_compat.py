@@ -30,6 +30,34 @@ Patches (applied once, by `apply()`; idempotent):
    proving the peer ID; bounded by AUTONAT_DIAL_TIMEOUT_S, at most AUTONAT_MAX_DIALS addresses)
    and close that connection.
 
+6. `Yamux` receive windows: py-libp2p 0.8.1 subtracts each DATA frame from the stream's
+   receive window and, when a peer sends past it, only logs "peer exceeded receive window"
+   and keeps buffering (a peer ignoring flow control grows the node ~1:1, 1 GB in 30 s). We
+   make every stream buffer check the frame against the window before it is buffered; a peer
+   that exceeds it gets its whole connection closed, as go-yamux and hashicorp/yamux do
+   (ErrRecvWindowExceeded ends the session). py-libp2p's window auto-tuning also grants up
+   to 16 MiB per stream after a few small reads (it doubles the target on every read within
+   4 RTT, which on a LAN is every read), so a stream whose reader took 8 bytes may legally
+   hold 16 MiB, x 64 streams. We cap the window at YAMUX_MAX_WINDOW (4 MiB, still 80 MB/s per
+   stream at 50 ms RTT) and a connection's buffered bytes over all its streams at
+   YAMUX_MAX_CONN_BUFFER (8 MiB); a peer past either is closed like a window violator.
+7. `SwarmConn._handle_muxed_stream`: py-libp2p caps outbound streams per connection (256)
+   but accepts any number of inbound ones, each a task and a buffer. Over the transport's
+   `max_inbound_streams_per_conn` (PeerGuard), a new inbound stream is reset at once.
+8. `Swarm.add_conn`: the connection gate. Every new connection (after the Noise handshake,
+   so the peer ID is proven) is checked against the transport's PeerGuard (blocked peers,
+   total / per-peer / per-IP limits) and closed if refused. py-libp2p's own resource manager
+   (rcmgr, on by default) allows 1000 connections and 10,000 streams with no per-peer or
+   per-IP bound, far more than a laptop should hold for strangers.
+9. `Pubsub.push_msg` also runs the transport's PeerGuard (see patch 2's wrapper): a message
+   from a blocked or over-rate forwarder is dropped before its signature is checked; a bad
+   signature (counted through the wrapped `signature_validator`, which py-libp2p calls with
+   the message only) and a message our validator refused lower the forwarder's gossipsub
+   score, and a forwarder below the graylist threshold is blocked.
+10. Log lines py-libp2p writes per offending message (gossipsub's "Rate limit exceeded for
+   peer", yamux's per-frame errors, a failed pubsub stream per stranger): at most 3 per kind
+   per minute pass (a filter on those loggers), so a flooder cannot fill the log.
+
 Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
 (for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
 splits incoming connections between the two processes. We refuse an occupied port up front.
@@ -37,20 +65,29 @@ splits incoming connections between the two processes. We refuse an occupied por
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import logging
 import socket
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
 
+from .log_limit import RateLimitedLog
+
 log = logging.getLogger("bitswarm.federation.libp2p_compat")
+_LOG = RateLimitedLog(log, burst=5, period_s=60.0)   # peers choose how often these fire
 
 SUPPORTED_LIBP2P_VERSION = "0.8.1"
 _RESET_TIMEOUT_S = 2.0
 AUTONAT_DIAL_TIMEOUT_S = 5.0
 AUTONAT_MAX_DIALS = 4        # addresses tried per dial-back request (all carry the requester's IP)
+GATE_CLOSE_TIMEOUT_S = 2.0   # closing a refused connection
+DEFAULT_MAX_INBOUND_STREAMS = 64   # per connection, for hosts without a PeerGuard
+YAMUX_MAX_WINDOW = 4 * 1024 * 1024        # receive window per stream, bytes (upstream: 16 MiB)
+YAMUX_MAX_CONN_BUFFER = 8 * 1024 * 1024   # unread bytes per connection, all streams together
 
 _applied = False
 # Originals, kept for the tests that pin upstream behaviour.
@@ -93,6 +130,11 @@ def apply() -> None:
     _hook_noise_encrypt()
     _announce_circuit_addrs()
     _autonat_dial_back_afresh()
+    _enforce_yamux_receive_window()
+    _limit_inbound_streams()
+    _gate_connections()
+    _count_bad_signatures()
+    _quiet_per_message_logs()
     _applied = True
     log.debug("libp2p %s compat patches applied", SUPPORTED_LIBP2P_VERSION)
 
@@ -137,8 +179,16 @@ def _guard_pubsub_push_msg() -> None:
 
     @functools.wraps(original)
     async def push_msg(self, msg_forwarder, msg) -> None:  # type: ignore[no-untyped-def]
+        guard = getattr(self, "_bitswarm_guard", None)
         try:
+            if guard is not None:                 # patch 9: before any signature check
+                forwarder = msg_forwarder.to_base58()
+                if not guard.admit_message(forwarder, len(msg.data), msg_forwarder):
+                    return
+                _FORWARDER.set((guard, forwarder))
             await original(self, msg_forwarder, msg)
+            if guard is not None:
+                guard.judge(forwarder, msg_forwarder)
         except Exception as error:  # noqa: BLE001 - a raising pubsub task crashes the service
             log.warning(
                 "dropped pubsub message forwarded by %s: %s: %s", msg_forwarder, type(error).__name__, error
@@ -212,6 +262,237 @@ def _autonat_dial_back_afresh() -> None:
         return None
 
     AutoNATService._try_dial = _try_dial  # type: ignore[method-assign]
+
+
+# ---- 6. yamux receive windows ------------------------------------------------------------
+
+
+class YamuxWindowExceeded(Exception):
+    """A peer sent more on a yamux stream than the receive window it was granted."""
+
+
+class _WindowedBuffer(bytearray):
+    """A yamux stream's receive buffer that refuses a frame larger than the stream's window.
+
+    py-libp2p 0.8.1 calls `extend(frame)` before subtracting the frame from `recv_window`, in
+    each of its three DATA paths (SYN, ACK, plain), so `recv_window` is still the credit the
+    peer had when it sent the frame."""
+
+    def __init__(self, conn) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self._conn = conn
+        self._sid: int | None = None
+
+    def extend(self, data) -> None:  # type: ignore[no-untyped-def, override]
+        stream = self._conn.streams.get(self._sid)
+        if stream is None:
+            return super().extend(data)
+        buffered = sum(map(len, self._conn.stream_buffers.values()))
+        if len(data) > stream.recv_window or buffered + len(data) > YAMUX_MAX_CONN_BUFFER:
+            peer = self._conn.peer_id
+            _LOG.log(logging.WARNING, f"window {peer}", "peer %s exceeded the yamux receive window "
+                     "on stream %d (%d bytes sent, %d granted, %d unread on the connection): "
+                     "connection closed", peer, self._sid, len(data), stream.recv_window, buffered)
+            # Shutting down makes handle_incoming stop after this frame (the raise is caught
+            # in its DATA path; the wrapped handle_incoming then closes the connection).
+            self._conn.event_shutting_down.set()
+            raise YamuxWindowExceeded(f"stream {self._sid}: {len(data)} bytes > window {stream.recv_window}")
+        super().extend(data)
+
+
+class _WindowedBuffers(dict):
+    """Yamux.stream_buffers whose every new buffer is a _WindowedBuffer."""
+
+    def __init__(self, conn) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self._conn = conn
+
+    def __setitem__(self, stream_id, buf) -> None:  # type: ignore[no-untyped-def]
+        if not isinstance(buf, _WindowedBuffer):
+            wrapped = _WindowedBuffer(self._conn)
+            wrapped += buf
+            buf = wrapped
+        buf._sid = stream_id
+        super().__setitem__(stream_id, buf)
+
+
+def _enforce_yamux_receive_window() -> None:
+    import libp2p.stream_muxer.yamux.yamux as yamux_module
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    ORIGINALS["yamux.MAX_WINDOW_SIZE"] = yamux_module.MAX_WINDOW_SIZE
+    yamux_module.MAX_WINDOW_SIZE = YAMUX_MAX_WINDOW     # read as a module global by auto-tuning
+
+    original_init, original_incoming = Yamux.__init__, Yamux.handle_incoming
+    ORIGINALS["Yamux.__init__"] = original_init
+    ORIGINALS["Yamux.handle_incoming"] = original_incoming
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
+        self.stream_buffers = _WindowedBuffers(self)
+
+    @functools.wraps(original_incoming)
+    async def handle_incoming(self) -> None:  # type: ignore[no-untyped-def]
+        await original_incoming(self)
+        # Upstream's loop ends without closing the connection when its DATA path swallowed
+        # the YamuxWindowExceeded raised above: close it here (upstream's own error cleanup).
+        if self.event_shutting_down.is_set() and not self.event_closed.is_set():
+            await self._cleanup_on_error()
+
+    Yamux.__init__ = __init__  # type: ignore[method-assign]
+    Yamux.handle_incoming = handle_incoming  # type: ignore[method-assign]
+
+
+# ---- 7. inbound streams per connection --------------------------------------------------
+
+
+def _limit_inbound_streams() -> None:
+    from libp2p.network.connection.swarm_connection import SwarmConn
+
+    original = SwarmConn._handle_muxed_stream
+    ORIGINALS["SwarmConn._handle_muxed_stream"] = original
+
+    @functools.wraps(original)
+    async def _handle_muxed_stream(self, muxed_stream) -> None:  # type: ignore[no-untyped-def]
+        guard = getattr(self.swarm, "_bitswarm_guard", None)
+        cap = guard.limits.max_inbound_streams_per_conn if guard is not None else DEFAULT_MAX_INBOUND_STREAMS
+        open_now = getattr(self, "_bitswarm_inbound", 0)
+        if open_now >= cap:
+            if guard is not None:
+                guard.stream_refused(str(self.muxed_conn.peer_id))
+            with trio.move_on_after(GATE_CLOSE_TIMEOUT_S):
+                try:
+                    await muxed_stream.reset()
+                except Exception as e:  # noqa: BLE001 - the stream may be gone already
+                    log.debug("resetting a stream over the cap failed: %s", e)
+            return
+        self._bitswarm_inbound = open_now + 1
+        try:
+            await original(self, muxed_stream)
+        finally:
+            self._bitswarm_inbound -= 1
+
+    SwarmConn._handle_muxed_stream = _handle_muxed_stream  # type: ignore[method-assign]
+
+
+# ---- 8. the connection gate --------------------------------------------------------------
+
+
+def _remote_ip(muxed_conn) -> str | None:  # type: ignore[no-untyped-def]
+    try:
+        addr = muxed_conn.secured_conn.get_remote_address()
+        return str(addr[0]) if addr else None
+    except Exception:  # noqa: BLE001 - not every transport knows
+        return None
+
+
+def _gate_connections() -> None:
+    from libp2p.network.swarm import Swarm, SwarmException
+    from libp2p.rcmgr import Direction
+
+    original = Swarm.add_conn
+    ORIGINALS["Swarm.add_conn"] = original
+
+    @functools.wraps(original)
+    async def add_conn(self, muxed_conn, direction: str = "unknown"):  # type: ignore[no-untyped-def]
+        guard = getattr(self, "_bitswarm_guard", None)
+        if guard is None:
+            return await original(self, muxed_conn, direction)
+        peer = muxed_conn.peer_id
+        existing = self.connections.get(peer, [])
+        if any(c.muxed_conn is muxed_conn for c in existing):     # add_conn dedups
+            return await original(self, muxed_conn, direction)
+        # Connections admitted but still inside add_conn (it awaits before registering them)
+        # count too, or a burst of handshakes finishing together would all pass.
+        pending = self.__dict__.setdefault("_bitswarm_pending", {})
+        ip = _remote_ip(muxed_conn)
+        inbound = direction == "inbound"
+        live = [c for conns in self.connections.values() for c in conns]
+        registered = {id(c.muxed_conn) for c in live}
+        known = [(c.muxed_conn.peer_id, _remote_ip(c.muxed_conn), c.direction == Direction.INBOUND)
+                 for c in live] + [v for k, v in pending.items() if k not in registered]
+        from_ip = sum(1 for _p, i, inb in known if inb and ip is not None and i == ip)
+        of_peer = sum(1 for p, _i, _inb in known if p == peer)
+        reason = guard.connection_refusal(str(peer), ip, inbound, len(known), of_peer, from_ip)
+        if reason is None:
+            pending[id(muxed_conn)] = (peer, ip, inbound)
+            try:
+                return await original(self, muxed_conn, direction)
+            finally:
+                pending.pop(id(muxed_conn), None)
+        with trio.CancelScope(shield=True), trio.move_on_after(GATE_CLOSE_TIMEOUT_S):
+            try:
+                await muxed_conn.close()
+            except Exception as e:  # noqa: BLE001
+                log.debug("closing a refused connection failed: %s", e)
+        if inbound:
+            return None                   # the listener ignores add_conn's result
+        raise SwarmException(f"connection to {peer} refused: {reason}")
+
+    Swarm.add_conn = add_conn  # type: ignore[method-assign]
+
+
+# ---- 9. bad signatures count against the forwarder --------------------------------------
+
+# (guard, forwarder base58) of the push_msg task running now; trio gives each task its own
+# context, so concurrent push_msg tasks do not see each other's value.
+_FORWARDER: contextvars.ContextVar = contextvars.ContextVar("bitswarm_forwarder", default=None)
+
+
+def _count_bad_signatures() -> None:
+    import libp2p.pubsub.pubsub as pubsub_module
+
+    original = pubsub_module.signature_validator
+    ORIGINALS["pubsub.signature_validator"] = original
+
+    @functools.wraps(original)
+    def signature_validator(msg) -> bool:  # type: ignore[no-untyped-def]
+        ok = original(msg)
+        if not ok:
+            current = _FORWARDER.get()
+            if current is not None:
+                current[0].on_bad_signature(current[1])
+        return ok
+
+    pubsub_module.signature_validator = signature_validator
+
+
+# ---- 10. py-libp2p's own per-message log lines ------------------------------------------
+
+# Lines py-libp2p 0.8.1 writes once per offending message or connection, at WARNING/ERROR,
+# so a flooder chooses how fast they fill the log; keyed by their opening words.
+_PER_MESSAGE_LOGS = {
+    "libp2p.pubsub.gossipsub": ("Rate limit exceeded for peer",),
+    "libp2p.stream_muxer.yamux.yamux": ("Error reading data for stream", "Error in handle_incoming"),
+    "libp2p.host.basic_host": ("Failed to open stream to peer",),
+}
+
+
+class _RateLimitFilter(logging.Filter):
+    """Passes at most `burst` records per key per `period_s`; the rest are dropped."""
+
+    def __init__(self, prefixes: tuple[str, ...], burst: int = 3, period_s: float = 60.0) -> None:
+        super().__init__()
+        self.prefixes, self.burst, self.period_s = prefixes, burst, period_s
+        self._windows: dict[str, list] = {}      # prefix -> [window start, records passed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        prefix = next((p for p in self.prefixes if text.startswith(p)), None)
+        if prefix is None:
+            return True
+        now = time.monotonic()
+        window = self._windows.setdefault(prefix, [now, 0])
+        if now - window[0] >= self.period_s:
+            window[:] = [now, 0]
+        window[1] += 1
+        return window[1] <= self.burst
+
+
+def _quiet_per_message_logs() -> None:
+    for name, prefixes in _PER_MESSAGE_LOGS.items():
+        logging.getLogger(name).addFilter(_RateLimitFilter(prefixes))
 
 
 def ensure_tcp_port_free(ip: str, port: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .peer_guard import GuardLimits
+
 
 @dataclass
 class TransportConfig:
@@ -17,6 +19,8 @@ class TransportConfig:
     dial_timeout_s: float = 10.0  # per dial attempt, seconds
     psk: str | None = None  # 64 hex chars: private network (pnet); None = public
     relay: bool = False  # also relay for others (circuit relay v2 HOP); see transport/nat.py
+    # gossip rate, connection and stream limits, block time (peer_guard.py)
+    limits: GuardLimits = field(default_factory=GuardLimits)
 
     def __post_init__(self) -> None:
         if not self.topic:

@@ -37,12 +37,14 @@ from .config import TransportConfig
 from .errors import ConnectError, TransportError
 from .nat import NatTraversal, is_circuit
 from .payload_protocol import PAYLOAD_PROTOCOL_ID, PayloadServer, fetch_payload
+from .peer_guard import PeerGuard, score_params
 
 log = logging.getLogger("bitswarm.federation.transport")
 
 MAX_GOSSIP_BYTES = 256 * 1024  # py-libp2p drops gossip > 1 MiB silently; stay far below
 MESSAGE_BUFFER = 256  # gossip messages held for the consumer before new ones are dropped
 PUBLISH_TIMEOUT_S = 10.0
+DISCONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Transport:
         router: GossipSub,
         nursery: trio.Nursery,
         nat: NatTraversal | None = None,
+        guard: PeerGuard | None = None,
     ) -> None:
         self.peer_id = peer_id_of(key_pair)
         self.config = config
@@ -83,6 +86,7 @@ class Transport:
         self._router = router
         self._nursery = nursery
         self._nat = nat
+        self.guard = guard if guard is not None else PeerGuard(config.limits, topic=config.topic)
         self._payload_server = PayloadServer(on_sent=self._count_sent)
         self._msg_send, self._msg_recv = trio.open_memory_channel[GossipMessage](MESSAGE_BUFFER)
         self._dropped_messages = 0
@@ -149,6 +153,25 @@ class Transport:
         """
         return await fetch_payload(self._host, peer_id, request, max_bytes=max_bytes,
                                    timeout_s=timeout_s, on_received=self._count_received)
+
+    def blocked_peers(self) -> list[str]:
+        """Peers (base58) blocked now for misbehaving (peer_guard.py)."""
+        return self.guard.blocked_peers()
+
+    def _disconnect_soon(self, peer_id: str) -> None:
+        self._nursery.start_soon(self._disconnect, peer_id)
+
+    async def _disconnect(self, peer_id: str) -> None:
+        with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+            try:
+                await self._host.disconnect(ID.from_base58(peer_id))
+            except Exception as e:  # noqa: BLE001 - it may be gone already
+                log.debug("disconnecting %s failed: %s", peer_id, e)
+
+    async def _expire_blocks(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self.guard.expire()
 
     def _count_received(self, n: int) -> None:
         self.bytes_received += n
@@ -319,8 +342,17 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig, *,
         # Adaptive gossip raises the heartbeat to 30-60 s when "network health" is low,
         # which is always the case in a handful of peers: keep our interval.
         adaptive_gossip_enabled=False,
+        score_params=score_params(),          # py-libp2p's defaults are all zero
+        # Its own sliding 1 s limit (default 10/s, penalty 5 per message over) would bind
+        # before our token bucket and punish honest relays' bursts: let ours decide.
+        max_messages_per_topic_per_second=config.limits.gossip_msgs_burst,
     )
     pubsub = Pubsub(host, router, max_inbound_rpc_size=2 * MAX_GOSSIP_BYTES)
+    # The hooks in libp2p_compat (patches 7-9) find the guard on the swarm and on pubsub.
+    guard = PeerGuard(config.limits, topic=config.topic)
+    guard.scorer, guard.pubsub = router.scorer, pubsub
+    host.get_network()._bitswarm_guard = guard  # type: ignore[attr-defined]
+    pubsub._bitswarm_guard = guard  # type: ignore[attr-defined]
 
     # An error raised in the caller's block is held here and re-raised after shutdown: libp2p's
     # own context managers cancel their nurseries while unwinding, and a Cancelled raised during
@@ -333,13 +365,15 @@ async def open_transport(key_pair: KeyPair, config: TransportConfig, *,
             with trio.fail_after(10):
                 await pubsub.wait_until_ready()
             await nursery.start(nat.run)
-            transport = Transport(key_pair, config, host, pubsub, router, nursery, nat)
+            transport = Transport(key_pair, config, host, pubsub, router, nursery, nat, guard)
+            guard._block_peer = transport._disconnect_soon
             pubsub.set_topic_validator(config.topic, transport._validate, False)
             subscription = await pubsub.subscribe(config.topic)
             host.set_stream_handler(PAYLOAD_PROTOCOL_ID, transport._payload_server.handle)
             transport.listen_multiaddrs = [str(a) for a in host.get_addrs()]
             nursery.start_soon(transport._pump_messages, subscription)
             nursery.start_soon(discovery.run, transport)
+            nursery.start_soon(transport._expire_blocks)
             log.info("transport %s listening on %s", transport.peer_id, transport.listen_multiaddrs)
             try:
                 yield transport

@@ -35,7 +35,10 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
+from ..log_limit import RateLimitedLog
+
 log = logging.getLogger("bitswarm.federation.transport")
+_PATH_LOG = RateLimitedLog(log, burst=10, period_s=60.0)
 
 # py-libp2p's relay, DCUtR and AutoNAT log every failed attempt at ERROR/WARNING (a hole punch
 # that cannot succeed is expected behind a symmetric NAT): we log the outcome ourselves.
@@ -214,7 +217,10 @@ class NatTraversal:
             old = self.paths.get(peer)
             if old != path:
                 how = " (hole punch: upgraded from relayed)" if old == RELAYED else ""
-                log.info("peer %s: connection is %s%s", peer, path, how)
+                if path == DIRECT and not how:      # strangers choose how often: rate-limited
+                    _PATH_LOG.log(logging.INFO, "direct path", "peer %s: connection is %s", peer, path)
+                else:
+                    log.info("peer %s: connection is %s%s", peer, path, how)
         self.paths = now
 
     @staticmethod

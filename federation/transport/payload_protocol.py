@@ -59,24 +59,10 @@ async def fetch_payload(host: IHost, peer_id: str, request: bytes, *, max_bytes:
         with trio.fail_after(timeout_s):
             stream = await host.new_stream(target, [PAYLOAD_PROTOCOL_ID])
             await stream.write(_U32.pack(len(request)) + request)
-            status, total = _RESPONSE_HEADER.unpack(await _read_exactly(stream, _RESPONSE_HEADER.size))
-            if status == STATUS_NOT_FOUND:
-                raise FetchError("not_found", f"peer {peer_id} has no payload for request {request[:64]!r}")
-            if status == STATUS_ERROR:
-                raise FetchError("remote_error", f"peer {peer_id} failed to produce the payload")
-            if status != STATUS_OK:
-                raise FetchError("protocol", f"unknown status byte {status}")
-            if total > max_bytes:
-                raise FetchError("oversize", f"payload of {total} bytes exceeds max_bytes={max_bytes}")
-            data = bytearray()
-            while len(data) < total:
-                (n,) = _U32.unpack(await _read_exactly(stream, 4))
-                if not 0 < n <= min(CHUNK_BYTES, total - len(data)):
-                    raise FetchError("protocol", f"bad chunk length {n} ({len(data)}/{total} received)")
-                data += await _read_exactly(stream, n)
-                on_received(n)
+            data = await read_response(stream, max_bytes=max_bytes, on_received=on_received,
+                                       what=f"peer {peer_id}, request {request[:64]!r}")
             done = True
-            return bytes(data)
+            return data
     except trio.TooSlowError:
         raise FetchError("timeout", f"fetch from {peer_id} exceeded {timeout_s} s") from None
     except FetchError:
@@ -103,13 +89,13 @@ class PayloadServer:
         peer = _peer_str(stream)
         try:
             with trio.fail_after(SERVE_IO_TIMEOUT_S):
-                (n,) = _U32.unpack(await _read_exactly(stream, 4))
-                if n > MAX_REQUEST_BYTES:
-                    _LOG.log(logging.WARNING, "oversized payload request", "payload request of %d "
-                             "bytes from %s refused (max %d)", n, peer, MAX_REQUEST_BYTES)
+                try:
+                    request = await read_request(stream)
+                except FetchError as e:
+                    _LOG.log(logging.WARNING, "oversized payload request", "payload request from "
+                             "%s refused: %s", peer, e)
                     await _close_stream(stream, reset=True)
                     return
-                request = await _read_exactly(stream, n)
             async with self._serve_slots:
                 payload, status = self._lookup(request, peer)
                 with trio.fail_after(SERVE_IO_TIMEOUT_S):
@@ -137,6 +123,56 @@ class PayloadServer:
         if payload is None:
             return b"", STATUS_NOT_FOUND
         return bytes(payload), STATUS_OK
+
+
+# ---- framing (any object with `async read(n) -> bytes`, b"" at end of stream) -----------
+
+
+async def read_request(stream) -> bytes:  # type: ignore[no-untyped-def]
+    """Read one request frame (u32 length + bytes) -> the request (<= MAX_REQUEST_BYTES).
+
+    Raises:
+        FetchError('oversize'): the announced length exceeds MAX_REQUEST_BYTES (nothing more
+            is read).
+        EOFError: the stream ended inside the frame.
+    """
+    (n,) = _U32.unpack(await _read_exactly(stream, 4))
+    if n > MAX_REQUEST_BYTES:
+        raise FetchError("oversize", f"request of {n} bytes exceeds {MAX_REQUEST_BYTES}")
+    return await _read_exactly(stream, n)
+
+
+async def read_response(stream, *, max_bytes: int, on_received: Callable[[int], None],  # type: ignore[no-untyped-def]
+                        what: str = "peer") -> bytes:
+    """Read one response (status, u64 total, chunks) -> the payload, `total` bytes.
+
+    Memory is bounded by `max_bytes` whatever the peer announces: an oversized total is
+    refused before any chunk is read, and each chunk length is checked against what is left.
+    `on_received(n)` is called per chunk of n bytes; `what` names the peer in errors.
+
+    Raises:
+        FetchError: 'not_found' / 'remote_error' (status 1 / 2), 'protocol' (unknown status,
+            a chunk length of 0, over CHUNK_BYTES or past `total`), 'oversize' (total >
+            max_bytes).
+        EOFError: the stream ended early.
+    """
+    status, total = _RESPONSE_HEADER.unpack(await _read_exactly(stream, _RESPONSE_HEADER.size))
+    if status == STATUS_NOT_FOUND:
+        raise FetchError("not_found", f"{what}: no such payload")
+    if status == STATUS_ERROR:
+        raise FetchError("remote_error", f"{what}: the peer failed to produce the payload")
+    if status != STATUS_OK:
+        raise FetchError("protocol", f"{what}: unknown status byte {status}")
+    if total > max_bytes:
+        raise FetchError("oversize", f"payload of {total} bytes exceeds max_bytes={max_bytes}")
+    data = bytearray()
+    while len(data) < total:
+        (n,) = _U32.unpack(await _read_exactly(stream, 4))
+        if not 0 < n <= min(CHUNK_BYTES, total - len(data)):
+            raise FetchError("protocol", f"bad chunk length {n} ({len(data)}/{total} received)")
+        data += await _read_exactly(stream, n)
+        on_received(n)
+    return bytes(data)
 
 
 async def _read_exactly(stream: INetStream, n: int) -> bytes:
