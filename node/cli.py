@@ -221,6 +221,7 @@ def node_config(values: dict):
         swarm=v["swarm"], data=v["data"], data_dir=v["data_dir"], model=v["model"],
         listen=v["listen"], peers=list(v["peer"]), bootstrap=list(v["bootstrap"]), mdns=v["mdns"],
         relay=v["relay"], metrics=v["metrics"], rounds=v["rounds"],
+        max_conns_per_ip=v["max_conns_per_ip"],
         allow=read_allow_list(v["allow"], v["allow_file"]),
         swarm_key=None if v["swarm_key"] is None else read_swarm_key(v["swarm_key"]),
         local_steps=v["local_steps"], lr=v["lr"],

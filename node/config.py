@@ -24,6 +24,7 @@ class NodeConfig:
     allow: frozenset[str] | None = None     # peer IDs whose updates count; None = any member
     swarm_key: str | None = None            # pnet pre-shared key, 64 hex chars; None = public
     metrics: str | None = None              # HOST:PORT of a Prometheus endpoint; None = off
+    max_conns_per_ip: int = 16              # inbound connections from one IP (peer_guard)
     rounds: int | None = None               # federated rounds; None = until stopped
     local_steps: int = 20                   # optimizer steps per round
     lr: float = 1e-3                        # AdamW learning rate
@@ -54,6 +55,7 @@ class NodeConfig:
             raise ValueError(f"--swarm must be 1-64 printable characters, got {self.swarm!r}")
         checks = {   # flag: (value, ok); the expected form is the setting's (node/settings.py)
             "--rounds": (self.rounds, self.rounds is None or self.rounds >= 1),
+            "--max-conns-per-ip": (self.max_conns_per_ip, self.max_conns_per_ip >= 1),
             "--local-steps": (self.local_steps, self.local_steps >= 1),
             "--lr": (self.lr, 0 < self.lr < 1),
             "--min-peers": (self.min_peers, self.min_peers >= 0),

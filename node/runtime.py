@@ -37,7 +37,7 @@ from bitswarm.federation.privacy import GaussianRDPAccountant, clip_and_noise
 from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
 from bitswarm.federation.state_hash import adapter_sha256
-from bitswarm.federation.transport import TransportConfig, open_transport
+from bitswarm.federation.transport import GuardLimits, TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
 from bitswarm.kernels.backend import select_backend
 from bitswarm.formats.peft_adapter import save_adapter
@@ -181,7 +181,8 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                  cfg.rounds - 1, cfg.data_dir)
         return ServeOutcome(0)
     tcfg = TransportConfig(listen=cfg.listen, topic=swarm_topic(cfg.swarm), psk=cfg.swarm_key,
-                           relay=cfg.relay)
+                           relay=cfg.relay,
+                           limits=GuardLimits(max_conns_per_ip=cfg.max_conns_per_ip))
     dialed = [*cfg.peers, *cfg.bootstrap]
     discovery = SwarmDHT(dialed, cfg.swarm)
     if cfg.mdns:

@@ -179,6 +179,9 @@ START: tuple[Setting, ...] = (
             "FILE`): only nodes holding the same key can connect", "a swarm key file"),
     Setting("allow_file", _opt_path, None, "file of allowed peer IDs, one per line (# comments)",
             "a text file of peer IDs"),
+    Setting("max_conns_per_ip", _int, 16, "inbound connections accepted from one IP address "
+            "(raise it for many nodes behind one NAT, or many local nodes on 127.0.0.1)",
+            "an integer >= 1"),
     Setting("metrics", _hostport, None, "serve the node's status as Prometheus metrics at "
             "HOST:PORT (e.g. 127.0.0.1:9464)", "HOST:PORT"),
     Setting("rounds", _opt_int, None, "federated rounds to run (default: until Ctrl-C)",

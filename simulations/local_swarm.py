@@ -157,7 +157,8 @@ def run_swarm(run_dir: Path, *, nodes: int = 3, rounds: int = 3, files_per_node:
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     docs = prepare_documents(run_dir, nodes, files_per_node, topic=topic, eval_files=eval_files)
-    args = ["--rounds", str(rounds), "--min-peers", str(nodes - 1), *node_args]
+    args = ["--rounds", str(rounds), "--min-peers", str(nodes - 1),
+            "--max-conns-per-ip", str(max(16, 2 * nodes)), *node_args]
     procs: list[NodeProc] = []
 
     # N nodes share this machine's cores: give each node's BLAS its share instead of letting

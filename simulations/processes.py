@@ -77,7 +77,9 @@ def node_args(s: Scenario) -> list[str]:
             "--rank", str(s.rank), "--alpha", str(s.alpha), "--codec", s.codec,
             "--topk-fraction", str(s.topk_fraction), "--aggregation", s.aggregation,
             "--outer-lr", str(s.outer_lr), "--outer-momentum", str(s.outer_momentum),
-            "--round-timeout", str(s.round_timeout_s), "--device", "cpu"]
+            "--round-timeout", str(s.round_timeout_s), "--device", "cpu",
+            # every node dials from 127.0.0.1 (or the lab's /16): one IP, many peers
+            "--max-conns-per-ip", str(max(16, 2 * s.nodes))]
     if s.freeze_a:
         args.append("--freeze-a")
     if s.dp_clip:
