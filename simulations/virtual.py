@@ -55,7 +55,8 @@ class VNode:
 
 def membership(s: Scenario) -> list[dict[str, set[int]]]:
     """Per round: {"leave", "crash", "join"} node sets, from [[churn]] and churn_fraction
-    (each round a fresh random share of the nodes is away; seeded)."""
+    (each round after the first, ceil(churn_fraction x nodes) nodes drawn afresh are away;
+    seeded)."""
     rng = np.random.default_rng(s.seed + 99)
     first = s.nodes if s.initial_nodes == -1 else s.initial_nodes
     online = set(range(first))
@@ -63,8 +64,9 @@ def membership(s: Scenario) -> list[dict[str, set[int]]]:
     for r in range(s.rounds):
         ev = {"leave": set(), "crash": set(), "join": set()}
         if s.churn_fraction and r > 0:
-            away = set(rng.choice(s.nodes, size=int(round(s.churn_fraction * s.nodes)),
-                                  replace=False).tolist())
+            # At least the stated share: 30% of 8 nodes is 3 away, not 2.
+            k = min(s.nodes - 1, math.ceil(s.churn_fraction * s.nodes - 1e-9))
+            away = set(rng.choice(s.nodes, size=k, replace=False).tolist())
             ev["leave"] = online & away
             ev["join"] = set(range(s.nodes)) - away - online
         for e in s.churn:
