@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="wall-clock budget for the training loop (export and eval come after)")
     ap.add_argument("--steps", type=int, default=None, help="override train.steps")
+    ap.add_argument("--max-train-tokens", type=int, default=None,
+                    help="train on the first N tokens of train.bin only (its documents are in a "
+                         "fixed shuffled order, so a prefix is a random subset of documents)")
     ap.add_argument("--full-eval", action="store_true",
                     help="also run the README eval protocol on corpus/heldout/*.txt at the end")
     args = ap.parse_args(argv)
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     total = int(args.steps or t["steps"])
     B, T = int(t["batch_size"]), int(t["ctx"])
     tok_json = (args.corpus / "tokenizer.json").read_text(encoding="utf-8")
-    train = np.fromfile(args.corpus / "train.bin", dtype=np.uint16)
+    train = np.fromfile(args.corpus / "train.bin", dtype=np.uint16,
+                        count=args.max_train_tokens or -1)
     held = np.fromfile(args.corpus / "heldout.bin", dtype=np.uint16).astype(np.int32)
     if int(train.max()) >= cfg.vocab_size:
         raise SystemExit(f"corpus token id {int(train.max())} >= vocab_size {cfg.vocab_size}")
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     latent = model.latent_numpy()
     save_bitnet(to_weights(cfg, latent), args.out / "model", tokenizer_json=tok_json)
     summary = {"params": n_params, "steps": step, "tokens_seen": tokens, "train_seconds": train_s,
+               "train_tokens_available": int(train.size),
                "device": dev_name, "backend": be.name, "final_train_loss": float(np.mean(losses[-20:])),
                "heldout_loss_windows": heldout_loss(model, ev_windows, B), "config": str(args.config)}
     if args.full_eval and (args.corpus / "heldout").is_dir():

@@ -103,7 +103,7 @@ def test_layout_is_llama_cpp_bitnet(tmp_path, hf_model):
 
 
 def test_tokenizer_round_trip_with_merges(tmp_path):
-    """The default model's BPE (3837 merges, GPT-2 byte-level regex) survives as gpt2 /
+    """The default model's BPE (7933 merges, GPT-2 byte-level regex) survives as gpt2 /
     gpt-2: the tokenizer rebuilt from the GGUF encodes like tokenizer.json."""
     ref = load_tokenizer(PACKAGED)
     out = write_gguf_model(tmp_path / "d.gguf", load_bitnet(PACKAGED),
