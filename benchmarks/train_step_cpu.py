@@ -25,7 +25,7 @@ Set-up of the baseline venv (CPU wheels; plain PyPI when the PyTorch CPU index i
     .venv-bench/bin/pip install transformers peft accelerate
 
 Shapes: "default" is the shipped default model (node/default_model/config.json: D 384, I 1024,
-8 layers, 6 / 2 heads of 64, vocab 4096); the others come from benchmarks/shapes.py.
+10 layers, 6 / 2 heads of 64, vocab 8192); the others come from benchmarks/shapes.py.
 """
 from __future__ import annotations
 
