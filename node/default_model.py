@@ -47,7 +47,7 @@ def ensure_default_model(model_dir: Path) -> Path:
         for f in FILES:
             copy_file_atomic(PACKAGED_DIR / f, model_dir / f)
         log.warning("no --model given: using the built-in default (BitNet b1.58, %.1fM params, "
-                    "pretrained on Python docs; docs/default-model.md), copied to %s",
+                    "pretrained on English prose and technical docs; docs/default-model.md), copied to %s",
                     DEFAULT_CONFIG.num_parameters() / 1e6, model_dir)
     else:
         log.info("no --model given: using the built-in default at %s", model_dir)
