@@ -1,4 +1,5 @@
-"""What a running node saw of its swarm: one log line per peer connected / disconnected and per
+"""What a running node saw of its swarm: a log line per peer connected / disconnected (at most
+20 a minute of each) and per
 peer joining the swarm's gossipsub topic, and the facts behind `node start`'s network verdict
 (exit code 3, node/cli.py): was any peer ever met, did any join the swarm, did any update count.
 """
@@ -10,7 +11,12 @@ from typing import Any
 
 import trio
 
+from bitswarm.federation.log_limit import RateLimitedLog
+
 log = logging.getLogger("bitswarm.node")
+# A connection flood (fresh identities are free) must not write a line per connection: at
+# most 20 per kind a minute, the suppressed count reported when lines resume.
+_CONN_LOG = RateLimitedLog(log, burst=20, period_s=60.0)
 
 NO_PEER_WARN_S = 30.0   # without any peer this long, say so (again every 10 minutes)
 POLL_S = 1.0     # how often the connection and topic tables are read, status.json written (s)
@@ -34,9 +40,11 @@ class SwarmWatch:
     def poll(self, transport) -> None:
         now, members = set(transport.connected_peers()), set(transport.topic_peers())
         for p in sorted(now - self.peers):
-            log.info("peer connected: %s (%d connected)", p, len(now))
+            _CONN_LOG.log(logging.INFO, "connected", "peer connected: %s (%d connected)", p,
+                          len(now))
         for p in sorted(self.peers - now):
-            log.info("peer disconnected: %s (%d connected)", p, len(now))
+            _CONN_LOG.log(logging.INFO, "disconnected", "peer disconnected: %s (%d connected)",
+                          p, len(now))
         for p in sorted(members - self.members):
             log.info("peer %s joined the swarm (%d member(s) seen now)", p, len(members))
         self.peers, self.members = now, members
