@@ -374,8 +374,9 @@ class RoundCoordinator:
         Raises ValueError (bad round, tokens or delta; rounds must increase), RuntimeError
         (run() not started, or another exchange in progress) and SwarmMovedOn (the swarm's
         head is SERVED_ROUNDS or more rounds ahead: catch up instead); with secure
-        aggregation, RoundAbandoned (too few members or survivors: nothing was revealed, the
-        node still holds G_round). Other peer failures never raise.
+        aggregation, RoundAbandoned (too few members or survivors: nothing was revealed; the
+        round passed empty, the node holds G_{round+1} = G_round). Other peer failures never
+        raise.
         """
         if not self._running:
             raise RuntimeError("start RoundCoordinator.run in a nursery before exchange")
@@ -548,7 +549,10 @@ class RoundCoordinator:
             self._intake.close(round)
             self._secagg.close(round)
         if abandoned is not None:
+            # The round passes empty (G_{r+1} = G_r, the same bits on every node that abandons
+            # it): the next round's keys are fresh and its messages never mix with this one's.
             log.warning("round %d: secure aggregation abandoned: %s", round, abandoned.reason)
+            self._set_state(round + 1, self._state)
             raise abandoned
         return self._finish(round, ex, record, aggregate, adapter, sent0, received0)
 

@@ -79,8 +79,9 @@ def threshold(n: int) -> int:
 
 class RoundAbandoned(Exception):
     """A secure round ended without a sum: too few members, too few survivors (< t), or the
-    reveals did not rebuild. Nothing of it was revealed. The node still holds G_round and
-    takes part in the next round from it. `reason` says why."""
+    reveals did not rebuild. Nothing of it was revealed. The round passes empty: the node
+    then holds G_{round+1} = G_round (same bits) and takes part in the next round from it.
+    `reason` says why."""
 
     def __init__(self, round: int, reason: str) -> None:
         super().__init__(f"round {round} abandoned: {reason}")

@@ -227,7 +227,7 @@ def test_fewer_than_t_survivors_abandon_the_round_and_reveal_nothing(caplog):
             for e in err.values():
                 assert "below the threshold 3" in e.reason
             assert [coords[i].adapter_sha256 for i in (0, 1)] == held[:2]
-            assert coords[0].round == 0              # still G_0; round 1 starts from it
+            assert coords[0].round == 1              # the round passed empty: G_1 = G_0
             n.cancel_scope.cancel()
         sent = {(decode_message(d).sender, decode_message(d).kind)
                 for _, d in net.published if d[:4] == SECAGG_MAGIC}
