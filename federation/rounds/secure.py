@@ -134,18 +134,22 @@ class SecureRound:
         await publish(self.c.transport, data, self.round, self.c.fetch_timeout_s)
         return decode_message(data)
 
+    async def _next_event(self, timeout_s: float) -> None:
+        """Return at the next secure-aggregation gossip or exchange event, or after timeout_s."""
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as n:
+                async def wake(ev):
+                    await ev.wait()
+                    n.cancel_scope.cancel()
+                n.start_soon(wake, self.sa.changed)
+                n.start_soon(wake, self.ex.changed)
+
     async def _until(self, done, timeout_s: float) -> bool:
-        """Wait until done() (re-checked on every secagg or exchange event); False at the
-        deadline."""
+        """Wait until done() (re-checked on every secagg or exchange event, and every
+        republish interval); False at the deadline."""
         with trio.move_on_after(timeout_s):
             while not done():
-                with trio.move_on_after(self.c.republish_interval_s):
-                    async with trio.open_nursery() as n:
-                        async def wake(ev):
-                            await ev.wait()
-                            n.cancel_scope.cancel()
-                        n.start_soon(wake, self.sa.changed)
-                        n.start_soon(wake, self.ex.changed)
+                await self._next_event(self.c.republish_interval_s)
             return True
         return done()
 
@@ -251,7 +255,7 @@ class SecureRound:
             while result is None:
                 result = await self._try_unmask()
                 if result is None:
-                    await self._until(lambda: False, c.republish_interval_s)
+                    await self._next_event(c.republish_interval_s)
         if result is None:
             if self.ex.records:
                 return await self._adopt_only()
