@@ -13,8 +13,10 @@ Phases of round r on one member (messages: secagg/messages.py; every wait has a 
      w = our tokens / the cohort's; the payload (naming C) is served by content hash and
      announced by a signed UpdateManifest (codec secagg-masked/1). Close when every member of C
      masked for C, or at round_timeout_s. S = the members whose masked input for C we hold.
-  4. unmask: if |S| >= t(|C|), gossip, once per round, our shares of b_v for v in S and of
-     s_v for v in C \\ S (never both for one member). Every node that holds t shares of each
+  4. consistency + unmask: if |S| >= t(|C|), gossip our one vote "S survived" (Bonawitz et
+     al.'s consistency check). Once t members of some S' voted for the same S' (at most one
+     set can: t is a majority, each votes once), gossip, once per round, our shares of b_v
+     for v in S' and of s_v for v in C \\ S' (never both for one member). Every node that holds t shares of each
      member sums the masked inputs of S, removes the masks, checks each rebuilt secret (b
      against its commitment, s against its public key), dequantizes and divides by the
      survivors' weight: FedAvg of S. Fewer than t survivors: the round is abandoned
@@ -120,6 +122,7 @@ class SecureRound:
         self.keys_msgs: dict[str, SecAggMessage] = {}
         self.shares_msgs: dict[str, SecAggMessage] = {}
         self._computed: dict[tuple[str, ...], tuple[dict, dict]] = {}
+        self._own_sent: list[SecAggMessage] = []
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -131,8 +134,10 @@ class SecureRound:
                               base_adapter=self.base, rule=self.c.rule_name, sender=self.me,
                               issued_at=int(self.c._clock()), key_pair=self.c.key_pair, **fields)
         self.c._served.secagg.setdefault(self.round, []).append(data)
+        msg = decode_message(data)
+        self._own_sent.append(msg)
         await publish(self.c.transport, data, self.round, self.c.fetch_timeout_s)
-        return decode_message(data)
+        return msg
 
     async def _next_event(self, timeout_s: float) -> None:
         """Return at the next secure-aggregation gossip or exchange event, or after timeout_s."""
@@ -243,17 +248,31 @@ class SecureRound:
                                      f"{len(self.cohort)} members arrived; below the "
                                      f"threshold {t}: nothing is revealed")
         else:
-            # 4. unmask: once per round, for this one survivor set.
-            reveal = []
-            for v in self.cohort:
-                x, b, s = self.shares_in[v]
-                reveal.append([v, x, (b if v in survivors else s).y_bytes()])
-            await self._publish_sa("unmask", cohort_sha256=cohort_digest(self.cohort),
-                                   survivors=survivors, shares=reveal)
+            # 4a. consistency: our one vote of the round on who survived.
+            await self._publish_sa("consistency", cohort_sha256=cohort_digest(self.cohort),
+                                   survivors=survivors)
+        agreed: list[str] | None = None
+
+        def voted() -> bool:
+            nonlocal agreed
+            agreed = self._agreed_survivors()
+            return agreed is not None
+        await self._until(voted, timeout)
+        if agreed is None:
+            if self.ex.records:
+                return await self._adopt_only()
+            raise RoundAbandoned(rnd, f"no survivor set gathered {t} votes in time")
+        # 4b. unmask: once per round, for the one survivor set t members voted for.
+        reveal = []
+        for v in self.cohort:
+            x, b, s = self.shares_in[v]
+            reveal.append([v, x, (b if v in agreed else s).y_bytes()])
+        await self._publish_sa("unmask", cohort_sha256=cohort_digest(self.cohort),
+                               survivors=agreed, shares=reveal)
         result = None
         with trio.move_on_after(timeout):
             while result is None:
-                result = await self._try_unmask()
+                result = await self._try_unmask(survivors=agreed)
                 if result is None:
                     await self._next_event(c.republish_interval_s)
         if result is None:
@@ -306,13 +325,26 @@ class SecureRound:
             ex_reject(self.ex, v, f"secure aggregation: bad share ({e})")
             return None
 
+    def _agreed_survivors(self) -> list[str] | None:
+        """The survivor set S of our cohort that t distinct members of S voted for (at most
+        one can be: t is a majority and each member votes once), else None."""
+        digest = cohort_digest(self.cohort)
+        t = threshold(len(self.cohort))
+        votes: dict[tuple[str, ...], set[str]] = {}
+        for m in list(self._msgs("consistency").values()) + self._own("consistency"):
+            s = tuple(m.fields["survivors"])
+            if m.fields["cohort_sha256"] == digest and m.sender in s and set(s) <= set(self.cohort):
+                votes.setdefault(s, set()).add(m.sender)
+        good = sorted((s for s, who in votes.items() if len(s) >= t and len(who) >= t),
+                      key=lambda s: (-len(s), s))
+        return list(good[0]) if good else None
+
     async def _try_unmask(self, survivors: list[str] | None = None):
         """(S, aggregate, adapter) once some survivor set S of our cohort has t reveals and
         every masked input of S is held; else None."""
         digest = cohort_digest(self.cohort)
         groups: dict[tuple[str, ...], list[SecAggMessage]] = {}
-        own_unmask = [m for m in self._own_unmasks()]
-        for m in list(self._msgs("unmask").values()) + own_unmask:
+        for m in list(self._msgs("unmask").values()) + self._own("unmask"):
             if m.fields["cohort_sha256"] == digest and m.sender in self.cohort \
                     and m.sender in m.fields["survivors"]:
                 groups.setdefault(tuple(m.fields["survivors"]), []).append(m)
@@ -336,13 +368,9 @@ class SecureRound:
             return list(s_tuple), aggregate, adapter
         return None
 
-    def _own_unmasks(self):
-        out = []
-        for data in self.c._served.secagg.get(self.round, []):
-            m = decode_message(data)
-            if m.kind == "unmask":
-                out.append(m)
-        return out
+    def _own(self, kind: str) -> list[SecAggMessage]:
+        """Our own messages of `kind` this round (the intake skips our own gossip)."""
+        return [m for m in self._own_sent if m.kind == kind]
 
     async def _fetch_masked(self, missing: set[str]) -> None:
         for v in sorted(missing):

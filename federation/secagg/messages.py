@@ -1,15 +1,19 @@
 """Wire format of a secure-aggregation round (docs/protocol.md, "Secure aggregation").
 
 Gossip (signed, small):  b"BSSA" | u8 1 | msgpack [body: bin, signature: bin]
-    body = msgpack map, keys sorted. Common fields: kind ("keys" | "shares" | "unmask"),
-    swarm, round, base_adapter (32 bytes, the digest of G_round), rule (the swarm's rule name,
-    "+secagg" included), sender (base58 peer ID, the signer), issued_at (unix seconds).
+    body = msgpack map, keys sorted. Common fields: kind ("keys" | "shares" | "consistency" |
+    "unmask"), swarm, round, base_adapter (32 bytes, the digest of G_round), rule (the swarm's
+    rule name, "+secagg" included), sender (base58 peer ID, the signer), issued_at (unix s).
     keys:   c_public, s_public (32-byte X25519 keys), tokens (the member's FedAvg weight).
     shares: cohort (the sorted peer IDs whose keys the sender shared for, itself included),
             threshold (t of its Shamir sharing), commit_b (SHA-256 commitment to its self-mask
             seed), ciphertexts (sorted [recipient, ChaCha20-Poly1305 ciphertext] per other
             cohort member).
-    unmask: cohort_sha256 (SHA-256 of the masking cohort, `cohort_digest`), survivors (sorted
+    consistency: cohort_sha256 (SHA-256 of the masking cohort, `cohort_digest`), survivors
+            (sorted peer IDs whose masked inputs for that cohort the sender holds): the
+            sender's one vote of the round on who survived (Bonawitz et al.'s consistency
+            check).
+    unmask: cohort_sha256, survivors (the survivor set that gathered t votes; sorted
             peer IDs whose masked inputs the sender sums), shares (sorted [owner, x, y]: the
             sender's Shamir share of the self-mask seed b of each survivor, of the s private
             key of each dropped member).
@@ -45,10 +49,11 @@ _MASKED_HEADER = MASKED_MAGIC + bytes([SECAGG_VERSION])
 MAX_COHORT = 256
 MAX_SECAGG_BYTES = 192 * 1024            # below the transport's 256 KiB gossip limit
 MAX_CIPHERTEXT_BYTES = 512
-KINDS = ("keys", "shares", "unmask")
+KINDS = ("keys", "shares", "consistency", "unmask")
 _COMMON = ("base_adapter", "issued_at", "kind", "round", "rule", "sender", "swarm")
 _EXTRA = {"keys": ("c_public", "s_public", "tokens"),
           "shares": ("ciphertexts", "cohort", "commit_b", "threshold"),
+          "consistency": ("cohort_sha256", "survivors"),
           "unmask": ("cohort_sha256", "shares", "survivors")}
 
 
@@ -199,6 +204,9 @@ def _check(b: dict) -> None:
         if recipients != sorted(set(recipients)) or not set(recipients) <= set(b["cohort"]) \
                 or b["sender"] in recipients:
             raise WireError("ciphertexts must go to distinct other cohort members, sorted")
+    elif kind == "consistency":
+        _check_bytes("cohort_sha256", b["cohort_sha256"], SHA256_BYTES)
+        _check_peers("survivors", b["survivors"], 1)
     else:
         _check_bytes("cohort_sha256", b["cohort_sha256"], SHA256_BYTES)
         _check_peers("survivors", b["survivors"], 1)

@@ -45,6 +45,8 @@ SECAGG = [
     sa.encode_message(kind="keys", c_public=b"\x03" * 32, s_public=b"\x04" * 32, tokens=7, **_SA),
     sa.encode_message(kind="shares", cohort=sorted([peer_id_of(KP), _OTHER]), threshold=2,
                       commit_b=b"\x05" * 32, ciphertexts=[[_OTHER, b"\x06" * 160]], **_SA),
+    sa.encode_message(kind="consistency", cohort_sha256=b"\x07" * 32, survivors=[peer_id_of(KP)],
+                      **_SA),
     sa.encode_message(kind="unmask", cohort_sha256=b"\x07" * 32, survivors=[peer_id_of(KP)],
                       shares=[[peer_id_of(KP), 1, b"\x08" * 66]], **_SA)]
 N_VALUES = sum(int(np.prod(s)) for s in SHAPES.values())
@@ -137,6 +139,6 @@ def test_the_fuzzed_seeds_are_valid():
     assert decode_record(RECORD).contributors == [peer_id_of(KP)]
     for p in PAYLOADS:
         assert set(codecs.decode_update(p, expected_shapes=SHAPES, max_bytes=MAX_PAYLOAD)) == set(SHAPES)
-    assert [sa.decode_message(m).kind for m in SECAGG] == ["keys", "shares", "unmask"]
+    assert [sa.decode_message(m).kind for m in SECAGG] == ["keys", "shares", "consistency", "unmask"]
     assert sa.decode_masked(MASKED, N_VALUES)[1][5] == 5
     assert sa.decode_share_plain(SHARE_PLAIN)[2] == 2
