@@ -50,7 +50,8 @@ from bitswarm.federation.secagg.keys import (SecAggCryptoError, aead_decrypt, ae
                                              derive_key, private_bytes, private_from_bytes,
                                              public_bytes, x25519_shared)
 from bitswarm.federation.secagg.masking import apply_masks, pairwise_seed, round_context, unmask_sum
-from bitswarm.federation.secagg.messages import (MASKED_CODEC, SecAggMessage, cohort_digest,
+from bitswarm.federation.secagg.messages import (MASKED_CODEC, MAX_COHORT, SecAggMessage,
+                                                 cohort_digest,
                                                  decode_masked, decode_message,
                                                  decode_share_plain,
                                                  encode_masked, encode_message,
@@ -60,7 +61,7 @@ from bitswarm.federation.state_hash import adapter_digest
 from bitswarm.federation.wire import UpdateManifest, WireError, encode_manifest
 
 from .fetch import FetchFailed
-from .intake import ManifestSeen, RecordSeen
+from .intake import ManifestSeen
 from .serving import publish
 
 if TYPE_CHECKING:
@@ -172,7 +173,8 @@ class SecureRound:
                                           s_public=self.keys.s_public, tokens=self.tokens)
         await self._until(lambda: len(self._msgs("keys")) >= c.min_peers, timeout)
         keys = {**self._msgs("keys"), self.me: own_keys}
-        u1 = sorted(keys)[:c.max_peers_per_round]
+        others = sorted(set(keys) - {self.me})[:MAX_COHORT - 1]      # the wire's bound
+        u1 = sorted([*others, self.me])
         if len(u1) < MIN_SURVIVORS:
             raise RoundAbandoned(rnd, f"{len(u1)} member(s) advertised keys; secure "
                                  f"aggregation needs at least {MIN_SURVIVORS}")

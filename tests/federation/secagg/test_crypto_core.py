@@ -87,9 +87,8 @@ def test_shamir_any_t_rebuild_fewer_reveal_nothing_checkable():
     two = shares[:t - 1]
     for _ in range(5):
         cand = rng.randrange(1 << 256)
-        pts = [Share(1000, 0)]                          # placeholder x, replaced below
-        # The polynomial through (0, cand) and the two shares evaluated at a 3rd point is a
-        # valid share; the three then rebuild cand.
+        # The polynomial through (0, cand) and the t - 1 shares, evaluated at a t-th point, is
+        # a valid share; together they rebuild cand.
         xs = [0] + [s.x for s in two]
         ys = [cand] + [s.y for s in two]
         x3 = 4
