@@ -1,14 +1,19 @@
 """`node start --secure-aggregation` with real processes on 127.0.0.1: three nodes finish two
 secure rounds (keys, encrypted shares, masked inputs, unmask: federation/rounds/secure.py) on
-one adapter, every round holding all three masked inputs; bad flag combinations fail fast."""
+one adapter, every round holding all three masked inputs, and the traffic audit (plaintext
+recorded inside Noise, federation/wire_recorder.py) shows only masked updates went out; bad
+flag combinations fail fast."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
+import msgpack
 import pytest
 
+from bitswarm.federation.codecs import CODECS
+from bitswarm.federation.secagg.messages import MASKED_CODEC
 from bitswarm.simulations.local_swarm import kill_all, prepare_documents, start_node, wait_all
 
 FAST = ["--local-steps", "2", "--ctx", "64", "--batch-size", "2", "--device", "cpu"]
@@ -27,7 +32,10 @@ def test_three_secure_nodes_finish_two_rounds_on_one_adapter(tmp_path):
     procs, addrs = [], []
     try:
         for i in range(3):
-            procs.append(start_node(i, tmp_path, docs[i], "secagg", list(addrs), args, ENV))
+            # The traffic audit: every plaintext byte each node writes inside Noise.
+            wire = {"BITSWARM_RECORD_WIRE": str(tmp_path / f"wire{i}.bin")}
+            procs.append(start_node(i, tmp_path, docs[i], "secagg", list(addrs), args,
+                                    {**ENV, **wire}))
             addrs.append(procs[-1].multiaddr(timeout_s=120))
         wait_all(procs, 240)
     finally:
@@ -39,6 +47,12 @@ def test_three_secure_nodes_finish_two_rounds_on_one_adapter(tmp_path):
         assert all(len(x["contributors"]) == 3 and x["included"] for x in rounds)
         finals.add(rounds[-1]["adapter_sha256"])
         assert "publishing masked input" in p.log_path.read_text()
+        # What went out: the secure round's messages and masked inputs, and no update in a
+        # plain codec (every announced payload is a masked one).
+        wire = (tmp_path / f"wire{p.index}.bin").read_bytes()
+        announced = {name for name in [*CODECS, MASKED_CODEC]
+                     if b"\xa5codec" + msgpack.packb(name) in wire}     # manifest bodies
+        assert b"BSSA" in wire and b"BSMI" in wire and announced == {MASKED_CODEC}
     assert len(finals) == 1
 
 
