@@ -266,3 +266,45 @@ def test_plain_and_secure_nodes_do_not_mix():
             assert any("aggregation rule" in why for _, why in results[3].rejected)
             n.cancel_scope.cancel()
     run_mock(main)
+
+
+def test_split_views_of_the_survivors_never_reveal_both_secrets_of_a_member():
+    """The victim's masked input reaches only two members (a partition of that one payload):
+    they and the victim see 5 survivors, the other two see 4. Without a vote the two sides
+    would reveal b (one side) and s (the other) of the victim; with it, every reveal is for
+    the one set that won t = 3 votes, and the side that lacks the payload cannot finish."""
+    async def main():
+        net = MemoryNetwork()
+        coords = [make(net, 4) for _ in range(5)]
+        victim = coords[4].transport
+        state = {"served": 0, "payload": None}
+
+        def wrap(t):
+            inner = t._provider
+
+            def provider(request):
+                out = inner(request)
+                if out is None or out[:4] != b"BSMI":
+                    return out
+                if t is victim:
+                    state["payload"] = out
+                    state["served"] += 1
+                    return out if state["served"] <= 2 else None
+                return None if out == state["payload"] else out   # relays do not pass it on
+            t._provider = provider
+
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+                wrap(c.transport)
+            res, err = await run_round(net, coords, 0, [100] * 5)
+            everyone = sorted(c.peer_id for c in coords)
+            assert len(res) == 3 and len(err) == 2            # the victim and its two holders
+            assert {r.adapter_sha256 for r in res.values()} == {res[4].adapter_sha256}
+            assert all(r.contributors == everyone for r in res.values())
+            n.cancel_scope.cancel()
+        unmasks = {decode_message(d).sender: decode_message(d) for _, d in net.published
+                   if d[:4] == SECAGG_MAGIC and decode_message(d).kind == "unmask"}
+        assert len(unmasks) == 5
+        assert {tuple(m.fields["survivors"]) for m in unmasks.values()} == {tuple(everyone)}
+    run_mock(main)
