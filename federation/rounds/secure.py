@@ -113,6 +113,8 @@ class SecureRound:
         self.names = sorted(coord.expected_shapes)
         self.n = sum(int(np.prod(coord.expected_shapes[k])) for k in self.names)
         self.x = np.concatenate([np.asarray(delta[k], np.float64).ravel() for k in self.names])
+        if not np.isfinite(self.x).all():
+            raise ValueError("delta holds non-finite values")
         self.quant = Quantizer(quantizer_range(*coord.secure))
         self.masked: dict[str, np.ndarray] = {}            # sender -> y, masked for our cohort
         self.masked_seen: dict[str, ManifestSeen] = {}
