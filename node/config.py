@@ -40,6 +40,7 @@ class NodeConfig:
     dp_noise: float = 0.0                   # noise multiplier sigma (std sigma x C)
     dp_delta: float = 1e-5                  # delta of the reported (epsilon, delta)
     dp_epsilon_budget: float | None = None  # stop before spending more epsilon
+    secure_aggregation: bool = False        # rounds as secure aggregations (federation/rounds/secure.py)
     device: str = "auto"                    # auto | gpu | cpu
     embeddings: str = "gpu"                 # gpu | host: where a GPU keeps the vocab table
     recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
@@ -80,6 +81,13 @@ class NodeConfig:
                              "each update is clipped to)")
         from bitswarm.federation.aggregation import AGGREGATION_RULES
         from bitswarm.federation.codecs import CODEC_NAMES
+        if self.secure_aggregation and self.aggregation != "fedavg":
+            raise ValueError(f"--secure-aggregation sums masked updates, so only --aggregation "
+                             f"fedavg can be computed from it; {self.aggregation!r} needs the "
+                             f"individual updates")
+        if self.secure_aggregation and self.dp_clip is None:
+            raise ValueError("--secure-aggregation needs --dp-clip C: every update is clipped "
+                             "to the swarm's L2 norm C before masking (--dp-noise may stay 0)")
         if self.codec not in CODEC_NAMES:
             raise ValueError(f"--codec must be one of {', '.join(CODEC_NAMES)}, got {self.codec!r}")
         if self.aggregation not in AGGREGATION_RULES:

@@ -35,7 +35,7 @@ from bitswarm.federation.discovery import AllOf, LanPeers, SwarmDHT
 from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.federation.privacy import GaussianRDPAccountant, clip_and_noise
 from bitswarm.fsutil import append_line_durable
-from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
+from bitswarm.federation.rounds import RoundAbandoned, RoundCoordinator, SwarmMovedOn
 from bitswarm.federation.state_hash import adapter_sha256
 from bitswarm.federation.transport import GuardLimits, TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
@@ -197,6 +197,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
             codec=make_codec(cfg.codec, topk_fraction=cfg.topk_fraction),
             aggregation=AGGREGATION_RULES[cfg.aggregation](), outer=outer_step(cfg),
             dp=None if cfg.dp_clip is None else (cfg.dp_clip, cfg.dp_noise),
+            secure_aggregation=cfg.secure_aggregation,
             allowed_senders=cfg.allow, initial_adapter=node.global_state, initial_round=first,
             run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:
@@ -397,6 +398,10 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
         except SwarmMovedOn as e:
             log.warning("%s: our update of round %d is dropped; catching up", e, rnd)
             return
+        except RoundAbandoned as e:          # secure aggregation: nothing was revealed
+            log.warning("%s; the round passes without an update", e)
+            _append_jsonl(rounds_log, {"abandoned_round": rnd, "reason": e.reason})
+            return
         if node.dp is not None:                  # published: one more Gaussian release
             node.dp.step()
     watch.add_round(result)
@@ -419,9 +424,12 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
                         transport.bytes_received, transport.bytes_sent, sha)
     dp = {} if node.dp is None else {"dp_epsilon": node.dp.epsilon(cfg.dp_delta),
                                      "dp_delta": cfg.dp_delta, "dp_releases": node.dp.releases}
+    if dp and not math.isfinite(dp["dp_epsilon"]):
+        dp["dp_epsilon"] = None          # --dp-noise 0 (clipping only): no DP guarantee; JSON null
     if dp:
-        log.info("round %d: DP: epsilon %.3f at delta %g after %d published update(s)", rnd,
-                 dp["dp_epsilon"], cfg.dp_delta, node.dp.releases)
+        log.info("round %d: DP: epsilon %s at delta %g after %d published update(s)", rnd,
+                 "inf (no noise)" if dp["dp_epsilon"] is None else f"{dp['dp_epsilon']:.3f}",
+                 cfg.dp_delta, node.dp.releases)
         watch.status.update(dp_epsilon=dp["dp_epsilon"])
     _append_jsonl(rounds_log, {**dp,
         "round": rnd, "train_loss": train_loss, "heldout_loss": held, "tokens": tokens,

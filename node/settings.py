@@ -217,6 +217,10 @@ START: tuple[Setting, ...] = (
             "norm (off by default)", "a number > 0"),
     Setting("dp_noise", _float, 0.0, "DP-FedAvg: Gaussian noise multiplier sigma (std sigma x "
             "dp-clip per coordinate), needs --dp-clip", "a number >= 0"),
+    Setting("secure_aggregation", _bool, False, "secure aggregation (Bonawitz et al. 2017): "
+            "peers see only the round cohort's sum of masked updates; needs --aggregation "
+            "fedavg and --dp-clip (the bound each update is clipped to before masking); "
+            "every member must use it", "true or false", is_flag=True),
     Setting("dp_delta", _float, 1e-5, "DP: the delta of the (epsilon, delta) reported",
             "a number in (0, 1)"),
     Setting("dp_epsilon_budget", _opt_float, None, "DP: stop before a round would spend more "

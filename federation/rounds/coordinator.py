@@ -50,6 +50,7 @@ from bitswarm.federation.codecs import (CODECS, Codec, CodecError, ErrorFeedback
                                         RawCodec, decode_update, encode_update, max_payload_bytes)
 from bitswarm.federation.identity import peer_id_of
 from bitswarm.federation.round_record import MAX_RECORD_UPDATES, RoundRecord, encode_record
+from bitswarm.federation.secagg.messages import MASKED_CODEC, SECAGG_MAGIC, masked_bound
 from bitswarm.federation.state_hash import adapter_digest
 from bitswarm.federation.transport import FetchError
 from bitswarm.federation.wire import (MAX_ROUND, MAX_TOKENS, UpdateManifest, WireError,
@@ -58,6 +59,8 @@ from bitswarm.federation.wire import (MAX_ROUND, MAX_TOKENS, UpdateManifest, Wir
 from .agreement import acknowledged, ranked
 from .fetch import FetchFailed, PayloadFetcher
 from .intake import ManifestIntake, ManifestSeen, RecordSeen, RoundState
+from .secure import SECURE_RULES, RoundAbandoned, SecureRound
+from .secure_intake import SecAggIntake
 from .serving import SERVED_ROUNDS, ServedRounds, publish, republish_loop
 
 log = logging.getLogger("bitswarm.federation.rounds")
@@ -164,6 +167,11 @@ class RoundCoordinator:
             member must use the same (it joins the rule's name on the wire), so no peer's
             update in the aggregate carries less noise than the swarm promises. The clipping
             and noising itself is the caller's (federation/privacy), before `exchange`.
+        secure_aggregation: run every round as a secure aggregation (rounds/secure.py,
+            Bonawitz et al. 2017): peers see only the cohort's sum. Needs `dp` (its clip C
+            bounds every update before masking; noise may be 0) and the fedavg rule (the
+            others need individual updates); joins the rule's name on the wire ("+secagg").
+            A round that cannot be unmasked raises RoundAbandoned from `exchange`.
         max_rounds_ahead: manifests up to this many rounds ahead of ours are buffered.
         max_peers_per_round: manifests buffered per round (<= 256, a record's bound), beyond
             which new senders are dropped.
@@ -188,6 +196,7 @@ class RoundCoordinator:
                  fetch_timeout_s: float = 30.0, republish_interval_s: float = 2.0,
                  codec: Codec | None = None, aggregation: AggregationRule | None = None,
                  outer: NesterovOuter | None = None, dp: tuple[float, float] | None = None,
+                 secure_aggregation: bool = False,
                  max_rounds_ahead: int = 2, max_peers_per_round: int = MAX_RECORD_UPDATES,
                  max_parallel_fetches: int = 8, allowed_senders: frozenset[str] | None = None,
                  max_age_s: float | None = None, clock: Callable[[], float] = time.time,
@@ -251,6 +260,17 @@ class RoundCoordinator:
             if not (math.isfinite(clip) and clip > 0 and math.isfinite(noise) and noise >= 0):
                 raise ValueError(f"dp must be (clip > 0, noise >= 0), got {dp!r}")
             self.rule_name += f"+dp(c={clip:g},s={noise:g})"
+        self.secure: tuple[float, float] | None = None
+        if secure_aggregation:
+            if aggregation.name not in SECURE_RULES:
+                raise ValueError(
+                    f"secure aggregation sums masked updates, so only {list(SECURE_RULES)} can "
+                    f"be computed; {aggregation.name!r} needs the individual updates")
+            if dp is None:
+                raise ValueError("secure aggregation needs dp=(clip, noise): every update is "
+                                 "clipped to a swarm-wide L2 norm before masking")
+            self.secure = (float(dp[0]), float(dp[1]))
+            self.rule_name += "+secagg"
         self._state_shapes = dict(self.expected_shapes)
         if outer is not None:
             self._state_shapes.update(outer.state_shapes(self.expected_shapes))
@@ -260,13 +280,21 @@ class RoundCoordinator:
         self._run_blocking = run_blocking or _to_thread
         self._ef = ErrorFeedback(codec)
         self._max_payload = max_payload_bytes(self.expected_shapes)
+        if self.secure is not None:
+            self._max_payload = masked_bound(sum(math.prod(s) for s in
+                                                 self.expected_shapes.values()))
         self._max_state = max_payload_bytes(self._state_shapes)
         self._intake = ManifestIntake(
             peer_id=self.peer_id, swarm=swarm, base_model=self.base_model, lora=self.lora,
             rule=self.rule_name, max_payload=self._max_payload,
             max_rounds_ahead=max_rounds_ahead, max_peers_per_round=max_peers_per_round,
             allowed_senders=allowed_senders, clock=clock,
+            codecs=None if self.secure is None else frozenset({MASKED_CODEC}),
             max_age_s=max(3600.0, 4 * self.round_timeout_s) if max_age_s is None else max_age_s)
+        self._secagg = SecAggIntake(
+            peer_id=self.peer_id, swarm=swarm, rule=self.rule_name,
+            max_rounds_ahead=max_rounds_ahead, max_peers=max_peers_per_round,
+            allowed_senders=allowed_senders, clock=clock, max_age_s=self._intake.max_age_s)
         self._fetcher = PayloadFetcher(transport, fetch_timeout_s=self.fetch_timeout_s,
                                        max_parallel_fetches=max_parallel_fetches)
         self._served = ServedRounds()
@@ -314,7 +342,7 @@ class RoundCoordinator:
         """Serve payloads and adapters, consume gossip and republish until cancelled (or until
         the transport's message channel closes). Reports started once it serves payloads."""
         self.transport.set_payload_provider(self._served.serve)
-        self.transport.set_gossip_validator(self._intake.relayable)   # relay only what we accept
+        self.transport.set_gossip_validator(self._relayable)   # relay only what we accept
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
@@ -322,11 +350,19 @@ class RoundCoordinator:
                                    self.republish_interval_s, self.fetch_timeout_s)
                 task_status.started()
                 async for msg in self.transport.messages():
-                    self._intake.on_gossip(msg.from_peer, msg.data)
+                    if bytes(msg.data[:4]) == SECAGG_MAGIC:
+                        self._secagg.on_gossip(msg.from_peer, msg.data)
+                    else:
+                        self._intake.on_gossip(msg.from_peer, msg.data)
                 log.info("gossip channel closed; coordinator stops")
                 nursery.cancel_scope.cancel()
         finally:
             self._running = False
+
+    def _relayable(self, from_peer: str, data: bytes) -> bool:
+        if bytes(data[:4]) == SECAGG_MAGIC:
+            return self.secure is not None and self._secagg.relayable(from_peer, data)
+        return self._intake.relayable(from_peer, data)
 
     async def exchange(self, round: int, delta: Mapping[str, np.ndarray],
                        tokens: int) -> RoundResult:
@@ -337,7 +373,9 @@ class RoundCoordinator:
 
         Raises ValueError (bad round, tokens or delta; rounds must increase), RuntimeError
         (run() not started, or another exchange in progress) and SwarmMovedOn (the swarm's
-        head is SERVED_ROUNDS or more rounds ahead: catch up instead). Peer failures never
+        head is SERVED_ROUNDS or more rounds ahead: catch up instead); with secure
+        aggregation, RoundAbandoned (too few members or survivors: nothing was revealed; the
+        round passed empty, the node holds G_{round+1} = G_round). Other peer failures never
         raise.
         """
         if not self._running:
@@ -363,6 +401,8 @@ class RoundCoordinator:
             raise SwarmMovedOn(round, head.round)
         self._exchanging = True
         try:
+            if self.secure is not None:
+                return await self._secure_exchange(round, delta, tokens)
             return await self._exchange(round, delta, tokens)
         finally:
             self._exchanging = False
@@ -488,6 +528,34 @@ class RoundCoordinator:
             self._intake.close(round)               # late messages for this round: ignored
         return self._finish(round, ex, record, aggregate, adapter, sent0, received0)
 
+    async def _secure_exchange(self, round: int, delta: Mapping[str, np.ndarray],
+                               tokens: int) -> RoundResult:
+        sent0, received0 = self.transport.bytes_sent, self.transport.bytes_received
+        ex = _Exchange(self._intake.enter(round), self._digest)
+        self._secagg.enter(round)
+        self._served.enter(round)
+        secure = SecureRound(self, round, ex, delta, tokens)
+        abandoned: RoundAbandoned | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dispatch, self._intake.open(round, ex.base), nursery,
+                                   ex, secure.fetch_one)
+                try:
+                    record, aggregate, adapter, _ = await secure.run()
+                except RoundAbandoned as e:
+                    abandoned = e
+                nursery.cancel_scope.cancel()
+        finally:
+            self._intake.close(round)
+            self._secagg.close(round)
+        if abandoned is not None:
+            # The round passes empty (G_{r+1} = G_r, the same bits on every node that abandons
+            # it): the next round's keys are fresh and its messages never mix with this one's.
+            log.warning("round %d: secure aggregation abandoned: %s", round, abandoned.reason)
+            self._set_state(round + 1, self._state)
+            raise abandoned
+        return self._finish(round, ex, record, aggregate, adapter, sent0, received0)
+
     def _finish(self, round: int, ex: _Exchange, record: RoundRecord, aggregate: dict,
                 adapter: dict, sent0: int, received0: int) -> RoundResult:
         """Hold the adopted record's adapter, republish the record, report the round."""
@@ -522,12 +590,16 @@ class RoundCoordinator:
                         "own delta alone", round, self.round_timeout_s)
 
     async def _agree(self, round: int, base: Mapping[str, np.ndarray], ex: _Exchange, *,
-                     contribute: bool = True) -> tuple[RoundRecord, dict, dict] | None:
+                     contribute: bool = True, verify: Callable | None = None,
+                     own: tuple[RoundRecord, dict, dict] | None = None
+                     ) -> tuple[RoundRecord, dict, dict] | None:
         """Propose unless a record came first (or we do not contribute), settle, adopt the
         best record that recomputes (agreement.py). Returns (record, aggregate, new adapter);
-        None only when not contributing and no record recomputed."""
-        own: tuple[RoundRecord, dict, dict] | None = None
-        if contribute and not ex.records:
+        None only when not contributing and no record recomputed. verify: how a record is
+        recomputed (default `_verify`); own: our proposal when already published (secure
+        rounds)."""
+        verify = verify or self._verify
+        if contribute and own is None and not ex.records:
             own = await self._propose(round, base, ex)
         if not ex.records:
             return None
@@ -537,7 +609,7 @@ class RoundCoordinator:
         for record in ranked(ex.records):
             if own is not None and record is own[0]:
                 return own
-            verified = await self._verify(round, base, record, ex)
+            verified = await verify(round, base, record, ex)
             if verified is not None:
                 # The ack: only contributors' acks are waited for (agreement.acknowledged), so
                 # a follower leaves it to the republish loop (N followers acking at once would
@@ -605,9 +677,10 @@ class RoundCoordinator:
         return None
 
     async def _dispatch(self, inbox: trio.MemoryReceiveChannel, nursery: trio.Nursery,
-                        ex: _Exchange) -> None:
-        """Start one fetch per accepted manifest and file each record, in the exchange's
-        nursery, until intake closes the round (or the exchange cancels the nursery)."""
+                        ex: _Exchange, fetch_one: Callable | None = None) -> None:
+        """Start one fetch per accepted manifest (`fetch_one(seen)`, default `_fetch_one`)
+        and file each record, in the exchange's nursery, until intake closes the round (or
+        the exchange cancels the nursery)."""
         async with inbox:
             async for item in inbox:
                 if isinstance(item, RecordSeen):
@@ -615,6 +688,8 @@ class RoundCoordinator:
                     ex.authors.update({item.author, item.record.proposer})
                     ex.enough.set()                  # a peer closed the round: stop collecting
                     ex.poke()
+                elif fetch_one is not None:
+                    nursery.start_soon(fetch_one, item)
                 else:
                     nursery.start_soon(self._fetch_one, ex, item)
 

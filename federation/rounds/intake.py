@@ -93,14 +93,18 @@ class ManifestIntake:
         allowed_senders: peer IDs whose updates may count (None: any); our own always may.
         max_age_s, max_skew_s: freshness window of issued_at, seconds (replay protection).
         clock: unix time in seconds (time.time).
+        codecs: the payload codecs accepted (None: every registered one; a secure-aggregation
+            swarm accepts only masked inputs).
     """
 
     def __init__(self, *, peer_id: str, swarm: str, base_model: str, lora: dict, rule: str,
                  max_payload: int, max_rounds_ahead: int, max_peers_per_round: int,
                  allowed_senders: frozenset[str] | None = None, max_age_s: float = 3600.0,
-                 max_skew_s: float = 300.0, clock: Callable[[], float] = time.time) -> None:
+                 max_skew_s: float = 300.0, clock: Callable[[], float] = time.time,
+                 codecs: frozenset[str] | None = None) -> None:
         self.peer_id, self.swarm, self.base_model, self.lora = peer_id, swarm, base_model, lora
         self.rule = rule
+        self.codecs = codecs               # accepted payload codecs (None: every registered one)
         self.allowed = None if allowed_senders is None else frozenset(allowed_senders) | {peer_id}
         self.max_payload = max_payload
         self.max_rounds_ahead = max_rounds_ahead
@@ -290,7 +294,11 @@ class ManifestIntake:
         check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
         if m.rule != self.rule:
             raise WireError(f"aggregation rule {m.rule!r} (ours is {self.rule!r})")
-        if m.codec not in CODECS:
+        if self.codecs is not None:
+            if m.codec not in self.codecs:
+                raise WireError(f"codec {m.codec!r} is not accepted here (ours: "
+                                f"{sorted(self.codecs)})")
+        elif m.codec not in CODECS:
             raise WireError(f"unknown codec {m.codec!r}")
         if m.payload_size > self.max_payload:
             raise WireError(f"payload_size {m.payload_size} exceeds the bound "

@@ -36,6 +36,7 @@ class ServedRounds:
         self.states: dict[tuple[int, bytes], bytes] = {}     # (round, adapter sha256) -> payload
         self.manifests: dict[int, bytes] = {}                # round -> our signed manifest
         self.records: dict[int, bytes] = {}                  # round -> the record adopted last
+        self.secagg: dict[int, list[bytes]] = {}             # round -> our secure-agg messages
 
     def enter(self, rnd: int) -> None:
         """Round `rnd` starts: drop what is older than the previous round and manifests of
@@ -44,6 +45,7 @@ class ServedRounds:
         self.payloads = {k: v for k, v in self.payloads.items() if k[0] >= keep_from}
         self.states = {k: v for k, v in self.states.items() if k[0] >= rnd - 1}
         self.manifests = {r: v for r, v in self.manifests.items() if r >= rnd}
+        self.secagg = {r: v for r, v in self.secagg.items() if r >= rnd}
 
     def serve(self, request: bytes) -> bytes | None:
         """Provider for the transport (a wire payload or state request -> bytes or None): a
@@ -57,8 +59,10 @@ class ServedRounds:
             return None
 
     def gossip(self) -> list[tuple[int, bytes]]:
-        """(round, message) to republish: the adopted records, then our manifests."""
-        return sorted(self.records.items()) + sorted(self.manifests.items())
+        """(round, message) to republish: the adopted records, then our manifests, then our
+        secure-aggregation messages of the current round."""
+        return (sorted(self.records.items()) + sorted(self.manifests.items())
+                + [(r, m) for r, ms in sorted(self.secagg.items()) for m in ms])
 
 
 async def publish(transport: Any, data: bytes, rnd: int, timeout_s: float) -> None:
