@@ -36,6 +36,7 @@ from bitswarm.federation.identity import load_or_create_identity
 from bitswarm.federation.privacy import GaussianRDPAccountant, clip_and_noise
 from bitswarm.fsutil import append_line_durable
 from bitswarm.federation.rounds import RoundAbandoned, RoundCoordinator, SwarmMovedOn
+from bitswarm.federation.rounds.secure import threshold as secure_threshold
 from bitswarm.federation.state_hash import adapter_sha256
 from bitswarm.federation.transport import GuardLimits, TransportConfig, open_transport
 from bitswarm.federation.wire import lora_dict
@@ -149,6 +150,20 @@ class ServeOutcome:
     interrupted: bool = False
     network_failure: str | None = None
 
+
+
+def member_noise(cfg) -> float:
+    """The noise multiplier this node adds to its clipped update.
+
+    Local DP (default): the full sigma, so every published update is a Gaussian release on
+    its own. Distributed DP (with --secure-aggregation): only the cohort's masked sum is ever
+    revealed, and it sums the updates of at least t = threshold(min_peers + 1) members
+    (rounds/secure.py), so each adds sigma / sqrt(t): the sum carries std >= sigma x C,
+    provided at least t members are honest (Bonawitz et al. 2017 with the distributed
+    Gaussian mechanism; the accountant reports epsilon for sigma)."""
+    if not cfg.secure_aggregation:
+        return cfg.dp_noise
+    return cfg.dp_noise / math.sqrt(secure_threshold(cfg.min_peers + 1))
 
 
 def outer_step(cfg) -> NesterovOuter | None:
@@ -390,9 +405,11 @@ async def _one_round(node: Node, coord, transport, rnd: int, compute, progress, 
                            f"{cfg.min_peers} peer update(s) complete the round, "
                            f"{len(transport.topic_peers())} swarm member(s) connected")
         if node.dp is not None:
-            delta, norm = clip_and_noise(delta, cfg.dp_clip, cfg.dp_noise, node.dp_rng)
-            log.info("round %d: DP: update norm %.4g clipped to %.4g, noise sigma %.3g", rnd,
-                     norm, cfg.dp_clip, cfg.dp_noise)
+            sigma = member_noise(cfg)
+            delta, norm = clip_and_noise(delta, cfg.dp_clip, sigma, node.dp_rng)
+            log.info("round %d: DP: update norm %.4g clipped to %.4g, noise sigma %.3g%s", rnd,
+                     norm, cfg.dp_clip, sigma, " (our share of the cohort's)"
+                     if cfg.secure_aggregation else "")
         try:
             result = await coord.exchange(rnd, delta, tokens)
         except SwarmMovedOn as e:
