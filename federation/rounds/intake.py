@@ -319,7 +319,9 @@ class ManifestIntake:
                 while len(self._records) > _RECORD_CACHE:
                     self._records.popitem(last=False)
             return rec
-        return decode_manifest(data)
+        # The validator and the consumer both decode each delivery, and republishes repeat
+        # it: verify each distinct manifest once.
+        return self._decode_manifest_cached(data)
 
     def _decode_manifest_cached(self, data: bytes) -> UpdateManifest:
         # A record embeds up to 256 manifests, most already verified on their own gossip.
