@@ -76,8 +76,8 @@ class ModelLearners:
         Cached per process for the settings it depends on (a sweep over codecs, rules or
         DP trains it once)."""
         s = self.s
-        key = (s.model, s.data, s.nodes, s.seed, s.lr, s.batch_size, s.ctx, s.rank, s.alpha,
-               s.freeze_a, tuple(checkpoints))
+        key = (s.model, s.data, s.nodes, s.seed, s.centralized_lr or s.lr, s.batch_size, s.ctx,
+               s.rank, s.alpha, s.freeze_a, tuple(checkpoints))
         if key not in _CENTRALIZED:
             _CENTRALIZED[key] = self._centralized(checkpoints)
         return list(_CENTRALIZED[key])
@@ -85,7 +85,8 @@ class ModelLearners:
     def _centralized(self, checkpoints: list[int]) -> list[float]:
         pooled = TrainSampler([d for docs in self.docs for d in docs], self.s.ctx,
                               seed=self.s.seed + 10_007)
-        tr = LocalTrainer(self.model, pooled, lr=self.s.lr, batch_size=self.s.batch_size)
+        tr = LocalTrainer(self.model, pooled, lr=self.s.centralized_lr or self.s.lr,
+                          batch_size=self.s.batch_size)
         tr.set_adapter(self.initial)
         out, done = [], 0
         for c in checkpoints:

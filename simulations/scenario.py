@@ -106,6 +106,7 @@ class Scenario:
     cohort: int = -1                     # nodes that train per round (-1: every active node)
     republish_s: float = 2.0             # the coordinators' republish interval, seconds
     centralized_baseline: bool = False
+    centralized_lr: float = 0.0          # the baseline's own learning rate (0: the same lr)
     churn_fraction: float = 0.0          # each round this share of the nodes is away
     dp_clip: float = 0.0                 # DP-FedAvg clip norm C of every update (0: off)
     dp_noise: float = 0.0                # DP noise multiplier sigma (std sigma x C)
@@ -223,6 +224,8 @@ def _check(path: Path, s: Scenario) -> None:
     need(s.cohort == -1 or s.cohort >= 1, "cohort", "an integer >= 1 (or -1: every active "
          "node)", s.cohort)
     need(s.republish_s > 0, "republish_s", "a number of seconds > 0", s.republish_s)
+    need(0 <= s.centralized_lr < 1, "centralized_lr", "a number in [0, 1) (0: the same lr)",
+         s.centralized_lr)
     need(s.dp_clip >= 0, "dp_clip", "a number >= 0 (0: off)", s.dp_clip)
     need(s.dp_noise >= 0 and (s.dp_clip > 0 or s.dp_noise == 0), "dp_noise",
          "a number >= 0, with dp_clip > 0", s.dp_noise)

@@ -41,13 +41,15 @@ def test_every_codec_round_trips_within_the_bound(name, lora_shapes, random_delt
         assert got[k].dtype == np.float32 and got[k].shape == shapes[k]
         assert got[k].tobytes() == decoded[k].tobytes()
         # A codec with a per-value bound keeps it (this catches a codec decoding to the wrong
-        # tensor or scale); every codec at least lands closer to x than zero does.
+        # tensor or scale); every codec's output at least points the way x does (cosine > 0.3:
+        # a wrong tensor gives ~0; stochastic ternary ~0.7, top-k 3% of a Gaussian ~0.4).
         bound = CODECS[name].max_rel_error
         if bound is not None:
             np.testing.assert_allclose(got[k], delta[k], rtol=0,
                                        atol=bound * float(np.abs(delta[k]).max()) + 1e-30)
-        err, size = np.linalg.norm(got[k] - delta[k]), np.linalg.norm(delta[k])
-        assert err < size or size == 0
+        x, y = delta[k].reshape(-1).astype(np.float64), got[k].reshape(-1).astype(np.float64)
+        if np.any(x):
+            assert x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) > 0.3
     other = next((n for n in WIRE_NAMES if n != name), None)
     if other is not None:
         with pytest.raises(CodecError, match="announced"):

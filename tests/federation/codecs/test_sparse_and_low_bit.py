@@ -33,7 +33,7 @@ def test_ternary_is_unbiased_within_the_scale_and_values_are_plus_minus_scale():
     x = np.random.default_rng(1).uniform(-1, 1, 256).astype(np.float32)
     codec = TernaryBlockCodec(256)
     _, dec = codec.encode_tensor(x)
-    s = np.abs(x).mean()
+    s = codec.spread * np.abs(x).mean()
     assert set(np.unique(np.round(dec / s, 5))) <= {-1.0, 0.0, 1.0}
     # Unbiased where |x| <= s: the mean over many independently seeded encodings tends to x.
     inside = np.abs(x) <= s
@@ -116,3 +116,20 @@ def test_error_feedback_delivers_what_each_codec_dropped(name, lora_shapes, rand
         np.testing.assert_allclose(sent_sum[k] + ef.residual[k], true_sum[k], atol=1e-3)
     one = np.sqrt(sum(float(np.sum(v ** 2)) for v in random_delta(shapes, rng).values()))
     assert max(norms[30:]) < 12 * one and max(norms[30:]) < 2 * max(norms[:30]) + 1e-9
+
+
+def test_a_wider_ternary_scale_clamps_less_and_compresses_better(lora_shapes, random_delta):
+    """spread 2 (the default) against plain absmean (spread 1): fewer values clamped to +-s,
+    half the trits zero, so zstd's entropy coding makes the payload smaller."""
+    delta = random_delta(lora_shapes(n_layers=2, D=256, r=8), np.random.default_rng(5))
+    x = np.concatenate([v.reshape(-1) for v in delta.values()])
+    for spread, clamped_max in ((1, 0.5), (2, 0.15)):
+        s = spread * np.abs(x).mean()
+        assert np.mean(np.abs(x) > s) < clamped_max
+    sizes = {sp: len(codecs.encode_update(delta, codec=TernaryBlockCodec(spread=sp))[0])
+             for sp in (1, 2)}
+    fp32 = 4 * x.size
+    assert TernaryBlockCodec().spread == 2
+    assert sizes[2] < sizes[1] and sizes[2] <= fp32 / 18.5
+    with pytest.raises(ValueError, match="spread"):
+        TernaryBlockCodec(spread=0)
