@@ -1,6 +1,6 @@
 """`--aggregation` end to end: two real nodes on the coordinate-wise median agree round after
-round; a third node of the same swarm on another rule is refused by them (updates and round
-records name the rule), with the reason logged."""
+round; a third node of the same swarm on another rule is never aggregated (updates and round
+records name the rule), with the reason logged by the side that refused."""
 from __future__ import annotations
 
 import json
@@ -42,5 +42,9 @@ def test_a_median_swarm_agrees_and_refuses_a_member_on_another_rule(tmp_path):
     assert [x["adapter_sha256"] for x in ra] == [x["adapter_sha256"] for x in rb]
     for x, y in zip(ra, rb):
         assert len(x["contributors"]) == 2 and x["contributors"] == y["contributors"]
-    log = a.log_path.read_text()
-    assert "aggregation rule 'fedavg' (ours is 'median')" in log
+    # The refusal is logged by whichever side hears the other first: with gossipsub peer
+    # scoring on (peer_guard), a node that refused ~10 of a peer's messages stops publishing
+    # to it, so c, which listens first, may silence a and b before they ever hear c.
+    logs = a.log_path.read_text() + procs[2].log_path.read_text()
+    assert ("aggregation rule 'fedavg' (ours is 'median')" in logs
+            or "aggregation rule 'median' (ours is 'fedavg')" in logs)
