@@ -21,34 +21,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from .datasets import NodeData
+from .local_swarm import NodeProc
 from .scenario import Scenario, ScenarioError
 
 _ACCEPTED = re.compile(r"round \d+: update from \S+ accepted \((\d+) bytes")
-
-
-@dataclass
-class Proc:
-    index: int
-    popen: subprocess.Popen
-    data_dir: Path
-    started_at_round: int
-
-    def addr(self, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        out = self.data_dir / "stdout.txt"
-        while time.monotonic() < deadline:
-            for line in out.read_text().splitlines():
-                if line.startswith("listening on "):
-                    return line.split(" ", 2)[2]
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"node {self.index} exited {self.popen.returncode}:\n"
-                                   + tail(self.data_dir))
-            time.sleep(0.1)
-        raise TimeoutError(f"node {self.index} printed no multiaddr in {timeout_s} s")
 
 
 def tail(data_dir: Path, n: int = 3000) -> str:
@@ -108,7 +87,7 @@ def run_processes(s: Scenario, data: NodeData, out: Path, *, log=print):
     threads = str(max(1, (os.cpu_count() or 1) // max(1, s.nodes)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
            "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-    procs: dict[int, Proc] = {}
+    procs: dict[int, NodeProc] = {}
     addrs: dict[int, str] = {}
     gone: dict[int, str] = {}                  # node -> "left" / "crashed"
     deadline = t0 + 300 + s.rounds * (2 * s.round_timeout_s + 30 + 3 * s.local_steps)
@@ -118,7 +97,7 @@ def run_processes(s: Scenario, data: NodeData, out: Path, *, log=print):
             d = out / "nodes" / f"node{i}"
             d.mkdir(parents=True, exist_ok=True)
             listen = f"/ip4/{lab.ip[i]}/tcp/0" if shaped else "/ip4/127.0.0.1/tcp/0"
-            peers = [a for j, a in addrs.items() if j in procs and procs[j].popen.poll() is None]
+            peers = [a for j, a in addrs.items() if j in procs and procs[j].proc.poll() is None]
             cmd = [*(lab.exec_prefix(i) if shaped else []), sys.executable, "-m",
                    "bitswarm.node", "start", "--data", str(data.nodes[i]), "--data-dir", str(d),
                    "--listen", listen, "--seed", str(i), *base]
@@ -129,8 +108,8 @@ def run_processes(s: Scenario, data: NodeData, out: Path, *, log=print):
             popen = subprocess.Popen(cmd, stdout=open(d / "stdout.txt", "w"),
                                      stderr=open(d / "stderr.txt", "w"), env=env,
                                      stdin=subprocess.DEVNULL)
-            procs[i] = Proc(i, popen, d, at_round)
-            addrs[i] = procs[i].addr(timeout_s=120)
+            procs[i] = NodeProc(i, d, data.nodes[i], popen, d / "stderr.txt", d / "stdout.txt")
+            addrs[i] = procs[i].multiaddr(timeout_s=120)
             gone.pop(i, None)
 
         try:
@@ -139,7 +118,7 @@ def run_processes(s: Scenario, data: NodeData, out: Path, *, log=print):
             log(f"{s.name}: {first} node processes up after {time.monotonic() - t0:.0f} s")
             applied = 0
             while True:
-                running = [p for p in procs.values() if p.popen.poll() is None]
+                running = [p for p in procs.values() if p.proc.poll() is None]
                 if not running:
                     break
                 if time.monotonic() > deadline:
@@ -150,12 +129,12 @@ def run_processes(s: Scenario, data: NodeData, out: Path, *, log=print):
                 while applied <= min(done + 1, s.rounds - 1):
                     ev = plan[applied]
                     for i in sorted(ev["leave"]):
-                        if i in procs and procs[i].popen.poll() is None:
-                            procs[i].popen.send_signal(signal.SIGINT)
+                        if i in procs and procs[i].proc.poll() is None:
+                            procs[i].proc.send_signal(signal.SIGINT)
                             gone[i] = "left"
                     for i in sorted(ev["crash"]):
-                        if i in procs and procs[i].popen.poll() is None:
-                            procs[i].popen.kill()
+                        if i in procs and procs[i].proc.poll() is None:
+                            procs[i].proc.kill()
                             gone[i] = "crashed"
                     for i in sorted(ev["join"]):
                         start(i, applied)
@@ -165,14 +144,14 @@ def run_processes(s: Scenario, data: NodeData, out: Path, *, log=print):
                     applied += 1
                 time.sleep(0.5)
             for p in procs.values():
-                rc = p.popen.returncode
+                rc = p.proc.returncode
                 if p.index not in gone and rc != 0:
                     raise RuntimeError(f"node {p.index} exited {rc}:\n{tail(p.data_dir)}")
         finally:
             for p in procs.values():
-                if p.popen.poll() is None:
-                    p.popen.kill()
-                    p.popen.wait()
+                if p.proc.poll() is None:
+                    p.proc.kill()
+                    p.proc.wait()
     wall = time.monotonic() - t0
     learners = ModelLearners(s, data.nodes, data.eval, out / "work")
     return collect(s, out, learners, plan, wall), (
