@@ -48,7 +48,6 @@ class ModelLearners:
         self.model = BitNetModel(loaded.weights, select_backend("cpu", "gpu"), self.lora)
         self.shapes = lora_shapes(loaded.weights.config, self.lora)
         self.initial = init_lora(loaded.weights.config, self.lora, s.seed)
-        self.base_model = model_dir
         tok = loaded.tokenizer
         self.docs = [[tokenize(tok, f) for f in find_text_files(d)] for d in node_dirs]
         self.eval_docs = [tokenize(tok, f) for f in find_text_files(eval_dir)]
@@ -121,7 +120,6 @@ class SurrogateLearners:
                                  for k in self.shapes})
         self.initial = {k: np.zeros(sh, np.float32) for k, sh in self.shapes.items()}
         self.rngs = [np.random.default_rng(s.seed * 7919 + i) for i in range(len(topics))]
-        self.base_model = "surrogate"
 
     def _steps(self, x: dict, target: dict, steps: int, rng) -> dict:
         x = {k: v.astype(np.float32).copy() for k, v in x.items()}

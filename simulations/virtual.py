@@ -170,7 +170,6 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                     log(f"round {r}: node {i} is at round {nodes[i].coord.round} (no head "
                         "heard); it sits this round out")
                 cohort = [i for i in cohort if i not in lagging]
-                followers = [i for i in active if i not in cohort and i not in lagging]
                 mp = len(cohort) - 1 if s.min_peers == -1 else min(s.min_peers, len(cohort) - 1)
                 trained = {}
                 for i in cohort:
