@@ -57,6 +57,14 @@ Patches (applied once, by `apply()`; idempotent):
 10. Log lines py-libp2p writes per offending message (gossipsub's "Rate limit exceeded for
    peer", yamux's per-frame errors, a failed pubsub stream per stranger): at most 3 per kind
    per minute pass (a filter on those loggers), so a flooder cannot fill the log.
+11. `maybe_consume_signed_record` (pubsub): py-libp2p attaches the sender's signed peer record
+   to every pubsub RPC and parses and Ed25519-verifies it on every RPC received, ~9% of a
+   32-member node's CPU. A record whose bytes equal the last one verified from the same peer
+   is accepted without verifying again (same bytes, same verdict; the peerstore holds it).
+12. yamux credit release: py-libp2p 0.8.1 sends a WINDOW_UPDATE frame after every read
+   (`PY_YAMUX_RELEASE_ON_READ` defaults to 1), one encrypted write per gossip RPC read, ~11%
+   of a busy node's CPU. We default it to 0: credit goes back once half the window is
+   consumed, the go-yamux / hashicorp yamux rule (an explicit setting in the environment wins).
 
 Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
 (for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
@@ -69,6 +77,7 @@ import contextvars
 import errno
 import functools
 import logging
+import os
 import socket
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -135,6 +144,8 @@ def apply() -> None:
     _gate_connections()
     _count_bad_signatures()
     _quiet_per_message_logs()
+    _cache_sender_records()
+    _batch_yamux_credit()
     _applied = True
     log.debug("libp2p %s compat patches applied", SUPPORTED_LIBP2P_VERSION)
 
@@ -493,6 +504,45 @@ class _RateLimitFilter(logging.Filter):
 def _quiet_per_message_logs() -> None:
     for name, prefixes in _PER_MESSAGE_LOGS.items():
         logging.getLogger(name).addFilter(_RateLimitFilter(prefixes))
+
+
+def _batch_yamux_credit() -> None:
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")   # read by yamux at call time
+
+
+SENDER_RECORD_CACHE = 4096     # peers whose last verified signed peer record is remembered
+
+
+def _cache_sender_records() -> None:
+    from collections import OrderedDict
+
+    import libp2p.pubsub.gossipsub as gossipsub_module
+    import libp2p.pubsub.pubsub as pubsub_module
+
+    original = pubsub_module.maybe_consume_signed_record
+    ORIGINALS["pubsub.maybe_consume_signed_record"] = original
+    verified: OrderedDict[object, bytes] = OrderedDict()       # peer ID -> record bytes
+
+    @functools.wraps(original)
+    def consume(msg, host, peer_id) -> bool:  # type: ignore[no-untyped-def]
+        if not msg.HasField("senderRecord"):
+            return original(msg, host, peer_id)
+        record = bytes(msg.senderRecord)
+        if verified.get(peer_id) == record:
+            verified.move_to_end(peer_id)
+            return True
+        ok = original(msg, host, peer_id)
+        if ok:
+            verified[peer_id] = record
+            verified.move_to_end(peer_id)
+            while len(verified) > SENDER_RECORD_CACHE:
+                verified.popitem(last=False)
+        return ok
+
+    # Both modules import the function by name: the RPC reader (pubsub) and the control
+    # handler (gossipsub) each call it.
+    pubsub_module.maybe_consume_signed_record = consume
+    gossipsub_module.maybe_consume_signed_record = consume
 
 
 def ensure_tcp_port_free(ip: str, port: int) -> None:

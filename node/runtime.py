@@ -316,11 +316,12 @@ def _start_session(path: Path, first: int, resumed: Resumed | None) -> None:
 
 async def _listen_for_head(coord, transport) -> None:
     """Give a joining node a moment to hear the swarm (peers republish their latest record and
-    manifest every 2 s) before it decides which round it is in: at most JOIN_WAIT_S."""
+    manifest every 2 s, longer in a large swarm) before it decides which round it is in: at most
+    JOIN_WAIT_S."""
     with trio.move_on_after(JOIN_WAIT_S):
         while not transport.topic_peers():
             await trio.sleep(0.2)
-        heard = trio.current_time() + 2 * coord.republish_interval_s + 0.5
+        heard = trio.current_time() + 2 * coord.republish_period_s + 0.5
         while coord.view.signers(exclude=coord.peer_id) == 0 or trio.current_time() < heard:
             await trio.sleep(0.2)
 

@@ -61,7 +61,7 @@ from .fetch import FetchFailed, PayloadFetcher
 from .intake import ManifestIntake, ManifestSeen, RecordSeen, RoundState
 from .secure import SECURE_RULES, RoundAbandoned, SecureRound
 from .secure_intake import SecAggIntake
-from .serving import SERVED_ROUNDS, ServedRounds, publish, republish_loop
+from .serving import SERVED_ROUNDS, ServedRounds, publish, republish_loop, republish_period
 
 log = logging.getLogger("bitswarm.federation.rounds")
 
@@ -333,6 +333,13 @@ class RoundCoordinator:
         return self._intake.view
 
     @property
+    def republish_period_s(self) -> float:
+        """Seconds between our republishes now: republish_interval_s, longer in a large swarm
+        (serving.republish_period)."""
+        return republish_period(self.republish_interval_s,
+                                self._intake.view.signers(exclude=self.peer_id))
+
+    @property
     def error_feedback(self) -> ErrorFeedback:
         """The error-feedback state of our payloads (its `residual` is what a resumed node
         restores)."""
@@ -347,7 +354,7 @@ class RoundCoordinator:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(republish_loop, self.transport, self._served,
-                                   self.republish_interval_s, self.fetch_timeout_s)
+                                   lambda: self.republish_period_s, self.fetch_timeout_s)
                 task_status.started()
                 async for msg in self.transport.messages():
                     if bytes(msg.data[:4]) == SECAGG_MAGIC:

@@ -129,3 +129,61 @@ def test_gossip_size_limit_is_below_upstream_silent_drop() -> None:
         TransportConfig(topic="")
     with pytest.raises(ValueError):
         TransportConfig(topic=TOPIC, psk="zz")
+
+
+def _rpc_with_sender_record():  # type: ignore[no-untyped-def]
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerstore import create_signed_peer_record
+    from libp2p.pubsub.pb import rpc_pb2
+    from multiaddr import Multiaddr
+
+    keys = create_new_key_pair()
+    peer_id = ID.from_pubkey(keys.public_key)
+    envelope = create_signed_peer_record(peer_id, [Multiaddr("/ip4/127.0.0.1/tcp/4001")],
+                                         keys.private_key)
+    rpc = rpc_pb2.RPC()
+    rpc.senderRecord = envelope.marshal_envelope()
+    return rpc, peer_id
+
+
+def test_upstream_verifies_every_sender_record_and_we_verify_each_record_once(monkeypatch) -> None:
+    import libp2p.pubsub.gossipsub as gossipsub_module
+    import libp2p.pubsub.pubsub as pubsub_module
+    import libp2p.pubsub.utils as utils
+
+    libp2p_compat.apply()
+    verifications = []
+    real = utils.consume_envelope
+    monkeypatch.setattr(utils, "consume_envelope",
+                        lambda *a, **k: verifications.append(1) or real(*a, **k))
+    host = types.SimpleNamespace(get_peerstore=lambda: types.SimpleNamespace(
+        consume_peer_record=lambda envelope, ttl: True))
+    rpc, peer_id = _rpc_with_sender_record()
+    original = libp2p_compat.ORIGINALS["pubsub.maybe_consume_signed_record"]
+    assert original(rpc, host, peer_id) and original(rpc, host, peer_id)
+    assert len(verifications) == 2                      # upstream: parsed and verified per RPC
+
+    verifications.clear()
+    assert pubsub_module.maybe_consume_signed_record is gossipsub_module.maybe_consume_signed_record
+    consume = pubsub_module.maybe_consume_signed_record
+    assert consume(rpc, host, peer_id) and consume(rpc, host, peer_id) and consume(rpc, host, peer_id)
+    assert len(verifications) == 1                      # ours: once per (peer, record bytes)
+
+    # Other bytes are verified afresh: a record signed by someone else is refused every time.
+    forged, _ = _rpc_with_sender_record()
+    assert not consume(forged, host, peer_id) and not consume(forged, host, peer_id)
+    assert len(verifications) == 3
+    assert consume(rpc, host, peer_id) and len(verifications) == 3
+
+
+def test_upstream_yamux_releases_credit_on_every_read_and_we_default_it_off(monkeypatch) -> None:
+    import libp2p.stream_muxer.yamux.yamux as yamux_module
+
+    monkeypatch.delenv("PY_YAMUX_RELEASE_ON_READ", raising=False)
+    assert yamux_module._yamux_release_on_read()        # upstream default: a WINDOW_UPDATE per read
+    libp2p_compat._batch_yamux_credit()
+    assert not yamux_module._yamux_release_on_read()    # ours: credit back at half the window
+    monkeypatch.setenv("PY_YAMUX_RELEASE_ON_READ", "1")
+    libp2p_compat._batch_yamux_credit()                 # an explicit setting wins
+    assert yamux_module._yamux_release_on_read()
