@@ -492,7 +492,16 @@ class RoundCoordinator:
         # One signer alone is not trusted while others exist (a fast peer, or a liar).
         view = self._intake.view
         quorum = 2 if view.signers(exclude=self.peer_id) >= 2 else 1
-        return view.head(exclude=self.peer_id, min_signers=quorum)
+        head = view.head(exclude=self.peer_id, min_signers=quorum)
+        if head is None and quorum == 2 and not view.support(self._round, self._digest,
+                                                             exclude=self.peer_id):
+            # Nobody else holds our adapter and no adapter has two signers: the swarm split
+            # into lone forks (rounds closed at their deadline with the few updates each node
+            # had). Lone forks of our own round merge onto the smallest digest, which every
+            # lone node computes alike; we are no worse off trusting one signer than our own
+            # lone adapter, and a lone claim of a later round still cannot pull us ahead.
+            head = view.best_at(self._round, exclude=self.peer_id)
+        return head
 
     def buffered(self, round: int) -> list[str]:
         """Senders (sorted) of valid manifests held for `round` (for tests and status)."""

@@ -67,6 +67,18 @@ class SwarmView:
         """How many signers are tracked (other than `exclude`)."""
         return sum(1 for s in self._claims if s != exclude)
 
+    def best_at(self, round: int, *, exclude: str | None = None) -> Head | None:
+        """The best-supported digest claimed for exactly `round` (most signers, then the
+        smaller digest), ignoring `exclude`; None when nobody claims that round."""
+        counts: dict[bytes, int] = {}
+        for s, (r, d) in self._claims.items():
+            if s != exclude and r == round:
+                counts[d] = counts.get(d, 0) + 1
+        if not counts:
+            return None
+        digest = min(counts, key=lambda d: (-counts[d], d))
+        return Head(round, digest, tuple(self.support(round, digest, exclude=exclude)))
+
     def head(self, *, exclude: str | None = None, min_signers: int = 1) -> Head | None:
         """The highest round whose best-supported digest (see module docstring) has at least
         `min_signers` signers, ignoring `exclude` (ourselves); None when there is none. (With

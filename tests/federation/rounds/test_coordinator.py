@@ -626,6 +626,61 @@ def test_a_node_on_a_minority_fork_resyncs_to_the_majority():
     run_mock(main)
 
 
+def test_lone_forks_merge_onto_the_smallest_digest():
+    """Every node closed a round alone (say its deadline passed under load): four lone forks
+    of one signer each, none with two signers. They merge onto one adapter, the smallest
+    digest, and then take part in rounds together again."""
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net, min_peers=0, initial_round=1, initial_adapter=delta_for(50 + i))
+                  for i in range(4)]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            await exchange_all(coords, 1)     # other bases: each refuses the others, closes alone
+            digests = {c.adapter_sha256 for c in coords}
+            assert len(digests) == 4 and all(c.round == 2 for c in coords)
+            await trio.sleep(2.5)             # one republish: every fork's record is claimed
+            for c in coords:
+                await c.catch_up()
+            assert {c.adapter_sha256 for c in coords} == {min(digests)}
+            for c in coords:
+                assert await c.catch_up() is None      # merged: nobody moves again
+            for c in coords:
+                c.min_peers = 3                        # now wait for each other
+            res = await exchange_all(coords, 2)
+            assert len({c.adapter_sha256 for c in coords}) == 1
+            assert all(len(r.contributors) == 4 for r in res)
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
+def test_a_lone_claim_of_a_later_round_does_not_pull_a_lone_node_ahead():
+    """Lone forks merge only within their own round: one signer claiming a later round is
+    still not trusted (it could be a liar racing ahead)."""
+    async def main():
+        net = MemoryNetwork()
+        a = make_coord(net, min_peers=0, initial_round=1, initial_adapter=delta_for(61))
+        b, c = (make_coord(net, min_peers=0, initial_round=2, initial_adapter=delta_for(62 + i))
+                for i in range(2))
+        async with trio.open_nursery() as n:
+            for x in (a, b, c):
+                await n.start(x.run)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(a.exchange, 1, delta_for(1), 10)
+                inner.start_soon(b.exchange, 2, delta_for(2), 10)
+                inner.start_soon(c.exchange, 2, delta_for(3), 10)
+            assert (a.round, b.round, c.round) == (2, 3, 3)
+            await trio.sleep(2.5)
+            held = a.adapter_sha256
+            assert await a.catch_up() is None and a.round == 2 and a.adapter_sha256 == held
+            await b.catch_up()
+            await c.catch_up()
+            assert b.adapter_sha256 == c.adapter_sha256        # the two lone round-3 forks merged
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
 def test_a_record_that_does_not_recompute_is_refused():
     """A hostile peer gossips a record naming every honest update plus its own (so it ranks
     first) but a made-up new adapter: the honest nodes fetch, recompute, refuse it, and agree
