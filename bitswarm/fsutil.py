@@ -57,6 +57,20 @@ def write_file_atomic(path: Path, data: bytes) -> None:
         write_file_durable(tmp, data)
 
 
+def write_file_replace(path: Path, data: bytes) -> None:
+    """Replace `path` by a file holding `data` atomically but without fsync: readers see the
+    old or the new file whole. For snapshots rewritten every second (status.json), where
+    three fsyncs a write cost more than the snapshot is worth after a power loss."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def copy_file_atomic(src: Path, dst: Path) -> None:
     """Replace `dst` by a byte copy of `src`, atomically and durably (`atomic_file`)."""
     with atomic_file(dst) as tmp:

@@ -65,6 +65,11 @@ Patches (applied once, by `apply()`; idempotent):
    (`PY_YAMUX_RELEASE_ON_READ` defaults to 1), one encrypted write per gossip RPC read, ~11%
    of a busy node's CPU. We default it to 0: credit goes back once half the window is
    consumed, the go-yamux / hashicorp yamux rule (an explicit setting in the environment wins).
+13. `env_to_send_in_RPC` (pubsub, gossipsub): every outbound pubsub RPC rebuilds the host's
+   address set (`get_addrs`, multiaddr parsing) to check whether its cached signed peer record
+   is still current, ~8% of a 32-member node's CPU. We reuse the answer for SPR_REUSE_S
+   seconds per host (addresses change on a NAT or relay event, not per message; peers also
+   learn them through identify).
 
 Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
 (for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
@@ -145,6 +150,7 @@ def apply() -> None:
     _count_bad_signatures()
     _quiet_per_message_logs()
     _cache_sender_records()
+    _reuse_local_record()
     _batch_yamux_credit()
     _applied = True
     log.debug("libp2p %s compat patches applied", SUPPORTED_LIBP2P_VERSION)
@@ -504,6 +510,30 @@ class _RateLimitFilter(logging.Filter):
 def _quiet_per_message_logs() -> None:
     for name, prefixes in _PER_MESSAGE_LOGS.items():
         logging.getLogger(name).addFilter(_RateLimitFilter(prefixes))
+
+
+SPR_REUSE_S = 2.0     # how long our own signed peer record is reused without re-checking
+
+
+def _reuse_local_record() -> None:
+    import libp2p.pubsub.gossipsub as gossipsub_module
+    import libp2p.pubsub.pubsub as pubsub_module
+
+    original = pubsub_module.env_to_send_in_RPC
+    ORIGINALS["pubsub.env_to_send_in_RPC"] = original
+
+    @functools.wraps(original)
+    def env_to_send(host) -> tuple[bytes, bool]:  # type: ignore[no-untyped-def]
+        now = time.monotonic()
+        cached = getattr(host, "_bitswarm_spr", None)
+        if cached is not None and now - cached[0] < SPR_REUSE_S:
+            return cached[1], False
+        envelope, created = original(host)
+        host._bitswarm_spr = (now, envelope)
+        return envelope, created
+
+    pubsub_module.env_to_send_in_RPC = env_to_send
+    gossipsub_module.env_to_send_in_RPC = env_to_send
 
 
 def _batch_yamux_credit() -> None:

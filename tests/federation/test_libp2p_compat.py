@@ -187,3 +187,28 @@ def test_upstream_yamux_releases_credit_on_every_read_and_we_default_it_off(monk
     monkeypatch.setenv("PY_YAMUX_RELEASE_ON_READ", "1")
     libp2p_compat._batch_yamux_credit()                 # an explicit setting wins
     assert yamux_module._yamux_release_on_read()
+
+
+def test_upstream_rebuilds_our_address_set_per_rpc_and_we_reuse_it_briefly(monkeypatch) -> None:
+    import libp2p.pubsub.gossipsub as gossipsub_module
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    libp2p_compat.apply()
+    host = new_host(key_pair=create_new_key_pair())
+    calls = []
+    real = host.get_addrs
+    monkeypatch.setattr(host, "get_addrs", lambda: calls.append(1) or real())
+    original = libp2p_compat.ORIGINALS["pubsub.env_to_send_in_RPC"]
+    first, _ = original(host)
+    assert original(host)[0] == first and len(calls) == 2       # upstream: per RPC
+
+    calls.clear()
+    assert pubsub_module.env_to_send_in_RPC is gossipsub_module.env_to_send_in_RPC
+    ours = pubsub_module.env_to_send_in_RPC
+    clock = [100.0]
+    monkeypatch.setattr(libp2p_compat.time, "monotonic", lambda: clock[0])
+    assert ours(host)[0] == first and ours(host)[0] == first and len(calls) == 1
+    clock[0] += libp2p_compat.SPR_REUSE_S                       # then checked again
+    assert ours(host)[0] == first and len(calls) == 2
