@@ -70,6 +70,12 @@ Patches (applied once, by `apply()`; idempotent):
    is still current, ~8% of a 32-member node's CPU. We reuse the answer for SPR_REUSE_S
    seconds per host (addresses change on a NAT or relay event, not per message; peers also
    learn them through identify).
+14. `GossipSub._emit_idontwant_for_message`: py-libp2p sends an IDONTWANT RPC (with our signed
+   peer record, ~200 bytes) to every mesh peer for every message it publishes or forwards,
+   whatever its size; ~11% of a 32-member node's CPU, and more bytes than our small manifests.
+   Gossipsub v1.2 meant IDONTWANT for large messages (go-libp2p: only above
+   GossipSubIDontWantMessageThreshold, 1 KiB); we send it only for messages of at least
+   IDONTWANT_MIN_BYTES (round records, secure-aggregation shares).
 
 Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
 (for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
@@ -151,6 +157,7 @@ def apply() -> None:
     _quiet_per_message_logs()
     _cache_sender_records()
     _reuse_local_record()
+    _idontwant_for_large_messages_only()
     _batch_yamux_credit()
     _applied = True
     log.debug("libp2p %s compat patches applied", SUPPORTED_LIBP2P_VERSION)
@@ -534,6 +541,37 @@ def _reuse_local_record() -> None:
 
     pubsub_module.env_to_send_in_RPC = env_to_send
     gossipsub_module.env_to_send_in_RPC = env_to_send
+
+
+IDONTWANT_MIN_BYTES = 1024     # go-libp2p's GossipSubIDontWantMessageThreshold
+_PUBLISHING_BYTES: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "bitswarm_publishing_bytes", default=None)
+
+
+def _idontwant_for_large_messages_only() -> None:
+    from libp2p.pubsub.gossipsub import GossipSub
+
+    publish, emit = GossipSub.publish, GossipSub._emit_idontwant_for_message
+    ORIGINALS["GossipSub.publish"] = publish
+    ORIGINALS["GossipSub._emit_idontwant_for_message"] = emit
+
+    @functools.wraps(publish)
+    async def publish_sized(self, msg_forwarder, pubsub_msg) -> None:  # type: ignore[no-untyped-def]
+        token = _PUBLISHING_BYTES.set(len(pubsub_msg.data))
+        try:
+            await publish(self, msg_forwarder, pubsub_msg)
+        finally:
+            _PUBLISHING_BYTES.reset(token)
+
+    @functools.wraps(emit)
+    async def emit_if_large(self, msg_id, topic_ids) -> None:  # type: ignore[no-untyped-def]
+        size = _PUBLISHING_BYTES.get()
+        if size is not None and size < IDONTWANT_MIN_BYTES:
+            return
+        await emit(self, msg_id, topic_ids)
+
+    GossipSub.publish = publish_sized  # type: ignore[method-assign]
+    GossipSub._emit_idontwant_for_message = emit_if_large  # type: ignore[method-assign]
 
 
 def _batch_yamux_credit() -> None:

@@ -212,3 +212,38 @@ def test_upstream_rebuilds_our_address_set_per_rpc_and_we_reuse_it_briefly(monke
     assert ours(host)[0] == first and ours(host)[0] == first and len(calls) == 1
     clock[0] += libp2p_compat.SPR_REUSE_S                       # then checked again
     assert ours(host)[0] == first and len(calls) == 2
+
+
+def test_upstream_sends_idontwant_for_every_message_and_we_only_for_large_ones() -> None:
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12, GossipSub
+
+    libp2p_compat.apply()
+    gs = object.__new__(GossipSub)
+    gs.mesh = {TOPIC: {"peer-a", "peer-b"}}
+    gs.peer_protocol = {"peer-a": PROTOCOL_ID_V12, "peer-b": PROTOCOL_ID_V12}
+    gs.pubsub = object()                                 # attached (no host needed here)
+    sent = []
+
+    async def emit_idontwant(msg_ids, to_peer):  # type: ignore[no-untyped-def]
+        sent.append(to_peer)
+    gs.emit_idontwant = emit_idontwant
+    upstream = libp2p_compat.ORIGINALS["GossipSub._emit_idontwant_for_message"]
+
+    async def main() -> None:
+        token = libp2p_compat._PUBLISHING_BYTES.set(40)         # a 40-byte message
+        try:
+            await upstream(gs, b"id", [TOPIC])
+            assert sorted(sent) == ["peer-a", "peer-b"]         # upstream: whatever the size
+            sent.clear()
+            await gs._emit_idontwant_for_message(b"id", [TOPIC])
+            assert sent == []                                   # ours: not for a small one
+        finally:
+            libp2p_compat._PUBLISHING_BYTES.reset(token)
+        token = libp2p_compat._PUBLISHING_BYTES.set(libp2p_compat.IDONTWANT_MIN_BYTES)
+        try:
+            await gs._emit_idontwant_for_message(b"id", [TOPIC])
+            assert sorted(sent) == ["peer-a", "peer-b"]         # a large one still gets it
+        finally:
+            libp2p_compat._PUBLISHING_BYTES.reset(token)
+    trio.run(main)
+    assert GossipSub.publish is not libp2p_compat.ORIGINALS["GossipSub.publish"]

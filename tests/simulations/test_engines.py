@@ -196,7 +196,9 @@ dp_clip = 1.0
     assert all(r["adapters_identical"] for r in rows)
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 5_000
     assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 5
-    assert (tmp_path / "sw" / "dp_noise=4" / "summary.json").exists()
+    summary = json.loads((tmp_path / "sw" / "dp_noise=4" / "summary.json").read_text())
+    norms = summary["dp"]["update_norm_median"]       # what a user picks dp_clip from
+    assert len(norms) == 3 and all(n > 0 for n in norms)
     from bitswarm.simulations.scenario import ScenarioError
     with pytest.raises(ScenarioError, match="not a top-level scenario key"):
         sweep(p, "colour", ["1"], tmp_path / "sw2")

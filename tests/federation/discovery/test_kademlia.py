@@ -52,3 +52,11 @@ def test_members_known_only_through_a_bootstrap_find_each_other():
             assert other.peer_id not in a.topic_peers() + b.topic_peers()
             assert finders[2].found == set()
     trio.run(main)
+
+
+def test_lookup_period_backs_off_once_enough_members_are_connected() -> None:
+    from bitswarm.federation.discovery.kademlia import SATURATED_REFRESH_S
+    dht = SwarmDHT([], "s", target_peers=8, fast_s=3.0, refresh_s=30.0)
+    assert dht.wait_s(0) == 3.0                      # nobody yet: look again soon
+    assert dht.wait_s(1) == dht.wait_s(7) == 30.0    # some members: keep looking for more
+    assert dht.wait_s(8) == dht.wait_s(31) == SATURATED_REFRESH_S   # enough: renew the record
