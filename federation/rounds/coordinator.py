@@ -67,6 +67,12 @@ log = logging.getLogger("bitswarm.federation.rounds")
 
 T = TypeVar("T")
 
+# A manifest whose payload no source served (fetch.py's passes, 2 x fetch_timeout_s) is asked
+# for again this many times while the round collects, FETCH_RETRY_PAUSE_S apart (jittered);
+# the exchange's end cancels the retries.
+FETCH_RETRIES = 4
+FETCH_RETRY_PAUSE_S = 10.0
+
 
 @dataclass(frozen=True)
 class RoundResult:
@@ -709,13 +715,32 @@ class RoundCoordinator:
                 else:
                     nursery.start_soon(self._fetch_one, ex, item)
 
-    async def _fetch_decoded(self, m: UpdateManifest, ex: _Exchange) -> dict | None:
-        """Fetch, verify and decode one peer's update; failures become rejections (None)."""
+    async def _fetch_decoded(self, m: UpdateManifest, ex: _Exchange, *,
+                             retries: int = 0) -> dict | None:
+        """Fetch, verify and decode one peer's update; failures become rejections (None).
+        retries: times a payload that no source served (each only timed out, was unreachable
+        or lacked it: FetchFailed.transient) is asked for again, after a pause of
+        FETCH_RETRY_PAUSE_S (x 0.5-1.5): on a loaded machine or link a sender that answers no
+        stream for a minute usually answers later, and an update rejected for it is lost to
+        the round (and the records that name it cannot be checked)."""
+        failed: str | None = None
         try:
-            data, source = await self._fetcher.fetch(m)
-        except FetchFailed as e:
-            ex.intake.reject(m.sender, e.reason)
-            return None
+            for attempt in range(retries + 1):
+                try:
+                    data, source = await self._fetcher.fetch(m)
+                    break
+                except FetchFailed as e:
+                    if attempt == retries or not e.transient:
+                        ex.intake.reject(m.sender, e.reason)
+                        return None
+                    failed = e.reason
+                    log.info("round %d: payload of %s not served yet (%s); asking again "
+                             "(%d/%d)", m.round, m.sender, e.reason, attempt + 1, retries)
+                    await trio.sleep(FETCH_RETRY_PAUSE_S * self._rng.uniform(0.5, 1.5))
+        except trio.Cancelled:
+            if failed is not None:          # the round closed while we were still asking
+                ex.intake.reject(m.sender, f"{failed} (still unserved when the round closed)")
+            raise
         try:
             # The bytes match the signed manifest: a decode failure is the sender's doing.
             delta = await self._run_blocking(functools.partial(
@@ -731,7 +756,7 @@ class RoundCoordinator:
 
     async def _fetch_one(self, ex: _Exchange, seen: ManifestSeen) -> None:
         m = seen.manifest
-        delta = await self._fetch_decoded(m, ex)
+        delta = await self._fetch_decoded(m, ex, retries=FETCH_RETRIES)
         if delta is None:
             return
         ex.contributions[m.sender] = Contribution(m.sender, m.tokens, delta)

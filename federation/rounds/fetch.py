@@ -26,12 +26,20 @@ MAX_RELAYS = 4                        # connected peers asked per pass after the
 TOTAL_DEADLINE_FACTOR = 2.0           # one fetch, every pass and source: this x fetch_timeout_s
 
 
-class FetchFailed(Exception):
-    """No source served the announced payload; `reason` says why (the sender's error first)."""
+# Failures that say nothing against a source (it was busy, unreachable, or not holding the
+# payload yet); any other (oversize, wrong size or hash, protocol error) is a source misbehaving.
+TRANSIENT_FETCH_ERRORS = frozenset({"timeout", "connection", "not_found"})
 
-    def __init__(self, reason: str) -> None:
+
+class FetchFailed(Exception):
+    """No source served the announced payload; `reason` says why (the sender's error first);
+    `transient`: every source only timed out, could not be reached or lacked it (asking again
+    later may work), none served wrong bytes."""
+
+    def __init__(self, reason: str, *, transient: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.transient = transient
 
 
 class PayloadFetcher:
@@ -59,15 +67,18 @@ class PayloadFetcher:
             with trio.move_on_after(TOTAL_DEADLINE_FACTOR * self.fetch_timeout_s):
                 return await self._passes(m, request)
             raise FetchFailed(f"no source served it within "
-                              f"{TOTAL_DEADLINE_FACTOR * self.fetch_timeout_s:.0f} s")
+                              f"{TOTAL_DEADLINE_FACTOR * self.fetch_timeout_s:.0f} s",
+                              transient=True)
 
     async def _passes(self, m: UpdateManifest, request: bytes) -> tuple[bytes, str]:
         sender_error = other_error = None
+        misbehaved = False
         for attempt in range(FETCH_ATTEMPTS):
             if attempt:
                 await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
             for source in self._sources(m):
-                data, error = await self._fetch_verified(source, m, request)
+                data, error, bad = await self._fetch_verified(source, m, request)
+                misbehaved |= bad
                 if data is not None:
                     return data, source
                 if source == m.sender:
@@ -76,7 +87,7 @@ class PayloadFetcher:
                     other_error = f"{error} (via {source})"
             log.info("round %d: payload of %s not fetched (attempt %d/%d): %s", m.round,
                      m.sender, attempt + 1, FETCH_ATTEMPTS, sender_error or other_error)
-        raise FetchFailed(sender_error or other_error or "no source")
+        raise FetchFailed(sender_error or other_error or "no source", transient=not misbehaved)
 
     def _sources(self, m: UpdateManifest):
         """The sender first; then (only if it failed) up to MAX_RELAYS directly connected
@@ -87,8 +98,9 @@ class PayloadFetcher:
         yield from self._rng.sample(relays, min(MAX_RELAYS, len(relays)))
 
     async def _fetch_verified(self, source: str, m: UpdateManifest,
-                              request: bytes) -> tuple[bytes | None, str]:
-        """(payload, "") if `source` served the bytes the manifest names, else (None, reason)."""
+                              request: bytes) -> tuple[bytes | None, str, bool]:
+        """(payload, "", False) if `source` served the bytes the manifest names, else (None,
+        reason, whether the source misbehaved: served wrong bytes or broke the protocol)."""
         # The transport bounds its own wait; the outer scope guards against one that does not
         # (1 s of grace so the transport's own timeout error wins normally).
         with trio.move_on_after(self.fetch_timeout_s + 1.0):
@@ -96,10 +108,10 @@ class PayloadFetcher:
                 data = await self.transport.fetch(source, request, max_bytes=m.payload_size,
                                                   timeout_s=self.fetch_timeout_s)
             except FetchError as e:
-                return None, f"fetch failed: {e}"
+                return None, f"fetch failed: {e}", e.reason not in TRANSIENT_FETCH_ERRORS
             if len(data) != m.payload_size:
-                return None, f"payload size {len(data)} != announced {m.payload_size}"
+                return None, f"payload size {len(data)} != announced {m.payload_size}", True
             if hashlib.sha256(data).digest() != m.payload_sha256:
-                return None, "payload SHA-256 mismatch with the manifest"
-            return data, ""
-        return None, "fetch timed out"
+                return None, "payload SHA-256 mismatch with the manifest", True
+            return data, "", False
+        return None, "fetch timed out", False

@@ -745,6 +745,24 @@ def test_follow_adopts_the_round_without_an_update_of_ours():
     run_mock(main)
 
 
+def test_an_update_whose_sender_is_briefly_unreachable_is_asked_for_again():
+    """A busy sender (its streams fail for a while: a loaded machine) is not a bad one: the
+    manifest is fetched again after a pause and the update counts; a source that serves wrong
+    bytes is rejected at once (hostile test above)."""
+    async def main():
+        net = MemoryNetwork()
+        a, b = (make_coord(net, min_peers=1) for _ in range(2))
+        net.nodes[b.peer_id].failing_serves = 4        # one fetch's 3 passes, then one more
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            ra, rb = await exchange_all([a, b], 0)
+            assert ra.contributors == rb.contributors == sorted([a.peer_id, b.peer_id])
+            assert ra.rejected == [] and a.adapter_sha256 == b.adapter_sha256
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
 def test_an_endless_payload_server_holds_a_fetch_slot_for_a_bounded_time():
     """Slow servers hold fetch slots: each fetch (every pass and source together) ends within
     2 x fetch_timeout_s, so 12 endless servers and 8 slots still let the honest update in."""
