@@ -626,6 +626,29 @@ def test_a_node_on_a_minority_fork_resyncs_to_the_majority():
     run_mock(main)
 
 
+def test_a_large_swarm_staggers_its_proposals_and_agrees():
+    """26 nodes reach the quorum together: proposals wait by proposer rank, so few records
+    are proposed and every node adopts the same one (without the stagger each of them
+    proposed its own set)."""
+    from bitswarm.federation.round_record import RECORD_MAGIC, decode_record
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net, min_peers=12) for _ in range(26)]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            await exchange_all(coords, 0, tokens=[100] * 26)   # round 0: every member is heard
+            net.published.clear()
+            res = await exchange_all(coords, 1, tokens=[100] * 26)
+            proposers = {decode_record(d).proposer for _, d in net.published
+                         if d[:4] == RECORD_MAGIC and decode_record(d).round == 1}
+            assert len(proposers) <= 4, len(proposers)
+            assert len({c.adapter_sha256 for c in coords}) == 1
+            assert all(r.adapter_sha256 == res[0].adapter_sha256 for r in res)
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
 def test_lone_forks_merge_onto_the_smallest_digest():
     """Every node closed a round alone (say its deadline passed under load): four lone forks
     of one signer each, none with two signers. They merge onto one adapter, the smallest
