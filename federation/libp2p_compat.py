@@ -76,6 +76,12 @@ Patches (applied once, by `apply()`; idempotent):
    Gossipsub v1.2 meant IDONTWANT for large messages (go-libp2p: only above
    GossipSubIDontWantMessageThreshold, 1 KiB); we send it only for messages of at least
    IDONTWANT_MIN_BYTES (round records, secure-aggregation shares).
+15. `PeerScorer.on_invalid_message`: py-libp2p's topic validators have one refusal (no
+   libp2p IGNORE verdict), and every refusal scores the forwarder down. An honest peer that is
+   a round behind forwards messages we no longer need; in a 32-member swarm under load that
+   blocked 14 honest peers for 300 s. A validator that calls `ignore_current_message()` before
+   refusing (the transport does, for our validator's IGNORE) refuses the message without the
+   penalty, as go-libp2p's ValidationIgnore does.
 
 Not a patch, a check (`ensure_tcp_port_free`): the TCP transport listens with SO_REUSEPORT
 (for hole punching), so a second node on an occupied fixed port starts "fine" and the kernel
@@ -158,6 +164,7 @@ def apply() -> None:
     _cache_sender_records()
     _reuse_local_record()
     _idontwant_for_large_messages_only()
+    _ignored_messages_do_not_count()
     _batch_yamux_credit()
     _applied = True
     log.debug("libp2p %s compat patches applied", SUPPORTED_LIBP2P_VERSION)
@@ -572,6 +579,31 @@ def _idontwant_for_large_messages_only() -> None:
 
     GossipSub.publish = publish_sized  # type: ignore[method-assign]
     GossipSub._emit_idontwant_for_message = emit_if_large  # type: ignore[method-assign]
+
+
+_IGNORED: contextvars.ContextVar[bool] = contextvars.ContextVar("bitswarm_ignored", default=False)
+
+
+def ignore_current_message() -> None:
+    """Called by a topic validator about to refuse the message it is judging: the refusal is
+    an IGNORE (not relayed, not delivered, no score penalty for the forwarder; patch 15).
+    Scoped to the pubsub task handling this one message."""
+    _IGNORED.set(True)
+
+
+def _ignored_messages_do_not_count() -> None:
+    from libp2p.pubsub.score import PeerScorer
+
+    original = PeerScorer.on_invalid_message
+    ORIGINALS["PeerScorer.on_invalid_message"] = original
+
+    @functools.wraps(original)
+    def on_invalid_message(self, peer, topic) -> None:  # type: ignore[no-untyped-def]
+        if _IGNORED.get():
+            return
+        original(self, peer, topic)
+
+    PeerScorer.on_invalid_message = on_invalid_message  # type: ignore[method-assign]
 
 
 def _batch_yamux_credit() -> None:

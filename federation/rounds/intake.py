@@ -28,6 +28,7 @@ import trio
 from bitswarm.federation.codecs import CODECS
 from bitswarm.federation.log_limit import RateLimitedLog, reason_key
 from bitswarm.federation.round_record import RECORD_MAGIC, RoundRecord, decode_record
+from bitswarm.federation.transport import IGNORE
 from bitswarm.federation.wire import UpdateManifest, WireError, check_compatible, decode_manifest
 
 from .view import SwarmView
@@ -161,9 +162,10 @@ class ManifestIntake:
 
     def relayable(self, from_peer: str, data: bytes) -> bool:
         """The transport's gossip validator: True for a valid, verified, compatible, fresh
-        manifest or record of round floor - 1 or later; false for the rest, which is then
-        neither delivered nor relayed to the mesh, its rejection filed as `on_gossip` would.
-        Never raises on hostile input."""
+        manifest or record of round floor - 1 or later; IGNORE (falsy: refused, but no score
+        penalty for the forwarder) for a valid one of an older round; False for the rest, which
+        is then neither delivered nor relayed to the mesh, its rejection filed as `on_gossip`
+        would. Never raises on hostile input."""
         try:
             msg = self._decode(data)
         except WireError as e:
@@ -173,7 +175,9 @@ class ManifestIntake:
         if signer == self.peer_id:
             return True
         if msg.round < self._floor - 1:
-            return False                         # nobody near us needs it any more
+            # Nobody near us needs it any more, but an honest peer a round or two behind
+            # still sends it: refused without lowering the forwarder's score.
+            return IGNORE
         try:
             self._check(msg)
         except WireError as e:

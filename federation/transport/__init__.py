@@ -17,10 +17,10 @@ GossipSub (StrictSign) with a ~1 s heartbeat. Gossip carries small signed messag
 from .config import TransportConfig
 from .peer_guard import GuardLimits
 from .errors import ConnectError, FetchError, TransportError
-from .host import (MAX_GOSSIP_BYTES, GossipMessage, Transport, muxer_options, open_transport,
+from .host import (IGNORE, MAX_GOSSIP_BYTES, GossipMessage, Transport, muxer_options, open_transport,
                    security_options)
 from .payload_protocol import PAYLOAD_PROTOCOL_ID
 
-__all__ = ["MAX_GOSSIP_BYTES", "PAYLOAD_PROTOCOL_ID", "ConnectError", "FetchError",
+__all__ = ["IGNORE", "MAX_GOSSIP_BYTES", "PAYLOAD_PROTOCOL_ID", "ConnectError", "FetchError",
            "GossipMessage", "GuardLimits", "Transport", "TransportConfig", "TransportError", "muxer_options",
            "open_transport", "security_options"]

@@ -42,6 +42,22 @@ from .peer_guard import PeerGuard, score_params
 log = logging.getLogger("bitswarm.federation.transport")
 
 MAX_GOSSIP_BYTES = 256 * 1024  # py-libp2p drops gossip > 1 MiB silently; stay far below
+
+
+class _Ignore:
+    """The gossip validator's third verdict (libp2p's ValidationIgnore): refuse, no penalty.
+    Falsy, so code that treats verdicts as booleans still refuses."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "IGNORE"
+
+
+IGNORE = _Ignore()
 MESSAGE_BUFFER = 256  # gossip messages held for the consumer before new ones are dropped
 PUBLISH_TIMEOUT_S = 10.0
 DISCONNECT_TIMEOUT_S = 5.0
@@ -271,7 +287,9 @@ class Transport:
         """Also require `fn(author peer ID base58, data)` for a gossip message to be delivered
         AND relayed to the mesh (gossipsub drops what its topic validator refuses), so a node
         never forwards what it would not accept. Runs on the event loop for every message: keep
-        it fast; an exception in it counts as a refusal."""
+        it fast; an exception in it counts as a refusal. A refusal lowers the forwarder's
+        gossipsub score; returning IGNORE refuses without that (a message honest peers may
+        still send, e.g. one we no longer need)."""
         self._gossip_validator = fn
 
     def _validate(self, forwarder: ID, msg) -> bool:  # type: ignore[no-untyped-def]
@@ -281,7 +299,11 @@ class Transport:
                 return False
             if self._gossip_validator is None or msg.from_id == self._id.to_bytes():
                 return True
-            return bool(self._gossip_validator(ID(msg.from_id).to_base58(), bytes(msg.data)))
+            verdict = self._gossip_validator(ID(msg.from_id).to_base58(), bytes(msg.data))
+            if verdict is IGNORE:
+                libp2p_compat.ignore_current_message()
+                return False
+            return bool(verdict)
         except Exception:  # noqa: BLE001
             return False
 

@@ -247,3 +247,27 @@ def test_upstream_sends_idontwant_for_every_message_and_we_only_for_large_ones()
             libp2p_compat._PUBLISHING_BYTES.reset(token)
     trio.run(main)
     assert GossipSub.publish is not libp2p_compat.ORIGINALS["GossipSub.publish"]
+
+
+def test_upstream_scores_every_refusal_and_an_ignored_message_costs_nothing() -> None:
+    from libp2p.pubsub.score import PeerScorer, ScoreParams
+
+    libp2p_compat.apply()
+    scorer = PeerScorer(ScoreParams())
+    upstream = libp2p_compat.ORIGINALS["PeerScorer.on_invalid_message"]
+    upstream(scorer, "peer", TOPIC)
+    assert scorer.invalid_messages["peer"][TOPIC] == 1.0          # upstream: every refusal
+
+    async def refuse(ignore: bool) -> None:                      # one pubsub task per message
+        if ignore:
+            libp2p_compat.ignore_current_message()
+        scorer.on_invalid_message("peer", TOPIC)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(refuse, True)
+        assert scorer.invalid_messages["peer"][TOPIC] == 1.0      # ignored: no penalty
+        async with trio.open_nursery() as n:
+            n.start_soon(refuse, False)                          # the flag was that task's only
+        assert scorer.invalid_messages["peer"][TOPIC] == 2.0
+    trio.run(main)

@@ -16,6 +16,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from bitswarm.federation import wire
 from bitswarm.federation.identity import peer_id_of
 from bitswarm.federation.round_record import encode_record
+from bitswarm.federation.transport import IGNORE
 from bitswarm.federation.rounds.intake import ManifestIntake, RecordSeen
 
 SWARM = "intake-swarm"
@@ -115,7 +116,7 @@ def test_relayable_is_the_gossip_validator():
     assert intake.relayable(sender, good)
     assert intake.buffered(3) == []                       # judging is not filing
     assert intake.relayable(*_manifest(2))                # a straggler's round: still relayed
-    assert not intake.relayable(*_manifest(1))            # long past
+    assert intake.relayable(*_manifest(1)) is IGNORE      # long past: refused, no penalty
     assert intake.relayable(*_manifest(9))                # far ahead: evidence of a head
     assert not intake.relayable("12D3KooWjunk", b"\x00not a manifest")
     bad_sender, wrong_swarm = _manifest(3, swarm="another swarm")
