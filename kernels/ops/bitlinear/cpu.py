@@ -25,6 +25,7 @@ import weakref
 import numpy as np
 
 from bitswarm.kernels.config import TernaryLinear
+from bitswarm.kernels.ops import jit
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.bitlinear import int8_gemm
 from bitswarm.kernels.ops.bitlinear.reference import ACT_QMAX, QUANT_EPS
@@ -35,6 +36,10 @@ from bitswarm.kernels.ops.threads import run_split
 # weight: the shipped default model ~50 MB, 125M ~0.35 GB each kind); beyond it they are
 # rebuilt per call (one conversion pass, ~5% of the GEMM), so large models (2B-4T: ~10 GB)
 # do not hold float32 copies of every projection. int8 copies (1 byte per weight) are kept.
+# float32 constants of the fused loops (numba would promote Python floats to float64)
+_B = 254.0           # base of the int8 terms: a residual in [-0.5, 0.5] times 254 is in [-127, 127]
+_F128, _F254, _F127 = np.float32(128.0), np.float32(_B), np.float32(ACT_QMAX)
+_TINY = np.float32(1e-30)
 CACHE_BYTES = int(os.environ.get("BITSWARM_CPU_CACHE_BYTES", 2 << 30))
 _cached = [0]
 
@@ -86,6 +91,15 @@ class CpuTernary(TernaryLinear):
             m /= F(self.weight_scale)
             return m
         return _kept(self, self._cache, ("grad", F), build)
+
+    def codes8(self) -> np.ndarray:
+        """codes as C-contiguous int8 (out, in): the int8 input gradient's operand."""
+        c = self._cache.get("c")
+        if c is None:
+            # a copy even when codes is contiguous: layers sharing one codes array (the
+            # benchmarks' fast_weights) then read their own, as a real model's layers do
+            c = self._cache["c"] = np.array(self.codes, dtype=np.int8, order="C")
+        return c
 
     def codes_t(self) -> np.ndarray:
         """codes^T as int8 (in, out), the int8 GEMM's operand (C-contiguous when alone)."""
@@ -143,6 +157,29 @@ def int8_enabled() -> bool:
     return os.environ.get("BITSWARM_CPU_INT8", "1") != "0" and int8_gemm.session() is not None
 
 
+@jit.kernel
+def _quantize_rows(x, eps, xq, s):
+    """quantize_act's passes for rows x (n, C) float32 in one loop: s = 127 / max(max|x|, eps),
+    xq = rint(x * s) (int8 or float32 xq)."""
+    n, C = x.shape
+    for i in range(n):
+        mx = x[i, 0]
+        mn = x[i, 0]
+        for j in range(1, C):
+            v = x[i, j]
+            if v > mx:
+                mx = v
+            if v < mn:
+                mn = v
+        a = max(mx, -mn)
+        if a < eps:
+            a = eps
+        sc = _F127 / a
+        s[i] = sc
+        for j in range(C):
+            xq[i, j] = np.rint(x[i, j] * sc)
+
+
 def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """reference.quantize_act's values: xq int8 (N, C) when the int8 GEMM is enabled, else
     float32 holding the same integers (what the float32 GEMM multiplies); x_scale float32 (N,).
@@ -153,6 +190,10 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     as_int8 = int8_enabled()
     xq = np.empty((N, C), np.int8 if as_int8 else F)
     s = np.empty(N, F)
+    k = _quantize_rows.fast
+    if k is not None and x.dtype == np.float32 and F == np.float32 and C:
+        run_split(lambda lo, hi: k(x[lo:hi], F(QUANT_EPS), xq[lo:hi], s[lo:hi]), N)
+        return xq, s
 
     def rows(lo, hi):
         xr, sr = x[lo:hi], s[lo:hi]
@@ -231,10 +272,139 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
     return ys
 
 
+GRAD_BLOCK = 128     # rows per block of the int8 input gradient (its passes stay in cache)
+
+
+def grad_int8_enabled() -> bool:
+    """Whether bitlinear_backward runs through the int8 GEMM (`_backward_int8`):
+    BITSWARM_CPU_INT8_GRAD "1" forces it (with onnxruntime), "0" turns it off; by default
+    ("auto") it runs when onnxruntime and numba are both there (with NumPy's passes splitting dy
+    costs more than the int8 GEMM saves: benchmarks in docs/benchmarks.md). Else the float32
+    GEMM."""
+    v = os.environ.get("BITSWARM_CPU_INT8_GRAD", "auto")
+    if v == "0" or not int8_enabled():
+        return False
+    return v == "1" or jit.enabled()
+
+
+@jit.kernel
+def _split_rows(dy, u, S):
+    """Per row of dy (n, K) float32: S = 127 / max|dy_row| (>= 1e-30 clamp) and the three int8
+    terms as offset binary u (3, n, K) uint8: t0 = dy*S + 128, u_i = rint(t_i),
+    t_{i+1} = (t_i - u_i)*254 + 128. Float32 throughout, the NumPy passes' order."""
+    n, K = dy.shape
+    for r in range(n):
+        mx = dy[r, 0]
+        mn = dy[r, 0]
+        for j in range(1, K):
+            v = dy[r, j]
+            if v > mx:
+                mx = v
+            if v < mn:
+                mn = v
+        a = max(mx, -mn)
+        if a < _TINY:
+            a = _TINY
+        sc = _F127 / a
+        S[r] = sc
+        for j in range(K):
+            t = dy[r, j] * sc + _F128
+            q = np.rint(t)
+            u[0, r, j] = np.uint8(q)
+            t = (t - q) * _F254 + _F128
+            q = np.rint(t)
+            u[1, r, j] = np.uint8(q)
+            t = (t - q) * _F254 + _F128
+            u[2, r, j] = np.uint8(np.rint(t))
+
+
+def _split_rows_numpy(dy, u, S):
+    """_split_rows as NumPy passes (same float32 operations, same order: same bits)."""
+    s = np.maximum(np.max(dy, axis=1), -np.min(dy, axis=1))
+    np.maximum(s, _TINY, out=s)
+    np.divide(_F127, s, out=S)
+    t = np.multiply(dy, S[:, None])
+    t += _F128
+    for i in range(3):
+        q = np.rint(t)
+        u[i] = q                                              # exact: integers in [1, 255]
+        if i < 2:
+            t -= q
+            t *= _F254
+            t += _F128
+
+
+@jit.kernel
+def _combine(acc3, c, add, dx):
+    """dx = float32((a0*254^2 + a1*254 + a2) * c_row) (+ add): a_i = acc3[i] int32 (n, k), the
+    sum exact in float64 (|a_i| < 2^31, so < 2^53), c (n,) float64; add (n, k) float32 or an
+    empty (0, 0) array."""
+    n, k = dx.shape
+    has = add.shape[0] > 0
+    for r in range(n):
+        cr = c[r]
+        for j in range(k):
+            v = (np.float64(acc3[0, r, j]) * 64516.0 + np.float64(acc3[1, r, j]) * 254.0
+                 + np.float64(acc3[2, r, j]))
+            y = np.float32(v * cr)
+            if has:
+                y = y + add[r, j]
+            dx[r, j] = y
+
+
+def _combine_numpy(acc3, c, add, dx):
+    """_combine as NumPy passes (same float64 sum, one rounding to float32: same bits)."""
+    v = acc3[0] * 64516.0
+    v += acc3[1] * 254.0
+    v += acc3[2]
+    v *= c[:, None]
+    dx[...] = v
+    if add.shape[0]:
+        dx += add
+
+
+def _backward_int8(dy, codes, weight_scale, acc, dx) -> None:
+    """dx = dy @ codes / weight_scale (+ acc) through the int8 GEMM, for one block of rows.
+
+    Each row of dy is split exactly-enough into three int8 terms: with S = 127 / max|dy_row|,
+    dy * S = q0 + q1 / 254 + q2 / 254^2 + e, q_i integers in [-127, 127] (offset binary
+    q + 128 in [1, 255], int8_gemm's zero point). The three q_i @ codes are one exact int32
+    GEMM (the terms stacked as rows), summed exactly in float64 and scaled once:
+    dx = float32((a0*254^2 + a1*254 + a2) / (S * 254^2 * weight_scale)).
+    Error per element of dy: |e| / S <= (0.5 / 254^2 + 2^-17) / 127 of max|dy_row| (the 2^-17
+    is float32 rounding of dy*S + 128): 1.4e-7 of the row's max, float32's own precision. Per
+    element of dx at most K (= out) times that times max|dy_row| / weight_scale; in the tests
+    it is as close to the exact product as the float32 GEMM is (tests/kernels/test_cpu_ops.py)."""
+    n, K = dy.shape
+    u = np.empty((3, n, K), np.uint8)
+    S = np.empty(n, np.float32)
+    split = _split_rows.fast
+    (split or _split_rows_numpy)(dy, u, S)
+    acc3 = int8_gemm.gemm(u.reshape(3 * n, K), codes).reshape(3, n, -1)
+    c = 1.0 / (S.astype(np.float64) * 64516.0 * np.float64(weight_scale))
+    add = acc if acc is not None else np.empty((0, 0), np.float32)
+    comb = _combine.fast
+    (comb or _combine_numpy)(acc3, c, add, dx)
+
+
 def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = None) -> np.ndarray:
     """Straight-through input gradient dx = dy @ (codes / weight_scale) (+ acc): dy (N, out)
-    -> (N, in)."""
-    c = _cpu(w).grad_matrix()
+    -> (N, in). Through the int8 GEMM when grad_int8_enabled() (float32 dy only; within the
+    tolerance stated at `_backward_int8`), else one float32 GEMM."""
+    w = _cpu(w)
+    if dy.dtype == np.float32 and prec.F32 == np.float32 and grad_int8_enabled() \
+            and (acc is None or acc.dtype == np.float32):
+        codes = w.codes8()
+        dx = np.empty((dy.shape[0], codes.shape[1]), np.float32)
+
+        def blocks(lo, hi):
+            for b in range(lo, hi, GRAD_BLOCK):
+                e = min(hi, b + GRAD_BLOCK)
+                _backward_int8(dy[b:e], codes, w.weight_scale,
+                               None if acc is None else acc[b:e], dx[b:e])
+        run_split(blocks, dy.shape[0])
+        return dx
+    c = w.grad_matrix()
     dx = np.empty((dy.shape[0], c.shape[1]), np.result_type(dy, c))
 
     def rows(lo, hi):
