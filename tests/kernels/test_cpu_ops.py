@@ -123,6 +123,7 @@ def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
         pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
     monkeypatch.setenv("BITSWARM_CPU_INT8_GRAD", "1")
     monkeypatch.setattr(bl_cpu, "GRAD_BLOCK", 16)            # several blocks per thread
+    monkeypatch.setattr(bl_cpu, "GRAD_INT8_MIN_K", 1)        # small test shapes take it too
     rng = np.random.default_rng(9)
     for out, k, n in ((48, 80, 67), (300, 40, 150), (7, 5, 3)):
         w = ternary(rng, out, k, ws=21.0)
@@ -145,6 +146,9 @@ def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
         same(be.bitlinear_backward(dy, be.ternary(w)), got)
         same(be.bitlinear_backward(dy, be.ternary(w), acc), with_acc)
         monkeypatch.delenv("BITSWARM_CPU_NUMBA")
+    monkeypatch.setattr(bl_cpu, "GRAD_INT8_MIN_K", out + 1)  # narrower dy: the float32 GEMM
+    same(be.bitlinear_backward(dy, be.ternary(w)),
+         np.matmul(dy, be.ternary(w).grad_matrix()))
     monkeypatch.setenv("BITSWARM_CPU_INT8_GRAD", "0")
     assert not bl_cpu.grad_int8_enabled()
     same(be.bitlinear_backward(dy, be.ternary(w)),

@@ -40,6 +40,10 @@ from bitswarm.kernels.ops.threads import run_split
 _B = 254.0           # base of the int8 terms: a residual in [-0.5, 0.5] times 254 is in [-127, 127]
 _F128, _F254, _F127 = np.float32(128.0), np.float32(_B), np.float32(ACT_QMAX)
 _TINY = np.float32(1e-30)
+# t + 1.5 * 2^23 - 1.5 * 2^23 rounds a float32 |t| < 2^22 to the nearest integer, ties to even:
+# np.rint's value, in two vectorizable adds (numba's rint is a libm call per element)
+_MAGIC = np.float32(12582912.0)
+_ABS = np.int32(0x7FFFFFFF)
 CACHE_BYTES = int(os.environ.get("BITSWARM_CPU_CACHE_BYTES", 2 << 30))
 _cached = [0]
 
@@ -158,26 +162,36 @@ def int8_enabled() -> bool:
 
 
 @jit.kernel
+def _absmax_rows(x, out):
+    """out[i] = max|x[i, :]| of float32 rows, through the bit patterns (|x| of a finite float32
+    orders as its bits with the sign cleared: exact, the value np.maximum(max, -min) gives, and
+    a loop LLVM vectorizes where a float max with NaN semantics is not)."""
+    n, C = x.shape
+    b = x.view(np.int32)
+    for i in range(n):
+        a = np.int32(0)
+        for j in range(C):
+            v = b[i, j] & _ABS
+            a = v if v > a else a
+        out[i] = a
+
+
+@jit.kernel
 def _quantize_rows(x, eps, xq, s):
     """quantize_act's passes for rows x (n, C) float32 in one loop: s = 127 / max(max|x|, eps),
     xq = rint(x * s) (int8 or float32 xq)."""
     n, C = x.shape
+    a = np.empty(n, np.int32)
+    _absmax_rows(x, a)
+    av = a.view(np.float32)
     for i in range(n):
-        mx = x[i, 0]
-        mn = x[i, 0]
-        for j in range(1, C):
-            v = x[i, j]
-            if v > mx:
-                mx = v
-            if v < mn:
-                mn = v
-        a = max(mx, -mn)
-        if a < eps:
-            a = eps
-        sc = _F127 / a
+        m = av[i]
+        if m < eps:
+            m = eps
+        sc = _F127 / m
         s[i] = sc
         for j in range(C):
-            xq[i, j] = np.rint(x[i, j] * sc)
+            xq[i, j] = (x[i, j] * sc + _MAGIC) - _MAGIC
 
 
 def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -272,7 +286,13 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
     return ys
 
 
-GRAD_BLOCK = 128     # rows per block of the int8 input gradient (its passes stay in cache)
+GRAD_BLOCK = 256     # rows per block of the int8 input gradient (its passes stay in cache)
+# below this many output features (dy's columns: K of the GEMM) the three int8 GEMMs cost as
+# much as the float32 one or more. Measured in the training step (2 cores, N 1024, ms per call,
+# int8 / float32): K 128 -> 384: 0.67 / 0.64 (at N 512: 0.42 / 0.33); K 384 -> 384: 1.38 / 1.31;
+# K 384 -> 1024: 3.27 / 3.07; K 1024 -> 384: 2.4 / 3.1; K 768 -> 768: 3.1 / 5.1; K 768 -> 2048:
+# 10.3 / 12.7; K 2048 -> 768: 7.4 / 12.9 (docs/benchmarks.md)
+GRAD_INT8_MIN_K = 512
 
 
 def grad_int8_enabled() -> bool:
@@ -293,29 +313,24 @@ def _split_rows(dy, u, S):
     terms as offset binary u (3, n, K) uint8: t0 = dy*S + 128, u_i = rint(t_i),
     t_{i+1} = (t_i - u_i)*254 + 128. Float32 throughout, the NumPy passes' order."""
     n, K = dy.shape
+    a = np.empty(n, np.int32)
+    _absmax_rows(dy, a)
+    av = a.view(np.float32)
     for r in range(n):
-        mx = dy[r, 0]
-        mn = dy[r, 0]
-        for j in range(1, K):
-            v = dy[r, j]
-            if v > mx:
-                mx = v
-            if v < mn:
-                mn = v
-        a = max(mx, -mn)
-        if a < _TINY:
-            a = _TINY
-        sc = _F127 / a
+        m = av[r]
+        if m < _TINY:
+            m = _TINY
+        sc = _F127 / m
         S[r] = sc
         for j in range(K):
             t = dy[r, j] * sc + _F128
-            q = np.rint(t)
-            u[0, r, j] = np.uint8(q)
+            q = (t + _MAGIC) - _MAGIC
+            u[0, r, j] = np.uint8(np.int32(q))
             t = (t - q) * _F254 + _F128
-            q = np.rint(t)
-            u[1, r, j] = np.uint8(q)
+            q = (t + _MAGIC) - _MAGIC
+            u[1, r, j] = np.uint8(np.int32(q))
             t = (t - q) * _F254 + _F128
-            u[2, r, j] = np.uint8(np.rint(t))
+            u[2, r, j] = np.uint8(np.int32((t + _MAGIC) - _MAGIC))
 
 
 def _split_rows_numpy(dy, u, S):
@@ -392,8 +407,8 @@ def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = N
     -> (N, in). Through the int8 GEMM when grad_int8_enabled() (float32 dy only; within the
     tolerance stated at `_backward_int8`), else one float32 GEMM."""
     w = _cpu(w)
-    if dy.dtype == np.float32 and prec.F32 == np.float32 and grad_int8_enabled() \
-            and (acc is None or acc.dtype == np.float32):
+    if dy.dtype == np.float32 and prec.F32 == np.float32 and dy.shape[1] >= GRAD_INT8_MIN_K \
+            and grad_int8_enabled() and (acc is None or acc.dtype == np.float32):
         codes = w.codes8()
         dx = np.empty((dy.shape[0], codes.shape[1]), np.float32)
 
