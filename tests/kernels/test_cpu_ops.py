@@ -246,8 +246,8 @@ def test_float_copies_beyond_the_cache_budget_are_rebuilt_per_call(be, monkeypat
 
 @pytest.mark.parametrize("C", [1, 7, 48, 129, 384, 1000, 2560, 8192])
 def test_numba_loops_and_numpy_passes_give_the_same_bits(be, monkeypatch, C):
-    """Each fused loop (kernels/ops/jit.py: rmsnorm and its backward, quantize_act, relu2_gate
-    and its backward, rope) against the NumPy passes it replaces, bit for bit, at row lengths
+    """Each fused loop (kernels/ops/jit.py: rmsnorm and its backward, quantize_act, the
+    bitlinear forward's scaling, relu2_gate and its backward, rope) against the NumPy passes it replaces, bit for bit, at row lengths
     around NumPy's pairwise-sum blocks (8, 128) and the model's widths; rows with zeros and
     outliers."""
     from bitswarm.kernels.ops import jit
@@ -259,11 +259,14 @@ def test_numba_loops_and_numpy_passes_give_the_same_bits(be, monkeypatch, C):
     x[3] = 0.0
     x[5, 0] = 1e4
     w, dy, u = 1 + 0.1 * rnd(rng, C), rnd(rng, N, C), rnd(rng, N, C)
+    g_rng = np.random.default_rng(C + 1)
+    group = be.ternary_group([ternary(g_rng, 24, C, ws=9.0), ternary(g_rng, 8, C, ws=3.5)])
 
     def run():
         y, r = be.rmsnorm(x, w, 1e-5)
         out = [y, r, be.rmsnorm_backward(dy, x, w, r), *be.quantize_act(x),
-               be.relu2_gate(x, u), *be.relu2_gate_backward(dy, x, u)]
+               be.relu2_gate(x, u), *be.relu2_gate_backward(dy, x, u),
+               *be.bitlinear_group(*be.quantize_act(x), group)]
         if C % 2 == 0:
             T, H = 7, 2 if C % 4 == 0 else 1
             q = rnd(rng, 2 * T, C)

@@ -224,6 +224,17 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xq, s
 
 
+@jit.kernel
+def _scale_cols(acc, a, b, div, y):
+    """y = float32(acc[:, a:b]) / div_row (acc int32, exact in float32 below 2^24): the forward's
+    np.divide(acc[:, a:b], div, dtype=float32) in one pass."""
+    n = y.shape[0]
+    for i in range(n):
+        d = div[i]
+        for j in range(b - a):
+            y[i, j] = np.float32(acc[i, a + j]) / d
+
+
 def _cpu(w: TernaryLinear) -> CpuTernary:
     """w as a CpuTernary (a plain TernaryLinear, e.g. from a test's ternarize hook, is wrapped
     for this call)."""
@@ -265,13 +276,18 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
     ys = [np.empty((N, w.codes.shape[0]), F) for w in ws]
     divs = [_divisor(x_scale, w.weight_scale) for w in ws]
 
+    scale = _scale_cols.fast if F == np.float32 else None
+
     def rows(lo, hi):
         if int8:
             xu = int8_gemm.offset_u8(xq[lo:hi])
             for m, members in zip(mats, parts):
                 acc = int8_gemm.gemm(xu, np.ascontiguousarray(m))        # int32, exact
                 for i, a, b in members:
-                    np.divide(acc[:, a:b], divs[i][lo:hi], out=ys[i][lo:hi], dtype=F)
+                    if scale is not None:                                # the same bits
+                        scale(acc, a, b, divs[i][lo:hi, 0], ys[i][lo:hi])
+                    else:
+                        np.divide(acc[:, a:b], divs[i][lo:hi], out=ys[i][lo:hi], dtype=F)
             return
         for m, members in zip(mats, parts):
             if len(members) == 1:
