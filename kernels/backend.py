@@ -123,9 +123,10 @@ class CpuBackend:
     """NumPy backend: each op family's CPU path (kernels/ops/<family>/cpu.py where one exists,
     else the family's reference). The CPU paths are the references' arithmetic restructured
     for float32 BLAS (frozen ternary codes held once as float32, q/k/v as one GEMM, in-place
-    elementwise work, GQA attention without repeated K/V), each splitting its rows over the
-    cores with BLAS held to one thread (kernels/ops/threads.py); tests/kernels/test_cpu_ops.py
-    holds each to its reference (bit-identical where stated there, else a float32 tolerance)."""
+    elementwise work, GQA attention without repeated K/V; with numba, fused loops with the
+    NumPy passes' bits, kernels/ops/jit.py), each splitting its rows over the cores with BLAS
+    held to one thread (kernels/ops/threads.py); tests/kernels/test_cpu_ops.py holds each to its
+    reference (bit-identical where stated there, else a float32 tolerance or a stated bound)."""
 
     name = "cpu"
     caps = CPU_CAPS

@@ -13,7 +13,10 @@ as few, large float32 BLAS calls.
   while |sum| < 2^24 (in < 132k), so the result equals the reference's int32 accumulator
   whatever BLAS's summation order; the scale division is the reference's. Bit-identical.
 - `bitlinear_backward`: dy @ (codes / weight_scale), the scale folded into the kept matrix
-  (the reference divides the product): equal to it up to float32 rounding.
+  (the reference divides the product): equal to it up to float32 rounding. With onnxruntime and
+  numba (kernels/ops/jit.py) and dy of >= GRAD_INT8_MIN_K columns, through the int8 GEMM
+  instead, dy split into three int8 terms per row (`_backward_int8`, with its error bound: as
+  close to the exact product as the float32 GEMM).
 Every op splits its rows over the worker threads (kernels/ops/threads.py).
 Floats are precision.F32, looked up per call (a float64 gradient check switches them).
 """
