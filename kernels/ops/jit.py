@@ -106,18 +106,17 @@ def _leaf_sum(a, lo, n):
 
 
 @kernel
-def pairwise_sum(a, lo, n):
+def pairwise_sum(a, lo, n, st, vals):
     """sum(a[lo:lo+n]) of a float32 1-D array in NumPy's order for a float32 add-reduction
     along a contiguous axis (numpy's pairwise_sum: up to 128 values `_leaf_sum`, beyond that
     the sum of the two halves, split at a multiple of 8), so a loop reproduces
     np.sum(..., axis=-1) bit for bit (tests/kernels/test_cpu_ops.py checks lengths to 8192).
-    The recursion runs on an explicit stack (numba's cache cannot hold recursive loops)."""
+    The recursion runs on an explicit stack (numba's cache cannot hold recursive loops), the
+    caller's scratch st int64 (3, 64) and vals a.dtype (64,), 64 levels covering any length
+    (allocating them per row cost more than the sum)."""
     if n <= 128:
         return _leaf_sum(a, lo, n)
-    st_lo = np.empty(64, np.int64)
-    st_n = np.empty(64, np.int64)
-    st_stage = np.empty(64, np.int64)
-    vals = np.empty(64, a.dtype)
+    st_lo, st_n, st_stage = st[0], st[1], st[2]
     st_lo[0], st_n[0], st_stage[0] = lo, n, 0
     sp, vp = 1, 0
     while sp > 0:

@@ -47,8 +47,10 @@ def _mask_max_sub(S, T, m):
 def _sum_div(S, l):
     """l = sum of each row of S (R, T) in NumPy's pairwise order, S /= l."""
     R, T = S.shape
+    st = np.empty((3, 64), np.int64)
+    vals = np.empty(64, S.dtype)
     for r in range(R):
-        lr = S.dtype.type(0.0) + pairwise_sum(S[r], 0, T)
+        lr = S.dtype.type(0.0) + pairwise_sum(S[r], 0, T, st, vals)
         l[r] = lr
         for j in range(T):
             S[r, j] = S[r, j] / lr

@@ -24,10 +24,12 @@ def _rmsnorm_rows(x, w, eps, y, rstd):
     y = (x * r) * w."""
     n, C = x.shape
     buf = np.empty(C, x.dtype)
+    st = np.empty((3, 64), np.int64)
+    vals = np.empty(64, x.dtype)
     for i in range(n):
         for j in range(C):
             buf[j] = x[i, j] * x[i, j]
-        s = x.dtype.type(0.0) + pairwise_sum(buf, 0, C)
+        s = x.dtype.type(0.0) + pairwise_sum(buf, 0, C, st, vals)
         m = x.dtype.type(np.float64(s) / np.float64(C))
         r = x.dtype.type(1.0) / np.sqrt(m + eps)
         rstd[i] = r
@@ -44,11 +46,13 @@ def _rmsnorm_backward_rows(dy, x, w, rstd, dx):
     pairwise order."""
     n, C = x.shape
     buf = np.empty(C, x.dtype)
+    st = np.empty((3, 64), np.int64)
+    vals = np.empty(64, x.dtype)
     fc = x.dtype.type(C)
     for i in range(n):
         for j in range(C):
             buf[j] = (dy[i, j] * w[j]) * x[i, j]
-        d = x.dtype.type(0.0) + pairwise_sum(buf, 0, C)
+        d = x.dtype.type(0.0) + pairwise_sum(buf, 0, C, st, vals)
         r = rstd[i]
         c = d * (((r * r) * r) / fc)
         for j in range(C):
