@@ -32,13 +32,9 @@ from bitswarm.kernels.ops import jit
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.bitlinear import int8_gemm
 from bitswarm.kernels.ops.bitlinear.reference import ACT_QMAX, QUANT_EPS
-from bitswarm.kernels.ops.threads import run_split
+from bitswarm.kernels.ops.threads import ew_rows, run_split
 
 
-# Float copies of frozen codes are kept while their total stays under this many bytes (4 per
-# weight: the shipped default model ~50 MB, 125M ~0.35 GB each kind); beyond it they are
-# rebuilt per call (one conversion pass, ~5% of the GEMM), so large models (2B-4T: ~10 GB)
-# do not hold float32 copies of every projection. int8 copies (1 byte per weight) are kept.
 # float32 constants of the fused loops (numba would promote Python floats to float64)
 _B = 254.0           # base of the int8 terms: a residual in [-0.5, 0.5] times 254 is in [-127, 127]
 _F128, _F254, _F127 = np.float32(128.0), np.float32(_B), np.float32(ACT_QMAX)
@@ -47,6 +43,11 @@ _TINY = np.float32(1e-30)
 # np.rint's value, in two vectorizable adds (numba's rint is a libm call per element)
 _MAGIC = np.float32(12582912.0)
 _ABS = np.int32(0x7FFFFFFF)
+
+# Float copies of frozen codes are kept while their total stays under this many bytes (4 per
+# weight: the shipped default model ~50 MB, 125M ~0.35 GB each kind); beyond it they are
+# rebuilt per call (one conversion pass, ~5% of the GEMM), so large models (2B-4T: ~10 GB)
+# do not hold float32 copies of every projection. int8 copies (1 byte per weight) are kept.
 CACHE_BYTES = int(os.environ.get("BITSWARM_CPU_CACHE_BYTES", 2 << 30))
 _cached = [0]
 
@@ -209,7 +210,7 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.empty(N, F)
     k = _quantize_rows.fast
     if k is not None and x.dtype == np.float32 and F == np.float32 and C:
-        run_split(lambda lo, hi: k(x[lo:hi], F(QUANT_EPS), xq[lo:hi], s[lo:hi]), N)
+        run_split(lambda lo, hi: k(x[lo:hi], F(QUANT_EPS), xq[lo:hi], s[lo:hi]), N, ew_rows(C))
         return xq, s
 
     def rows(lo, hi):
@@ -223,7 +224,7 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         else:
             q = np.multiply(xr, sr[:, None], out=xq[lo:hi])
             np.rint(q, out=q)
-    run_split(rows, N)
+    run_split(rows, N, ew_rows(C))
     return xq, s
 
 

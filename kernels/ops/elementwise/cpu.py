@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitswarm.kernels.ops import jit
-from bitswarm.kernels.ops.threads import run_split
+from bitswarm.kernels.ops.threads import ew_rows, run_split
 
 
 @jit.kernel
@@ -48,7 +48,8 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
     if a.shape != out.shape or b.shape != out.shape or out.ndim == 0:
         return np.add(a, b, out=out)
-    run_split(lambda lo, hi: np.add(a[lo:hi], b[lo:hi], out=out[lo:hi]), out.shape[0])
+    run_split(lambda lo, hi: np.add(a[lo:hi], b[lo:hi], out=out[lo:hi]), out.shape[0],
+              ew_rows(out.size // max(1, out.shape[0])))
     return out
 
 
@@ -57,14 +58,14 @@ def relu2_gate(g: np.ndarray, u: np.ndarray) -> np.ndarray:
     h = np.empty(g.shape, np.result_type(g, u))
     if g.shape == u.shape and _fast(g, u, h):
         k = _relu2_rows.fast
-        run_split(lambda lo, hi: k(g[lo:hi], u[lo:hi], h[lo:hi]), g.shape[0])
+        run_split(lambda lo, hi: k(g[lo:hi], u[lo:hi], h[lo:hi]), g.shape[0], ew_rows(g.shape[1]))
         return h
 
     def rows(lo, hi):
         r = np.maximum(g[lo:hi], 0, out=h[lo:hi])
         r *= r
         r *= u[lo:hi]
-    run_split(rows, g.shape[0])
+    run_split(rows, g.shape[0], ew_rows(g.shape[1]))
     return h
 
 
@@ -75,7 +76,7 @@ def relu2_gate_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray) -> tuple[n
     if g.shape == u.shape == dh.shape and _fast(dh, g, u, dg):
         k = _relu2_backward_rows.fast
         run_split(lambda lo, hi: k(dh[lo:hi], g[lo:hi], u[lo:hi], dg[lo:hi], du[lo:hi]),
-                  g.shape[0])
+                  g.shape[0], ew_rows(g.shape[1]))
         return dg, du
 
     def rows(lo, hi):
@@ -85,5 +86,5 @@ def relu2_gate_backward(dh: np.ndarray, g: np.ndarray, u: np.ndarray) -> tuple[n
         r *= u[lo:hi]
         r *= dh[lo:hi]
         r *= 2
-    run_split(rows, g.shape[0])
+    run_split(rows, g.shape[0], ew_rows(g.shape[1]))
     return dg, du

@@ -12,7 +12,7 @@ import numpy as np
 
 from bitswarm.kernels.ops import jit
 from bitswarm.kernels.ops import precision as prec
-from bitswarm.kernels.ops.threads import run_split
+from bitswarm.kernels.ops.threads import ew_rows, run_split
 
 _JIT_MAX_C = 8192   # rows longer than NumPy's reduction buffer: its passes (order not checked)
 
@@ -73,7 +73,8 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.nd
     rstd = np.empty(N, F)
     if _fast(x, w, y, rstd):
         k = _rmsnorm_rows.fast
-        run_split(lambda lo, hi: k(x[lo:hi], w, F(eps), y[lo:hi], rstd[lo:hi]), N)
+        run_split(lambda lo, hi: k(x[lo:hi], w, F(eps), y[lo:hi], rstd[lo:hi]), N,
+                  ew_rows(x.shape[1]))
         return y, rstd
 
     def rows(lo, hi):
@@ -85,7 +86,7 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.nd
         np.divide(F(1.0), rr, out=rr)
         np.multiply(xr, rr[:, None], out=yr)
         yr *= w
-    run_split(rows, N)
+    run_split(rows, N, ew_rows(x.shape[1]))
     return y, rstd
 
 
@@ -96,7 +97,8 @@ def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndar
     dx = np.empty(x.shape, np.result_type(dy, x, w))
     if _fast(x, dy, w, rstd, dx):
         k = _rmsnorm_backward_rows.fast
-        run_split(lambda lo, hi: k(dy[lo:hi], x[lo:hi], w, rstd[lo:hi], dx[lo:hi]), N)
+        run_split(lambda lo, hi: k(dy[lo:hi], x[lo:hi], w, rstd[lo:hi], dx[lo:hi]), N,
+                  ew_rows(C))
         return dx
 
     def rows(lo, hi):
@@ -106,5 +108,5 @@ def rmsnorm_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, rstd: np.ndar
         c *= r * r * r / F(C)
         g *= r[:, None]
         g -= np.multiply(xr, c[:, None])
-    run_split(rows, N)
+    run_split(rows, N, ew_rows(C))
     return dx

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from bitswarm.kernels.ops import jit
-from bitswarm.kernels.ops.threads import run_split
+from bitswarm.kernels.ops.threads import ew_rows, run_split
 
 
 @jit.kernel
@@ -44,7 +44,8 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, T: int, H: int, hd: in
     k = _rope_seqs.fast
     if k is not None and xv.dtype == cos.dtype == sin.dtype == y.dtype == np.float32:
         ct, st = cos[:T], sin[:T]
-        run_split(lambda lo, hi: k(xv[lo:hi], ct, st, inverse, y[lo:hi]), N // T, min_rows=1)
+        run_split(lambda lo, hi: k(xv[lo:hi], ct, st, inverse, y[lo:hi]), N // T,
+                  ew_rows(T * H * hd, 1))
         return y.reshape(N, H * hd)
 
     def seqs(lo, hi):
