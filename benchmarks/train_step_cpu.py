@@ -18,6 +18,10 @@ processes on a shared machine falls on both alike. Every step pair is printed wi
     python benchmarks/train_step_cpu.py [--models default,125m] [--batch 8[,16]]
         [--targets qkvo|all] [--steps 7] [--warmup 2] [--pause-s 0.5]
         [--torch-python .venv-bench/bin/python] [--no-torch] [--out FILE]
+    python benchmarks/train_step_cpu.py --profile [--models default] [--batch 8] [--steps 3]
+
+--profile times every CpuBackend op of our step (no torch): per op family, the calls per step
+and the best of --steps steps' milliseconds, plus what is left (Python between the ops).
 
 Set-up of the baseline venv (CPU wheels; plain PyPI when the PyTorch CPU index is unreachable):
     python3 -m venv .venv-bench
@@ -29,6 +33,7 @@ Shapes: "default" is the shipped default model (node/default_model/config.json: 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -142,6 +147,7 @@ def worker_ours(model: str, B: int, T: int, targets: str):
         loss, _, grads = m.loss_and_grads(ids, tg)
         opt.step(m.lora, {k: grads[k] for k in keys})
         return loss
+    step.backend = be
     from bitswarm.kernels.ops.bitlinear.cpu import int8_enabled
     return step, {"int8_gemm": int8_enabled(), "device": be.device_info}
 
@@ -154,7 +160,9 @@ def worker_torch(model: str, B: int, T: int, targets: str, tmp: Path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitNetConfig, BitNetForCausalLM
     s = shape(model)
-    d = tmp / f"hf-cpu-{model}"
+    # keyed by the shape: a model saved for an earlier default shape is never reused
+    key = hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
+    d = tmp / f"hf-cpu-{model}-{key}"
     if not (d / "config.json").exists():
         torch.manual_seed(0)
         BitNetForCausalLM(BitNetConfig(**s)).save_pretrained(d)
@@ -182,6 +190,56 @@ def worker_torch(model: str, B: int, T: int, targets: str, tmp: Path):
                                "transformers": transformers.__version__}}
 
 
+# CpuBackend ops by family, as the profile reports them (matmul in a training step is LoRA's)
+PROFILE_OPS = {
+    "bitlinear_backward": ("bitlinear_backward",),
+    "bitlinear forward": ("bitlinear", "bitlinear_group"),
+    "quantize_act": ("quantize_act",),
+    "attention (+ backward)": ("attention", "attention_backward"),
+    "lm_head_cross_entropy": ("lm_head_cross_entropy",),
+    "rmsnorm (+ backward)": ("rmsnorm", "rmsnorm_backward"),
+    "matmul (LoRA)": ("matmul",),
+    "rope": ("rope",),
+    "relu2_gate (+ backward), add": ("relu2_gate", "relu2_gate_backward", "add"),
+    "embedding, adamw_, other": ("embedding", "embedding_backward", "adamw_", "tensor",
+                                 "zeros_like", "numpy"),
+}
+
+
+def profile(model: str, B: int, T: int, targets: str, steps: int, warmup: int) -> dict:
+    """Our step with every CpuBackend op timed: {family: (calls per step, ms)} (best step per
+    family), "step" ms (best step) and "python" (the step minus its ops)."""
+    step, _ = worker_ours(model, B, T, targets)
+    be = step.backend
+    times: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for fam, names in PROFILE_OPS.items():
+        for n in names:
+            fn = getattr(be, n)
+
+            def timed(*a, _fn=fn, _fam=fam, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    times[_fam] = times.get(_fam, 0.0) + time.perf_counter() - t0
+                    calls[_fam] = calls.get(_fam, 0) + 1
+            setattr(be, n, timed)
+    for _ in range(warmup):
+        step()
+    best: dict[str, float] = {}
+    for _ in range(steps):
+        times.clear(), calls.clear()
+        t0 = time.perf_counter()
+        step()
+        total = time.perf_counter() - t0
+        times["step"] = total
+        times["python"] = total - sum(v for k, v in times.items() if k != "step")
+        for k, v in times.items():
+            best[k] = min(best.get(k, v), v)
+    return {k: {"calls": calls.get(k), "ms": round(1e3 * v, 2)} for k, v in best.items()}
+
+
 def main() -> None:
     import argparse
     ap = argparse.ArgumentParser(prog="benchmarks/train_step_cpu.py",
@@ -197,6 +255,7 @@ def main() -> None:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="time every op of our step")
     ap.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -206,6 +265,17 @@ def main() -> None:
         else:
             step, info = worker_torch(a.models, B, a.ctx, a.targets, Path(a.tmp))
         serve(step, info, a.warmup)
+        return
+    if a.profile:
+        for model in a.models.split(","):
+            for B in map(int, a.batch.split(",")):
+                prof = profile(model, B, a.ctx, a.targets, a.steps, a.warmup)
+                print(f"{model} batch {B} x {a.ctx} ({a.targets}), load(1m) "
+                      f"{os.getloadavg()[0]:.2f}; best of {a.steps} steps:")
+                for k, v in prof.items():
+                    c = "" if v["calls"] is None else f"({v['calls']})"
+                    print(f"  {k:32s} {c:>6s} {v['ms']:9.2f} ms")
+                print(f"  tokens/s at the best step: {B * a.ctx / prof['step']['ms'] * 1e3:.0f}")
         return
     use_torch = not a.no_torch and Path(a.torch_python).exists()
     rows = []

@@ -123,9 +123,10 @@ class CpuBackend:
     """NumPy backend: each op family's CPU path (kernels/ops/<family>/cpu.py where one exists,
     else the family's reference). The CPU paths are the references' arithmetic restructured
     for float32 BLAS (frozen ternary codes held once as float32, q/k/v as one GEMM, in-place
-    elementwise work, GQA attention without repeated K/V), each splitting its rows over the
-    cores with BLAS held to one thread (kernels/ops/threads.py); tests/kernels/test_cpu_ops.py
-    holds each to its reference (bit-identical where stated there, else a float32 tolerance)."""
+    elementwise work, GQA attention without repeated K/V; with numba, fused loops with the
+    NumPy passes' bits, kernels/ops/jit.py), each splitting its rows over the cores with BLAS
+    held to one thread (kernels/ops/threads.py); tests/kernels/test_cpu_ops.py holds each to its
+    reference (bit-identical where stated there, else a float32 tolerance or a stated bound)."""
 
     name = "cpu"
     caps = CPU_CAPS
@@ -133,6 +134,36 @@ class CpuBackend:
     def __init__(self) -> None:
         self._rope = RopeTables()
         _threads.own_blas()      # BLAS on one thread: the ops split rows over the cores
+        self._warm_loops()
+
+    _warmed = False
+
+    def _warm_loops(self) -> None:
+        """Compile (or load from numba's cache) the fused loops once per process, on tiny
+        inputs, so the first training step does not pay for it (compiling takes a few seconds
+        the first time on a machine, loading the cache ~0.2 s). Nothing without numba."""
+        from bitswarm.kernels.ops import jit
+        if CpuBackend._warmed or not jit.enabled():
+            return
+        CpuBackend._warmed = True
+        x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(4, 16)
+        w = np.ones(16, np.float32)
+        y, r = self.rmsnorm(x, w, 1e-5)
+        self.rmsnorm_backward(x, x, w, r)
+        xq, xs = self.quantize_act(x)
+        self.bitlinear_group(xq, xs, self.ternary_group(
+            [TernaryLinear(np.ones((16, 16), np.int8), np.float32(1.0))] * 2))
+        self.relu2_gate(x, x)
+        self.relu2_gate_backward(x, x, x)
+        for inv in (False, True):
+            self.rope(x, 2, 2, 8, 10000.0, inverse=inv)
+        o, lse = self.attention(x, x, x, 2, 2, 2, 2, 8)
+        self.attention_backward(x, x, x, x, o, lse, 2, 2, 2, 2, 8)
+        self.attention_backward(x, x, x, x, o, np.asarray(lse).copy(), 2, 2, 2, 2, 8)
+        self.bitlinear_backward(x, self.ternary(TernaryLinear(np.ones((16, 16), np.int8),
+                                                              np.float32(1.0))), x)
+        self.bitlinear_backward(x, self.ternary(TernaryLinear(np.ones((16, 16), np.int8),
+                                                              np.float32(1.0))))
 
     @property
     def device_info(self) -> str:

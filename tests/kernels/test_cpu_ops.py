@@ -3,7 +3,8 @@ the source of truth. Exact (bit for bit) where the CPU path does the reference's
 the same order: quantize_act, bitlinear and bitlinear_group (float32 GEMMs of small integers are
 exact), rmsnorm, rope, the elementwise ops, matmul. A float32 tolerance where only the summation
 order or the grouping of a per-row factor differs: rmsnorm_backward, attention (GQA heads
-summed inside the matmul), bitlinear_backward and lm_head_cross_entropy (BLAS blocking).
+summed inside the matmul), bitlinear_backward and lm_head_cross_entropy (BLAS blocking). The
+int8 input gradient (dy split into int8 terms) within the bound its docstring states.
 """
 from __future__ import annotations
 
@@ -111,6 +112,49 @@ def test_bitlinear_backward_within_float32(be, close):
           1e-6, 1e-5, "bitlinear_backward plain")
 
 
+def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
+    """bitlinear_backward through the int8 GEMM (dy split into three int8 terms per row): every
+    dx element within K * ((0.5 / 254^2 + 2^-17) / 127) * max|dy_row| / weight_scale of the
+    exact (float64) product, as bl_cpu._backward_int8 states, within the float32 test's
+    tolerance of the reference, and as close to the exact product as the reference itself is.
+    Zero rows give zero; acc is added; numba's loops and the NumPy passes give the same bits;
+    the float32 GEMM runs when the int8 gradient is off."""
+    if not bl_cpu.int8_enabled():
+        pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
+    monkeypatch.setenv("BITSWARM_CPU_INT8_GRAD", "1")
+    monkeypatch.setattr(bl_cpu, "GRAD_BLOCK", 16)            # several blocks per thread
+    monkeypatch.setattr(bl_cpu, "GRAD_INT8_MIN_K", 1)        # small test shapes take it too
+    rng = np.random.default_rng(9)
+    for out, k, n in ((48, 80, 67), (300, 40, 150), (7, 5, 3)):
+        w = ternary(rng, out, k, ws=21.0)
+        dy, acc = rnd(rng, n, out, scale=1e-3), rnd(rng, n, k)
+        dy[1] = 0.0
+        dy[2, 3] = 1.0                                       # one outlier row
+        exact = dy.astype(np.float64) @ w.codes.astype(np.float64) / 21.0
+        bound = out * ((0.5 / 254.0 ** 2 + 2.0 ** -17) / 127) \
+            * np.abs(dy).max(axis=1, keepdims=True) / 21.0
+        got = be.bitlinear_backward(dy, be.ternary(w))
+        assert got.dtype == F32 and got.shape == (n, k)
+        assert np.all(np.abs(got - exact) <= bound)
+        assert not got[1].any()
+        ref = bl_ref.bitlinear_backward(dy, w.codes, w.weight_scale)
+        close(got, ref, 1e-6, 1e-5, "bitlinear_backward int8")
+        assert np.abs(got - exact).max() <= 2 * np.abs(ref - exact).max() + 1e-12
+        with_acc = be.bitlinear_backward(dy, be.ternary(w), acc)
+        close(with_acc, got + acc, 1e-7, 1e-6, "acc")
+        monkeypatch.setenv("BITSWARM_CPU_NUMBA", "0")        # the NumPy passes: same bits
+        same(be.bitlinear_backward(dy, be.ternary(w)), got)
+        same(be.bitlinear_backward(dy, be.ternary(w), acc), with_acc)
+        monkeypatch.delenv("BITSWARM_CPU_NUMBA")
+    monkeypatch.setattr(bl_cpu, "GRAD_INT8_MIN_K", out + 1)  # narrower dy: the float32 GEMM
+    same(be.bitlinear_backward(dy, be.ternary(w)),
+         np.matmul(dy, be.ternary(w).grad_matrix()))
+    monkeypatch.setenv("BITSWARM_CPU_INT8_GRAD", "0")
+    assert not bl_cpu.grad_int8_enabled()
+    same(be.bitlinear_backward(dy, be.ternary(w)),
+         np.matmul(dy, be.ternary(w).grad_matrix()))
+
+
 def test_norm_elementwise_rope_matmul(be, close):
     rng = np.random.default_rng(3)
     x, w, dy = rnd(rng, 20, 48), 1 + 0.1 * rnd(rng, 48), rnd(rng, 20, 48)
@@ -198,3 +242,65 @@ def test_float_copies_beyond_the_cache_budget_are_rebuilt_per_call(be, monkeypat
     h = be.ternary(w)
     same(be.bitlinear_backward(dy, h), kept)
     assert not any(isinstance(k, tuple) for k in h._cache)      # nothing float was kept
+
+
+@pytest.mark.parametrize("C", [1, 7, 48, 129, 384, 1000, 2560, 8192])
+def test_numba_loops_and_numpy_passes_give_the_same_bits(be, monkeypatch, C):
+    """Each fused loop (kernels/ops/jit.py: rmsnorm and its backward, quantize_act, the
+    bitlinear forward's scaling, relu2_gate and its backward, rope) against the NumPy passes it replaces, bit for bit, at row lengths
+    around NumPy's pairwise-sum blocks (8, 128) and the model's widths; rows with zeros and
+    outliers."""
+    from bitswarm.kernels.ops import jit
+    if not jit.enabled():
+        pytest.skip("numba not installed (the optional cpu-int8 extra)")
+    rng = np.random.default_rng(C)
+    N = 70
+    x = rnd(rng, N, C) * rng.uniform(0.01, 30, (N, 1)).astype(F32)
+    x[3] = 0.0
+    x[5, 0] = 1e4
+    w, dy, u = 1 + 0.1 * rnd(rng, C), rnd(rng, N, C), rnd(rng, N, C)
+    g_rng = np.random.default_rng(C + 1)
+    group = be.ternary_group([ternary(g_rng, 24, C, ws=9.0), ternary(g_rng, 8, C, ws=3.5)])
+
+    def run():
+        y, r = be.rmsnorm(x, w, 1e-5)
+        out = [y, r, be.rmsnorm_backward(dy, x, w, r), *be.quantize_act(x),
+               be.relu2_gate(x, u), *be.relu2_gate_backward(dy, x, u),
+               *be.bitlinear_group(*be.quantize_act(x), group)]
+        if C % 2 == 0:
+            T, H = 7, 2 if C % 4 == 0 else 1
+            q = rnd(rng, 2 * T, C)
+            out += [be.rope(q, T, H, C // H, 10000.0, inverse=inv) for inv in (False, True)]
+        return out
+    fused = run()
+    monkeypatch.setenv("BITSWARM_CPU_NUMBA", "0")
+    rng = np.random.default_rng(C)          # the same rope inputs
+    x = rnd(rng, N, C) * rng.uniform(0.01, 30, (N, 1)).astype(F32)
+    x[3] = 0.0
+    x[5, 0] = 1e4
+    w, dy, u = 1 + 0.1 * rnd(rng, C), rnd(rng, N, C), rnd(rng, N, C)
+    for a, b in zip(fused, run(), strict=True):
+        same(a, b)
+
+
+@pytest.mark.parametrize("T,Hq,Hkv", [(9, 4, 4), (128, 6, 2), (33, 4, 1)])
+def test_attention_numba_loops_give_the_numpy_passes_bits(be, monkeypatch, T, Hq, Hkv):
+    """attention and attention_backward (with the kept probabilities and recomputing them):
+    the fused softmax / backward loops against the NumPy passes, bit for bit."""
+    from bitswarm.kernels.ops import jit
+    if not jit.enabled():
+        pytest.skip("numba not installed (the optional cpu-int8 extra)")
+    rng = np.random.default_rng(T)
+    B, hd = 2, 16
+    q, k, v = (rnd(rng, B * T, H * hd, scale=3.0) for H in (Hq, Hkv, Hkv))
+    do = rnd(rng, B * T, Hq * hd)
+
+    def run():
+        o, lse = be.attention(q, k, v, B, T, Hq, Hkv, hd)
+        out = [o, np.asarray(lse), *be.attention_backward(do, q, k, v, o, lse, B, T, Hq, Hkv, hd)]
+        plain = np.asarray(lse).copy()                  # no kept probabilities: recomputed
+        return out + list(be.attention_backward(do, q, k, v, o, plain, B, T, Hq, Hkv, hd))
+    fused = run()
+    monkeypatch.setenv("BITSWARM_CPU_NUMBA", "0")
+    for a, b in zip(fused, run(), strict=True):
+        same(a, b)

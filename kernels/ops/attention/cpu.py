@@ -5,7 +5,9 @@ The g = Hq/Hkv query heads that share a KV head are stacked along the row axis, 
 head is one (g*T, hd) x (hd, T) matmul per sequence and GQA's sum of dK, dV over the heads
 sharing a KV head happens inside the backward matmuls (no np.repeat, no (B, Hq, T, T) mask
 select: an additive -inf mask, exp and scaling in place). Same formulas as the reference;
-float32 rounding differs only by summation order (tests/kernels/test_cpu_ops.py).
+float32 rounding differs only by summation order (tests/kernels/test_cpu_ops.py). With numba
+(kernels/ops/jit.py) the softmax's mask / max / subtract and sum / divide passes, and the
+backward's (dS - D) * P, are fused loops with the passes' bits (exp stays NumPy's).
 Layouts as the reference: q (N, Hq*hd), k/v (N, Hkv*hd), N = B*T, lse (B, Hq, T).
 Floats are precision.F32.
 """
@@ -15,8 +17,53 @@ from functools import lru_cache
 
 import numpy as np
 
+from bitswarm.kernels.ops import jit
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.threads import run_split
+
+pairwise_sum = jit.pairwise_sum
+
+
+@jit.kernel
+def _mask_max_sub(S, T, m):
+    """Rows of scores S (R, T), query position r % T: the causal mask's -inf above the diagonal,
+    m = the row's max, S -= m (the NumPy passes: S += mask; m = S.max(-1); S -= m)."""
+    R = S.shape[0]
+    ninf = S.dtype.type(-np.inf)
+    for r in range(R):
+        t = r % T
+        mx = S[r, 0]
+        for j in range(1, t + 1):
+            if S[r, j] > mx:
+                mx = S[r, j]
+        m[r] = mx
+        for j in range(t + 1):
+            S[r, j] = S[r, j] - mx
+        for j in range(t + 1, T):
+            S[r, j] = ninf
+
+
+@jit.kernel
+def _sum_div(S, l):
+    """l = sum of each row of S (R, T) in NumPy's pairwise order, S /= l."""
+    R, T = S.shape
+    st = np.empty((3, 64), np.int64)
+    vals = np.empty(64, S.dtype)
+    for r in range(R):
+        lr = S.dtype.type(0.0) + pairwise_sum(S[r], 0, T, st, vals)
+        l[r] = lr
+        for j in range(T):
+            S[r, j] = S[r, j] / lr
+
+
+@jit.kernel
+def _sub_mul(dS, Dr, P):
+    """dS = (dS - Dr_row) * P (the NumPy passes dS -= Dr; dS *= P)."""
+    R, T = dS.shape
+    for r in range(R):
+        d = Dr[r]
+        for j in range(T):
+            dS[r, j] = (dS[r, j] - d) * P[r, j]
 
 
 @lru_cache(maxsize=8)
@@ -66,12 +113,22 @@ def _attention_rows(q, k, v, B, T, Hkv, g, hd, o, lse, P):
     Q = _q_rows(q, B, T, Hkv, g, hd)
     Q *= F(1.0 / np.sqrt(hd))           # scale the (g*T, hd) queries, not the (g*T, T) scores
     S = np.matmul(Q, _kv(k, B, T, Hkv, hd).transpose(0, 1, 3, 2), out=P)
-    S.reshape(B, Hkv, g, T, T)[...] += _mask(T, F)
-    m = S.max(-1, keepdims=True)
-    S -= m
-    np.exp(S, out=S)
-    l = S.sum(-1, keepdims=True)
-    S /= l
+    k1, k2 = _mask_max_sub.fast, _sum_div.fast
+    if k1 is not None and S.dtype == np.float32 and S.flags.c_contiguous:
+        # the same float32 operations as the passes below, fused (exp stays NumPy's)
+        S2 = S.reshape(-1, T)
+        m = np.empty((B, Hkv, g * T, 1), F)
+        k1(S2, T, m.reshape(-1))
+        np.exp(S, out=S)
+        l = np.empty((B, Hkv, g * T, 1), F)
+        k2(S2, l.reshape(-1))
+    else:
+        S.reshape(B, Hkv, g, T, T)[...] += _mask(T, F)
+        m = S.max(-1, keepdims=True)
+        S -= m
+        np.exp(S, out=S)
+        l = S.sum(-1, keepdims=True)
+        S /= l
     O = np.matmul(S, _kv(v, B, T, Hkv, hd))                             # (B, Hkv, g*T, hd)
     np.log(l, out=l)
     l += m
@@ -113,8 +170,12 @@ def _backward_rows(do, q, k, v, o, lse, P, B, T, Hkv, g, hd, dq, dk, dv):
     dV = np.matmul(P.transpose(0, 1, 3, 2), dO)                         # (B, Hkv, T, hd)
     dS = np.matmul(dO, V.transpose(0, 1, 3, 2))                         # dP (B, Hkv, g*T, T)
     Dr = np.einsum("bhnd,bhnd->bhn", dO, _q_rows(o, B, T, Hkv, g, hd))[..., None]
-    dS -= Dr
-    dS *= P
+    k = _sub_mul.fast
+    if k is not None and dS.dtype == P.dtype == Dr.dtype == np.float32 and P.flags.c_contiguous:
+        k(dS.reshape(-1, T), Dr.reshape(-1), P.reshape(-1, T))
+    else:
+        dS -= Dr
+        dS *= P
     dQ = np.matmul(dS, K)
     dQ *= sc
     dK = np.matmul(dS.transpose(0, 1, 3, 2), Q)

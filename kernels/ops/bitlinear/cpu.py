@@ -13,7 +13,10 @@ as few, large float32 BLAS calls.
   while |sum| < 2^24 (in < 132k), so the result equals the reference's int32 accumulator
   whatever BLAS's summation order; the scale division is the reference's. Bit-identical.
 - `bitlinear_backward`: dy @ (codes / weight_scale), the scale folded into the kept matrix
-  (the reference divides the product): equal to it up to float32 rounding.
+  (the reference divides the product): equal to it up to float32 rounding. With onnxruntime and
+  numba (kernels/ops/jit.py) and dy of >= GRAD_INT8_MIN_K columns, through the int8 GEMM
+  instead, dy split into three int8 terms per row (`_backward_int8`, with its error bound: as
+  close to the exact product as the float32 GEMM).
 Every op splits its rows over the worker threads (kernels/ops/threads.py).
 Floats are precision.F32, looked up per call (a float64 gradient check switches them).
 """
@@ -25,11 +28,21 @@ import weakref
 import numpy as np
 
 from bitswarm.kernels.config import TernaryLinear
+from bitswarm.kernels.ops import jit
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.bitlinear import int8_gemm
 from bitswarm.kernels.ops.bitlinear.reference import ACT_QMAX, QUANT_EPS
-from bitswarm.kernels.ops.threads import run_split
+from bitswarm.kernels.ops.threads import ew_rows, run_split
 
+
+# float32 constants of the fused loops (numba would promote Python floats to float64)
+_B = 254.0           # base of the int8 terms: a residual in [-0.5, 0.5] times 254 is in [-127, 127]
+_F128, _F254, _F127 = np.float32(128.0), np.float32(_B), np.float32(ACT_QMAX)
+_TINY = np.float32(1e-30)
+# t + 1.5 * 2^23 - 1.5 * 2^23 rounds a float32 |t| < 2^22 to the nearest integer, ties to even:
+# np.rint's value, in two vectorizable adds (numba's rint is a libm call per element)
+_MAGIC = np.float32(12582912.0)
+_ABS = np.int32(0x7FFFFFFF)
 
 # Float copies of frozen codes are kept while their total stays under this many bytes (4 per
 # weight: the shipped default model ~50 MB, 125M ~0.35 GB each kind); beyond it they are
@@ -87,6 +100,15 @@ class CpuTernary(TernaryLinear):
             return m
         return _kept(self, self._cache, ("grad", F), build)
 
+    def codes8(self) -> np.ndarray:
+        """codes as C-contiguous int8 (out, in): the int8 input gradient's operand."""
+        c = self._cache.get("c")
+        if c is None:
+            # a copy even when codes is contiguous: layers sharing one codes array (the
+            # benchmarks' fast_weights) then read their own, as a real model's layers do
+            c = self._cache["c"] = np.array(self.codes, dtype=np.int8, order="C")
+        return c
+
     def codes_t(self) -> np.ndarray:
         """codes^T as int8 (in, out), the int8 GEMM's operand (C-contiguous when alone)."""
         if self.group is not None:
@@ -143,6 +165,39 @@ def int8_enabled() -> bool:
     return os.environ.get("BITSWARM_CPU_INT8", "1") != "0" and int8_gemm.session() is not None
 
 
+@jit.kernel
+def _absmax_rows(x, out):
+    """out[i] = max|x[i, :]| of float32 rows, through the bit patterns (|x| of a finite float32
+    orders as its bits with the sign cleared: exact, the value np.maximum(max, -min) gives, and
+    a loop LLVM vectorizes where a float max with NaN semantics is not)."""
+    n, C = x.shape
+    b = x.view(np.int32)
+    for i in range(n):
+        a = np.int32(0)
+        for j in range(C):
+            v = b[i, j] & _ABS
+            a = v if v > a else a
+        out[i] = a
+
+
+@jit.kernel
+def _quantize_rows(x, eps, xq, s):
+    """quantize_act's passes for rows x (n, C) float32 in one loop: s = 127 / max(max|x|, eps),
+    xq = rint(x * s) (int8 or float32 xq)."""
+    n, C = x.shape
+    a = np.empty(n, np.int32)
+    _absmax_rows(x, a)
+    av = a.view(np.float32)
+    for i in range(n):
+        m = av[i]
+        if m < eps:
+            m = eps
+        sc = _F127 / m
+        s[i] = sc
+        for j in range(C):
+            xq[i, j] = (x[i, j] * sc + _MAGIC) - _MAGIC
+
+
 def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """reference.quantize_act's values: xq int8 (N, C) when the int8 GEMM is enabled, else
     float32 holding the same integers (what the float32 GEMM multiplies); x_scale float32 (N,).
@@ -153,6 +208,10 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     as_int8 = int8_enabled()
     xq = np.empty((N, C), np.int8 if as_int8 else F)
     s = np.empty(N, F)
+    k = _quantize_rows.fast
+    if k is not None and x.dtype == np.float32 and F == np.float32 and C:
+        run_split(lambda lo, hi: k(x[lo:hi], F(QUANT_EPS), xq[lo:hi], s[lo:hi]), N, ew_rows(C))
+        return xq, s
 
     def rows(lo, hi):
         xr, sr = x[lo:hi], s[lo:hi]
@@ -165,8 +224,19 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         else:
             q = np.multiply(xr, sr[:, None], out=xq[lo:hi])
             np.rint(q, out=q)
-    run_split(rows, N)
+    run_split(rows, N, ew_rows(C))
     return xq, s
+
+
+@jit.kernel
+def _scale_cols(acc, a, b, div, y):
+    """y = float32(acc[:, a:b]) / div_row (acc int32, exact in float32 below 2^24): the forward's
+    np.divide(acc[:, a:b], div, dtype=float32) in one pass."""
+    n = y.shape[0]
+    for i in range(n):
+        d = div[i]
+        for j in range(b - a):
+            y[i, j] = np.float32(acc[i, a + j]) / d
 
 
 def _cpu(w: TernaryLinear) -> CpuTernary:
@@ -210,13 +280,18 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
     ys = [np.empty((N, w.codes.shape[0]), F) for w in ws]
     divs = [_divisor(x_scale, w.weight_scale) for w in ws]
 
+    scale = _scale_cols.fast if F == np.float32 else None
+
     def rows(lo, hi):
         if int8:
             xu = int8_gemm.offset_u8(xq[lo:hi])
             for m, members in zip(mats, parts):
                 acc = int8_gemm.gemm(xu, np.ascontiguousarray(m))        # int32, exact
                 for i, a, b in members:
-                    np.divide(acc[:, a:b], divs[i][lo:hi], out=ys[i][lo:hi], dtype=F)
+                    if scale is not None:                                # the same bits
+                        scale(acc, a, b, divs[i][lo:hi, 0], ys[i][lo:hi])
+                    else:
+                        np.divide(acc[:, a:b], divs[i][lo:hi], out=ys[i][lo:hi], dtype=F)
             return
         for m, members in zip(mats, parts):
             if len(members) == 1:
@@ -231,10 +306,140 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
     return ys
 
 
+GRAD_BLOCK = 256     # rows per block of the int8 input gradient (its passes stay in cache)
+# below this many output features (dy's columns: K of the GEMM) the three int8 GEMMs cost as
+# much as the float32 one or more. Measured in the training step (2 cores, N 1024, ms per call,
+# int8 / float32): K 128 -> 384: 0.67 / 0.64 (at N 512: 0.42 / 0.33); K 384 -> 384: 1.38 / 1.31;
+# K 384 -> 1024: 3.27 / 3.07; K 1024 -> 384: 2.4 / 3.1; K 768 -> 768: 3.1 / 5.1; K 768 -> 2048:
+# 10.3 / 12.7; K 2048 -> 768: 7.4 / 12.9 (docs/benchmarks.md)
+GRAD_INT8_MIN_K = 512
+
+
+def grad_int8_enabled() -> bool:
+    """Whether bitlinear_backward runs through the int8 GEMM (`_backward_int8`):
+    BITSWARM_CPU_INT8_GRAD "1" forces it (with onnxruntime), "0" turns it off; by default
+    ("auto") it runs when onnxruntime and numba are both there (with NumPy's passes splitting dy
+    costs more than the int8 GEMM saves: benchmarks in docs/benchmarks.md). Else the float32
+    GEMM."""
+    v = os.environ.get("BITSWARM_CPU_INT8_GRAD", "auto")
+    if v == "0" or not int8_enabled():
+        return False
+    return v == "1" or jit.enabled()
+
+
+@jit.kernel
+def _split_rows(dy, u, S):
+    """Per row of dy (n, K) float32: S = 127 / max|dy_row| (>= 1e-30 clamp) and the three int8
+    terms as offset binary u (3, n, K) uint8: t0 = dy*S + 128, u_i = rint(t_i),
+    t_{i+1} = (t_i - u_i)*254 + 128. Float32 throughout, the NumPy passes' order."""
+    n, K = dy.shape
+    a = np.empty(n, np.int32)
+    _absmax_rows(dy, a)
+    av = a.view(np.float32)
+    for r in range(n):
+        m = av[r]
+        if m < _TINY:
+            m = _TINY
+        sc = _F127 / m
+        S[r] = sc
+        for j in range(K):
+            t = dy[r, j] * sc + _F128
+            q = (t + _MAGIC) - _MAGIC
+            u[0, r, j] = np.uint8(np.int32(q))
+            t = (t - q) * _F254 + _F128
+            q = (t + _MAGIC) - _MAGIC
+            u[1, r, j] = np.uint8(np.int32(q))
+            t = (t - q) * _F254 + _F128
+            u[2, r, j] = np.uint8(np.int32((t + _MAGIC) - _MAGIC))
+
+
+def _split_rows_numpy(dy, u, S):
+    """_split_rows as NumPy passes (same float32 operations, same order: same bits)."""
+    s = np.maximum(np.max(dy, axis=1), -np.min(dy, axis=1))
+    np.maximum(s, _TINY, out=s)
+    np.divide(_F127, s, out=S)
+    t = np.multiply(dy, S[:, None])
+    t += _F128
+    for i in range(3):
+        q = np.rint(t)
+        u[i] = q                                              # exact: integers in [1, 255]
+        if i < 2:
+            t -= q
+            t *= _F254
+            t += _F128
+
+
+@jit.kernel
+def _combine(acc3, c, add, dx):
+    """dx = float32((a0*254^2 + a1*254 + a2) * c_row) (+ add): a_i = acc3[i] int32 (n, k), the
+    sum exact in float64 (|a_i| < 2^31, so < 2^53), c (n,) float64; add (n, k) float32 or an
+    empty (0, 0) array."""
+    n, k = dx.shape
+    has = add.shape[0] > 0
+    for r in range(n):
+        cr = c[r]
+        for j in range(k):
+            v = (np.float64(acc3[0, r, j]) * 64516.0 + np.float64(acc3[1, r, j]) * 254.0
+                 + np.float64(acc3[2, r, j]))
+            y = np.float32(v * cr)
+            if has:
+                y = y + add[r, j]
+            dx[r, j] = y
+
+
+def _combine_numpy(acc3, c, add, dx):
+    """_combine as NumPy passes (same float64 sum, one rounding to float32: same bits)."""
+    v = acc3[0] * 64516.0
+    v += acc3[1] * 254.0
+    v += acc3[2]
+    v *= c[:, None]
+    dx[...] = v
+    if add.shape[0]:
+        dx += add
+
+
+def _backward_int8(dy, codes, weight_scale, acc, dx) -> None:
+    """dx = dy @ codes / weight_scale (+ acc) through the int8 GEMM, for one block of rows.
+
+    Each row of dy is split exactly-enough into three int8 terms: with S = 127 / max|dy_row|,
+    dy * S = q0 + q1 / 254 + q2 / 254^2 + e, q_i integers in [-127, 127] (offset binary
+    q + 128 in [1, 255], int8_gemm's zero point). The three q_i @ codes are one exact int32
+    GEMM (the terms stacked as rows), summed exactly in float64 and scaled once:
+    dx = float32((a0*254^2 + a1*254 + a2) / (S * 254^2 * weight_scale)).
+    Error per element of dy: |e| / S <= (0.5 / 254^2 + 2^-17) / 127 of max|dy_row| (the 2^-17
+    is float32 rounding of dy*S + 128): 1.4e-7 of the row's max, float32's own precision. Per
+    element of dx at most K (= out) times that times max|dy_row| / weight_scale; in the tests
+    it is as close to the exact product as the float32 GEMM is (tests/kernels/test_cpu_ops.py)."""
+    n, K = dy.shape
+    u = np.empty((3, n, K), np.uint8)
+    S = np.empty(n, np.float32)
+    split = _split_rows.fast
+    (split or _split_rows_numpy)(dy, u, S)
+    acc3 = int8_gemm.gemm(u.reshape(3 * n, K), codes).reshape(3, n, -1)
+    c = 1.0 / (S.astype(np.float64) * 64516.0 * np.float64(weight_scale))
+    add = acc if acc is not None else np.empty((0, 0), np.float32)
+    comb = _combine.fast
+    (comb or _combine_numpy)(acc3, c, add, dx)
+
+
 def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = None) -> np.ndarray:
     """Straight-through input gradient dx = dy @ (codes / weight_scale) (+ acc): dy (N, out)
-    -> (N, in)."""
-    c = _cpu(w).grad_matrix()
+    -> (N, in). Through the int8 GEMM when grad_int8_enabled() (float32 dy only; within the
+    tolerance stated at `_backward_int8`), else one float32 GEMM."""
+    w = _cpu(w)
+    if dy.dtype == np.float32 and prec.F32 == np.float32 and dy.shape[1] >= GRAD_INT8_MIN_K \
+            and grad_int8_enabled() and (acc is None or acc.dtype == np.float32):
+        codes = w.codes8()
+        dx = np.empty((dy.shape[0], codes.shape[1]), np.float32)
+
+        def blocks(lo, hi):
+            for b in range(lo, hi, GRAD_BLOCK):
+                e = min(hi, b + GRAD_BLOCK)
+                _backward_int8(dy[b:e], codes, w.weight_scale,
+                               None if acc is None else acc[b:e], dx[b:e])
+        run_split(blocks, dy.shape[0])
+        return dx
+    c = w.grad_matrix()
     dx = np.empty((dy.shape[0], c.shape[1]), np.result_type(dy, c))
 
     def rows(lo, hi):

@@ -6,11 +6,20 @@ reference by float32 rounding only where BLAS sums differently (tests/kernels/te
 Floats are precision.F32."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
 from bitswarm.kernels.ops.threads import run_split
+
+# rows per block (BITSWARM_CPU_LM_ROWS; default: a thread's rows at once): with 64, a block's
+# (rows, chunk) logits (64 x 8192 float32: 2 MiB) stay in a core's L2 through the max / exp /
+# sum passes and the backward product, instead of a thread's (512 x 8192: 16 MiB) going through
+# memory four times, while the table chunk is re-read per block. Same bits on this machine
+# (OpenBLAS computes a row the same whatever M); not yet measured as faster, so off by default.
+ROW_BLOCK = int(os.environ.get("BITSWARM_CPU_LM_ROWS", 1 << 30))
 
 
 def lm_head_cross_entropy(x: np.ndarray, w: np.ndarray, targets: np.ndarray, grad_scale: float,
@@ -31,8 +40,10 @@ def lm_head_cross_entropy(x: np.ndarray, w: np.ndarray, targets: np.ndarray, gra
     dx = np.empty((N, D), F) if grad else None
 
     def rows(lo, hi):
-        _rows(x[lo:hi], w, targets[lo:hi], grad_scale, chunk, grad, loss[lo:hi],
-              None if dx is None else dx[lo:hi])
+        for b in range(lo, hi, ROW_BLOCK):      # a block's logits chunk stays in cache
+            e = min(hi, b + ROW_BLOCK)
+            _rows(x[b:e], w, targets[b:e], grad_scale, chunk, grad, loss[b:e],
+                  None if dx is None else dx[b:e])
     run_split(rows, N)
     return loss, dx
 
