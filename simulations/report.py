@@ -48,7 +48,8 @@ def summarize(s, result: dict, centralized: list[float] | None) -> dict:
         else {"lr": s.outer_lr, "momentum": s.outer_momentum},
         "dp": None if not s.dp_clip else {
             "clip": s.dp_clip, "noise": s.dp_noise, "delta": s.dp_delta,
-            "epsilon": rounds[-1].get("dp_epsilon") if rounds else None},
+            "epsilon": rounds[-1].get("dp_epsilon") if rounds else None,
+            "update_norm_median": [r.get("update_norm_median") for r in rounds]},
         "wall_s": result["wall_s"], "notes": result.get("notes", []),
     }
 

@@ -171,11 +171,12 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                         "heard); it sits this round out")
                 cohort = [i for i in cohort if i not in lagging]
                 mp = len(cohort) - 1 if s.min_peers == -1 else min(s.min_peers, len(cohort) - 1)
-                trained = {}
+                trained, norms = {}, {}
                 for i in cohort:
                     trained[i] = learners.train(i, nodes[i].coord.adapter, s.local_steps)
                     if accountants is not None:
-                        noised, _ = clip_and_noise(trained[i][0], s.dp_clip, s.dp_noise, dp_rng)
+                        noised, norms[i] = clip_and_noise(trained[i][0], s.dp_clip, s.dp_noise,
+                                                          dp_rng)
                         trained[i] = (noised, *trained[i][1:])
                         accountants[i].step()
                 results, sent0, recv0 = {}, {}, {}
@@ -239,7 +240,10 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                     "round_s": max((results.get((i, "t"), 0.0) for i in active), default=0.0),
                     "bytes_sent_cum": sent_total(nodes, online),
                     **({"dp_epsilon": _finite(max(a.epsilon(s.dp_delta) for a in accountants
-                                                  if a.releases))} if accountants else {})})
+                                                  if a.releases)),
+                        # L2 norm of the updates before clipping: what dp_clip is chosen from
+                        "update_norm_median": float(np.median(list(norms.values())))
+                        if norms else None} if accountants else {})})
                 log(f"round {r}: {len(active)} active, cohort {len(cohort)}, held-out loss "
                     f"{held:.4f}, {'identical adapters' if len(shas) == 1 else f'{len(shas)} adapters'}"
                     f", {time.monotonic() - t_wall:.0f} s")
