@@ -83,14 +83,9 @@ class SwarmView:
         """The highest round whose best-supported digest (see module docstring) has at least
         `min_signers` signers, ignoring `exclude` (ourselves); None when there is none. (With
         min_signers 2, one fast or lying peer alone does not make the head.)"""
-        by_round: dict[int, dict[bytes, int]] = {}
-        for s, (r, d) in self._claims.items():
-            if s != exclude:
-                counts = by_round.setdefault(r, {})
-                counts[d] = counts.get(d, 0) + 1
-        for top in sorted(by_round, reverse=True):
-            counts = by_round[top]
-            digest = min(counts, key=lambda d: (-counts[d], d))
-            if counts[digest] >= min_signers:
-                return Head(top, digest, tuple(self.support(top, digest, exclude=exclude)))
+        rounds = {r for s, (r, _) in self._claims.items() if s != exclude}
+        for top in sorted(rounds, reverse=True):
+            best = self.best_at(top, exclude=exclude)
+            if best is not None and len(best.signers) >= min_signers:
+                return best
         return None
