@@ -34,21 +34,24 @@ def write_file_durable(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path `.NAME.tmp-XXXX` beside `path` for the caller to write (by name, e.g.
-    a library writer or shutil.copyfile); on normal exit fsync it, os.replace it onto `path` and
-    fsync the parent folder. On an exception the temp file is removed and `path` is untouched."""
+    a library writer or shutil.copyfile); on normal exit fsync it (durable), os.replace it onto
+    `path` and fsync the parent folder (durable). On an exception the temp file is removed and
+    `path` is untouched."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
@@ -61,14 +64,8 @@ def write_file_replace(path: Path, data: bytes) -> None:
     """Replace `path` by a file holding `data` atomically but without fsync: readers see the
     old or the new file whole. For snapshots rewritten every second (status.json), where
     three fsyncs a write cost more than the snapshot is worth after a power loss."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    try:
+    with atomic_file(path, durable=False) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def copy_file_atomic(src: Path, dst: Path) -> None:
