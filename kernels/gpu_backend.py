@@ -84,9 +84,13 @@ class GpuBackend:
         # bitlinear.wgsl's K step in activation words: 16 (64 int8) or 32 (128 int8, half the
         # barriers); same results, only speed differs. For benchmarks/kernels.py --bitlinear-kw.
         self.bitlinear_kw: int = BITLINEAR_KW
-        # bitlinear.wgsl's output rows per tile: None = heuristic (bitlinear_tile_rows), 64 or
-        # 32 forces; same results, only speed differs. For benchmarks/kernels.py --bitlinear-tm.
+        # bitlinear.wgsl's output rows per tile: None = heuristic (bitlinear_tile8, then
+        # bitlinear_tile_rows), 128 (128 x 128 tiles, entries main8 / main3_8), 64 or 32
+        # forces; same results, only speed differs. For benchmarks/kernels.py --bitlinear-tm.
         self.bitlinear_tm: int | None = None
+        # STE input gradient tile edge: None = heuristic (bitlinear_backward_tile), 64 or 128
+        # forces; same sums in the same order, only speed differs.
+        self.bitlinear_bwd_tile: int | None = None
         self._rope = RopeTables(lambda a: self.ctx.upload(a, "float32"))
         self._dummy_t: Tensor | None = None
 
@@ -187,6 +191,7 @@ class GpuBackend:
     bitlinear_int = _bitlinear.bitlinear_int
     bitlinear_group = _bitlinear.bitlinear_group
     bitlinear_backward = _bitlinear.bitlinear_backward
+    bitlinear_backward_tile = _bitlinear.bitlinear_backward_tile
     ternarize_all = _bitlinear_train.ternarize_all
     dequantize_act = _bitlinear_train.dequantize_act
     matmul = _matmul.matmul

@@ -69,14 +69,17 @@ OPS: dict[str, OpSpec] = {
     # quantize_act + bitlinear form the W1.58A8 forward; its STE backward is bitlinear_backward.
     "quantize_act": _op("bitlinear", bitlinear.quantize_act, "quantize_act.wgsl", "main"),
     # bitlinear's split-K (few output tiles) runs main with SPLIT=1, then reduce
-    "bitlinear": _op("bitlinear", bitlinear.bitlinear, "bitlinear.wgsl", "main",
+    # main8: 128 x 128 tiles for large N and OUT (unsplit)
+    "bitlinear": _op("bitlinear", bitlinear.bitlinear, "bitlinear.wgsl", "main", "main8",
                      reduce=_BL_REDUCE),
     "bitlinear_int": _op("bitlinear", bitlinear.bitlinear_int, "bitlinear.wgsl", "main",
-                         reduce=_BL_REDUCE),                                       # INT_OUT=1
+                         "main8", reduce=_BL_REDUCE),                              # INT_OUT=1
     # q/k/v or gate/up of one layer as one GEMM (its STE backward: bitlinear_backward per part)
-    "bitlinear_group": _op("bitlinear", bitlinear.bitlinear_group, "bitlinear.wgsl", "main3"),
+    "bitlinear_group": _op("bitlinear", bitlinear.bitlinear_group, "bitlinear.wgsl", "main3",
+                           "main3_8"),
+    # main: 64 x 64 tiles; main8: 128 x 128 (large N and K)
     "bitlinear_backward": _op("bitlinear", bitlinear.bitlinear_backward,
-                              "bitlinear_backward.wgsl", "main"),
+                              "bitlinear_backward.wgsl", "main", "main8"),
     "ternarize_all": _op("bitlinear", bitlinear.ternarize_all, "ternarize.wgsl", "absmean",
                          pack=KernelSpec("ternarize_pack.wgsl", "main")),
     "dequantize_act": _op("bitlinear", bitlinear.dequantize_act, "dequantize_act.wgsl", "main"),

@@ -167,6 +167,139 @@ fn main3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     }
 }
 
+// ---------------------------------------------------------------- 128 x 128 tiles
+// Entries main8 / main3_8 (large N and OUT, where 128 x 128 tiles still fill the GPU; unsplit,
+// K steps of 64 int8): 16 x 16 invocations, each 8 rows x 8 columns in two groups of 4 at
+// offsets 0 and 64 (neighbouring invocations read neighbouring vec4), so the inner loop reads
+// four vec4 per 64 dot4I8Packed (main: two per 16). The int32 sums are exact, so outputs are
+// bit-identical to main / main3. Tiles without padding: 2 x 16 x 32 vec4<u32> = 16384 bytes,
+// WebGPU's default workgroup-memory limit.
+const T8: u32 = 128u;
+const KW8: u32 = 16u;
+var<workgroup> a8: array<vec4<u32>, 512>;   // activations [word][row/4], KW8 x 32
+var<workgroup> b8: array<vec4<u32>, 512>;   // decoded weights [word][col/4]
+
+fn dot4x4(a: vec4<u32>, b: vec4<u32>, i: u32) -> vec4<i32> {
+    return vec4<i32>(dot4I8Packed(a[i], b.x), dot4I8Packed(a[i], b.y),
+                     dot4I8Packed(a[i], b.z), dot4I8Packed(a[i], b.w));
+}
+
+// acc index 8 * h + 2 * i + g: rows lid.y*4 + i + 64*h, columns lid.x*4 + 64*g
+fn tile8(wid: vec3<u32>, lid: vec3<u32>, tid: u32, q: Params) -> array<vec4<i32>, 16> {
+    let col0 = wid.x * T8;
+    let row0 = wid.y * T8;
+    var c00 = vec4<i32>(0); var c01 = vec4<i32>(0); var c10 = vec4<i32>(0); var c11 = vec4<i32>(0);
+    var c20 = vec4<i32>(0); var c21 = vec4<i32>(0); var c30 = vec4<i32>(0); var c31 = vec4<i32>(0);
+    var d00 = vec4<i32>(0); var d01 = vec4<i32>(0); var d10 = vec4<i32>(0); var d11 = vec4<i32>(0);
+    var d20 = vec4<i32>(0); var d21 = vec4<i32>(0); var d30 = vec4<i32>(0); var d31 = vec4<i32>(0);
+    let nsteps = (q.k4 + KW8 - 1u) / KW8;
+    for (var step = 0u; step < nsteps; step++) {
+        let kw0 = step * KW8;
+        for (var r = 0u; r < 8u; r++) {                  // 128 rows x 16 words
+            let e = tid + 256u * r;
+            let rr = e / KW8;
+            let ww = e % KW8;
+            let row = row0 + rr;
+            var v = 0u;
+            if (row < q.n && kw0 + ww < q.k4) { v = xq[row * q.k4 + kw0 + ww]; }
+            a8[ww * 32u + rr / 4u][rr % 4u] = v;
+        }
+        for (var r = 0u; r < 2u; r++) {                  // 128 cols x 4 weight words
+            let e = tid + 256u * r;
+            let cc = e / 4u;
+            let qw = e % 4u;
+            let col = col0 + cc;
+            let word = step * 4u + qw;
+            var pw = 0x55555555u;                        // all fields 1: zero weights
+            if (col < q.out && word < q.k16) { pw = w[(q.wrow0 + col) * q.k16 + word]; }
+            for (var b = 0u; b < 4u; b++) {
+                b8[(qw * 4u + b) * 32u + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
+            }
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < KW8; k++) {
+            let a0 = a8[k * 32u + lid.y];
+            let a1 = a8[k * 32u + 16u + lid.y];
+            let b0 = b8[k * 32u + lid.x];
+            let b1 = b8[k * 32u + 16u + lid.x];
+            c00 += dot4x4(a0, b0, 0u); c01 += dot4x4(a0, b1, 0u);
+            c10 += dot4x4(a0, b0, 1u); c11 += dot4x4(a0, b1, 1u);
+            c20 += dot4x4(a0, b0, 2u); c21 += dot4x4(a0, b1, 2u);
+            c30 += dot4x4(a0, b0, 3u); c31 += dot4x4(a0, b1, 3u);
+            d00 += dot4x4(a1, b0, 0u); d01 += dot4x4(a1, b1, 0u);
+            d10 += dot4x4(a1, b0, 1u); d11 += dot4x4(a1, b1, 1u);
+            d20 += dot4x4(a1, b0, 2u); d21 += dot4x4(a1, b1, 2u);
+            d30 += dot4x4(a1, b0, 3u); d31 += dot4x4(a1, b1, 3u);
+        }
+        workgroupBarrier();
+    }
+    return array<vec4<i32>, 16>(c00, c01, c10, c11, c20, c21, c30, c31,
+                                d00, d01, d10, d11, d20, d21, d30, d31);
+}
+
+fn store_main(row: u32, col0: u32, v: vec4<i32>) {
+    if (row >= p.n) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        if (col >= p.out) { continue; }
+        if (INT_OUT) {
+            y[row * p.out + col] = bitcast<u32>(v[j]);
+        } else {
+            y[row * p.out + col] = bitcast<u32>(f32(v[j]) / (xs[row] * p.weight_scale));
+        }
+    }
+}
+
+fn store_main3(row: u32, col0: u32, v: vec4<i32>) {
+    if (row >= p3.n) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        if (col >= p3.out) { continue; }
+        let a = f32(v[j]);
+        if (col < p3.o1) {
+            y[row * p3.o1 + col] = bitcast<u32>(a / (xs[row] * p3.weight_scale));
+        } else if (col < p3.o2) {
+            y1[row * (p3.o2 - p3.o1) + col - p3.o1] = bitcast<u32>(a / (xs[row] * p3.s1));
+        } else {
+            y2[row * (p3.out - p3.o2) + col - p3.o2] = bitcast<u32>(a / (xs[row] * p3.s2));
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn main8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+         @builtin(local_invocation_index) tid: u32) {
+    let c = tile8(wid, lid, tid, p);
+    let r = wid.y * T8 + lid.y * 4u;
+    let ca = wid.x * T8 + lid.x * 4u;
+    let cb = ca + 64u;
+    store_main(r, ca, c[0]); store_main(r, cb, c[1]);
+    store_main(r + 1u, ca, c[2]); store_main(r + 1u, cb, c[3]);
+    store_main(r + 2u, ca, c[4]); store_main(r + 2u, cb, c[5]);
+    store_main(r + 3u, ca, c[6]); store_main(r + 3u, cb, c[7]);
+    store_main(r + 64u, ca, c[8]); store_main(r + 64u, cb, c[9]);
+    store_main(r + 65u, ca, c[10]); store_main(r + 65u, cb, c[11]);
+    store_main(r + 66u, ca, c[12]); store_main(r + 66u, cb, c[13]);
+    store_main(r + 67u, ca, c[14]); store_main(r + 67u, cb, c[15]);
+}
+
+@compute @workgroup_size(16, 16)
+fn main3_8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
+    let c = tile8(wid, lid, tid, p3);
+    let r = wid.y * T8 + lid.y * 4u;
+    let ca = wid.x * T8 + lid.x * 4u;
+    let cb = ca + 64u;
+    store_main3(r, ca, c[0]); store_main3(r, cb, c[1]);
+    store_main3(r + 1u, ca, c[2]); store_main3(r + 1u, cb, c[3]);
+    store_main3(r + 2u, ca, c[4]); store_main3(r + 2u, cb, c[5]);
+    store_main3(r + 3u, ca, c[6]); store_main3(r + 3u, cb, c[7]);
+    store_main3(r + 64u, ca, c[8]); store_main3(r + 64u, cb, c[9]);
+    store_main3(r + 65u, ca, c[10]); store_main3(r + 65u, cb, c[11]);
+    store_main3(r + 66u, ca, c[12]); store_main3(r + 66u, cb, c[13]);
+    store_main3(r + 67u, ca, c[14]); store_main3(r + 67u, cb, c[15]);
+}
+
 // ---------------------------------------------------------------- split-K reduction
 // One invocation per output: the sum of its `splits` int32 partials, then INT_OUT's raw store
 // or the unsplit kernel's scale expression (same f32 ops, same rounding).

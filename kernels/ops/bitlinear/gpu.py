@@ -31,6 +31,9 @@ BITLINEAR_KW = 16        # bitlinear.wgsl activation words per K step (16 or 32;
 # (2B-4T k/v: 0.073 ms either way, 29% of peak; 1b k/v 14.3% vs 13.8%) and lost elsewhere
 # (down 43.7% vs 47.0%); benchmarks/results/kernels-h200-tm.json. Forced via `bitlinear_tm`.
 BITLINEAR_TM32_BELOW = 0
+# STE input gradient: 128 x 128 tiles (bitlinear_backward.wgsl main8) from this many of them
+# (a wave and more of an H200's 132 SMs); below, 64 x 64 tiles fill the GPU better.
+BACKWARD_T128_MIN = 128
 
 
 @dataclass
@@ -76,12 +79,22 @@ def quantize_act(be, x: Tensor) -> tuple[Tensor, Tensor]:
     return xq, xs
 
 
+def bitlinear_tile8(be, N: int, OUT: int) -> bool:
+    """Whether the unsplit forward runs 128 x 128 tiles (bitlinear.wgsl main8 / main3_8): the
+    forced `be.bitlinear_tm` == 128, else when those tiles alone fill a big GPU (at least
+    BACKWARD_T128_MIN of them, as for the STE gradient) and no other tile size is forced."""
+    if be.bitlinear_tm is not None:
+        return be.bitlinear_tm == 128
+    return -(-OUT // 128) * -(-N // 128) >= BACKWARD_T128_MIN
+
+
 def bitlinear_tile_rows(be, N: int, OUT: int) -> int:
     """Output rows per bitlinear workgroup tile (64 or 32): the forced `be.bitlinear_tm`, else
     32 when the 64x64 tiles are fewer than BITLINEAR_TM32_BELOW (too few to fill the GPU)."""
     if be.bitlinear_tm is not None:
-        check(be.bitlinear_tm in (32, 64), f"bitlinear_tm must be 32 or 64, got {be.bitlinear_tm}")
-        return int(be.bitlinear_tm)
+        check(be.bitlinear_tm in (32, 64, 128),
+              f"bitlinear_tm must be 32, 64 or 128, got {be.bitlinear_tm}")
+        return min(int(be.bitlinear_tm), 64)
     return 32 if -(-OUT // 64) * -(-N // 64) < BITLINEAR_TM32_BELOW else 64
 
 
@@ -132,6 +145,10 @@ def _bitlinear(be, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) ->
                    dict(n=N, out=OUT, splits=splits, weight_scale=w.weight_scale),
                    name="reduce", constants={"INT_OUT": int(int_out)})
         return y
+    if bitlinear_tile8(be, N, OUT):
+        be._launch(op, [xq, x_scale, w.packed, y], (-(-OUT // 128), -(-N // 128), 1), params,
+                   name="main8", constants={"INT_OUT": int(int_out)})
+        return y
     be._launch(op, [xq, x_scale, w.packed, y], (-(-OUT // 64), -(-N // tm), 1), params,
                constants={"INT_OUT": int(int_out), "KW": kw, "TM": tm})
     return y
@@ -167,12 +184,26 @@ def bitlinear_group(be, xq: Tensor, x_scale: Tensor, ws: list[GpuTernary]) -> li
     s2 = ws[2].weight_scale if len(ws) == 3 else F32(1.0)
     tm = bitlinear_tile_rows(be, N, OUT)
     check(be.bitlinear_kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {be.bitlinear_kw}")
-    be._launch("bitlinear_group", [xq, x_scale, ws[0].packed, ys[0],
-                                   ys[1], ys[2] if len(ws) == 3 else be._dummy()],
-               (-(-OUT // 64), -(-N // tm), 1),
-               _gemm_params(N, OUT, K, ws[0], 1 << 30, o1, o2, ws[1].weight_scale, s2),
+    bindings = [xq, x_scale, ws[0].packed, ys[0], ys[1], ys[2] if len(ws) == 3 else be._dummy()]
+    params = _gemm_params(N, OUT, K, ws[0], 1 << 30, o1, o2, ws[1].weight_scale, s2)
+    if bitlinear_tile8(be, N, OUT):
+        be._launch("bitlinear_group", bindings, (-(-OUT // 128), -(-N // 128), 1), params,
+                   name="main3_8")
+        return ys
+    be._launch("bitlinear_group", bindings, (-(-OUT // 64), -(-N // tm), 1), params,
                constants={"KW": be.bitlinear_kw, "TM": tm})
     return ys
+
+
+def bitlinear_backward_tile(be, N: int, K: int) -> int:
+    """Output tile edge of the STE input gradient (64: entry main, 128: main8): the forced
+    `be.bitlinear_bwd_tile`, else 128 when its tiles alone fill a big GPU (at least
+    BACKWARD_T128_MIN of them: 2B-4T at 16 x 128 tokens has 320-864, at 4 x 128 80-216)."""
+    forced = getattr(be, "bitlinear_bwd_tile", None)
+    if forced is not None:
+        check(forced in (64, 128), f"bitlinear_bwd_tile must be 64 or 128, got {forced}")
+        return int(forced)
+    return 128 if -(-K // 128) * -(-N // 128) >= BACKWARD_T128_MIN else 64
 
 
 def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None) -> Tensor:
@@ -184,7 +215,9 @@ def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None)
     if acc is not None:
         check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
         be.ctx.copy(acc, dx)
-    be._launch("bitlinear_backward", [dy, w.packed, dx], (-(-K // 64), -(-N // 64), 1),
+    t = bitlinear_backward_tile(be, N, K)
+    be._launch("bitlinear_backward", [dy, w.packed, dx], (-(-K // t), -(-N // t), 1),
                dict(n=N, out=OUT, k=K, k16=(K + 15) // 16, weight_scale=w.weight_scale,
-                    wrow0=w.row0), constants={"ACC": int(acc is not None)})
+                    wrow0=w.row0), name="main8" if t == 128 else None,
+               constants={"ACC": int(acc is not None)})
     return dx

@@ -69,7 +69,7 @@ def test_bitlinear_quantized_chain(gpu, close, N, K, OUT):
 
 @pytest.mark.parametrize("N,K,OUT", [(37, 700, 70), (65, 1000, 129), (2, 2560, 17)])
 def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
-    """Tile rows 64 and 32 (bitlinear_tm) x K steps of 64 and of 128 int8 (bitlinear_kw 16, 32)
+    """Tile rows 64, 32 and 128 (bitlinear_tm; 128 is the 128 x 128 entry main8) x K steps of 64 and of 128 int8 (bitlinear_kw 16, 32)
     x split-K (forced 1, 2, 3 slabs, the default (unsplit), and the heuristic switched on,
     which picks 5 for (2, 2560, 17)): the int32 core equals the reference exactly; the f32
     output is bit-identical to the unsplit TM=64 KW=16 kernel's and within the chain test's
@@ -87,7 +87,7 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
     saved_wgs, saved_tm32 = blg.BITLINEAR_MIN_WGS, blg.BITLINEAR_TM32_BELOW
     try:
         ys = {}
-        for tm in (64, 32):
+        for tm in (64, 32, 128):            # 128: entry main8 (unsplit), else 64-row tiles
             for kw in (16, 32):
                 for splits in (1, 2, 3, None):
                     gpu.bitlinear_splits, gpu.bitlinear_kw, gpu.bitlinear_tm = splits, kw, tm
@@ -102,6 +102,8 @@ def test_bitlinear_split_k_exact(gpu, close, N, K, OUT):
         assert gpu.bitlinear_tile_rows(512, 2560) == 64           # q/o at 2B-4T: 320 tiles
         assert gpu.bitlinear_tile_rows(N, OUT) == 32              # these shapes: 32
         assert gpu.bitlinear_plan(2, 2560, 17) == (1, 40)         # default: unsplit
+        assert blg.bitlinear_tile8(gpu, 2048, 2560)               # 2B-4T at 16 x 128 tokens
+        assert not blg.bitlinear_tile8(gpu, 512, 2560)            # ... at 4 x 128: 80 tiles
         blg.BITLINEAR_MIN_WGS = 512                                # the heuristic switched on
         assert gpu.bitlinear_plan(2, 2560, 17) == (5, 8)          # 40 K steps, 8 per slab
         assert gpu.bitlinear_plan(512, 2560, 6912)[0] == 1        # gate/up: 864 tiles
@@ -146,6 +148,12 @@ def test_bitlinear_group_is_one_launch_and_bit_identical(gpu, N, K, outs):
         np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_int(gx, g)),
                                       ref.bitlinear_int(xq, w.codes))
         assert np.max(np.abs(got - r)) <= 4e-7 * np.max(np.abs(r))
+        gpu.bitlinear_tm = 128                                       # entry main3_8
+        try:
+            y8 = gpu.bitlinear_group(gx, gs, group)[group.index(g)]
+        finally:
+            gpu.bitlinear_tm = None
+        np.testing.assert_array_equal(gpu.numpy(y8).view(np.int32), alone.view(np.int32))
         dy = rnd(rng, N, w.codes.shape[0])
         np.testing.assert_array_equal(gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy), g)),
                                       gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy),
@@ -155,18 +163,36 @@ def test_bitlinear_group_is_one_launch_and_bit_identical(gpu, N, K, outs):
 
 
 @pytest.mark.parametrize("N,OUT,K,use_acc", [(1, 1, 1, False), (37, 70, 100, True),
-                                             (65, 129, 300, False), (3, 2560, 20, True)])
+                                             (65, 129, 300, False), (3, 2560, 20, True),
+                                             (200, 40, 260, True)])
 
 
-def test_bitlinear_backward(gpu, close, N, OUT, K, use_acc):
+@pytest.mark.parametrize("tile", [64, 128])
+def test_bitlinear_backward(gpu, close, N, OUT, K, use_acc, tile):
     rng = np.random.default_rng(7)
     dy, w = rnd(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
     acc = rnd(rng, N, K) if use_acc else None
-    got = gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy), gpu.ternary(w),
-                                           None if acc is None else gpu.tensor(acc)))
+    got = {}
+    for t in (64, tile):                    # main (64 x 64 tiles) or main8 (128 x 128)
+        gpu.bitlinear_bwd_tile = t
+        try:
+            got[t] = gpu.numpy(gpu.bitlinear_backward(gpu.tensor(dy), gpu.ternary(w),
+                                                      None if acc is None else gpu.tensor(acc)))
+        finally:
+            gpu.bitlinear_bwd_tile = None
+    # the same per-output sum in the same o order: the same bits from either tile
+    np.testing.assert_array_equal(got[tile].view(np.int32), got[64].view(np.int32))
+    got = got[tile]
     want = ref.bitlinear_backward(dy, w.codes, w.weight_scale) + (0 if acc is None else acc)
     # fp32 sum of OUT terms in another order: error ~ eps * sqrt(OUT) * |terms|
     close(got, want, 2e-6 * np.sqrt(OUT) / w.weight_scale, 1e-5, "bitlinear_backward dx")
+
+
+def test_bitlinear_backward_tile_heuristic(gpu):
+    """128 x 128 tiles only where they alone fill a big GPU (2B-4T q/o at 16 x 128 tokens)."""
+    assert gpu.bitlinear_backward_tile(2048, 2560) == 128
+    assert gpu.bitlinear_backward_tile(512, 2560) == 64      # 80 tiles of 128: under a wave
+    assert gpu.bitlinear_backward_tile(37, 100) == 64
 
 
 def test_ternarize_matches_reference(gpu, close):
