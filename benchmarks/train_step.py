@@ -15,6 +15,12 @@ Baselines, same shapes, same run:
 
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
                                     [--embeddings gpu,host] [--recompute auto|on|off]
+                                    [--batch 4,16] [--profile]
+
+--batch runs every listed batch size (sequences of ctx 128; each its own row, default 4).
+--profile (ours only) syncs the GPU around every backend op of the step and reports, per op
+family, calls and milliseconds (host encoding + GPU time of that op, no overlap), the sum and
+the step's own time without the syncs.
 
 --embeddings host keeps the embedding / lm_head table in host memory and streams it through the
 GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
@@ -81,12 +87,13 @@ def batch(cfg, seed: int):
     return ids[:, :-1], ids[:, 1:]
 
 
-def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "auto") -> dict:
+def setup_ours(backend, cfg, targets, recompute: str = "auto"):
+    """(model, step): our model with a fresh adapter and AdamW; step() runs one training step
+    (loss_and_grads + AdamW + sync) and returns the loss."""
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.lora import init_lora, trainable_keys
     from bitswarm.kernels.model import BitNetModel
     from bitswarm.kernels.optim import AdamW, AdamWConfig
-    t0 = time.perf_counter()
     lcfg = LoRAConfig(rank=RANK, alpha=ALPHA, target_modules=TARGETS[targets])
     model = BitNetModel(fast_weights(cfg, 0), backend, lcfg)
     if recompute != "auto":
@@ -97,27 +104,109 @@ def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "a
     opt = AdamW(backend, AdamWConfig(lr=1e-4))
     ids, tg = batch(cfg, 1)
     ctx = getattr(backend, "ctx", None)
-    setup = time.perf_counter() - t0
-    losses, times = [], []
-    for s in range(warmup + steps):
-        t1 = time.perf_counter()
+
+    def step() -> float:
         loss, _, grads = model.loss_and_grads(ids, tg)      # reads the loss back: a sync
         opt.step(model.lora, {k: grads[k] for k in keys})
         del grads
         if ctx is not None:
             ctx.sync()
+        return loss
+    return model, step
+
+
+def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "auto") -> dict:
+    t0 = time.perf_counter()
+    model, step_fn = setup_ours(backend, cfg, targets, recompute)
+    ctx = getattr(backend, "ctx", None)
+    setup = time.perf_counter() - t0
+    losses, times = [], []
+    for s in range(warmup + steps):
+        t1 = time.perf_counter()
+        losses.append(step_fn())
         if s >= warmup:
             times.append(time.perf_counter() - t1)
-        losses.append(loss)
     step = float(np.median(times))
     res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup,
            "recompute": model.recomputes(B * T)}
     if ctx is not None:
         res.update(peak_gpu_bytes=ctx.peak_allocated_bytes, allocated_bytes=ctx.allocated_bytes,
                    dispatches=ctx.n_dispatches, submits=ctx.n_submits)
-    del model, opt
+    del model, step_fn
     gc.collect()
     return res
+
+
+# GpuBackend ops by family as --profile reports them (matmul in a training step is LoRA's)
+PROFILE_OPS = {
+    "bitlinear forward": ("bitlinear", "bitlinear_group"),
+    "bitlinear_backward (STE)": ("bitlinear_backward",),
+    "quantize_act": ("quantize_act",),
+    "attention": ("attention",),
+    "attention_backward": ("attention_backward",),
+    "lm_head_cross_entropy": ("lm_head_cross_entropy",),
+    "rmsnorm (+ backward)": ("rmsnorm", "rmsnorm_backward"),
+    "matmul (LoRA)": ("matmul",),
+    "rope": ("rope",),
+    "relu2_gate (+ backward), add": ("relu2_gate", "relu2_gate_backward", "add"),
+    "embedding, adamw_, transfers": ("embedding", "adamw_", "tensor", "zeros_like", "numpy"),
+}
+
+
+def profile_ours(backend, cfg, targets, steps: int, warmup: int,
+                 recompute: str = "auto") -> dict:
+    """Our step with the GPU synced around every backend op: {family: {calls, ms}} (best step
+    per family), "sum of ops", and "step (no syncs)" (median step of the same model without
+    the syncs, for comparison)."""
+    import functools
+    model, step_fn = setup_ours(backend, cfg, targets, recompute)
+    ctx = backend.ctx
+    for _ in range(warmup):
+        step_fn()
+    plain = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step_fn()
+        plain.append(time.perf_counter() - t0)
+    times: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for fam, names in PROFILE_OPS.items():
+        for n in names:
+            fn = getattr(backend, n)
+
+            @functools.wraps(fn)
+            def timed(*a, _fn=fn, _fam=fam, **k):
+                ctx.sync()
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    ctx.sync()
+                    times[_fam] = times.get(_fam, 0.0) + time.perf_counter() - t0
+                    calls[_fam] = calls.get(_fam, 0) + 1
+            setattr(backend, n, timed)
+    best: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    try:
+        for _ in range(steps):
+            times.clear(), calls.clear()
+            t0 = time.perf_counter()
+            step_fn()
+            times["step (synced)"] = time.perf_counter() - t0
+            times["sum of ops"] = sum(v for k, v in times.items() if k != "step (synced)")
+            for k, v in times.items():
+                best[k] = min(best.get(k, v), v)
+            counts = dict(calls)
+    finally:
+        for names in PROFILE_OPS.values():
+            for n in names:
+                backend.__dict__.pop(n, None)
+    out = {k: {"calls": counts.get(k), "ms": round(1e3 * v, 2)} for k, v in best.items()}
+    out["step (no syncs)"] = {"calls": None, "ms": round(1e3 * float(np.median(plain)), 2)}
+    out["recompute"] = model.recomputes(B * T)
+    del model, step_fn
+    gc.collect()
+    return out
 
 
 def run_numpy(cfg, targets, steps: int) -> dict:
@@ -208,10 +297,20 @@ def main() -> None:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
+    ap.add_argument("--batch", default=None, help="comma-separated batch sizes (default 4; "
+                    "--quick: 2), sequences of ctx 128 (--quick: 32)")
+    ap.add_argument("--profile", action="store_true",
+                    help="ours only: time every backend op with the GPU synced around it")
     args = ap.parse_args()
     global B, T
     if args.quick:
         B, T = 2, 32
+    try:
+        batches = [int(b) for b in args.batch.split(",")] if args.batch else [B]
+        if any(b < 1 for b in batches):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--batch: expected comma-separated positive integers, got {args.batch!r}")
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend()
     _SharedCodesGpu.install(be)
@@ -226,9 +325,26 @@ def main() -> None:
     models = (args.models or ("tiny" if args.quick else "125m,1b,2b4t")).split(",")
     steps = args.steps or (2 if args.quick else 3)
     rows = []
-    print(f"{'model':6s} {'targets':7s} {'system':12s} {'tok/s':>10s} {'step ms':>9s} {'peak MiB':>9s}"
+    print(f"{'model':6s} {'B':>3s} {'targets':7s} {'system':12s} {'tok/s':>10s} {'step ms':>9s} {'peak MiB':>9s}"
           f" {'ours/base':>9s}")
-    for model in models:
+    if args.profile:
+        profiles = []
+        for model in models:
+            for targets in args.targets.split(","):
+                for B in batches:
+                    prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
+                    profiles.append({"model": model, "targets": targets, "B": B, "T": T, **prof})
+                    print(f"{model} {targets} batch {B} x {T}, recompute {prof['recompute']}; "
+                          f"best of {steps} steps, ms:")
+                    for k, v in prof.items():
+                        if isinstance(v, dict):
+                            c = "" if v["calls"] is None else f"({v['calls']})"
+                            print(f"  {k:32s} {c:>6s} {v['ms']:9.2f}")
+                    sys.stdout.flush()
+                    write_json(out_path("train_step_profile", args.out), {
+                        "benchmark": "train_step --profile", "machine": info, "rows": profiles})
+        return
+    for model, B in [(m, b) for m in models for b in batches]:
         cfg = CONFIGS[model]
         for targets, emb in [(t, e) for t in args.targets.split(",") for e in residencies]:
             r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
@@ -256,11 +372,11 @@ def main() -> None:
                 if x is None:
                     continue
                 if "error" in x:
-                    print(f"{model:6s} {targets:7s} {sysname:12s} ERROR {x['error'][:200]}")
+                    print(f"{model:6s} {B:3d} {targets:7s} {sysname:12s} ERROR {x['error'][:200]}")
                     continue
                 pk = x.get("peak_gpu_bytes")
                 name = f"{sysname}/{emb}" if sysname == "ours" else sysname
-                print(f"{model:6s} {targets:7s} {name:12s} {x['tokens_per_s']:10.1f} "
+                print(f"{model:6s} {B:3d} {targets:7s} {name:12s} {x['tokens_per_s']:10.1f} "
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
                       f"{ours / x['tokens_per_s']:9.3f}")
             sys.stdout.flush()
