@@ -299,6 +299,8 @@ def main() -> None:
     ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
     ap.add_argument("--batch", default=None, help="comma-separated batch sizes (default 4; "
                     "--quick: 2), sequences of ctx 128 (--quick: 32)")
+    ap.add_argument("--gemm-tile", default="auto", choices=["auto", "64", "128"],
+                    help="force the W1.58A8 forward and STE-gradient tile edge (A/B runs)")
     ap.add_argument("--profile", action="store_true",
                     help="ours only: time every backend op with the GPU synced around it")
     args = ap.parse_args()
@@ -314,10 +316,14 @@ def main() -> None:
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend()
     _SharedCodesGpu.install(be)
+    if args.gemm_tile != "auto":
+        be.bitlinear_tm = be.bitlinear_bwd_tile = int(args.gemm_tile)
     residencies = args.embeddings.split(",")
     backends = {"gpu": be}
     if "host" in residencies:
         backends["host"] = GpuBackend(be.ctx, table_residency="host")
+        backends["host"].bitlinear_tm = be.bitlinear_tm
+        backends["host"].bitlinear_bwd_tile = be.bitlinear_bwd_tile
         _SharedCodesGpu.install(backends["host"])
     info = machine_info(be.ctx)
     print(f"adapter: {info['adapter']}")
