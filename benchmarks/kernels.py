@@ -129,7 +129,7 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
     extra row fields). sweep: (bitlinear_tm, bitlinear_kw, bitlinear_splits) triples for the
     split-K rows."""
     from bitswarm.kernels.config import TernaryLinear
-    N = 64 if quick else TOKENS
+    N = 64 if quick else TOKENS       # TOKENS: --tokens
     D, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     T = min(128, N)
@@ -235,6 +235,7 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
 
 
 def main() -> None:
+    global TOKENS
     ap = parser("kernels", __doc__.splitlines()[0])
     ap.add_argument("--models", default=None, help="comma list of benchmarks/shapes.py names")
     ap.add_argument("--peak", default=None, help="peak.py JSON (else peak is measured here)")
@@ -247,7 +248,12 @@ def main() -> None:
     ap.add_argument("--bitlinear-tm", default="", metavar="LIST",
                     help="comma list of bitlinear output rows per tile (64, 32, auto) for "
                          "those rows (default auto: the heuristic)")
+    ap.add_argument("--tokens", type=int, default=512,
+                    help="token rows N of every case (default 512 = 4 x 128)")
+    ap.add_argument("--gemm-tile", default="auto", choices=["auto", "64", "128"],
+                    help="force the W1.58A8 forward and STE-gradient tile edge (A/B runs)")
     args = ap.parse_args()
+    TOKENS = args.tokens
     splits_list = [None if v.strip() == "auto" else int(v)
                    for v in args.bitlinear_splits.split(",") if v.strip()]
     kw_list = [int(v) for v in args.bitlinear_kw.split(",") if v.strip()]
@@ -258,6 +264,8 @@ def main() -> None:
              if splits_list or kw_list or tm_list else [])
     from bitswarm.kernels.gpu_backend import GpuBackend
     be = GpuBackend()
+    if args.gemm_tile != "auto":
+        be.bitlinear_tm = be.bitlinear_bwd_tile = int(args.gemm_tile)
     ctx = be.ctx
     info = machine_info(ctx)
     print(f"adapter: {info['adapter']}")

@@ -168,16 +168,17 @@ fn main3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
 }
 
 // ---------------------------------------------------------------- 128 x 128 tiles
-// Entries main8 / main3_8 (large N and OUT, where 128 x 128 tiles still fill the GPU; unsplit,
-// K steps of 64 int8): 16 x 16 invocations, each 8 rows x 8 columns in two groups of 4 at
+// Entries main8 / main3_8 (large N and OUT, where 128 x 128 tiles still fill the GPU; unsplit): 16 x 16 invocations, each 8 rows x 8 columns in two groups of 4 at
 // offsets 0 and 64 (neighbouring invocations read neighbouring vec4), so the inner loop reads
 // four vec4 per 64 dot4I8Packed (main: two per 16). The int32 sums are exact, so outputs are
-// bit-identical to main / main3. Tiles without padding: 2 x 16 x 32 vec4<u32> = 16384 bytes,
-// WebGPU's default workgroup-memory limit.
+// bit-identical to main / main3. K in steps of 32 int8 (8 words) with rows padded to 33 vec4
+// (2 x 8 x 33 x 16 = 8448 bytes): the activation tile's scalar stores hit distinct banks
+// (unpadded 32-vec4 rows put 16 stores of a warp on one bank).
 const T8: u32 = 128u;
-const KW8: u32 = 16u;
-var<workgroup> a8: array<vec4<u32>, 512>;   // activations [word][row/4], KW8 x 32
-var<workgroup> b8: array<vec4<u32>, 512>;   // decoded weights [word][col/4]
+const KW8: u32 = 8u;
+const LD8: u32 = 33u;
+var<workgroup> a8: array<vec4<u32>, 264>;   // activations [word][row/4], KW8 x LD8
+var<workgroup> b8: array<vec4<u32>, 264>;   // decoded weights [word][col/4]
 
 fn dot4x4(a: vec4<u32>, b: vec4<u32>, i: u32) -> vec4<i32> {
     return vec4<i32>(dot4I8Packed(a[i], b.x), dot4I8Packed(a[i], b.y),
@@ -195,33 +196,32 @@ fn tile8(wid: vec3<u32>, lid: vec3<u32>, tid: u32, q: Params) -> array<vec4<i32>
     let nsteps = (q.k4 + KW8 - 1u) / KW8;
     for (var step = 0u; step < nsteps; step++) {
         let kw0 = step * KW8;
-        for (var r = 0u; r < 8u; r++) {                  // 128 rows x 16 words
+        for (var r = 0u; r < 4u; r++) {                  // 128 rows x 8 words
             let e = tid + 256u * r;
             let rr = e / KW8;
             let ww = e % KW8;
             let row = row0 + rr;
             var v = 0u;
             if (row < q.n && kw0 + ww < q.k4) { v = xq[row * q.k4 + kw0 + ww]; }
-            a8[ww * 32u + rr / 4u][rr % 4u] = v;
+            a8[ww * LD8 + rr / 4u][rr % 4u] = v;
         }
-        for (var r = 0u; r < 2u; r++) {                  // 128 cols x 4 weight words
-            let e = tid + 256u * r;
-            let cc = e / 4u;
-            let qw = e % 4u;
+        {                                                // 128 cols x 2 weight words
+            let cc = tid / 2u;
+            let qw = tid % 2u;
             let col = col0 + cc;
-            let word = step * 4u + qw;
+            let word = step * 2u + qw;
             var pw = 0x55555555u;                        // all fields 1: zero weights
             if (col < q.out && word < q.k16) { pw = w[(q.wrow0 + col) * q.k16 + word]; }
             for (var b = 0u; b < 4u; b++) {
-                b8[(qw * 4u + b) * 32u + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
+                b8[(qw * 4u + b) * LD8 + cc / 4u][cc % 4u] = decode4((pw >> (8u * b)) & 0xffu);
             }
         }
         workgroupBarrier();
         for (var k = 0u; k < KW8; k++) {
-            let a0 = a8[k * 32u + lid.y];
-            let a1 = a8[k * 32u + 16u + lid.y];
-            let b0 = b8[k * 32u + lid.x];
-            let b1 = b8[k * 32u + 16u + lid.x];
+            let a0 = a8[k * LD8 + lid.y];
+            let a1 = a8[k * LD8 + 16u + lid.y];
+            let b0 = b8[k * LD8 + lid.x];
+            let b1 = b8[k * LD8 + 16u + lid.x];
             c00 += dot4x4(a0, b0, 0u); c01 += dot4x4(a0, b1, 0u);
             c10 += dot4x4(a0, b0, 1u); c11 += dot4x4(a0, b1, 1u);
             c20 += dot4x4(a0, b0, 2u); c21 += dot4x4(a0, b1, 2u);

@@ -9,7 +9,9 @@
 // 128 x 128 outputs per workgroup, each invocation 8 n x 8 k (two groups of 4 at offsets 0 and
 // 64, so neighbouring invocations read neighbouring vec4): four vec4 reads per 64 FMAs, half
 // main's workgroup-memory traffic per FMA. Same per-output sum in the same o order as main.
-// Tiles without padding: 2 x 16 x 32 vec4 = 16384 bytes, WebGPU's default workgroup limit.
+// OUT in steps of 8 with rows padded to 33 vec4 (2 x 8 x 33 x 16 = 8448 bytes): the dy tile's
+// scalar stores then hit 32 distinct banks per warp (unpadded 32-vec4 rows put 16 stores of a
+// warp on one bank: measured slower than main on an H200).
 override ACC: bool = false;
 
 struct Params { n: u32, out: u32, k: u32, k16: u32, weight_scale: f32, wrow0: u32 }
@@ -83,9 +85,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 const T8: u32 = 128u;
-const LD8: u32 = 32u;                          // vec4 per o row of a 128-wide tile
-var<workgroup> g8: array<vec4<f32>, 512>;     // dy tile [o][n/4], OS x LD8
-var<workgroup> c8: array<vec4<f32>, 512>;     // codes tile [o][k/4]
+const OS8: u32 = 8u;                           // o per step
+const LD8: u32 = 33u;                          // vec4 per o row of a 128-wide tile (+1 pad)
+var<workgroup> g8: array<vec4<f32>, 264>;     // dy tile [o][n/4], OS8 x LD8
+var<workgroup> c8: array<vec4<f32>, 264>;     // codes tile [o][k/4]
 
 fn store8(n: u32, k0: u32, v: vec4<f32>) {
     if (n >= p.n) { return; }
@@ -108,20 +111,20 @@ fn main8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     var a20 = vec4<f32>(0.0); var a21 = vec4<f32>(0.0); var a30 = vec4<f32>(0.0); var a31 = vec4<f32>(0.0);
     var b00 = vec4<f32>(0.0); var b01 = vec4<f32>(0.0); var b10 = vec4<f32>(0.0); var b11 = vec4<f32>(0.0);
     var b20 = vec4<f32>(0.0); var b21 = vec4<f32>(0.0); var b30 = vec4<f32>(0.0); var b31 = vec4<f32>(0.0);
-    let nsteps = (p.out + OS - 1u) / OS;
+    let nsteps = (p.out + OS8 - 1u) / OS8;
     for (var step = 0u; step < nsteps; step++) {
-        let o0 = step * OS;
-        // dy tile: 128 n x 16 o, 8 per invocation; consecutive invocations walk o (contiguous)
-        for (var r = 0u; r < 8u; r++) {
+        let o0 = step * OS8;
+        // dy tile: 128 n x 8 o, 4 per invocation; consecutive invocations walk o (contiguous)
+        for (var r = 0u; r < 4u; r++) {
             let e = tid + 256u * r;
-            let nn = e / OS;
-            let oo = e % OS;
+            let nn = e / OS8;
+            let oo = e % OS8;
             var v = 0.0;
             if (n0 + nn < p.n && o0 + oo < p.out) { v = dy[(n0 + nn) * p.out + o0 + oo]; }
             g8[oo * LD8 + nn / 4u][nn % 4u] = v;
         }
-        // codes tile: 16 o x 8 words (128 k); invocations 0..127 decode one word each
-        if (tid < 128u) {
+        // codes tile: 8 o x 8 words (128 k); invocations 0..63 decode one word each
+        if (tid < 64u) {
             let oo = tid / 8u;
             let q = tid % 8u;
             let word = k0 / 16u + q;
@@ -134,7 +137,7 @@ fn main8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             }
         }
         workgroupBarrier();
-        for (var o = 0u; o < OS; o++) {
+        for (var o = 0u; o < OS8; o++) {
             let g0 = g8[o * LD8 + lid.y];
             let g1 = g8[o * LD8 + 16u + lid.y];
             let c0 = c8[o * LD8 + lid.x];
