@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitswarm.kernels.device import Tensor
+from bitswarm.kernels.device import Tensor, grid_for
 from bitswarm.kernels.ops.check import check
 from bitswarm.kernels.ops.lm_head.host_table import HostTable, matmul_host_table
 
 F32 = np.float32
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
+SKINNY_R = 16             # skinny_*.wgsl: at most this many rank columns (LoRA r <= 16)
+_SKINNY_MIN_WGS = 256     # skinny_cols split over the token axis: workgroups to aim for
+_SKINNY_MIN_KCHUNK = 128  # ... each summing at least this many tokens
 
 
 def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
@@ -25,9 +28,14 @@ def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = F
     check(K == K2, f"matmul inner dims differ: op(a) {(M, K)} op(b) {(K2, N)}")
     check(a.dtype == "float32" and b.dtype in ("float32", "float16"),
            f"matmul: a must be float32 and b float32 or float16, got {a.dtype} {b.dtype}")
-    c = be._new((M, N))
     if acc is not None:
         check(acc.shape == (M, N), f"matmul: acc {acc.shape} != {(M, N)}")
+    if b.dtype == "float32" and min(M, N, K) <= SKINNY_R:
+        c = _skinny(be, a, b, M, K, N, trans_a, trans_b, alpha, acc)
+        if c is not None:
+            return c
+    c = be._new((M, N))
+    if acc is not None:
         be.ctx.copy(acc, c)
     tiles = -(-N // 64) * -(-M // 64)
     consts = {"TRANS_A": int(trans_a), "TRANS_B": int(trans_b), "ACC": int(acc is not None),
@@ -49,3 +57,41 @@ def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = F
     be._launch("matmul", [a, b, c], (-(-N // 64), -(-M // 64), 1),
                dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=K, b_off=0), constants=consts)
     return c
+
+
+def _skinny(be, a: Tensor, b: Tensor, M: int, K: int, N: int, trans_a: bool, trans_b: bool,
+            alpha: float, acc: Tensor | None) -> Tensor | None:
+    """LoRA's rank-r shapes on the skinny kernels, or None for shapes they do not cover:
+    not trans_a, N <= 16: skinny_rows (h = x A^T, dh = dy B); trans_a, N <= 16, b (K, N):
+    skinny_cols (dB = dy^T h); trans_a, M <= 16, b (K, N): skinny_cols transposed (dA = dh^T x);
+    not trans_a, K <= 16: skinny_update (y += s h B^T, dx += dh A)."""
+    F = F32(alpha)
+    if not trans_a and N <= SKINNY_R and acc is None:
+        c = be._new((M, N))
+        be._launch("matmul", [a, b, c], grid_for(-(-M // 8)), dict(m=M, k=K, alpha=F),
+                   name="rows", constants={"TRANS_B": int(trans_b), "R": N})
+        return c
+    if trans_a and not trans_b and acc is None and (N <= SKINNY_R or M <= SKINNY_R):
+        out_t = N > SKINNY_R                # dA: c (M=r, N) = (b^T a)^T
+        p_mat, q, cols, r = (b, a, N, M) if out_t else (a, b, M, N)
+        wx = -(-cols // 256)
+        splits = max(1, min(-(-_SKINNY_MIN_WGS // wx), K // _SKINNY_MIN_KCHUNK))
+        kchunk = -(-K // splits)
+        splits = -(-K // kchunk)
+        if splits * cols * r * 4 > be.ctx.max_binding:
+            return None
+        part = be._new((splits, cols, r))
+        be._launch("matmul", [p_mat, q, part], (wx, splits, 1),
+                   dict(m=cols, k=K, kchunk=kchunk), name="cols", constants={"R": r})
+        c = be._new((M, N))
+        be._launch("matmul", [part, c], be._ew_grid(cols * r),
+                   dict(m=cols, splits=splits, alpha=F), name="cols_reduce",
+                   constants={"R": r, "OUT_T": int(out_t)})
+        return c
+    if not trans_a and K <= SKINNY_R:
+        c = be._new((M, N))
+        be._launch("matmul", [a, b, be._dummy() if acc is None else acc, c],
+                   be._ew_grid(M * N), dict(m=M, n=N, alpha=F), name="update",
+                   constants={"TRANS_B": int(trans_b), "ACC": int(acc is not None), "KR": K})
+        return c
+    return None

@@ -28,3 +28,45 @@ def test_matmul(gpu, close, trans_a, trans_b, M, K, N, alpha, use_acc):
                                alpha=alpha, acc=None if acc is None else gpu.tensor(acc)))
     want = ref.matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, acc=acc)
     close(got, want, 2e-6 * np.sqrt(K) * alpha, 1e-5, f"matmul ta={trans_a} tb={trans_b}")
+
+
+# LoRA's rank-r shapes (kernels/ops/matmul/skinny_*.wgsl): (M, K, N, trans_a, trans_b, acc,
+# the kernel that must run). M/K/N not multiples of the kernels' 8 rows, 32 lanes, 64-row K
+# blocks or 128-token slabs; r = 1, 8 and 16.
+SKINNY = [
+    (300, 1000, 8, False, True, False, "rows"),        # h = x A^T
+    (37, 70, 1, False, False, False, "rows"),          # dh = dy B, r = 1
+    (9, 5, 16, False, True, False, "rows"),
+    (130, 1000, 8, True, False, False, "cols"),        # dB = dy^T h: a (K, M), 8 slabs
+    (70, 33, 16, True, False, False, "cols"),          # one slab
+    (8, 1000, 300, True, False, False, "cols"),        # dA = dh^T x (M = r): transposed output
+    (300, 8, 1000, False, True, True, "update"),       # y += s h B^T
+    (37, 16, 70, False, False, True, "update"),        # dx += dh A
+    (5, 1, 30, False, True, False, "update"),
+]
+
+
+@pytest.mark.parametrize("M,K,N,trans_a,trans_b,use_acc,kernel", SKINNY)
+def test_matmul_skinny_lora_shapes(gpu, close, M, K, N, trans_a, trans_b, use_acc, kernel):
+    """The LoRA shapes run on their skinny kernel and match the reference within the fp32
+    tolerance of the tiled path (sums of K terms in another fixed order)."""
+    rng = np.random.default_rng(9)
+    a = rnd(rng, *((K, M) if trans_a else (M, K)))
+    b = rnd(rng, *((N, K) if trans_b else (K, N)))
+    acc = rnd(rng, M, N) if use_acc else None
+    names = []
+    launch = gpu._launch
+
+    def recording(op, *args, name=None, **kw):
+        names.append(name)
+        return launch(op, *args, name=name, **kw)
+    gpu._launch = recording
+    try:
+        got = gpu.numpy(gpu.matmul(gpu.tensor(a), gpu.tensor(b), trans_a=trans_a,
+                                   trans_b=trans_b, alpha=1.5,
+                                   acc=None if acc is None else gpu.tensor(acc)))
+    finally:
+        del gpu._launch
+    assert names[0] == kernel, names
+    want = ref.matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=1.5, acc=acc)
+    close(got, want, 2e-6 * np.sqrt(K) * 1.5, 1e-5, f"skinny {kernel} {M}x{K}x{N}")

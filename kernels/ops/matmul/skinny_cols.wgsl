@@ -1,0 +1,66 @@
+// Skinny matmul, contraction over the long axis of two tall inputs:
+//   c (M, R) = alpha * p_mat (K, M)^T @ q (K, R)       (OUT_T false: LoRA's dB = dy^T h)
+//   c (R, M) = alpha * (p_mat (K, M)^T @ q (K, R))^T   (OUT_T true:  dA = dh^T x, as x^T dh)
+// Reference: reference.py `matmul` with trans_a. R <= 16; K is the token axis.
+// Invocation m owns column m of p_mat (reads contiguous across invocations) and R sums;
+// workgroup y sums K rows [y * kchunk, (y + 1) * kchunk) into slab y of `part` (S, M, R); entry
+// `reduce` adds the S slabs in order (deterministic) and applies alpha and the layout. q's rows
+// of a K block are staged in workgroup memory (every invocation reads all of them).
+override R: u32 = 8u;
+override OUT_T: bool = false;
+
+struct Params { m: u32, k: u32, kchunk: u32 }
+
+@group(0) @binding(0) var<storage, read> p_mat: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read_write> part: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+const RMAX: u32 = 16u;
+const KB: u32 = 64u;                       // K rows per staged block
+var<workgroup> q_s: array<f32, 1024>;      // KB x RMAX
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let m = wid.x * 256u + tid;
+    let k_lo = wid.y * p.kchunk;
+    let k_hi = min(p.k, k_lo + p.kchunk);
+    var acc: array<f32, RMAX>;
+    for (var j = 0u; j < RMAX; j++) { acc[j] = 0.0; }
+    for (var k0 = k_lo; k0 < k_hi; k0 += KB) {
+        let kn = min(KB, k_hi - k0);
+        for (var e = tid; e < KB * R; e += 256u) {
+            var v = 0.0;
+            if (e / R < kn) { v = q[(k0 + e / R) * R + e % R]; }
+            q_s[e] = v;
+        }
+        workgroupBarrier();
+        if (m < p.m) {
+            for (var kk = 0u; kk < kn; kk++) {
+                let pv = p_mat[(k0 + kk) * p.m + m];
+                for (var j = 0u; j < R; j++) { acc[j] = fma(pv, q_s[kk * R + j], acc[j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (m < p.m) {
+        for (var j = 0u; j < R; j++) { part[(wid.y * p.m + m) * R + j] = acc[j]; }
+    }
+}
+
+struct RParams { m: u32, splits: u32, alpha: f32 }
+
+@group(0) @binding(0) var<storage, read> r_part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> r_c: array<f32>;
+@group(0) @binding(2) var<uniform> rp: RParams;
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;          // index into (M, R)
+    if (i >= rp.m * R) { return; }
+    var s = 0.0;
+    for (var z = 0u; z < rp.splits; z++) { s += r_part[z * rp.m * R + i]; }
+    let m = i / R;
+    let j = i % R;
+    if (OUT_T) { r_c[j * rp.m + m] = s * rp.alpha; } else { r_c[i] = s * rp.alpha; }
+}
