@@ -202,8 +202,17 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
          base.mm(bh.T, bx.T)),
         ("bwd dx += dh A", lambda: be.matmul(dh, A, acc=lx), 2 * N * RANK * K, base.mm(bh, bA.T)),
     ]
+    def tiled(fn):                       # the same product on the tiled matmul.wgsl
+        def run():
+            be.matmul_skinny = False
+            try:
+                return fn()
+            finally:
+                be.matmul_skinny = True
+        return run
     for name, fn, ops, bfn in lora:
         out.append((f"LoRA r{RANK} (D->I)", name, fn, ops, "fma", bfn))
+        out.append((f"LoRA r{RANK} (D->I), tiled matmul", name, tiled(fn), ops, "fma", bfn))
     # attention
     q, k, v = gpu_arr((N, Hq * hd)), gpu_arr((N, Hkv * hd)), gpu_arr((N, Hkv * hd))
     o, lse = be.attention(q, k, v, B, T, Hq, Hkv, hd)

@@ -301,6 +301,8 @@ def main() -> None:
                     "--quick: 2), sequences of ctx 128 (--quick: 32)")
     ap.add_argument("--gemm-tile", default="auto", choices=["auto", "64", "128"],
                     help="force the W1.58A8 forward and STE-gradient tile edge (A/B runs)")
+    ap.add_argument("--lora-kernels", default="skinny", choices=["skinny", "tiled"],
+                    help="LoRA's rank-r products on skinny_*.wgsl or the tiled matmul (A/B runs)")
     ap.add_argument("--profile", action="store_true",
                     help="ours only: time every backend op with the GPU synced around it")
     args = ap.parse_args()
@@ -318,12 +320,14 @@ def main() -> None:
     _SharedCodesGpu.install(be)
     if args.gemm_tile != "auto":
         be.bitlinear_tm = be.bitlinear_bwd_tile = int(args.gemm_tile)
+    be.matmul_skinny = args.lora_kernels == "skinny"
     residencies = args.embeddings.split(",")
     backends = {"gpu": be}
     if "host" in residencies:
         backends["host"] = GpuBackend(be.ctx, table_residency="host")
         backends["host"].bitlinear_tm = be.bitlinear_tm
         backends["host"].bitlinear_bwd_tile = be.bitlinear_bwd_tile
+        backends["host"].matmul_skinny = be.matmul_skinny
         _SharedCodesGpu.install(backends["host"])
     info = machine_info(be.ctx)
     print(f"adapter: {info['adapter']}")

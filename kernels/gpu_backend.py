@@ -91,6 +91,9 @@ class GpuBackend:
         # STE input gradient tile edge: None = heuristic (bitlinear_backward_tile), 64 or 128
         # forces; same sums in the same order, only speed differs.
         self.bitlinear_bwd_tile: int | None = None
+        # LoRA's rank-r matmul shapes on kernels/ops/matmul/skinny_*.wgsl (True) or on the
+        # tiled matmul.wgsl (False, for A/B runs); the same products within fp32 rounding.
+        self.matmul_skinny: bool = True
         self._rope = RopeTables(lambda a: self.ctx.upload(a, "float32"))
         self._dummy_t: Tensor | None = None
 

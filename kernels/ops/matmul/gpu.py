@@ -13,8 +13,8 @@ F32 = np.float32
 _MATMUL_MIN_WGS = 256     # split-K target: workgroups to keep a big GPU busy
 _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 SKINNY_R = 16             # skinny_*.wgsl: at most this many rank columns (LoRA r <= 16)
-_SKINNY_MIN_WGS = 256     # skinny_cols split over the token axis: workgroups to aim for
-_SKINNY_MIN_KCHUNK = 128  # ... each summing at least this many tokens
+_SKINNY_MIN_WGS = 512     # skinny_cols split over the token axis: workgroups to aim for
+_SKINNY_MIN_KCHUNK = 64   # ... each summing at least this many tokens
 
 
 def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
@@ -62,11 +62,14 @@ def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = F
 def _skinny(be, a: Tensor, b: Tensor, M: int, K: int, N: int, trans_a: bool, trans_b: bool,
             alpha: float, acc: Tensor | None) -> Tensor | None:
     """LoRA's rank-r shapes on the skinny kernels, or None for shapes they do not cover:
-    not trans_a, N <= 16: skinny_rows (h = x A^T, dh = dy B); trans_a, N <= 16, b (K, N):
-    skinny_cols (dB = dy^T h); trans_a, M <= 16, b (K, N): skinny_cols transposed (dA = dh^T x);
-    not trans_a, K <= 16: skinny_update (y += s h B^T, dx += dh A)."""
+    not trans_a, N <= 16, K % 4 == 0: skinny_rows (h = x A^T, dh = dy B); trans_a, N <= 16,
+    b (K, N), M % 4 == 0: skinny_cols (dB = dy^T h); trans_a, M <= 16, b (K, N), N % 4 == 0:
+    skinny_cols transposed (dA = dh^T x); not trans_a, K <= 16: skinny_update (y += s h B^T,
+    dx += dh A). `be.matmul_skinny = False` turns them off (A/B runs)."""
+    if not be.matmul_skinny:
+        return None
     F = F32(alpha)
-    if not trans_a and N <= SKINNY_R and acc is None:
+    if not trans_a and N <= SKINNY_R and acc is None and K % 4 == 0:
         c = be._new((M, N))
         be._launch("matmul", [a, b, c], grid_for(-(-M // 8)), dict(m=M, k=K, alpha=F),
                    name="rows", constants={"TRANS_B": int(trans_b), "R": N})
@@ -74,7 +77,9 @@ def _skinny(be, a: Tensor, b: Tensor, M: int, K: int, N: int, trans_a: bool, tra
     if trans_a and not trans_b and acc is None and (N <= SKINNY_R or M <= SKINNY_R):
         out_t = N > SKINNY_R                # dA: c (M=r, N) = (b^T a)^T
         p_mat, q, cols, r = (b, a, N, M) if out_t else (a, b, M, N)
-        wx = -(-cols // 256)
+        if cols % 4:
+            return None
+        wx = -(-cols // 1024)               # 256 invocations x 4 columns
         splits = max(1, min(-(-_SKINNY_MIN_WGS // wx), K // _SKINNY_MIN_KCHUNK))
         kchunk = -(-K // splits)
         splits = -(-K // kchunk)

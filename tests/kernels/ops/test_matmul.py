@@ -32,13 +32,15 @@ def test_matmul(gpu, close, trans_a, trans_b, M, K, N, alpha, use_acc):
 
 # LoRA's rank-r shapes (kernels/ops/matmul/skinny_*.wgsl): (M, K, N, trans_a, trans_b, acc,
 # the kernel that must run). M/K/N not multiples of the kernels' 8 rows, 32 lanes, 64-row K
-# blocks or 128-token slabs; r = 1, 8 and 16.
+# blocks or 64-token slabs; r = 1, 8 and 16 (None: a shape the skinny kernels do not take).
 SKINNY = [
     (300, 1000, 8, False, True, False, "rows"),        # h = x A^T
-    (37, 70, 1, False, False, False, "rows"),          # dh = dy B, r = 1
-    (9, 5, 16, False, True, False, "rows"),
-    (130, 1000, 8, True, False, False, "cols"),        # dB = dy^T h: a (K, M), 8 slabs
-    (70, 33, 16, True, False, False, "cols"),          # one slab
+    (37, 68, 1, False, False, False, "rows"),          # dh = dy B, r = 1
+    (9, 4, 16, False, True, False, "rows"),
+    (9, 21, 16, False, True, False, None),             # K % 4 != 0: the tiled kernel
+    (132, 1000, 8, True, False, False, "cols"),        # dB = dy^T h: a (K, M), 15 slabs
+    (68, 33, 16, True, False, False, "cols"),          # one slab
+    (70, 33, 16, True, False, False, None),            # M % 4 != 0: the tiled kernel
     (8, 1000, 300, True, False, False, "cols"),        # dA = dh^T x (M = r): transposed output
     (300, 8, 1000, False, True, True, "update"),       # y += s h B^T
     (37, 16, 70, False, False, True, "update"),        # dx += dh A
