@@ -35,13 +35,14 @@ def test_matmul(gpu, close, trans_a, trans_b, M, K, N, alpha, use_acc):
 # blocks or 64-token slabs; r = 1, 8 and 16 (None: a shape the skinny kernels do not take).
 SKINNY = [
     (300, 1000, 8, False, True, False, "rows"),        # h = x A^T
-    (37, 68, 1, False, False, False, "rows"),          # dh = dy B, r = 1
+    (37, 68, 1, False, True, False, "rows"),           # r = 1
     (9, 4, 16, False, True, False, "rows"),
     (9, 21, 16, False, True, False, None),             # K % 4 != 0: the tiled kernel
+    (37, 68, 8, False, False, False, None),            # dh = dy B: tiled (faster there)
     (132, 1000, 8, True, False, False, "cols"),        # dB = dy^T h: a (K, M), 15 slabs
     (68, 33, 16, True, False, False, "cols"),          # one slab
     (70, 33, 16, True, False, False, None),            # M % 4 != 0: the tiled kernel
-    (8, 1000, 300, True, False, False, "cols"),        # dA = dh^T x (M = r): transposed output
+    (8, 1000, 300, True, False, False, None),          # dA = dh^T x: tiled (faster there)
     (300, 8, 1000, False, True, True, "update"),       # y += s h B^T
     (37, 16, 70, False, False, True, "update"),        # dx += dh A
     (5, 1, 30, False, True, False, "update"),
