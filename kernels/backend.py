@@ -134,36 +134,6 @@ class CpuBackend:
     def __init__(self) -> None:
         self._rope = RopeTables()
         _threads.own_blas()      # BLAS on one thread: the ops split rows over the cores
-        self._warm_loops()
-
-    _warmed = False
-
-    def _warm_loops(self) -> None:
-        """Compile (or load from numba's cache) the fused loops once per process, on tiny
-        inputs, so the first training step does not pay for it (compiling takes a few seconds
-        the first time on a machine, loading the cache ~0.2 s). Nothing without numba."""
-        from bitswarm.kernels.ops import jit
-        if CpuBackend._warmed or not jit.enabled():
-            return
-        CpuBackend._warmed = True
-        x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(4, 16)
-        w = np.ones(16, np.float32)
-        y, r = self.rmsnorm(x, w, 1e-5)
-        self.rmsnorm_backward(x, x, w, r)
-        xq, xs = self.quantize_act(x)
-        self.bitlinear_group(xq, xs, self.ternary_group(
-            [TernaryLinear(np.ones((16, 16), np.int8), np.float32(1.0))] * 2))
-        self.relu2_gate(x, x)
-        self.relu2_gate_backward(x, x, x)
-        for inv in (False, True):
-            self.rope(x, 2, 2, 8, 10000.0, inverse=inv)
-        o, lse = self.attention(x, x, x, 2, 2, 2, 2, 8)
-        self.attention_backward(x, x, x, x, o, lse, 2, 2, 2, 2, 8)
-        self.attention_backward(x, x, x, x, o, np.asarray(lse).copy(), 2, 2, 2, 2, 8)
-        self.bitlinear_backward(x, self.ternary(TernaryLinear(np.ones((16, 16), np.int8),
-                                                              np.float32(1.0))), x)
-        self.bitlinear_backward(x, self.ternary(TernaryLinear(np.ones((16, 16), np.int8),
-                                                              np.float32(1.0))))
 
     @property
     def device_info(self) -> str:

@@ -8,6 +8,11 @@ no fast-math, so no FMA contraction; reductions are max / min only, which are ex
 family's tests check both paths against each other. Without numba (or with
 BITSWARM_CPU_NUMBA=0) every op runs its NumPy passes.
 
+Loops run only on arrays of at least MIN_ELEMENTS elements (`use`, `Kernel.for_size`): below
+that, importing numba and loading its cached loops (~0.65 s per process, measured) costs more
+than the loops save, so processes that only ever see small arrays (tiny models, the test
+suite's many node processes) never import numba. Both paths give the same bits.
+
 Loops are compiled with nogil=True (our worker threads run them in parallel, kernels/ops/
 threads.py) and cache=True (compiled once per machine into __pycache__, or numba's user cache
 when that is not writable; the first use on a machine takes ~1-3 s per loop).
@@ -21,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 _numba = None          # the numba module once imported; False: not installed
+MIN_ELEMENTS = 1 << 16  # smallest array (elements) a fused loop runs on; below, NumPy's passes
 
 
 def _load():
@@ -40,6 +46,12 @@ def enabled() -> bool:
     return os.environ.get("BITSWARM_CPU_NUMBA", "1") != "0" and bool(_load())
 
 
+def use(n: int) -> bool:
+    """Whether an op on an array of n elements runs its fused loop (n >= MIN_ELEMENTS and
+    enabled(); numba is not imported for smaller n)."""
+    return n >= MIN_ELEMENTS and enabled()
+
+
 class Kernel:
     """A Python loop and its numba compilation (made on first use). `fast` is the compiled
     function when enabled(), else None (the caller then runs its NumPy passes). A loop may call
@@ -48,6 +60,10 @@ class Kernel:
     def __init__(self, fn: Callable) -> None:
         self.py = fn
         self._jit = None
+
+    def for_size(self, n: int) -> Callable | None:
+        """`fast` for an op over n elements when use(n), else None."""
+        return self.fast if n >= MIN_ELEMENTS else None
 
     @property
     def fast(self) -> Callable | None:

@@ -33,7 +33,11 @@ def same(a, b):
 
 
 @pytest.fixture
-def be():
+def be(monkeypatch):
+    """CpuBackend with the fused loops on at every size (they otherwise start at
+    jit.MIN_ELEMENTS elements), so the small test arrays compare loops with NumPy's passes."""
+    from bitswarm.kernels.ops import jit
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
     return CpuBackend()
 
 
@@ -304,3 +308,27 @@ def test_attention_numba_loops_give_the_numpy_passes_bits(be, monkeypatch, T, Hq
     monkeypatch.setenv("BITSWARM_CPU_NUMBA", "0")
     for a, b in zip(fused, run(), strict=True):
         same(a, b)
+
+
+def test_small_arrays_never_import_numba_large_ones_run_the_loops():
+    """Below jit.MIN_ELEMENTS the NumPy passes run and numba is not even imported (~0.65 s per
+    process, which the suite's node processes would pay); at the default model's training size
+    the fused loops run. A fresh interpreter each, so earlier imports do not count."""
+    from bitswarm.kernels.ops import jit
+    if not jit.enabled():
+        pytest.skip("numba not installed (the optional cpu-int8 extra)")
+    code = """
+import sys, numpy as np
+from bitswarm.kernels.backend import CpuBackend
+be = CpuBackend()
+n = int(sys.argv[1])
+x = np.linspace(-1, 1, n * 384, dtype=np.float32).reshape(n, 384)
+be.rmsnorm(x, np.ones(384, np.float32), 1e-5)
+be.relu2_gate(x, x)
+print('numba' in sys.modules)
+"""
+    import subprocess
+    import sys
+    out = [subprocess.run([sys.executable, "-c", code, str(n)], capture_output=True, text=True,
+                          check=True, timeout=120).stdout.strip() for n in (64, 1024)]
+    assert out == ["False", "True"]

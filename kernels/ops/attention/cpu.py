@@ -113,7 +113,7 @@ def _attention_rows(q, k, v, B, T, Hkv, g, hd, o, lse, P):
     Q = _q_rows(q, B, T, Hkv, g, hd)
     Q *= F(1.0 / np.sqrt(hd))           # scale the (g*T, hd) queries, not the (g*T, T) scores
     S = np.matmul(Q, _kv(k, B, T, Hkv, hd).transpose(0, 1, 3, 2), out=P)
-    k1, k2 = _mask_max_sub.fast, _sum_div.fast
+    k1, k2 = _mask_max_sub.for_size(S.size), _sum_div.for_size(S.size)
     if k1 is not None and S.dtype == np.float32 and S.flags.c_contiguous:
         # the same float32 operations as the passes below, fused (exp stays NumPy's)
         S2 = S.reshape(-1, T)
@@ -170,7 +170,7 @@ def _backward_rows(do, q, k, v, o, lse, P, B, T, Hkv, g, hd, dq, dk, dv):
     dV = np.matmul(P.transpose(0, 1, 3, 2), dO)                         # (B, Hkv, T, hd)
     dS = np.matmul(dO, V.transpose(0, 1, 3, 2))                         # dP (B, Hkv, g*T, T)
     Dr = np.einsum("bhnd,bhnd->bhn", dO, _q_rows(o, B, T, Hkv, g, hd))[..., None]
-    k = _sub_mul.fast
+    k = _sub_mul.for_size(dS.size)
     if k is not None and dS.dtype == P.dtype == Dr.dtype == np.float32 and P.flags.c_contiguous:
         k(dS.reshape(-1, T), Dr.reshape(-1), P.reshape(-1, T))
     else:

@@ -208,7 +208,7 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     as_int8 = int8_enabled()
     xq = np.empty((N, C), np.int8 if as_int8 else F)
     s = np.empty(N, F)
-    k = _quantize_rows.fast
+    k = _quantize_rows.for_size(x.size)
     if k is not None and x.dtype == np.float32 and F == np.float32 and C:
         run_split(lambda lo, hi: k(x[lo:hi], F(QUANT_EPS), xq[lo:hi], s[lo:hi]), N, ew_rows(C))
         return xq, s
@@ -280,7 +280,7 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
     ys = [np.empty((N, w.codes.shape[0]), F) for w in ws]
     divs = [_divisor(x_scale, w.weight_scale) for w in ws]
 
-    scale = _scale_cols.fast if F == np.float32 else None
+    scale = _scale_cols.for_size(N * sum(y.shape[1] for y in ys)) if F == np.float32 else None
 
     def rows(lo, hi):
         if int8:
@@ -315,16 +315,17 @@ GRAD_BLOCK = 256     # rows per block of the int8 input gradient (its passes sta
 GRAD_INT8_MIN_K = 512
 
 
-def grad_int8_enabled() -> bool:
-    """Whether bitlinear_backward runs through the int8 GEMM (`_backward_int8`):
-    BITSWARM_CPU_INT8_GRAD "1" forces it (with onnxruntime), "0" turns it off; by default
-    ("auto") it runs when onnxruntime and numba are both there (with NumPy's passes splitting dy
+def grad_int8_enabled(n: int = jit.MIN_ELEMENTS) -> bool:
+    """Whether bitlinear_backward of a dy of n elements runs through the int8 GEMM
+    (`_backward_int8`): BITSWARM_CPU_INT8_GRAD "1" forces it (with onnxruntime), "0" turns it
+    off; by default ("auto") it runs when onnxruntime and numba are both there and the fused
+    loops run at n (jit.use) (with NumPy's passes splitting dy
     costs more than the int8 GEMM saves: benchmarks in docs/benchmarks.md). Else the float32
     GEMM."""
     v = os.environ.get("BITSWARM_CPU_INT8_GRAD", "auto")
     if v == "0" or not int8_enabled():
         return False
-    return v == "1" or jit.enabled()
+    return v == "1" or jit.use(n)
 
 
 @jit.kernel
@@ -428,7 +429,7 @@ def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = N
     tolerance stated at `_backward_int8`), else one float32 GEMM."""
     w = _cpu(w)
     if dy.dtype == np.float32 and prec.F32 == np.float32 and dy.shape[1] >= GRAD_INT8_MIN_K \
-            and grad_int8_enabled() and (acc is None or acc.dtype == np.float32):
+            and grad_int8_enabled(dy.size) and (acc is None or acc.dtype == np.float32):
         codes = w.codes8()
         dx = np.empty((dy.shape[0], codes.shape[1]), np.float32)
 

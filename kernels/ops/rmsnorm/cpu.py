@@ -61,7 +61,7 @@ def _rmsnorm_backward_rows(dy, x, w, rstd, dx):
 
 def _fast(*arrays):
     """The fused loops when numba is there, every array float32 and rows short enough."""
-    return (jit.enabled() and all(a.dtype == np.float32 for a in arrays)
+    return (jit.use(arrays[0].size) and all(a.dtype == np.float32 for a in arrays)
             and arrays[0].shape[-1] <= _JIT_MAX_C)
 
 

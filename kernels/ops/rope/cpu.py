@@ -41,7 +41,7 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, T: int, H: int, hd: in
     c = cos[:T][None, :, None, :]
     s = sin[:T][None, :, None, :]
     y = np.empty((N // T, T, H, hd), dtype=np.result_type(x, c))
-    k = _rope_seqs.fast
+    k = _rope_seqs.for_size(x.size)
     if k is not None and xv.dtype == cos.dtype == sin.dtype == y.dtype == np.float32:
         ct, st = cos[:T], sin[:T]
         run_split(lambda lo, hi: k(xv[lo:hi], ct, st, inverse, y[lo:hi]), N // T,
