@@ -163,7 +163,8 @@ class RoundCoordinator:
         initial_round: the round `initial_adapter` starts (0, or a resumed node's next round).
         min_peers: valid updates from OTHER peers that complete a round early (>= 0).
         round_timeout_s: deadline of one exchange's collection, seconds, from its start.
-        settle_s: longest wait for the contributors' round records after closing, seconds.
+        settle_s: longest wait for the contributors' round records after closing, seconds, in a
+            swarm of up to 8 other members; longer in a larger one (`settle_window_s`).
         fetch_timeout_s: deadline of one payload fetch, seconds.
         republish_interval_s: period of republishing, seconds.
         codec: Codec of our payloads (default Int8BlockCodec()), wrapped in error feedback;
@@ -347,6 +348,16 @@ class RoundCoordinator:
         (serving.republish_period)."""
         return republish_period(self.republish_interval_s,
                                 self._intake.view.signers(exclude=self.peer_id))
+
+    @property
+    def settle_window_s(self) -> float:
+        """Longest wait for the best record's acknowledgements now: settle_s, scaled like the
+        republish period (serving.republish_period: x members / 8 beyond 8 other members, at
+        most 30 s). Each contributor's ack is a gossip message that a starved process may take
+        seconds to send; with 32 nodes on 2 cores a fixed 5 s let nodes adopt a record before
+        the best one's acks arrived (5-10 different adapters after a round, healed only by the
+        next round's catch-up). The wait ends as soon as every contributor has acknowledged."""
+        return republish_period(self.settle_s, self._intake.view.signers(exclude=self.peer_id))
 
     @property
     def error_feedback(self) -> ErrorFeedback:
@@ -630,7 +641,7 @@ class RoundCoordinator:
             own = await self._propose(round, base, ex)
         if not ex.records:
             return None
-        with trio.move_on_after(self.settle_s):
+        with trio.move_on_after(self.settle_window_s):
             while not acknowledged(ranked(ex.records)[0], ex.authors, self.peer_id):
                 await ex.changed.wait()
         for record in ranked(ex.records):

@@ -619,6 +619,7 @@ def test_a_node_on_a_minority_fork_resyncs_to_the_majority():
             assert fork.round == 1 and fork.adapter_sha256 != coords[0].adapter_sha256
             sync = await fork.catch_up()
             assert sync is not None and fork.adapter_sha256 == coords[0].adapter_sha256
+            assert coords[0].settle_window_s == coords[0].settle_s     # small swarm: as set
             # The majority does not move towards the lone fork.
             for c in coords:
                 assert await c.catch_up() is None
@@ -638,6 +639,12 @@ def test_a_large_swarm_staggers_its_proposals_and_agrees():
             for c in coords:
                 await n.start(c.run)
             await exchange_all(coords, 0, tokens=[100] * 26)   # round 0: every member is heard
+            # 25 other members heard: the acknowledgement wait grows as the republish period
+            from bitswarm.federation.rounds.serving import republish_period
+            members = coords[0].view.signers(exclude=coords[0].peer_id)
+            assert members == 25
+            assert coords[0].settle_window_s == republish_period(coords[0].settle_s, 25) \
+                == coords[0].settle_s * 25 / 8
             net.published.clear()
             res = await exchange_all(coords, 1, tokens=[100] * 26)
             proposers = {decode_record(d).proposer for _, d in net.published
