@@ -1,0 +1,81 @@
+"""DP in the virtual engine: with `secure_aggregation` the coordinators run masked rounds and
+each member adds only its share of the noise (distributed DP), on the surrogate learners."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bitswarm.federation.privacy import GaussianRDPAccountant
+from bitswarm.federation.rounds.secure import threshold
+from bitswarm.simulations.runner import run_scenario
+from bitswarm.simulations.scenario import ScenarioError, load_scenario
+
+BASE = """
+name = "dp"
+nodes = 4
+rounds = 3
+surrogate = true
+local_steps = 3
+codec = "fp32"
+dp_clip = 1.0
+"""
+
+
+def run(tmp_path: Path, name: str, extra: str) -> dict:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(BASE + extra)
+    run_scenario(p, tmp_path / name, log=lambda *_: None)
+    return json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def test_secure_aggregation_sum_equals_local_noise_of_the_members_share(tmp_path):
+    """Secure rounds at sigma give the swarm plain FedAvg would give with every member adding
+    sigma / sqrt(t) (t = threshold(4) = 3): the same noise draws (one seeded source), so the
+    held-out losses agree within the masked sum's fixed-point step (2^-30 of the clamp); the
+    accountant reports epsilon for sigma (the sum's), not for the share. Without noise, secure
+    and plain rounds agree too."""
+    sigma, t = 0.5, threshold(4)
+    secure = run(tmp_path, "secure", f"dp_noise = {sigma}\nsecure_aggregation = true\n")
+    share = run(tmp_path, "share", f"dp_noise = {sigma / math.sqrt(t)}\n")
+    full = run(tmp_path, "full", f"dp_noise = {sigma}\n")
+    for s in (secure, share, full):
+        assert s["rounds_completed"] == 3 and s["adapters_identical"]
+    assert secure["dp"]["secure_aggregation"] and not share["dp"]["secure_aggregation"]
+    assert secure["final_heldout_loss"] == pytest.approx(share["final_heldout_loss"], rel=1e-6)
+    # the full local noise lands elsewhere: the share really is smaller
+    assert abs(full["final_heldout_loss"] - share["final_heldout_loss"]) > 1e-4
+    assert secure["dp"]["epsilon"] == pytest.approx(GaussianRDPAccountant(sigma, 3).epsilon(1e-5))
+    assert share["dp"]["epsilon"] > secure["dp"]["epsilon"]
+    plain0 = run(tmp_path, "plain0", "")
+    secure0 = run(tmp_path, "secure0", "secure_aggregation = true\n")
+    assert secure0["final_heldout_loss"] == pytest.approx(plain0["final_heldout_loss"], rel=1e-6)
+    assert secure0["dp"]["epsilon"] is None
+
+
+@pytest.mark.parametrize("extra, why", [
+    ('aggregation = "median"\n', "fedavg"),
+    ("dp_clip = 0.0\n", "dp_clip > 0"),
+    ('engine = "processes"\nsurrogate = false\n', "processes"),
+])
+def test_secure_aggregation_needs_fedavg_a_clip_and_the_virtual_engine(tmp_path, extra, why):
+    p = tmp_path / "bad.toml"
+    p.write_text(BASE.replace("dp_clip = 1.0\n", "").replace("surrogate = true\n", "")
+                 + ("" if "dp_clip" in extra else "dp_clip = 1.0\n")
+                 + ("" if "surrogate" in extra else "surrogate = true\n")
+                 + extra + "secure_aggregation = true\n")
+    with pytest.raises(ScenarioError, match=f"secure_aggregation.*{why}"):
+        load_scenario(p)
+
+
+def test_secure_rounds_of_two_nodes_are_abandoned_and_reveal_nothing(tmp_path):
+    """The masked rounds really run: a sum of 2 would hand each node the other's update, so
+    every round is abandoned (fewer than 3 members) and the swarm stays at G_0."""
+    p = tmp_path / "two.toml"
+    p.write_text(BASE.replace("nodes = 4", "nodes = 2") + "secure_aggregation = true\n")
+    lines: list[str] = []
+    s = run_scenario(p, tmp_path / "two", log=lines.append)
+    assert sum("abandoned" in line for line in lines) == 2 * 3      # both nodes, every round
+    assert s["final_heldout_loss"] == s["initial_heldout_loss"]
