@@ -79,3 +79,25 @@ def test_secure_rounds_of_two_nodes_are_abandoned_and_reveal_nothing(tmp_path):
     s = run_scenario(p, tmp_path / "two", log=lines.append)
     assert sum("abandoned" in line for line in lines) == 2 * 3      # both nodes, every round
     assert s["final_heldout_loss"] == s["initial_heldout_loss"]
+
+
+def test_dp_plot_draws_local_and_distributed_sweeps_on_one_figure(tmp_path):
+    """`bitswarm simulate dp-plot`: two real (surrogate) DP sweeps, local and distributed, and
+    a reference run in one PNG; a folder without sweep.csv and a bad pair fail with exit 2."""
+    from bitswarm.simulations.cli import main
+    from bitswarm.simulations.runner import sweep
+    p = tmp_path / "local.toml"
+    p.write_text(BASE)
+    q = tmp_path / "secure.toml"
+    q.write_text(BASE + "secure_aggregation = true\n")
+    quiet = dict(log=lambda *_: None)
+    sweep(p, "dp_noise", ["0", "1"], tmp_path / "a", **quiet)
+    sweep(q, "dp_noise", ["0", "1"], tmp_path / "b", **quiet)
+    png = tmp_path / "fig" / "dp.png"
+    assert main(["dp-plot", "--sweep", f"local={tmp_path / 'a'}", "--sweep",
+                 f"distributed={tmp_path / 'b'}", "--reference",
+                 f"no DP={tmp_path / 'a' / 'dp_noise=0' / 'summary.json'}", "--out",
+                 str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert main(["dp-plot", "--sweep", f"x={tmp_path}", "--out", str(png)]) == 2
+    assert main(["dp-plot", "--sweep", "no-label", "--out", str(png)]) == 2
