@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--set", required=True, metavar="KEY=V1,V2,...",
                    help="a top-level key and its values, e.g. codec=fp32,int8,top-k")
     w.add_argument("--out", type=Path, required=True, help="output folder")
+    w.add_argument("--add", action="store_true", help="keep an earlier sweep.csv's rows in "
+                   "--out (same key) for the values not run now")
     d = sub.add_parser("dp-plot", help="one figure of held-out loss vs epsilon from several "
                        "DP sweeps (e.g. local and distributed DP)")
     d.add_argument("--sweep", action="append", required=True, metavar="LABEL=DIR",
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             key, sep, values = a.set.partition("=")
             if not sep or not values:
                 raise ScenarioError(f"--set {a.set!r}: expected KEY=V1,V2,...")
-            rows = sweep(a.scenario, key, values.split(","), a.out)
+            rows = sweep(a.scenario, key, values.split(","), a.out, add=a.add)
             print((a.out / "sweep.md").read_text())
             return 0 if all(r["final_heldout_loss"] is not None for r in rows) else 1
         summary = run_scenario(a.scenario, a.out)

@@ -101,3 +101,20 @@ def test_dp_plot_draws_local_and_distributed_sweeps_on_one_figure(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert main(["dp-plot", "--sweep", f"x={tmp_path}", "--out", str(png)]) == 2
     assert main(["dp-plot", "--sweep", "no-label", "--out", str(png)]) == 2
+
+
+def test_sweep_add_keeps_earlier_values_and_sorts_them(tmp_path):
+    """`sweep --add`: a later sweep into the same folder adds its values to the earlier
+    sweep.csv (sorted by value; a value run again replaces its row); another key is refused."""
+    from bitswarm.simulations.runner import sweep
+    p = tmp_path / "s.toml"
+    p.write_text(BASE)
+    quiet = dict(log=lambda *_: None)
+    first = sweep(p, "dp_noise", ["0", "4"], tmp_path / "sw", **quiet)
+    rows = sweep(p, "dp_noise", ["1", "4"], tmp_path / "sw", add=True, **quiet)
+    assert [r["dp_noise"] for r in rows] == ["0", "1", "4"]
+    assert rows[0]["final_heldout_loss"] == pytest.approx(first[0]["final_heldout_loss"])
+    assert rows[0]["dp_epsilon"] is None and rows[1]["dp_epsilon"] > rows[2]["dp_epsilon"]
+    assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 5
+    with pytest.raises(ScenarioError, match="--add needs the same key"):
+        sweep(p, "dp_clip", ["2"], tmp_path / "sw", add=True, **quiet)
