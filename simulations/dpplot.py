@@ -88,7 +88,7 @@ def plot_dp(sweeps: list[tuple[str, Path]], out: Path,
     init = initial_loss(data[0][1], first)
     if init is not None:
         lines.append((init, "-", "red", "untrained adapter (G_0)"))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax in axes:
         for pts, color, label in curves:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=label)
@@ -98,13 +98,14 @@ def plot_dp(sweeps: list[tuple[str, Path]], out: Path,
                ylabel="final held-out loss (nats/token)")
         ax.grid(alpha=0.3)
     axes[0].set_title(title or "held-out loss vs epsilon")
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     ys = [y for y, *_ in lines] + [p[1] for pts, *_ in curves for p in pts]
     lo = min(ys)
     hi = init if init is not None else max(ys)
     axes[1].set_ylim(lo - 0.1 * (hi - lo) - 1e-3, hi + 0.15 * (hi - lo) + 1e-3)
     axes[1].set_title("zoom: the untrained adapter and below")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 + 0.03 * ((len(handles) + 2) // 3), 1, 1))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
