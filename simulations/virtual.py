@@ -95,7 +95,9 @@ def member_noise(s: Scenario, cohort_size: int) -> float:
     Local DP: the whole sigma (every update is a Gaussian release on its own). Secure
     aggregation: a revealed sum holds at least t = threshold(cohort_size) members' updates, so
     each adds sigma / sqrt(t) and the sum carries std >= sigma x C (node/runtime.member_noise,
-    the same rule with --min-peers + 1 = the cohort)."""
+    the same rule with --min-peers + 1 = the cohort). That holds while every member's keys
+    arrive; a masking cohort that ends smaller (a member gone before its keys) can reveal a
+    sum of fewer shares (docs/protocol.md, "Differential privacy (distributed)")."""
     if not s.secure_aggregation:
         return s.dp_noise
     return s.dp_noise / math.sqrt(threshold(cohort_size))
