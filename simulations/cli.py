@@ -26,14 +26,34 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--set", required=True, metavar="KEY=V1,V2,...",
                    help="a top-level key and its values, e.g. codec=fp32,int8,top-k")
     w.add_argument("--out", type=Path, required=True, help="output folder")
+    w.add_argument("--add", action="store_true", help="keep an earlier sweep.csv's rows in "
+                   "--out (same key) for the values not run now")
+    d = sub.add_parser("dp-plot", help="one figure of held-out loss vs epsilon from several "
+                       "DP sweeps (e.g. local and distributed DP)")
+    d.add_argument("--sweep", action="append", required=True, metavar="LABEL=DIR",
+                   help="a sweep's output folder (holds sweep.csv) and its legend label")
+    d.add_argument("--reference", action="append", default=[], metavar="LABEL=SUMMARY",
+                   help="a run's summary.json drawn as a horizontal line (e.g. no DP)")
+    d.add_argument("--title", default="", help="the figure's title")
+    d.add_argument("--out", type=Path, required=True, help="the PNG to write")
     a = ap.parse_args(argv)
+    if a.cmd == "dp-plot":
+        from .dpplot import parse_pair, plot_dp
+        try:
+            plot_dp([parse_pair(x, "--sweep") for x in a.sweep], a.out,
+                    [parse_pair(x, "--reference") for x in a.reference], a.title)
+        except ScenarioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(a.out)
+        return 0
     from .runner import run_scenario, sweep
     try:
         if a.cmd == "sweep":
             key, sep, values = a.set.partition("=")
             if not sep or not values:
                 raise ScenarioError(f"--set {a.set!r}: expected KEY=V1,V2,...")
-            rows = sweep(a.scenario, key, values.split(","), a.out)
+            rows = sweep(a.scenario, key, values.split(","), a.out, add=a.add)
             print((a.out / "sweep.md").read_text())
             return 0 if all(r["final_heldout_loss"] is not None for r in rows) else 1
         summary = run_scenario(a.scenario, a.out)

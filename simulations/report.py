@@ -7,7 +7,8 @@ nodes, rounds_completed, initial_heldout_loss, final_heldout_loss, centralized_h
 (null without the baseline), reduction_captured ((initial - final) / (initial - centralized)),
 bytes_sent_total (every byte the nodes sent: gossip copies and payloads), fp32_bytes_equivalent
 (the same traffic with every update payload as raw float32), payload_compression (fp32 payload
-bytes / actual payload bytes), adapters_identical (the final round), wall_s, notes.
+bytes / actual payload bytes), adapters_identical (the final round), wall_s, notes, dp (null
+without dp_clip: clip, noise, delta, secure_aggregation, epsilon, update_norm_median per round).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def summarize(s, result: dict, centralized: list[float] | None) -> dict:
         else {"lr": s.outer_lr, "momentum": s.outer_momentum},
         "dp": None if not s.dp_clip else {
             "clip": s.dp_clip, "noise": s.dp_noise, "delta": s.dp_delta,
+            "secure_aggregation": s.secure_aggregation,
             "epsilon": rounds[-1].get("dp_epsilon") if rounds else None,
             "update_norm_median": [r.get("update_norm_median") for r in rounds]},
         "wall_s": result["wall_s"], "notes": result.get("notes", []),

@@ -63,13 +63,45 @@ def run_scenario(path: Path | str | Scenario, out: Path, *, log=print) -> dict:
     return write_report(out, s, result, centralized)
 
 
-def sweep(path: Path | str, key: str, values: list[str], out: Path, *, log=print) -> list[dict]:
+def _cell(x: str):
+    """A sweep.csv cell back to what write_sweep wrote: None, bool, int, float or str."""
+    if x in ("", "None"):
+        return None
+    if x in ("True", "False"):
+        return x == "True"
+    for kind in (int, float):
+        try:
+            return kind(x)
+        except ValueError:
+            pass
+    return x
+
+
+def earlier_rows(out: Path, key: str) -> list[dict]:
+    """The rows of an earlier out/sweep.csv of the same key ([] when there is none). Raises
+    ScenarioError when it swept another key."""
+    import csv
+    if not (out / "sweep.csv").is_file():
+        return []
+    with open(out / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and next(iter(rows[0])) != key:
+        raise ScenarioError(f"{out / 'sweep.csv'} swept {next(iter(rows[0]))}, not {key}: "
+                            "--add needs the same key")
+    return [{k: (v if k == key else _cell(v)) for k, v in r.items()} for r in rows]
+
+
+def sweep(path: Path | str, key: str, values: list[str], out: Path, *, log=print,
+          add: bool = False) -> list[dict]:
     """Run the scenario once per value of `key` (a top-level scenario key), each in
     out/<key>=<value>/; writes out/sweep.csv, out/sweep.md and out/sweep.png (final held-out
-    loss per value; against epsilon when sweeping a DP key). Raises ScenarioError for an
-    unknown key or a value of the wrong form, before anything runs."""
+    loss per value; against epsilon when sweeping a DP key). add: keep the rows of an earlier
+    out/sweep.csv (same key) for values not run now, sorted by value when all are numbers.
+    Returns the rows written. Raises ScenarioError for an unknown key or a value of the wrong
+    form (or, with add, an earlier sweep of another key), before anything runs."""
     import dataclasses
     s0 = load_scenario(path)
+    kept = earlier_rows(out, key) if add else []
     names = {f.name for f in dataclasses.fields(Scenario)} - {"data", "link", "churn", "path"}
     if key not in names:
         raise ScenarioError(f"--set {key}: not a top-level scenario key; choose from "
@@ -94,6 +126,11 @@ def sweep(path: Path | str, key: str, values: list[str], out: Path, *, log=print
             "final_vs_centralized", "payload_compression", "bytes_sent_total",
             "fp32_bytes_equivalent", "adapters_identical", "wall_s")},
             "dp_epsilon": (summary.get("dp") or {}).get("epsilon")})
+    rows = [r for r in kept if r[key] not in values] + rows
+    try:
+        rows.sort(key=lambda r: float(r[key]))
+    except ValueError:
+        pass                                    # not numbers: earlier rows, then new ones
     write_sweep(out, key, rows)
     return rows
 

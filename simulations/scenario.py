@@ -111,6 +111,7 @@ class Scenario:
     dp_clip: float = 0.0                 # DP-FedAvg clip norm C of every update (0: off)
     dp_noise: float = 0.0                # DP noise multiplier sigma (std sigma x C)
     dp_delta: float = 1e-5               # the delta of the (epsilon, delta) reported
+    secure_aggregation: bool = False     # virtual engine: masked sums (distributed DP noise)
     initial_nodes: int = -1              # -1: all; the rest join per [[churn]]
     data: DataSpec = field(default_factory=DataSpec)
     link: LinkSpec = field(default_factory=LinkSpec)
@@ -230,6 +231,15 @@ def _check(path: Path, s: Scenario) -> None:
     need(s.dp_noise >= 0 and (s.dp_clip > 0 or s.dp_noise == 0), "dp_noise",
          "a number >= 0, with dp_clip > 0", s.dp_noise)
     need(0 < s.dp_delta < 1, "dp_delta", "a number in (0, 1)", s.dp_delta)
+    if s.secure_aggregation:
+        # As `node start --secure-aggregation`: the sum alone is revealed (fedavg only), every
+        # update bounded by the clip before masking. The processes engine passes no such flag.
+        need(s.engine == "virtual", "secure_aggregation", "false with engine = \"processes\" "
+             "(use node start --secure-aggregation)", s.secure_aggregation)
+        need(s.aggregation == "fedavg", "secure_aggregation", "false unless aggregation = "
+             "\"fedavg\" (the other rules need individual updates)", s.secure_aggregation)
+        need(s.dp_clip > 0, "secure_aggregation", "false unless dp_clip > 0 (the bound of "
+             "every update before masking)", s.secure_aggregation)
     need(0 <= s.churn_fraction < 1, "churn_fraction", "a number in [0, 1)", s.churn_fraction)
     need(-1 <= s.initial_nodes <= s.nodes and s.initial_nodes != 0, "initial_nodes",
          f"an integer in [1, nodes = {s.nodes}] (or -1: all)", s.initial_nodes)

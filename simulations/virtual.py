@@ -14,6 +14,12 @@ update: peers' fetches of it fail) or join (a coordinator starting from the adap
 last held, which catches up to the swarm's head by state sync before it trains). The cohort
 (every active node, or `cohort` of them drawn per round) trains `local_steps` and exchanges;
 the other active nodes follow (adopt the round's record without an update).
+
+DP (`dp_clip`, `dp_noise`): every trained update is clipped and noised before the exchange,
+as `node start --dp-clip --dp-noise` does. With `secure_aggregation` the coordinators run
+Bonawitz et al.'s masked rounds (federation/rounds/secure.py) and each member adds only its
+share of the noise (member_noise): distributed DP, as the node does with
+`--secure-aggregation`.
 """
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from bitswarm.federation.aggregation import AGGREGATION_RULES, NesterovOuter
 from bitswarm.federation.codecs import make_codec
 from bitswarm.federation.privacy import GaussianRDPAccountant, clip_and_noise
-from bitswarm.federation.rounds import RoundCoordinator, SwarmMovedOn
+from bitswarm.federation.rounds import RoundAbandoned, RoundCoordinator, SwarmMovedOn
+from bitswarm.federation.rounds.secure import threshold
 
 from .memory_net import MemoryNetwork
 from .scenario import Scenario
@@ -81,6 +88,19 @@ def membership(s: Scenario) -> list[dict[str, set[int]]]:
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None     # sigma = 0: no privacy (JSON has no inf)
+
+
+def member_noise(s: Scenario, cohort_size: int) -> float:
+    """The noise multiplier each member of a cohort of `cohort_size` adds to its clipped update.
+    Local DP: the whole sigma (every update is a Gaussian release on its own). Secure
+    aggregation: a revealed sum holds at least t = threshold(cohort_size) members' updates, so
+    each adds sigma / sqrt(t) and the sum carries std >= sigma x C (node/runtime.member_noise,
+    the same rule with --min-peers + 1 = the cohort). That holds while every member's keys
+    arrive; a masking cohort that ends smaller (a member gone before its keys) can reveal a
+    sum of fewer shares (docs/protocol.md, "Differential privacy (distributed)")."""
+    if not s.secure_aggregation:
+        return s.dp_noise
+    return s.dp_noise / math.sqrt(threshold(cohort_size))
 
 
 def sent_total(nodes: list[VNode], online: set[int]) -> int:
@@ -134,7 +154,8 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                 aggregation=AGGREGATION_RULES[s.aggregation](),
                 outer=None if (s.outer_lr, s.outer_momentum) == (1.0, 0.0)
                 else NesterovOuter(s.outer_lr, s.outer_momentum),
-                dp=(s.dp_clip, s.dp_noise) if s.dp_clip else None, run_blocking=_inline)
+                dp=(s.dp_clip, s.dp_noise) if s.dp_clip else None,
+                secure_aggregation=s.secure_aggregation, run_blocking=_inline)
             await nursery.start(run_coord, node)
             online.add(i)
 
@@ -172,10 +193,11 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                 cohort = [i for i in cohort if i not in lagging]
                 mp = len(cohort) - 1 if s.min_peers == -1 else min(s.min_peers, len(cohort) - 1)
                 trained, norms = {}, {}
+                sigma = member_noise(s, mp + 1)
                 for i in cohort:
                     trained[i] = learners.train(i, nodes[i].coord.adapter, s.local_steps)
                     if accountants is not None:
-                        noised, norms[i] = clip_and_noise(trained[i][0], s.dp_clip, s.dp_noise,
+                        noised, norms[i] = clip_and_noise(trained[i][0], s.dp_clip, sigma,
                                                           dp_rng)
                         trained[i] = (noised, *trained[i][1:])
                         accountants[i].step()
@@ -195,6 +217,9 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                         else:
                             results[i] = await c.follow(r)
                     except SwarmMovedOn:
+                        results[i] = None
+                    except RoundAbandoned as e:     # secure aggregation: nothing revealed
+                        log(f"node {i}: {e}")
                         results[i] = None
                     results[i, "t"] = trio.current_time() - t0
 
