@@ -166,6 +166,15 @@ def member_noise(cfg) -> float:
     return cfg.dp_noise / math.sqrt(secure_threshold(cfg.min_peers + 1))
 
 
+def secure_min_sum(cfg) -> int:
+    """The fewest members a revealed secure sum may hold: with distributed DP noise the count
+    member_noise divides sigma by (threshold(min_peers + 1)), so every revealed sum carries
+    std >= sigma x C; 0 (the Shamir threshold alone) without noise or secure aggregation."""
+    if not cfg.secure_aggregation or not cfg.dp_noise:
+        return 0
+    return secure_threshold(cfg.min_peers + 1)
+
+
 def outer_step(cfg) -> NesterovOuter | None:
     """The swarm's outer optimizer from --outer-lr / --outer-momentum (None: the plain step)."""
     if cfg.outer_lr == 1.0 and cfg.outer_momentum == 0.0:
@@ -212,7 +221,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
             codec=make_codec(cfg.codec, topk_fraction=cfg.topk_fraction),
             aggregation=AGGREGATION_RULES[cfg.aggregation](), outer=outer_step(cfg),
             dp=None if cfg.dp_clip is None else (cfg.dp_clip, cfg.dp_noise),
-            secure_aggregation=cfg.secure_aggregation,
+            secure_aggregation=cfg.secure_aggregation, secure_min_sum=secure_min_sum(cfg),
             allowed_senders=cfg.allow, initial_adapter=node.global_state, initial_round=first,
             run_blocking=trio.to_thread.run_sync)
         if resumed is not None and resumed.local is not None:

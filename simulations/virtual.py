@@ -95,9 +95,9 @@ def member_noise(s: Scenario, cohort_size: int) -> float:
     Local DP: the whole sigma (every update is a Gaussian release on its own). Secure
     aggregation: a revealed sum holds at least t = threshold(cohort_size) members' updates, so
     each adds sigma / sqrt(t) and the sum carries std >= sigma x C (node/runtime.member_noise,
-    the same rule with --min-peers + 1 = the cohort). That holds while every member's keys
-    arrive; a masking cohort that ends smaller (a member gone before its keys) can reveal a
-    sum of fewer shares (docs/protocol.md, "Differential privacy (distributed)")."""
+    the same rule with --min-peers + 1 = the cohort). A masking cohort that ends smaller (a
+    member gone before its keys) reveals nothing: each coordinator's secure_min_sum is t, as
+    node start sets it (docs/protocol.md, "Differential privacy (distributed)")."""
     if not s.secure_aggregation:
         return s.dp_noise
     return s.dp_noise / math.sqrt(threshold(cohort_size))
@@ -194,6 +194,9 @@ def run_virtual(s: Scenario, learners, *, log=print) -> dict:
                 mp = len(cohort) - 1 if s.min_peers == -1 else min(s.min_peers, len(cohort) - 1)
                 trained, norms = {}, {}
                 sigma = member_noise(s, mp + 1)
+                if s.secure_aggregation and s.dp_noise:   # as node/runtime.secure_min_sum
+                    for i in cohort:
+                        nodes[i].coord.secure_min_sum = threshold(mp + 1)
                 for i in cohort:
                     trained[i] = learners.train(i, nodes[i].coord.adapter, s.local_steps)
                     if accountants is not None:

@@ -182,6 +182,10 @@ class RoundCoordinator:
             bounds every update before masking; noise may be 0) and the fedavg rule (the
             others need individual updates); joins the rule's name on the wire ("+secagg").
             A round that cannot be unmasked raises RoundAbandoned from `exchange`.
+        secure_min_sum: with secure aggregation, the fewest members whose updates a revealed
+            sum may hold (0: the Shamir threshold alone). Distributed DP sets it to the count
+            each member's noise share assumes (node/runtime.member_noise), so no revealed sum
+            carries less noise than sigma C: a round with fewer survivors is abandoned.
         max_rounds_ahead: manifests up to this many rounds ahead of ours are buffered.
         max_peers_per_round: manifests buffered per round (<= 256, a record's bound), beyond
             which new senders are dropped.
@@ -206,7 +210,7 @@ class RoundCoordinator:
                  fetch_timeout_s: float = 30.0, republish_interval_s: float = 2.0,
                  codec: Codec | None = None, aggregation: AggregationRule | None = None,
                  outer: NesterovOuter | None = None, dp: tuple[float, float] | None = None,
-                 secure_aggregation: bool = False,
+                 secure_aggregation: bool = False, secure_min_sum: int = 0,
                  max_rounds_ahead: int = 2, max_peers_per_round: int = MAX_RECORD_UPDATES,
                  max_parallel_fetches: int = 8, allowed_senders: frozenset[str] | None = None,
                  max_age_s: float | None = None, clock: Callable[[], float] = time.time,
@@ -281,6 +285,10 @@ class RoundCoordinator:
                                  "clipped to a swarm-wide L2 norm before masking")
             self.secure = (float(dp[0]), float(dp[1]))
             self.rule_name += "+secagg"
+        if secure_min_sum < 0 or (secure_min_sum and not secure_aggregation):
+            raise ValueError(f"secure_min_sum must be >= 0 and needs secure aggregation, got "
+                             f"{secure_min_sum}")
+        self.secure_min_sum = int(secure_min_sum)
         self._state_shapes = dict(self.expected_shapes)
         if outer is not None:
             self._state_shapes.update(outer.state_shapes(self.expected_shapes))

@@ -246,8 +246,13 @@ class SecureRound:
         await self._until(lambda: set(self.cohort) <= set(self.masked), timeout)
         survivors = sorted(set(self.masked) & set(self.cohort))
         t = threshold(len(self.cohort))
-        if len(survivors) < t:
+        if len(survivors) < max(t, c.secure_min_sum):
             if not self.ex.records:
+                if len(survivors) >= t:    # enough to unmask, too few for the noise promised
+                    raise RoundAbandoned(rnd, f"masked inputs of {len(survivors)} members "
+                                         f"arrived; each added noise for a sum of at least "
+                                         f"{c.secure_min_sum} (distributed DP): nothing is "
+                                         f"revealed")
                 raise RoundAbandoned(rnd, f"masked inputs of {len(survivors)} of the cohort's "
                                      f"{len(self.cohort)} members arrived; below the "
                                      f"threshold {t}: nothing is revealed")
@@ -262,6 +267,8 @@ class SecureRound:
             agreed = self._agreed_survivors()
             return agreed is not None
         await self._until(voted, timeout)
+        if agreed is not None and len(agreed) < c.secure_min_sum:
+            agreed = None       # never reveal a sum of fewer members than the noise assumes
         if agreed is None:
             if self.ex.records:
                 return await self._adopt_only()

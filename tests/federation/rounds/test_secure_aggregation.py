@@ -308,3 +308,42 @@ def test_split_views_of_the_survivors_never_reveal_both_secrets_of_a_member():
         assert len(unmasks) == 5
         assert {tuple(m.fields["survivors"]) for m in unmasks.values()} == {tuple(everyone)}
     run_mock(main)
+
+
+def test_a_sum_of_fewer_members_than_the_noise_share_assumes_is_never_revealed():
+    """Distributed DP: each member's noise share assumes a revealed sum of at least
+    secure_min_sum updates (node start: threshold(--min-peers + 1)). A masking cohort can end
+    smaller than expected (the keys phase closes with whoever sent keys), and its own Shamir
+    threshold would unmask fewer survivors. Here a cohort of 4 loses one member after its
+    shares: 3 survivors meet threshold(4) = 3, but not a noise share made for a sum of 4, so
+    the round is abandoned with that reason and no unmask share is ever sent; without
+    secure_min_sum the same round reveals the 3 members' sum."""
+    from bitswarm.federation.rounds.secure import threshold as t_of
+    assert t_of(5) == 3 and t_of(4) == 3
+
+    async def main(min_sum, expect_abandon):
+        net = MemoryNetwork()
+        coords = [make(net, 3, dp=(CLIP, 0.5), secure_min_sum=min_sum, round_timeout_s=20.0)
+                  for _ in range(4)]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            res, err = await run_round(net, coords, 0, [100] * 4, dropouts={3})
+            if expect_abandon:
+                assert not res and set(err) == {0, 1, 2}
+                for e in err.values():
+                    assert "distributed DP" in e.reason, e.reason
+            else:
+                assert not err and set(res) == {0, 1, 2}
+                assert all(len(r.contributors) == 3 for r in res.values())
+            n.cancel_scope.cancel()
+        kinds = [decode_message(d).kind for _, d in net.published if d[:4] == SECAGG_MAGIC]
+        assert ("unmask" in kinds) != expect_abandon
+    run_mock(lambda: main(4, True))
+    run_mock(lambda: main(0, False))
+
+
+def test_secure_min_sum_needs_secure_aggregation():
+    net = MemoryNetwork()
+    with pytest.raises(ValueError, match="secure_min_sum"):
+        make(net, 2, secure_aggregation=False, secure_min_sum=3)
