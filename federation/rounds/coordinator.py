@@ -73,8 +73,10 @@ T = TypeVar("T")
 # the exchange's end cancels the retries.
 FETCH_RETRIES = 4
 FETCH_RETRY_PAUSE_S = 10.0
-PROPOSAL_SPREAD_S = 5.0      # longest wait before proposing (s), reached at 24 other members
-STAGGER_FROM = 8             # other members up to which proposals are not staggered
+PROPOSAL_SPREAD_S = 5.0      # the PROPOSERS best-ranked contributors propose this far apart (s)
+STAGGER_FROM = 8             # other members up to which every node proposes at once
+PROPOSERS = 3                # contributors that propose in a larger swarm (by proposer rank)
+FOLLOW_WAIT_S = 60.0         # the others wait this long for a record before proposing (s)
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,9 @@ class _Exchange:
 
 class SwarmMovedOn(Exception):
     """The swarm is too many rounds ahead to check its records (its payloads of our round are
-    no longer served): our update would be dropped anyway. `head`: the swarm's round. The
-    caller catches up (RoundCoordinator.catch_up) instead of exchanging."""
+    no longer served), or it left our base while our round collected (a better-supported head
+    that catch_up moves to): our update would be dropped anyway. `head`: the swarm's round.
+    The caller catches up (RoundCoordinator.catch_up) instead of exchanging."""
 
     def __init__(self, round: int, head: int) -> None:
         super().__init__(f"round {round}: the swarm is at round {head}")
@@ -487,16 +490,9 @@ class RoundCoordinator:
         Call between exchanges, never during one."""
         if self._exchanging:
             raise RuntimeError("catch_up during an exchange")
-        view = self._intake.view
-        head = self._head()
-        if head is None or head.round < self._round:
+        head = self._sync_target()
+        if head is None:
             return None
-        if head.round == self._round:
-            if head.digest == self._digest:
-                return None
-            ours = len(view.support(self._round, self._digest, exclude=self.peer_id)) + 1
-            if (ours, head.digest) > (len(head.signers), self._digest):
-                return None                          # we are on the better-supported side
         log.info("the swarm is at round %d (adapter %s…, %d signer(s)); we hold round %d (%s…): "
                  "syncing", head.round, head.digest.hex()[:16], len(head.signers), self._round,
                  self._digest.hex()[:16])
@@ -515,6 +511,35 @@ class RoundCoordinator:
         log.warning("round %d: no signer served adapter %s…; staying at round %d", head.round,
                     head.digest.hex()[:16], self._round)
         return None
+
+    def _sync_target(self):
+        """The head catch_up would move us to (behind it, or on a fork of our round with fewer
+        signers), else None."""
+        head = self._head()
+        if head is None or head.round < self._round:
+            return None
+        if head.round == self._round:
+            if head.digest == self._digest:
+                return None
+            ours = len(self._intake.view.support(self._round, self._digest,
+                                                 exclude=self.peer_id)) + 1
+            if (ours, head.digest) > (len(head.signers), self._digest):
+                return None                          # we are on the better-supported side
+        return head
+
+    async def _watch_for_a_better_fork(self, round: int, moved: list) -> None:
+        """While round `round` collects: every republish period, check whether the swarm has
+        left our base (a head of >= 2 signers that catch_up would move us to: the majority
+        adopted another record of the last round, or finished this one on another base). Our
+        update can then never reach the quorum (peers refuse updates of another base), so
+        waiting out the round deadline only delays the re-sync: append the head to `moved`
+        and end the wait (the exchange raises SwarmMovedOn and the caller catches up)."""
+        while True:
+            await trio.sleep(self.republish_period_s)
+            head = self._sync_target()
+            if head is not None and len(head.signers) >= 2:
+                moved.append(head)
+                return
 
     def _head(self):
         # One signer alone is not trusted while others exist (a fast peer, or a liar).
@@ -557,6 +582,7 @@ class RoundCoordinator:
         self._served.manifests[round] = data
         log.info("round %d: publishing update (%d bytes, %d tokens, %d manifests buffered)",
                  round, len(payload), tokens, len(ex.intake.manifests))
+        moved: list = []
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._dispatch, self._intake.open(round, base_digest),
@@ -564,12 +590,28 @@ class RoundCoordinator:
                 with trio.move_on_after(self.round_timeout_s) as deadline:
                     await publish(self.transport, data, round, self.fetch_timeout_s)
                     self._check_enough(ex)
-                    await ex.enough.wait()
-                self._log_close(round, ex, deadline.cancelled_caught)
-                record, aggregate, adapter = await self._agree(round, base, ex)
-                nursery.cancel_scope.cancel()       # stragglers' fetches are not needed
+                    async with trio.open_nursery() as waiting:
+                        async def watch():
+                            await self._watch_for_a_better_fork(round, moved)
+                            waiting.cancel_scope.cancel()
+                        waiting.start_soon(watch)
+                        await ex.enough.wait()
+                        waiting.cancel_scope.cancel()
+                if moved and not ex.records:
+                    nursery.cancel_scope.cancel()
+                else:
+                    moved.clear()
+                    self._log_close(round, ex, deadline.cancelled_caught)
+                    record, aggregate, adapter = await self._agree(round, base, ex)
+                    nursery.cancel_scope.cancel()   # stragglers' fetches are not needed
         finally:
             self._intake.close(round)               # late messages for this round: ignored
+        if moved:
+            head = moved[0]
+            log.info("round %d: the swarm left our base (round %d, adapter %s…, %d signers): "
+                     "our update is dropped", round, head.round, head.digest.hex()[:16],
+                     len(head.signers))
+            raise SwarmMovedOn(round, head.round)
         return self._finish(round, ex, record, aggregate, adapter, sent0, received0)
 
     async def _secure_exchange(self, round: int, delta: Mapping[str, np.ndarray],
@@ -668,19 +710,28 @@ class RoundCoordinator:
         return own
 
     async def _stagger_proposal(self, round: int, ex: _Exchange) -> None:
-        """Before proposing, wait a fraction of the proposal spread given by our proposer rank
-        (the tie-break agreement uses), or until a peer's record arrives. In a large swarm many
-        nodes reach the quorum within a second; each proposing its own set made nodes adopt
-        different records under load (32 nodes: 9 different adapters after one round). Staggered
-        by rank, the best-ranked node proposes first and the others adopt its record. No wait
-        up to STAGGER_FROM other members (small swarms settle within settle_s as they are), then
-        a spread growing to PROPOSAL_SPREAD_S at STAGGER_FROM + 16 members."""
+        """Before proposing in a large swarm, let the best-ranked contributors go first. In a
+        large swarm many nodes reach the quorum within seconds; each proposing its own set made
+        nodes adopt different records under load (32 nodes: 9 different adapters after one
+        round; with a 5 s stagger by rank still 6). So beyond STAGGER_FROM other members only
+        the PROPOSERS best-ranked contributors we hold (proposer rank, the tie-break agreement
+        uses) propose, PROPOSAL_SPREAD_S / PROPOSERS apart; every other node waits up to
+        FOLLOW_WAIT_S (at most a quarter of the round timeout) for a record and adopts it, and
+        proposes only if none came (liveness when the first ranks are slow or gone). A record
+        arriving ends any wait. Small swarms settle within settle_s as they are: no wait."""
         members = self._intake.view.signers(exclude=self.peer_id)
-        spread = PROPOSAL_SPREAD_S * min(1.0, max(0, members - STAGGER_FROM) / 16)
-        if spread <= 0:
+        if members <= STAGGER_FROM:
             return
-        rank = int.from_bytes(proposer_rank(ex.base, round, self.peer_id)[:8], "big") / 2**64
-        with trio.move_on_after(spread * rank):
+        mine = proposer_rank(ex.base, round, self.peer_id)
+        position = sum(1 for pid in ex.contributions
+                       if pid != self.peer_id and proposer_rank(ex.base, round, pid) < mine)
+        if position < PROPOSERS:
+            wait = PROPOSAL_SPREAD_S * position / PROPOSERS
+        else:
+            wait = min(FOLLOW_WAIT_S, self.round_timeout_s / 4)
+        if wait <= 0:
+            return
+        with trio.move_on_after(wait):
             while not ex.records:
                 await ex.changed.wait()
 
