@@ -253,7 +253,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                     if dialed:
                         await _listen_for_head(coord, transport)
                     while True:
-                        await _catch_up(node, coord, rounds_log, compute)
+                        await _catch_up(node, coord, rounds_log, compute, status)
                         rnd = coord.round
                         if cfg.rounds is not None and rnd >= cfg.rounds:
                             break
@@ -264,7 +264,7 @@ async def serve(cfg: NodeConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> Ser
                         history[coord.round] = bytes.fromhex(coord.adapter_sha256)
                         done += 1
                     if done:
-                        await _linger(node, coord, transport, compute, rounds_log)
+                        await _linger(node, coord, transport, compute, rounds_log, status)
                 interrupted = stop.cancelled_caught
                 nursery.cancel_scope.cancel()
         watch.poll(transport)
@@ -335,7 +335,8 @@ async def _listen_for_head(coord, transport) -> None:
             await trio.sleep(0.2)
 
 
-async def _linger(node: Node, coord, transport, compute, rounds_log: Path) -> None:
+async def _linger(node: Node, coord, transport, compute, rounds_log: Path,
+                  status: StatusFile | None = None) -> None:
     """After the last round, keep serving (at most max(LINGER_S, 2 x --round-timeout)) until
     every connected swarm member that takes part in agreement (it gossiped a round record) or
     has not been heard from yet (still training its first round) claims the adapter we hold or
@@ -356,12 +357,14 @@ async def _linger(node: Node, coord, transport, compute, rounds_log: Path) -> No
     with trio.move_on_after(limit):
         while waiting():
             await trio.sleep(0.5)
-            await _catch_up(node, coord, rounds_log, compute)
+            await _catch_up(node, coord, rounds_log, compute, status)
 
 
-async def _catch_up(node: Node, coord, rounds_log: Path, compute) -> None:
+async def _catch_up(node: Node, coord, rounds_log: Path, compute,
+                    status: StatusFile | None = None) -> None:
     """Adopt the swarm's head when the view says we are behind or on a minority fork, and save
-    it as the last completed round's adapter (a restart resumes from it)."""
+    it as the last completed round's adapter (a restart resumes from it); `status` (node
+    status's file) then shows the adapter held."""
     sync = await coord.catch_up()
     if sync is None:
         return
@@ -371,6 +374,9 @@ async def _catch_up(node: Node, coord, rounds_log: Path, compute) -> None:
              sync.round, sync.adapter_sha256, sync.source, sync.signers)
     if sync.round > 0:
         await compute(node.save, sync.round - 1, {})
+    if status is not None:                  # before the log line: readers of both agree
+        status.update(adapter_sha256=sync.adapter_sha256)
+        status.write()
     _append_jsonl(rounds_log, {"synced_to_round": sync.round, "adapter_sha256": sync.adapter_sha256,
                                "source": sync.source, "signers": sync.signers})
 

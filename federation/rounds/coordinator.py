@@ -506,6 +506,14 @@ class RoundCoordinator:
             if adapter is not None:
                 self._set_state(head.round, adapter)
                 self._intake.enter(head.round)   # buffer the head round's records from now on
+                # Republish the head's record, not the one we had adopted: that is our claim
+                # of the head to every view. Republishing the old record kept claiming the
+                # adapter we left, so peers' views went stale and nodes synced back and forth
+                # (32 nodes: 2 of them stuck on the side the other 30 had left).
+                rec = self._intake.record_for(head.round - 1, head.digest, swarm=self.swarm,
+                                              base_model=self.base_model, rule=self.rule_name,
+                                              lora=self.lora)
+                self._served.records = {} if rec is None else {rec.round: rec.data}
                 return SyncResult(head.round, self._adapter, head.digest.hex(), source,
                                   len(head.signers))
         log.warning("round %d: no signer served adapter %s…; staying at round %d", head.round,

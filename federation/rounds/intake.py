@@ -308,6 +308,16 @@ class ManifestIntake:
             raise WireError(f"payload_size {m.payload_size} exceeds the bound "
                             f"{self.max_payload} for our shapes")
 
+    def record_for(self, rnd: int, new_adapter: bytes, *, swarm: str, base_model: str,
+                   rule: str, lora: dict) -> RoundRecord | None:
+        """A verified record of round `rnd` of our swarm (same base model, rule and LoRA) that
+        produced `new_adapter`, from the recently decoded ones (newest first), or None."""
+        for rec in reversed(self._records.values()):
+            if (rec.round == rnd and rec.new_adapter == new_adapter and rec.swarm == swarm
+                    and rec.base_model == base_model and rec.rule == rule and rec.lora == lora):
+                return rec
+        return None
+
     def _claim(self, signer: str, rnd: int, digest: bytes, *, via_record: bool = False) -> None:
         self.view.note(signer, rnd, digest, via_record=via_record)
 

@@ -63,6 +63,13 @@ def test_a_fourth_node_joins_at_round_2_with_only_a_bootstrap_address(tmp_path):
         _wait(lambda: any("synced_to_round" in x for x in _lines(late)), 120, "the late sync",
               procs)
         catch_up_s = time.monotonic() - t_join
+        # node status shows the synced adapter at once (or a later round's, if one finished)
+        def last_held():
+            return [x["adapter_sha256"] for x in _lines(late) if "adapter_sha256" in x
+                    and ("synced_to_round" in x or x.get("round", -1) >= 0)][-1]
+        before = last_held()
+        shown = json.loads((late.data_dir / "status.json").read_text())["adapter_sha256"]
+        assert shown in (before, last_held()), (shown, before)
         wait_all(procs, 400)
     finally:
         kill_all(procs)

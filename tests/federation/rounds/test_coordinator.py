@@ -620,6 +620,11 @@ def test_a_node_on_a_minority_fork_resyncs_to_the_majority():
             sync = await fork.catch_up()
             assert sync is not None and fork.adapter_sha256 == coords[0].adapter_sha256
             assert coords[0].settle_window_s == coords[0].settle_s     # small swarm: as set
+            # The synced node republishes the head's record: the others' views count it as a
+            # signer of the head (no stale claim of the adapter it left).
+            await trio.sleep(2 * coords[0].republish_period_s + 1)
+            support = coords[0].view.support(1, bytes.fromhex(coords[0].adapter_sha256))
+            assert fork.peer_id in support
             # The majority does not move towards the lone fork.
             for c in coords:
                 assert await c.catch_up() is None
