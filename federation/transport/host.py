@@ -278,6 +278,11 @@ class Transport:
             self.bytes_received += len(msg.data)
             try:
                 self._msg_send.send_nowait(GossipMessage(from_peer=author, data=bytes(msg.data)))
+            except trio.ClosedResourceError:
+                # Shutting down: the transport closed the channel while a message that
+                # subscription.get() had already returned was on its way (a 32-node run's node
+                # exited 1 here after a successful job).
+                return
             except trio.WouldBlock:
                 self._dropped_messages += 1
                 if self._dropped_messages in (1, 10, 100) or self._dropped_messages % 1000 == 0:
