@@ -204,11 +204,11 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
     ]
     def tiled(fn):                       # the same product on the tiled matmul.wgsl
         def run():
-            be.matmul_skinny = False
+            saved, be.matmul_skinny = be.matmul_skinny, False
             try:
                 return fn()
             finally:
-                be.matmul_skinny = True
+                be.matmul_skinny = saved
         return run
     for name, fn, ops, bfn in lora:
         out.append((f"LoRA r{RANK} (D->I)", name, fn, ops, "fma", bfn))

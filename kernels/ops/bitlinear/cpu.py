@@ -315,17 +315,16 @@ GRAD_BLOCK = 256     # rows per block of the int8 input gradient (its passes sta
 GRAD_INT8_MIN_K = 512
 
 
-def grad_int8_enabled(n: int = jit.MIN_ELEMENTS) -> bool:
-    """Whether bitlinear_backward of a dy of n elements runs through the int8 GEMM
-    (`_backward_int8`): BITSWARM_CPU_INT8_GRAD "1" forces it (with onnxruntime), "0" turns it
-    off; by default ("auto") it runs when onnxruntime and numba are both there and the fused
-    loops run at n (jit.use) (with NumPy's passes splitting dy
-    costs more than the int8 GEMM saves: benchmarks in docs/benchmarks.md). Else the float32
-    GEMM."""
+def grad_int8_enabled(n: int | None = None) -> bool:
+    """Whether bitlinear_backward of a dy of n elements (None: of any size) runs through the
+    int8 GEMM (`_backward_int8`): BITSWARM_CPU_INT8_GRAD "1" forces it (with onnxruntime), "0"
+    turns it off; by default ("auto") it runs when onnxruntime and numba are both there and the
+    fused loops run at n (jit.use): with NumPy's passes, splitting dy costs more than the int8
+    GEMM saves (benchmarks in docs/benchmarks.md). Else the float32 GEMM."""
     v = os.environ.get("BITSWARM_CPU_INT8_GRAD", "auto")
     if v == "0" or not int8_enabled():
         return False
-    return v == "1" or jit.use(n)
+    return v == "1" or (jit.enabled() if n is None else jit.use(n))
 
 
 @jit.kernel

@@ -638,7 +638,6 @@ def test_a_minority_fork_stops_waiting_for_its_quorum_once_the_swarm_left_its_ba
     min_peers of 3 can never be met, so without the fork watch it would wait out the whole
     round deadline. It sees the majority's claims instead, drops its update with
     SwarmMovedOn well before the deadline, and catch_up moves it to the majority's adapter."""
-    from bitswarm.federation.rounds import SwarmMovedOn
     async def main():
         net = MemoryNetwork()
         coords = [make_coord(net, round_timeout_s=600.0) for _ in range(3)]
