@@ -67,7 +67,13 @@ class RoundRecord:
     @property
     def priority(self) -> tuple[int, bytes]:
         """Sort key, smaller wins: more contributors first, then the proposer's rank."""
-        return (-len(self.updates), proposer_rank(self.base_adapter, self.round, self.proposer))
+        return self.priority_at(None)
+
+    def priority_at(self, quorum: int | None) -> tuple[int, bytes]:
+        """`priority` with the contributor count capped at `quorum` (None: no cap): records
+        of at least `quorum` contributors then differ by the proposer's rank alone."""
+        n = len(self.updates) if quorum is None else min(len(self.updates), quorum)
+        return (-n, proposer_rank(self.base_adapter, self.round, self.proposer))
 
 
 def proposer_rank(base_adapter: bytes, round: int, proposer: str) -> bytes:

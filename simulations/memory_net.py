@@ -8,10 +8,15 @@ every other node at once (through its validator, as gossipsub's topic validator)
 the target's payload provider after the link's latency and transfer time. Pairs in `unlinked`
 have no direct connection (fetches between them fail; gossip still crosses, as through the
 mesh). Link shaping for the virtual engine (simulations/virtual.py): `latency_s` one way,
-`bandwidth_Bps` per transfer, `loss` the chance that one gossip delivery or one fetch is lost.
+`bandwidth_Bps` per transfer, `loss` the chance that one gossip delivery or one fetch is lost,
+`gossip_delay_s` (lo, hi): each gossip delivery arrives after a delay drawn uniformly from it,
+independently per receiver (so deliveries overtake one another), as on a mesh of starved
+processes: 32 nodes sharing 2 cores took seconds to tens of seconds to pass a message on.
 """
 from __future__ import annotations
 
+import heapq
+import math
 import random
 
 import trio
@@ -28,12 +33,17 @@ class MemoryNetwork:
 
     def __init__(self, *, latency_s: float = 0.005, bandwidth_Bps: float | None = None,
                  loss: float = 0.0, seed: int = 0, buffer: int = 256,
-                 record_published: bool = True) -> None:
+                 record_published: bool = True,
+                 gossip_delay_s: tuple[float, float] | None = None) -> None:
+        if gossip_delay_s is not None and not 0 <= gossip_delay_s[0] <= gossip_delay_s[1]:
+            raise ValueError(f"gossip_delay_s must be (lo, hi) with 0 <= lo <= hi, got "
+                             f"{gossip_delay_s!r}")
         self.nodes: dict[str, MemoryTransport] = {}
         self.published: list[tuple[str, bytes]] = []
         self.unlinked: set[frozenset[str]] = set()   # pairs with no direct connection
         self.latency_s, self.bandwidth_Bps, self.loss = latency_s, bandwidth_Bps, loss
         self.buffer, self.record_published = buffer, record_published
+        self.gossip_delay_s = gossip_delay_s
         self.rng = random.Random(seed)
         self.payload_bytes = 0              # fetched update payloads (not state syncs)
         self.payload_transfers = 0          # how many such payloads were fetched
@@ -59,6 +69,7 @@ class MemoryNetwork:
         t = self.nodes.pop(peer_id, None)
         if t is not None:
             t._send.close()
+            t._inbox.close()
 
 
 class MemoryTransport:
@@ -69,10 +80,12 @@ class MemoryTransport:
         self.listen_multiaddrs: list[str] = []
         self.bytes_sent = self.bytes_received = 0
         self._send, self._recv = trio.open_memory_channel(net.buffer)
+        self._inbox = _DelayedInbox(net.buffer)
         self._provider = None
         self._validator = None
         self.failing_serves = 0              # next fetches FROM this node fail ('connection')
         self.serve_delay_s = 0.0             # fetches FROM this node hang this long first
+        self.delay_factor = 1.0              # x gossip_delay_s for deliveries TO this node
 
     async def publish(self, data: bytes) -> None:
         if self.net.record_published:
@@ -84,15 +97,21 @@ class MemoryTransport:
                 self.bytes_sent += len(data)     # one copy per receiver, as a mesh sends it
                 if other._validator is not None and not other._validator(self.peer_id, bytes(data)):
                     continue                 # like gossipsub: refused by the topic validator
+                msg = GossipMessage(self.peer_id, bytes(data))
+                if self.net.gossip_delay_s is not None:
+                    delay = self.net.rng.uniform(*self.net.gossip_delay_s) * other.delay_factor
+                    if other._inbox.put(msg, delay):
+                        other.bytes_received += len(data)
+                    continue
                 try:
-                    other._send.send_nowait(GossipMessage(self.peer_id, bytes(data)))
+                    other._send.send_nowait(msg)
                     other.bytes_received += len(data)
                 except (trio.WouldBlock, trio.ClosedResourceError):
                     pass                     # like the real transport: a full buffer drops
         await trio.lowlevel.checkpoint()
 
     def messages(self):
-        return self._recv
+        return self._inbox if self.net.gossip_delay_s is not None else self._recv
 
     def set_payload_provider(self, fn) -> None:
         self._provider = fn
@@ -127,3 +146,45 @@ class MemoryTransport:
 
     def connected_peers(self) -> list[str]:
         return [p for p in self.net.nodes if p != self.peer_id and self.net.linked(self.peer_id, p)]
+
+
+class _DelayedInbox:
+    """A node's gossip inbox when deliveries are delayed: messages become receivable at their
+    arrival time (trio's clock), earliest first; at most `buffer` wait (more are dropped, like a
+    full transport buffer). Async-iterable like a trio receive channel; ends once closed."""
+
+    def __init__(self, buffer: int) -> None:
+        self._heap: list[tuple[float, int, GossipMessage]] = []
+        self._seq = 0
+        self._buffer = buffer
+        self._changed = trio.Event()
+        self._closed = False
+
+    def put(self, msg: GossipMessage, delay_s: float) -> bool:
+        if self._closed or len(self._heap) >= self._buffer:
+            return False
+        self._seq += 1
+        heapq.heappush(self._heap, (trio.current_time() + delay_s, self._seq, msg))
+        self._changed.set()
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._changed.set()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> GossipMessage:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            now = trio.current_time()
+            if self._heap and self._heap[0][0] <= now:
+                msg = heapq.heappop(self._heap)[2]
+                await trio.lowlevel.checkpoint()
+                return msg
+            wait = self._heap[0][0] - now if self._heap else math.inf
+            with trio.move_on_after(wait):
+                await self._changed.wait()
+            self._changed = trio.Event()

@@ -9,7 +9,14 @@ proposal, or the one it adopted: adopting republishes it, which is the acknowled
 adopts the best record whose new adapter it can recompute bit for bit:
 
     best = the most contributors, then the lowest proposer rank
-           (SHA-256(base adapter | round | proposer): nobody can choose to win every round).
+           (SHA-256(base adapter | round | proposer): nobody can choose to win every round);
+    in a large swarm (where only the best-ranked contributors propose) the count is capped
+    at the quorum (--min-peers + 1): every record that met the quorum differs by rank alone.
+
+Why the cap: a record proposed later holds more updates (more arrived meanwhile), so under
+"most contributors" a late record beat the early one after part of the swarm had adopted the
+early one. On a loaded 32-node swarm that split rounds into 2-6 adapters; with the cap a late
+record wins only if its proposer ranks better, and the best-ranked contributor proposes first.
 
 Recomputing needs every named payload (a node fetches those it lacks from their senders or
 from anyone who verified them) and the same aggregation rule; a record that does not
@@ -24,10 +31,11 @@ from collections.abc import Iterable
 from bitswarm.federation.round_record import RoundRecord
 
 
-def ranked(records: Iterable[RoundRecord]) -> list[RoundRecord]:
-    """Distinct records (by signed bytes), best first."""
+def ranked(records: Iterable[RoundRecord], quorum: int | None = None) -> list[RoundRecord]:
+    """Distinct records (by signed bytes), best first; quorum: the contributor count at which
+    records tie on size (RoundRecord.priority_at; None: no cap)."""
     unique = {r.data: r for r in records}
-    return sorted(unique.values(), key=lambda r: r.priority)
+    return sorted(unique.values(), key=lambda r: r.priority_at(quorum))
 
 
 def acknowledged(best: RoundRecord, authors: set[str], me: str) -> bool:

@@ -67,6 +67,7 @@ from .serving import SERVED_ROUNDS, ServedRounds, publish, republish_loop, repub
 log = logging.getLogger("bitswarm.federation.rounds")
 
 T = TypeVar("T")
+_UNCHECKED = object()
 
 # A manifest whose payload no source served (fetch.py's passes, 2 x fetch_timeout_s) is asked
 # for again this many times while the round collects, FETCH_RETRY_PAUSE_S apart (jittered);
@@ -693,6 +694,7 @@ class RoundCoordinator:
         recomputed (default `_verify`); own: our proposal when already published (secure
         rounds)."""
         verify = verify or self._verify
+        quorum = self._record_quorum()
         if contribute and own is None and not ex.records:
             await self._stagger_proposal(round, ex)
         if contribute and own is None and not ex.records:
@@ -700,22 +702,40 @@ class RoundCoordinator:
         if not ex.records:
             return None
         with trio.move_on_after(self.settle_window_s):
-            while not acknowledged(ranked(ex.records)[0], ex.authors, self.peer_id):
+            while not acknowledged(ranked(ex.records, quorum)[0], ex.authors, self.peer_id):
                 await ex.changed.wait()
-        for record in ranked(ex.records):
+        # Re-ranked after every check: a better record that arrived while we recomputed
+        # another is checked and adopted first (under load a check takes seconds, and adopting
+        # the record we had been checking split rounds).
+        checked: dict[bytes, tuple[dict, dict] | None] = {}
+        while True:
+            left = [r for r in ranked(ex.records, quorum)
+                    if checked.get(r.data, _UNCHECKED) is not None]
+            if not left:
+                break
+            record = left[0]
             if own is not None and record is own[0]:
                 return own
-            verified = await verify(round, base, record, ex)
-            if verified is not None:
-                # The ack: only contributors' acks are waited for (agreement.acknowledged), so
-                # a follower leaves it to the republish loop (N followers acking at once would
-                # be N^2 deliveries per round in a large swarm).
-                if self.peer_id in record.contributors:
-                    await publish(self.transport, record.data, round, self.fetch_timeout_s)
-                return (record, *verified)
+            if record.data not in checked:
+                checked[record.data] = await verify(round, base, record, ex)
+                continue
+            # The ack: only contributors' acks are waited for (agreement.acknowledged), so a
+            # follower leaves it to the republish loop (N followers acking at once would be N^2
+            # deliveries per round in a large swarm).
+            if self.peer_id in record.contributors:
+                await publish(self.transport, record.data, round, self.fetch_timeout_s)
+            return (record, *checked[record.data])
         if own is None and contribute:               # every peer record failed to recompute
             own = await self._propose(round, base, ex)
         return own
+
+    def _record_quorum(self) -> int | None:
+        """The contributor count at which records tie on size (agreement.ranked): our quorum
+        (min_peers + 1) in a swarm of more than STAGGER_FROM other members, where only the
+        best-ranked contributors propose; None (no cap: most contributors win) below it."""
+        if self._intake.view.signers(exclude=self.peer_id) > STAGGER_FROM:
+            return self.min_peers + 1
+        return None
 
     async def _stagger_proposal(self, round: int, ex: _Exchange) -> None:
         """Before proposing in a large swarm, let the best-ranked contributors go first. In a
@@ -730,11 +750,16 @@ class RoundCoordinator:
         members = self._intake.view.signers(exclude=self.peer_id)
         if members <= STAGGER_FROM:
             return
+        # Rank among the contributions we hold, not every manifest seen: a sender that
+        # announces an update and never serves it must not hold our proposal back.
         mine = proposer_rank(ex.base, round, self.peer_id)
         position = sum(1 for pid in ex.contributions
                        if pid != self.peer_id and proposer_rank(ex.base, round, pid) < mine)
         if position < PROPOSERS:
-            wait = PROPOSAL_SPREAD_S * position / PROPOSERS
+            # The spread grows like the settle window: under load a better-ranked proposer's
+            # record takes tens of seconds to arrive, and one proposing a fixed 5/3 s after it
+            # split the round between the two records.
+            wait = PROPOSAL_SPREAD_S * position / PROPOSERS * self.settle_window_s / self.settle_s
         else:
             wait = min(FOLLOW_WAIT_S, self.round_timeout_s / 4)
         if wait <= 0:

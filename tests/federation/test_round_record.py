@@ -56,6 +56,25 @@ def test_more_contributors_win_then_rank():
         (r.proposer for r in small), key=lambda p: proposer_rank(G, 7, p))
 
 
+def test_at_a_quorum_cap_records_that_met_it_differ_by_rank_alone():
+    """agreement.ranked's large-swarm order: counts capped at the quorum, so a later record
+    holding more updates does not beat one that already met the quorum unless its proposer
+    ranks better; below the quorum more contributors still win."""
+    from bitswarm.federation.rounds.agreement import ranked
+    kps = [create_new_key_pair() for _ in range(5)]
+    ups = [_update(k) for k in kps]
+    recs = [_record(kps[i], ups[:n]) for i, n in enumerate((3, 4, 5))]   # 3, 4, 5 updates
+    by_rank = sorted(recs, key=lambda r: proposer_rank(G, 7, r.proposer))
+    assert ranked(recs)[0] is recs[2]                      # uncapped: the 5-update record
+    assert ranked(recs, quorum=3) == by_rank               # all met 3: rank alone
+    capped4 = ranked(recs, quorum=4)                       # the 3-update record is below it
+    assert capped4[-1] is recs[0]
+    assert capped4[:2] == sorted(recs[1:], key=lambda r: proposer_rank(G, 7, r.proposer))
+    assert recs[1].priority_at(4) == (-4, proposer_rank(G, 7, recs[1].proposer))
+    assert recs[2].priority_at(None) == recs[2].priority == (-5, proposer_rank(G, 7,
+                                                                               recs[2].proposer))
+
+
 def test_a_tampered_record_fails_the_proposer_signature():
     kp = create_new_key_pair()
     rec = _record(kp, [_update(kp)])
