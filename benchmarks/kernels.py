@@ -149,48 +149,55 @@ def _ste_rows(be, dy):
     return dy16, rs
 
 
-# Packed-f16 FMA peak (HFMA2 on NVIDIA), the same register-only loop as peak.py's fp32 FMA:
-# 4 independent vec4<f16> chains, 4 fma each per iteration = 32 flops.
-FMA16 = """
+# Packed-f16 FMA peak (HFMA2 on NVIDIA), the register-only loop of peak.py's fp32 FMA with
+# `chains` independent vec{width}<f16> accumulators (fma each per iteration).
+def _fma16_src(chains: int, width: int) -> str:
+    t = f"vec{width}<f16>"
+    init = "\n".join(f"    var a{i} = {t}(x + {0.0625 * i:.4f}h);" for i in range(chains))
+    body = "\n".join(f"        a{i} = fma(a{i}, m, c);" for i in range(chains))
+    total = " + ".join(f"a{i}" for i in range(chains))
+    return f"""
 enable f16;
-struct P { iters: u32, seed: u32 }
+struct P {{ iters: u32, seed: u32 }}
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<uniform> p: P;
 @compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
     let i = gid.x + gid.y * nwg.x * 256u;
     let x = f16(f32(i & 255u) * 1e-3);
-    var a0 = vec4<f16>(x, x + 0.25h, x + 0.5h, x + 0.75h);
-    var a1 = a0 + 0.125h;
-    var a2 = a0 + 0.0625h;
-    var a3 = a0 + 0.03125h;
-    let m = vec4<f16>(0.999h, 0.998h, 0.997h, 0.996h) + f16(f32(p.seed & 1u) * 1e-3);
-    let c = vec4<f16>(1e-3h, 2e-3h, 3e-3h, 4e-3h);
-    for (var it = 0u; it < p.iters; it++) {
-        a0 = fma(a0, m, c);
-        a1 = fma(a1, m, c);
-        a2 = fma(a2, m, c);
-        a3 = fma(a3, m, c);
-    }
-    let s = vec4<f32>(a0 + a1 + a2 + a3);
-    out[i] = s.x + s.y + s.z + s.w;
-}
+{init}
+    let m = {t}(0.999h) + f16(f32(p.seed & 1u) * 1e-3);
+    let c = {t}(1e-3h);
+    for (var it = 0u; it < p.iters; it++) {{
+{body}
+    }}
+    let s = {t}({total});
+    out[i] = f32(dot(vec{width}<f32>(s), vec{width}<f32>(1.0)));
+}}
 """
 
 
-def _fma16_peak(ctx, quick: bool) -> float | None:
-    """Packed-f16 FMA TFLOP/s (FMA16 above; None without shader-f16): a lower bound, as
-    peak.py's."""
+FMA16_VARIANTS = ((4, 4), (8, 4), (8, 2), (16, 2))      # (chains, width)
+
+
+def _fma16_peak(ctx, quick: bool) -> dict | None:
+    """Packed-f16 FMA TFLOP/s of each FMA16_VARIANTS probe and their best (None without
+    shader-f16): lower bounds, as peak.py's."""
     if "shader-f16" not in ctx.features:
         return None
     from bitswarm.kernels.device import grid_for, parse_params
     n_wg, iters, reps = (64, 256, 2) if quick else (16384, 8192, 3)
-    k = ctx.kernel("peak_fma16", lambda: FMA16, "main")
     out = ctx.alloc((n_wg * 256,), "int32")
-    params = parse_params("peak_fma16", FMA16, "P").pack(iters=iters, seed=12345)
-    dt, _ = time_gpu(ctx, lambda: ctx.dispatch(k, [out], params, grid_for(n_wg)), inner=3,
-                     reps=reps)
-    return n_wg * 256 * iters * 32 / dt / 1e12
+    res = {}
+    for chains, width in FMA16_VARIANTS:
+        src = _fma16_src(chains, width)
+        k = ctx.kernel(f"peak_fma16_{chains}x{width}", lambda src=src: src, "main")
+        params = parse_params("peak_fma16", src, "P").pack(iters=iters, seed=12345)
+        dt, _ = time_gpu(ctx, lambda: ctx.dispatch(k, [out], params, grid_for(n_wg)), inner=3,
+                         reps=reps)
+        res[f"{chains}x vec{width}<f16>"] = n_wg * 256 * iters * chains * width * 2 / dt / 1e12
+    res["best"] = max(res.values())
+    return res
 
 
 def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
@@ -344,8 +351,12 @@ def main() -> None:
     ap.add_argument("--ste-chunks", default="32", metavar="LIST",
                     help="comma list of f16 STE chunk lengths (16, 32, 64) to time beside the "
                          "fp32 STE rows (adapters with shader-f16 only)")
+    ap.add_argument("--groups", default="", metavar="LIST",
+                    help="comma list of substrings: time only cases whose group holds one "
+                         "(e.g. 'STE' for the input-gradient rows alone)")
     args = ap.parse_args()
     TOKENS = args.tokens
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     ste_chunks = [int(v) for v in args.ste_chunks.split(",") if v.strip()]
     splits_list = [None if v.strip() == "auto" else int(v)
                    for v in args.bitlinear_splits.split(",") if v.strip()]
@@ -363,10 +374,12 @@ def main() -> None:
     info = machine_info(ctx)
     print(f"adapter: {info['adapter']}")
     peak = _peak(ctx, args.peak, args.quick)
-    peak["fma16_tflops"] = _fma16_peak(ctx, args.quick)
+    f16p = _fma16_peak(ctx, args.quick)
+    peak["fma16_tflops"] = f16p and f16p["best"]
     print(f"peak: dp4a {peak['dp4a_tops']:.2f} TOP/s, fp32 FMA {peak['fma_tflops']:.2f} TFLOP/s"
-          + (f", packed f16 FMA {peak['fma16_tflops']:.2f} TFLOP/s"
-             if peak["fma16_tflops"] else ""))
+          + (f", packed f16 FMA {peak['fma16_tflops']:.2f} TFLOP/s ("
+             + ", ".join(f"{k} {v:.1f}" for k, v in f16p.items() if k != "best") + ")"
+             if f16p else ""))
     base = Baseline(args.quick)
     models = (args.models or ("tiny" if args.quick else "125m,1b,2b4t")).split(",")
     inner, reps = (2, 2) if args.quick else (10, 5)
@@ -381,6 +394,8 @@ def main() -> None:
         for group, name, fn, ops, kind, bfn, *extra in cases_for(model, cfg, be, base, rng,
                                                                  args.quick, sweep,
                                                                  ste_chunks):
+            if groups and not any(g in group for g in groups):
+                continue
             t, th = time_gpu(ctx, fn, inner=inner, reps=reps)
             tb = base.time(bfn)
             pk = peak["dp4a_tops" if kind == "dp4a" else "fma_tflops"]
@@ -396,7 +411,7 @@ def main() -> None:
         write_json(out_path("kernels", args.out), {          # after every model: partial runs count
             "benchmark": "kernels", "machine": info, "quick": args.quick, "tokens": TOKENS,
             "lora_rank": RANK, "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"],
-                     "fma16_tflops": peak["fma16_tflops"]},
+                     "fma16_tflops": peak["fma16_tflops"], "fma16_variants": f16p},
             "baseline": base.name, "rows": rows})
 
 

@@ -27,8 +27,9 @@ the step's own time without the syncs.
 fp32, or packed-f16 partial sums where the adapter has shader-f16), each its own row; torch
 runs once per shape. --ste-compare STEPS instead trains STEPS steps of each --models shape
 ("default": the embedded default model) from the same seed on the same real-text batches
-(node/data.py over the repository's docs/), once with f32 and once with f16 STE, and reports
-the loss curves' max relative difference, the final adapters' relative distance, and per STE
+(node/data.py over the repository's docs/), with f32, with f16 STE, and (control) with f32
+from an adapter start 1 ulp away, and reports the loss curves' max relative difference from
+the f32 run, the final adapters' relative distance, and per STE
 call of the first --ste-probe steps the cosine and relative error of dx(f16) vs dx(f32) on the
 same dy.
 
@@ -355,14 +356,21 @@ def ste_compare(be, shape: str, steps: int, batch: int, probe_steps: int, lr: fl
            "config": {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
                       "vocab": cfg.vocab_size}}
     finals = {}
-    for prec in ("f32", "f16"):
+    start = init_lora(cfg, lcfg, 0)
+    # control: fp32 from a start 1 ulp away (each adapter value times 1 +- 2^-23): how far any
+    # tiny perturbation moves this trajectory, against which f16's difference is read
+    prng = np.random.default_rng(1)
+    nudged = {k: (v * (1 + prng.choice([-1.0, 1.0], v.shape) * 2.0 ** -23)).astype(np.float32)
+              for k, v in start.items()}
+    for run in ("f32", "f16", "f32_ulp"):
+        prec = run[:3]
         be.ste_precision = prec
         model = BitNetModel(weights, be, lcfg)
-        model.set_lora(init_lora(cfg, lcfg, 0))
+        model.set_lora(nudged if run == "f32_ulp" else start)
         keys = trainable_keys(model.lora, lcfg)
         opt = AdamW(be, AdamWConfig(lr=lr))
         sampler = TrainSampler(docs, T, seed=0)
-        probe = _SteProbe(be) if prec == "f32" else None
+        probe = _SteProbe(be) if run == "f32" else None
         losses, times = [], []
         for s_ in range(steps):
             ids, tg = sampler.batch(batch)
@@ -377,21 +385,22 @@ def ste_compare(be, shape: str, steps: int, batch: int, probe_steps: int, lr: fl
             if probe is not None:
                 probe.remove()
             losses.append(float(loss))
-        out[f"losses_{prec}"] = losses
-        out[f"median_step_s_{prec}"] = float(np.median(times[2:] if steps > 4 else times))
+        out[f"losses_{run}"] = losses
+        out[f"median_step_s_{run}"] = float(np.median(times[2:] if steps > 4 else times))
         if probe is not None:
             out["probe"] = probe.stats
-        finals[prec] = model.get_lora()
+        finals[run] = model.get_lora()
         del model, opt
         gc.collect()
-    l32, l16 = np.array(out["losses_f32"]), np.array(out["losses_f16"])
-    out["loss_max_rel_diff"] = float(np.max(np.abs(l16 - l32) / np.abs(l32)))
-    num = sum(float(np.sum((finals["f16"][k] - finals["f32"][k]) ** 2)) for k in finals["f32"])
+    l32 = np.array(out["losses_f32"])
     den = sum(float(np.sum(finals["f32"][k] ** 2)) for k in finals["f32"])
-    start = init_lora(cfg, lcfg, 0)
     moved = sum(float(np.sum((finals["f32"][k] - start[k]) ** 2)) for k in finals["f32"])
-    out["adapter_rel_dist"] = float(np.sqrt(num / den))
-    out["adapter_rel_dist_of_update"] = float(np.sqrt(num / max(moved, 1e-300)))
+    for run, sfx in (("f16", ""), ("f32_ulp", "_f32_ulp")):
+        lo = np.array(out[f"losses_{run}"])
+        out[f"loss_max_rel_diff{sfx}"] = float(np.max(np.abs(lo - l32) / np.abs(l32)))
+        num = sum(float(np.sum((finals[run][k] - finals["f32"][k]) ** 2)) for k in finals["f32"])
+        out[f"adapter_rel_dist{sfx}"] = float(np.sqrt(num / den))
+        out[f"adapter_rel_dist_of_update{sfx}"] = float(np.sqrt(num / max(moved, 1e-300)))
     st = out.get("probe", [])
     if st:
         out["probe_summary"] = {"calls": len(st), "min_cos": min(x["cos"] for x in st),
@@ -469,7 +478,10 @@ def main() -> None:
                   f"{r['losses_f32'][0]:.4f} -> {r['losses_f32'][-1]:.4f}, f16 "
                   f"{r['losses_f16'][0]:.4f} -> {r['losses_f16'][-1]:.4f}; max rel loss diff "
                   f"{r['loss_max_rel_diff']:.2e}; adapter rel dist {r['adapter_rel_dist']:.2e} "
-                  f"({r['adapter_rel_dist_of_update']:.2e} of the update); dx f16 vs f32 over "
+                  f"({r['adapter_rel_dist_of_update']:.2e} of the update); control (fp32 "
+                  f"from a start 1 ulp away): {r['loss_max_rel_diff_f32_ulp']:.2e}, "
+                  f"{r['adapter_rel_dist_f32_ulp']:.2e} "
+                  f"({r['adapter_rel_dist_of_update_f32_ulp']:.2e}); dx f16 vs f32 over "
                   f"{ps.get('calls')} calls: min cos {ps.get('min_cos', float('nan')):.8f}, rel "
                   f"err median {ps.get('median_rel_err', float('nan')):.2e} max "
                   f"{ps.get('max_rel_err', float('nan')):.2e}, worst row {ps.get('max_row_rel_err', float('nan')):.2e}")

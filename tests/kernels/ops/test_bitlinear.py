@@ -232,7 +232,8 @@ def test_reference_ternarize():
 # bitlinear_backward_f16.wgsl against reference.bitlinear_backward_f16 (same semantics: per-row
 # power-of-two scale, f16 rounding, f16 chunk sums in the same order, f32 chunk adds): the same
 # bits up to the final f32 division (WGSL: 2.5 ulp) where the driver rounds f16 to nearest even
-# (lavapipe, NVIDIA), so rtol 4e-7 as the forward's division. Against the fp32 gradient: the
+# (lavapipe, NVIDIA), so 4e-7 of |dx| as the forward's division (with acc: of the STE part,
+# plus the add's rounding: measured on an H200, where fused adds differ). Against fp32: the
 # first-order bound of reference.bitlinear_backward_f16 (u = 2^-11), plus the f16 subnormal
 # spacing for elements far below their row's max.
 
@@ -275,10 +276,12 @@ def test_bitlinear_backward_f16_matches_reference(gpu, close, N, OUT, K, use_acc
                                                    None if acc is None else gpu.tensor(acc)))
     finally:
         gpu.bitlinear_bwd_tile = None
-    want = ref.bitlinear_backward_f16(dy, w.codes, w.weight_scale)
-    if acc is not None:
-        want = want + acc
-    close(got, want, 1e-45, 4e-7 if acc is None else 1e-6, "bitlinear_backward_f16 dx")
+    v = ref.bitlinear_backward_f16(dy, w.codes, w.weight_scale)
+    want = v if acc is None else v + acc
+    # the final division's 2.5 ulp are of v, and acc + v can cancel (NVIDIA may also fuse the
+    # add): 4e-7 of |v| plus one f32 rounding of the sum
+    close(got, want, 1e-45 + 4e-7 * np.abs(v) + (0 if acc is None else 2.0 ** -23 * np.abs(want)),
+          0.0, "bitlinear_backward_f16 dx")
     exact = ref.bitlinear_backward(dy.astype(np.float64), w.codes, w.weight_scale)
     if acc is not None:
         exact = exact + acc
