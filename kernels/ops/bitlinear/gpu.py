@@ -40,9 +40,14 @@ BITLINEAR_TM32_BELOW = 0
 # (a wave and more of an H200's 132 SMs); below, 64 x 64 tiles fill the GPU better.
 BACKWARD_T128_MIN = 128
 # STE input gradient in packed f16 (bitlinear_backward_f16.wgsl) under BITSWARM_GPU_STE=auto on
-# these PCI vendor ids only: where it measured faster than fp32 (docs/benchmarks.md, "f16 STE
-# input gradient"). Empty until measured.
-STE_F16_AUTO_VENDORS: frozenset[int] = frozenset()
+# adapters of this PCI vendor whose name holds one of these: where it measured faster than fp32.
+# On an H200 (Vulkan, driver 580): 2B-4T step 1,404 -> 1,757 tok/s at 16 x 128 and 1,076 ->
+# 1,206 at 4 x 128, and again 1,440 -> 1,778 and 1,084 -> 1,232 with the order reversed
+# (benchmarks/results/train_step-h200-issue11-f16*.json; docs/benchmarks.md "f16 STE input
+# gradient"). The H100 is the same Hopper SM (inferred, not measured). Elsewhere f32: consumer
+# Ampere / Ada parts run f16 FMA at the fp32 rate, and lavapipe runs f16 ~4x slower.
+STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
+STE_F16_AUTO_DEVICES = ("H100", "H200")
 
 
 @dataclass
@@ -219,8 +224,8 @@ def ste_precision(setting: str | None, features, info: dict) -> str:
     """The STE input gradient's arithmetic, "f32" or "f16", for a device with wgpu `features`
     and adapter `info` under `setting` ("f32", "f16" or "auto"; None reads the environment
     variable BITSWARM_GPU_STE, default "auto"). "f16" needs the shader-f16 feature (without it:
-    "f32", logged). "auto" is the measured-faster choice: STE_F16_AUTO_VENDORS are the adapters
-    where f16 measured faster (docs/benchmarks.md), f32 elsewhere. Raises ValueError for another
+    "f32", logged). "auto" is the measured-faster choice: f16 on the adapters named by
+    STE_F16_AUTO_VENDOR / STE_F16_AUTO_DEVICES, f32 elsewhere. Raises ValueError for another
     setting."""
     if setting is None:
         setting = os.environ.get("BITSWARM_GPU_STE", "auto")
@@ -235,7 +240,9 @@ def ste_precision(setting: str | None, features, info: dict) -> str:
         return "f32"
     if setting == "f16":
         return "f16"
-    return "f16" if int(info.get("vendor_id") or 0) in STE_F16_AUTO_VENDORS else "f32"
+    measured = (int(info.get("vendor_id") or 0) == STE_F16_AUTO_VENDOR
+                and any(d in str(info.get("device", "")) for d in STE_F16_AUTO_DEVICES))
+    return "f16" if measured else "f32"
 
 
 def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None) -> Tensor:
