@@ -410,7 +410,8 @@ def main() -> None:
                   f"{(frac or 0) * 100:5.1f}% {tb * 1e3:9.3f} {tb / t:9.3f} {th * 1e3:8.3f}")
         write_json(out_path("kernels", args.out), {          # after every model: partial runs count
             "benchmark": "kernels", "machine": info, "quick": args.quick, "tokens": TOKENS,
-            "lora_rank": RANK, "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"],
+            "lora_rank": RANK,
+            "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"],
                      "fma16_tflops": peak["fma16_tflops"], "fma16_variants": f16p},
             "baseline": base.name, "rows": rows})
 

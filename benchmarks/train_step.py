@@ -319,10 +319,12 @@ class _SteProbe:
         na, d = np.linalg.norm(a), np.linalg.norm(b - a)
         rows = np.linalg.norm(b - a, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-300)
         self.stats.append({"shape": list(w.shape), "n": int(dy.shape[0]),
-                           "cos": float(a.ravel() @ b.ravel() / max(na * np.linalg.norm(b), 1e-300)),
+                           "cos": float(a.ravel() @ b.ravel()
+                                        / max(na * np.linalg.norm(b), 1e-300)),
                            "rel_err": float(d / max(na, 1e-300)),
                            "max_row_rel_err": float(rows.max()),
-                           "max_abs_err_over_max": float(np.abs(b - a).max() / max(np.abs(a).max(), 1e-300)),
+                           "max_abs_err_over_max": float(np.abs(b - a).max()
+                                                         / max(np.abs(a).max(), 1e-300)),
                            "dy_row_absmax_range": [float(v) for v in np.percentile(
                                np.abs(be.numpy(dy)).max(axis=1), [0, 50, 100])]})
         return self.inner(dy, w, acc)
@@ -484,7 +486,8 @@ def main() -> None:
                   f"({r['adapter_rel_dist_of_update_f32_ulp']:.2e}); dx f16 vs f32 over "
                   f"{ps.get('calls')} calls: min cos {ps.get('min_cos', float('nan')):.8f}, rel "
                   f"err median {ps.get('median_rel_err', float('nan')):.2e} max "
-                  f"{ps.get('max_rel_err', float('nan')):.2e}, worst row {ps.get('max_row_rel_err', float('nan')):.2e}")
+                  f"{ps.get('max_rel_err', float('nan')):.2e}, worst row "
+                  f"{ps.get('max_row_rel_err', float('nan')):.2e}")
             sys.stdout.flush()
             write_json(out_path("train_step_ste_compare", args.out), {
                 "benchmark": "train_step --ste-compare", "machine": info, "rows": res})

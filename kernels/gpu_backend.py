@@ -65,8 +65,10 @@ class GpuBackend:
 
     @property
     def device_info(self) -> str:
-        """The wgpu adapter in one line (for the node's log)."""
-        return f"wgpu adapter {describe_adapter(self.ctx.info)}"
+        """The wgpu adapter in one line (for the node's log), with the STE gradient's
+        arithmetic."""
+        return (f"wgpu adapter {describe_adapter(self.ctx.info)}; "
+                f"STE input gradient {self.ste_precision}")
 
     @property
     def device_warning(self) -> str | None:

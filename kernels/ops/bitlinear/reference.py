@@ -1,7 +1,7 @@
 """NumPy reference of the W1.58A8 BitLinear family: the semantics of quantize_act.wgsl,
 bitlinear.wgsl (main, main3, split-K reduce), bitlinear_backward.wgsl (fp32, the reference
-path), bitlinear_backward_f16.wgsl (f16 partial sums, behind GpuBackend.ste_precision), ternarize.wgsl +
-ternarize_pack.wgsl and dequantize_act.wgsl.
+path), bitlinear_backward_f16.wgsl (f16 partial sums, behind GpuBackend.ste_precision),
+ternarize.wgsl + ternarize_pack.wgsl and dequantize_act.wgsl.
 
 Sources: BitNet b1.58 (arXiv:2402.17764, eq. 1-3) and transformers' integrations/bitnet.py:
 absmean ternary weights (WeightQuant, fp32), per-token absmax int8 activations (ActQuant), and
