@@ -127,14 +127,15 @@ def _forced(be, tm, kw, splits, fn):
     return run
 
 
-def _ste(be, precision: str, chunk: int, dy, w):
-    """The STE input gradient with be.ste_precision / be.ste_chunk forced (restored after)."""
-    saved = be.ste_precision, be.ste_chunk
-    be.ste_precision, be.ste_chunk = precision, chunk
+def _ste(be, precision: str, chunk: int, dy, w, select: bool = False):
+    """The STE input gradient with be.ste_precision / ste_chunk / ste_select_decode forced
+    (restored after)."""
+    saved = be.ste_precision, be.ste_chunk, be.ste_select_decode
+    be.ste_precision, be.ste_chunk, be.ste_select_decode = precision, chunk, select
     try:
         return be.bitlinear_backward(dy, w)
     finally:
-        be.ste_precision, be.ste_chunk = saved
+        be.ste_precision, be.ste_chunk, be.ste_select_decode = saved
 
 
 def _ste_rows(be, dy):
@@ -258,6 +259,10 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
                             pname if ch == 32 else f"{pname} chunk={ch}",
                             lambda dy=dy, w=w, ch=ch: _ste(be, "f16", ch, dy, w), ops, "fma",
                             base.mm(by, bw.T), {"ste_precision": "f16", "ste_chunk": ch}))
+            out.append(("W1.58A8 input grad (STE) f16", f"{pname} select decode",
+                        lambda dy=dy, w=w: _ste(be, "f16", 32, dy, w, True), ops, "fma",
+                        base.mm(by, bw.T), {"ste_precision": "f16", "ste_chunk": 32,
+                                            "ste_select_decode": True}))
             out.append(("W1.58A8 input grad (STE) f16", f"{pname} rows pass alone",
                         lambda dy=dy: _ste_rows(be, dy), 0, "fma", base.mm(by, bw.T),
                         {"ste_precision": "f16"}))

@@ -24,7 +24,8 @@ family, calls and milliseconds (host encoding + GPU time of that op, no overlap)
 the step's own time without the syncs.
 
 --ste f32,f16 runs our step with each STE input-gradient arithmetic (GpuBackend.ste_precision:
-fp32, or packed-f16 partial sums where the adapter has shader-f16), each its own row; torch
+fp32, or packed-f16 partial sums where the adapter has shader-f16; f16sel: f16 with
+ste_select_decode), each its own row; torch
 runs once per shape. --ste-compare STEPS instead trains STEPS steps of each --models shape
 ("default": the embedded default model) from the same seed on the same real-text batches
 (node/data.py over the repository's docs/), with f32, with f16 STE, and (control) with f32
@@ -432,8 +433,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="ours only: time every backend op with the GPU synced around it")
     ap.add_argument("--ste", default=None, metavar="LIST",
-                    help="comma list of STE input-gradient arithmetics for our rows: f32, f16 "
-                         "(default: the backend's choice, BITSWARM_GPU_STE / auto)")
+                    help="comma list of STE input-gradient arithmetics for our rows: f32, f16, "
+                         "f16sel (f16 decoding codes by selects; default: the backend's choice, "
+                         "BITSWARM_GPU_STE / auto)")
     ap.add_argument("--ste-compare", type=int, default=0, metavar="STEPS",
                     help="train STEPS steps per --models shape (or 'default') with f32 and f16 "
                          "STE on the same data and compare (no timing rows)")
@@ -466,9 +468,9 @@ def main() -> None:
     info = machine_info(be.ctx)
     print(f"adapter: {info['adapter']}")
     stes = [v.strip() for v in args.ste.split(",")] if args.ste else [be.ste_precision]
-    if any(v not in ("f32", "f16") for v in stes):
-        ap.error(f"--ste: expected f32 and/or f16, got {args.ste!r}")
-    if "f16" in stes and "shader-f16" not in be.ctx.features:
+    if any(v not in ("f32", "f16", "f16sel") for v in stes):
+        ap.error(f"--ste: expected f32, f16 and/or f16sel, got {args.ste!r}")
+    if any(v.startswith("f16") for v in stes) and "shader-f16" not in be.ctx.features:
         ap.error("--ste f16: this adapter lacks shader-f16")
     if args.ste_compare:
         res = []
@@ -503,7 +505,7 @@ def main() -> None:
         for model in models:
             for targets in args.targets.split(","):
                 for B, ste in [(b, x) for b in batches for x in stes]:
-                    be.ste_precision = ste
+                    be.ste_precision, be.ste_select_decode = ste[:3], ste == "f16sel"
                     prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
                     profiles.append({"model": model, "targets": targets, "B": B, "T": T,
                                      "ste": ste, **prof})
@@ -524,7 +526,7 @@ def main() -> None:
             r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
                  "rank": RANK, "ste": ste}
             ob = backends[emb]
-            ob.ste_precision = ste
+            ob.ste_precision, ob.ste_select_decode = ste[:3], ste == "f16sel"
             first = emb == residencies[0] and ste == stes[0]
             ob.ctx.trim()
             ob.ctx.reset_peak()

@@ -105,6 +105,9 @@ class GpuBackend:
         self.ste_precision: str = _bitlinear.ste_precision(ste, self.ctx.features, self.ctx.info)
         # o terms per f16 partial sum of the f16 path (16, 32 or 64; same error bound form)
         self.ste_chunk: int = _bitlinear.STE_F16_CHUNK
+        # f16 path: decode codes by integer compares and selects (True) or conversions (False);
+        # the same values, only speed differs (bitlinear_backward_f16.wgsl SELECT_DECODE)
+        self.ste_select_decode: bool = _bitlinear.STE_F16_SELECT_DECODE
         # LoRA's rank-r matmul shapes on kernels/ops/matmul/skinny_*.wgsl (True) or on the
         # tiled matmul.wgsl (False, for A/B runs); the same products within fp32 rounding.
         self.matmul_skinny: bool = True

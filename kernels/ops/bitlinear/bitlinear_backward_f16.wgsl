@@ -24,6 +24,11 @@ enable f16;
 
 override ACC: bool = false;
 override CH: u32 = 32u;                 // o per f16 partial sum: 16, 32 or 64 (multiple of OS)
+// Codes to f16 by integer compares and selects (true) or by i32 -> f16 conversions (false);
+// the same values. Conversions issue at a fraction of the integer rate on NVIDIA GPUs (CUDA C++
+// Programming Guide, arithmetic instruction throughput). (A bitcast of packed bits to
+// vec2<f16> would be cheaper still, but naga 0.32 types it as f32 and rejects the shader.)
+override SELECT_DECODE: bool = false;
 
 // ---------------------------------------------------------------- rows: exponent and f16 copy
 struct RParams { n: u32, out: u32, op2: u32, top: i32 }
@@ -77,8 +82,12 @@ const OS: u32 = 16u;                    // o per barrier step (both entries)
 
 // Codes of the low byte of x (four 2-bit fields, code + 1) as f16.
 fn codes4(x: u32) -> vec4<f16> {
-    return vec4<f16>(vec4<i32>(i32(x & 3u), i32((x >> 2u) & 3u), i32((x >> 4u) & 3u),
-                               i32((x >> 6u) & 3u)) - vec4<i32>(1));
+    let f = vec4<u32>(x & 3u, (x >> 2u) & 3u, (x >> 4u) & 3u, (x >> 6u) & 3u);
+    if (SELECT_DECODE) {
+        let one = vec4<f16>(1.0h);
+        return select(select(vec4<f16>(0.0h), one, f == vec4<u32>(2u)), -one, f == vec4<u32>(0u));
+    }
+    return vec4<f16>(vec4<i32>(f) - vec4<i32>(1));
 }
 
 fn store(n: u32, k0: u32, v: vec4<f32>) {

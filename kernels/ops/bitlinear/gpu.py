@@ -46,6 +46,7 @@ BACKWARD_T128_MIN = 128
 # (benchmarks/results/train_step-h200-issue11-f16*.json; docs/benchmarks.md "f16 STE input
 # gradient"). The H100 is the same Hopper SM (inferred, not measured). Elsewhere f32: consumer
 # Ampere / Ada parts run f16 FMA at the fp32 rate, and lavapipe runs f16 ~4x slower.
+STE_F16_SELECT_DECODE = False   # bitlinear_backward_f16.wgsl SELECT_DECODE default (see there)
 STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
 STE_F16_AUTO_DEVICES = ("H100", "H200")
 
@@ -295,4 +296,6 @@ def _backward_f16(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, 
     be._launch("bitlinear_backward_f16", [dy16, rs, w.packed, dx], grid,
                dict(n=N, out=OUT, op4=op // 4, k=K, k16=(K + 15) // 16,
                     weight_scale=w.weight_scale, wrow0=w.row0),
-               name="main8" if t == 128 else "main", constants={"ACC": int(acc), "CH": chunk})
+               name="main8" if t == 128 else "main",
+               constants={"ACC": int(acc), "CH": chunk,
+                          "SELECT_DECODE": int(getattr(be, "ste_select_decode", False))})

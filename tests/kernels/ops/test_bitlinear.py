@@ -264,18 +264,22 @@ def _f16_bound(dy, codes, ws, chunk):
                                              (6, 2560, 20, False), (200, 97, 260, True),
                                              (130, 33, 17, False)])
 @pytest.mark.parametrize("tile", [64, 128])
-def test_bitlinear_backward_f16_matches_reference(gpu, close, N, OUT, K, use_acc, tile):
+@pytest.mark.parametrize("select_decode", [False, True])
+def test_bitlinear_backward_f16_matches_reference(gpu, close, N, OUT, K, use_acc, tile,
+                                                  select_decode):
+    """Both tiles, both code decoders (SELECT_DECODE: the same f16 values)."""
     if "shader-f16" not in gpu.ctx.features:
         pytest.skip("adapter lacks shader-f16")
     rng = np.random.default_rng(21)
     dy, w = _f16_dy(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
     acc = rnd(rng, N, K) if use_acc else None
-    gpu.bitlinear_bwd_tile = tile
+    gpu.bitlinear_bwd_tile, saved = tile, gpu.ste_select_decode
+    gpu.ste_select_decode = select_decode
     try:
         got = gpu.numpy(gpu.bitlinear_backward_f16(gpu.tensor(dy), gpu.ternary(w),
                                                    None if acc is None else gpu.tensor(acc)))
     finally:
-        gpu.bitlinear_bwd_tile = None
+        gpu.bitlinear_bwd_tile, gpu.ste_select_decode = None, saved
     v = ref.bitlinear_backward_f16(dy, w.codes, w.weight_scale)
     want = v if acc is None else v + acc
     # the final division's 2.5 ulp are of v, and acc + v can cancel (NVIDIA may also fuse the
