@@ -4,7 +4,10 @@ baseline measured in the same run (torch bf16 on CUDA when torch sees a GPU, els
 Cases per model shape (benchmarks/shapes.py): W1.58A8 forward of each projection shape (the
 dp4a GEMM alone, and with rmsnorm + quantize_act), its straight-through input gradient,
 LoRA r=8 matmuls (forward A, B; backward dB, dh, dA, dx), causal GQA attention forward and
-backward, the fp32 lm_head forward/backward, and RMSNorm + activation quantization.
+backward, the fp32 lm_head forward/backward, and RMSNorm + activation quantization. Where the
+adapter has shader-f16, the STE gradient also on its f16 path (bitlinear_backward_f16.wgsl,
+rows "W1.58A8 input grad (STE) f16", each --ste-chunks length, and its first pass alone), and
+the packed-f16 FMA peak beside the fp32 one.
 Ops: GEMMs count 2*M*N*K; attention counts the causal half of 2 GEMMs forward (4*B*Hq*T^2*hd/2)
 and 5 GEMM-equivalents backward. Times: GPU execution (encoded untimed, then submit + wait timed) and, separately, the host's
 encoding time per call. Fraction of peak: against peak.py's dp4a TOP/s for the int8
@@ -12,7 +15,7 @@ GEMM, its fp32 FMA TFLOP/s for the rest (pass --peak PATH, or it is measured her
 
     python benchmarks/kernels.py [--quick] [--models 125m,1b,2b4t] [--peak PATH] [--out PATH]
                                  [--bitlinear-splits 1,2,4,auto] [--bitlinear-kw 16,32]
-                                 [--bitlinear-tm 64,32,auto]
+                                 [--bitlinear-tm 64,32,auto] [--ste-chunks 16,32,64]
 
 --bitlinear-splits / --bitlinear-kw / --bitlinear-tm add, per projection, group "W1.58A8 GEMM
 split-K" rows timing the GEMM at each (tile rows, K step, split count) triple:
@@ -124,10 +127,86 @@ def _forced(be, tm, kw, splits, fn):
     return run
 
 
-def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
+def _ste(be, precision: str, chunk: int, dy, w, select: bool = False):
+    """The STE input gradient with be.ste_precision / ste_chunk / ste_select_decode forced
+    (restored after)."""
+    saved = be.ste_precision, be.ste_chunk, be.ste_select_decode
+    be.ste_precision, be.ste_chunk, be.ste_select_decode = precision, chunk, select
+    try:
+        return be.bitlinear_backward(dy, w)
+    finally:
+        be.ste_precision, be.ste_chunk, be.ste_select_decode = saved
+
+
+def _ste_rows(be, dy):
+    """Only the f16 path's first pass (per-row exponent, dy to scaled f16), as it launches it."""
+    from bitswarm.kernels.device import grid_for
+    from bitswarm.kernels.ops.bitlinear.reference import ste_f16_top
+    N, OUT = dy.shape
+    op = -(-OUT // 16) * 16
+    dy16, rs = be._new((N, op), "float16"), be._new((N,))
+    be._launch("bitlinear_backward_f16", [dy, dy16, rs], grid_for(N),
+               dict(n=N, out=OUT, op2=op // 2, top=ste_f16_top(be.ste_chunk)), name="rows")
+    return dy16, rs
+
+
+# Packed-f16 FMA peak (HFMA2 on NVIDIA), the register-only loop of peak.py's fp32 FMA with
+# `chains` independent vec{width}<f16> accumulators (fma each per iteration).
+def _fma16_src(chains: int, width: int) -> str:
+    t = f"vec{width}<f16>"
+    init = "\n".join(f"    var a{i} = {t}(x + {0.0625 * i:.4f}h);" for i in range(chains))
+    body = "\n".join(f"        a{i} = fma(a{i}, m, c);" for i in range(chains))
+    total = " + ".join(f"a{i}" for i in range(chains))
+    return f"""
+enable f16;
+struct P {{ iters: u32, seed: u32 }}
+@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<uniform> p: P;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let x = f16(f32(i & 255u) * 1e-3);
+{init}
+    let m = {t}(0.999h) + f16(f32(p.seed & 1u) * 1e-3);
+    let c = {t}(1e-3h);
+    for (var it = 0u; it < p.iters; it++) {{
+{body}
+    }}
+    let s = {t}({total});
+    out[i] = f32(dot(vec{width}<f32>(s), vec{width}<f32>(1.0)));
+}}
+"""
+
+
+FMA16_VARIANTS = ((4, 4), (8, 4), (8, 2), (16, 2))      # (chains, width)
+
+
+def _fma16_peak(ctx, quick: bool) -> dict | None:
+    """Packed-f16 FMA TFLOP/s of each FMA16_VARIANTS probe and their best (None without
+    shader-f16): lower bounds, as peak.py's."""
+    if "shader-f16" not in ctx.features:
+        return None
+    from bitswarm.kernels.device import grid_for, parse_params
+    n_wg, iters, reps = (64, 256, 2) if quick else (16384, 8192, 3)
+    out = ctx.alloc((n_wg * 256,), "int32")
+    res = {}
+    for chains, width in FMA16_VARIANTS:
+        src = _fma16_src(chains, width)
+        k = ctx.kernel(f"peak_fma16_{chains}x{width}", lambda src=src: src, "main")
+        params = parse_params("peak_fma16", src, "P").pack(iters=iters, seed=12345)
+        dt, _ = time_gpu(ctx, lambda: ctx.dispatch(k, [out], params, grid_for(n_wg)), inner=3,
+                         reps=reps)
+        res[f"{chains}x vec{width}<f16>"] = n_wg * 256 * iters * chains * width * 2 / dt / 1e12
+    res["best"] = max(res.values())
+    return res
+
+
+def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
+              ste_chunks=(32,)):
     """(group, name, ours (callable encoding GPU work), ops, peak kind, baseline callable,
     extra row fields). sweep: (bitlinear_tm, bitlinear_kw, bitlinear_splits) triples for the
-    split-K rows."""
+    split-K rows; ste_chunks: f16 STE chunk lengths timed (rows "W1.58A8 input grad (STE) f16",
+    where the adapter has shader-f16; "% of peak" there is against the fp32 FMA peak too)."""
     from bitswarm.kernels.config import TernaryLinear
     N = 64 if quick else TOKENS       # TOKENS: --tokens
     D, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -172,8 +251,21 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=()):
         out.append(("W1.58A8 fwd + rmsnorm + quantize", pname, fwd_full, ops, "dp4a",
                     base.mm(bx, bw)))
         out.append(("W1.58A8 input grad (STE)", pname,
-                    lambda dy=dy, w=w: be.bitlinear_backward(dy, w), ops, "fma",
-                    base.mm(by, bw.T)))
+                    lambda dy=dy, w=w: _ste(be, "f32", 32, dy, w), ops, "fma",
+                    base.mm(by, bw.T), {"ste_precision": "f32"}))
+        if "shader-f16" in be.ctx.features:
+            for ch in ste_chunks:
+                out.append(("W1.58A8 input grad (STE) f16",
+                            pname if ch == 32 else f"{pname} chunk={ch}",
+                            lambda dy=dy, w=w, ch=ch: _ste(be, "f16", ch, dy, w), ops, "fma",
+                            base.mm(by, bw.T), {"ste_precision": "f16", "ste_chunk": ch}))
+            out.append(("W1.58A8 input grad (STE) f16", f"{pname} select decode",
+                        lambda dy=dy, w=w: _ste(be, "f16", 32, dy, w, True), ops, "fma",
+                        base.mm(by, bw.T), {"ste_precision": "f16", "ste_chunk": 32,
+                                            "ste_select_decode": True}))
+            out.append(("W1.58A8 input grad (STE) f16", f"{pname} rows pass alone",
+                        lambda dy=dy: _ste_rows(be, dy), 0, "fma", base.mm(by, bw.T),
+                        {"ste_precision": "f16"}))
     # projections that read the same input, as one GEMM (bitlinear_group, as the model runs them)
     for pname, outs in {"q/k/v fused (D->(Hq+2Hkv)*hd)": (Hq * hd, Hkv * hd, Hkv * hd),
                         "gate+up fused (D->2I)": (I, I)}.items():
@@ -261,8 +353,16 @@ def main() -> None:
                     help="token rows N of every case (default 512 = 4 x 128)")
     ap.add_argument("--gemm-tile", default="auto", choices=["auto", "64", "128"],
                     help="force the W1.58A8 forward and STE-gradient tile edge (A/B runs)")
+    ap.add_argument("--ste-chunks", default="32", metavar="LIST",
+                    help="comma list of f16 STE chunk lengths (16, 32, 64) to time beside the "
+                         "fp32 STE rows (adapters with shader-f16 only)")
+    ap.add_argument("--groups", default="", metavar="LIST",
+                    help="comma list of substrings: time only cases whose group holds one "
+                         "(e.g. 'STE' for the input-gradient rows alone)")
     args = ap.parse_args()
     TOKENS = args.tokens
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    ste_chunks = [int(v) for v in args.ste_chunks.split(",") if v.strip()]
     splits_list = [None if v.strip() == "auto" else int(v)
                    for v in args.bitlinear_splits.split(",") if v.strip()]
     kw_list = [int(v) for v in args.bitlinear_kw.split(",") if v.strip()]
@@ -279,7 +379,12 @@ def main() -> None:
     info = machine_info(ctx)
     print(f"adapter: {info['adapter']}")
     peak = _peak(ctx, args.peak, args.quick)
-    print(f"peak: dp4a {peak['dp4a_tops']:.2f} TOP/s, fp32 FMA {peak['fma_tflops']:.2f} TFLOP/s")
+    f16p = _fma16_peak(ctx, args.quick)
+    peak["fma16_tflops"] = f16p and f16p["best"]
+    print(f"peak: dp4a {peak['dp4a_tops']:.2f} TOP/s, fp32 FMA {peak['fma_tflops']:.2f} TFLOP/s"
+          + (f", packed f16 FMA {peak['fma16_tflops']:.2f} TFLOP/s ("
+             + ", ".join(f"{k} {v:.1f}" for k, v in f16p.items() if k != "best") + ")"
+             if f16p else ""))
     base = Baseline(args.quick)
     models = (args.models or ("tiny" if args.quick else "125m,1b,2b4t")).split(",")
     inner, reps = (2, 2) if args.quick else (10, 5)
@@ -292,7 +397,10 @@ def main() -> None:
         print(f"{'group':34s} {'case':34s} {'gpu ms':>9s} {'T(FL)OP/s':>9s} {'%peak':>6s}"
               f" {'base ms':>9s} {'base/ours':>9s} {'host ms':>8s}")
         for group, name, fn, ops, kind, bfn, *extra in cases_for(model, cfg, be, base, rng,
-                                                                 args.quick, sweep):
+                                                                 args.quick, sweep,
+                                                                 ste_chunks):
+            if groups and not any(g in group for g in groups):
+                continue
             t, th = time_gpu(ctx, fn, inner=inner, reps=reps)
             tb = base.time(bfn)
             pk = peak["dp4a_tops" if kind == "dp4a" else "fma_tflops"]
@@ -307,7 +415,9 @@ def main() -> None:
                   f"{(frac or 0) * 100:5.1f}% {tb * 1e3:9.3f} {tb / t:9.3f} {th * 1e3:8.3f}")
         write_json(out_path("kernels", args.out), {          # after every model: partial runs count
             "benchmark": "kernels", "machine": info, "quick": args.quick, "tokens": TOKENS,
-            "lora_rank": RANK, "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"]},
+            "lora_rank": RANK,
+            "peak": {"dp4a_tops": peak["dp4a_tops"], "fma_tflops": peak["fma_tflops"],
+                     "fma16_tflops": peak["fma16_tflops"], "fma16_variants": f16p},
             "baseline": base.name, "rows": rows})
 
 

@@ -15,12 +15,24 @@ Baselines, same shapes, same run:
 
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
                                     [--embeddings gpu,host] [--recompute auto|on|off]
-                                    [--batch 4,16] [--profile]
+                                    [--batch 4,16] [--profile] [--ste f32,f16]
+                                    [--ste-compare STEPS [--ste-probe 2]]
 
 --batch runs every listed batch size (sequences of ctx 128; each its own row, default 4).
 --profile (ours only) syncs the GPU around every backend op of the step and reports, per op
 family, calls and milliseconds (host encoding + GPU time of that op, no overlap), the sum and
 the step's own time without the syncs.
+
+--ste f32,f16 runs our step with each STE input-gradient arithmetic (GpuBackend.ste_precision:
+fp32, or packed-f16 partial sums where the adapter has shader-f16; f16sel: f16 with
+ste_select_decode), each its own row; torch
+runs once per shape. --ste-compare STEPS instead trains STEPS steps of each --models shape
+("default": the embedded default model) from the same seed on the same real-text batches
+(node/data.py over the repository's docs/), with f32, with f16 STE, and (control) with f32
+from an adapter start 1 ulp away, and reports the loss curves' max relative difference from
+the f32 run, the final adapters' relative distance, and per STE
+call of the first --ste-probe steps the cosine and relative error of dx(f16) vs dx(f32) on the
+same dy.
 
 --embeddings host keeps the embedding / lm_head table in host memory and streams it through the
 GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
@@ -286,6 +298,121 @@ def run_torch(torch, cfg, targets, steps: int, warmup: int, tmp: Path) -> dict:
     return res
 
 
+class _SteProbe:
+    """Wraps be.bitlinear_backward: every call also computes the STE gradient of the same dy on
+    both paths, without acc (reads both back: a sync per call), and records cosine and relative
+    errors of f16 against f32 per weight shape. Returns what the wrapped path returns."""
+
+    def __init__(self, be):
+        self.be, self.stats = be, []
+        self.inner = type(be).bitlinear_backward.__get__(be)
+
+    def __call__(self, dy, w, acc=None):
+        be = self.be
+        saved = be.ste_precision
+        try:
+            be.ste_precision = "f32"
+            a = be.numpy(self.inner(dy, w)).astype(np.float64)
+            be.ste_precision = "f16"
+            b = be.numpy(self.inner(dy, w)).astype(np.float64)
+        finally:
+            be.ste_precision = saved
+        na, d = np.linalg.norm(a), np.linalg.norm(b - a)
+        rows = np.linalg.norm(b - a, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-300)
+        self.stats.append({"shape": list(w.shape), "n": int(dy.shape[0]),
+                           "cos": float(a.ravel() @ b.ravel()
+                                        / max(na * np.linalg.norm(b), 1e-300)),
+                           "rel_err": float(d / max(na, 1e-300)),
+                           "max_row_rel_err": float(rows.max()),
+                           "max_abs_err_over_max": float(np.abs(b - a).max()
+                                                         / max(np.abs(a).max(), 1e-300)),
+                           "dy_row_absmax_range": [float(v) for v in np.percentile(
+                               np.abs(be.numpy(dy)).max(axis=1), [0, 50, 100])]})
+        return self.inner(dy, w, acc)
+
+    def install(self):
+        self.be.bitlinear_backward = self
+
+    def remove(self):
+        self.be.__dict__.pop("bitlinear_backward", None)
+
+
+def ste_compare(be, shape: str, steps: int, batch: int, probe_steps: int, lr: float = 1e-3
+                ) -> dict:
+    """Train `steps` steps of shape ("default" or a CONFIGS name, random weights) with f32 and
+    then f16 STE from the same adapter seed on the same real-text batches; see --ste-compare."""
+    from bitswarm.kernels.config import LoRAConfig
+    from bitswarm.kernels.lora import init_lora, trainable_keys
+    from bitswarm.kernels.model import BitNetModel
+    from bitswarm.kernels.optim import AdamW, AdamWConfig
+    from bitswarm.node.data import TrainSampler, find_text_files, split_train_heldout, tokenize
+    from bitswarm.node.models import load_model
+    loaded = load_model(None)
+    weights = loaded.weights if shape == "default" else fast_weights(CONFIGS[shape], 0)
+    cfg = weights.config
+    train, _ = split_train_heldout(find_text_files(Path(__file__).resolve().parent.parent / "docs"))
+    docs = [tokenize(loaded.tokenizer, f) for f in train]
+    for d in docs:
+        d.ids = np.asarray(d.ids) % cfg.vocab_size
+    lcfg = LoRAConfig(rank=RANK, alpha=ALPHA, target_modules=TARGETS["qkvo"])
+    out = {"model": shape, "B": batch, "T": T, "steps": steps, "lr": lr,
+           "config": {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
+                      "vocab": cfg.vocab_size}}
+    finals = {}
+    start = init_lora(cfg, lcfg, 0)
+    # control: fp32 from a start 1 ulp away (each adapter value times 1 +- 2^-23): how far any
+    # tiny perturbation moves this trajectory, against which f16's difference is read
+    prng = np.random.default_rng(1)
+    nudged = {k: (v * (1 + prng.choice([-1.0, 1.0], v.shape) * 2.0 ** -23)).astype(np.float32)
+              for k, v in start.items()}
+    for run in ("f32", "f16", "f32_ulp"):
+        prec = run[:3]
+        be.ste_precision = prec
+        model = BitNetModel(weights, be, lcfg)
+        model.set_lora(nudged if run == "f32_ulp" else start)
+        keys = trainable_keys(model.lora, lcfg)
+        opt = AdamW(be, AdamWConfig(lr=lr))
+        sampler = TrainSampler(docs, T, seed=0)
+        probe = _SteProbe(be) if run == "f32" else None
+        losses, times = [], []
+        for s_ in range(steps):
+            ids, tg = sampler.batch(batch)
+            if probe is not None and s_ < probe_steps:
+                probe.install()
+            t0 = time.perf_counter()
+            loss, _, grads = model.loss_and_grads(ids, tg)
+            opt.step(model.lora, {k: grads[k] for k in keys})
+            del grads
+            be.ctx.sync()
+            times.append(time.perf_counter() - t0)
+            if probe is not None:
+                probe.remove()
+            losses.append(float(loss))
+        out[f"losses_{run}"] = losses
+        out[f"median_step_s_{run}"] = float(np.median(times[2:] if steps > 4 else times))
+        if probe is not None:
+            out["probe"] = probe.stats
+        finals[run] = model.get_lora()
+        del model, opt
+        gc.collect()
+    l32 = np.array(out["losses_f32"])
+    den = sum(float(np.sum(finals["f32"][k] ** 2)) for k in finals["f32"])
+    moved = sum(float(np.sum((finals["f32"][k] - start[k]) ** 2)) for k in finals["f32"])
+    for run, sfx in (("f16", ""), ("f32_ulp", "_f32_ulp")):
+        lo = np.array(out[f"losses_{run}"])
+        out[f"loss_max_rel_diff{sfx}"] = float(np.max(np.abs(lo - l32) / np.abs(l32)))
+        num = sum(float(np.sum((finals[run][k] - finals["f32"][k]) ** 2)) for k in finals["f32"])
+        out[f"adapter_rel_dist{sfx}"] = float(np.sqrt(num / den))
+        out[f"adapter_rel_dist_of_update{sfx}"] = float(np.sqrt(num / max(moved, 1e-300)))
+    st = out.get("probe", [])
+    if st:
+        out["probe_summary"] = {"calls": len(st), "min_cos": min(x["cos"] for x in st),
+                                "max_rel_err": max(x["rel_err"] for x in st),
+                                "median_rel_err": float(np.median([x["rel_err"] for x in st])),
+                                "max_row_rel_err": max(x["max_row_rel_err"] for x in st)}
+    return out
+
+
 def main() -> None:
     ap = parser("train_step", __doc__.splitlines()[0])
     ap.add_argument("--models", default=None)
@@ -305,6 +432,15 @@ def main() -> None:
                     help="LoRA's rank-r products on skinny_*.wgsl or the tiled matmul (A/B runs)")
     ap.add_argument("--profile", action="store_true",
                     help="ours only: time every backend op with the GPU synced around it")
+    ap.add_argument("--ste", default=None, metavar="LIST",
+                    help="comma list of STE input-gradient arithmetics for our rows: f32, f16, "
+                         "f16sel (f16 decoding codes by selects; default: the backend's choice, "
+                         "BITSWARM_GPU_STE / auto)")
+    ap.add_argument("--ste-compare", type=int, default=0, metavar="STEPS",
+                    help="train STEPS steps per --models shape (or 'default') with f32 and f16 "
+                         "STE on the same data and compare (no timing rows)")
+    ap.add_argument("--ste-probe", type=int, default=2, metavar="STEPS",
+                    help="--ste-compare: steps whose every STE call is compared f16 vs f32")
     args = ap.parse_args()
     global B, T
     if args.quick:
@@ -331,21 +467,50 @@ def main() -> None:
         _SharedCodesGpu.install(backends["host"])
     info = machine_info(be.ctx)
     print(f"adapter: {info['adapter']}")
+    stes = [v.strip() for v in args.ste.split(",")] if args.ste else [be.ste_precision]
+    if any(v not in ("f32", "f16", "f16sel") for v in stes):
+        ap.error(f"--ste: expected f32, f16 and/or f16sel, got {args.ste!r}")
+    if any(v.startswith("f16") for v in stes) and "shader-f16" not in be.ctx.features:
+        ap.error("--ste f16: this adapter lacks shader-f16")
+    if args.ste_compare:
+        res = []
+        for model in (args.models or "default,125m").split(","):
+            r = ste_compare(be, model, args.ste_compare, batches[0], args.ste_probe)
+            res.append(r)
+            ps = r.get("probe_summary", {})
+            print(f"{model}: {args.ste_compare} steps at {batches[0]} x {T}; loss f32 "
+                  f"{r['losses_f32'][0]:.4f} -> {r['losses_f32'][-1]:.4f}, f16 "
+                  f"{r['losses_f16'][0]:.4f} -> {r['losses_f16'][-1]:.4f}; max rel loss diff "
+                  f"{r['loss_max_rel_diff']:.2e}; adapter rel dist {r['adapter_rel_dist']:.2e} "
+                  f"({r['adapter_rel_dist_of_update']:.2e} of the update); control (fp32 "
+                  f"from a start 1 ulp away): {r['loss_max_rel_diff_f32_ulp']:.2e}, "
+                  f"{r['adapter_rel_dist_f32_ulp']:.2e} "
+                  f"({r['adapter_rel_dist_of_update_f32_ulp']:.2e}); dx f16 vs f32 over "
+                  f"{ps.get('calls')} calls: min cos {ps.get('min_cos', float('nan')):.8f}, rel "
+                  f"err median {ps.get('median_rel_err', float('nan')):.2e} max "
+                  f"{ps.get('max_rel_err', float('nan')):.2e}, worst row "
+                  f"{ps.get('max_row_rel_err', float('nan')):.2e}")
+            sys.stdout.flush()
+            write_json(out_path("train_step_ste_compare", args.out), {
+                "benchmark": "train_step --ste-compare", "machine": info, "rows": res})
+        return
     torch = None if (args.no_torch or args.quick) else torch_cuda()
     models = (args.models or ("tiny" if args.quick else "125m,1b,2b4t")).split(",")
     steps = args.steps or (2 if args.quick else 3)
     rows = []
-    print(f"{'model':6s} {'B':>3s} {'targets':7s} {'system':12s} {'tok/s':>10s} {'step ms':>9s} {'peak MiB':>9s}"
+    print(f"{'model':6s} {'B':>3s} {'targets':7s} {'system':16s} {'tok/s':>10s} {'step ms':>9s} {'peak MiB':>9s}"
           f" {'ours/base':>9s}")
     if args.profile:
         profiles = []
         for model in models:
             for targets in args.targets.split(","):
-                for B in batches:
+                for B, ste in [(b, x) for b in batches for x in stes]:
+                    be.ste_precision, be.ste_select_decode = ste[:3], ste == "f16sel"
                     prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
-                    profiles.append({"model": model, "targets": targets, "B": B, "T": T, **prof})
-                    print(f"{model} {targets} batch {B} x {T}, recompute {prof['recompute']}; "
-                          f"best of {steps} steps, ms:")
+                    profiles.append({"model": model, "targets": targets, "B": B, "T": T,
+                                     "ste": ste, **prof})
+                    print(f"{model} {targets} batch {B} x {T}, STE {ste}, recompute "
+                          f"{prof['recompute']}; best of {steps} steps, ms:")
                     for k, v in prof.items():
                         if isinstance(v, dict):
                             c = "" if v["calls"] is None else f"({v['calls']})"
@@ -356,10 +521,13 @@ def main() -> None:
         return
     for model, B in [(m, b) for m in models for b in batches]:
         cfg = CONFIGS[model]
-        for targets, emb in [(t, e) for t in args.targets.split(",") for e in residencies]:
+        for targets, emb, ste in [(t, e, x) for t in args.targets.split(",")
+                                  for e in residencies for x in stes]:
             r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
-                 "rank": RANK}
+                 "rank": RANK, "ste": ste}
             ob = backends[emb]
+            ob.ste_precision, ob.ste_select_decode = ste[:3], ste == "f16sel"
+            first = emb == residencies[0] and ste == stes[0]
             ob.ctx.trim()
             ob.ctx.reset_peak()
             base_alloc = ob.ctx.allocated_bytes        # rope tables etc. of earlier runs
@@ -367,14 +535,19 @@ def main() -> None:
                 r["ours"] = run_ours(ob, cfg, targets, steps, 2, args.recompute)   # 2 warm-up steps, as torch
             r["ours"]["peak_gpu_bytes"] -= base_alloc
             r["ours"].update(dm.result())
-            if torch is not None and emb == residencies[0]:
+            if torch is not None and first:
                 try:
                     r["torch_peft"] = run_torch(torch, cfg, targets, steps, 2, Path(args.tmp))
                 except Exception as e:  # a baseline failing must not lose our numbers
                     r["torch_peft"] = {"error": f"{type(e).__name__}: {e}"}
-            if not args.no_numpy and emb == residencies[0]:
+            if not args.no_numpy and first:
                 r["numpy"] = run_numpy(cfg, targets, 1)
             r["epoch_s_ours"] = EPOCH_TOKENS / r["ours"]["tokens_per_s"]
+            tp = r.get("torch_peft") or next(
+                (q["torch_peft"] for q in rows if "torch_peft" in q and q["model"] == model
+                 and q["B"] == B and q["targets"] == targets), None)
+            if tp and "tokens_per_s" in tp:           # the torch row of this shape, same run
+                r["ours_over_torch"] = r["ours"]["tokens_per_s"] / tp["tokens_per_s"]
             rows.append(r)
             ours = r["ours"]["tokens_per_s"]
             for sysname in ("ours", "torch_peft", "numpy"):
@@ -382,13 +555,16 @@ def main() -> None:
                 if x is None:
                     continue
                 if "error" in x:
-                    print(f"{model:6s} {B:3d} {targets:7s} {sysname:12s} ERROR {x['error'][:200]}")
+                    print(f"{model:6s} {B:3d} {targets:7s} {sysname:16s} ERROR {x['error'][:200]}")
                     continue
                 pk = x.get("peak_gpu_bytes")
-                name = f"{sysname}/{emb}" if sysname == "ours" else sysname
-                print(f"{model:6s} {B:3d} {targets:7s} {name:12s} {x['tokens_per_s']:10.1f} "
+                name = f"{sysname}/{emb}/{ste}" if sysname == "ours" else sysname
+                print(f"{model:6s} {B:3d} {targets:7s} {name:16s} {x['tokens_per_s']:10.1f} "
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
                       f"{ours / x['tokens_per_s']:9.3f}")
+            if "torch_peft" not in r and "ours_over_torch" in r:
+                print(f"{'':6s} {'':3s} {'':7s} {'(vs torch above)':16s} {'':10s} {'':9s} "
+                      f"{'':9s} {r['ours_over_torch']:9.3f}")
             sys.stdout.flush()
             write_json(out_path("train_step", args.out), {      # after every row: partial runs count
                 "benchmark": "train_step", "machine": info, "quick": args.quick, "rows": rows,

@@ -53,15 +53,22 @@ class GpuBackend:
     table_residency: "gpu" keeps embedding / lm_head tables in GPU memory (float16); "host"
     keeps them in host memory (`HostTable`) and streams them through the GPU per use — the
     largest single saving for big-vocabulary models (626 MiB at 2B-4T). Raises ValueError for
-    anything else."""
+    anything else.
+
+    ste: the STE input gradient's arithmetic, "f32", "f16" or "auto" (None: the environment
+    variable BITSWARM_GPU_STE, default "auto" = f16 only on adapters where it measured faster);
+    f16 needs the shader-f16 feature and falls back to f32 without it. Raises ValueError for
+    another value."""
 
     name = "gpu"
     caps = GPU_CAPS
 
     @property
     def device_info(self) -> str:
-        """The wgpu adapter in one line (for the node's log)."""
-        return f"wgpu adapter {describe_adapter(self.ctx.info)}"
+        """The wgpu adapter in one line (for the node's log), with the STE gradient's
+        arithmetic."""
+        return (f"wgpu adapter {describe_adapter(self.ctx.info)}; "
+                f"STE input gradient {self.ste_precision}")
 
     @property
     def device_warning(self) -> str | None:
@@ -71,7 +78,8 @@ class GpuBackend:
         return ("this adapter is a CPU rasterizer: the WGSL kernels run on the CPU, several "
                 "times slower than the NumPy backend (--device cpu)")
 
-    def __init__(self, ctx: Context | None = None, table_residency: str = "gpu") -> None:
+    def __init__(self, ctx: Context | None = None, table_residency: str = "gpu",
+                 ste: str | None = None) -> None:
         if table_residency not in TABLE_RESIDENCIES:
             raise ValueError(f"table residency must be one of {TABLE_RESIDENCIES}, "
                              f"got {table_residency!r}")
@@ -91,6 +99,15 @@ class GpuBackend:
         # STE input gradient tile edge: None = heuristic (bitlinear_backward_tile), 64 or 128
         # forces; same sums in the same order, only speed differs.
         self.bitlinear_bwd_tile: int | None = None
+        # STE input gradient arithmetic: "f32" (bitlinear_backward.wgsl, the reference path) or
+        # "f16" (packed-f16 partial sums, bitlinear_backward_f16.wgsl), resolved from
+        # `ste` / BITSWARM_GPU_STE (f32|f16|auto) and the adapter (_bitlinear.ste_precision).
+        self.ste_precision: str = _bitlinear.ste_precision(ste, self.ctx.features, self.ctx.info)
+        # o terms per f16 partial sum of the f16 path (16, 32 or 64; same error bound form)
+        self.ste_chunk: int = _bitlinear.STE_F16_CHUNK
+        # f16 path: decode codes by integer compares and selects (True) or conversions (False);
+        # the same values, only speed differs (bitlinear_backward_f16.wgsl SELECT_DECODE)
+        self.ste_select_decode: bool = _bitlinear.STE_F16_SELECT_DECODE
         # LoRA's rank-r matmul shapes on kernels/ops/matmul/skinny_*.wgsl (True) or on the
         # tiled matmul.wgsl (False, for A/B runs); the same products within fp32 rounding.
         self.matmul_skinny: bool = True
@@ -195,6 +212,7 @@ class GpuBackend:
     bitlinear_group = _bitlinear.bitlinear_group
     bitlinear_backward = _bitlinear.bitlinear_backward
     bitlinear_backward_tile = _bitlinear.bitlinear_backward_tile
+    bitlinear_backward_f16 = _bitlinear.bitlinear_backward_f16
     ternarize_all = _bitlinear_train.ternarize_all
     dequantize_act = _bitlinear_train.dequantize_act
     matmul = _matmul.matmul

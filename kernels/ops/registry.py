@@ -80,6 +80,12 @@ OPS: dict[str, OpSpec] = {
     # main: 64 x 64 tiles; main8: 128 x 128 (large N and K)
     "bitlinear_backward": _op("bitlinear", bitlinear.bitlinear_backward,
                               "bitlinear_backward.wgsl", "main", "main8"),
+    # the same gradient with f16 partial sums (GpuBackend.ste_precision "f16"): rows (per-row
+    # exponent, dy as scaled f16), then main (64 x 64) or main8 (128 x 128); needs shader-f16
+    "bitlinear_backward_f16": _op("bitlinear", bitlinear.bitlinear_backward_f16,
+                                  "bitlinear_backward_f16.wgsl", "main", "main8",
+                                  rows=KernelSpec("bitlinear_backward_f16.wgsl", "rows",
+                                                  "RParams")),
     "ternarize_all": _op("bitlinear", bitlinear.ternarize_all, "ternarize.wgsl", "absmean",
                          pack=KernelSpec("ternarize_pack.wgsl", "main")),
     "dequantize_act": _op("bitlinear", bitlinear.dequantize_act, "dequantize_act.wgsl", "main"),

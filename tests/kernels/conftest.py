@@ -40,8 +40,9 @@ def close():
 
 @pytest.fixture(scope="session")
 def gpu():
-    """A GpuBackend on whatever adapter wgpu finds (lavapipe counts). Skipped only when wgpu
-    has no adapter at all."""
+    """A GpuBackend on whatever adapter wgpu finds (lavapipe counts), with the fp32 STE input
+    gradient, the reference path, on every adapter (BITSWARM_GPU_STE=auto picks f16 on an H200:
+    the f16 tests ask for it explicitly). Skipped only when wgpu has no adapter at all."""
     try:
         import wgpu  # noqa: F401
     except ImportError as e:  # wgpu is a dependency; this only guards broken installs
@@ -52,4 +53,4 @@ def gpu():
         ctx = Context()
     except RuntimeError as e:
         pytest.skip(f"no wgpu adapter on this machine: {e}")
-    return GpuBackend(ctx)
+    return GpuBackend(ctx, ste="f32")

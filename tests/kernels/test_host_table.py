@@ -31,7 +31,7 @@ F32 = np.float32
 
 @pytest.fixture(scope="module")
 def host(gpu):
-    return GpuBackend(gpu.ctx, table_residency="host")
+    return GpuBackend(gpu.ctx, table_residency="host", ste=gpu.ste_precision)
 
 
 def test_rejects_unknown_residency(gpu):

@@ -9,12 +9,17 @@ live here with the measurements that set them.
 """
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from bitswarm.kernels.device import Tensor, grid_for
+from bitswarm.kernels.ops.bitlinear.reference import STE_F16_CHUNK, ste_f16_top
 from bitswarm.kernels.ops.check import check
+
+log = logging.getLogger("bitswarm.kernels.bitlinear")
 
 F32 = np.float32
 # bitlinear split-K heuristic: split when the output tiles are fewer than BITLINEAR_MIN_WGS,
@@ -34,6 +39,16 @@ BITLINEAR_TM32_BELOW = 0
 # STE input gradient: 128 x 128 tiles (bitlinear_backward.wgsl main8) from this many of them
 # (a wave and more of an H200's 132 SMs); below, 64 x 64 tiles fill the GPU better.
 BACKWARD_T128_MIN = 128
+# STE input gradient in packed f16 (bitlinear_backward_f16.wgsl) under BITSWARM_GPU_STE=auto on
+# adapters of this PCI vendor whose name holds one of these: where it measured faster than fp32.
+# On an H200 (Vulkan, driver 580): 2B-4T step 1,404 -> 1,757 tok/s at 16 x 128 and 1,076 ->
+# 1,206 at 4 x 128, and again 1,440 -> 1,778 and 1,084 -> 1,232 with the order reversed
+# (benchmarks/results/train_step-h200-issue11-f16*.json; docs/benchmarks.md "f16 STE input
+# gradient"). The H100 is the same Hopper SM (inferred, not measured). Elsewhere f32: consumer
+# Ampere / Ada parts run f16 FMA at the fp32 rate, and lavapipe runs f16 ~4x slower.
+STE_F16_SELECT_DECODE = False   # bitlinear_backward_f16.wgsl SELECT_DECODE default (see there)
+STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
+STE_F16_AUTO_DEVICES = ("H100", "H200")
 
 
 @dataclass
@@ -206,8 +221,36 @@ def bitlinear_backward_tile(be, N: int, K: int) -> int:
     return 128 if -(-K // 128) * -(-N // 128) >= BACKWARD_T128_MIN else 64
 
 
+def ste_precision(setting: str | None, features, info: dict) -> str:
+    """The STE input gradient's arithmetic, "f32" or "f16", for a device with wgpu `features`
+    and adapter `info` under `setting` ("f32", "f16" or "auto"; None reads the environment
+    variable BITSWARM_GPU_STE, default "auto"). "f16" needs the shader-f16 feature (without it:
+    "f32", logged). "auto" is the measured-faster choice: f16 on the adapters named by
+    STE_F16_AUTO_VENDOR / STE_F16_AUTO_DEVICES, f32 elsewhere. Raises ValueError for another
+    setting."""
+    if setting is None:
+        setting = os.environ.get("BITSWARM_GPU_STE", "auto")
+    setting = setting.strip().lower()
+    if setting not in ("f32", "f16", "auto"):
+        raise ValueError(f"BITSWARM_GPU_STE / ste_precision must be f32, f16 or auto, "
+                         f"got {setting!r}")
+    has_f16 = "shader-f16" in features
+    if setting == "f16" and not has_f16:
+        log.warning("f16 STE gradient asked for, but this adapter lacks shader-f16: fp32")
+    if setting == "f32" or not has_f16:
+        return "f32"
+    if setting == "f16":
+        return "f16"
+    measured = (int(info.get("vendor_id") or 0) == STE_F16_AUTO_VENDOR
+                and any(d in str(info.get("device", "")) for d in STE_F16_AUTO_DEVICES))
+    return "f16" if measured else "f32"
+
+
 def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None) -> Tensor:
-    """STE input gradient: dy f32 (N, out) -> dx (N, in) = dy @ codes / weight_scale (+ acc)."""
+    """STE input gradient: dy f32 (N, out) -> dx f32 (N, in) = dy @ codes / weight_scale
+    (+ acc f32 (N, in)). fp32 sums (bitlinear_backward.wgsl), or with `be.ste_precision` "f16"
+    packed-f16 partial sums (bitlinear_backward_f16.wgsl; error bound in reference.py
+    `bitlinear_backward_f16`). Raises ValueError (check) for mismatched shapes."""
     N, OUT = dy.shape
     check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
     K = w.in_features
@@ -216,8 +259,43 @@ def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None)
         check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
         be.ctx.copy(acc, dx)
     t = bitlinear_backward_tile(be, N, K)
-    be._launch("bitlinear_backward", [dy, w.packed, dx], (-(-K // t), -(-N // t), 1),
+    grid = (-(-K // t), -(-N // t), 1)
+    if getattr(be, "ste_precision", "f32") == "f16":
+        _backward_f16(be, dy, w, dx, acc is not None, t, grid)
+        return dx
+    be._launch("bitlinear_backward", [dy, w.packed, dx], grid,
                dict(n=N, out=OUT, k=K, k16=(K + 15) // 16, weight_scale=w.weight_scale,
                     wrow0=w.row0), name="main8" if t == 128 else None,
                constants={"ACC": int(acc is not None)})
     return dx
+
+
+def bitlinear_backward_f16(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None
+                           ) -> Tensor:
+    """bitlinear_backward on the f16 path whatever `be.ste_precision` says (tests, benchmarks);
+    the device must have shader-f16 (else DeviceError from the shader build)."""
+    saved = getattr(be, "ste_precision", "f32")
+    be.ste_precision = "f16"
+    try:
+        return bitlinear_backward(be, dy, w, acc)
+    finally:
+        be.ste_precision = saved
+
+
+def _backward_f16(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, grid) -> None:
+    """Encode bitlinear_backward_f16.wgsl: `rows` (per-row exponent, dy as scaled f16 with
+    rows padded to 16), then main (t = 64) or main8 (t = 128) into dx."""
+    N, OUT = dy.shape
+    K = w.in_features
+    chunk = getattr(be, "ste_chunk", STE_F16_CHUNK)
+    top = ste_f16_top(chunk)
+    op = -(-OUT // 16) * 16
+    dy16, rs = be._new((N, op), "float16"), be._new((N,))
+    be._launch("bitlinear_backward_f16", [dy, dy16, rs], grid_for(N),
+               dict(n=N, out=OUT, op2=op // 2, top=top), name="rows")
+    be._launch("bitlinear_backward_f16", [dy16, rs, w.packed, dx], grid,
+               dict(n=N, out=OUT, op4=op // 4, k=K, k16=(K + 15) // 16,
+                    weight_scale=w.weight_scale, wrow0=w.row0),
+               name="main8" if t == 128 else "main",
+               constants={"ACC": int(acc), "CH": chunk,
+                          "SELECT_DECODE": int(getattr(be, "ste_select_decode", False))})

@@ -1,6 +1,7 @@
 """NumPy reference of the W1.58A8 BitLinear family: the semantics of quantize_act.wgsl,
-bitlinear.wgsl (main, main3, split-K reduce), bitlinear_backward.wgsl, ternarize.wgsl +
-ternarize_pack.wgsl and dequantize_act.wgsl.
+bitlinear.wgsl (main, main3, split-K reduce), bitlinear_backward.wgsl (fp32, the reference
+path), bitlinear_backward_f16.wgsl (f16 partial sums, behind GpuBackend.ste_precision),
+ternarize.wgsl + ternarize_pack.wgsl and dequantize_act.wgsl.
 
 Sources: BitNet b1.58 (arXiv:2402.17764, eq. 1-3) and transformers' integrations/bitnet.py:
 absmean ternary weights (WeightQuant, fp32), per-token absmax int8 activations (ActQuant), and
@@ -61,6 +62,58 @@ def bitlinear_backward(dy: np.ndarray, codes: np.ndarray, weight_scale) -> np.nd
     The STE passes the gradient through both quantizers (activation and weight) unchanged.
     """
     return ((dy @ codes.astype(prec.F32)) / prec.F32(weight_scale)).astype(prec.F32)
+
+
+STE_F16_CHUNK = 32   # o terms per f16 partial sum of bitlinear_backward_f16 (16, 32 or 64)
+
+
+def ste_f16_top(chunk: int) -> int:
+    """TOP of bitlinear_backward_f16: rows are scaled so max|dy| * 2^e < 2^TOP, with
+    chunk * 2^TOP = 2^15 (a chunk's f16 sum stays <= 2^15 < 65504). Raises ValueError unless
+    chunk is 16, 32 or 64."""
+    if chunk not in (16, 32, 64):
+        raise ValueError(f"f16 STE chunk must be 16, 32 or 64, got {chunk}")
+    return 15 - int(chunk).bit_length() + 1
+
+
+def ste_row_exponents(dy: np.ndarray, top: int) -> np.ndarray:
+    """Per-row power-of-two exponents of bitlinear_backward_f16: int32 (N,) e with
+    max|dy_n| * 2^e in [2^(top-1), 2^top): e = clamp(top + 126 - E, -126, 126), E the biased
+    float32 exponent field of max|dy_n| (0 for a zero row: e = 126)."""
+    m = (np.max(np.abs(dy), axis=1) if dy.shape[1] else np.zeros(dy.shape[0])).astype(prec.F32)
+    eb = (m.view(np.int32) >> 23) & 0xFF
+    return np.clip(top + 126 - eb, -126, 126).astype(np.int32)
+
+
+def bitlinear_backward_f16(dy: np.ndarray, codes: np.ndarray, weight_scale,
+                           chunk: int = STE_F16_CHUNK) -> np.ndarray:
+    """The f16 straight-through input gradient (bitlinear_backward_f16.wgsl): dy float32
+    (N, out), codes int8 (out, in), weight_scale float32 -> dx float32 (N, in).
+
+    Each row of dy is scaled by 2^e_n (ste_row_exponents, exact) and rounded to float16 (nearest
+    even); products with codes in {-1, 0, +1} are exact; sums run in float16 over `chunk`
+    consecutive o (chunks at multiples of chunk, each summed in o order), the chunk sums are
+    added in float32 in chunk order, and dx = sum * 2^-e_n / weight_scale. NumPy's float16 add
+    rounds through float32, which is still correctly rounded (24 >= 2 * 11 + 2 bits).
+    Error against bitlinear_backward, per output, to first order (u = 2^-11):
+    (chunk * u + (out / chunk + 3) * 2^-24) * (|dy| @ |codes|) / weight_scale.
+    Raises ValueError for a chunk other than 16, 32, 64.
+    """
+    top = ste_f16_top(chunk)
+    dy = np.asarray(dy, prec.F32)
+    N, OUT = dy.shape
+    e = ste_row_exponents(dy, top)
+    up = np.ldexp(prec.F32(1), e).astype(prec.F32)
+    rs = np.ldexp(prec.F32(1), -e).astype(prec.F32)
+    d16 = (dy * up[:, None]).astype(np.float16)
+    c16 = np.asarray(codes).astype(np.float16)
+    acc = np.zeros((N, c16.shape[1]), prec.F32)
+    for c0 in range(0, OUT, chunk):
+        h = np.zeros(acc.shape, np.float16)
+        for o in range(c0, min(c0 + chunk, OUT)):
+            h = h + d16[:, o:o + 1] * c16[o]              # exact product, one f16 rounding
+        acc += h.astype(prec.F32)
+    return ((acc * rs[:, None]) / prec.F32(weight_scale)).astype(prec.F32)
 
 
 def ternarize(w: np.ndarray) -> tuple[np.ndarray, np.float32]:

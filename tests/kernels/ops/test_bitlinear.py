@@ -226,3 +226,164 @@ def test_reference_ternarize():
     assert s == np.float32(1.0) / np.float32(np.abs(w).mean(dtype=np.float64))
     with pytest.raises(ValueError, match="2-D"):
         ref.ternarize(w[0])
+
+
+# ---------------------------------------------------------------- f16 STE input gradient
+# bitlinear_backward_f16.wgsl against reference.bitlinear_backward_f16 (same semantics: per-row
+# power-of-two scale, f16 rounding, f16 chunk sums in the same order, f32 chunk adds): the same
+# bits up to the final f32 division (WGSL: 2.5 ulp) where the driver rounds f16 to nearest even
+# (lavapipe, NVIDIA), so 4e-7 of |dx| as the forward's division (with acc: of the STE part,
+# plus the add's rounding: measured on an H200, where fused adds differ). Against fp32: the
+# first-order bound of reference.bitlinear_backward_f16 (u = 2^-11), plus the f16 subnormal
+# spacing for elements far below their row's max.
+
+
+def _f16_dy(rng, N, OUT):
+    """dy with rows of every magnitude the f16 path must handle: 1e-8, 1e4, 1e-30, zero rows,
+    and one row over 40 binades (f16 has 5 exponent bits: these need the per-row scale)."""
+    dy = rnd(rng, N, OUT)
+    for i, s in zip(range(N), (1e-8, 0.0, 1e4, 1e-30, 1.0)):
+        dy[i] *= F32(s)
+    if N > 5:
+        dy[5] *= np.exp2(rng.integers(-20, 20, OUT)).astype(F32)
+    return dy
+
+
+def _f16_bound(dy, codes, ws, chunk):
+    """Elementwise bound on |dx16 - dx| (float64): gamma * (|dy| @ |codes|) / ws plus, per row,
+    OUT * 2^-(24 + TOP) * max|dy_n| / ws (f16 subnormals below 2^-14 of the scaled row)."""
+    top = ref.ste_f16_top(chunk)
+    u = 2.0 ** -11
+    gamma = chunk * u + (-(-dy.shape[1] // chunk) + 3) * 2.0 ** -24
+    a = np.abs(dy.astype(np.float64))
+    sub = dy.shape[1] * 2.0 ** -(24 + top) * a.max(axis=1, initial=0.0)[:, None]
+    return (gamma * (a @ np.abs(codes.astype(np.float64))) + sub) / float(ws)
+
+
+@pytest.mark.parametrize("N,OUT,K,use_acc", [(1, 1, 1, False), (37, 70, 100, True),
+                                             (6, 2560, 20, False), (200, 97, 260, True),
+                                             (130, 33, 17, False)])
+@pytest.mark.parametrize("tile", [64, 128])
+@pytest.mark.parametrize("select_decode", [False, True])
+def test_bitlinear_backward_f16_matches_reference(gpu, close, N, OUT, K, use_acc, tile,
+                                                  select_decode):
+    """Both tiles, both code decoders (SELECT_DECODE: the same f16 values)."""
+    if "shader-f16" not in gpu.ctx.features:
+        pytest.skip("adapter lacks shader-f16")
+    rng = np.random.default_rng(21)
+    dy, w = _f16_dy(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
+    acc = rnd(rng, N, K) if use_acc else None
+    gpu.bitlinear_bwd_tile, saved = tile, gpu.ste_select_decode
+    gpu.ste_select_decode = select_decode
+    try:
+        got = gpu.numpy(gpu.bitlinear_backward_f16(gpu.tensor(dy), gpu.ternary(w),
+                                                   None if acc is None else gpu.tensor(acc)))
+    finally:
+        gpu.bitlinear_bwd_tile, gpu.ste_select_decode = None, saved
+    v = ref.bitlinear_backward_f16(dy, w.codes, w.weight_scale)
+    want = v if acc is None else v + acc
+    # the final division's 2.5 ulp are of v, and acc + v can cancel (NVIDIA may also fuse the
+    # add): 4e-7 of |v| plus one f32 rounding of the sum
+    close(got, want, 1e-45 + 4e-7 * np.abs(v) + (0 if acc is None else 2.0 ** -23 * np.abs(want)),
+          0.0, "bitlinear_backward_f16 dx")
+    exact = ref.bitlinear_backward(dy.astype(np.float64), w.codes, w.weight_scale)
+    if acc is not None:
+        exact = exact + acc
+    err = np.abs(got.astype(np.float64) - exact)
+    bound = _f16_bound(dy, w.codes, w.weight_scale, ref.STE_F16_CHUNK)
+    if acc is not None:
+        bound = bound + 2.0 ** -23 * np.abs(exact)
+    assert np.all(err <= bound), f"max err/bound {np.max(err / np.maximum(bound, 1e-300)):.3f}"
+    if N > 1:                                    # the zero row: exactly acc (or zero)
+        np.testing.assert_array_equal(got[1], 0 if acc is None else acc[1])
+
+
+@pytest.mark.parametrize("chunk", [16, 32, 64])
+def test_bitlinear_backward_f16_chunks(gpu, close, chunk):
+    """Each chunk length (override CH, TOP = 15 - log2 CH) against the reference, and the
+    worst case of the overflow bound: a row at the top of its binade (2 - 2^-20, scaled to
+    ~2^TOP, rounds to 2^TOP) with all codes +1 sums to exactly CH * 2^TOP = 2^15 per chunk:
+    finite, and exact here."""
+    if "shader-f16" not in gpu.ctx.features:
+        pytest.skip("adapter lacks shader-f16")
+    rng = np.random.default_rng(22)
+    N, OUT, K = 70, 200, 48
+    dy, w = _f16_dy(rng, N, OUT), ternary(rng, OUT, K, ws=1.3)
+    dy[6] = F32(2 - 2 ** -20)
+    w.codes[:, :16] = 1
+    saved = gpu.ste_chunk
+    gpu.ste_chunk = chunk
+    try:
+        got = gpu.numpy(gpu.bitlinear_backward_f16(gpu.tensor(dy), gpu.ternary(w)))
+    finally:
+        gpu.ste_chunk = saved
+    want = ref.bitlinear_backward_f16(dy, w.codes, w.weight_scale, chunk=chunk)
+    close(got, want, 1e-45, 4e-7, f"bitlinear_backward_f16 dx, chunk {chunk}")
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[6, :16], 2 * OUT / F32(1.3), rtol=4e-7)
+    exact = ref.bitlinear_backward(dy.astype(np.float64), w.codes, w.weight_scale)
+    assert np.all(np.abs(got - exact) <= _f16_bound(dy, w.codes, w.weight_scale, chunk))
+
+
+def test_reference_bitlinear_backward_f16():
+    """The reference itself: the stated bound holds against float64 at a 2B-4T-like depth
+    (OUT 2560: 80 chunks), its normwise error on random rows is ~1e-4-level (far under the
+    worst case), scaling dy by any power of two scales dx exactly, and bad chunks raise."""
+    rng = np.random.default_rng(23)
+    dy, codes = _f16_dy(rng, 12, 2560), rng.integers(-1, 2, (2560, 40)).astype(np.int8)
+    got = ref.bitlinear_backward_f16(dy, codes, 0.5)
+    exact = ref.bitlinear_backward(dy.astype(np.float64), codes, 0.5)
+    assert np.all(np.abs(got - exact) <= _f16_bound(dy, codes, 0.5, 32))
+    ok = [i for i in range(12) if i not in (1, 3)]         # rows with a normal-range norm
+    rel = np.linalg.norm(got[ok] - exact[ok], axis=1) / np.linalg.norm(exact[ok], axis=1)
+    assert rel.max() < 2e-3, rel
+    for p in (-40, 7, 60):
+        np.testing.assert_array_equal(
+            ref.bitlinear_backward_f16((dy[6:] * F32(2.0 ** p)).astype(F32), codes, 0.5),
+            (got[6:] * F32(2.0 ** p)).astype(F32))
+    assert ref.ste_row_exponents(np.zeros((2, 3), F32), 10).tolist() == [126, 126]
+    with pytest.raises(ValueError, match="16, 32 or 64"):
+        ref.bitlinear_backward_f16(dy, codes, 0.5, chunk=8)
+
+
+def test_ste_precision_switch(gpu, monkeypatch):
+    """BITSWARM_GPU_STE / GpuBackend(ste=...): f32 always; f16 only with shader-f16 (else f32);
+    auto = f16 only on the adapters where it measured faster (an H200; the H100 shares its SM);
+    other values raise. The f32 path stays what `bitlinear_backward` runs by default on
+    lavapipe."""
+    from bitswarm.kernels.gpu_backend import GpuBackend
+    f16, none = {"shader-f16", "subgroup"}, {"subgroup"}
+    nv = {"vendor_id": 0x10DE, "device": "NVIDIA H200"}
+    rtx = {"vendor_id": 0x10DE, "device": "NVIDIA GeForce RTX 4090"}
+    other = {"vendor_id": 0x10005, "device": "llvmpipe (LLVM 15.0.6, 256 bits)"}
+    assert blg.ste_precision("f32", f16, nv) == "f32"
+    assert blg.ste_precision("f16", f16, other) == "f16"
+    assert blg.ste_precision("F16 ", none, nv) == "f32"
+    assert blg.ste_precision("auto", none, nv) == "f32"
+    assert blg.ste_precision("auto", f16, other) == "f32"
+    assert blg.ste_precision("auto", f16, rtx) == "f32"
+    assert blg.ste_precision("auto", f16, nv) == "f16"
+    h100 = {"vendor_id": 0x10DE, "device": "NVIDIA H100 80GB HBM3"}
+    assert blg.ste_precision("auto", f16, h100) == "f16"
+    monkeypatch.setenv("BITSWARM_GPU_STE", "f16")
+    assert blg.ste_precision(None, f16, other) == "f16"
+    monkeypatch.setenv("BITSWARM_GPU_STE", "bf16")
+    with pytest.raises(ValueError, match="f32, f16 or auto"):
+        blg.ste_precision(None, f16, nv)
+    with pytest.raises(ValueError, match="f32, f16 or auto"):
+        GpuBackend(gpu.ctx)
+    monkeypatch.delenv("BITSWARM_GPU_STE")
+    has = "shader-f16" in gpu.ctx.features
+    assert GpuBackend(gpu.ctx, ste="f16").ste_precision == ("f16" if has else "f32")
+    assert GpuBackend(gpu.ctx, ste="f32").ste_precision == "f32"
+    assert GpuBackend(gpu.ctx).ste_precision == blg.ste_precision("auto", gpu.ctx.features,
+                                                                  gpu.ctx.info)
+    if has:   # the switch routes bitlinear_backward: 2 launches (rows + main) instead of 1
+        rng = np.random.default_rng(24)
+        be = GpuBackend(gpu.ctx, ste="f16")
+        dy, w = rnd(rng, 9, 40), ternary(rng, 40, 30)
+        n0 = gpu.ctx.n_dispatches
+        got = be.numpy(be.bitlinear_backward(be.tensor(dy), be.ternary(w)))
+        assert gpu.ctx.n_dispatches == n0 + 2
+        np.testing.assert_allclose(got, ref.bitlinear_backward_f16(dy, w.codes, w.weight_scale),
+                                   rtol=4e-7)
