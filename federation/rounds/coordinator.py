@@ -74,6 +74,7 @@ _UNCHECKED = object()
 # the exchange's end cancels the retries.
 FETCH_RETRIES = 4
 FETCH_RETRY_PAUSE_S = 10.0
+VERIFY_FETCH_RETRIES = 2     # the same, for a payload a round record names that we lack
 PROPOSAL_SPREAD_S = 5.0      # the PROPOSERS best-ranked contributors propose this far apart (s)
 STAGGER_FROM = 8             # other members up to which every node proposes at once
 PROPOSERS = 3                # contributors that propose in a larger swarm (by proposer rank)
@@ -130,6 +131,8 @@ class _Exchange:
     manifests: dict[str, ManifestSeen] = field(default_factory=dict)
     records: list[RoundRecord] = field(default_factory=list)
     authors: set[str] = field(default_factory=set)
+    record_authors: dict[bytes, set[str]] = field(default_factory=dict)   # record bytes -> authors
+    fetched: dict[tuple[str, bytes], dict] = field(default_factory=dict)  # (sender, sha) -> delta
     enough: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
 
@@ -793,26 +796,49 @@ class RoundCoordinator:
 
     async def _verify(self, round: int, base: Mapping[str, np.ndarray], record: RoundRecord,
                       ex: _Exchange) -> tuple[dict, dict] | None:
-        """Recompute `record` from its updates (fetching the payloads we lack); the
-        (aggregate, adapter) if its new adapter digest matches, else None (rejection filed)."""
-        contributions = []
+        """Recompute `record` from its updates (fetching the payloads we lack, all at once up
+        to max_parallel_fetches, within round_timeout_s); the (aggregate, adapter) if its new
+        adapter digest matches, else None (rejection filed)."""
+        got: dict[str, Contribution] = {}
+        missing: list[UpdateManifest] = []
+        for m in record.updates:
+            held = ex.contributions.get(m.sender)
+            if held is not None and ex.manifests[m.sender].manifest.payload_sha256 == \
+                    m.payload_sha256:
+                got[m.sender] = Contribution(m.sender, m.tokens, held.delta)
+            elif (m.sender, m.payload_sha256) in ex.fetched:     # fetched for another record
+                got[m.sender] = Contribution(m.sender, m.tokens,
+                                             ex.fetched[(m.sender, m.payload_sha256)])
+            elif m.sender == self.peer_id:
+                ex.intake.reject(record.proposer, "round record names an update of ours "
+                                 "that we did not send this round")
+                return None
+            else:
+                missing.append(m)
+        # Ask the record's proposer and the peers that adopted it first (they hold every
+        # payload it names), again after transient failures, and all payloads side by side:
+        # under load a check that fetched 20 payloads one by one, giving up after one pass
+        # each, took tens of minutes or refused the best record, and split the round.
+        holders = (record.proposer, *sorted(ex.record_authors.get(record.data, ())))
+        unfetched: list[str] = []
         with trio.move_on_after(self.round_timeout_s):
-            for m in record.updates:
-                held = ex.contributions.get(m.sender)
-                if held is not None and ex.manifests[m.sender].manifest.payload_sha256 == \
-                        m.payload_sha256:
-                    contributions.append(Contribution(m.sender, m.tokens, held.delta))
-                    continue
-                if m.sender == self.peer_id:
-                    ex.intake.reject(record.proposer, "round record names an update of ours "
-                                     "that we did not send this round")
-                    return None
-                delta = await self._fetch_decoded(m, ex)
-                if delta is None:
-                    ex.intake.reject(record.proposer, f"round record: update of {m.sender} "
-                                     "could not be fetched to check it")
-                    return None
-                contributions.append(Contribution(m.sender, m.tokens, delta))
+            async with trio.open_nursery() as nursery:
+                async def fetch(m: UpdateManifest) -> None:
+                    delta = await self._fetch_decoded(m, ex, retries=VERIFY_FETCH_RETRIES,
+                                                      prefer=holders)
+                    if delta is None:
+                        unfetched.append(m.sender)
+                        nursery.cancel_scope.cancel()      # the record cannot be checked
+                        return
+                    ex.fetched[(m.sender, m.payload_sha256)] = delta
+                    got[m.sender] = Contribution(m.sender, m.tokens, delta)
+                for m in missing:
+                    nursery.start_soon(fetch, m)
+            if unfetched:
+                ex.intake.reject(record.proposer, f"round record: update of {unfetched[0]} "
+                                 "could not be fetched to check it")
+                return None
+            contributions = [got[m.sender] for m in record.updates]
             aggregate, adapter = await self._run_blocking(
                 functools.partial(self._apply, round, base, contributions))
             if adapter_digest(adapter) != record.new_adapter:
@@ -833,6 +859,7 @@ class RoundCoordinator:
                 if isinstance(item, RecordSeen):
                     ex.records.append(item.record)
                     ex.authors.update({item.author, item.record.proposer})
+                    ex.record_authors.setdefault(item.record.data, set()).add(item.author)
                     ex.enough.set()                  # a peer closed the round: stop collecting
                     ex.poke()
                 elif fetch_one is not None:
@@ -840,19 +867,20 @@ class RoundCoordinator:
                 else:
                     nursery.start_soon(self._fetch_one, ex, item)
 
-    async def _fetch_decoded(self, m: UpdateManifest, ex: _Exchange, *,
-                             retries: int = 0) -> dict | None:
+    async def _fetch_decoded(self, m: UpdateManifest, ex: _Exchange, *, retries: int = 0,
+                             prefer: tuple[str, ...] = ()) -> dict | None:
         """Fetch, verify and decode one peer's update; failures become rejections (None).
         retries: times a payload that no source served (each only timed out, was unreachable
         or lacked it: FetchFailed.transient) is asked for again, after a pause of
         FETCH_RETRY_PAUSE_S (x 0.5-1.5): on a loaded machine or link a sender that answers no
         stream for a minute usually answers later, and an update rejected for it is lost to
-        the round (and the records that name it cannot be checked)."""
+        the round (and the records that name it cannot be checked). prefer: peers asked
+        right after the sender (PayloadFetcher.fetch)."""
         failed: str | None = None
         try:
             for attempt in range(retries + 1):
                 try:
-                    data, source = await self._fetcher.fetch(m)
+                    data, source = await self._fetcher.fetch(m, prefer)
                     break
                 except FetchFailed as e:
                     if attempt == retries or not e.transient:
@@ -863,7 +891,9 @@ class RoundCoordinator:
                              "(%d/%d)", m.round, m.sender, e.reason, attempt + 1, retries)
                     await trio.sleep(FETCH_RETRY_PAUSE_S * self._rng.uniform(0.5, 1.5))
         except trio.Cancelled:
-            if failed is not None:          # the round closed while we were still asking
+            # The round closed while we were still asking; unless another fetch of the same
+            # payload (a record's check) got it meanwhile.
+            if failed is not None and (m.round, m.payload_sha256) not in self._served.payloads:
                 ex.intake.reject(m.sender, f"{failed} (still unserved when the round closed)")
             raise
         try:

@@ -56,8 +56,10 @@ class PayloadFetcher:
         self._limiter = trio.CapacityLimiter(max_parallel_fetches)
         self._rng = random.Random()           # relay order only; spreads load over neighbours
 
-    async def fetch(self, m: UpdateManifest) -> tuple[bytes, str]:
+    async def fetch(self, m: UpdateManifest, prefer: tuple[str, ...] = ()) -> tuple[bytes, str]:
         """The payload `m` announces (size and SHA-256 checked) and the peer that served it.
+        prefer: peers asked right after the sender, before random relays (those known to hold
+        it, e.g. the proposer of a round record naming it and the peers that adopted it).
 
         Takes at most TOTAL_DEADLINE_FACTOR x fetch_timeout_s seconds, all sources and passes
         together (a slow or endless server holds a fetch slot no longer). Raises FetchFailed.
@@ -65,18 +67,19 @@ class PayloadFetcher:
         request = encode_payload_request(m.round, m.payload_sha256)
         async with self._limiter:
             with trio.move_on_after(TOTAL_DEADLINE_FACTOR * self.fetch_timeout_s):
-                return await self._passes(m, request)
+                return await self._passes(m, request, prefer)
             raise FetchFailed(f"no source served it within "
                               f"{TOTAL_DEADLINE_FACTOR * self.fetch_timeout_s:.0f} s",
                               transient=True)
 
-    async def _passes(self, m: UpdateManifest, request: bytes) -> tuple[bytes, str]:
+    async def _passes(self, m: UpdateManifest, request: bytes,
+                      prefer: tuple[str, ...] = ()) -> tuple[bytes, str]:
         sender_error = other_error = None
         misbehaved = False
         for attempt in range(FETCH_ATTEMPTS):
             if attempt:
                 await trio.sleep(FETCH_RETRY_BACKOFF_S * attempt)
-            for source in self._sources(m):
+            for source in self._sources(m, prefer):
                 data, error, bad = await self._fetch_verified(source, m, request)
                 misbehaved |= bad
                 if data is not None:
@@ -89,13 +92,18 @@ class PayloadFetcher:
                      m.sender, attempt + 1, FETCH_ATTEMPTS, sender_error or other_error)
         raise FetchFailed(sender_error or other_error or "no source", transient=not misbehaved)
 
-    def _sources(self, m: UpdateManifest):
-        """The sender first; then (only if it failed) up to MAX_RELAYS directly connected
-        peers in random order."""
+    def _sources(self, m: UpdateManifest, prefer: tuple[str, ...] = ()):
+        """The sender first; then (only if it failed) up to MAX_RELAYS of `prefer` and of
+        the directly connected peers, `prefer` first (in random order each; of `prefer`, the
+        connected ones and its first, e.g. a record's proposer, which may be dialled)."""
         yield m.sender
         me = self.transport.peer_id
-        relays = [p for p in self.transport.connected_peers() if p not in (m.sender, me)]
-        yield from self._rng.sample(relays, min(MAX_RELAYS, len(relays)))
+        connected = self.transport.connected_peers()
+        reachable = set(connected) | set(prefer[:1])     # the first preferred even if not
+        first = [p for p in dict.fromkeys(prefer) if p not in (m.sender, me) and p in reachable]
+        self._rng.shuffle(first)
+        relays = [p for p in connected if p not in (m.sender, me) and p not in first]
+        yield from (first + self._rng.sample(relays, len(relays)))[:MAX_RELAYS]
 
     async def _fetch_verified(self, source: str, m: UpdateManifest,
                               request: bytes) -> tuple[bytes | None, str, bool]:

@@ -168,14 +168,16 @@ def test_a_round_the_swarm_closed_is_adopted_and_the_window_is_bounded():
     run_mock(main)
 
 
-@pytest.mark.parametrize("failures, accepted", [(2, True), (6, False)])
+@pytest.mark.parametrize("failures, accepted", [(2, True), (6, True), (40, False)])
 def test_transient_fetch_failures_are_retried(failures, accepted):
-    """a must fetch b's payload to check b's round record: failed passes are retried (the
-    collection's fetch and the check's fetch each make 3); when all 6 fail, the record cannot
-    be checked, so a refuses it and proposes its own."""
+    """a must fetch b's payload to check b's round record: failed passes are retried. The
+    collection's fetch (3 passes, asked again up to FETCH_RETRIES = 4 times) and the check's
+    (3 passes, asked again VERIFY_FETCH_RETRIES = 2 times, ~10 s apart) run side by side, 24
+    passes at most; when all fail, the record cannot be checked, so a refuses it and proposes
+    its own. (A 120 s round: the check's retries fit in its time limit.)"""
     async def main():
         net = MemoryNetwork()
-        a, b = make_coord(net, min_peers=1), make_coord(net, min_peers=0)
+        a, b = (make_coord(net, min_peers=m, round_timeout_s=120.0) for m in (1, 0))
         async with trio.open_nursery() as n:
             await n.start(a.run)
             await n.start(b.run)
