@@ -810,9 +810,18 @@ class RoundCoordinator:
                 got[m.sender] = Contribution(m.sender, m.tokens,
                                              ex.fetched[(m.sender, m.payload_sha256)])
             elif m.sender == self.peer_id:
-                ex.intake.reject(record.proposer, "round record names an update of ours "
-                                 "that we did not send this round")
-                return None
+                # An update we published earlier in this round, on this base (before a
+                # catch-up moved us away and back): ours, signed, still served. Refusing
+                # such records made nodes that synced back and forth propose lone forks.
+                earlier = self._served.payloads.get((m.round, m.payload_sha256))
+                if earlier is None:
+                    ex.intake.reject(record.proposer, "round record names an update of ours "
+                                     "that we did not send this round")
+                    return None
+                delta = await self._run_blocking(functools.partial(
+                    decode_update, earlier, expected_shapes=self.expected_shapes,
+                    max_bytes=m.payload_size, codec=m.codec))
+                got[m.sender] = Contribution(m.sender, m.tokens, delta)
             else:
                 missing.append(m)
         # Ask the record's proposer and the peers that adopted it first (they hold every

@@ -756,6 +756,31 @@ def test_a_loaded_32_node_swarm_agrees_within_its_rounds():
     run_mock(main)
 
 
+def test_a_record_naming_our_earlier_update_of_the_round_is_adopted():
+    """a publishes an update for round 0, its exchange ends early (as when a catch-up moved it
+    away), and it exchanges round 0 again on the same base with a new delta. Peers keep the
+    first update (one per sender, round and base), so b's record names it: a recomputes the
+    record from the payload it still serves and adopts it, instead of refusing the record and
+    proposing a lone fork."""
+    async def main():
+        net = MemoryNetwork()
+        a, b = make_coord(net, min_peers=1), make_coord(net, min_peers=1)
+        async with trio.open_nursery() as n:
+            await n.start(a.run)
+            await n.start(b.run)
+            with trio.move_on_after(1.0):
+                await a.exchange(0, delta_for(1), 10)     # published, then interrupted
+            assert a.round == 0
+            b_res = await b.exchange(0, delta_for(2), 10)
+            assert set(b_res.contributors) == {a.peer_id, b.peer_id}
+            res = await a.exchange(0, delta_for(3), 10)
+            assert res.proposer == b.peer_id and res.adapter_sha256 == b_res.adapter_sha256
+            assert res.included and not any("names an update of ours" in r
+                                            for _, r in res.rejected)
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
 def test_lone_forks_merge_onto_the_smallest_digest():
     """Every node closed a round alone (say its deadline passed under load): four lone forks
     of one signer each, none with two signers. They merge onto one adapter, the smallest
