@@ -40,17 +40,23 @@ def _net(n_empty: int):
     return net, me, sender, holder, empties
 
 
+def _record_fetches(transport) -> list[str]:
+    """The peers `transport` fetches from, in order (the list fills as it fetches)."""
+    asked: list[str] = []
+    real = transport.fetch
+
+    async def spy(peer_id, request, **kw):
+        asked.append(peer_id)
+        return await real(peer_id, request, **kw)
+    transport.fetch = spy
+    return asked
+
+
 def test_a_preferred_holder_is_asked_right_after_the_sender():
     async def main():
         net, me, sender, holder, empties = _net(12)
         fetcher = PayloadFetcher(me, fetch_timeout_s=5.0, max_parallel_fetches=2)
-        asked = []
-        real = me.fetch
-
-        async def spy(peer_id, request, **kw):
-            asked.append(peer_id)
-            return await real(peer_id, request, **kw)
-        me.fetch = spy
+        asked = _record_fetches(me)
         for _ in range(5):                                  # relay order is random: every time
             asked.clear()
             data, source = await fetcher.fetch(_manifest(sender.peer_id),
@@ -66,13 +72,7 @@ def test_without_preference_at_most_max_relays_are_asked_per_pass():
         net, me, sender, holder, empties = _net(12)
         holder.set_payload_provider(lambda req: None)       # nobody holds it now
         fetcher = PayloadFetcher(me, fetch_timeout_s=5.0, max_parallel_fetches=2)
-        asked = []
-        real = me.fetch
-
-        async def spy(peer_id, request, **kw):
-            asked.append(peer_id)
-            return await real(peer_id, request, **kw)
-        me.fetch = spy
+        asked = _record_fetches(me)
         try:
             await fetcher.fetch(_manifest(sender.peer_id))
             raise AssertionError("fetched from nobody")
