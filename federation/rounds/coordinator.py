@@ -758,14 +758,10 @@ class RoundCoordinator:
         mine = proposer_rank(ex.base, round, self.peer_id)
         position = sum(1 for pid in ex.contributions
                        if pid != self.peer_id and proposer_rank(ex.base, round, pid) < mine)
-        # The spread grows like the settle window: under load a better-ranked proposer's
-        # record takes tens of seconds to arrive, and one proposing a fixed 5/3 s after it
-        # split the round between the two records.
-        spread = PROPOSAL_SPREAD_S * self.settle_window_s / self.settle_s
         if position < PROPOSERS:
-            wait = spread * position / PROPOSERS
-        else:                                   # followers wait out every proposer's turn
-            wait = max(min(FOLLOW_WAIT_S, self.round_timeout_s / 4), spread)
+            wait = PROPOSAL_SPREAD_S * position / PROPOSERS
+        else:
+            wait = min(FOLLOW_WAIT_S, self.round_timeout_s / 4)
         if wait <= 0:
             return
         with trio.move_on_after(wait):

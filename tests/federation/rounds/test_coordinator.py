@@ -668,8 +668,8 @@ def test_a_large_swarm_staggers_its_proposals_and_agrees():
     """26 nodes reach the quorum together: only the PROPOSERS best-ranked contributors propose
     (the rest wait for their record), and every node adopts the same record (without the
     stagger each of them proposed its own set). A node ranks itself among the updates it
-    holds, so one that closed holding none of the best-ranked ones may propose too: about 1 run
-    in 16 has PROPOSERS + 1 proposers, hence the margin of 2."""
+    holds, so one that closed holding none of the best-ranked ones may propose too, hence a
+    margin of 2."""
     from bitswarm.federation.rounds.coordinator import PROPOSERS
     from bitswarm.federation.round_record import RECORD_MAGIC, decode_record
     async def main():
