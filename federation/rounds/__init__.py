@@ -12,7 +12,8 @@ Seams: the codec (bitswarm.federation.codecs) and the aggregation rule
 (bitswarm.federation.aggregation) are injected into RoundCoordinator; how peers are found is
 the transport's discovery (bitswarm.federation.discovery), which the round never sees.
 """
-from .coordinator import RoundCoordinator, RoundResult, SwarmMovedOn, SyncResult
+from .coordinator import (NoRecordAdopted, RoundCoordinator, RoundResult, SwarmMovedOn,
+                          SyncResult)
 from .secure import RoundAbandoned
 
-__all__ = ["RoundAbandoned", "RoundCoordinator", "RoundResult", "SwarmMovedOn", "SyncResult"]
+__all__ = ["NoRecordAdopted", "RoundAbandoned", "RoundCoordinator", "RoundResult", "SwarmMovedOn", "SyncResult"]

@@ -152,6 +152,18 @@ class SwarmMovedOn(Exception):
         self.round, self.head = round, head
 
 
+class NoRecordAdopted(SwarmMovedOn):
+    """A large swarm's round records all failed our check (their payloads could not be
+    fetched, say, on a starved mesh) and a record of ours would hold fewer updates than the
+    quorum: proposing it would start a lone fork that no peer adopts. The caller catches up
+    instead (the swarm's adopted adapter reaches our view as its adopters republish)."""
+
+    def __init__(self, round: int, held: int, quorum: int) -> None:
+        Exception.__init__(self, f"round {round}: no round record of the swarm could be checked "
+                           f"and ours would hold {held} of the quorum's {quorum} updates")
+        self.round, self.head = round, round + 1
+
+
 async def _to_thread(fn: Callable[[], T]) -> T:
     return await trio.to_thread.run_sync(fn)
 
@@ -415,7 +427,9 @@ class RoundCoordinator:
 
         Raises ValueError (bad round, tokens or delta; rounds must increase), RuntimeError
         (run() not started, or another exchange in progress) and SwarmMovedOn (the swarm's
-        head is SERVED_ROUNDS or more rounds ahead: catch up instead); with secure
+        head is SERVED_ROUNDS or more rounds ahead, or it left our base meanwhile: catch up
+        instead; its subclass NoRecordAdopted: in a large swarm no record could be checked and
+        ours would be below the quorum); with secure
         aggregation, RoundAbandoned (too few members or survivors: nothing was revealed; the
         round passed empty, the node holds G_{round+1} = G_round). Other peer failures never
         raise.
@@ -614,7 +628,7 @@ class RoundCoordinator:
                 else:
                     moved.clear()
                     self._log_close(round, ex, deadline.cancelled_caught)
-                    record, aggregate, adapter = await self._agree(round, base, ex)
+                    adopted = await self._agree(round, base, ex)
                     nursery.cancel_scope.cancel()   # stragglers' fetches are not needed
         finally:
             self._intake.close(round)               # late messages for this round: ignored
@@ -624,7 +638,13 @@ class RoundCoordinator:
                      "our update is dropped", round, head.round, head.digest.hex()[:16],
                      len(head.signers))
             raise SwarmMovedOn(round, head.round)
-        return self._finish(round, ex, record, aggregate, adapter, sent0, received0)
+        if adopted is None:
+            held, quorum = len(ex.contributions), self._record_quorum()
+            log.warning("round %d: no round record of the swarm could be checked, and ours "
+                        "would hold %d of the quorum's %d updates (a lone fork): catching up "
+                        "instead of proposing", round, held, quorum)
+            raise NoRecordAdopted(round, held, quorum)
+        return self._finish(round, ex, *adopted, sent0, received0)
 
     async def _secure_exchange(self, round: int, delta: Mapping[str, np.ndarray],
                                tokens: int) -> RoundResult:
@@ -693,7 +713,8 @@ class RoundCoordinator:
                      ) -> tuple[RoundRecord, dict, dict] | None:
         """Propose unless a record came first (or we do not contribute), settle, adopt the
         best record that recomputes (agreement.py). Returns (record, aggregate, new adapter);
-        None only when not contributing and no record recomputed. verify: how a record is
+        None when not contributing and no record recomputed, or when contributing in a large
+        swarm where none recomputed and ours would fall below the quorum. verify: how a record is
         recomputed (default `_verify`); own: our proposal when already published (secure
         rounds)."""
         verify = verify or self._verify
@@ -729,6 +750,8 @@ class RoundCoordinator:
                 await publish(self.transport, record.data, round, self.fetch_timeout_s)
             return (record, *checked[record.data])
         if own is None and contribute:               # every peer record failed to recompute
+            if quorum is not None and len(ex.contributions) < quorum:
+                return None     # a lone fork below the quorum: the caller catches up instead
             own = await self._propose(round, base, ex)
         return own
 

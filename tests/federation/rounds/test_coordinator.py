@@ -783,6 +783,52 @@ def test_a_record_naming_our_earlier_update_of_the_round_is_adopted():
     run_mock(main)
 
 
+def test_a_large_swarm_member_that_cannot_check_any_record_catches_up_instead_of_forking():
+    """12 nodes (more than STAGGER_FROM other members), quorum 7. In round 1 node x hears
+    all gossip but can fetch no payload (as under heavy load): it holds only its own update,
+    every record fails its check, and a record of its own would be a lone fork of one update.
+    x raises NoRecordAdopted (a SwarmMovedOn) without proposing, and catch_up moves it to the
+    swarm's adapter once its links are back. (Before: x proposed, adopted and republished a
+    lone fork.)"""
+    from bitswarm.federation.round_record import RECORD_MAGIC
+    from bitswarm.federation.rounds import NoRecordAdopted
+
+    async def main():
+        net = MemoryNetwork()
+        coords = [make_coord(net, min_peers=6) for _ in range(12)]
+        x, rest = coords[0], coords[1:]
+        async with trio.open_nursery() as n:
+            for c in coords:
+                await n.start(c.run)
+            await exchange_all(coords, 0, tokens=[100] * 12)     # every member is heard
+            net.unlinked = {frozenset((x.peer_id, c.peer_id)) for c in rest}
+            net.published.clear()
+            outcome = {}
+
+            async def x_round():
+                try:
+                    await x.exchange(1, delta_for(77), 100)
+                    outcome["x"] = "adopted"
+                except NoRecordAdopted as e:
+                    outcome["x"] = e
+            async with trio.open_nursery() as m:
+                m.start_soon(x_round)
+                res = await exchange_all(rest, 1, tokens=[100] * 11)
+            assert isinstance(outcome["x"], NoRecordAdopted), outcome
+            assert isinstance(outcome["x"], SwarmMovedOn)
+            assert "ours would hold 1 of the quorum's 7 updates" in str(outcome["x"])
+            assert not any(s == x.peer_id and d[:4] == RECORD_MAGIC and decode_record(d).round == 1
+                           for s, d in net.published)     # (its round-0 record is republished)
+            majority = {r.adapter_sha256 for r in res}
+            assert len(majority) == 1 and x.round == 1
+            net.unlinked = set()
+            await trio.sleep(2.5)                    # a republish: the adopters' records
+            synced = await x.catch_up()
+            assert synced is not None and x.round == 2 and x.adapter_sha256 in majority
+            n.cancel_scope.cancel()
+    run_mock(main)
+
+
 def test_lone_forks_merge_onto_the_smallest_digest():
     """Every node closed a round alone (say its deadline passed under load): four lone forks
     of one signer each, none with two signers. They merge onto one adapter, the smallest
