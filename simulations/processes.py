@@ -50,6 +50,24 @@ def rounds_of(data_dir: Path) -> list[dict]:
     return out
 
 
+def held_adapter(data_dir: Path) -> tuple[int, str] | None:
+    """(k, sha256) of the adapter G_k a node held when it stopped, i.e. the one it saved last:
+    the last line of its rounds.jsonl with an adapter, catch-up syncs ({"synced_to_round": k})
+    included (a round line of round r holds G_{r+1}); None before any."""
+    held = None
+    p = data_dir / "rounds.jsonl"
+    for line in p.read_text().splitlines() if p.exists() else ():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "adapter_sha256" in rec and "synced_to_round" in rec:
+            held = (rec["synced_to_round"], rec["adapter_sha256"])
+        elif "adapter_sha256" in rec and rec.get("round", -1) >= 0:
+            held = (rec["round"] + 1, rec["adapter_sha256"])
+    return held
+
+
 def node_args(s: Scenario) -> list[str]:
     args = ["--swarm", s.name, "--rounds", str(s.rounds), "--local-steps", str(s.local_steps),
             "--lr", str(s.lr), "--batch-size", str(s.batch_size), "--ctx", str(s.ctx),
@@ -207,12 +225,16 @@ def collect(s: Scenario, out: Path, learners, plan, wall_s: float) -> dict:
             for m in _ACCEPTED.finditer(log_path.read_text(errors="replace")):
                 payload_bytes += int(m.group(1))
                 transfers += 1
-    # The swarm's final adapter: the majority's, evaluated on the evaluation folder.
-    last = Counter(recs[i][max(recs[i])]["adapter_sha256"] for i in recs if recs[i])
+    # The swarm's final adapter: the one most nodes held when they stopped (after the final
+    # round's catch-ups: a node on a minority record of the last round re-syncs before it
+    # exits), evaluated on the evaluation folder from a node's saved adapter.
+    held = {i: held_adapter(d) for i, d in dirs.items()}
+    done = {i: h[1] for i, h in held.items() if h is not None and h[0] >= s.rounds}
+    last = Counter(done.values())
     major = last.most_common(1)[0][0] if last else None
     final_loss = None
     for i in recs:
-        if recs[i] and recs[i][max(recs[i])]["adapter_sha256"] == major:
+        if done.get(i) == major:
             adapter, _, _ = load_adapter(dirs[i] / "adapter")
             final_loss = learners.evaluate(adapter)
             break
@@ -222,6 +244,7 @@ def collect(s: Scenario, out: Path, learners, plan, wall_s: float) -> dict:
             "initial_loss": learners.evaluate(learners.initial),
             "nodes_initial_heldout": sum(initial) / len(initial) if initial else None,
             "final_eval_loss": final_loss, "bytes_sent_total": sent_cum,
+            "final_adapters": len(last),          # among the nodes that reached G_rounds
             "payload_bytes": payload_bytes, "payload_transfers": transfers,
             "values_per_update": sum(v.size for v in learners.initial.values()),
             "wall_s": wall_s,

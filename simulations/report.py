@@ -7,7 +7,11 @@ nodes, rounds_completed, initial_heldout_loss, final_heldout_loss, centralized_h
 (null without the baseline), reduction_captured ((initial - final) / (initial - centralized)),
 bytes_sent_total (every byte the nodes sent: gossip copies and payloads), fp32_bytes_equivalent
 (the same traffic with every update payload as raw float32), payload_compression (fp32 payload
-bytes / actual payload bytes), adapters_identical (the final round), wall_s, notes, dp (null
+bytes / actual payload bytes), adapters_identical (the final round, as the nodes adopted it),
+final_adapters_identical (every node that reached the final adapter G_rounds held the same one
+when it stopped: the processes engine counts the catch-ups after the final round; the virtual
+engine's nodes stop as they adopt), final_adapters (how many distinct adapters those nodes held
+then; null in the virtual engine), wall_s, notes, dp (null
 without dp_clip: clip, noise, delta, secure_aggregation, epsilon, update_norm_median per round).
 """
 from __future__ import annotations
@@ -44,6 +48,9 @@ def summarize(s, result: dict, centralized: list[float] | None) -> dict:
         "fp32_bytes_equivalent": result["bytes_sent_total"] - result["payload_bytes"] + fp32_payload,
         "payload_compression": fp32_payload / result["payload_bytes"] if result["payload_bytes"] else None,
         "adapters_identical": bool(rounds and rounds[-1]["adapters_identical"]),
+        "final_adapters_identical": result["final_adapters"] == 1
+        if "final_adapters" in result else bool(rounds and rounds[-1]["adapters_identical"]),
+        "final_adapters": result.get("final_adapters"),
         "codec": s.codec, "aggregation": s.aggregation,
         "outer": None if (s.outer_lr, s.outer_momentum) == (1.0, 0.0)
         else {"lr": s.outer_lr, "momentum": s.outer_momentum},
