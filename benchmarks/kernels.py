@@ -127,6 +127,17 @@ def _forced(be, tm, kw, splits, fn):
     return run
 
 
+def _tile(be, tile: int, fn):
+    """fn run with be.matmul_tile forced to tile (64: matmul.wgsl main, 128: main8)."""
+    def run():
+        saved, be.matmul_tile = be.matmul_tile, tile
+        try:
+            return fn()
+        finally:
+            be.matmul_tile = saved
+    return run
+
+
 def _ste(be, precision: str, chunk: int, dy, w, select: bool = False):
     """The STE input gradient with be.ste_precision / ste_chunk / ste_select_decode forced
     (restored after)."""
@@ -323,6 +334,26 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
                     lambda: be.matmul(hx, W, trans_b=True), 2 * N * D * V, "fma", base.mm(bx, bW)))
         out.append(("lm_head fp32", f"bwd dlogits @ W -> ({N}x{D})",
                     lambda: be.matmul(dl, W), 2 * N * D * V, "fma", base.mm(bdl, bW.T)))
+        # the lm_head as a training step runs it: f16 table, one LM_CHUNK vocab chunk's two
+        # matmuls, and the whole fused op, on each tile edge (matmul.wgsl main / main8)
+        from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
+        vc = min(LM_CHUNK, V)
+        tW = be.table((rng.standard_normal((V, D)) * 0.02).astype(F32))
+        tc = be.table((rng.standard_normal((vc, D)) * 0.02).astype(F32))
+        dlc, gacc = gpu_arr((N, vc)), gpu_arr((N, D))
+        tgt = be.tensor(rng.integers(0, V, N).astype(np.int32))
+        bdc, bWc = base.arr((N, vc), rng), base.arr((vc, D), rng)
+        for tile in (64, 128):
+            extra = {"matmul_tile": tile, "table": tc.dtype}
+            out.append(("lm_head fp32 chunk", f"fwd ({N}x{D}) @ ({vc}x{D})^T tile {tile}",
+                        _tile(be, tile, lambda: be.matmul(hx, tc, trans_b=True)),
+                        2 * N * D * vc, "fma", base.mm(bx, bWc), extra))
+            out.append(("lm_head fp32 chunk", f"bwd acc += ({N}x{vc}) @ W tile {tile}",
+                        _tile(be, tile, lambda: be.matmul(dlc, tc, acc=gacc)),
+                        2 * N * D * vc, "fma", base.mm(bdc, bWc.T), extra))
+            out.append(("lm_head fp32 fused", f"loss + dx, V {V}, tile {tile}",
+                        _tile(be, tile, lambda: be.lm_head_cross_entropy(hx, tW, tgt, 1.0)),
+                        4 * N * D * V, "fma", base.mm(bx, bW), {**extra, "table": tW.dtype}))
     # RMSNorm + activation quantization
     for C in (D, I):
         x, nw = gpu_arr((N, C)), gpu_arr((C,))

@@ -16,6 +16,7 @@ Baselines, same shapes, same run:
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
                                     [--embeddings gpu,host] [--recompute auto|on|off]
                                     [--batch 4,16] [--profile] [--ste f32,f16]
+                                    [--matmul-tile auto,64,128]
                                     [--ste-compare STEPS [--ste-probe 2]]
 
 --batch runs every listed batch size (sequences of ctx 128; each its own row, default 4).
@@ -33,6 +34,10 @@ from an adapter start 1 ulp away, and reports the loss curves' max relative diff
 the f32 run, the final adapters' relative distance, and per STE
 call of the first --ste-probe steps the cosine and relative error of dx(f16) vs dx(f32) on the
 same dy.
+
+--matmul-tile auto,64 runs our step with each tiled-matmul tile edge (GpuBackend.matmul_tile:
+auto = matmul_tile's choice by shape, 64 = matmul.wgsl main, 128 = main8; the lm_head's
+matmuls; the same bits), each its own row (after each --ste value), in --profile too.
 
 --embeddings host keeps the embedding / lm_head table in host memory and streams it through the
 GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
@@ -436,6 +441,9 @@ def main() -> None:
                     help="comma list of STE input-gradient arithmetics for our rows: f32, f16, "
                          "f16sel (f16 decoding codes by selects; default: the backend's choice, "
                          "BITSWARM_GPU_STE / auto)")
+    ap.add_argument("--matmul-tile", default="auto", metavar="LIST",
+                    help="comma list of tiled-matmul tile edges for our rows: auto, 64, 128 "
+                         "(GpuBackend.matmul_tile; the lm_head's matmuls)")
     ap.add_argument("--ste-compare", type=int, default=0, metavar="STEPS",
                     help="train STEPS steps per --models shape (or 'default') with f32 and f16 "
                          "STE on the same data and compare (no timing rows)")
@@ -472,6 +480,13 @@ def main() -> None:
         ap.error(f"--ste: expected f32, f16 and/or f16sel, got {args.ste!r}")
     if any(v.startswith("f16") for v in stes) and "shader-f16" not in be.ctx.features:
         ap.error("--ste f16: this adapter lacks shader-f16")
+    try:
+        mtiles = [None if v.strip() == "auto" else int(v) for v in args.matmul_tile.split(",")]
+        if any(v not in (None, 64, 128) for v in mtiles):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--matmul-tile: expected auto, 64 and/or 128, got {args.matmul_tile!r}")
+    variants = [(x, t) for x in stes for t in mtiles]
     if args.ste_compare:
         res = []
         for model in (args.models or "default,125m").split(","):
@@ -504,12 +519,14 @@ def main() -> None:
         profiles = []
         for model in models:
             for targets in args.targets.split(","):
-                for B, ste in [(b, x) for b in batches for x in stes]:
+                for B, ste, mt in [(b, x, t) for b in batches for x, t in variants]:
                     be.ste_precision, be.ste_select_decode = ste[:3], ste == "f16sel"
+                    be.matmul_tile = mt
                     prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
                     profiles.append({"model": model, "targets": targets, "B": B, "T": T,
-                                     "ste": ste, **prof})
-                    print(f"{model} {targets} batch {B} x {T}, STE {ste}, recompute "
+                                     "ste": ste, "matmul_tile": mt or "auto", **prof})
+                    print(f"{model} {targets} batch {B} x {T}, STE {ste}, matmul tile "
+                          f"{mt or 'auto'}, recompute "
                           f"{prof['recompute']}; best of {steps} steps, ms:")
                     for k, v in prof.items():
                         if isinstance(v, dict):
@@ -521,13 +538,14 @@ def main() -> None:
         return
     for model, B in [(m, b) for m in models for b in batches]:
         cfg = CONFIGS[model]
-        for targets, emb, ste in [(t, e, x) for t in args.targets.split(",")
-                                  for e in residencies for x in stes]:
+        for targets, emb, ste, mt in [(t, e, x, m) for t in args.targets.split(",")
+                                      for e in residencies for x, m in variants]:
             r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
-                 "rank": RANK, "ste": ste}
+                 "rank": RANK, "ste": ste, "matmul_tile": mt or "auto"}
             ob = backends[emb]
             ob.ste_precision, ob.ste_select_decode = ste[:3], ste == "f16sel"
-            first = emb == residencies[0] and ste == stes[0]
+            ob.matmul_tile = mt
+            first = emb == residencies[0] and (ste, mt) == variants[0]
             ob.ctx.trim()
             ob.ctx.reset_peak()
             base_alloc = ob.ctx.allocated_bytes        # rope tables etc. of earlier runs
@@ -558,7 +576,8 @@ def main() -> None:
                     print(f"{model:6s} {B:3d} {targets:7s} {sysname:16s} ERROR {x['error'][:200]}")
                     continue
                 pk = x.get("peak_gpu_bytes")
-                name = f"{sysname}/{emb}/{ste}" if sysname == "ours" else sysname
+                name = (f"{sysname}/{emb}/{ste}" + (f"/mm{mt or 'auto'}" if len(mtiles) > 1
+                                                     else "")) if sysname == "ours" else sysname
                 print(f"{model:6s} {B:3d} {targets:7s} {name:16s} {x['tokens_per_s']:10.1f} "
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
                       f"{ours / x['tokens_per_s']:9.3f}")

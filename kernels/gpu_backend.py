@@ -111,6 +111,10 @@ class GpuBackend:
         # LoRA's rank-r matmul shapes on kernels/ops/matmul/skinny_*.wgsl (True) or on the
         # tiled matmul.wgsl (False, for A/B runs); the same products within fp32 rounding.
         self.matmul_skinny: bool = True
+        # tiled matmul output tile edge (matmul.wgsl main 64 / main8 128; the lm_head's two
+        # matmuls per vocab chunk too): None = heuristic (matmul_tile), 64 or 128 forces; the
+        # same sums in the same order, only speed differs.
+        self.matmul_tile: int | None = None
         self._rope = RopeTables(lambda a: self.ctx.upload(a, "float32"))
         self._dummy_t: Tensor | None = None
 
@@ -216,6 +220,7 @@ class GpuBackend:
     ternarize_all = _bitlinear_train.ternarize_all
     dequantize_act = _bitlinear_train.dequantize_act
     matmul = _matmul.matmul
+    matmul_tile_for = _matmul.matmul_tile
     add = _elementwise.add
     relu2_gate = _elementwise.relu2_gate
     relu2_gate_backward = _elementwise.relu2_gate_backward

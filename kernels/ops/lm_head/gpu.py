@@ -1,5 +1,5 @@
 """GPU launchers of the loss family for GpuBackend: cross_entropy.wgsl, and the lm_head fused
-with it (per vocab chunk: matmul.wgsl logits, lm_head.wgsl `stats`, matmul.wgsl gradient rows;
+with it (per vocab chunk: matmul.wgsl logits (main or main8 by shape: matmul/gpu.py matmul_tile), lm_head.wgsl `stats`, matmul.wgsl gradient rows;
 then `finish`); semantics: reference.py beside this file. A HostTable streams through
 host_table.py with the same kernels on the same values in the same order."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ from bitswarm.kernels.device import Tensor, grid_for
 from bitswarm.kernels.ops.check import check
 from bitswarm.kernels.ops.lm_head.host_table import HostTable, table_chunks, table_rows
 from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
+from bitswarm.kernels.ops.matmul.gpu import launch_tiled
 
 F32 = np.float32
 
@@ -62,16 +63,15 @@ def lm_head_cross_entropy(be, x: Tensor, w: Tensor | HostTable, targets: Tensor,
     else:
         chunks = ((v0, min(vc, V - v0), w, v0 * D) for v0 in range(0, V, vc))
     for v0, n, wc, off in chunks:
-        be._launch("matmul", [x, wc, logits], (-(-n // 64), -(-N // 64), 1),
-                   dict(m=N, n=n, k=D, alpha=1.0, kchunk=D, b_off=off),
-                   constants={**mm, "TRANS_B": 1})
+        launch_tiled(be, [x, wc, logits], N, n,
+                     dict(m=N, n=n, k=D, alpha=1.0, kchunk=D, b_off=off), {**mm, "TRANS_B": 1})
         be._launch("lm_head_cross_entropy", [logits, targets, st, acc], grid_for(N),
                    dict(rows=N, vc=n, v0=v0, d=D, first=int(v0 == 0)), name="stats",
                    constants={"GRAD": int(grad)})
         if grad:
-            be._launch("matmul", [logits, wc, acc], (-(-D // 64), -(-N // 64), 1),
-                       dict(m=N, n=D, k=n, alpha=1.0, kchunk=n, b_off=off),
-                       constants={**mm, "TRANS_B": 0, "ACC": 1})
+            launch_tiled(be, [logits, wc, acc], N, D,
+                         dict(m=N, n=D, k=n, alpha=1.0, kchunk=n, b_off=off),
+                         {**mm, "TRANS_B": 0, "ACC": 1})
     sizes = {logits.buffer.size}
     if host:        # row i's target row is row i of `rows` (padding keeps its -1)
         sizes.add(wc.buffer.size)

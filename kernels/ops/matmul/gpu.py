@@ -15,6 +15,33 @@ _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 SKINNY_R = 16             # skinny_*.wgsl: at most this many rank columns (LoRA r <= 16)
 _SKINNY_MIN_WGS = 512     # skinny_cols split over the token axis: workgroups to aim for
 _SKINNY_MIN_KCHUNK = 64   # ... each summing at least this many tokens
+# matmul.wgsl main8 (128 x 128 tiles) from this many of them (a wave and more of an H200's 132
+# SMs, as the STE gradient's BACKWARD_T128_MIN); below, main's 64 x 64 tiles fill the GPU
+# better. The lm_head at 2B-4T 16 x 128 tokens: logits 1,024 tiles, gradient rows 320.
+MATMUL_T128_MIN = 128
+_MAIN8_WG_BYTES = 8448    # main8's workgroup memory (2 x 8 x 33 vec4)
+
+
+def matmul_tile(be, M: int, N: int) -> int:
+    """Output tile edge of the tiled matmul (64: matmul.wgsl main, 128: main8; the same sums in
+    the same order, so the same bits): the forced `be.matmul_tile`, else 128 when its tiles
+    alone fill a big GPU (at least MATMUL_T128_MIN of them) and the device has the workgroup
+    memory (every WebGPU device has 16 KiB)."""
+    forced = be.matmul_tile
+    if forced is not None:
+        check(forced in (64, 128), f"matmul_tile must be 64 or 128, got {forced}")
+        return int(forced)
+    wg = int(be.ctx.limits.get("max-compute-workgroup-storage-size", 16384))
+    return 128 if (-(-M // 128) * -(-N // 128) >= MATMUL_T128_MIN
+                   and wg >= _MAIN8_WG_BYTES) else 64
+
+
+def launch_tiled(be, bufs, M: int, N: int, params: dict, consts: dict, splits: int = 1) -> None:
+    """One matmul.wgsl launch of the tiled product over `bufs` (a, b, c) on the tile
+    matmul_tile picks: the grid and entry of that tile."""
+    t = matmul_tile(be, M, N)
+    be._launch("matmul", bufs, (-(-N // t), -(-M // t), splits), params,
+               name="main8" if t == 128 else None, constants=consts)
 
 
 def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = False,
@@ -47,15 +74,15 @@ def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = F
         kchunk = (-(-K // splits) + 15) // 16 * 16
         splits = -(-K // kchunk)
         part = be._new((splits, M, N))
-        be._launch("matmul", [a, b, part], (-(-N // 64), -(-M // 64), splits),
-                   dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=kchunk, b_off=0),
-                   constants={**consts, "ACC": 0, "SPLIT": 1})
+        launch_tiled(be, [a, b, part], M, N,
+                     dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=kchunk, b_off=0),
+                     {**consts, "ACC": 0, "SPLIT": 1}, splits)
         be._launch("matmul", [part, c], be._ew_grid(M * N),
                    dict(total=M * N, splits=splits, alpha=F32(alpha)), name="reduce",
                    constants={"ACC": consts["ACC"]})
         return c
-    be._launch("matmul", [a, b, c], (-(-N // 64), -(-M // 64), 1),
-               dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=K, b_off=0), constants=consts)
+    launch_tiled(be, [a, b, c], M, N, dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=K, b_off=0),
+                 consts)
     return c
 
 

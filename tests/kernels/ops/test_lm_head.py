@@ -85,6 +85,32 @@ def test_gpu_matches_reference(gpu, close, f16, N, V, D, chunk, scale):
         gpu.lm_head_cross_entropy(tx, tw, gpu.tensor(np.full(N, V, np.int32)), 1.0)
 
 
+@pytest.mark.parametrize("f16", [True, False])
+def test_gpu_tile128_same_bits_as_tile64(gpu, close, f16):
+    """The lm_head's two matmuls per vocab chunk on 128 x 128 tiles (matmul.wgsl main8) give
+    the 64 x 64 tiles' bits: loss and dx identical; both match the reference."""
+    rng = np.random.default_rng(4)
+    N, V, D, chunk = 200, 700, 136, 300            # partial tiles on every edge, 3 chunks
+    x, w, t = case(rng, N, V, D, 4.0)
+    tw = gpu.table(w) if f16 else gpu.tensor(w)
+    tx, tt = gpu.tensor(x), gpu.tensor(t)
+    out = {}
+    saved = gpu.matmul_tile
+    try:
+        for tile in (64, 128):
+            gpu.matmul_tile = tile
+            loss, dx = gpu.lm_head_cross_entropy(tx, tw, tt, 0.25, chunk=chunk)
+            out[tile] = gpu.numpy(loss), gpu.numpy(dx)
+    finally:
+        gpu.matmul_tile = saved
+    np.testing.assert_array_equal(out[128][0], out[64][0])
+    np.testing.assert_array_equal(out[128][1], out[64][1])
+    wr = w.astype(np.float16) if f16 else w
+    rl, rdx = ref.lm_head_cross_entropy(x, wr, t, 0.25, chunk=chunk)
+    close(out[128][0], rl, 2e-5 * 4.0, 1e-5, "tile128 loss")
+    close(out[128][1], rdx, 2e-6 * np.sqrt(V) * max(1.0, np.abs(rdx).max()), 1e-4, "tile128 dx")
+
+
 def test_f16_table_embedding_and_matmul(gpu, close):
     """Embedding gather and lm_head matmuls read the float16 table as float16 values, exactly."""
     rng = np.random.default_rng(2)

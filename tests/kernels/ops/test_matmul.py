@@ -73,3 +73,75 @@ def test_matmul_skinny_lora_shapes(gpu, close, M, K, N, trans_a, trans_b, use_ac
     assert names[0] == kernel, names
     want = ref.matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=1.5, acc=acc)
     close(got, want, 2e-6 * np.sqrt(K) * 1.5, 1e-5, f"skinny {kernel} {M}x{K}x{N}")
+
+
+def _forced_tile(gpu, tile, fn):
+    """fn() with gpu.matmul_tile forced to `tile`, and the matmul entries it launched."""
+    names = []
+    launch = gpu._launch
+
+    def recording(op, *args, name=None, **kw):
+        if op == "matmul":
+            names.append(name)
+        return launch(op, *args, name=name, **kw)
+    saved, gpu.matmul_tile, gpu._launch = gpu.matmul_tile, tile, recording
+    try:
+        return fn(), names
+    finally:
+        gpu.matmul_tile = saved
+        del gpu._launch
+
+
+# 128 x 128 tiles (matmul.wgsl main8): edges that are not multiples of 128 (or of its 64-wide
+# halves, its 4-wide groups or its 8-long K steps), one full tile, several; f16 b; split-K.
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("M,K,N,alpha,use_acc,f16", [(1, 1, 1, 1.0, False, False),
+                                                     (129, 77, 203, 2.0, True, False),
+                                                     (128, 64, 128, 1.0, False, True),
+                                                     (250, 300, 131, 0.5, True, True),
+                                                     (67, 1001, 70, 1.0, False, False)])
+def test_matmul_tile128_matches_reference_and_tile64_bits(gpu, close, trans_a, trans_b, M, K, N,
+                                                          alpha, use_acc, f16):
+    """main8 against the reference (fp32 tolerance of the tiled path), and against main bit for
+    bit: every output is the same sum of the same products in the same k order."""
+    rng = np.random.default_rng(10)
+    a = rnd(rng, *((K, M) if trans_a else (M, K)))
+    b = rnd(rng, *((N, K) if trans_b else (K, N)))
+    acc = rnd(rng, M, N) if use_acc else None
+    tb = gpu.table(b) if f16 else gpu.tensor(b)
+    assert tb.dtype == ("float16" if f16 else "float32")
+    bh = b.astype(np.float16).astype(np.float32) if f16 else b
+
+    def run():
+        return gpu.numpy(gpu.matmul(gpu.tensor(a), tb, trans_a=trans_a, trans_b=trans_b,
+                                    alpha=alpha, acc=None if acc is None else gpu.tensor(acc)))
+    got8, n8 = _forced_tile(gpu, 128, run)
+    got4, n4 = _forced_tile(gpu, 64, run)
+    if M > 16 and N > 16 and K > 16:        # not a skinny shape: the tiled kernel ran
+        assert "main8" in n8 and "main8" not in n4, (n8, n4)
+    want = ref.matmul(a, bh, trans_a=trans_a, trans_b=trans_b, alpha=alpha, acc=acc)
+    close(got8, want, 2e-6 * np.sqrt(K) * alpha, 1e-5, f"main8 ta={trans_a} tb={trans_b}")
+    np.testing.assert_array_equal(got8, got4)
+
+
+def test_matmul_tile_choice(gpu):
+    """128 x 128 tiles where at least MATMUL_T128_MIN of them fill the GPU (the lm_head's
+    shapes at 2B-4T 16 x 128 tokens), 64 x 64 below; the forced setting wins."""
+    from bitswarm.kernels.ops.matmul.gpu import MATMUL_T128_MIN, matmul_tile
+    assert MATMUL_T128_MIN == 128
+    assert matmul_tile(gpu, 2048, 8192) == 128          # logits of one vocab chunk
+    assert matmul_tile(gpu, 2048, 2560) == 128          # gradient rows: 16 x 20 = 320 tiles
+    assert matmul_tile(gpu, 512, 2560) == 64            # 4 x 128 tokens: 4 x 20 = 80 tiles
+    assert matmul_tile(gpu, 512, 8192) == 128           # 4 x 64 = 256 tiles
+    saved = gpu.matmul_tile
+    try:
+        gpu.matmul_tile = 64
+        assert matmul_tile(gpu, 2048, 8192) == 64
+        gpu.matmul_tile = 128
+        assert matmul_tile(gpu, 8, 8) == 128
+        gpu.matmul_tile = 96
+        with pytest.raises(ValueError):
+            matmul_tile(gpu, 8, 8)
+    finally:
+        gpu.matmul_tile = saved
