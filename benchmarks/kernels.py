@@ -127,14 +127,21 @@ def _forced(be, tm, kw, splits, fn):
     return run
 
 
-def _tile(be, tile: int, fn):
-    """fn run with be.matmul_tile forced to tile (64: matmul.wgsl main, 128: main8)."""
+# lm_head rows: (tile edge, main8's k per step, f16 table words read in pairs)
+LM_TILES = [(64, 8, False), (64, 8, True), (128, 8, False), (128, 16, False), (128, 16, True)]
+LM_FUSED_TILES = [(64, 8, False), (64, 8, True), (128, 16, True)]
+
+
+def _tile(be, tile: int, fn, ks8: int = 8, pairs: bool = False):
+    """fn run with be.matmul_tile forced to tile (64: matmul.wgsl main, 128: main8), its
+    matmul_ks8 and matmul_f16_pairs to ks8 and pairs (the same bits, only speed differs)."""
     def run():
-        saved, be.matmul_tile = be.matmul_tile, tile
+        saved = be.matmul_tile, be.matmul_ks8, be.matmul_f16_pairs
+        be.matmul_tile, be.matmul_ks8, be.matmul_f16_pairs = tile, ks8, pairs
         try:
             return fn()
         finally:
-            be.matmul_tile = saved
+            be.matmul_tile, be.matmul_ks8, be.matmul_f16_pairs = saved
     return run
 
 
@@ -343,17 +350,33 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
         dlc, gacc = gpu_arr((N, vc)), gpu_arr((N, D))
         tgt = be.tensor(rng.integers(0, V, N).astype(np.int32))
         bdc, bWc = base.arr((N, vc), rng), base.arr((vc, D), rng)
-        for tile in (64, 128):
-            extra = {"matmul_tile": tile, "table": tc.dtype}
-            out.append(("lm_head fp32 chunk", f"fwd ({N}x{D}) @ ({vc}x{D})^T tile {tile}",
-                        _tile(be, tile, lambda: be.matmul(hx, tc, trans_b=True)),
+        tc32 = be.tensor(be.numpy(tc).astype(F32))          # the same values, f32 storage
+        for tile, ks8, pairs in LM_TILES:
+            tag = f"tile {tile}" + (f" ks{ks8}" if tile == 128 else "") + (" pairs" if pairs else "")
+            extra = {"matmul_tile": tile, "matmul_ks8": ks8, "matmul_f16_pairs": pairs,
+                     "table": tc.dtype}
+            out.append(("lm_head fp32 chunk", f"fwd ({N}x{D}) @ ({vc}x{D})^T {tag}",
+                        _tile(be, tile, lambda: be.matmul(hx, tc, trans_b=True), ks8, pairs),
                         2 * N * D * vc, "fma", base.mm(bx, bWc), extra))
-            out.append(("lm_head fp32 chunk", f"bwd acc += ({N}x{vc}) @ W tile {tile}",
-                        _tile(be, tile, lambda: be.matmul(dlc, tc, acc=gacc)),
+            out.append(("lm_head fp32 chunk", f"bwd acc += ({N}x{vc}) @ W {tag}",
+                        _tile(be, tile, lambda: be.matmul(dlc, tc, acc=gacc), ks8, pairs),
                         2 * N * D * vc, "fma", base.mm(bdc, bWc.T), extra))
-            out.append(("lm_head fp32 fused", f"loss + dx, V {V}, tile {tile}",
-                        _tile(be, tile, lambda: be.lm_head_cross_entropy(hx, tW, tgt, 1.0)),
-                        4 * N * D * V, "fma", base.mm(bx, bW), {**extra, "table": tW.dtype}))
+        for tile, ks8 in ((64, 8), (128, 16)):       # the same chunk from an f32 table
+            extra = {"matmul_tile": tile, "matmul_ks8": ks8, "table": "float32"}
+            out.append(("lm_head fp32 chunk", f"fwd f32 table tile {tile}",
+                        _tile(be, tile, lambda: be.matmul(hx, tc32, trans_b=True), ks8),
+                        2 * N * D * vc, "fma", base.mm(bx, bWc), extra))
+            out.append(("lm_head fp32 chunk", f"bwd f32 table tile {tile}",
+                        _tile(be, tile, lambda: be.matmul(dlc, tc32, acc=gacc), ks8),
+                        2 * N * D * vc, "fma", base.mm(bdc, bWc.T), extra))
+        for tile, ks8, pairs in LM_FUSED_TILES:
+            tag = f"tile {tile}" + (f" ks{ks8}" if tile == 128 else "") + (" pairs" if pairs else "")
+            out.append(("lm_head fp32 fused", f"loss + dx, V {V}, {tag}",
+                        _tile(be, tile, lambda: be.lm_head_cross_entropy(hx, tW, tgt, 1.0),
+                              ks8, pairs),
+                        4 * N * D * V, "fma", base.mm(bx, bW),
+                        {"matmul_tile": tile, "matmul_ks8": ks8, "matmul_f16_pairs": pairs,
+                         "table": tW.dtype}))
     # RMSNorm + activation quantization
     for C in (D, I):
         x, nw = gpu_arr((N, C)), gpu_arr((C,))

@@ -16,7 +16,8 @@ Baselines, same shapes, same run:
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
                                     [--embeddings gpu,host] [--recompute auto|on|off]
                                     [--batch 4,16] [--profile] [--ste f32,f16]
-                                    [--matmul-tile auto,64,128]
+                                    [--matmul-tile auto,64,128] [--f16-pairs on,off]
+                                    [--matmul-ks8 8,16]
                                     [--ste-compare STEPS [--ste-probe 2]]
 
 --batch runs every listed batch size (sequences of ctx 128; each its own row, default 4).
@@ -38,6 +39,8 @@ same dy.
 --matmul-tile auto,64 runs our step with each tiled-matmul tile edge (GpuBackend.matmul_tile:
 auto = matmul_tile's choice by shape, 64 = matmul.wgsl main, 128 = main8; the lm_head's
 matmuls; the same bits), each its own row (after each --ste value), in --profile too.
+--f16-pairs on,off and --matmul-ks8 8,16 likewise (GpuBackend.matmul_f16_pairs: f16 table
+words read two elements at a time; matmul_ks8: main8's k per step; the same bits).
 
 --embeddings host keeps the embedding / lm_head table in host memory and streams it through the
 GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
@@ -444,6 +447,10 @@ def main() -> None:
     ap.add_argument("--matmul-tile", default="auto", metavar="LIST",
                     help="comma list of tiled-matmul tile edges for our rows: auto, 64, 128 "
                          "(GpuBackend.matmul_tile; the lm_head's matmuls)")
+    ap.add_argument("--f16-pairs", default=None, metavar="LIST",
+                    help="comma list of on/off: GpuBackend.matmul_f16_pairs for our rows")
+    ap.add_argument("--matmul-ks8", default=None, metavar="LIST",
+                    help="comma list of 8/16: GpuBackend.matmul_ks8 for our rows")
     ap.add_argument("--ste-compare", type=int, default=0, metavar="STEPS",
                     help="train STEPS steps per --models shape (or 'default') with f32 and f16 "
                          "STE on the same data and compare (no timing rows)")
@@ -486,7 +493,18 @@ def main() -> None:
             raise ValueError
     except ValueError:
         ap.error(f"--matmul-tile: expected auto, 64 and/or 128, got {args.matmul_tile!r}")
-    variants = [(x, t) for x in stes for t in mtiles]
+    pairs = ([{"on": True, "off": False}[v.strip()] for v in args.f16_pairs.split(",")]
+             if args.f16_pairs else [be.matmul_f16_pairs])
+    ks8s = [int(v) for v in args.matmul_ks8.split(",")] if args.matmul_ks8 else [be.matmul_ks8]
+    # (ste, tile) pairs; tile = (matmul_tile, matmul_f16_pairs, matmul_ks8)
+    variants = [(x, (t, pr, k)) for x in stes for t in mtiles for pr in pairs for k in ks8s]
+    many = len(variants) > len(stes)
+
+    def set_tile(b, mt):
+        b.matmul_tile, b.matmul_f16_pairs, b.matmul_ks8 = mt
+
+    def tile_tag(mt):
+        return f"mm{mt[0] or 'auto'}{'p' if mt[1] else ''}{'k16' if mt[2] == 16 else ''}"
     if args.ste_compare:
         res = []
         for model in (args.models or "default,125m").split(","):
@@ -521,12 +539,13 @@ def main() -> None:
             for targets in args.targets.split(","):
                 for B, ste, mt in [(b, x, t) for b in batches for x, t in variants]:
                     be.ste_precision, be.ste_select_decode = ste[:3], ste == "f16sel"
-                    be.matmul_tile = mt
+                    set_tile(be, mt)
                     prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
                     profiles.append({"model": model, "targets": targets, "B": B, "T": T,
-                                     "ste": ste, "matmul_tile": mt or "auto", **prof})
-                    print(f"{model} {targets} batch {B} x {T}, STE {ste}, matmul tile "
-                          f"{mt or 'auto'}, recompute "
+                                     "ste": ste, "matmul_tile": mt[0] or "auto",
+                                     "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2], **prof})
+                    print(f"{model} {targets} batch {B} x {T}, STE {ste}, matmul "
+                          f"{tile_tag(mt)}, recompute "
                           f"{prof['recompute']}; best of {steps} steps, ms:")
                     for k, v in prof.items():
                         if isinstance(v, dict):
@@ -541,10 +560,11 @@ def main() -> None:
         for targets, emb, ste, mt in [(t, e, x, m) for t in args.targets.split(",")
                                       for e in residencies for x, m in variants]:
             r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
-                 "rank": RANK, "ste": ste, "matmul_tile": mt or "auto"}
+                 "rank": RANK, "ste": ste, "matmul_tile": mt[0] or "auto",
+                 "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2]}
             ob = backends[emb]
             ob.ste_precision, ob.ste_select_decode = ste[:3], ste == "f16sel"
-            ob.matmul_tile = mt
+            set_tile(ob, mt)
             first = emb == residencies[0] and (ste, mt) == variants[0]
             ob.ctx.trim()
             ob.ctx.reset_peak()
@@ -576,8 +596,8 @@ def main() -> None:
                     print(f"{model:6s} {B:3d} {targets:7s} {sysname:16s} ERROR {x['error'][:200]}")
                     continue
                 pk = x.get("peak_gpu_bytes")
-                name = (f"{sysname}/{emb}/{ste}" + (f"/mm{mt or 'auto'}" if len(mtiles) > 1
-                                                     else "")) if sysname == "ours" else sysname
+                name = (f"{sysname}/{emb}/{ste}" + (f"/{tile_tag(mt)}" if many else "")
+                        if sysname == "ours" else sysname)
                 print(f"{model:6s} {B:3d} {targets:7s} {name:16s} {x['tokens_per_s']:10.1f} "
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
                       f"{ours / x['tokens_per_s']:9.3f}")

@@ -115,6 +115,10 @@ class GpuBackend:
         # matmuls per vocab chunk too): None = heuristic (matmul_tile), 64 or 128 forces; the
         # same sums in the same order, only speed differs.
         self.matmul_tile: int | None = None
+        # main8's k per step (8 or 16) and f16 b tiles read a word (two elements) at a time
+        # (matmul.wgsl B_PAIRS): the same bits either way, only speed differs (A/B runs)
+        self.matmul_ks8: int = _matmul.MATMUL_KS8
+        self.matmul_f16_pairs: bool = _matmul.MATMUL_F16_PAIRS
         self._rope = RopeTables(lambda a: self.ctx.upload(a, "float32"))
         self._dummy_t: Tensor | None = None
 

@@ -19,14 +19,16 @@ _SKINNY_MIN_KCHUNK = 64   # ... each summing at least this many tokens
 # SMs, as the STE gradient's BACKWARD_T128_MIN); below, main's 64 x 64 tiles fill the GPU
 # better. The lm_head at 2B-4T 16 x 128 tokens: logits 1,024 tiles, gradient rows 320.
 MATMUL_T128_MIN = 128
-_MAIN8_WG_BYTES = 8448    # main8's workgroup memory (2 x 8 x 33 vec4)
+_MAIN8_WG_BYTES = 16896   # main8's workgroup memory (2 x 16 x 33 vec4: sized for KS8 = 16)
+MATMUL_KS8 = 8            # main8's k per step (8 or 16; GpuBackend.matmul_ks8)
+MATMUL_F16_PAIRS = True   # f16 b tiles loaded a word (two elements) at a time where they can be
 
 
 def matmul_tile(be, M: int, N: int) -> int:
     """Output tile edge of the tiled matmul (64: matmul.wgsl main, 128: main8; the same sums in
     the same order, so the same bits): the forced `be.matmul_tile`, else 128 when its tiles
     alone fill a big GPU (at least MATMUL_T128_MIN of them) and the device has the workgroup
-    memory (every WebGPU device has 16 KiB)."""
+    memory (16,896 bytes: an H200 has 48 KiB, lavapipe 32 KiB)."""
     forced = be.matmul_tile
     if forced is not None:
         check(forced in (64, 128), f"matmul_tile must be 64 or 128, got {forced}")
@@ -38,8 +40,17 @@ def matmul_tile(be, M: int, N: int) -> int:
 
 def launch_tiled(be, bufs, M: int, N: int, params: dict, consts: dict, splits: int = 1) -> None:
     """One matmul.wgsl launch of the tiled product over `bufs` (a, b, c) on the tile
-    matmul_tile picks: the grid and entry of that tile."""
+    matmul_tile picks: the grid and entry of that tile; B_PAIRS where b is float16 with an even
+    element offset and an even row length (every word two neighbours of one row) and
+    `be.matmul_f16_pairs`; main8's KS8 from `be.matmul_ks8`. All give the same bits."""
     t = matmul_tile(be, M, N)
+    row = params["k"] if consts.get("TRANS_B") else params["n"]
+    pairs = bool(consts.get("B_F16")) and be.matmul_f16_pairs and params["b_off"] % 2 == 0 \
+        and row % 2 == 0
+    consts = {**consts, "B_PAIRS": int(pairs)}
+    if t == 128:
+        check(be.matmul_ks8 in (8, 16), f"matmul_ks8 must be 8 or 16, got {be.matmul_ks8}")
+        consts["KS8"] = be.matmul_ks8
     be._launch("matmul", bufs, (-(-N // t), -(-M // t), splits), params,
                name="main8" if t == 128 else None, constants=consts)
 

@@ -13,18 +13,26 @@
 // K range [z*kchunk, (z+1)*kchunk) into partial slab z of c (S, M, N); entry `reduce` then
 // adds the S slabs in order (deterministic), applies alpha and ACC.
 // Entry `main8` (large M and N, where 128 x 128 tiles still fill the GPU: the lm_head's
-// logits and gradient rows): 16x16 invocations, 128 x 128 outputs per workgroup, K steps of 8;
+// logits and gradient rows): 16x16 invocations, 128 x 128 outputs per workgroup, K steps of
+// KS8 (8 or 16);
 // each invocation owns 8 m x 8 n (two groups of 4 at offsets 0 and 64, so neighbouring
 // invocations read neighbouring vec4): four vec4 reads of workgroup memory per 64 FMAs, half of
 // main's. Every output is the same sum of the same products in the same k order as main (one
 // accumulator per output, k = k_lo, k_lo + 1, ...; the same `acc += a * b` form), so the two
-// entries give the same bits. Tiles padded to 33 vec4 per k (2 x 8 x 33 x 16 = 8448 bytes of
-// workgroup memory, under WebGPU's 16 KiB minimum): the model is bitlinear_backward.wgsl main8.
+// entries give the same bits. Tiles padded to 33 vec4 per k, sized for KS8 = 16 (2 x 16 x 33 x
+// 16 = 16896 bytes of workgroup memory, over WebGPU's 16 KiB minimum: the host runs main8 only
+// on devices with that much). The model is bitlinear_backward.wgsl main8.
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ACC: bool = false;
 override SPLIT: bool = false;
 override B_F16: bool = false;
+// B_PAIRS (with B_F16, set by the host only where every pair of elements a word holds is two
+// neighbours along b's contiguous axis in one tile row: b_off and b's row length even): the b
+// tile loads one word per two elements and unpacks both (the same values, half the loads).
+override B_PAIRS: bool = false;
+// main8's k per step: 8 or 16 (its tiles are sized for 16)
+override KS8: u32 = 8u;
 
 struct Params { m: u32, n: u32, k: u32, alpha: f32, kchunk: u32, b_off: u32 }
 
@@ -71,14 +79,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
             a_t[kk * LD4 + mm / 4u][mm % 4u] = av;
             // b tile: 16 (k) x 64 (n)
-            var nn: u32; var kb: u32;
-            if (TRANS_B) { nn = e / KS; kb = e % KS; } else { nn = e % TS; kb = e / TS; }
-            var bv = 0.0;
-            if (n0 + nn < p.n && k0 + kb < k_hi) {
-                if (TRANS_B) { bv = load_b(p.b_off + (n0 + nn) * p.k + k0 + kb); }
-                else { bv = load_b(p.b_off + (k0 + kb) * p.n + n0 + nn); }
+            if (!B_PAIRS) {
+                var nn: u32; var kb: u32;
+                if (TRANS_B) { nn = e / KS; kb = e % KS; } else { nn = e % TS; kb = e / TS; }
+                var bv = 0.0;
+                if (n0 + nn < p.n && k0 + kb < k_hi) {
+                    if (TRANS_B) { bv = load_b(p.b_off + (n0 + nn) * p.k + k0 + kb); }
+                    else { bv = load_b(p.b_off + (k0 + kb) * p.n + n0 + nn); }
+                }
+                b_t[kb * LD4 + nn / 4u][nn % 4u] = bv;
             }
-            b_t[kb * LD4 + nn / 4u][nn % 4u] = bv;
+        }
+        if (B_PAIRS) {
+            for (var r = 0u; r < 2u; r++) {
+                let e = 2u * (tid + 256u * r);
+                if (TRANS_B) {
+                    let nn = e / KS; let kb = e % KS;
+                    var v = vec2<f32>(0.0);
+                    if (n0 + nn < p.n && k0 + kb < k_hi) {
+                        v = unpack2x16float(b[(p.b_off + (n0 + nn) * p.k + k0 + kb) >> 1u]);
+                        if (k0 + kb + 1u >= k_hi) { v.y = 0.0; }
+                    }
+                    b_t[kb * LD4 + nn / 4u][nn % 4u] = v.x;
+                    b_t[(kb + 1u) * LD4 + nn / 4u][nn % 4u] = v.y;
+                } else {
+                    let nn = e % TS; let kb = e / TS;
+                    var v = vec2<f32>(0.0);
+                    if (n0 + nn < p.n && k0 + kb < k_hi) {
+                        v = unpack2x16float(b[(p.b_off + (k0 + kb) * p.n + n0 + nn) >> 1u]);
+                        if (n0 + nn + 1u >= p.n) { v.y = 0.0; }
+                    }
+                    b_t[kb * LD4 + nn / 4u][nn % 4u] = v.x;
+                    b_t[kb * LD4 + nn / 4u][nn % 4u + 1u] = v.y;
+                }
+            }
         }
         workgroupBarrier();
         for (var k = 0u; k < KS; k++) {
@@ -111,10 +145,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
 // ---------------------------------------------------------------- 128 x 128 tiles
 const T8: u32 = 128u;
-const KS8: u32 = 8u;                           // k per step
 const LD8: u32 = 33u;                          // vec4 per k row of a 128-wide tile (+1 pad)
-var<workgroup> a8: array<vec4<f32>, 264>;     // KS8 * LD8: [k][m/4]
-var<workgroup> b8: array<vec4<f32>, 264>;     // KS8 * LD8: [k][n/4]
+var<workgroup> a8: array<vec4<f32>, 528>;     // 16 * LD8: [k][m/4]
+var<workgroup> b8: array<vec4<f32>, 528>;     // 16 * LD8: [k][n/4]
 
 fn store8(z: u32, m: u32, n0: u32, v: vec4<f32>) {
     if (m >= p.m) { return; }
@@ -146,9 +179,9 @@ fn main8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let nsteps = (k_hi - min(k_lo, k_hi) + KS8 - 1u) / KS8;
     for (var step = 0u; step < nsteps; step++) {
         let k0 = k_lo + step * KS8;
-        for (var r = 0u; r < 4u; r++) {
+        for (var r = 0u; r < KS8 / 2u; r++) {
             let e = tid + 256u * r;
-            // a tile: 128 (m) x 8 (k); consecutive invocations walk a's contiguous axis
+            // a tile: 128 (m) x KS8 (k); consecutive invocations walk a's contiguous axis
             var mm: u32; var kk: u32;
             if (TRANS_A) { mm = e % T8; kk = e / T8; } else { mm = e / KS8; kk = e % KS8; }
             var av = 0.0;
@@ -158,14 +191,40 @@ fn main8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             }
             a8[kk * LD8 + mm / 4u][mm % 4u] = av;
             // b tile: 8 (k) x 128 (n)
-            var nn: u32; var kb: u32;
-            if (TRANS_B) { nn = e / KS8; kb = e % KS8; } else { nn = e % T8; kb = e / T8; }
-            var bv = 0.0;
-            if (n0 + nn < p.n && k0 + kb < k_hi) {
-                if (TRANS_B) { bv = load_b(p.b_off + (n0 + nn) * p.k + k0 + kb); }
-                else { bv = load_b(p.b_off + (k0 + kb) * p.n + n0 + nn); }
+            if (!B_PAIRS) {
+                var nn: u32; var kb: u32;
+                if (TRANS_B) { nn = e / KS8; kb = e % KS8; } else { nn = e % T8; kb = e / T8; }
+                var bv = 0.0;
+                if (n0 + nn < p.n && k0 + kb < k_hi) {
+                    if (TRANS_B) { bv = load_b(p.b_off + (n0 + nn) * p.k + k0 + kb); }
+                    else { bv = load_b(p.b_off + (k0 + kb) * p.n + n0 + nn); }
+                }
+                b8[kb * LD8 + nn / 4u][nn % 4u] = bv;
             }
-            b8[kb * LD8 + nn / 4u][nn % 4u] = bv;
+        }
+        if (B_PAIRS) {
+            for (var r = 0u; r < KS8 / 4u; r++) {
+                let e = 2u * (tid + 256u * r);
+                if (TRANS_B) {
+                    let nn = e / KS8; let kb = e % KS8;
+                    var v = vec2<f32>(0.0);
+                    if (n0 + nn < p.n && k0 + kb < k_hi) {
+                        v = unpack2x16float(b[(p.b_off + (n0 + nn) * p.k + k0 + kb) >> 1u]);
+                        if (k0 + kb + 1u >= k_hi) { v.y = 0.0; }
+                    }
+                    b8[kb * LD8 + nn / 4u][nn % 4u] = v.x;
+                    b8[(kb + 1u) * LD8 + nn / 4u][nn % 4u] = v.y;
+                } else {
+                    let nn = e % T8; let kb = e / T8;
+                    var v = vec2<f32>(0.0);
+                    if (n0 + nn < p.n && k0 + kb < k_hi) {
+                        v = unpack2x16float(b[(p.b_off + (k0 + kb) * p.n + n0 + nn) >> 1u]);
+                        if (n0 + nn + 1u >= p.n) { v.y = 0.0; }
+                    }
+                    b8[kb * LD8 + nn / 4u][nn % 4u] = v.x;
+                    b8[kb * LD8 + nn / 4u][nn % 4u + 1u] = v.y;
+                }
+            }
         }
         workgroupBarrier();
         for (var k = 0u; k < KS8; k++) {

@@ -87,24 +87,28 @@ def test_gpu_matches_reference(gpu, close, f16, N, V, D, chunk, scale):
 
 @pytest.mark.parametrize("f16", [True, False])
 def test_gpu_tile128_same_bits_as_tile64(gpu, close, f16):
-    """The lm_head's two matmuls per vocab chunk on 128 x 128 tiles (matmul.wgsl main8) give
-    the 64 x 64 tiles' bits: loss and dx identical; both match the reference."""
+    """The lm_head's two matmuls per vocab chunk on 128 x 128 tiles (matmul.wgsl main8, K steps
+    of 8 and 16) and with f16 table words read in pairs give the 64 x 64 tiles' bits: loss and
+    dx identical; all match the reference."""
     rng = np.random.default_rng(4)
     N, V, D, chunk = 200, 700, 136, 300            # partial tiles on every edge, 3 chunks
     x, w, t = case(rng, N, V, D, 4.0)
     tw = gpu.table(w) if f16 else gpu.tensor(w)
     tx, tt = gpu.tensor(x), gpu.tensor(t)
     out = {}
-    saved = gpu.matmul_tile
+    saved = gpu.matmul_tile, gpu.matmul_ks8, gpu.matmul_f16_pairs
+    configs = [(64, 8, False), (128, 8, False), (128, 16, True), (64, 8, True)]
     try:
-        for tile in (64, 128):
-            gpu.matmul_tile = tile
+        for cfg in configs:
+            gpu.matmul_tile, gpu.matmul_ks8, gpu.matmul_f16_pairs = cfg
             loss, dx = gpu.lm_head_cross_entropy(tx, tw, tt, 0.25, chunk=chunk)
-            out[tile] = gpu.numpy(loss), gpu.numpy(dx)
+            out[cfg] = gpu.numpy(loss), gpu.numpy(dx)
     finally:
-        gpu.matmul_tile = saved
-    np.testing.assert_array_equal(out[128][0], out[64][0])
-    np.testing.assert_array_equal(out[128][1], out[64][1])
+        gpu.matmul_tile, gpu.matmul_ks8, gpu.matmul_f16_pairs = saved
+    for cfg in configs[1:]:
+        np.testing.assert_array_equal(out[cfg][0], out[configs[0]][0], str(cfg))
+        np.testing.assert_array_equal(out[cfg][1], out[configs[0]][1], str(cfg))
+    out[128] = out[configs[2]]
     wr = w.astype(np.float16) if f16 else w
     rl, rdx = ref.lm_head_cross_entropy(x, wr, t, 0.25, chunk=chunk)
     close(out[128][0], rl, 2e-5 * 4.0, 1e-5, "tile128 loss")

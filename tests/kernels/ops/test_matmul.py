@@ -75,36 +75,42 @@ def test_matmul_skinny_lora_shapes(gpu, close, M, K, N, trans_a, trans_b, use_ac
     close(got, want, 2e-6 * np.sqrt(K) * 1.5, 1e-5, f"skinny {kernel} {M}x{K}x{N}")
 
 
-def _forced_tile(gpu, tile, fn):
-    """fn() with gpu.matmul_tile forced to `tile`, and the matmul entries it launched."""
+def _forced_tile(gpu, tile, fn, ks8=8, pairs=False):
+    """fn() with gpu.matmul_tile, matmul_ks8, matmul_f16_pairs forced, and the (entry,
+    constants) of the matmul launches it made."""
     names = []
     launch = gpu._launch
 
-    def recording(op, *args, name=None, **kw):
+    def recording(op, *args, name=None, constants=None, **kw):
         if op == "matmul":
-            names.append(name)
-        return launch(op, *args, name=name, **kw)
-    saved, gpu.matmul_tile, gpu._launch = gpu.matmul_tile, tile, recording
+            names.append((name, constants or {}))
+        return launch(op, *args, name=name, constants=constants, **kw)
+    saved = gpu.matmul_tile, gpu.matmul_ks8, gpu.matmul_f16_pairs
+    gpu.matmul_tile, gpu.matmul_ks8, gpu.matmul_f16_pairs = tile, ks8, pairs
+    gpu._launch = recording
     try:
         return fn(), names
     finally:
-        gpu.matmul_tile = saved
+        gpu.matmul_tile, gpu.matmul_ks8, gpu.matmul_f16_pairs = saved
         del gpu._launch
 
 
-# 128 x 128 tiles (matmul.wgsl main8): edges that are not multiples of 128 (or of its 64-wide
-# halves, its 4-wide groups or its 8-long K steps), one full tile, several; f16 b; split-K.
+# 128 x 128 tiles (matmul.wgsl main8, K steps of 8 and 16) and f16 b tiles read in pairs
+# (B_PAIRS, both tiles): edges that are not multiples of 128 (or of its 64-wide halves, its
+# 4-wide groups or its K steps), odd K and N (no pairs then), one full tile, several; f16 b.
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("M,K,N,alpha,use_acc,f16", [(1, 1, 1, 1.0, False, False),
                                                      (129, 77, 203, 2.0, True, False),
                                                      (128, 64, 128, 1.0, False, True),
                                                      (250, 300, 131, 0.5, True, True),
-                                                     (67, 1001, 70, 1.0, False, False)])
+                                                     (67, 1001, 70, 1.0, False, False),
+                                                     (130, 33, 129, 1.0, True, True)])
 def test_matmul_tile128_matches_reference_and_tile64_bits(gpu, close, trans_a, trans_b, M, K, N,
                                                           alpha, use_acc, f16):
-    """main8 against the reference (fp32 tolerance of the tiled path), and against main bit for
-    bit: every output is the same sum of the same products in the same k order."""
+    """main8 (each K step) and B_PAIRS against the reference (fp32 tolerance of the tiled path),
+    and against main without pairs bit for bit: every output is the same sum of the same
+    products in the same k order."""
     rng = np.random.default_rng(10)
     a = rnd(rng, *((K, M) if trans_a else (M, K)))
     b = rnd(rng, *((N, K) if trans_b else (K, N)))
@@ -116,13 +122,36 @@ def test_matmul_tile128_matches_reference_and_tile64_bits(gpu, close, trans_a, t
     def run():
         return gpu.numpy(gpu.matmul(gpu.tensor(a), tb, trans_a=trans_a, trans_b=trans_b,
                                     alpha=alpha, acc=None if acc is None else gpu.tensor(acc)))
-    got8, n8 = _forced_tile(gpu, 128, run)
     got4, n4 = _forced_tile(gpu, 64, run)
-    if M > 16 and N > 16 and K > 16:        # not a skinny shape: the tiled kernel ran
-        assert "main8" in n8 and "main8" not in n4, (n8, n4)
     want = ref.matmul(a, bh, trans_a=trans_a, trans_b=trans_b, alpha=alpha, acc=acc)
-    close(got8, want, 2e-6 * np.sqrt(K) * alpha, 1e-5, f"main8 ta={trans_a} tb={trans_b}")
-    np.testing.assert_array_equal(got8, got4)
+    close(got4, want, 2e-6 * np.sqrt(K) * alpha, 1e-5, f"main ta={trans_a} tb={trans_b}")
+    tiled = M > 16 and N > 16 and K > 16      # not a skinny shape: the tiled kernel runs
+    for tile, ks8, pairs in [(128, 8, False), (128, 16, False), (128, 16, True), (64, 8, True)]:
+        got, names = _forced_tile(gpu, tile, run, ks8, pairs)
+        if tiled:
+            entry, consts = names[0]
+            assert entry == ("main8" if tile == 128 else None), names
+            row = K if trans_b else N
+            assert consts["B_PAIRS"] == int(pairs and f16 and row % 2 == 0), names
+            if tile == 128:
+                assert consts["KS8"] == ks8, names
+        np.testing.assert_array_equal(got, got4, f"tile {tile} ks8 {ks8} pairs {pairs}")
+
+
+def test_matmul_f16_pairs_at_an_odd_offset(gpu):
+    """A float16 b read from an odd element offset (a vocab chunk of an odd-length table row
+    set) takes no pairs; the lm_head chunk offsets v0 * D with D even do."""
+    from bitswarm.kernels.ops.matmul.gpu import launch_tiled
+    seen = []
+    launch = gpu._launch
+    gpu._launch = lambda op, *a, constants=None, **k: seen.append(constants)
+    try:
+        for off, k in [(0, 64), (3, 64), (64, 63)]:
+            launch_tiled(gpu, [None, None, None], 8, 8, dict(m=8, n=8, k=k, alpha=1.0, kchunk=k,
+                                                           b_off=off), {"B_F16": 1, "TRANS_B": 1})
+    finally:
+        del gpu._launch
+    assert [c["B_PAIRS"] for c in seen] == [int(gpu.matmul_f16_pairs), 0, 0]
 
 
 def test_matmul_tile_choice(gpu):
