@@ -17,7 +17,7 @@ Baselines, same shapes, same run:
                                     [--embeddings gpu,host] [--recompute auto|on|off]
                                     [--batch 4,16] [--profile] [--ste f32,f16]
                                     [--matmul-tile auto,64,128] [--f16-pairs on,off]
-                                    [--matmul-ks8 8,16]
+                                    [--matmul-ks8 8,16] [--lm-widen on,off]
                                     [--ste-compare STEPS [--ste-probe 2]]
 
 --batch runs every listed batch size (sequences of ctx 128; each its own row, default 4).
@@ -39,8 +39,9 @@ same dy.
 --matmul-tile auto,64 runs our step with each tiled-matmul tile edge (GpuBackend.matmul_tile:
 auto = matmul_tile's choice by shape, 64 = matmul.wgsl main, 128 = main8; the lm_head's
 matmuls; the same bits), each its own row (after each --ste value), in --profile too.
---f16-pairs on,off and --matmul-ks8 8,16 likewise (GpuBackend.matmul_f16_pairs: f16 table
-words read two elements at a time; matmul_ks8: main8's k per step; the same bits).
+--f16-pairs on,off, --matmul-ks8 8,16 and --lm-widen on,off likewise (GpuBackend.
+matmul_f16_pairs: f16 table words read two elements at a time; matmul_ks8: main8's k per
+step; lm_head_widen: f16 table chunks widened to f32 for main8; the same bits).
 
 --embeddings host keeps the embedding / lm_head table in host memory and streams it through the
 GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
@@ -449,6 +450,8 @@ def main() -> None:
                          "(GpuBackend.matmul_tile; the lm_head's matmuls)")
     ap.add_argument("--f16-pairs", default=None, metavar="LIST",
                     help="comma list of on/off: GpuBackend.matmul_f16_pairs for our rows")
+    ap.add_argument("--lm-widen", default=None, metavar="LIST",
+                    help="comma list of on/off: GpuBackend.lm_head_widen for our rows")
     ap.add_argument("--matmul-ks8", default=None, metavar="LIST",
                     help="comma list of 8/16: GpuBackend.matmul_ks8 for our rows")
     ap.add_argument("--ste-compare", type=int, default=0, metavar="STEPS",
@@ -496,15 +499,19 @@ def main() -> None:
     pairs = ([{"on": True, "off": False}[v.strip()] for v in args.f16_pairs.split(",")]
              if args.f16_pairs else [be.matmul_f16_pairs])
     ks8s = [int(v) for v in args.matmul_ks8.split(",")] if args.matmul_ks8 else [be.matmul_ks8]
-    # (ste, tile) pairs; tile = (matmul_tile, matmul_f16_pairs, matmul_ks8)
-    variants = [(x, (t, pr, k)) for x in stes for t in mtiles for pr in pairs for k in ks8s]
+    widens = ([{"on": True, "off": False}[v.strip()] for v in args.lm_widen.split(",")]
+              if args.lm_widen else [be.lm_head_widen])
+    # (ste, tile) pairs; tile = (matmul_tile, matmul_f16_pairs, matmul_ks8, lm_head_widen)
+    variants = [(x, (t, pr, k, wd)) for x in stes for t in mtiles for pr in pairs
+                for k in ks8s for wd in widens]
     many = len(variants) > len(stes)
 
     def set_tile(b, mt):
-        b.matmul_tile, b.matmul_f16_pairs, b.matmul_ks8 = mt
+        b.matmul_tile, b.matmul_f16_pairs, b.matmul_ks8, b.lm_head_widen = mt
 
     def tile_tag(mt):
-        return f"mm{mt[0] or 'auto'}{'p' if mt[1] else ''}{'k16' if mt[2] == 16 else ''}"
+        return (f"mm{mt[0] or 'auto'}{'p' if mt[1] else ''}{'k16' if mt[2] == 16 else 'k8'}"
+                f"{'w' if mt[3] else ''}")
     if args.ste_compare:
         res = []
         for model in (args.models or "default,125m").split(","):
@@ -543,7 +550,8 @@ def main() -> None:
                     prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
                     profiles.append({"model": model, "targets": targets, "B": B, "T": T,
                                      "ste": ste, "matmul_tile": mt[0] or "auto",
-                                     "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2], **prof})
+                                     "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2],
+                                     "lm_head_widen": mt[3], **prof})
                     print(f"{model} {targets} batch {B} x {T}, STE {ste}, matmul "
                           f"{tile_tag(mt)}, recompute "
                           f"{prof['recompute']}; best of {steps} steps, ms:")
@@ -561,7 +569,7 @@ def main() -> None:
                                       for e in residencies for x, m in variants]:
             r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
                  "rank": RANK, "ste": ste, "matmul_tile": mt[0] or "auto",
-                 "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2]}
+                 "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2], "lm_head_widen": mt[3]}
             ob = backends[emb]
             ob.ste_precision, ob.ste_select_decode = ste[:3], ste == "f16sel"
             set_tile(ob, mt)

@@ -119,6 +119,9 @@ class GpuBackend:
         # (matmul.wgsl B_PAIRS): the same bits either way, only speed differs (A/B runs)
         self.matmul_ks8: int = _matmul.MATMUL_KS8
         self.matmul_f16_pairs: bool = _matmul.MATMUL_F16_PAIRS
+        # lm_head_cross_entropy: widen each f16 table chunk to f32 where its logits run on
+        # 128 x 128 tiles (exact: the same bits; True) or read the f16 rows there (False)
+        self.lm_head_widen: bool = True
         self._rope = RopeTables(lambda a: self.ctx.upload(a, "float32"))
         self._dummy_t: Tensor | None = None
 
@@ -225,6 +228,7 @@ class GpuBackend:
     dequantize_act = _bitlinear_train.dequantize_act
     matmul = _matmul.matmul
     matmul_tile_for = _matmul.matmul_tile
+    widen = _matmul.widen
     add = _elementwise.add
     relu2_gate = _elementwise.relu2_gate
     relu2_gate_backward = _elementwise.relu2_gate_backward

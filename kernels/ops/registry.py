@@ -93,6 +93,7 @@ OPS: dict[str, OpSpec] = {
     # main: 64 x 64 tiles; main8: 128 x 128 (large M and N: the lm_head), same bits
     "matmul": _op("matmul", matmul.matmul, "matmul.wgsl", "main", "main8",
                   reduce=KernelSpec("matmul.wgsl", "reduce", "RParams"),
+                  widen=KernelSpec("matmul.wgsl", "widen", "WParams"),
                   rows=KernelSpec("skinny_rows.wgsl", "main"),
                   cols=KernelSpec("skinny_cols.wgsl", "main"),
                   cols_reduce=KernelSpec("skinny_cols.wgsl", "reduce", "RParams"),

@@ -15,12 +15,15 @@ _MATMUL_MIN_KCHUNK = 256  # split-K: at least this much of K per workgroup
 SKINNY_R = 16             # skinny_*.wgsl: at most this many rank columns (LoRA r <= 16)
 _SKINNY_MIN_WGS = 512     # skinny_cols split over the token axis: workgroups to aim for
 _SKINNY_MIN_KCHUNK = 64   # ... each summing at least this many tokens
-# matmul.wgsl main8 (128 x 128 tiles) from this many of them (a wave and more of an H200's 132
-# SMs, as the STE gradient's BACKWARD_T128_MIN); below, main's 64 x 64 tiles fill the GPU
-# better. The lm_head at 2B-4T 16 x 128 tokens: logits 1,024 tiles, gradient rows 320.
-MATMUL_T128_MIN = 128
+# matmul.wgsl main8 (128 x 128 tiles) from this many of them; below, main's 64 x 64 tiles.
+# On an H200 (benchmarks/results/kernels-h200-issue11-lmhead-*.json) main8 ran the lm_head's
+# logits chunk (2048 x 8192, K 2560; 1,024 tiles) from f32 rows in 4.33 ms vs main's 5.29, but
+# its gradient rows (2048 x 2560, K 8192: 320 tiles, a second wave a fifth full) in 6.73 vs
+# 5.83, and at 512 tokens (80 tiles) 3.32 vs 1.99: the lm_head's gradient stays on main
+# (lm_head/gpu.py). 512: the 16 x 128 logits (1,024) take main8, the 4 x 128 ones (256) not.
+MATMUL_T128_MIN = 512
 _MAIN8_WG_BYTES = 16896   # main8's workgroup memory (2 x 16 x 33 vec4: sized for KS8 = 16)
-MATMUL_KS8 = 8            # main8's k per step (8 or 16; GpuBackend.matmul_ks8)
+MATMUL_KS8 = 16           # main8's k per step (8 or 16; GpuBackend.matmul_ks8)
 MATMUL_F16_PAIRS = True   # f16 b tiles loaded a word (two elements) at a time where they can be
 
 
@@ -38,12 +41,14 @@ def matmul_tile(be, M: int, N: int) -> int:
                    and wg >= _MAIN8_WG_BYTES) else 64
 
 
-def launch_tiled(be, bufs, M: int, N: int, params: dict, consts: dict, splits: int = 1) -> None:
+def launch_tiled(be, bufs, M: int, N: int, params: dict, consts: dict, splits: int = 1,
+                 tile: int | None = None) -> None:
     """One matmul.wgsl launch of the tiled product over `bufs` (a, b, c) on the tile
     matmul_tile picks: the grid and entry of that tile; B_PAIRS where b is float16 with an even
     element offset and an even row length (every word two neighbours of one row) and
-    `be.matmul_f16_pairs`; main8's KS8 from `be.matmul_ks8`. All give the same bits."""
-    t = matmul_tile(be, M, N)
+    `be.matmul_f16_pairs`; main8's KS8 from `be.matmul_ks8`. All give the same bits. `tile`:
+    the edge to use unless `be.matmul_tile` forces one (else matmul_tile's choice)."""
+    t = matmul_tile(be, M, N) if tile is None or be.matmul_tile is not None else tile
     row = params["k"] if consts.get("TRANS_B") else params["n"]
     pairs = bool(consts.get("B_F16")) and be.matmul_f16_pairs and params["b_off"] % 2 == 0 \
         and row % 2 == 0
@@ -94,6 +99,16 @@ def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = F
         return c
     launch_tiled(be, [a, b, c], M, N, dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=K, b_off=0),
                  consts)
+    return c
+
+
+def widen(be, w: Tensor, off: int, rows: int, cols: int, out: Tensor | None = None) -> Tensor:
+    """float16 table elements off .. off + rows * cols -> float32 (rows, cols) (into `out`
+    when given, a float32 tensor of at least that many elements): matmul.wgsl `widen`."""
+    check(w.dtype == "float16", f"widen: needs a float16 table, got {w}")
+    total = rows * cols
+    c = out if out is not None else be._new((rows, cols))
+    be._launch("matmul", [w, c], be._ew_grid(total), dict(total=total, off=off), name="widen")
     return c
 
 

@@ -156,13 +156,12 @@ def test_matmul_f16_pairs_at_an_odd_offset(gpu):
 
 def test_matmul_tile_choice(gpu):
     """128 x 128 tiles where at least MATMUL_T128_MIN of them fill the GPU (the lm_head's
-    shapes at 2B-4T 16 x 128 tokens), 64 x 64 below; the forced setting wins."""
+    logits at 2B-4T 16 x 128 tokens), 64 x 64 below; the forced setting wins."""
     from bitswarm.kernels.ops.matmul.gpu import MATMUL_T128_MIN, matmul_tile
-    assert MATMUL_T128_MIN == 128
-    assert matmul_tile(gpu, 2048, 8192) == 128          # logits of one vocab chunk
-    assert matmul_tile(gpu, 2048, 2560) == 128          # gradient rows: 16 x 20 = 320 tiles
-    assert matmul_tile(gpu, 512, 2560) == 64            # 4 x 128 tokens: 4 x 20 = 80 tiles
-    assert matmul_tile(gpu, 512, 8192) == 128           # 4 x 64 = 256 tiles
+    assert MATMUL_T128_MIN == 512
+    assert matmul_tile(gpu, 2048, 8192) == 128          # logits of one vocab chunk: 1,024 tiles
+    assert matmul_tile(gpu, 2048, 2560) == 64           # gradient rows: 16 x 20 = 320 tiles
+    assert matmul_tile(gpu, 512, 8192) == 64            # 4 x 128 tokens: 4 x 64 = 256 tiles
     saved = gpu.matmul_tile
     try:
         gpu.matmul_tile = 64
