@@ -64,7 +64,11 @@ from shapes import CONFIGS  # noqa: E402
 
 B, T, RANK, ALPHA = 4, 128, 8, 16.0
 EPOCH_TOKENS = 41_700          # PubMedQA epoch of QVAC Fabric's benchmark (~41.7k tokens)
-TARGETS = {"qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
+# "none": the qkvo model with its adapter removed after upload (the frozen model's forward and
+# input-gradient backward alone, every LoRA matmul and AdamW skipped): the step time of qkvo
+# minus none is what LoRA costs per step (an A/B measurement only: LoRAConfig needs a target)
+TARGETS = {"none": ("q_proj", "k_proj", "v_proj", "o_proj"),
+           "qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
            "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
 
 
@@ -122,6 +126,8 @@ def setup_ours(backend, cfg, targets, recompute: str = "auto"):
     state = init_lora(cfg, lcfg, 0)
     model.set_lora(state)
     keys = trainable_keys(state, lcfg)
+    if targets == "none":
+        model.lora, keys = {}, []
     opt = AdamW(backend, AdamWConfig(lr=1e-4))
     ids, tg = batch(cfg, 1)
     ctx = getattr(backend, "ctx", None)
