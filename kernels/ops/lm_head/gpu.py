@@ -61,6 +61,8 @@ def lm_head_cross_entropy(be, x: Tensor, w: Tensor | HostTable, targets: Tensor,
     # reads each chunk widened to f32 once (`be.lm_head_widen`: exact, so the same bits; one
     # (vc, D) f32 buffer more: 80 MiB at 2B-4T). The gradient rows stay on main (64 x 64:
     # measured faster at every shape; matmul/gpu.py MATMUL_T128_MIN) unless a tile is forced.
+    # H200, 2B-4T 16 x 128: the op 181.8 -> 157.4 ms, the step +1-3% (docs/benchmarks.md,
+    # "The lm_head on 128 x 128 tiles").
     wide = (be._new((vc, D)) if f16 and be.lm_head_widen and matmul_tile(be, N, vc) == 128
             else None)
     mm = {"TRANS_A": 0, "ACC": 0, "SPLIT": 0, "B_F16": 0 if wide is not None else f16}
