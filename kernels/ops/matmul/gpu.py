@@ -21,24 +21,29 @@ _SKINNY_MIN_KCHUNK = 64   # ... each summing at least this many tokens
 # its gradient rows (2048 x 2560, K 8192: 320 tiles, a second wave a fifth full) in 6.73 vs
 # 5.83, and at 512 tokens (80 tiles) 3.32 vs 1.99: the lm_head's gradient stays on main
 # (lm_head/gpu.py). 512: the 16 x 128 logits (1,024) take main8, the 4 x 128 ones (256) not.
+# Both edges at least MATMUL_T128_EDGE too: a decode step's logits (M = 1, V / 128 tiles) would
+# waste 127 of main8's 128 rows (main's 63 of 64), twice main's FMAs for the same table read.
 MATMUL_T128_MIN = 512
+MATMUL_T128_EDGE = 512
 _MAIN8_WG_BYTES = 16896   # main8's workgroup memory (2 x 16 x 33 vec4: sized for KS8 = 16)
 MATMUL_KS8 = 16           # main8's k per step (8 or 16; GpuBackend.matmul_ks8)
 MATMUL_F16_PAIRS = True   # f16 b tiles loaded a word (two elements) at a time where they can be
 
 
 def matmul_tile(be, M: int, N: int) -> int:
-    """Output tile edge of the tiled matmul (64: matmul.wgsl main, 128: main8; the same sums in
-    the same order, so the same bits): the forced `be.matmul_tile`, else 128 when its tiles
-    alone fill a big GPU (at least MATMUL_T128_MIN of them) and the device has the workgroup
-    memory (16,896 bytes: an H200 has 48 KiB, lavapipe 32 KiB)."""
+    """Output tile edge of the lm_head's logits matmul (64: matmul.wgsl main, 128: main8; the
+    same sums in the same order, so the same bits): the forced `be.matmul_tile`, else 128 when
+    its tiles alone fill a big GPU (at least MATMUL_T128_MIN of them, M and N at least
+    MATMUL_T128_EDGE) and the device has the workgroup memory (16,896 bytes: an H200 has 48
+    KiB, lavapipe 32 KiB). The general `matmul` stays on main unless forced: its other shapes
+    (evaluation and generation logits, pretraining's weight gradients) were not measured."""
     forced = be.matmul_tile
     if forced is not None:
         check(forced in (64, 128), f"matmul_tile must be 64 or 128, got {forced}")
         return int(forced)
     wg = int(be.ctx.limits.get("max-compute-workgroup-storage-size", 16384))
     return 128 if (-(-M // 128) * -(-N // 128) >= MATMUL_T128_MIN
-                   and wg >= _MAIN8_WG_BYTES) else 64
+                   and min(M, N) >= MATMUL_T128_EDGE and wg >= _MAIN8_WG_BYTES) else 64
 
 
 def launch_tiled(be, bufs, M: int, N: int, params: dict, consts: dict, splits: int = 1,
@@ -92,13 +97,13 @@ def matmul(be, a: Tensor, b: Tensor, *, trans_a: bool = False, trans_b: bool = F
         part = be._new((splits, M, N))
         launch_tiled(be, [a, b, part], M, N,
                      dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=kchunk, b_off=0),
-                     {**consts, "ACC": 0, "SPLIT": 1}, splits)
+                     {**consts, "ACC": 0, "SPLIT": 1}, splits, tile=64)
         be._launch("matmul", [part, c], be._ew_grid(M * N),
                    dict(total=M * N, splits=splits, alpha=F32(alpha)), name="reduce",
                    constants={"ACC": consts["ACC"]})
         return c
     launch_tiled(be, [a, b, c], M, N, dict(m=M, n=N, k=K, alpha=F32(alpha), kchunk=K, b_off=0),
-                 consts)
+                 consts, tile=64)
     return c
 
 

@@ -162,6 +162,8 @@ def test_matmul_tile_choice(gpu):
     assert matmul_tile(gpu, 2048, 8192) == 128          # logits of one vocab chunk: 1,024 tiles
     assert matmul_tile(gpu, 2048, 2560) == 64           # gradient rows: 16 x 20 = 320 tiles
     assert matmul_tile(gpu, 512, 8192) == 64            # 4 x 128 tokens: 4 x 64 = 256 tiles
+    assert matmul_tile(gpu, 1, 128256) == 64            # a decode step's logits: 1,002 tiles
+    assert matmul_tile(gpu, 256, 128256) == 64          # a short prompt's
     saved = gpu.matmul_tile
     try:
         gpu.matmul_tile = 64
@@ -173,3 +175,22 @@ def test_matmul_tile_choice(gpu):
             matmul_tile(gpu, 8, 8)
     finally:
         gpu.matmul_tile = saved
+
+
+def test_general_matmul_stays_on_64_tiles_unless_forced(gpu):
+    """The general matmul (evaluation / generation logits, pretraining weight gradients) keeps
+    main at any shape; only a forced matmul_tile moves it (no GPU work: launches recorded)."""
+    seen = []
+    launch = gpu._launch
+    gpu._launch = lambda op, *a, name=None, **k: seen.append(name)
+    a = gpu._new((4096, 64))
+    b = gpu.table(np.zeros((4096, 64), np.float32))     # f16: the tiled path at any shape
+    saved = gpu.matmul_tile
+    try:
+        gpu.matmul(a, b, trans_b=True)                   # 32 x 32 = 1,024 tiles of 128
+        gpu.matmul_tile = 128
+        gpu.matmul(a, b, trans_b=True)
+    finally:
+        del gpu._launch
+        gpu.matmul_tile = saved
+    assert seen == [None, "main8"], seen
