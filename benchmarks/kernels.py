@@ -127,6 +127,31 @@ def _forced(be, tm, kw, splits, fn):
     return run
 
 
+# lm_head rows: (tile edge, main8's k per step, f16 table words read in pairs)
+LM_TILES = [(64, 8, False), (64, 8, True), (128, 8, False), (128, 16, False), (128, 16, True)]
+# fused op rows: (label, matmul_tile (None: by shape), matmul_ks8, f16 pairs, lm_head_widen)
+LM_FUSED = [("tile 64 (main only, as before main8)", 64, 8, False, False),
+            ("tile 64 pairs", 64, 8, True, False),
+            ("by shape, pairs, no widen", None, 16, True, False),
+            ("by shape, pairs, widen ks16", None, 16, True, True),
+            ("by shape, pairs, widen ks8", None, 8, True, True)]
+
+
+def _tile(be, tile, fn, ks8: int = 8, pairs: bool = False, widen: bool = True):
+    """fn run with be.matmul_tile forced to tile (64: matmul.wgsl main, 128: main8, None: by
+    shape), its matmul_ks8, matmul_f16_pairs and lm_head_widen to ks8, pairs and widen (the
+    same bits, only speed differs)."""
+    def run():
+        saved = be.matmul_tile, be.matmul_ks8, be.matmul_f16_pairs, be.lm_head_widen
+        be.matmul_tile, be.matmul_ks8, be.matmul_f16_pairs, be.lm_head_widen = (
+            tile, ks8, pairs, widen)
+        try:
+            return fn()
+        finally:
+            be.matmul_tile, be.matmul_ks8, be.matmul_f16_pairs, be.lm_head_widen = saved
+    return run
+
+
 def _ste(be, precision: str, chunk: int, dy, w, select: bool = False):
     """The STE input gradient with be.ste_precision / ste_chunk / ste_select_decode forced
     (restored after)."""
@@ -323,6 +348,44 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
                     lambda: be.matmul(hx, W, trans_b=True), 2 * N * D * V, "fma", base.mm(bx, bW)))
         out.append(("lm_head fp32", f"bwd dlogits @ W -> ({N}x{D})",
                     lambda: be.matmul(dl, W), 2 * N * D * V, "fma", base.mm(bdl, bW.T)))
+        # the lm_head as a training step runs it: f16 table, one LM_CHUNK vocab chunk's two
+        # matmuls, and the whole fused op, on each tile edge (matmul.wgsl main / main8)
+        from bitswarm.kernels.ops.lm_head.reference import LM_CHUNK
+        vc = min(LM_CHUNK, V)
+        tW = be.table((rng.standard_normal((V, D)) * 0.02).astype(F32))
+        tc = be.table((rng.standard_normal((vc, D)) * 0.02).astype(F32))
+        dlc, gacc = gpu_arr((N, vc)), gpu_arr((N, D))
+        tgt = be.tensor(rng.integers(0, V, N).astype(np.int32))
+        bdc, bWc = base.arr((N, vc), rng), base.arr((vc, D), rng)
+        tc32 = be.tensor(be.numpy(tc).astype(F32))          # the same values, f32 storage
+        for tile, ks8, pairs in LM_TILES:
+            tag = f"tile {tile}" + (f" ks{ks8}" if tile == 128 else "") + (" pairs" if pairs else "")
+            extra = {"matmul_tile": tile, "matmul_ks8": ks8, "matmul_f16_pairs": pairs,
+                     "table": tc.dtype}
+            out.append(("lm_head fp32 chunk", f"fwd ({N}x{D}) @ ({vc}x{D})^T {tag}",
+                        _tile(be, tile, lambda: be.matmul(hx, tc, trans_b=True), ks8, pairs),
+                        2 * N * D * vc, "fma", base.mm(bx, bWc), extra))
+            out.append(("lm_head fp32 chunk", f"bwd acc += ({N}x{vc}) @ W {tag}",
+                        _tile(be, tile, lambda: be.matmul(dlc, tc, acc=gacc), ks8, pairs),
+                        2 * N * D * vc, "fma", base.mm(bdc, bWc.T), extra))
+        for tile, ks8 in ((64, 8), (128, 8), (128, 16)):   # the same chunk from an f32 table
+            extra = {"matmul_tile": tile, "matmul_ks8": ks8, "table": "float32"}
+            out.append(("lm_head fp32 chunk", f"fwd f32 table tile {tile} ks{ks8}",
+                        _tile(be, tile, lambda: be.matmul(hx, tc32, trans_b=True), ks8),
+                        2 * N * D * vc, "fma", base.mm(bx, bWc), extra))
+            out.append(("lm_head fp32 chunk", f"bwd f32 table tile {tile} ks{ks8}",
+                        _tile(be, tile, lambda: be.matmul(dlc, tc32, acc=gacc), ks8),
+                        2 * N * D * vc, "fma", base.mm(bdc, bWc.T), extra))
+        out.append(("lm_head fp32 chunk", f"widen f16 ({vc}x{D}) to f32",
+                    lambda: be.widen(tc, 0, vc, D), 0, "fma", base.mm(bx, bWc), {}))
+        for tag, tile, ks8, pairs, wide in LM_FUSED:
+            out.append(("lm_head fp32 fused", f"loss + dx, V {V}, {tag}",
+                        _tile(be, tile, lambda: be.lm_head_cross_entropy(hx, tW, tgt, 1.0),
+                              ks8, pairs, wide),
+                        4 * N * D * V, "fma", base.mm(bx, bW),
+                        {"matmul_tile": tile or "auto", "matmul_ks8": ks8,
+                         "matmul_f16_pairs": pairs, "lm_head_widen": wide,
+                         "table": tW.dtype}))
     # RMSNorm + activation quantization
     for C in (D, I):
         x, nw = gpu_arr((N, C)), gpu_arr((C,))

@@ -16,6 +16,8 @@ Baselines, same shapes, same run:
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
                                     [--embeddings gpu,host] [--recompute auto|on|off]
                                     [--batch 4,16] [--profile] [--ste f32,f16]
+                                    [--matmul-tile auto,64,128] [--f16-pairs on,off]
+                                    [--matmul-ks8 8,16] [--lm-widen on,off]
                                     [--ste-compare STEPS [--ste-probe 2]]
 
 --batch runs every listed batch size (sequences of ctx 128; each its own row, default 4).
@@ -33,6 +35,13 @@ from an adapter start 1 ulp away, and reports the loss curves' max relative diff
 the f32 run, the final adapters' relative distance, and per STE
 call of the first --ste-probe steps the cosine and relative error of dx(f16) vs dx(f32) on the
 same dy.
+
+--matmul-tile auto,64 runs our step with each tiled-matmul tile edge (GpuBackend.matmul_tile:
+auto = matmul_tile's choice by shape, 64 = matmul.wgsl main, 128 = main8; the lm_head's
+matmuls; the same bits), each its own row (after each --ste value), in --profile too.
+--f16-pairs on,off, --matmul-ks8 8,16 and --lm-widen on,off likewise (GpuBackend.
+matmul_f16_pairs: f16 table words read two elements at a time; matmul_ks8: main8's k per
+step; lm_head_widen: f16 table chunks widened to f32 for main8; the same bits).
 
 --embeddings host keeps the embedding / lm_head table in host memory and streams it through the
 GPU (GpuBackend table_residency="host"); each residency is its own row. Where nvidia-smi exists,
@@ -55,7 +64,11 @@ from shapes import CONFIGS  # noqa: E402
 
 B, T, RANK, ALPHA = 4, 128, 8, 16.0
 EPOCH_TOKENS = 41_700          # PubMedQA epoch of QVAC Fabric's benchmark (~41.7k tokens)
-TARGETS = {"qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
+# "none": the qkvo model with its adapter removed after upload (the frozen model's forward and
+# input-gradient backward alone, every LoRA matmul and AdamW skipped): the step time of qkvo
+# minus none is what LoRA costs per step (an A/B measurement only: LoRAConfig needs a target)
+TARGETS = {"none": ("q_proj", "k_proj", "v_proj", "o_proj"),
+           "qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
            "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
 
 
@@ -113,6 +126,8 @@ def setup_ours(backend, cfg, targets, recompute: str = "auto"):
     state = init_lora(cfg, lcfg, 0)
     model.set_lora(state)
     keys = trainable_keys(state, lcfg)
+    if targets == "none":
+        model.lora, keys = {}, []
     opt = AdamW(backend, AdamWConfig(lr=1e-4))
     ids, tg = batch(cfg, 1)
     ctx = getattr(backend, "ctx", None)
@@ -436,6 +451,15 @@ def main() -> None:
                     help="comma list of STE input-gradient arithmetics for our rows: f32, f16, "
                          "f16sel (f16 decoding codes by selects; default: the backend's choice, "
                          "BITSWARM_GPU_STE / auto)")
+    ap.add_argument("--matmul-tile", default="auto", metavar="LIST",
+                    help="comma list of tiled-matmul tile edges for our rows: auto, 64, 128 "
+                         "(GpuBackend.matmul_tile; the lm_head's matmuls)")
+    ap.add_argument("--f16-pairs", default=None, metavar="LIST",
+                    help="comma list of on/off: GpuBackend.matmul_f16_pairs for our rows")
+    ap.add_argument("--lm-widen", default=None, metavar="LIST",
+                    help="comma list of on/off: GpuBackend.lm_head_widen for our rows")
+    ap.add_argument("--matmul-ks8", default=None, metavar="LIST",
+                    help="comma list of 8/16: GpuBackend.matmul_ks8 for our rows")
     ap.add_argument("--ste-compare", type=int, default=0, metavar="STEPS",
                     help="train STEPS steps per --models shape (or 'default') with f32 and f16 "
                          "STE on the same data and compare (no timing rows)")
@@ -472,6 +496,28 @@ def main() -> None:
         ap.error(f"--ste: expected f32, f16 and/or f16sel, got {args.ste!r}")
     if any(v.startswith("f16") for v in stes) and "shader-f16" not in be.ctx.features:
         ap.error("--ste f16: this adapter lacks shader-f16")
+    try:
+        mtiles = [None if v.strip() == "auto" else int(v) for v in args.matmul_tile.split(",")]
+        if any(v not in (None, 64, 128) for v in mtiles):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--matmul-tile: expected auto, 64 and/or 128, got {args.matmul_tile!r}")
+    pairs = ([{"on": True, "off": False}[v.strip()] for v in args.f16_pairs.split(",")]
+             if args.f16_pairs else [be.matmul_f16_pairs])
+    ks8s = [int(v) for v in args.matmul_ks8.split(",")] if args.matmul_ks8 else [be.matmul_ks8]
+    widens = ([{"on": True, "off": False}[v.strip()] for v in args.lm_widen.split(",")]
+              if args.lm_widen else [be.lm_head_widen])
+    # (ste, tile) pairs; tile = (matmul_tile, matmul_f16_pairs, matmul_ks8, lm_head_widen)
+    variants = [(x, (t, pr, k, wd)) for x in stes for t in mtiles for pr in pairs
+                for k in ks8s for wd in widens]
+    many = len(variants) > len(stes)
+
+    def set_tile(b, mt):
+        b.matmul_tile, b.matmul_f16_pairs, b.matmul_ks8, b.lm_head_widen = mt
+
+    def tile_tag(mt):
+        return (f"mm{mt[0] or 'auto'}{'p' if mt[1] else ''}{'k16' if mt[2] == 16 else 'k8'}"
+                f"{'w' if mt[3] else ''}")
     if args.ste_compare:
         res = []
         for model in (args.models or "default,125m").split(","):
@@ -504,12 +550,16 @@ def main() -> None:
         profiles = []
         for model in models:
             for targets in args.targets.split(","):
-                for B, ste in [(b, x) for b in batches for x in stes]:
+                for B, ste, mt in [(b, x, t) for b in batches for x, t in variants]:
                     be.ste_precision, be.ste_select_decode = ste[:3], ste == "f16sel"
+                    set_tile(be, mt)
                     prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
                     profiles.append({"model": model, "targets": targets, "B": B, "T": T,
-                                     "ste": ste, **prof})
-                    print(f"{model} {targets} batch {B} x {T}, STE {ste}, recompute "
+                                     "ste": ste, "matmul_tile": mt[0] or "auto",
+                                     "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2],
+                                     "lm_head_widen": mt[3], **prof})
+                    print(f"{model} {targets} batch {B} x {T}, STE {ste}, matmul "
+                          f"{tile_tag(mt)}, recompute "
                           f"{prof['recompute']}; best of {steps} steps, ms:")
                     for k, v in prof.items():
                         if isinstance(v, dict):
@@ -521,13 +571,15 @@ def main() -> None:
         return
     for model, B in [(m, b) for m in models for b in batches]:
         cfg = CONFIGS[model]
-        for targets, emb, ste in [(t, e, x) for t in args.targets.split(",")
-                                  for e in residencies for x in stes]:
+        for targets, emb, ste, mt in [(t, e, x, m) for t in args.targets.split(",")
+                                      for e in residencies for x, m in variants]:
             r = {"model": model, "targets": targets, "embeddings": emb, "B": B, "T": T,
-                 "rank": RANK, "ste": ste}
+                 "rank": RANK, "ste": ste, "matmul_tile": mt[0] or "auto",
+                 "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2], "lm_head_widen": mt[3]}
             ob = backends[emb]
             ob.ste_precision, ob.ste_select_decode = ste[:3], ste == "f16sel"
-            first = emb == residencies[0] and ste == stes[0]
+            set_tile(ob, mt)
+            first = emb == residencies[0] and (ste, mt) == variants[0]
             ob.ctx.trim()
             ob.ctx.reset_peak()
             base_alloc = ob.ctx.allocated_bytes        # rope tables etc. of earlier runs
@@ -558,7 +610,8 @@ def main() -> None:
                     print(f"{model:6s} {B:3d} {targets:7s} {sysname:16s} ERROR {x['error'][:200]}")
                     continue
                 pk = x.get("peak_gpu_bytes")
-                name = f"{sysname}/{emb}/{ste}" if sysname == "ours" else sysname
+                name = (f"{sysname}/{emb}/{ste}" + (f"/{tile_tag(mt)}" if many else "")
+                        if sysname == "ours" else sysname)
                 print(f"{model:6s} {B:3d} {targets:7s} {name:16s} {x['tokens_per_s']:10.1f} "
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
                       f"{ours / x['tokens_per_s']:9.3f}")

@@ -111,6 +111,17 @@ class GpuBackend:
         # LoRA's rank-r matmul shapes on kernels/ops/matmul/skinny_*.wgsl (True) or on the
         # tiled matmul.wgsl (False, for A/B runs); the same products within fp32 rounding.
         self.matmul_skinny: bool = True
+        # tiled matmul output tile edge (matmul.wgsl main 64 / main8 128; the lm_head's two
+        # matmuls per vocab chunk too): None = heuristic (matmul_tile), 64 or 128 forces; the
+        # same sums in the same order, only speed differs.
+        self.matmul_tile: int | None = None
+        # main8's k per step (8 or 16) and f16 b tiles read a word (two elements) at a time
+        # (matmul.wgsl B_PAIRS): the same bits either way, only speed differs (A/B runs)
+        self.matmul_ks8: int = _matmul.MATMUL_KS8
+        self.matmul_f16_pairs: bool = _matmul.MATMUL_F16_PAIRS
+        # lm_head_cross_entropy: widen each f16 table chunk to f32 where its logits run on
+        # 128 x 128 tiles (exact: the same bits; True) or read the f16 rows there (False)
+        self.lm_head_widen: bool = True
         self._rope = RopeTables(lambda a: self.ctx.upload(a, "float32"))
         self._dummy_t: Tensor | None = None
 
@@ -216,6 +227,8 @@ class GpuBackend:
     ternarize_all = _bitlinear_train.ternarize_all
     dequantize_act = _bitlinear_train.dequantize_act
     matmul = _matmul.matmul
+    matmul_tile_for = _matmul.matmul_tile
+    widen = _matmul.widen
     add = _elementwise.add
     relu2_gate = _elementwise.relu2_gate
     relu2_gate_backward = _elementwise.relu2_gate_backward

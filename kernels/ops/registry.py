@@ -90,8 +90,10 @@ OPS: dict[str, OpSpec] = {
                          pack=KernelSpec("ternarize_pack.wgsl", "main")),
     "dequantize_act": _op("bitlinear", bitlinear.dequantize_act, "dequantize_act.wgsl", "main"),
     # skinny_*: LoRA's rank-r shapes (r <= 16 output columns, rows or contraction); gpu.py picks
-    "matmul": _op("matmul", matmul.matmul, "matmul.wgsl", "main",
+    # main: 64 x 64 tiles; main8: 128 x 128 (large M and N: the lm_head), same bits
+    "matmul": _op("matmul", matmul.matmul, "matmul.wgsl", "main", "main8",
                   reduce=KernelSpec("matmul.wgsl", "reduce", "RParams"),
+                  widen=KernelSpec("matmul.wgsl", "widen", "WParams"),
                   rows=KernelSpec("skinny_rows.wgsl", "main"),
                   cols=KernelSpec("skinny_cols.wgsl", "main"),
                   cols_reduce=KernelSpec("skinny_cols.wgsl", "reduce", "RParams"),
