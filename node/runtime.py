@@ -346,12 +346,8 @@ async def _linger(node: Node, coord, transport, compute, rounds_log: Path,
     def waiting() -> set[str]:
         claims = coord.view.latest()
         mine = (coord.round, bytes.fromhex(coord.adapter_sha256))
-        # gossipsub's topic membership can outlive a connection that closed abnormally (two
-        # nodes of real-32 waited out the whole limit for 30 peers that had exited): connected
-        # peers only
-        connected = set(transport.connected_peers())
-        members = {p for p in transport.topic_peers() if p in connected
-                   and (p in coord.view.recorders() or p not in claims)}
+        members = {p for p in transport.topic_peers()
+                   if p in coord.view.recorders() or p not in claims}
         return {p for p in members if claims.get(p) != mine and claims.get(p, (-1,))[0] <= coord.round}
 
     limit = max(LINGER_S, 2 * node.cfg.round_timeout_s)
