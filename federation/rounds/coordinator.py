@@ -769,9 +769,10 @@ class RoundCoordinator:
         nodes adopt different records under load (32 nodes: 9 different adapters after one
         round; with a 5 s stagger by rank still 6). So beyond STAGGER_FROM other members only
         the PROPOSERS best-ranked contributors we hold (proposer rank, the tie-break agreement
-        uses) propose, PROPOSAL_SPREAD_S / PROPOSERS apart; every other node waits up to
-        FOLLOW_WAIT_S (at most a quarter of the round timeout) for a record and adopts it, and
-        proposes only if none came (liveness when the first ranks are slow or gone). A record
+        uses) propose, PROPOSAL_SPREAD_S / PROPOSERS apart; every other node waits for a
+        record and adopts it, and proposes only if none came (liveness when the first ranks
+        are slow or gone): after FOLLOW_WAIT_S plus a settle window per rank past PROPOSERS,
+        at most a quarter of the round timeout. A record
         arriving ends any wait. Small swarms settle within settle_s as they are: no wait."""
         members = self._intake.view.signers(exclude=self.peer_id)
         if members <= STAGGER_FROM:
@@ -784,7 +785,13 @@ class RoundCoordinator:
         if position < PROPOSERS:
             wait = PROPOSAL_SPREAD_S * position / PROPOSERS
         else:
-            wait = min(FOLLOW_WAIT_S, self.round_timeout_s / 4)
+            # The followers' fallback is staggered by rank too, a settle window apart: when
+            # none of the best-ranked proposes in time (they may be the stragglers, still
+            # training or catching up), the first follower's record reaches the others before
+            # their own turn. (32 processes on 2 cores: 16 followers waited out the same
+            # FOLLOW_WAIT_S and proposed 16 records in one round.)
+            wait = min(FOLLOW_WAIT_S + (position - PROPOSERS) * self.settle_window_s,
+                       self.round_timeout_s / 4)
         if wait <= 0:
             return
         with trio.move_on_after(wait):
