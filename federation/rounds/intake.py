@@ -235,8 +235,9 @@ class ManifestIntake:
     def _on_record(self, author: str, rec: RoundRecord) -> None:
         if not self._valid(rec):
             return
-        self._claim(rec.proposer, rec.round + 1, rec.new_adapter, via_record=True)
-        if author != self.peer_id:
+        self._claim(rec.proposer, rec.round + 1, rec.new_adapter, via_record=True,
+                    inferred=author != rec.proposer)
+        if author not in (self.peer_id, rec.proposer):
             self._claim(author, rec.round + 1, rec.new_adapter, via_record=True)
         if not self._floor <= rec.round <= self._floor + self.max_rounds_ahead:
             return
@@ -318,8 +319,9 @@ class ManifestIntake:
                 return rec
         return None
 
-    def _claim(self, signer: str, rnd: int, digest: bytes, *, via_record: bool = False) -> None:
-        self.view.note(signer, rnd, digest, via_record=via_record)
+    def _claim(self, signer: str, rnd: int, digest: bytes, *, via_record: bool = False,
+               inferred: bool = False) -> None:
+        self.view.note(signer, rnd, digest, via_record=via_record, inferred=inferred)
 
     def _decode(self, data: bytes) -> UpdateManifest | RoundRecord:
         if bytes(data[:4]) == RECORD_MAGIC:

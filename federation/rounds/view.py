@@ -2,7 +2,11 @@
 
 A manifest of round k with base adapter h claims (k, h) for its sender; a round record of round
 k with new adapter h claims (k + 1, h) for its proposer and for every peer that gossips it
-(nodes republish the record they adopted). From these, `head` names the state a node that is
+(nodes republish the record they adopted). The proposer's claim is inferred from others'
+gossip, so it never replaces a claim of the same round that the proposer gossiped itself: once
+it moved to another adapter of that round (a catch-up) and republishes that record, adopters
+still republishing its old record would otherwise flip its claim back every republish period.
+From these, `head` names the state a node that is
 behind, or on a fork, should fetch: the highest round anyone claims, and there the hash with
 the most signers (ties: the smaller hash, so every node picks the same).
 
@@ -30,21 +34,31 @@ class SwarmView:
 
     def __init__(self) -> None:
         self._claims: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._own: set[str] = set()          # signers whose latest claim they gossiped themselves
         self._recorders: set[str] = set()
 
-    def note(self, signer: str, round: int, digest: bytes, *, via_record: bool = False) -> None:
+    def note(self, signer: str, round: int, digest: bytes, *, via_record: bool = False,
+             inferred: bool = False) -> None:
         """Record that `signer` holds G_round with `digest`; older claims of it are replaced,
         a claim of an older round than its latest is ignored. via_record: the claim came from
-        a round record it gossiped (it takes part in agreement, not only in training)."""
+        a round record it gossiped (it takes part in agreement, not only in training).
+        inferred: the claim is read off a message another peer gossiped (a record's proposer);
+        it does not replace a claim of the same round that `signer` gossiped itself."""
         if via_record and len(self._recorders) < MAX_SIGNERS:
             self._recorders.add(signer)
         old = self._claims.get(signer)
-        if old is not None and old[0] > round:
+        if old is not None and (old[0] > round or (
+                inferred and old[0] == round and signer in self._own)):
             return
         self._claims[signer] = (round, bytes(digest))
         self._claims.move_to_end(signer)
+        if inferred:
+            self._own.discard(signer)
+        else:
+            self._own.add(signer)
         while len(self._claims) > MAX_SIGNERS:
-            self._claims.popitem(last=False)
+            gone, _ = self._claims.popitem(last=False)
+            self._own.discard(gone)
 
     def support(self, round: int, digest: bytes, *, exclude: str | None = None) -> list[str]:
         """Signers (sorted) whose latest claim is exactly (round, digest)."""

@@ -191,6 +191,32 @@ def test_round_records_are_delivered_and_claim_the_new_adapter():
     trio.run(main)
 
 
+def test_a_proposers_own_claim_is_not_flipped_back_by_adopters_of_its_old_record():
+    """P proposed record R (G_1 = new); later it moved to Q's record R' of the same round (a
+    catch-up) and republishes R'. An adopter still republishing R claims R's adapter for
+    itself, but not for P any more: P's own gossip says where it is."""
+    async def main():
+        intake = _intake()
+        intake.enter(0)
+        p_kp, q_kp = create_new_key_pair(), create_new_key_pair()
+        ups = [_manifest(0, kp=kp)[1] for kp in (p_kp, q_kp)]
+        new, other = (hashlib.sha256(x).digest() for x in (b"G_1 of P", b"G_1 of Q"))
+        r_p, r_q = (encode_record(swarm=SWARM, round=0, base_model=BASE, lora=LORA,
+                                  rule="fedavg", base_adapter=B0, new_adapter=d,
+                                  issued_at=int(time.time()), update_bytes=ups, key_pair=kp)
+                    for kp, d in ((p_kp, new), (q_kp, other)))
+        p = r_p.proposer
+        intake.on_gossip(p, r_p.data)                     # P's own record: P claims `new`
+        assert intake.view.latest()[p] == (1, new)
+        intake.on_gossip(p, r_q.data)                     # P now republishes Q's record
+        assert intake.view.latest()[p] == (1, other)
+        intake.on_gossip("12D3KooWadopter", r_p.data)     # an adopter of R republishes it
+        assert intake.view.latest()[p] == (1, other)      # before: flipped back to `new`
+        assert intake.view.latest()["12D3KooWadopter"] == (1, new)
+        assert intake.view.support(1, other) == sorted([p, r_q.proposer])
+    trio.run(main)
+
+
 def test_a_record_naming_a_sender_off_the_allow_list_is_refused():
     allowed, outsider = create_new_key_pair(), create_new_key_pair()
     intake = _intake(allowed_senders=frozenset({peer_id_of(allowed)}))
