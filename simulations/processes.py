@@ -35,19 +35,20 @@ def tail(data_dir: Path, n: int = 3000) -> str:
     return p.read_text()[-n:] if p.exists() else ""
 
 
-def rounds_of(data_dir: Path) -> list[dict]:
+def _jsonl(data_dir: Path) -> list[dict]:
+    """Every complete line of the node's rounds.jsonl, in order."""
     p = data_dir / "rounds.jsonl"
-    if not p.exists():
-        return []
     out = []
-    for line in p.read_text().splitlines():
+    for line in p.read_text().splitlines() if p.exists() else ():
         try:
-            rec = json.loads(line)
+            out.append(json.loads(line))
         except json.JSONDecodeError:
             continue                          # a line being written
-        if "round" in rec:
-            out.append(rec)
     return out
+
+
+def rounds_of(data_dir: Path) -> list[dict]:
+    return [rec for rec in _jsonl(data_dir) if "round" in rec]
 
 
 def held_adapter(data_dir: Path) -> tuple[int, str] | None:
@@ -55,12 +56,7 @@ def held_adapter(data_dir: Path) -> tuple[int, str] | None:
     the last line of its rounds.jsonl with an adapter, catch-up syncs ({"synced_to_round": k})
     included (a round line of round r holds G_{r+1}); None before any."""
     held = None
-    p = data_dir / "rounds.jsonl"
-    for line in p.read_text().splitlines() if p.exists() else ():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in _jsonl(data_dir):
         if "adapter_sha256" in rec and "synced_to_round" in rec:
             held = (rec["synced_to_round"], rec["adapter_sha256"])
         elif "adapter_sha256" in rec and rec.get("round", -1) >= 0:
