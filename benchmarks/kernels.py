@@ -7,7 +7,8 @@ LoRA r=8 matmuls (forward A, B; backward dB, dh, dA, dx), causal GQA attention f
 backward, the fp32 lm_head forward/backward, and RMSNorm + activation quantization. Where the
 adapter has shader-f16, the STE gradient also on its f16 path (bitlinear_backward_f16.wgsl,
 rows "W1.58A8 input grad (STE) f16", each --ste-chunks length, and its first pass alone), and
-the packed-f16 FMA peak beside the fp32 one.
+the packed-f16 FMA peak beside the fp32 one; on every adapter the int8 dot-product paths
+(bitlinear_backward_int.wgsl, rows "W1.58A8 input grad (STE) i16" and "... i8").
 Ops: GEMMs count 2*M*N*K; attention counts the causal half of 2 GEMMs forward (4*B*Hq*T^2*hd/2)
 and 5 GEMM-equivalents backward. Times: GPU execution (encoded untimed, then submit + wait timed) and, separately, the host's
 encoding time per call. Fraction of peak: against peak.py's dp4a TOP/s for the int8
@@ -278,6 +279,11 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
         out.append(("W1.58A8 input grad (STE)", pname,
                     lambda dy=dy, w=w: _ste(be, "f32", 32, dy, w), ops, "fma",
                     base.mm(by, bw.T), {"ste_precision": "f32"}))
+        # int paths: "% of peak" against dp4a counts the products once (i16 issues two dp4a each)
+        for prec in ("i16", "i8"):
+            out.append((f"W1.58A8 input grad (STE) {prec}", pname,
+                        lambda dy=dy, w=w, prec=prec: _ste(be, prec, 32, dy, w), ops, "dp4a",
+                        base.mm(by, bw.T), {"ste_precision": prec}))
         if "shader-f16" in be.ctx.features:
             for ch in ste_chunks:
                 out.append(("W1.58A8 input grad (STE) f16",

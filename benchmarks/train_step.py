@@ -25,16 +25,16 @@ Baselines, same shapes, same run:
 family, calls and milliseconds (host encoding + GPU time of that op, no overlap), the sum and
 the step's own time without the syncs.
 
---ste f32,f16 runs our step with each STE input-gradient arithmetic (GpuBackend.ste_precision:
-fp32, or packed-f16 partial sums where the adapter has shader-f16; f16sel: f16 with
-ste_select_decode), each its own row; torch
-runs once per shape. --ste-compare STEPS instead trains STEPS steps of each --models shape
-("default": the embedded default model) from the same seed on the same real-text batches
-(node/data.py over the repository's docs/), with f32, with f16 STE, and (control) with f32
-from an adapter start 1 ulp away, and reports the loss curves' max relative difference from
-the f32 run, the final adapters' relative distance, and per STE
-call of the first --ste-probe steps the cosine and relative error of dx(f16) vs dx(f32) on the
-same dy.
+--ste f32,f16,i16,i8 runs our step with each STE input-gradient arithmetic (GpuBackend.
+ste_precision: fp32; packed-f16 partial sums where the adapter has shader-f16; f16sel: f16 with
+ste_select_decode; i16 / i8: dy quantized per row to 15 / 8 bits on int8 dot products), each its
+own row; torch runs once per shape. --ste-compare STEPS instead trains STEPS steps of each
+--models shape ("default": the embedded default model) from the same seed on the same real-text
+batches (node/data.py over the repository's docs/), with f32, with each non-f32 --ste precision
+(default f16), and (control) with f32 from an adapter start 1 ulp away, and reports the loss
+curves' max relative difference from the f32 run, the final adapters' relative distance, and
+per STE call of the first --ste-probe steps the cosine and relative error of dx(p) vs dx(f32)
+on the same dy.
 
 --matmul-tile auto,64 runs our step with each tiled-matmul tile edge (GpuBackend.matmul_tile:
 auto = matmul_tile's choice by shape, 64 = matmul.wgsl main, 128 = main8; the lm_head's
@@ -315,11 +315,12 @@ def run_torch(torch, cfg, targets, steps: int, warmup: int, tmp: Path) -> dict:
 
 class _SteProbe:
     """Wraps be.bitlinear_backward: every call also computes the STE gradient of the same dy on
-    both paths, without acc (reads both back: a sync per call), and records cosine and relative
-    errors of f16 against f32 per weight shape. Returns what the wrapped path returns."""
+    the f32 path and on each of `precs`, without acc (reads them back: a sync per call), and
+    records per precision the cosine and relative errors against f32 per weight shape (stats:
+    precision -> list). Returns what the wrapped path returns."""
 
-    def __init__(self, be):
-        self.be, self.stats = be, []
+    def __init__(self, be, precs=("f16",)):
+        self.be, self.precs, self.stats = be, tuple(precs), {p: [] for p in precs}
         self.inner = type(be).bitlinear_backward.__get__(be)
 
     def __call__(self, dy, w, acc=None):
@@ -328,21 +329,25 @@ class _SteProbe:
         try:
             be.ste_precision = "f32"
             a = be.numpy(self.inner(dy, w)).astype(np.float64)
-            be.ste_precision = "f16"
-            b = be.numpy(self.inner(dy, w)).astype(np.float64)
+            got = {}
+            for p in self.precs:
+                be.ste_precision = p
+                got[p] = be.numpy(self.inner(dy, w)).astype(np.float64)
         finally:
             be.ste_precision = saved
-        na, d = np.linalg.norm(a), np.linalg.norm(b - a)
-        rows = np.linalg.norm(b - a, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-300)
-        self.stats.append({"shape": list(w.shape), "n": int(dy.shape[0]),
-                           "cos": float(a.ravel() @ b.ravel()
-                                        / max(na * np.linalg.norm(b), 1e-300)),
-                           "rel_err": float(d / max(na, 1e-300)),
-                           "max_row_rel_err": float(rows.max()),
-                           "max_abs_err_over_max": float(np.abs(b - a).max()
-                                                         / max(np.abs(a).max(), 1e-300)),
-                           "dy_row_absmax_range": [float(v) for v in np.percentile(
-                               np.abs(be.numpy(dy)).max(axis=1), [0, 50, 100])]})
+        na = np.linalg.norm(a)
+        dmax = [float(v) for v in np.percentile(np.abs(be.numpy(dy)).max(axis=1), [0, 50, 100])]
+        for p, b in got.items():
+            d = np.linalg.norm(b - a)
+            rows = np.linalg.norm(b - a, axis=1) / np.maximum(np.linalg.norm(a, axis=1), 1e-300)
+            self.stats[p].append({"shape": list(w.shape), "n": int(dy.shape[0]),
+                                  "cos": float(a.ravel() @ b.ravel()
+                                               / max(na * np.linalg.norm(b), 1e-300)),
+                                  "rel_err": float(d / max(na, 1e-300)),
+                                  "max_row_rel_err": float(rows.max()),
+                                  "max_abs_err_over_max": float(np.abs(b - a).max()
+                                                                / max(np.abs(a).max(), 1e-300)),
+                                  "dy_row_absmax_range": dmax})
         return self.inner(dy, w, acc)
 
     def install(self):
@@ -352,10 +357,13 @@ class _SteProbe:
         self.be.__dict__.pop("bitlinear_backward", None)
 
 
-def ste_compare(be, shape: str, steps: int, batch: int, probe_steps: int, lr: float = 1e-3
-                ) -> dict:
-    """Train `steps` steps of shape ("default" or a CONFIGS name, random weights) with f32 and
-    then f16 STE from the same adapter seed on the same real-text batches; see --ste-compare."""
+def ste_compare(be, shape: str, steps: int, batch: int, probe_steps: int, lr: float = 1e-3,
+                precs=("f16",)) -> dict:
+    """Train `steps` steps of shape ("default" or a CONFIGS name, random weights) with the f32
+    STE, then with each of `precs`, then (control) f32 from a start 1 ulp away, from the same
+    adapter seed on the same real-text batches; see --ste-compare. Keys per precision p:
+    losses_p, loss_max_rel_diff_p, adapter_rel_dist_p, adapter_rel_dist_of_update_p,
+    probe_summary_p (control: the same with p = f32_ulp, no probe)."""
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.lora import init_lora, trainable_keys
     from bitswarm.kernels.model import BitNetModel
@@ -380,15 +388,15 @@ def ste_compare(be, shape: str, steps: int, batch: int, probe_steps: int, lr: fl
     prng = np.random.default_rng(1)
     nudged = {k: (v * (1 + prng.choice([-1.0, 1.0], v.shape) * 2.0 ** -23)).astype(np.float32)
               for k, v in start.items()}
-    for run in ("f32", "f16", "f32_ulp"):
-        prec = run[:3]
+    for run in ("f32", *precs, "f32_ulp"):
+        prec = "f32" if run == "f32_ulp" else run
         be.ste_precision = prec
         model = BitNetModel(weights, be, lcfg)
         model.set_lora(nudged if run == "f32_ulp" else start)
         keys = trainable_keys(model.lora, lcfg)
         opt = AdamW(be, AdamWConfig(lr=lr))
         sampler = TrainSampler(docs, T, seed=0)
-        probe = _SteProbe(be) if run == "f32" else None
+        probe = _SteProbe(be, precs) if run == "f32" else None
         losses, times = [], []
         for s_ in range(steps):
             ids, tg = sampler.batch(batch)
@@ -413,18 +421,19 @@ def ste_compare(be, shape: str, steps: int, batch: int, probe_steps: int, lr: fl
     l32 = np.array(out["losses_f32"])
     den = sum(float(np.sum(finals["f32"][k] ** 2)) for k in finals["f32"])
     moved = sum(float(np.sum((finals["f32"][k] - start[k]) ** 2)) for k in finals["f32"])
-    for run, sfx in (("f16", ""), ("f32_ulp", "_f32_ulp")):
+    for run in (*precs, "f32_ulp"):
         lo = np.array(out[f"losses_{run}"])
-        out[f"loss_max_rel_diff{sfx}"] = float(np.max(np.abs(lo - l32) / np.abs(l32)))
+        out[f"loss_max_rel_diff_{run}"] = float(np.max(np.abs(lo - l32) / np.abs(l32)))
         num = sum(float(np.sum((finals[run][k] - finals["f32"][k]) ** 2)) for k in finals["f32"])
-        out[f"adapter_rel_dist{sfx}"] = float(np.sqrt(num / den))
-        out[f"adapter_rel_dist_of_update{sfx}"] = float(np.sqrt(num / max(moved, 1e-300)))
-    st = out.get("probe", [])
-    if st:
-        out["probe_summary"] = {"calls": len(st), "min_cos": min(x["cos"] for x in st),
-                                "max_rel_err": max(x["rel_err"] for x in st),
-                                "median_rel_err": float(np.median([x["rel_err"] for x in st])),
-                                "max_row_rel_err": max(x["max_row_rel_err"] for x in st)}
+        out[f"adapter_rel_dist_{run}"] = float(np.sqrt(num / den))
+        out[f"adapter_rel_dist_of_update_{run}"] = float(np.sqrt(num / max(moved, 1e-300)))
+    for p, st in out.get("probe", {}).items():
+        if st:
+            out[f"probe_summary_{p}"] = {
+                "calls": len(st), "min_cos": min(x["cos"] for x in st),
+                "max_rel_err": max(x["rel_err"] for x in st),
+                "median_rel_err": float(np.median([x["rel_err"] for x in st])),
+                "max_row_rel_err": max(x["max_row_rel_err"] for x in st)}
     return out
 
 
@@ -492,8 +501,8 @@ def main() -> None:
     info = machine_info(be.ctx)
     print(f"adapter: {info['adapter']}")
     stes = [v.strip() for v in args.ste.split(",")] if args.ste else [be.ste_precision]
-    if any(v not in ("f32", "f16", "f16sel") for v in stes):
-        ap.error(f"--ste: expected f32, f16 and/or f16sel, got {args.ste!r}")
+    if any(v not in ("f32", "f16", "f16sel", "i16", "i8") for v in stes):
+        ap.error(f"--ste: expected f32, f16, f16sel, i16 and/or i8, got {args.ste!r}")
     if any(v.startswith("f16") for v in stes) and "shader-f16" not in be.ctx.features:
         ap.error("--ste f16: this adapter lacks shader-f16")
     try:
@@ -520,22 +529,30 @@ def main() -> None:
                 f"{'w' if mt[3] else ''}")
     if args.ste_compare:
         res = []
+        precs = tuple(v for v in (stes if args.ste else ["f16"]) if v != "f32")
+        if not precs or "f16sel" in precs:
+            ap.error("--ste-compare: --ste lists the precisions to compare with f32 (f16, i16, "
+                     "i8)")
         for model in (args.models or "default,125m").split(","):
-            r = ste_compare(be, model, args.ste_compare, batches[0], args.ste_probe)
+            r = ste_compare(be, model, args.ste_compare, batches[0], args.ste_probe,
+                            precs=precs)
             res.append(r)
-            ps = r.get("probe_summary", {})
             print(f"{model}: {args.ste_compare} steps at {batches[0]} x {T}; loss f32 "
-                  f"{r['losses_f32'][0]:.4f} -> {r['losses_f32'][-1]:.4f}, f16 "
-                  f"{r['losses_f16'][0]:.4f} -> {r['losses_f16'][-1]:.4f}; max rel loss diff "
-                  f"{r['loss_max_rel_diff']:.2e}; adapter rel dist {r['adapter_rel_dist']:.2e} "
-                  f"({r['adapter_rel_dist_of_update']:.2e} of the update); control (fp32 "
-                  f"from a start 1 ulp away): {r['loss_max_rel_diff_f32_ulp']:.2e}, "
-                  f"{r['adapter_rel_dist_f32_ulp']:.2e} "
-                  f"({r['adapter_rel_dist_of_update_f32_ulp']:.2e}); dx f16 vs f32 over "
-                  f"{ps.get('calls')} calls: min cos {ps.get('min_cos', float('nan')):.8f}, rel "
-                  f"err median {ps.get('median_rel_err', float('nan')):.2e} max "
-                  f"{ps.get('max_rel_err', float('nan')):.2e}, worst row "
-                  f"{ps.get('max_row_rel_err', float('nan')):.2e}")
+                  f"{r['losses_f32'][0]:.4f} -> {r['losses_f32'][-1]:.4f}; control (fp32 from "
+                  f"a start 1 ulp away): max rel loss diff {r['loss_max_rel_diff_f32_ulp']:.2e}, "
+                  f"adapter rel dist {r['adapter_rel_dist_f32_ulp']:.2e} "
+                  f"({r['adapter_rel_dist_of_update_f32_ulp']:.2e} of the update)")
+            for p in precs:
+                ps = r.get(f"probe_summary_{p}", {})
+                print(f"  {p}: loss {r[f'losses_{p}'][0]:.4f} -> {r[f'losses_{p}'][-1]:.4f}; "
+                      f"max rel loss diff {r[f'loss_max_rel_diff_{p}']:.2e}; adapter rel dist "
+                      f"{r[f'adapter_rel_dist_{p}']:.2e} "
+                      f"({r[f'adapter_rel_dist_of_update_{p}']:.2e} of the update); dx vs f32 "
+                      f"over {ps.get('calls')} calls: min cos "
+                      f"{ps.get('min_cos', float('nan')):.8f}, rel err median "
+                      f"{ps.get('median_rel_err', float('nan')):.2e} max "
+                      f"{ps.get('max_rel_err', float('nan')):.2e}, worst row "
+                      f"{ps.get('max_row_rel_err', float('nan')):.2e}")
             sys.stdout.flush()
             write_json(out_path("train_step_ste_compare", args.out), {
                 "benchmark": "train_step --ste-compare", "machine": info, "rows": res})

@@ -224,6 +224,7 @@ class GpuBackend:
     bitlinear_backward = _bitlinear.bitlinear_backward
     bitlinear_backward_tile = _bitlinear.bitlinear_backward_tile
     bitlinear_backward_f16 = _bitlinear.bitlinear_backward_f16
+    bitlinear_backward_int = _bitlinear.bitlinear_backward_int
     ternarize_all = _bitlinear_train.ternarize_all
     dequantize_act = _bitlinear_train.dequantize_act
     matmul = _matmul.matmul

@@ -86,6 +86,12 @@ OPS: dict[str, OpSpec] = {
                                   "bitlinear_backward_f16.wgsl", "main", "main8",
                                   rows=KernelSpec("bitlinear_backward_f16.wgsl", "rows",
                                                   "RParams")),
+    # the same gradient on int8 dot products (ste_precision "i16" / "i8"): rows (per-row
+    # exponent, dy as one or two i8x4 word arrays), then main (64 x 64) or main8 (128 x 128)
+    "bitlinear_backward_int": _op("bitlinear", bitlinear.bitlinear_backward_int,
+                                  "bitlinear_backward_int.wgsl", "main", "main8",
+                                  rows=KernelSpec("bitlinear_backward_int.wgsl", "rows",
+                                                  "RParams")),
     "ternarize_all": _op("bitlinear", bitlinear.ternarize_all, "ternarize.wgsl", "absmean",
                          pack=KernelSpec("ternarize_pack.wgsl", "main")),
     "dequantize_act": _op("bitlinear", bitlinear.dequantize_act, "dequantize_act.wgsl", "main"),

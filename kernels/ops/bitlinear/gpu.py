@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitswarm.kernels.device import Tensor, grid_for
-from bitswarm.kernels.ops.bitlinear.reference import STE_F16_CHUNK, ste_f16_top
+from bitswarm.kernels.ops.bitlinear.reference import (STE_F16_CHUNK, STE_INT_TOP,
+                                                       ste_f16_top)
 from bitswarm.kernels.ops.check import check
 
 log = logging.getLogger("bitswarm.kernels.bitlinear")
@@ -49,6 +50,8 @@ BACKWARD_T128_MIN = 128
 STE_F16_SELECT_DECODE = False   # bitlinear_backward_f16.wgsl SELECT_DECODE default (see there)
 STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
 STE_F16_AUTO_DEVICES = ("H100", "H200")
+STE_PRECISIONS = ("f32", "f16", "i16", "i8", "auto")
+STE_INT_TERMS = {"i8": 1, "i16": 2}
 
 
 @dataclass
@@ -222,18 +225,21 @@ def bitlinear_backward_tile(be, N: int, K: int) -> int:
 
 
 def ste_precision(setting: str | None, features, info: dict) -> str:
-    """The STE input gradient's arithmetic, "f32" or "f16", for a device with wgpu `features`
-    and adapter `info` under `setting` ("f32", "f16" or "auto"; None reads the environment
-    variable BITSWARM_GPU_STE, default "auto"). "f16" needs the shader-f16 feature (without it:
-    "f32", logged). "auto" is the measured-faster choice: f16 on the adapters named by
-    STE_F16_AUTO_VENDOR / STE_F16_AUTO_DEVICES, f32 elsewhere. Raises ValueError for another
-    setting."""
+    """The STE input gradient's arithmetic for a device with wgpu `features` and adapter `info`
+    under `setting` (None reads the environment variable BITSWARM_GPU_STE, default "auto"):
+    "f32" (fp32 sums), "f16" (packed-f16 partial sums; needs the shader-f16 feature, without
+    it "f32", logged), "i16" or "i8" (dy quantized per row to 15- or 8-bit integers, int8 dot
+    products: bitlinear_backward_int.wgsl). "auto" is the measured-faster choice: f16 on the
+    adapters named by STE_F16_AUTO_VENDOR / STE_F16_AUTO_DEVICES, f32 elsewhere. Raises
+    ValueError for another setting."""
     if setting is None:
         setting = os.environ.get("BITSWARM_GPU_STE", "auto")
     setting = setting.strip().lower()
-    if setting not in ("f32", "f16", "auto"):
-        raise ValueError(f"BITSWARM_GPU_STE / ste_precision must be f32, f16 or auto, "
-                         f"got {setting!r}")
+    if setting not in STE_PRECISIONS:
+        raise ValueError(f"BITSWARM_GPU_STE / ste_precision must be one of "
+                         f"{', '.join(STE_PRECISIONS)}, got {setting!r}")
+    if setting in ("i8", "i16"):
+        return setting
     has_f16 = "shader-f16" in features
     if setting == "f16" and not has_f16:
         log.warning("f16 STE gradient asked for, but this adapter lacks shader-f16: fp32")
@@ -250,7 +256,9 @@ def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None)
     """STE input gradient: dy f32 (N, out) -> dx f32 (N, in) = dy @ codes / weight_scale
     (+ acc f32 (N, in)). fp32 sums (bitlinear_backward.wgsl), or with `be.ste_precision` "f16"
     packed-f16 partial sums (bitlinear_backward_f16.wgsl; error bound in reference.py
-    `bitlinear_backward_f16`). Raises ValueError (check) for mismatched shapes."""
+    `bitlinear_backward_f16`), or "i16" / "i8" exact int8 dot products of dy quantized per row
+    (bitlinear_backward_int.wgsl; reference.py `bitlinear_backward_int`). Raises ValueError
+    (check) for mismatched shapes."""
     N, OUT = dy.shape
     check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
     K = w.in_features
@@ -260,8 +268,12 @@ def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None)
         be.ctx.copy(acc, dx)
     t = bitlinear_backward_tile(be, N, K)
     grid = (-(-K // t), -(-N // t), 1)
-    if getattr(be, "ste_precision", "f32") == "f16":
+    prec = getattr(be, "ste_precision", "f32")
+    if prec == "f16":
         _backward_f16(be, dy, w, dx, acc is not None, t, grid)
+        return dx
+    if prec in STE_INT_TERMS:
+        _backward_int(be, dy, w, dx, acc is not None, t, grid, STE_INT_TERMS[prec], False)
         return dx
     be._launch("bitlinear_backward", [dy, w.packed, dx], grid,
                dict(n=N, out=OUT, k=K, k16=(K + 15) // 16, weight_scale=w.weight_scale,
@@ -299,3 +311,44 @@ def _backward_f16(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, 
                name="main8" if t == 128 else "main",
                constants={"ACC": int(acc), "CH": chunk,
                           "SELECT_DECODE": int(getattr(be, "ste_select_decode", False))})
+
+
+def bitlinear_backward_int(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None,
+                           terms: int = 2, int_out: bool = False) -> Tensor:
+    """bitlinear_backward on the int8 dot-product path (bitlinear_backward_int.wgsl) with
+    `terms` 1 (i8) or 2 (i16) whatever `be.ste_precision` says (tests, benchmarks); int_out:
+    the exact int32 sums (N, in) as an int32 tensor instead of dx (acc must be None)."""
+    N, OUT = dy.shape
+    check(OUT == w.out_features, f"bitlinear_backward_int: dy {dy.shape} vs weight {w.shape}")
+    check(terms in (1, 2), f"bitlinear_backward_int: terms must be 1 or 2, got {terms}")
+    check(not (int_out and acc is not None), "bitlinear_backward_int: int_out takes no acc")
+    K = w.in_features
+    dx = be._new((N, K), "int32" if int_out else "float32")
+    if acc is not None:
+        check(acc.shape == (N, K), f"bitlinear_backward_int: acc {acc.shape} != {(N, K)}")
+        be.ctx.copy(acc, dx)
+    t = bitlinear_backward_tile(be, N, K)
+    _backward_int(be, dy, w, dx, acc is not None, t, (-(-K // t), -(-N // t), 1), terms,
+                  int_out)
+    return dx
+
+
+def _backward_int(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, grid,
+                  terms: int, int_out: bool) -> None:
+    """Encode bitlinear_backward_int.wgsl: `rows` (per-row exponent, dy as `terms` i8x4
+    word arrays, rows of ceil(out / 4) words), then main (t = 64) or main8 (t = 128) into dx."""
+    N, OUT = dy.shape
+    K = w.in_features
+    op4 = -(-OUT // 4)
+    hi = be._new((N, OUT), "int8")           # int8 tensors: rows of ceil(OUT / 4) words
+    lo = be._new((N, OUT), "int8") if terms == 2 else be._dummy()
+    rs = be._new((N,))
+    consts = {"TERMS": terms}
+    be._launch("bitlinear_backward_int", [dy, hi, lo, rs], grid_for(N),
+               dict(n=N, out=OUT, op4=op4, top=STE_INT_TOP[terms]), name="rows",
+               constants=consts)
+    be._launch("bitlinear_backward_int", [hi, lo, rs, w.packed, dx], grid,
+               dict(n=N, out=OUT, op4=op4, k=K, k16=(K + 15) // 16,
+                    weight_scale=w.weight_scale, wrow0=w.row0),
+               name="main8" if t == 128 else "main",
+               constants={**consts, "ACC": int(acc), "INT_OUT": int(int_out)})

@@ -116,6 +116,54 @@ def bitlinear_backward_f16(dy: np.ndarray, codes: np.ndarray, weight_scale,
     return ((acc * rs[:, None]) / prec.F32(weight_scale)).astype(prec.F32)
 
 
+# bitlinear_backward_int: terms -> TOP (dy rows quantized to integers of |q| <= 2^TOP - 1)
+STE_INT_TOP = {1: 7, 2: 14}
+
+
+def ste_int_quantize(dy: np.ndarray, terms: int) -> tuple[np.ndarray, np.ndarray]:
+    """dy float32 (N, out) -> (q int32 (N, out), rs float32 (N,)) of bitlinear_backward_int:
+    per row e_n = ste_row_exponents(dy, TOP) (max|dy_n| * 2^e_n in [2^(TOP-1), 2^TOP)),
+    q = clip(rint(dy * 2^e_n), -(2^TOP - 1), 2^TOP - 1) (ties to even), rs = 2^-e_n; TOP 7 for
+    terms 1 (int8), 14 for terms 2 (two int8 terms). dy ~ q * rs within 2^-TOP max|dy_n| per
+    element. Raises ValueError for terms other than 1, 2."""
+    if terms not in STE_INT_TOP:
+        raise ValueError(f"int STE terms must be 1 or 2, got {terms}")
+    top = STE_INT_TOP[terms]
+    dy = np.asarray(dy, prec.F32)
+    e = ste_row_exponents(dy, top)
+    qmax = (1 << top) - 1
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = dy * np.ldexp(prec.F32(1), e).astype(prec.F32)[:, None]
+    q = np.clip(np.rint(t), -qmax, qmax).astype(np.int32)
+    return q, np.ldexp(prec.F32(1), -e).astype(prec.F32)
+
+
+def ste_int_split(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-term split of q int32 with |q| <= 16383: (hi, lo) int8 with q = 256 hi + lo,
+    hi = floor((q + 128) / 256) in [-64, 64], lo in [-128, 127] (the rows pass's bytes)."""
+    q = np.asarray(q, np.int32)
+    hi = (q + 128) >> 8
+    return hi.astype(np.int8), (q - 256 * hi).astype(np.int8)
+
+
+def bitlinear_backward_int(dy: np.ndarray, codes: np.ndarray, weight_scale, terms: int = 2,
+                           int_out: bool = False) -> np.ndarray:
+    """The straight-through input gradient on int8 dot products (bitlinear_backward_int.wgsl):
+    dy float32 (N, out), codes int8 (out, in), weight_scale float32 -> dx float32 (N, in) =
+    float32(q @ codes) * 2^-e_n / weight_scale, q and e_n from ste_int_quantize (row-wise dy
+    quantization for the input gradient as in SwitchBack, Wortsman et al. 2023,
+    arXiv:2304.13013; here at a power-of-two scale, so the WGSL kernel can match it exactly).
+    The integer sum S = q @ codes is exact (int32, |S| <= 16383 * out); int_out returns it.
+    Error against bitlinear_backward per output: <= 2^-TOP max|dy_n| * sum_o |codes_o| /
+    weight_scale (worst case; rounding errors are independent, so typically ~sqrt of it), plus
+    the float32 conversion of S and the scale (< 2 ulp). Raises ValueError for bad terms."""
+    q, rs = ste_int_quantize(dy, terms)
+    s = (q.astype(np.int64) @ np.asarray(codes).astype(np.int64)).astype(np.int32)
+    if int_out:
+        return s
+    return ((s.astype(prec.F32) * rs[:, None]) / prec.F32(weight_scale)).astype(prec.F32)
+
+
 def ternarize(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
     """Absmean ternarization of a latent weight, per tensor, in float32.
 

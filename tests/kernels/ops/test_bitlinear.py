@@ -367,10 +367,12 @@ def test_ste_precision_switch(gpu, monkeypatch):
     assert blg.ste_precision("auto", f16, h100) == "f16"
     monkeypatch.setenv("BITSWARM_GPU_STE", "f16")
     assert blg.ste_precision(None, f16, other) == "f16"
+    assert blg.ste_precision(" I16", none, other) == "i16"      # dot4I8Packed: no feature needed
+    assert blg.ste_precision("i8", f16, nv) == "i8"
     monkeypatch.setenv("BITSWARM_GPU_STE", "bf16")
-    with pytest.raises(ValueError, match="f32, f16 or auto"):
+    with pytest.raises(ValueError, match="f32, f16, i16, i8, auto"):
         blg.ste_precision(None, f16, nv)
-    with pytest.raises(ValueError, match="f32, f16 or auto"):
+    with pytest.raises(ValueError, match="f32, f16, i16, i8, auto"):
         GpuBackend(gpu.ctx)
     monkeypatch.delenv("BITSWARM_GPU_STE")
     has = "shader-f16" in gpu.ctx.features
@@ -387,3 +389,120 @@ def test_ste_precision_switch(gpu, monkeypatch):
         assert gpu.ctx.n_dispatches == n0 + 2
         np.testing.assert_allclose(got, ref.bitlinear_backward_f16(dy, w.codes, w.weight_scale),
                                    rtol=4e-7)
+
+
+# ---------------------------------------------------------------- int STE input gradient
+# bitlinear_backward_int.wgsl against reference.bitlinear_backward_int: the int32 sums exactly
+# (INT_OUT; they fix q, so the rows pass's exponents, rounding and two-term split too), dx to
+# the final f32 division's 2.5 ulp. Against fp32: the reference's worst-case bound.
+
+
+def _int_dy(rng, N, OUT):
+    """_f16_dy's rows plus exact .5 ties after scaling (max 1.0 -> scale 2^13 at TOP 14, 2^6 at
+    TOP 7) and a row at the clamp (2 - 2^-20 rounds to 2^TOP)."""
+    dy = _f16_dy(rng, N, OUT)
+    if N > 7:
+        dy[6] = F32(1.0)
+        dy[6, 1::3] = ((rng.integers(-300, 300, dy[6, 1::3].shape) + 0.5) / 2.0 ** 6).astype(F32)
+        dy[7] = F32(2 - 2 ** -20) * rng.choice([-1, 1], OUT).astype(F32)
+    return dy
+
+
+@pytest.mark.parametrize("N,OUT,K", [(1, 1, 1), (37, 70, 100), (6, 2560, 20), (200, 97, 260),
+                                     (130, 33, 17), (9, 6912, 70)])
+@pytest.mark.parametrize("tile", [64, 128])
+@pytest.mark.parametrize("terms", [1, 2])
+def test_bitlinear_backward_int_sums_exact(gpu, N, OUT, K, tile, terms):
+    """Both tiles, both term counts, edges off every tile and step size: the same int32 sums."""
+    rng = np.random.default_rng(31)
+    dy, w = _int_dy(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
+    gpu.bitlinear_bwd_tile = tile
+    try:
+        got = gpu.numpy(gpu.bitlinear_backward_int(gpu.tensor(dy), gpu.ternary(w), terms=terms,
+                                                   int_out=True))
+    finally:
+        gpu.bitlinear_bwd_tile = None
+    np.testing.assert_array_equal(got, ref.bitlinear_backward_int(dy, w.codes, w.weight_scale,
+                                                                  terms, int_out=True))
+
+
+@pytest.mark.parametrize("N,OUT,K,use_acc", [(37, 70, 100, True), (200, 97, 260, False),
+                                             (130, 2560, 40, True)])
+@pytest.mark.parametrize("tile", [64, 128])
+@pytest.mark.parametrize("terms", [1, 2])
+def test_bitlinear_backward_int_matches_reference(gpu, close, N, OUT, K, use_acc, tile, terms):
+    """dx (and dx + acc) against the reference to the division's ulps, within the stated
+    bound of the exact fp64 gradient; zero rows give exactly acc."""
+    rng = np.random.default_rng(32)
+    dy, w = _int_dy(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
+    acc = rnd(rng, N, K) if use_acc else None
+    gpu.bitlinear_bwd_tile = tile
+    try:
+        got = gpu.numpy(gpu.bitlinear_backward_int(gpu.tensor(dy), gpu.ternary(w),
+                                                   None if acc is None else gpu.tensor(acc),
+                                                   terms=terms))
+    finally:
+        gpu.bitlinear_bwd_tile = None
+    v = ref.bitlinear_backward_int(dy, w.codes, w.weight_scale, terms)
+    want = v if acc is None else v + acc
+    close(got, want, 1e-45 + 4e-7 * np.abs(v) + (0 if acc is None else 2.0 ** -23 * np.abs(want)),
+          0.0, f"bitlinear_backward_int dx, terms {terms}")
+    exact = ref.bitlinear_backward(dy.astype(np.float64), w.codes, w.weight_scale)
+    if acc is not None:
+        exact = exact + acc
+    top = ref.STE_INT_TOP[terms]
+    a = np.abs(dy.astype(np.float64)).max(axis=1)[:, None]
+    bound = (2.0 ** -top * a * np.abs(w.codes).sum(axis=0)[None, :] / w.weight_scale
+             + 4e-7 * np.abs(exact) + (0 if acc is None else 2.0 ** -23 * np.abs(exact)))
+    assert np.all(np.abs(got - exact) <= bound)
+    np.testing.assert_array_equal(got[1], 0 if acc is None else acc[1])
+
+
+def test_reference_bitlinear_backward_int():
+    """The reference itself: q's range and ties (half to even), the two-term split recombines
+    exactly within int8, the error bound holds against fp64 at a 2B-4T depth with a typical
+    normwise error far below it (i16 ~1e-5, i8 ~1e-2), powers of two scale dx exactly, and bad
+    terms raise."""
+    rng = np.random.default_rng(33)
+    dy = _int_dy(rng, 12, 2560)
+    codes = rng.integers(-1, 2, (2560, 40)).astype(np.int8)
+    for terms, top, tol in ((1, 7, 3e-2), (2, 14, 3e-4)):
+        q, rs = ref.ste_int_quantize(dy, terms)
+        assert q.dtype == np.int32 and np.abs(q).max() == 2 ** top - 1       # row 7: clamped
+        assert np.abs(q[np.abs(dy).max(axis=1) > 0]).max(axis=1).min() >= 2 ** (top - 1) - 1
+        got = ref.bitlinear_backward_int(dy, codes, 0.5, terms)
+        exact = ref.bitlinear_backward(dy.astype(np.float64), codes, 0.5)
+        a = np.abs(dy.astype(np.float64)).max(axis=1)[:, None]
+        assert np.all(np.abs(got - exact)
+                      <= 2.0 ** -top * a * np.abs(codes).sum(axis=0) / 0.5 + 4e-7 * np.abs(exact))
+        ok = [i for i in range(12) if i not in (1, 3)]
+        rel = np.linalg.norm(got[ok] - exact[ok], axis=1) / np.linalg.norm(exact[ok], axis=1)
+        assert rel.max() < tol, (terms, rel)
+        for p in (-40, 7, 60):
+            np.testing.assert_array_equal(
+                ref.bitlinear_backward_int((dy[6:] * F32(2.0 ** p)).astype(F32), codes, 0.5, terms),
+                (got[6:] * F32(2.0 ** p)).astype(F32))
+    q, _ = ref.ste_int_quantize(np.array([[1.0, 0.5 / 64, 1.5 / 64, -2.5 / 64, 0.0]], F32), 1)
+    assert q.tolist() == [[64, 0, 2, -2, 0]]                  # TOP 7: max 1.0 -> scale 2^6
+    q = np.arange(-16383, 16384, dtype=np.int32)
+    hi, lo = ref.ste_int_split(q)
+    assert hi.min() == -64 and hi.max() == 64
+    np.testing.assert_array_equal(256 * hi.astype(np.int32) + lo, q)
+    with pytest.raises(ValueError, match="1 or 2"):
+        ref.ste_int_quantize(dy, 3)
+
+
+def test_ste_int_routes_and_agrees(gpu):
+    """GpuBackend(ste="i16"/"i8") runs bitlinear_backward on the int kernel: 2 launches (rows +
+    main), the reference's values."""
+    from bitswarm.kernels.gpu_backend import GpuBackend
+    rng = np.random.default_rng(34)
+    dy, w = rnd(rng, 9, 40), ternary(rng, 40, 30)
+    for prec, terms in (("i16", 2), ("i8", 1)):
+        be = GpuBackend(gpu.ctx, ste=prec)
+        assert be.ste_precision == prec and f"STE input gradient {prec}" in be.device_info
+        n0 = gpu.ctx.n_dispatches
+        got = be.numpy(be.bitlinear_backward(be.tensor(dy), be.ternary(w)))
+        assert gpu.ctx.n_dispatches == n0 + 2
+        np.testing.assert_allclose(got, ref.bitlinear_backward_int(dy, w.codes, w.weight_scale,
+                                                                   terms), rtol=4e-7)
