@@ -143,25 +143,27 @@ class BitNetModel:
         return len(self.layers) * self.layer_activation_bytes(N)
 
     def layers_within(self, budget: int, N: int) -> int:
-        """How many layers' full activations loss_and_grads can save in `budget` bytes at N
-        token rows, the others recomputed: the most k with
+        """How many layers' full activations loss_and_grads saves in `budget` bytes at N token
+        rows, the others recomputed: L when all fit (L * layer_activation_bytes <= budget),
+        else the most k >= 1 with
             k * layer_activation_bytes + (L - k) * layer_input_bytes <= budget
-        (saved layers' activations include their input; a recomputed layer still keeps its
-        (N, D) input). 0 below L inputs + one layer's activations. This is the activation
-        memory at the end of the forward pass, the step's activation peak when k >= 1 (the
-        last k layers are saved, see loss_and_grads); recomputing every layer (k = 0) still
-        needs one layer's activations at once in the backward, on top of L - 1 inputs."""
+        (a saved layer's activations include its input; a recomputed layer still keeps its
+        (N, D) input). That sum is the activation memory at the end of the forward, the peak
+        (the last k layers are saved, see loss_and_grads). At least one: recomputing every
+        layer peaks at L - 1 inputs plus one recomputed layer's activations in the backward,
+        the same bytes as saving the last layer (measured on lavapipe: 8 KiB less), so a
+        budget below that floor buys nothing by recomputing the last layer too."""
         L, S, R = len(self.layers), self.layer_activation_bytes(N), self.layer_input_bytes(N)
         if L * S <= budget:
             return L
-        return max(0, min(L - 1, (budget - L * R) // (S - R)))
+        return max(1, min(L - 1, (budget - L * R) // (S - R)))
 
     def recomputed_layers(self, N: int) -> int:
         """How many layers loss_and_grads recomputes for N token rows (the first ones; the
         others' activations are saved). `recompute` True: all, False: none. Auto (None): none
         on NumPy (host memory is plentiful, time is not); on a device-memory-limited backend,
-        with `activation_budget` (bytes) all but `layers_within(activation_budget, N)`, and
-        without one all or none: all when the saved activations would exceed RECOMPUTE_ABOVE
+        with `activation_budget` (bytes) all but `layers_within(activation_budget, N)` (at
+        least the last layer is saved), and without one all or none: all when the saved activations would exceed RECOMPUTE_ABOVE
         (2B-4T at 512 tokens: ~2.7 GiB -> all, which keeps its 1 GiB memory target; 125M:
         ~0.35 GiB -> none, the faster path)."""
         L = len(self.layers)
