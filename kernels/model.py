@@ -125,8 +125,9 @@ class BitNetModel:
         """Estimated bytes one layer's `_layer` saves for the backward pass at N token rows, its
         input x0 included: the residuals x0 and x1 (D each), the LoRA inputs of q/k/v (D, one
         shared tensor), o (qd), gate/up (D) and down (I), q/k/v after RoPE (qd + 2 kvd), o
-        (qd) and g/u/h (3 I), float32. Exact for LoRA on all seven projections; less is saved
-        with fewer targets or a frozen A (rstd, lse and the rank-r hiddens are left out)."""
+        (qd) and g/u/h (3 I), float32: every (N, width) tensor saved with LoRA on all seven
+        projections; fewer targets or a frozen A save less. rstd, lse and the rank-r hiddens
+        are left out."""
         c = self.cfg
         qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
         per_row = 4 * c.hidden_size + 3 * qd + 2 * kvd + 4 * c.intermediate_size
@@ -151,7 +152,8 @@ class BitNetModel:
         (N, D) input). That sum is the activation memory at the end of the forward, the peak
         (the last k layers are saved, see loss_and_grads). At least one: recomputing every
         layer peaks at L - 1 inputs plus one recomputed layer's activations in the backward,
-        the same bytes as saving the last layer (measured on lavapipe: 8 KiB less), so a
+        the same bytes as saving the last layer (measured, tiny model on lavapipe: 8 KiB less;
+        tests/kernels/test_model_memory.py), so a
         budget below that floor buys nothing by recomputing the last layer too."""
         L, S, R = len(self.layers), self.layer_activation_bytes(N), self.layer_input_bytes(N)
         if L * S <= budget:
@@ -163,9 +165,9 @@ class BitNetModel:
         others' activations are saved). `recompute` True: all, False: none. Auto (None): none
         on NumPy (host memory is plentiful, time is not); on a device-memory-limited backend,
         with `activation_budget` (bytes) all but `layers_within(activation_budget, N)` (at
-        least the last layer is saved), and without one all or none: all when the saved activations would exceed RECOMPUTE_ABOVE
-        (2B-4T at 512 tokens: ~2.7 GiB -> all, which keeps its 1 GiB memory target; 125M:
-        ~0.35 GiB -> none, the faster path)."""
+        least the last layer is saved), and without one all or none: all when the saved
+        activations would exceed RECOMPUTE_ABOVE (2B-4T at 512 tokens: ~2.7 GiB -> all, which
+        keeps its 1 GiB peak-memory target; 125M: ~0.35 GiB -> none, the faster path)."""
         L = len(self.layers)
         if self.recompute is not None:
             return L if self.recompute else 0
