@@ -160,7 +160,8 @@ def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "a
             times.append(time.perf_counter() - t1)
     step = float(np.median(times))
     res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup,
-           "recompute": model.recomputes(B * T), "recomputed_layers": model.recomputed_layers(B * T),
+           "recompute": model.recomputes(B * T),
+           "recomputed_layers": model.recomputed_layers(B * T),
            "activation_memory_mib": activation_mib}
     if ctx is not None:
         res.update(peak_gpu_bytes=ctx.peak_allocated_bytes, allocated_bytes=ctx.allocated_bytes,
@@ -601,8 +602,8 @@ def main() -> None:
             ob.ctx.reset_peak()
             base_alloc = ob.ctx.allocated_bytes        # rope tables etc. of earlier runs
             with DriverMemory() as dm:
-                r["ours"] = run_ours(ob, cfg, targets, steps, 2, args.recompute,   # 2 warm-ups, as torch
-                                     args.activation_memory)
+                r["ours"] = run_ours(ob, cfg, targets, steps, 2, args.recompute,  # 2 warm-ups,
+                                     args.activation_memory)                    # as torch
             r["ours"]["peak_gpu_bytes"] -= base_alloc
             r["ours"].update(dm.result())
             if torch is not None and first:
