@@ -15,6 +15,7 @@ Baselines, same shapes, same run:
 
     python benchmarks/train_step.py [--quick] [--models 125m,1b,2b4t] [--targets qkvo,all]
                                     [--embeddings gpu,host] [--recompute auto|on|off]
+                                    [--activation-memory MIB]
                                     [--batch 4,16] [--profile] [--ste f32,f16]
                                     [--matmul-tile auto,64,128] [--f16-pairs on,off]
                                     [--matmul-ks8 8,16] [--lm-widen on,off]
@@ -112,9 +113,10 @@ def batch(cfg, seed: int):
     return ids[:, :-1], ids[:, 1:]
 
 
-def setup_ours(backend, cfg, targets, recompute: str = "auto"):
+def setup_ours(backend, cfg, targets, recompute: str = "auto", activation_mib: int | None = None):
     """(model, step): our model with a fresh adapter and AdamW; step() runs one training step
-    (loss_and_grads + AdamW + sync) and returns the loss."""
+    (loss_and_grads + AdamW + sync) and returns the loss. activation_mib: the model's
+    activation_budget in MiB (recompute auto; None: the model's default rule)."""
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.lora import init_lora, trainable_keys
     from bitswarm.kernels.model import BitNetModel
@@ -123,6 +125,8 @@ def setup_ours(backend, cfg, targets, recompute: str = "auto"):
     model = BitNetModel(fast_weights(cfg, 0), backend, lcfg)
     if recompute != "auto":
         model.recompute = recompute == "on"
+    if activation_mib is not None:
+        model.activation_budget = activation_mib * 2**20
     state = init_lora(cfg, lcfg, 0)
     model.set_lora(state)
     keys = trainable_keys(state, lcfg)
@@ -142,9 +146,10 @@ def setup_ours(backend, cfg, targets, recompute: str = "auto"):
     return model, step
 
 
-def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "auto") -> dict:
+def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "auto",
+             activation_mib: int | None = None) -> dict:
     t0 = time.perf_counter()
-    model, step_fn = setup_ours(backend, cfg, targets, recompute)
+    model, step_fn = setup_ours(backend, cfg, targets, recompute, activation_mib)
     ctx = getattr(backend, "ctx", None)
     setup = time.perf_counter() - t0
     losses, times = [], []
@@ -155,7 +160,9 @@ def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "a
             times.append(time.perf_counter() - t1)
     step = float(np.median(times))
     res = {"step_s": step, "tokens_per_s": B * T / step, "losses": losses, "setup_s": setup,
-           "recompute": model.recomputes(B * T)}
+           "recompute": model.recomputes(B * T),
+           "recomputed_layers": model.recomputed_layers(B * T),
+           "activation_memory_mib": activation_mib}
     if ctx is not None:
         res.update(peak_gpu_bytes=ctx.peak_allocated_bytes, allocated_bytes=ctx.allocated_bytes,
                    dispatches=ctx.n_dispatches, submits=ctx.n_submits)
@@ -181,12 +188,12 @@ PROFILE_OPS = {
 
 
 def profile_ours(backend, cfg, targets, steps: int, warmup: int,
-                 recompute: str = "auto") -> dict:
+                 recompute: str = "auto", activation_mib: int | None = None) -> dict:
     """Our step with the GPU synced around every backend op: {family: {calls, ms}} (best step
     per family), "sum of ops", and "step (no syncs)" (median step of the same model without
     the syncs, for comparison)."""
     import functools
-    model, step_fn = setup_ours(backend, cfg, targets, recompute)
+    model, step_fn = setup_ours(backend, cfg, targets, recompute, activation_mib)
     ctx = backend.ctx
     for _ in range(warmup):
         step_fn()
@@ -231,6 +238,7 @@ def profile_ours(backend, cfg, targets, steps: int, warmup: int,
     out = {k: {"calls": counts.get(k), "ms": round(1e3 * v, 2)} for k, v in best.items()}
     out["step (no syncs)"] = {"calls": None, "ms": round(1e3 * float(np.median(plain)), 2)}
     out["recompute"] = model.recomputes(B * T)
+    out["recomputed_layers"] = model.recomputed_layers(B * T)
     del model, step_fn
     gc.collect()
     return out
@@ -445,6 +453,10 @@ def main() -> None:
     ap.add_argument("--embeddings", default="gpu", help="table residencies to run: gpu,host")
     ap.add_argument("--recompute", default="auto", choices=["auto", "on", "off"],
                     help="layer recomputation in our step (auto: the model's default, on for GPUs)")
+    ap.add_argument("--activation-memory", type=int, default=None, metavar="MIB",
+                    help="--recompute auto: MiB for saved layer activations in our step (the "
+                         "last layers that fit are saved, the others recomputed; default: the "
+                         "model's all-or-nothing rule at 512 MiB)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--tmp", default="/tmp/bitswarm-bench")
@@ -475,6 +487,10 @@ def main() -> None:
     ap.add_argument("--ste-probe", type=int, default=2, metavar="STEPS",
                     help="--ste-compare: steps whose every STE call is compared f16 vs f32")
     args = ap.parse_args()
+    if args.activation_memory is not None and (args.activation_memory < 0
+                                               or args.recompute != "auto"):
+        ap.error(f"--activation-memory: expected an integer of MiB >= 0 with --recompute auto, "
+                 f"got {args.activation_memory} with --recompute {args.recompute}")
     global B, T
     if args.quick:
         B, T = 2, 32
@@ -570,14 +586,16 @@ def main() -> None:
                 for B, ste, mt in [(b, x, t) for b in batches for x, t in variants]:
                     be.ste_precision, be.ste_select_decode = ste[:3], ste == "f16sel"
                     set_tile(be, mt)
-                    prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute)
+                    prof = profile_ours(be, CONFIGS[model], targets, steps, 2, args.recompute,
+                                        args.activation_memory)
                     profiles.append({"model": model, "targets": targets, "B": B, "T": T,
                                      "ste": ste, "matmul_tile": mt[0] or "auto",
                                      "matmul_f16_pairs": mt[1], "matmul_ks8": mt[2],
                                      "lm_head_widen": mt[3], **prof})
                     print(f"{model} {targets} batch {B} x {T}, STE {ste}, matmul "
                           f"{tile_tag(mt)}, recompute "
-                          f"{prof['recompute']}; best of {steps} steps, ms:")
+                          f"{prof['recompute']} ({prof['recomputed_layers']} of "
+                          f"{CONFIGS[model].num_hidden_layers} layers); best of {steps} steps, ms:")
                     for k, v in prof.items():
                         if isinstance(v, dict):
                             c = "" if v["calls"] is None else f"({v['calls']})"
@@ -601,7 +619,8 @@ def main() -> None:
             ob.ctx.reset_peak()
             base_alloc = ob.ctx.allocated_bytes        # rope tables etc. of earlier runs
             with DriverMemory() as dm:
-                r["ours"] = run_ours(ob, cfg, targets, steps, 2, args.recompute)   # 2 warm-up steps, as torch
+                r["ours"] = run_ours(ob, cfg, targets, steps, 2, args.recompute,  # 2 warm-ups,
+                                     args.activation_memory)                    # as torch
             r["ours"]["peak_gpu_bytes"] -= base_alloc
             r["ours"].update(dm.result())
             if torch is not None and first:
@@ -631,7 +650,9 @@ def main() -> None:
                         if sysname == "ours" else sysname)
                 print(f"{model:6s} {B:3d} {targets:7s} {name:16s} {x['tokens_per_s']:10.1f} "
                       f"{x['step_s'] * 1e3:9.1f} {pk / 2**20 if pk else float('nan'):9.1f} "
-                      f"{ours / x['tokens_per_s']:9.3f}")
+                      f"{ours / x['tokens_per_s']:9.3f}"
+                      + (f"  recomputed {x['recomputed_layers']}/{cfg.num_hidden_layers}"
+                         if sysname == "ours" else ""))
             if "torch_peft" not in r and "ours_over_torch" in r:
                 print(f"{'':6s} {'':3s} {'':7s} {'(vs torch above)':16s} {'':10s} {'':9s} "
                       f"{'':9s} {r['ours_over_torch']:9.3f}")

@@ -34,7 +34,9 @@ class _Proj:
     h: Any = None   # LoRA hidden A x (N, r); None when the projection has no adapter
 
 
-RECOMPUTE_ABOVE = 512 * 2**20   # auto recomputation: saved activations above this (bytes)
+# Auto recomputation without an activation budget: every layer is recomputed once the saved
+# activations would exceed this many bytes, none below (BitNetModel.recomputed_layers).
+RECOMPUTE_ABOVE = 512 * 2**20
 _QKV = ("q_proj", "k_proj", "v_proj")
 _GATE_UP = ("gate_proj", "up_proj")
 # Projection groups run as one GEMM (bitlinear_group). q/k/v only: on an H200 at 2B-4T the fused
@@ -86,8 +88,10 @@ class BitNetModel:
         lora: adapter configuration; `set_lora` uploads the adapter's values.
     """
 
-    # Activation recomputation in loss_and_grads (see there): True, False, or None = auto.
+    # Activation recomputation in loss_and_grads (see there): True (every layer), False (none),
+    # or None = auto, where `activation_budget` (bytes, or None) sets how many layers are saved.
     recompute: bool | None = None
+    activation_budget: int | None = None
 
     def __init__(self, weights: BitNetWeights, backend: Backend, lora: LoRAConfig) -> None:
         be = backend
@@ -115,26 +119,67 @@ class BitNetModel:
         self.embed, self.lm_head, self.norm, self.layers = embed, lm_head, norm, layers
         self.lora: dict[str, Any] = {}
         self.recompute = None
+        self.activation_budget = None
 
-    def saved_activation_bytes(self, N: int) -> int:
-        """Estimated bytes of activations the plain (no recomputation) training step holds at
-        its peak for N token rows: per layer the residuals, norm outputs, q/k/v/o, g/u/h and
-        LoRA inputs, float32. An estimate within ~1.5x of the measured difference."""
+    def layer_activation_bytes(self, N: int) -> int:
+        """Estimated bytes one layer's `_layer` saves for the backward pass at N token rows, its
+        input x0 included: the residuals x0 and x1 (D each), the LoRA inputs of q/k/v (D, one
+        shared tensor), o (qd), gate/up (D) and down (I), q/k/v after RoPE (qd + 2 kvd), o
+        (qd) and g/u/h (3 I), float32: every (N, width) tensor saved with LoRA on all seven
+        projections; fewer targets or a frozen A save less. rstd, lse and the rank-r hiddens
+        are left out."""
         c = self.cfg
         qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
         per_row = 4 * c.hidden_size + 3 * qd + 2 * kvd + 4 * c.intermediate_size
-        return len(self.layers) * N * per_row * 4
+        return N * per_row * 4
+
+    def layer_input_bytes(self, N: int) -> int:
+        """Bytes a recomputed layer keeps from the forward pass: its input residual (N, D) f32."""
+        return N * self.cfg.hidden_size * 4
+
+    def saved_activation_bytes(self, N: int) -> int:
+        """Estimated bytes of activations the plain (no recomputation) training step holds at
+        its peak for N token rows: every layer's `layer_activation_bytes` (the layers have one
+        shape, so this is L times one layer's). Within ~1.5x of the measured difference."""
+        return len(self.layers) * self.layer_activation_bytes(N)
+
+    def layers_within(self, budget: int, N: int) -> int:
+        """How many layers' full activations loss_and_grads saves in `budget` bytes at N token
+        rows, the others recomputed: L when all fit (L * layer_activation_bytes <= budget),
+        else the most k >= 1 with
+            k * layer_activation_bytes + (L - k) * layer_input_bytes <= budget
+        (a saved layer's activations include its input; a recomputed layer still keeps its
+        (N, D) input). That sum is the activation memory at the end of the forward, the peak
+        (the last k layers are saved, see loss_and_grads). At least one: recomputing every
+        layer peaks at L - 1 inputs plus one recomputed layer's activations in the backward,
+        the same bytes as saving the last layer (measured, tiny model on lavapipe: 8 KiB less;
+        tests/kernels/test_model_memory.py), so a
+        budget below that floor buys nothing by recomputing the last layer too."""
+        L, S, R = len(self.layers), self.layer_activation_bytes(N), self.layer_input_bytes(N)
+        if L * S <= budget:
+            return L
+        return max(1, min(L - 1, (budget - L * R) // (S - R)))
+
+    def recomputed_layers(self, N: int) -> int:
+        """How many layers loss_and_grads recomputes for N token rows (the first ones; the
+        others' activations are saved). `recompute` True: all, False: none. Auto (None): none
+        on NumPy (host memory is plentiful, time is not); on a device-memory-limited backend,
+        with `activation_budget` (bytes) all but `layers_within(activation_budget, N)` (at
+        least the last layer is saved), and without one all or none: all when the saved
+        activations would exceed RECOMPUTE_ABOVE (2B-4T at 512 tokens: ~2.7 GiB -> all, which
+        keeps its 1 GiB peak-memory target; 125M: ~0.35 GiB -> none, the faster path)."""
+        L = len(self.layers)
+        if self.recompute is not None:
+            return L if self.recompute else 0
+        if not self.be.caps.device_memory_limited:
+            return 0
+        if self.activation_budget is None:
+            return L if self.saved_activation_bytes(N) > RECOMPUTE_ABOVE else 0
+        return L - self.layers_within(self.activation_budget, N)
 
     def recomputes(self, N: int) -> bool:
-        """Whether loss_and_grads recomputes activations for N token rows: `recompute` when set;
-        auto (None): never on NumPy (host memory is plentiful, time is not), on other backends
-        when the saved activations would exceed RECOMPUTE_ABOVE bytes (2B-4T at 512 tokens:
-        ~3 GiB -> on; 125M: ~0.35 GiB -> off, the faster path)."""
-        if self.recompute is not None:
-            return bool(self.recompute)
-        if not self.be.caps.device_memory_limited:
-            return False
-        return self.saved_activation_bytes(N) > RECOMPUTE_ABOVE
+        """Whether loss_and_grads recomputes any layer for N token rows (recomputed_layers)."""
+        return self.recomputed_layers(N) > 0
 
     # ------------------------------------------------------------------ adapter I/O
     def set_lora(self, state: LoRAState) -> None:
@@ -262,14 +307,15 @@ class BitNetModel:
         return be.add(dx, self._norm_bwd(i, "input_layernorm", dn, sv.pop("x0"), sv["rstd1"],
                                          grads))
 
-    def _trunk(self, ids: np.ndarray, saves: list | None = None, recompute: bool = True):
+    def _trunk(self, ids: np.ndarray, saves: list | None = None, recompute: int = 0):
         """Embedding and every layer -> final residual x (N, D). With a list `saves`, per layer
-        its input (recompute) or its saved activations (not recompute) is appended."""
+        its input (the first `recompute` layers) or its saved activations (the others) is
+        appended."""
         B, T = ids.shape
         attn = CausalAttention(B, T)
         x = self.be.embedding(self.be.tensor(ids.reshape(-1).astype(np.int32)), self.embed)
         for i in range(len(self.layers)):
-            if saves is None or recompute:
+            if saves is None or i < recompute:
                 if saves is not None:
                     saves.append(x)
                 x = self._layer(i, x, attn, None)
@@ -285,7 +331,7 @@ class BitNetModel:
         / `loss`, which never hold the whole logits nor every layer's activations.)"""
         B, T = ids.shape
         acts: list | None = [] if keep else None
-        x = self._trunk(ids, acts, recompute=False)
+        x = self._trunk(ids, acts)
         nf, rstdf = self.be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
         logits = self.be.matmul(nf, self.lm_head, trans_b=True)                        # (N, V)
         if keep:
@@ -327,19 +373,25 @@ class BitNetModel:
     def loss_and_grads(self, ids: np.ndarray, targets: np.ndarray) -> tuple[float, int, dict]:
         """Mean loss over predicted positions, their count, and LoRA gradients of that mean.
 
-        Memory: only each layer's residual input (N, D) is kept from the forward pass; the
-        backward pass recomputes one layer's activations at a time from it (activation
-        checkpointing, Chen et al. 2016, arXiv:1604.06174), and the lm_head + loss run in vocab
-        chunks. The recomputed forward is the same op sequence on the same input, so the
-        gradients are those of forward(keep=True) + backward. Costs one more forward pass;
-        `recomputes(N)` decides (`recompute` True/False forces it)."""
+        Memory: the first `recomputed_layers(B*T)` layers keep only their residual input (N, D)
+        from the forward pass, and the backward pass recomputes their activations one layer at
+        a time from it (activation checkpointing, Chen et al. 2016, arXiv:1604.06174; each
+        costs one more layer forward); the other layers keep their full activations
+        (`layer_activation_bytes`). The lm_head + loss run in vocab chunks. The recomputed
+        forward is the same op sequence on the same input, so the gradients are bit-identical
+        whatever the split, and those of forward(keep=True) + backward."""
         be = self.be
         t = targets.reshape(-1).astype(np.int32)
         count = int(np.sum(t >= 0))
         if count == 0:
             raise ValueError("batch has no predicted positions (all targets are padding)")
         B, T = ids.shape
-        recompute = self.recomputes(B * T)
+        # The LAST layers are the saved ones: the backward reaches them first and frees each
+        # dict as it goes, so no saved dict is alive when a recomputed layer's activations
+        # exist and the peak stays the end of the forward (k S + (L - k) R). Saving the first
+        # layers instead would hold their dicts through every recomputation: one more layer's
+        # activations on top.
+        recompute = self.recomputed_layers(B * T)
         saves: list = []
         x = self._trunk(ids, saves, recompute)
         nf, rstdf = be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
@@ -351,7 +403,7 @@ class BitNetModel:
         attn = CausalAttention(B, T)
         for i in reversed(range(len(self.layers))):
             sv = saves.pop()
-            if recompute:
+            if i < recompute:
                 x_in, sv = sv, {}
                 self._layer(i, x_in, attn, sv)            # recompute; its output is not needed
                 del x_in

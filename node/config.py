@@ -44,6 +44,7 @@ class NodeConfig:
     device: str = "auto"                    # auto | gpu | cpu
     embeddings: str = "gpu"                 # gpu | host: where a GPU keeps the vocab table
     recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
+    activation_memory_mib: int | None = None  # recompute auto's budget for saved activations
     batch_size: int = 8                     # sequences per step
     ctx: int = 128                          # tokens per training sequence
     seed: int = 0                           # local data sampling seed
@@ -63,6 +64,8 @@ class NodeConfig:
             "--round-timeout": (self.round_timeout_s, self.round_timeout_s > 0),
             "--batch-size": (self.batch_size, self.batch_size >= 1),
             "--ctx": (self.ctx, self.ctx >= 2),   # the model bound: cli.preflight
+            "--activation-memory": (self.activation_memory_mib, self.activation_memory_mib is None
+                                    or self.activation_memory_mib >= 0),
             "--dp-clip": (self.dp_clip, self.dp_clip is None or (math.isfinite(self.dp_clip)
                                                                 and self.dp_clip > 0)),
             "--dp-noise": (self.dp_noise, math.isfinite(self.dp_noise) and self.dp_noise >= 0),
@@ -97,6 +100,10 @@ class NodeConfig:
             raise ValueError(f"--device must be auto, gpu or cpu, got {self.device!r}")
         if self.recompute not in ("auto", "on", "off"):
             raise ValueError(f"--recompute must be auto, on or off, got {self.recompute!r}")
+        if self.activation_memory_mib is not None and self.recompute != "auto":
+            raise ValueError(f"--activation-memory is the budget of --recompute auto; with "
+                             f"--recompute {self.recompute} every layer is "
+                             f"{'recomputed' if self.recompute == 'on' else 'saved'}")
         if self.embeddings not in ("gpu", "host"):
             raise ValueError(f"--embeddings must be gpu or host, got {self.embeddings!r}")
         for flag, addrs in [("--listen", [self.listen]), ("--peer", self.peers),

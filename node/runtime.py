@@ -90,6 +90,11 @@ class Node:
         self.model = BitNetModel(weights, self.backend, cfg.lora)
         if cfg.recompute != "auto":
             self.model.recompute = cfg.recompute == "on"
+        if cfg.activation_memory_mib is not None:
+            self.model.activation_budget = cfg.activation_memory_mib * 2**20   # bytes
+        log.info("training step: %d of %d layers recomputed in the backward at %d x %d tokens",
+                 self.model.recomputed_layers(cfg.batch_size * cfg.ctx), len(self.model.layers),
+                 cfg.batch_size, cfg.ctx)
         self.shapes = lora_shapes(weights.config, cfg.lora)
         # A training loss above twice a uniform guess's (2 ln V nats) means the step diverged.
         self.explode_loss = 2.0 * math.log(weights.config.vocab_size)

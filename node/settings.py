@@ -238,6 +238,10 @@ START: tuple[Setting, ...] = (
     Setting("recompute", _choice("auto", "on", "off"), "auto", "recompute layer activations "
             "in the backward pass (less memory, one more forward; same results); auto: on for a "
             "GPU when they would exceed 512 MiB", "auto, on or off", choices=("auto", "on", "off")),
+    Setting("activation_memory", _opt_int, None, "MiB of GPU memory for saved layer "
+            "activations under --recompute auto: the last layers that fit keep theirs (faster), "
+            "the others are recomputed (one more layer forward each; same results); without it: "
+            "all kept when they fit in 512 MiB, else all recomputed", "an integer of MiB >= 0"),
 )
 BY_KEY = {s.key: s for s in START}
 

@@ -82,17 +82,74 @@ def test_recomputed_path_equals_plain_path_gpu(gpu, close):
 
 
 def test_auto_recomputation_follows_the_activation_estimate(gpu):
-    """Auto (recompute None): on for a GPU backend once the estimated saved activations exceed
-    RECOMPUTE_ABOVE, off below it and always off on NumPy; True/False force it."""
+    """Auto (recompute None) without a budget: every layer recomputed on a GPU backend once the
+    estimated saved activations exceed RECOMPUTE_ABOVE, none below it, none ever on NumPy;
+    True/False force all / none."""
     from bitswarm.kernels.model import RECOMPUTE_ABOVE
     m = model(gpu)
+    L = CFG.num_hidden_layers
     per_row = m.saved_activation_bytes(1)
-    assert per_row == CFG.num_hidden_layers * 4 * (4 * 64 + 3 * 64 + 2 * 32 + 4 * 96)
+    assert per_row == L * 4 * (4 * 64 + 3 * 64 + 2 * 32 + 4 * 96)
+    assert m.saved_activation_bytes(5) == L * m.layer_activation_bytes(5)
     small, big = RECOMPUTE_ABOVE // per_row, RECOMPUTE_ABOVE // per_row + 1
+    assert m.recomputed_layers(small) == 0 and m.recomputed_layers(big) == L
     assert m.recomputes(small) is False and m.recomputes(big) is True
     m.recompute = False
-    assert m.recomputes(big) is False
-    assert model(CpuBackend()).recomputes(big) is False
+    assert m.recomputed_layers(big) == 0 and m.recomputes(big) is False
+    m.recompute = True
+    assert m.recomputed_layers(small) == L
+    cpu = model(CpuBackend())
+    assert cpu.recomputed_layers(big) == 0
+    cpu.activation_budget = 0                   # a budget does not make NumPy recompute
+    assert cpu.recomputed_layers(big) == 0
+
+
+def test_layers_saved_within_an_activation_budget(gpu):
+    """k layers fit in a budget when k full layers plus the L - k recomputed layers' inputs do:
+    k * S + (L - k) * R <= budget, S = 4 B x (4 D + 3 qd + 2 kvd + 4 I) per row, R = 4 B x D."""
+    m = model(gpu)
+    L, N = CFG.num_hidden_layers, 14
+    S, R = N * 4 * (4 * 64 + 3 * 64 + 2 * 32 + 4 * 96), N * 4 * 64
+    assert (m.layer_activation_bytes(N), m.layer_input_bytes(N)) == (S, R) == (50176, 3584)
+    for k in range(2, L + 1):
+        cost = k * S + (L - k) * R
+        assert m.layers_within(cost, N) == k and m.layers_within(cost - 1, N) == k - 1
+    # the last layer is always saved: recomputing it too peaks as high (see the memory test)
+    assert [m.layers_within(b, N) for b in (0, S + 2 * R - 1, S + 2 * R, 10**12)] == [1, 1, 1, L]
+    m.activation_budget = S + 2 * R             # one layer saved, two recomputed
+    assert m.recomputed_layers(N) == 2 and m.recomputes(N) is True
+    m.activation_budget = L * S
+    assert m.recomputed_layers(N) == 0 and m.recomputes(N) is False
+    m.activation_budget = 0
+    assert m.recomputed_layers(N) == L - 1
+    m.recompute = True                          # on / off override the budget
+    assert m.recomputed_layers(N) == L
+    m.recompute = False
+    assert m.recomputed_layers(N) == 0
+
+
+def test_gradients_are_bit_identical_whatever_the_split(gpu):
+    """All layers recomputed, none, and partial splits give the same loss and the same bits in
+    every LoRA gradient: the recomputed forward is the same op sequence on the same input."""
+    m = model(gpu)
+    ids, tg = batch()
+    N = ids.size
+    S, R = m.layer_activation_bytes(N), m.layer_input_bytes(N)
+    runs = {}
+    for name, recompute, budget, n_rec in [("all", True, None, 3), ("none", False, None, 0),
+                                           ("save 1", None, 0, 2),
+                                           ("save 2", None, 2 * S + R, 1)]:
+        m.recompute, m.activation_budget = recompute, budget
+        assert m.recomputed_layers(N) == n_rec, name
+        loss, count, grads = m.loss_and_grads(ids, tg)
+        runs[name] = loss, count, {k: gpu.numpy(v) for k, v in grads.items()}
+    loss, count, grads = runs["all"]
+    assert len(grads) == 2 * len(PROJECTIONS) * CFG.num_hidden_layers
+    for name, (l2, c2, g2) in runs.items():
+        assert (l2, c2) == (loss, count), name
+        assert g2.keys() == grads.keys(), name
+        for k in grads:
+            np.testing.assert_array_equal(g2[k], grads[k], err_msg=f"{name}: {k}")
 
 
 def test_training_memory_is_flat_and_below_plain_path(gpu):
@@ -124,3 +181,34 @@ def test_training_memory_is_flat_and_below_plain_path(gpu):
     plain = peak_of(lambda m: plain_loss_and_grads(m, ids, tg), 1)
     assert ours[1] == ours[2], ours
     assert ours[2] < plain[0], (ours, plain)
+
+
+def test_saving_the_last_layers_peaks_at_the_estimate(gpu):
+    """Peak allocated bytes of loss_and_grads per split: saving the last layer costs no more
+    than recomputing every layer (the backward then holds one recomputed layer's activations
+    instead), and each further saved layer adds about one layer's activations (S - R
+    estimated, within pool rounding of S)."""
+    ids, tg = batch(B=4, T=32)
+    N, L, ctx = ids.size, CFG.num_hidden_layers, gpu.ctx
+    peaks = []
+    for saved in range(L + 1):
+        m = model(gpu)
+        S, R = m.layer_activation_bytes(N), m.layer_input_bytes(N)
+        if saved == 0:
+            m.recompute = True
+        else:
+            m.activation_budget = saved * S + (L - saved) * R
+        assert m.recomputed_layers(N) == L - saved
+        gc.collect()
+        ctx.trim()
+        ctx.reset_peak()
+        base = ctx.allocated_bytes
+        for _ in range(2):          # the second step's peak: the pool has its buffers
+            m.loss_and_grads(ids, tg)
+            gc.collect()
+        peaks.append(ctx.peak_allocated_bytes - base)
+        del m
+        gc.collect()
+    assert peaks[1] <= peaks[0], peaks
+    for a, b in zip(peaks[1:], peaks[2:]):
+        assert S - R <= b - a <= S, (peaks, S, R)

@@ -78,19 +78,25 @@ def test_ctrl_c_saves_and_exits_0_then_eval_uses_the_adapter(tmp_path):
 
 def test_gpu_memory_flags_train_the_same_adapter(tmp_path):
     """`node start --device gpu` (lavapipe in CI) with the vocab table in host memory and no
-    layer recomputation trains the bit-identical adapter as with the table on the GPU and
-    recomputation on: the flags trade memory for time, never results."""
+    layer recomputation, and with --activation-memory 0 (the tiny model's last of 2 layers
+    saved, the first recomputed), trains the bit-identical adapter as with the table on the GPU
+    and recomputation on: the flags trade memory for time, never results. The log says how
+    many layers each recomputed, so the flags reach the model."""
     docs = prepare_documents(tmp_path, 1, files_per_node=6)[0]
     model = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
     hashes = {}
-    for emb, rec in (("gpu", "on"), ("host", "off")):
-        d = tmp_path / f"n-{emb}"
+    for emb, rec, mem, recomputed in (("gpu", "on", [], 2), ("host", "off", [], 0),
+                                      ("gpu", "auto", ["--activation-memory", "0"], 1)):
+        d = tmp_path / f"n-{emb}-{rec}"
         r = run("start", "--swarm", "solo", "--data", str(docs), "--data-dir", str(d),
                 "--model", str(model), "--rounds", "1", "--min-peers", "0", "--local-steps", "2",
                 "--ctx", "32", "--batch-size", "2", "--device", "gpu", "--embeddings", emb,
-                "--recompute", rec, timeout=300)
+                "--recompute", rec, *mem, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        hashes[emb] = load_file(str(d / "adapter" / "adapter_model.safetensors"))
-    assert hashes["gpu"].keys() == hashes["host"].keys() and len(hashes["gpu"]) > 0
-    for k, v in hashes["gpu"].items():     # tensors, not file bytes (the header has metadata)
-        assert np.array_equal(v, hashes["host"][k]), k
+        assert f"training step: {recomputed} of 2 layers recomputed" in r.stderr, r.stderr[-3000:]
+        hashes[rec] = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    assert len(hashes["on"]) > 0
+    for rec in ("off", "auto"):
+        assert hashes[rec].keys() == hashes["on"].keys()
+        for k, v in hashes["on"].items():     # tensors, not file bytes (the header has metadata)
+            assert np.array_equal(v, hashes[rec][k]), (rec, k)

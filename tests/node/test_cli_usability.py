@@ -99,6 +99,13 @@ def test_help_version_and_bare_node():
                           "ternary, top-k"),
     (["--ctx", "5000"], "--ctx: 5000 is out of range; expected 2 to the model's "
                         "max_position_embeddings (256)"),
+    (["--activation-memory", "-1"], "--activation-memory: -1 is out of range; expected an "
+                                    "integer of MiB >= 0"),
+    (["--activation-memory", "1.5"], "--activation-memory (flag --activation-memory): '1.5' is "
+                                     "not an integer; expected an integer of MiB >= 0"),
+    (["--recompute", "on", "--activation-memory", "512"], "--activation-memory is the budget of "
+                                                          "--recompute auto; with --recompute on "
+                                                          "every layer is recomputed"),
 ])
 def test_ranges_name_the_value_and_the_range_before_side_effects(tmp_path, flags, message):
     r = _solo(tmp_path, "--rounds", "1", *flags)
