@@ -225,12 +225,13 @@ def real_gpu_available() -> bool:
     return bool(str(info.get("adapter_type", ""))) and not is_cpu_adapter(info)
 
 
-def select_backend(device: str, embeddings: str = "gpu") -> Backend:
+def select_backend(device: str, embeddings: str = "gpu", ste: str | None = None) -> Backend:
     """device: "auto" (GPU if a real one exists, else NumPy), "gpu" (wgpu, any adapter, lavapipe
     included), "cpu" (NumPy). embeddings: where a GPU backend keeps the embedding / lm_head
     table, "gpu" or "host" (GpuBackend's table_residency; NumPy keeps everything on the host).
-    Raises ValueError for anything else, RuntimeError when "gpu" is forced and wgpu has no
-    adapter."""
+    ste: a GPU backend's STE input-gradient arithmetic (GpuBackend's `ste`: auto, f32, f16, i16,
+    i8; None: BITSWARM_GPU_STE or auto; NumPy ignores it). Raises ValueError for anything else,
+    RuntimeError when "gpu" is forced and wgpu has no adapter."""
     if device not in ("auto", "gpu", "cpu"):
         raise ValueError(f"--device must be auto, gpu or cpu, got {device!r}")
     if embeddings not in ("gpu", "host"):
@@ -238,4 +239,4 @@ def select_backend(device: str, embeddings: str = "gpu") -> Backend:
     if device == "cpu" or (device == "auto" and not real_gpu_available()):
         return CpuBackend()
     from bitswarm.kernels.gpu_backend import GpuBackend
-    return GpuBackend(table_residency=embeddings)
+    return GpuBackend(table_residency=embeddings, ste=ste)

@@ -55,10 +55,11 @@ class GpuBackend:
     largest single saving for big-vocabulary models (626 MiB at 2B-4T). Raises ValueError for
     anything else.
 
-    ste: the STE input gradient's arithmetic, "f32", "f16" or "auto" (None: the environment
-    variable BITSWARM_GPU_STE, default "auto" = f16 only on adapters where it measured faster);
-    f16 needs the shader-f16 feature and falls back to f32 without it. Raises ValueError for
-    another value."""
+    ste: the STE input gradient's arithmetic, "f32", "f16", "i16", "i8" or "auto" (None: the
+    environment variable BITSWARM_GPU_STE, default "auto" = f16 only on adapters where it
+    measured faster, else f32); f16 needs the shader-f16 feature and falls back to f32 without
+    it; i16 / i8 quantize dy per row to 15 / 8 bits for int8 dot products
+    (kernels/ops/bitlinear/gpu.py ste_precision). Raises ValueError for another value."""
 
     name = "gpu"
     caps = GPU_CAPS

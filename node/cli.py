@@ -231,7 +231,8 @@ def node_config(values: dict):
         outer_lr=v["outer_lr"], outer_momentum=v["outer_momentum"], dp_clip=v["dp_clip"], dp_noise=v["dp_noise"],
         dp_delta=v["dp_delta"], dp_epsilon_budget=v["dp_epsilon_budget"], device=v["device"],
         embeddings=v["embeddings"], recompute=v["recompute"],
-        activation_memory_mib=v["activation_memory"], batch_size=v["batch_size"],
+        activation_memory_mib=v["activation_memory"], gpu_ste=v["gpu_ste"],
+        batch_size=v["batch_size"],
         ctx=v["ctx"], seed=v["seed"], secure_aggregation=v["secure_aggregation"])
 
 

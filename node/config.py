@@ -7,7 +7,7 @@ from pathlib import Path
 
 from multiaddr import Multiaddr
 
-from bitswarm.kernels.config import PROJECTIONS, LoRAConfig
+from bitswarm.kernels.config import GPU_STE_CHOICES, PROJECTIONS, LoRAConfig
 
 
 @dataclass
@@ -45,6 +45,7 @@ class NodeConfig:
     embeddings: str = "gpu"                 # gpu | host: where a GPU keeps the vocab table
     recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
     activation_memory_mib: int | None = None  # recompute auto's budget for saved activations
+    gpu_ste: str = "auto"                   # auto | f32 | f16 | i16 | i8: STE input gradient
     batch_size: int = 8                     # sequences per step
     ctx: int = 128                          # tokens per training sequence
     seed: int = 0                           # local data sampling seed
@@ -104,6 +105,9 @@ class NodeConfig:
             raise ValueError(f"--activation-memory is the budget of --recompute auto; with "
                              f"--recompute {self.recompute} every layer is "
                              f"{'recomputed' if self.recompute == 'on' else 'saved'}")
+        if self.gpu_ste not in GPU_STE_CHOICES:
+            raise ValueError(f"--gpu-ste must be one of {', '.join(GPU_STE_CHOICES)}, "
+                             f"got {self.gpu_ste!r}")
         if self.embeddings not in ("gpu", "host"):
             raise ValueError(f"--embeddings must be gpu or host, got {self.embeddings!r}")
         for flag, addrs in [("--listen", [self.listen]), ("--peer", self.peers),

@@ -23,7 +23,7 @@ from typing import Any
 
 from bitswarm.federation.aggregation import AGGREGATION_RULES
 from bitswarm.federation.codecs import CODEC_NAMES
-from bitswarm.kernels.config import ATTN_PROJECTIONS, PROJECTIONS
+from bitswarm.kernels.config import ATTN_PROJECTIONS, GPU_STE_CHOICES, PROJECTIONS
 
 try:
     import tomllib
@@ -238,6 +238,11 @@ START: tuple[Setting, ...] = (
     Setting("recompute", _choice("auto", "on", "off"), "auto", "recompute layer activations "
             "in the backward pass (less memory, one more forward; same results); auto: on for a "
             "GPU when they would exceed 512 MiB", "auto, on or off", choices=("auto", "on", "off")),
+    Setting("gpu_ste", _choice(*GPU_STE_CHOICES), "auto", "arithmetic of the STE input "
+            "gradient on a GPU: f32; f16 (packed-f16 sums, ~7e-4 relative error); i16 / i8 (dy "
+            "quantized per row to 15 / 8 bits, int8 dot products: i16 ~1e-4, i8 ~1e-2 relative "
+            "error and the fastest); auto: f16 where it measured faster (H100/H200), else f32",
+            ", ".join(GPU_STE_CHOICES), choices=GPU_STE_CHOICES),
     Setting("activation_memory", _opt_int, None, "MiB of GPU memory for saved layer "
             "activations under --recompute auto: the last layers that fit keep theirs (faster), "
             "the others are recomputed (one more layer forward each; same results); without it: "

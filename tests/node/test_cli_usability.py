@@ -106,6 +106,7 @@ def test_help_version_and_bare_node():
     (["--recompute", "on", "--activation-memory", "512"], "--activation-memory is the budget of "
                                                           "--recompute auto; with --recompute on "
                                                           "every layer is recomputed"),
+    (["--gpu-ste", "bf16"], "--gpu-ste"),
 ])
 def test_ranges_name_the_value_and_the_range_before_side_effects(tmp_path, flags, message):
     r = _solo(tmp_path, "--rounds", "1", *flags)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bitswarm.kernels.config import GPU_STE_CHOICES
 from bitswarm.kernels.device import Tensor, grid_for
 from bitswarm.kernels.ops.bitlinear.reference import (STE_F16_CHUNK, STE_INT_TOP,
                                                        ste_f16_top)
@@ -50,7 +51,7 @@ BACKWARD_T128_MIN = 128
 STE_F16_SELECT_DECODE = False   # bitlinear_backward_f16.wgsl SELECT_DECODE default (see there)
 STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
 STE_F16_AUTO_DEVICES = ("H100", "H200")
-STE_PRECISIONS = ("f32", "f16", "i16", "i8", "auto")
+STE_PRECISIONS = GPU_STE_CHOICES
 STE_INT_TERMS = {"i8": 1, "i16": 2}
 
 

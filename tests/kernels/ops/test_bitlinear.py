@@ -370,9 +370,9 @@ def test_ste_precision_switch(gpu, monkeypatch):
     assert blg.ste_precision(" I16", none, other) == "i16"      # dot4I8Packed: no feature needed
     assert blg.ste_precision("i8", f16, nv) == "i8"
     monkeypatch.setenv("BITSWARM_GPU_STE", "bf16")
-    with pytest.raises(ValueError, match="f32, f16, i16, i8, auto"):
+    with pytest.raises(ValueError, match="auto, f32, f16, i16, i8"):
         blg.ste_precision(None, f16, nv)
-    with pytest.raises(ValueError, match="f32, f16, i16, i8, auto"):
+    with pytest.raises(ValueError, match="auto, f32, f16, i16, i8"):
         GpuBackend(gpu.ctx)
     monkeypatch.delenv("BITSWARM_GPU_STE")
     has = "shader-f16" in gpu.ctx.features
