@@ -164,6 +164,16 @@ def _ste(be, precision: str, chunk: int, dy, w, select: bool = False):
         be.ste_precision, be.ste_chunk, be.ste_select_decode = saved
 
 
+def _ste_int_forced(be, precision: str, tile: int, splits: int, dy, w):
+    """The int STE with be.bitlinear_bwd_tile and be.ste_int_splits forced (restored after)."""
+    saved = be.bitlinear_bwd_tile, be.ste_int_splits
+    be.bitlinear_bwd_tile, be.ste_int_splits = tile, splits
+    try:
+        return _ste(be, precision, 32, dy, w)
+    finally:
+        be.bitlinear_bwd_tile, be.ste_int_splits = saved
+
+
 def _ste_rows(be, dy):
     """Only the f16 path's first pass (per-row exponent, dy to scaled f16), as it launches it."""
     from bitswarm.kernels.device import grid_for
@@ -284,6 +294,13 @@ def cases_for(model: str, cfg, be, base: Baseline, rng, quick: bool, sweep=(),
             out.append((f"W1.58A8 input grad (STE) {prec}", pname,
                         lambda dy=dy, w=w, prec=prec: _ste(be, prec, 32, dy, w), ops, "dp4a",
                         base.mm(by, bw.T), {"ste_precision": prec}))
+            for tile in (64, 128):                 # forced tile edge and slabs over OUT
+                for sp in (1, 2, 4):
+                    out.append((f"W1.58A8 input grad (STE) {prec} tiles", f"{pname} tile={tile} "
+                                f"splits={sp}", lambda dy=dy, w=w, prec=prec, tile=tile, sp=sp:
+                                _ste_int_forced(be, prec, tile, sp, dy, w), ops, "dp4a",
+                                base.mm(by, bw.T), {"ste_precision": prec, "tile": tile,
+                                                    "ste_int_splits": sp}))
         if "shader-f16" in be.ctx.features:
             for ch in ste_chunks:
                 out.append(("W1.58A8 input grad (STE) f16",

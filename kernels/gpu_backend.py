@@ -109,6 +109,8 @@ class GpuBackend:
         # f16 path: decode codes by integer compares and selects (True) or conversions (False);
         # the same values, only speed differs (bitlinear_backward_f16.wgsl SELECT_DECODE)
         self.ste_select_decode: bool = _bitlinear.STE_F16_SELECT_DECODE
+        # int STE slabs over OUT (None: ste_int_plan's rule; an int forces it)
+        self.ste_int_splits: int | None = None
         # LoRA's rank-r matmul shapes on kernels/ops/matmul/skinny_*.wgsl (True) or on the
         # tiled matmul.wgsl (False, for A/B runs); the same products within fp32 rounding.
         self.matmul_skinny: bool = True

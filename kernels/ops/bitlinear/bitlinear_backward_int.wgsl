@@ -25,6 +25,10 @@
 override TERMS: u32 = 2u;
 override ACC: bool = false;
 override INT_OUT: bool = false;
+// Split over OUT (few output tiles, e.g. 512 token rows): workgroup z sums the o steps
+// [z * spz, (z + 1) * spz) into int32 slab z of dx (splits, N, K); entry `reduce` adds the slabs
+// (integers: exact in any order, so the same bits as unsplit) and applies the scale (+ ACC).
+override SPLIT: bool = false;
 
 // ---------------------------------------------------------------- rows: exponent and int8 terms
 struct RParams { n: u32, out: u32, op4: u32, top: i32 }
@@ -76,7 +80,8 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 // ---------------------------------------------------------------- main / main8: dx
-struct Params { n: u32, out: u32, op4: u32, k: u32, k16: u32, weight_scale: f32, wrow0: u32 }
+struct Params { n: u32, out: u32, op4: u32, k: u32, k16: u32, weight_scale: f32, wrow0: u32,
+                spz: u32 }
 
 @group(0) @binding(0) var<storage, read> qhi: array<u32>;    // (N, OP4) i8x4
 @group(0) @binding(1) var<storage, read> qlo: array<u32>;    // (N, OP4) i8x4 (TERMS = 2)
@@ -112,13 +117,15 @@ fn codes_vec(o: u32, word: u32, fq: u32) -> vec4<u32> {
                      gather4(w0, w1, w2, w3, f + 2u), gather4(w0, w1, w2, w3, f + 3u));
 }
 
-fn store(n: u32, k0: u32, v: vec4<i32>) {
+fn store(n: u32, k0: u32, v: vec4<i32>, z: u32) {
     if (n >= p.n) { return; }
     let r = rs[n];
     for (var j = 0u; j < 4u; j++) {
         let k = k0 + j;
         if (k >= p.k) { continue; }
-        if (INT_OUT) {
+        if (SPLIT) {
+            dx[(z * p.n + n) * p.k + k] = bitcast<u32>(v[j]);
+        } else if (INT_OUT) {
             dx[n * p.k + k] = bitcast<u32>(v[j]);
         } else {
             var x = f32(v[j]) * r / p.weight_scale;
@@ -154,7 +161,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var h0 = vec4<i32>(0); var h1 = vec4<i32>(0); var h2 = vec4<i32>(0); var h3 = vec4<i32>(0);
     var l0 = vec4<i32>(0); var l1 = vec4<i32>(0); var l2 = vec4<i32>(0); var l3 = vec4<i32>(0);
     let nsteps = (p.op4 + OW - 1u) / OW;
-    for (var step = 0u; step < nsteps; step++) {
+    let s_hi = min(nsteps, (wid.z + 1u) * p.spz);        // this slab's o steps (all unsplit)
+    for (var step = wid.z * p.spz; step < s_hi; step++) {
         let ow0 = step * OW;
         for (var r = 0u; r < 4u; r++) {                 // 64 rows x 16 words
             let e = tid + 256u * r;
@@ -189,10 +197,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     let na = n0 + lid.y * 4u;
     let ka = k0 + lid.x * 4u;
-    store(na, ka, join(h0, l0));
-    store(na + 1u, ka, join(h1, l1));
-    store(na + 2u, ka, join(h2, l2));
-    store(na + 3u, ka, join(h3, l3));
+    store(na, ka, join(h0, l0), wid.z);
+    store(na + 1u, ka, join(h1, l1), wid.z);
+    store(na + 2u, ka, join(h2, l2), wid.z);
+    store(na + 3u, ka, join(h3, l3), wid.z);
 }
 
 // 128 x 128 tile: 16 x 16 invocations, each 8 n x 8 k in two groups of 4 at offsets 0 and 64
@@ -220,7 +228,8 @@ fn main8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     var db00 = vec4<i32>(0); var db01 = vec4<i32>(0); var db10 = vec4<i32>(0); var db11 = vec4<i32>(0);
     var db20 = vec4<i32>(0); var db21 = vec4<i32>(0); var db30 = vec4<i32>(0); var db31 = vec4<i32>(0);
     let nsteps = (p.op4 + OW8 - 1u) / OW8;
-    for (var step = 0u; step < nsteps; step++) {
+    let s_hi = min(nsteps, (wid.z + 1u) * p.spz);
+    for (var step = wid.z * p.spz; step < s_hi; step++) {
         let ow0 = step * OW8;
         for (var r = 0u; r < 4u; r++) {                 // 128 rows x 8 words
             let e = tid + 256u * r;
@@ -266,12 +275,36 @@ fn main8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let nb = na + 64u;
     let ka = k0 + lid.x * 4u;
     let kb = ka + 64u;
-    store(na, ka, join(ca00, da00)); store(na, kb, join(ca01, da01));
-    store(na + 1u, ka, join(ca10, da10)); store(na + 1u, kb, join(ca11, da11));
-    store(na + 2u, ka, join(ca20, da20)); store(na + 2u, kb, join(ca21, da21));
-    store(na + 3u, ka, join(ca30, da30)); store(na + 3u, kb, join(ca31, da31));
-    store(nb, ka, join(cb00, db00)); store(nb, kb, join(cb01, db01));
-    store(nb + 1u, ka, join(cb10, db10)); store(nb + 1u, kb, join(cb11, db11));
-    store(nb + 2u, ka, join(cb20, db20)); store(nb + 2u, kb, join(cb21, db21));
-    store(nb + 3u, ka, join(cb30, db30)); store(nb + 3u, kb, join(cb31, db31));
+    store(na, ka, join(ca00, da00), wid.z); store(na, kb, join(ca01, da01), wid.z);
+    store(na + 1u, ka, join(ca10, da10), wid.z); store(na + 1u, kb, join(ca11, da11), wid.z);
+    store(na + 2u, ka, join(ca20, da20), wid.z); store(na + 2u, kb, join(ca21, da21), wid.z);
+    store(na + 3u, ka, join(ca30, da30), wid.z); store(na + 3u, kb, join(ca31, da31), wid.z);
+    store(nb, ka, join(cb00, db00), wid.z); store(nb, kb, join(cb01, db01), wid.z);
+    store(nb + 1u, ka, join(cb10, db10), wid.z); store(nb + 1u, kb, join(cb11, db11), wid.z);
+    store(nb + 2u, ka, join(cb20, db20), wid.z); store(nb + 2u, kb, join(cb21, db21), wid.z);
+    store(nb + 3u, ka, join(cb30, db30), wid.z); store(nb + 3u, kb, join(cb31, db31), wid.z);
+}
+
+// ---------------------------------------------------------------- split slabs -> dx
+struct SParams { n: u32, k: u32, splits: u32, weight_scale: f32 }
+
+@group(0) @binding(0) var<storage, read> s_part: array<i32>;
+@group(0) @binding(1) var<storage, read> s_rs: array<f32>;
+@group(0) @binding(2) var<storage, read_write> s_dx: array<u32>;
+@group(0) @binding(3) var<uniform> sp: SParams;
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let total = sp.n * sp.k;
+    if (i >= total) { return; }
+    var acc = 0;
+    for (var z = 0u; z < sp.splits; z++) { acc += s_part[z * total + i]; }
+    if (INT_OUT) {
+        s_dx[i] = bitcast<u32>(acc);
+    } else {
+        var x = f32(acc) * s_rs[i / sp.k] / sp.weight_scale;     // store()'s expression
+        if (ACC) { x = bitcast<f32>(s_dx[i]) + x; }
+        s_dx[i] = bitcast<u32>(x);
+    }
 }

@@ -52,6 +52,11 @@ STE_F16_SELECT_DECODE = False   # bitlinear_backward_f16.wgsl SELECT_DECODE defa
 STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
 STE_F16_AUTO_DEVICES = ("H100", "H200")
 STE_PRECISIONS = GPU_STE_CHOICES
+# Int STE split over OUT (bitlinear_backward_int.wgsl SPLIT + reduce; exact, the same bits):
+# split when the output tiles are fewer than STE_INT_SPLIT_BELOW, each slab >= STE_INT_MIN_OUT
+# of OUT. Forced counts: `GpuBackend.ste_int_splits`.
+STE_INT_SPLIT_BELOW = 0
+STE_INT_MIN_OUT = 512
 STE_INT_TERMS = {"i8": 1, "i16": 2}
 
 
@@ -348,8 +353,35 @@ def _backward_int(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, 
     be._launch("bitlinear_backward_int", [dy, hi, lo, rs], grid_for(N),
                dict(n=N, out=OUT, op4=op4, top=STE_INT_TOP[terms]), name="rows",
                constants=consts)
-    be._launch("bitlinear_backward_int", [hi, lo, rs, w.packed, dx], grid,
-               dict(n=N, out=OUT, op4=op4, k=K, k16=(K + 15) // 16,
-                    weight_scale=w.weight_scale, wrow0=w.row0),
-               name="main8" if t == 128 else "main",
-               constants={**consts, "ACC": int(acc), "INT_OUT": int(int_out)})
+    splits, spz = ste_int_plan(be, N, K, OUT, t)
+    params = dict(n=N, out=OUT, op4=op4, k=K, k16=(K + 15) // 16, weight_scale=w.weight_scale,
+                  wrow0=w.row0, spz=spz)
+    name = "main8" if t == 128 else "main"
+    if splits == 1:
+        be._launch("bitlinear_backward_int", [hi, lo, rs, w.packed, dx], grid, params,
+                   name=name, constants={**consts, "ACC": int(acc), "INT_OUT": int(int_out)})
+        return
+    part = be._new((splits, N, K), "int32")
+    be._launch("bitlinear_backward_int", [hi, lo, rs, w.packed, part],
+               (grid[0], grid[1], splits), params, name=name, constants={**consts, "SPLIT": 1})
+    be._launch("bitlinear_backward_int", [part, rs, dx], grid_for(-(-N * K // 256)),
+               dict(n=N, k=K, splits=splits, weight_scale=w.weight_scale), name="reduce",
+               constants={"ACC": int(acc), "INT_OUT": int(int_out)})
+
+
+def ste_int_plan(be, N: int, K: int, OUT: int, t: int) -> tuple[int, int]:
+    """(slabs, o steps per slab) of the int STE for dy (N, OUT) -> dx (N, K) on t x t tiles: the
+    forced `be.ste_int_splits`, else split when the tiles are fewer than STE_INT_SPLIT_BELOW
+    (enough slabs to reach it, each >= STE_INT_MIN_OUT of OUT); no empty slabs."""
+    ow = 16 if t == 64 else 8                              # o-words per step: OW / OW8
+    nsteps = max(1, -(-(-(-OUT // 4)) // ow))
+    splits = getattr(be, "ste_int_splits", None)
+    if splits is None:
+        tiles = -(-K // t) * -(-N // t)
+        splits = 1
+        if tiles < STE_INT_SPLIT_BELOW:
+            splits = min(-(-STE_INT_SPLIT_BELOW // tiles), max(1, OUT // STE_INT_MIN_OUT))
+    check(int(splits) >= 1, f"ste_int_splits must be >= 1, got {splits}")
+    splits = max(1, min(int(splits), nsteps))
+    spz = -(-nsteps // splits)
+    return -(-nsteps // spz), spz

@@ -412,37 +412,66 @@ def _int_dy(rng, N, OUT):
                                      (130, 33, 17), (9, 6912, 70)])
 @pytest.mark.parametrize("tile", [64, 128])
 @pytest.mark.parametrize("terms", [1, 2])
-def test_bitlinear_backward_int_sums_exact(gpu, N, OUT, K, tile, terms):
-    """Both tiles, both term counts, edges off every tile and step size: the same int32 sums."""
+@pytest.mark.parametrize("splits", [1, 3])
+def test_bitlinear_backward_int_sums_exact(gpu, N, OUT, K, tile, terms, splits):
+    """Both tiles, both term counts, unsplit and in slabs over OUT (3 asked; clamped to the o
+    steps there are), edges off every tile and step size: the same int32 sums."""
     rng = np.random.default_rng(31)
     dy, w = _int_dy(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
-    gpu.bitlinear_bwd_tile = tile
+    gpu.bitlinear_bwd_tile, gpu.ste_int_splits = tile, splits
     try:
         got = gpu.numpy(gpu.bitlinear_backward_int(gpu.tensor(dy), gpu.ternary(w), terms=terms,
                                                    int_out=True))
     finally:
-        gpu.bitlinear_bwd_tile = None
+        gpu.bitlinear_bwd_tile, gpu.ste_int_splits = None, None
     np.testing.assert_array_equal(got, ref.bitlinear_backward_int(dy, w.codes, w.weight_scale,
                                                                   terms, int_out=True))
+
+
+def test_ste_int_plan():
+    """Slabs over OUT: forced counts clamp to the o steps with none empty; the auto rule splits
+    only below STE_INT_SPLIT_BELOW tiles, each slab >= STE_INT_MIN_OUT of OUT."""
+    class Be:
+        ste_int_splits = None
+    be = Be()
+    be.ste_int_splits = 4
+    assert blg.ste_int_plan(be, 512, 2560, 2560, 128) == (4, 20)     # 80 steps of 32 o
+    assert blg.ste_int_plan(be, 512, 2560, 100, 64) == (2, 1)        # 2 steps of 64 o
+    be.ste_int_splits = 3
+    assert blg.ste_int_plan(be, 512, 2560, 2560, 64) == (3, 14)      # 40 steps: 14 + 14 + 12
+    be.ste_int_splits = None
+    saved = blg.STE_INT_SPLIT_BELOW
+    try:
+        blg.STE_INT_SPLIT_BELOW = 264
+        assert blg.ste_int_plan(be, 512, 2560, 2560, 128) == (4, 20)  # 80 tiles -> 4 slabs
+        assert blg.ste_int_plan(be, 512, 2560, 640, 128) == (1, 20)   # 640 o: one slab >= 512
+        assert blg.ste_int_plan(be, 2048, 2560, 2560, 128) == (1, 80)  # 320 tiles: unsplit
+        blg.STE_INT_SPLIT_BELOW = 0
+        assert blg.ste_int_plan(be, 512, 2560, 2560, 128) == (1, 80)
+    finally:
+        blg.STE_INT_SPLIT_BELOW = saved
 
 
 @pytest.mark.parametrize("N,OUT,K,use_acc", [(37, 70, 100, True), (200, 97, 260, False),
                                              (130, 2560, 40, True)])
 @pytest.mark.parametrize("tile", [64, 128])
 @pytest.mark.parametrize("terms", [1, 2])
-def test_bitlinear_backward_int_matches_reference(gpu, close, N, OUT, K, use_acc, tile, terms):
+@pytest.mark.parametrize("splits", [1, 2])
+def test_bitlinear_backward_int_matches_reference(gpu, close, N, OUT, K, use_acc, tile, terms,
+                                                  splits):
     """dx (and dx + acc) against the reference to the division's ulps, within the stated
-    bound of the exact fp64 gradient; zero rows give exactly acc."""
+    bound of the exact fp64 gradient, unsplit and through the slab reduce; zero rows give
+    exactly acc."""
     rng = np.random.default_rng(32)
     dy, w = _int_dy(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
     acc = rnd(rng, N, K) if use_acc else None
-    gpu.bitlinear_bwd_tile = tile
+    gpu.bitlinear_bwd_tile, gpu.ste_int_splits = tile, splits
     try:
         got = gpu.numpy(gpu.bitlinear_backward_int(gpu.tensor(dy), gpu.ternary(w),
                                                    None if acc is None else gpu.tensor(acc),
                                                    terms=terms))
     finally:
-        gpu.bitlinear_bwd_tile = None
+        gpu.bitlinear_bwd_tile, gpu.ste_int_splits = None, None
     v = ref.bitlinear_backward_int(dy, w.codes, w.weight_scale, terms)
     want = v if acc is None else v + acc
     close(got, want, 1e-45 + 4e-7 * np.abs(v) + (0 if acc is None else 2.0 ** -23 * np.abs(want)),
