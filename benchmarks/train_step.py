@@ -451,6 +451,10 @@ def main() -> None:
     ap.add_argument("--targets", default="qkvo,all")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--embeddings", default="gpu", help="table residencies to run: gpu,host")
+    ap.add_argument("--bwd-tile", default="auto", choices=["auto", "64", "128"],
+                    help="STE input gradient tile edge (GpuBackend.bitlinear_bwd_tile)")
+    ap.add_argument("--ste-int-splits", default="auto", metavar="auto|N",
+                    help="int STE slabs over OUT (GpuBackend.ste_int_splits; the same bits)")
     ap.add_argument("--recompute", default="auto", choices=["auto", "on", "off"],
                     help="layer recomputation in our step (auto: the model's default, on for GPUs)")
     ap.add_argument("--activation-memory", type=int, default=None, metavar="MIB",
@@ -506,12 +510,17 @@ def main() -> None:
     if args.gemm_tile != "auto":
         be.bitlinear_tm = be.bitlinear_bwd_tile = int(args.gemm_tile)
     be.matmul_skinny = args.lora_kernels == "skinny"
+    if args.bwd_tile != "auto":
+        be.bitlinear_bwd_tile = int(args.bwd_tile)
+    if args.ste_int_splits != "auto":
+        be.ste_int_splits = int(args.ste_int_splits)
     residencies = args.embeddings.split(",")
     backends = {"gpu": be}
     if "host" in residencies:
         backends["host"] = GpuBackend(be.ctx, table_residency="host")
         backends["host"].bitlinear_tm = be.bitlinear_tm
         backends["host"].bitlinear_bwd_tile = be.bitlinear_bwd_tile
+        backends["host"].ste_int_splits = be.ste_int_splits
         backends["host"].matmul_skinny = be.matmul_skinny
         _SharedCodesGpu.install(backends["host"])
     info = machine_info(be.ctx)
