@@ -54,8 +54,11 @@ STE_F16_AUTO_DEVICES = ("H100", "H200")
 STE_PRECISIONS = GPU_STE_CHOICES
 # Int STE split over OUT (bitlinear_backward_int.wgsl SPLIT + reduce; exact, the same bits):
 # split when the output tiles are fewer than STE_INT_SPLIT_BELOW, each slab >= STE_INT_MIN_OUT
-# of OUT. Forced counts: `GpuBackend.ste_int_splits`.
-STE_INT_SPLIT_BELOW = 0
+# of OUT. Forced counts: `GpuBackend.ste_int_splits`. On an H200, i8 (kernels-h200-issue11-
+# split-{512,2048}.json): 2B-4T at N 512 q/o 0.283 -> 0.251 ms (2 slabs), gate/up 0.690 ->
+# 0.586; at N 2048 (128 tiles) q/o 0.764 -> 0.681, gate/up 2.043 -> 1.706; down (864 tiles)
+# and k/v (640 o: slabs too thin) lose 2-13% split, so the rule leaves them whole.
+STE_INT_SPLIT_BELOW = 400
 STE_INT_MIN_OUT = 512
 STE_INT_TERMS = {"i8": 1, "i16": 2}
 
