@@ -51,7 +51,6 @@ BACKWARD_T128_MIN = 128
 STE_F16_SELECT_DECODE = False   # bitlinear_backward_f16.wgsl SELECT_DECODE default (see there)
 STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
 STE_F16_AUTO_DEVICES = ("H100", "H200")
-STE_PRECISIONS = GPU_STE_CHOICES
 # Int STE split over OUT (bitlinear_backward_int.wgsl SPLIT + reduce; exact, the same bits):
 # split when the output tiles are fewer than STE_INT_SPLIT_BELOW, each slab >= STE_INT_MIN_OUT
 # of OUT. Forced counts: `GpuBackend.ste_int_splits`. On an H200, i8 (kernels-h200-issue11-
@@ -244,10 +243,10 @@ def ste_precision(setting: str | None, features, info: dict) -> str:
     if setting is None:
         setting = os.environ.get("BITSWARM_GPU_STE", "auto")
     setting = setting.strip().lower()
-    if setting not in STE_PRECISIONS:
+    if setting not in GPU_STE_CHOICES:
         raise ValueError(f"BITSWARM_GPU_STE / ste_precision must be one of "
-                         f"{', '.join(STE_PRECISIONS)}, got {setting!r}")
-    if setting in ("i8", "i16"):
+                         f"{', '.join(GPU_STE_CHOICES)}, got {setting!r}")
+    if setting in STE_INT_TERMS:
         return setting
     has_f16 = "shader-f16" in features
     if setting == "f16" and not has_f16:
@@ -269,14 +268,8 @@ def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None)
     (bitlinear_backward_int.wgsl; reference.py `bitlinear_backward_int`). Raises ValueError
     (check) for mismatched shapes."""
     N, OUT = dy.shape
-    check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
     K = w.in_features
-    dx = be._new((N, K))
-    if acc is not None:
-        check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
-        be.ctx.copy(acc, dx)
-    t = bitlinear_backward_tile(be, N, K)
-    grid = (-(-K // t), -(-N // t), 1)
+    dx, t, grid = _backward_setup(be, dy, w, acc, "float32")
     prec = getattr(be, "ste_precision", "f32")
     if prec == "f16":
         _backward_f16(be, dy, w, dx, acc is not None, t, grid)
@@ -327,19 +320,25 @@ def bitlinear_backward_int(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = N
     """bitlinear_backward on the int8 dot-product path (bitlinear_backward_int.wgsl) with
     `terms` 1 (i8) or 2 (i16) whatever `be.ste_precision` says (tests, benchmarks); int_out:
     the exact int32 sums (N, in) as an int32 tensor instead of dx (acc must be None)."""
-    N, OUT = dy.shape
-    check(OUT == w.out_features, f"bitlinear_backward_int: dy {dy.shape} vs weight {w.shape}")
     check(terms in (1, 2), f"bitlinear_backward_int: terms must be 1 or 2, got {terms}")
     check(not (int_out and acc is not None), "bitlinear_backward_int: int_out takes no acc")
+    dx, t, grid = _backward_setup(be, dy, w, acc, "int32" if int_out else "float32")
+    _backward_int(be, dy, w, dx, acc is not None, t, grid, terms, int_out)
+    return dx
+
+
+def _backward_setup(be, dy: Tensor, w: GpuTernary, acc: Tensor | None, dtype: str):
+    """The STE launchers' shared start: shape checks, dx (N, in) of `dtype` (a copy of acc when
+    given), the tile edge and the grid -> (dx, t, grid)."""
+    N, OUT = dy.shape
+    check(OUT == w.out_features, f"bitlinear_backward: dy {dy.shape} vs weight {w.shape}")
     K = w.in_features
-    dx = be._new((N, K), "int32" if int_out else "float32")
+    dx = be._new((N, K), dtype)
     if acc is not None:
-        check(acc.shape == (N, K), f"bitlinear_backward_int: acc {acc.shape} != {(N, K)}")
+        check(acc.shape == (N, K), f"bitlinear_backward: acc {acc.shape} != {(N, K)}")
         be.ctx.copy(acc, dx)
     t = bitlinear_backward_tile(be, N, K)
-    _backward_int(be, dy, w, dx, acc is not None, t, (-(-K // t), -(-N // t), 1), terms,
-                  int_out)
-    return dx
+    return dx, t, (-(-K // t), -(-N // t), 1)
 
 
 def _backward_int(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, grid,
@@ -377,7 +376,7 @@ def ste_int_plan(be, N: int, K: int, OUT: int, t: int) -> tuple[int, int]:
     forced `be.ste_int_splits`, else split when the tiles are fewer than STE_INT_SPLIT_BELOW
     (enough slabs to reach it, each >= STE_INT_MIN_OUT of OUT); no empty slabs."""
     ow = 16 if t == 64 else 8                              # o-words per step: OW / OW8
-    nsteps = max(1, -(-(-(-OUT // 4)) // ow))
+    nsteps = max(1, -(-(-(-OUT // 4)) // ow))              # ceil(ceil(OUT / 4) / ow)
     splits = getattr(be, "ste_int_splits", None)
     if splits is None:
         tiles = -(-K // t) * -(-N // t)
