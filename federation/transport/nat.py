@@ -8,7 +8,8 @@ What runs on every node (py-libp2p 0.8.1's own implementations, in the transport
 - `AutoNATService` (libp2p.host.autonat): answers dial-back requests, and asks directly
   connected peers to dial us back; its verdict (public / private / unknown) is `reachability`.
 - `DCUtRProtocol` (….dcutr): every 2 s it tries to upgrade each relayed connection to a direct
-  one (TCP simultaneous open from our listen port to the peer's observed address).
+  one (TCP simultaneous open from our listen port to the peer's observed address), 3 times per
+  peer; while the peer stays relayed we re-arm those 3 attempts, with exponential backoff.
 
 A node that AutoNAT finds private reserves a slot at every directly connected peer that offers
 the HOP protocol, and then announces `<relay addr>/p2p/<relay>/p2p-circuit/p2p/<us>` besides
@@ -27,7 +28,7 @@ from libp2p.host.autonat import AutoNATService, AutoNATStatus
 from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
-from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.dcutr import MAX_HOLE_PUNCH_ATTEMPTS, DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -52,6 +53,11 @@ AUTONAT_RECHECK_S = 120.0    # re-ask after a verdict, seconds
 RESERVE_TIMEOUT_S = 10.0     # one reservation (stream open + RESERVE + answer), seconds
 DCUTR_DIAL_TIMEOUT_S = 3      # one direct dial attempt of DCUtR (unilateral or punch), seconds
 NOT_RELAY_RECHECK_S = 60.0   # a peer without HOP is asked again after this long, seconds
+# py-libp2p's DCUtR stops after 3 attempts per connection (the spec's "retry twice"): a busy or
+# briefly lossy moment would keep the peer relayed for good. We re-arm it after this long,
+# doubling up to PUNCH_RETRY_MAX_S (behind a symmetric NAT the punch can never pass).
+PUNCH_RETRY_S = 10.0
+PUNCH_RETRY_MAX_S = 300.0
 # Limits of a --relay node: a circuit lives at most 1 h and carries at most 1 GiB (py-libp2p's
 # defaults); more reservations than its default 4, since every NATed member holds one.
 RELAY_LIMITS = RelayLimits(duration=3600, data=1 << 30, max_circuit_conns=16, max_reservations=64)
@@ -97,6 +103,7 @@ class NatTraversal:
         self.paths: dict[str, str] = {}             # peer ID -> 'direct' | 'relayed'
         self._not_relay: dict[str, float] = {}      # peer ID -> when it was found without HOP
         self._asked: dict[str, float] = {}          # peer ID -> when we asked it for a dial-back
+        self._punch_spent: dict[str, list] = {}     # peer ID -> [when attempts ran out, re-arms]
         host._bitswarm_circuit_addrs = []           # read by the get_addrs patch (libp2p_compat)
 
     @property
@@ -125,6 +132,7 @@ class NatTraversal:
                                                                        NOT_RELAY_RECHECK_S):
                             await self._reserve(peer, nursery)
                 self._drop_lost_relays()
+                self._rearm_hole_punch()
                 await trio.sleep(POLL_S)
 
     # ---- dialing ------------------------------------------------------------------------
@@ -222,6 +230,26 @@ class NatTraversal:
                 else:
                     log.info("peer %s: connection is %s%s", peer, path, how)
         self.paths = now
+
+    def _rearm_hole_punch(self) -> None:
+        """Give DCUtR a fresh attempt budget for a still-relayed peer some time after its
+        attempts ran out: PUNCH_RETRY_S, doubling per re-arm up to PUNCH_RETRY_MAX_S."""
+        attempts = self.dcutr._hole_punch_attempts      # py-libp2p 0.8.1: peer ID -> count
+        relayed = {p for p, path in self.paths.items() if path == RELAYED}
+        for peer in [p for p in self._punch_spent if p not in relayed]:
+            del self._punch_spent[peer]                 # direct now, or gone: start afresh
+        now = trio.current_time()
+        for pid, n in list(attempts.items()):
+            peer = pid.to_base58()
+            if n < MAX_HOLE_PUNCH_ATTEMPTS or peer not in relayed:
+                continue
+            st = self._punch_spent.setdefault(peer, [now, 0])
+            wait = min(PUNCH_RETRY_S * 2 ** st[1], PUNCH_RETRY_MAX_S)
+            if now - st[0] >= wait:
+                st[:] = [now, st[1] + 1]
+                attempts.pop(pid, None)
+                _PATH_LOG.log(logging.INFO, "punch retry", "peer %s: hole punch: %d attempt(s) "
+                              "gave no direct connection; trying again (retry %d)", peer, n, st[1])
 
     @staticmethod
     def _due(last: dict[str, float], peer: str, every_s: float) -> bool:
