@@ -9,7 +9,9 @@ What runs on every node (py-libp2p 0.8.1's own implementations, in the transport
   connected peers to dial us back; its verdict (public / private / unknown) is `reachability`.
 - `DCUtRProtocol` (….dcutr): every 2 s it tries to upgrade each relayed connection to a direct
   one (TCP simultaneous open from our listen port to the peer's observed address), 3 times per
-  peer; while the peer stays relayed we re-arm those 3 attempts, with exponential backoff.
+  peer. We make one side of each pair drive it (the lower peer ID: two sessions at once
+  collide), drop its stale "already direct" entries, and while the peer stays relayed re-arm
+  the 3 attempts with exponential backoff.
 
 A node that AutoNAT finds private reserves a slot at every directly connected peer that offers
 the HOP protocol, and then announces `<relay addr>/p2p/<relay>/p2p-circuit/p2p/<us>` besides
@@ -58,6 +60,8 @@ NOT_RELAY_RECHECK_S = 60.0   # a peer without HOP is asked again after this long
 # doubling up to PUNCH_RETRY_MAX_S (behind a symmetric NAT the punch can never pass).
 PUNCH_RETRY_S = 10.0
 PUNCH_RETRY_MAX_S = 300.0
+# Of two peers the lower peer ID drives DCUtR (_LoggedDCUtR); the other waits this long for it.
+PUNCH_DEFER_S = 20.0
 # Limits of a --relay node: a circuit lives at most 1 h and carries at most 1 GiB (py-libp2p's
 # defaults); more reservations than its default 4, since every NATed member holds one.
 RELAY_LIMITS = RelayLimits(duration=3600, data=1 << 30, max_circuit_conns=16, max_reservations=64)
@@ -232,13 +236,24 @@ class NatTraversal:
         self.paths = now
 
     def _rearm_hole_punch(self) -> None:
-        """Give DCUtR a fresh attempt budget for a still-relayed peer some time after its
-        attempts ran out: PUNCH_RETRY_S, doubling per re-arm up to PUNCH_RETRY_MAX_S."""
-        attempts = self.dcutr._hole_punch_attempts      # py-libp2p 0.8.1: peer ID -> count
-        relayed = {p for p, path in self.paths.items() if path == RELAYED}
+        """Keep DCUtR trying for a peer we reach only through a relay.
+
+        py-libp2p 0.8.1's DCUtR skips a peer for good once (a) its 3 attempts are spent, or
+        (b) the peer is in its direct-connection cache, which is cleared only when the peer
+        disconnects entirely: a punched connection that dies while the relayed one lives leaves
+        a stale entry, and the responder side then refuses every new session. (b) is dropped
+        at once; (a) is re-armed after PUNCH_RETRY_S, doubling per re-arm to PUNCH_RETRY_MAX_S.
+        """
+        dcutr = self.dcutr
+        relayed = {p for p, path in self._current_paths().items() if path == RELAYED}
         for peer in [p for p in self._punch_spent if p not in relayed]:
             del self._punch_spent[peer]                 # direct now, or gone: start afresh
+        for pid in [p for p in dcutr._direct_connections if p.to_base58() in relayed]:
+            dcutr._direct_connections.discard(pid)
+            _PATH_LOG.log(logging.INFO, "punch stale", "peer %s: hole punch: the direct "
+                          "connection is gone; punching again", pid)
         now = trio.current_time()
+        attempts = dcutr._hole_punch_attempts           # peer ID -> attempts made
         for pid, n in list(attempts.items()):
             peer = pid.to_base58()
             if n < MAX_HOLE_PUNCH_ATTEMPTS or peer not in relayed:
@@ -258,8 +273,38 @@ class NatTraversal:
 
 
 class _LoggedDCUtR(DCUtRProtocol):
-    """py-libp2p's DCUtR, unchanged, logging when a hole punch starts and how it ends (its own
-    log lines are muted above)."""
+    """py-libp2p's DCUtR with one initiator per pair of peers, logging when a hole punch starts
+    and how it ends (its own log lines are muted above).
+
+    py-libp2p drives a session from both ends every 2 s. Two nodes that met through the relay at
+    the same moment then open two sessions at once, and their simultaneous opens use the same
+    TCP 4-tuple (listen port to listen port) and collide; their 2 s loops stay in phase, so
+    every later attempt collides too (seen in tests/federation/nat: minutes without a punch).
+    Here the peer with the lower peer ID drives; the other answers, and drives itself only
+    after PUNCH_DEFER_S without a session from the peer (one that never initiates).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heard: dict[ID, float] = {}     # peer -> first deferral or last inbound session
+
+    async def initiate_hole_punch(self, peer_id: ID) -> bool:
+        if self.host.get_id().to_bytes() > peer_id.to_bytes():
+            now = trio.current_time()
+            if now - self._heard.setdefault(peer_id, now) < PUNCH_DEFER_S:
+                return False                  # the peer drives; no attempt is spent
+        return await super().initiate_hole_punch(peer_id)
+
+    async def _handle_dcutr_stream(self, stream: Any) -> None:
+        try:
+            self._heard[stream.muxed_conn.peer_id] = trio.current_time()
+        except AttributeError:
+            pass
+        await super()._handle_dcutr_stream(stream)
+
+    def on_peer_disconnected(self, peer_id: ID) -> None:
+        self._heard.pop(peer_id, None)
+        super().on_peer_disconnected(peer_id)
 
     async def _perform_hole_punch(self, peer_id, addrs, as_responder=False):  # type: ignore[no-untyped-def]
         log.info("peer %s: hole punch: dialing %s", peer_id, ", ".join(map(str, addrs)) or "nothing")
