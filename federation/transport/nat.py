@@ -296,11 +296,14 @@ class _LoggedDCUtR(DCUtRProtocol):
         return await super().initiate_hole_punch(peer_id)
 
     async def _handle_dcutr_stream(self, stream: Any) -> None:
+        peer = getattr(getattr(stream, "muxed_conn", None), "peer_id", None)
+        if peer is not None:                  # the deferral counts from a session's start..
+            self._heard[peer] = trio.current_time()
         try:
-            self._heard[stream.muxed_conn.peer_id] = trio.current_time()
-        except AttributeError:
-            pass
-        await super()._handle_dcutr_stream(stream)
+            await super()._handle_dcutr_stream(stream)
+        finally:
+            if peer is not None:              # ..and from its end (a punch takes up to ~21 s)
+                self._heard[peer] = trio.current_time()
 
     def on_peer_disconnected(self, peer_id: ID) -> None:
         self._heard.pop(peer_id, None)

@@ -172,6 +172,15 @@ def test_two_nodes_behind_cone_nats_hole_punch_to_a_direct_connection(nat_lab, t
     assert a_saw[:1] == ["relayed"] and "hole punch" in a_saw, (a_saw, run["detail"])
     assert b_saw[:1] == ["relayed"] and "hole punch" in b_saw, (b_saw, run["detail"])
     assert "hole punch succeeded" in run["a"].log() + run["b"].log(), run["detail"]
+    # One DCUtR session at a time (nat._LoggedDCUtR: the lower peer ID drives): each node's
+    # "dialing" lines alternate with their outcomes up to the upgrade. Two sessions at once
+    # dial the same TCP 4-tuple and collide.
+    for n in (run["a"], run["b"]):
+        events = [m.group(1) for m in re.finditer(
+            r"hole punch(: dialing| succeeded| failed|: upgraded)", n.log())]
+        first = events[:events.index(": upgraded")]
+        assert all(x != y for x, y in zip(first, first[1:])) and first[:1] == [": dialing"], \
+            (n.name, first, n.nat_lines())
 
 
 def test_a_symmetric_nat_keeps_the_connection_relayed_and_rounds_complete(nat_lab, tmp_path):
