@@ -61,6 +61,7 @@ log = logging.getLogger("bitswarm.node")
 
 JOIN_WAIT_S = 10.0        # at start, how long a node with peers listens for the swarm's head
 LINGER_S = 30.0           # after the last round, least wait for peers to hold our adapter
+ANNOUNCE_S = 2.0          # before exiting, at most this long to gossip the adapter we hold
 
 
 def swarm_topic(swarm: str) -> str:
@@ -347,7 +348,8 @@ async def _linger(node: Node, coord, transport, compute, rounds_log: Path,
     has not been heard from yet (still training its first round) claims the adapter we hold or
     a later one: a straggler still checking the final rounds' records needs our payloads, and
     a node that exits at once would leave it on its own proposal. If the final round split the
-    swarm, the minority side re-syncs here."""
+    swarm, the minority side re-syncs here. Then it gossips its claim once more (announce), so
+    peers that wait for it see where it ended."""
     def waiting() -> set[str]:
         claims = coord.view.latest()
         mine = (coord.round, bytes.fromhex(coord.adapter_sha256))
@@ -363,6 +365,11 @@ async def _linger(node: Node, coord, transport, compute, rounds_log: Path,
         while waiting():
             await trio.sleep(0.5)
             await _catch_up(node, coord, rounds_log, compute, status)
+    # Say where we ended before leaving (a catch-up just now may have moved us there), and give
+    # the gossip a moment to leave before the transport closes.
+    with trio.move_on_after(ANNOUNCE_S):
+        await coord.announce()
+        await trio.sleep(ANNOUNCE_S / 2)
 
 
 async def _catch_up(node: Node, coord, rounds_log: Path, compute,

@@ -500,6 +500,15 @@ class RoundCoordinator:
         finally:
             self._exchanging = False
 
+    async def announce(self) -> None:
+        """Publish what we serve (our claim of the adapter we hold, manifests) once now rather
+        than at the next republish period. For a node about to leave: a straggler that syncs
+        straight to the final round would otherwise exit before its first republish, and its
+        peers would never learn that it holds their adapter. Bounded by fetch_timeout_s per
+        message; failures are logged, not raised (serving.publish)."""
+        for rnd, data in self._served.gossip():
+            await publish(self.transport, data, rnd, self.fetch_timeout_s)
+
     async def catch_up(self) -> SyncResult | None:
         """Move to the swarm's head if we are behind it or on a fork with fewer signers
         (view.py): fetch the head adapter by digest from a signer (connected ones first) and
