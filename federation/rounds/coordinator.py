@@ -62,7 +62,8 @@ from .fetch import FetchFailed, PayloadFetcher
 from .intake import ManifestIntake, ManifestSeen, RecordSeen, RoundState
 from .secure import SECURE_RULES, RoundAbandoned, SecureRound
 from .secure_intake import SecAggIntake
-from .serving import SERVED_ROUNDS, ServedRounds, publish, republish_loop, republish_period
+from .serving import (SERVED_ROUNDS, ServedRounds, publish, publish_served, republish_loop,
+                      republish_period)
 
 log = logging.getLogger("bitswarm.federation.rounds")
 
@@ -506,8 +507,7 @@ class RoundCoordinator:
         straight to the final round would otherwise exit before its first republish, and its
         peers would never learn that it holds their adapter. Bounded by fetch_timeout_s per
         message; failures are logged, not raised (serving.publish)."""
-        for rnd, data in self._served.gossip():
-            await publish(self.transport, data, rnd, self.fetch_timeout_s)
+        await publish_served(self.transport, self._served, self.fetch_timeout_s)
 
     async def catch_up(self) -> SyncResult | None:
         """Move to the swarm's head if we are behind it or on a fork with fewer signers

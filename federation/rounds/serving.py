@@ -95,6 +95,12 @@ def republish_period(base_s: float, members: int) -> float:
     return min(max(base_s, REPUBLISH_MAX_S), base_s * max(1.0, members / REPUBLISH_GROUP))
 
 
+async def publish_served(transport: Any, served: ServedRounds, timeout_s: float) -> None:
+    """Publish everything in `served.gossip()` once, each message within `timeout_s`."""
+    for rnd, data in served.gossip():
+        await publish(transport, data, rnd, timeout_s)
+
+
 async def republish_loop(transport: Any, served: ServedRounds,
                          interval_s: float | Callable[[], float], timeout_s: float) -> None:
     """Every `interval_s` seconds (a number, or a callable read before each wait, jittered by
@@ -104,5 +110,4 @@ async def republish_loop(transport: Any, served: ServedRounds,
     while True:
         period = interval_s() if callable(interval_s) else interval_s
         await trio.sleep(period * rng.uniform(0.8, 1.2))
-        for rnd, data in served.gossip():
-            await publish(transport, data, rnd, timeout_s)
+        await publish_served(transport, served, timeout_s)
