@@ -210,11 +210,13 @@ class CpuBackend:
         return _rope_ref.rope_at(x, cos, sin, pos, H, hd)
 
 
-def real_gpu_available() -> bool:
-    """True when wgpu finds a non-CPU adapter (lavapipe/llvmpipe/SwiftShader report type CPU)."""
+def real_gpu_available(runtime: str | None = None) -> bool:
+    """True when the GPU runtime (kernels/device/runtime.py: auto, wgpu, dawn; None reads
+    BITSWARM_GPU_RUNTIME) finds a non-CPU adapter (lavapipe/llvmpipe/SwiftShader report type
+    CPU). Raises ValueError for an unknown runtime."""
+    from bitswarm.kernels.device.runtime import resolve
     try:
-        import wgpu
-        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+        adapter = resolve(runtime)[1].gpu.request_adapter_sync(power_preference="high-performance")
     except Exception as e:  # no Vulkan/Metal/DX12 loader, no driver: no GPU
         log.debug("no wgpu adapter: %s", e)
         return False
@@ -225,18 +227,23 @@ def real_gpu_available() -> bool:
     return bool(str(info.get("adapter_type", ""))) and not is_cpu_adapter(info)
 
 
-def select_backend(device: str, embeddings: str = "gpu", ste: str | None = None) -> Backend:
+def select_backend(device: str, embeddings: str = "gpu", ste: str | None = None,
+                   runtime: str | None = None) -> Backend:
     """device: "auto" (GPU if a real one exists, else NumPy), "gpu" (wgpu, any adapter, lavapipe
     included), "cpu" (NumPy). embeddings: where a GPU backend keeps the embedding / lm_head
     table, "gpu" or "host" (GpuBackend's table_residency; NumPy keeps everything on the host).
     ste: a GPU backend's STE input-gradient arithmetic (GpuBackend's `ste`: auto, f32, f16, i16,
-    i8; None: BITSWARM_GPU_STE or auto; NumPy ignores it). Raises ValueError for anything else,
-    RuntimeError when "gpu" is forced and wgpu has no adapter."""
+    i8; None: BITSWARM_GPU_STE or auto; NumPy ignores it). runtime: the WebGPU implementation
+    (auto, wgpu, dawn; None: BITSWARM_GPU_RUNTIME or auto; kernels/device/runtime.py). Raises
+    ValueError for anything else, RuntimeError when "gpu" is forced and the runtime has no
+    adapter, ImportError for runtime dawn without wgpudawn installed."""
     if device not in ("auto", "gpu", "cpu"):
         raise ValueError(f"--device must be auto, gpu or cpu, got {device!r}")
     if embeddings not in ("gpu", "host"):
         raise ValueError(f"--embeddings must be gpu or host, got {embeddings!r}")
-    if device == "cpu" or (device == "auto" and not real_gpu_available()):
+    from bitswarm.kernels.device.runtime import check_runtime
+    check_runtime(runtime)
+    if device == "cpu" or (device == "auto" and not real_gpu_available(runtime)):
         return CpuBackend()
     from bitswarm.kernels.gpu_backend import GpuBackend
-    return GpuBackend(table_residency=embeddings, ste=ste)
+    return GpuBackend(table_residency=embeddings, ste=ste, runtime=runtime)

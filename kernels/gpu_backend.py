@@ -59,16 +59,19 @@ class GpuBackend:
     environment variable BITSWARM_GPU_STE, default "auto" = f16 only on adapters where it
     measured faster, else f32); f16 needs the shader-f16 feature and falls back to f32 without
     it; i16 / i8 quantize dy per row to 15 / 8 bits for int8 dot products
-    (kernels/ops/bitlinear/gpu.py ste_precision). Raises ValueError for another value."""
+    (kernels/ops/bitlinear/gpu.py ste_precision). Raises ValueError for another value.
+
+    runtime: the WebGPU implementation of a new Context, "auto", "wgpu" or "dawn" (None:
+    BITSWARM_GPU_RUNTIME, default auto; kernels/device/runtime.py)."""
 
     name = "gpu"
     caps = GPU_CAPS
 
     @property
     def device_info(self) -> str:
-        """The wgpu adapter in one line (for the node's log), with the STE gradient's
-        arithmetic."""
-        return (f"wgpu adapter {describe_adapter(self.ctx.info)}; "
+        """The WebGPU adapter and runtime (wgpu-native or Dawn) in one line (for the node's
+        log), with the STE gradient's arithmetic."""
+        return (f"wgpu adapter {describe_adapter(self.ctx.info)} via {self.ctx.runtime}; "
                 f"STE input gradient {self.ste_precision}")
 
     @property
@@ -80,12 +83,12 @@ class GpuBackend:
                 "times slower than the NumPy backend (--device cpu)")
 
     def __init__(self, ctx: Context | None = None, table_residency: str = "gpu",
-                 ste: str | None = None) -> None:
+                 ste: str | None = None, runtime: str | None = None) -> None:
         if table_residency not in TABLE_RESIDENCIES:
             raise ValueError(f"table residency must be one of {TABLE_RESIDENCIES}, "
                              f"got {table_residency!r}")
         self.table_residency = table_residency
-        self.ctx = ctx or Context()
+        self.ctx = ctx or Context(runtime=runtime)
         # Split-K slab count of the bitlinear forward: None = heuristic (bitlinear_plan),
         # an int forces it (1 = unsplit; clamped to the number of K steps). For
         # benchmarks/kernels.py --bitlinear-splits and tests; results are bit-identical.

@@ -232,6 +232,7 @@ def node_config(values: dict):
         dp_delta=v["dp_delta"], dp_epsilon_budget=v["dp_epsilon_budget"], device=v["device"],
         embeddings=v["embeddings"], recompute=v["recompute"],
         activation_memory_mib=v["activation_memory"], gpu_ste=v["gpu_ste"],
+        gpu_runtime=v["gpu_runtime"],
         batch_size=v["batch_size"],
         ctx=v["ctx"], seed=v["seed"], secure_aggregation=v["secure_aggregation"])
 
@@ -239,7 +240,8 @@ def node_config(values: dict):
 def preflight(cfg, strict: bool = False) -> None:
     """Every check `node start` can make before a side effect: the documents (with strict,
     every file and .jsonl line: node/data.py check_data), the model's config (and --ctx
-    against its max_position_embeddings), the data dir."""
+    against its max_position_embeddings), the GPU runtime's package, the data dir."""
+    import importlib.util
     from bitswarm.node.data import check_data, find_text_files
     from bitswarm.node.default_model import DEFAULT_CONFIG
     from bitswarm.node.models import model_config
@@ -250,6 +252,10 @@ def preflight(cfg, strict: bool = False) -> None:
     if cfg.ctx > mcfg.max_position_embeddings:
         raise ValueError(f"--ctx: {cfg.ctx} is out of range; expected 2 to the model's "
                          f"max_position_embeddings ({mcfg.max_position_embeddings})")
+    if (cfg.gpu_runtime == "dawn" and cfg.device != "cpu"
+            and importlib.util.find_spec("wgpudawn") is None):
+        raise ValueError("--gpu-runtime dawn: wgpudawn is not installed; expected "
+                         "pip install 'bitswarm[dawn]', or --gpu-runtime auto or wgpu")
     check_state_dir(cfg.data_dir)
 
 

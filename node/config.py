@@ -7,7 +7,7 @@ from pathlib import Path
 
 from multiaddr import Multiaddr
 
-from bitswarm.kernels.config import GPU_STE_CHOICES, PROJECTIONS, LoRAConfig
+from bitswarm.kernels.config import GPU_RUNTIME_CHOICES, GPU_STE_CHOICES, PROJECTIONS, LoRAConfig
 
 
 @dataclass
@@ -46,6 +46,7 @@ class NodeConfig:
     recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
     activation_memory_mib: int | None = None  # recompute auto's budget for saved activations
     gpu_ste: str = "auto"                   # auto | f32 | f16 | i16 | i8: STE input gradient
+    gpu_runtime: str = "auto"               # auto | wgpu | dawn: the WebGPU implementation
     batch_size: int = 8                     # sequences per step
     ctx: int = 128                          # tokens per training sequence
     seed: int = 0                           # local data sampling seed
@@ -105,6 +106,9 @@ class NodeConfig:
             raise ValueError(f"--activation-memory is the budget of --recompute auto; with "
                              f"--recompute {self.recompute} every layer is "
                              f"{'recomputed' if self.recompute == 'on' else 'saved'}")
+        if self.gpu_runtime not in GPU_RUNTIME_CHOICES:
+            raise ValueError(f"--gpu-runtime must be one of {', '.join(GPU_RUNTIME_CHOICES)}, "
+                             f"got {self.gpu_runtime!r}")
         if self.gpu_ste not in GPU_STE_CHOICES:
             raise ValueError(f"--gpu-ste must be one of {', '.join(GPU_STE_CHOICES)}, "
                              f"got {self.gpu_ste!r}")

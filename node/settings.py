@@ -23,7 +23,8 @@ from typing import Any
 
 from bitswarm.federation.aggregation import AGGREGATION_RULES
 from bitswarm.federation.codecs import CODEC_NAMES
-from bitswarm.kernels.config import ATTN_PROJECTIONS, GPU_STE_CHOICES, PROJECTIONS
+from bitswarm.kernels.config import (ATTN_PROJECTIONS, GPU_RUNTIME_CHOICES, GPU_STE_CHOICES,
+                                     PROJECTIONS)
 
 try:
     import tomllib
@@ -243,6 +244,10 @@ START: tuple[Setting, ...] = (
             "quantized per row to 15 / 8 bits, int8 dot products: i16 ~1e-4, i8 ~1e-2 relative "
             "error and the fastest); auto: f16 where it measured faster (H100/H200), else f32",
             ", ".join(GPU_STE_CHOICES), choices=GPU_STE_CHOICES),
+    Setting("gpu_runtime", _choice(*GPU_RUNTIME_CHOICES), "auto", "the WebGPU implementation "
+            "that runs the kernels: wgpu (wgpu-native) or dawn (Dawn, pip install "
+            "'bitswarm[dawn]'; ~1.45x faster on an H200); auto: dawn when installed and it sees "
+            "a real GPU, else wgpu", ", ".join(GPU_RUNTIME_CHOICES), choices=GPU_RUNTIME_CHOICES),
     Setting("activation_memory", _opt_int, None, "MiB of GPU memory for saved layer "
             "activations under --recompute auto: the last layers that fit keep theirs (faster), "
             "the others are recomputed (one more layer forward each; same results); without it: "

@@ -61,7 +61,7 @@ class Kernel:
 
     def __init__(self, ctx: "Context", name: str, source: str, entry: str,
                  constants: dict[str, float] | None):
-        import wgpu
+        wgpu = ctx.wgpu
         self.name, self.entry = name, entry
         try:
             module = ctx.device.create_shader_module(label=name, code=source)
@@ -97,23 +97,26 @@ def describe_adapter(info: dict) -> str:
 class Context:
     """Adapter, device and queue; pool of buffers; the open command encoder.
 
-    Requests features shader-f16 and subgroup only when the adapter has them, and the adapter's
-    own maximum storage-binding and buffer sizes (128 MiB per binding on lavapipe, 2047 MiB on
-    an H200). Raises RuntimeError when wgpu has no adapter.
+    `runtime`: auto, wgpu or dawn (runtime.py; None reads BITSWARM_GPU_RUNTIME); the one used
+    is `self.runtime`. Requests features shader-f16 and subgroups (wgpu-native: `subgroup`)
+    only when the adapter has them, and the adapter's own maximum storage-binding and buffer
+    sizes (128 MiB per binding on lavapipe, 2047 MiB on an H200). Raises RuntimeError when the
+    runtime has no adapter, ValueError / ImportError from runtime.resolve.
     """
 
-    def __init__(self, power_preference: str = "high-performance"):
-        import wgpu
+    def __init__(self, power_preference: str = "high-performance", runtime: str | None = None):
+        from .runtime import resolve
+        self.runtime, wgpu = resolve(runtime)
         self.wgpu = wgpu
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
         except Exception as e:  # no loader / driver: wgpu raises its own error types
-            raise RuntimeError(f"wgpu found no adapter: {e}") from e
+            raise RuntimeError(f"{self.runtime} found no adapter: {e}") from e
         if adapter is None:
-            raise RuntimeError("wgpu found no adapter (no Vulkan/Metal/DX12 driver)")
+            raise RuntimeError(f"{self.runtime} found no adapter (no Vulkan/Metal/DX12 driver)")
         self.adapter = adapter
         self.info = dict(adapter.info)
-        features = [f for f in ("shader-f16", "subgroup") if f in adapter.features]
+        features = [f for f in ("shader-f16", "subgroup", "subgroups") if f in adapter.features]
         lim = adapter.limits
         wanted = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
                                       "max-compute-workgroup-storage-size",

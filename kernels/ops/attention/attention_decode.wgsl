@@ -54,7 +54,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kvoff = kvh * p.hd;
     for (var d = tid; d < p.hd; d += WG) { row_q[d] = q[qoff + d]; }
     workgroupBarrier();
-    var m = -3.4028235e38;
+    var m = -0x1.fffffep+127f;   // -FLT_MAX, exact (Tint rejects a decimal literal that rounds to it)
     for (var j = tid; j < p.l; j += WG) {
         var s = 0.0;
         let ko = kvoff + j * kvs;

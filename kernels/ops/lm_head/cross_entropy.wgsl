@@ -19,7 +19,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row = wid.x + wid.y * nwg.x;
     if (row >= p.rows) { return; }
     let base = row * p.v;
-    var m = -3.4028235e38;
+    var m = -0x1.fffffep+127f;   // -FLT_MAX, exact (Tint rejects a decimal literal that rounds to it)
     for (var i = tid; i < p.v; i += WG) { m = max(m, logits[base + i]); }
     red[tid] = m;
     workgroupBarrier();

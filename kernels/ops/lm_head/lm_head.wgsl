@@ -13,7 +13,7 @@ override GRAD: bool = true;
 override F16: bool = false;
 
 const WG: u32 = 256u;
-const NEG: f32 = -3.4028235e38;
+const NEG: f32 = -0x1.fffffep+127f;   // -FLT_MAX, exact (Tint rejects a decimal literal that rounds to it)
 var<workgroup> red: array<f32, 256>;
 
 fn reduce_max(tid: u32, v: f32) -> f32 {

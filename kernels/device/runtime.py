@@ -1,0 +1,85 @@
+"""Which WebGPU implementation runs the kernels: wgpu-native (wgpu-py) or Dawn (wgpudawn).
+
+The setting (node start --gpu-runtime, BITSWARM_GPU_RUNTIME, GpuBackend / Context `runtime`):
+- `auto` (default): Dawn when wgpudawn is installed (`pip install 'bitswarm[dawn]'`) and both
+  runtimes see a GPU that is not a CPU rasterizer, else wgpu-native. On CPU rasterizers
+  (lavapipe: CI) wgpu-native stays: Dawn does not run on them.
+- `wgpu`: wgpu-py on wgpu-native.
+- `dawn`: wgpudawn, the wgpu-py API on Google's Dawn (the WebGPU of Chrome), compiling WGSL
+  with Tint; an error when it is not installed (ImportError) or finds no adapter.
+
+Why Dawn: the same WGSL and host code run a 2B-4T LoRA step on an H200 1.45x faster through
+Dawn than through wgpu-native 29 in one run (docs/benchmarks.md, "The same kernels on Dawn").
+The two share wgpu-py's API, so nothing above this module changes; the kernel tests pass on
+both. Dawn hides shader-f16 on NVIDIA's Vulkan driver (its `vulkan_enable_f16_on_nvidia`
+toggle turns it back on, and then 12 of our f16 kernel tests fail on an H200), so there the
+f16 paths fall back to f32 as on any adapter without the feature.
+
+Source: wgpudawn's README (a drop-in for wgpu-py, version for version).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from bitswarm.kernels.config import GPU_RUNTIME_CHOICES as RUNTIMES
+
+log = logging.getLogger("bitswarm.kernels.device")
+
+_auto_choice: str | None = None      # what `auto` resolved to: decided once per process
+
+
+def check_runtime(setting: str | None) -> str:
+    """The setting, or BITSWARM_GPU_RUNTIME when None (`auto` when unset), lower-cased.
+    Raises ValueError naming the accepted values for anything else."""
+    if setting is None:
+        setting = os.environ.get("BITSWARM_GPU_RUNTIME", "auto")
+    name = setting.strip().lower() or "auto"
+    if name not in RUNTIMES:
+        raise ValueError(f"GPU runtime (--gpu-runtime / BITSWARM_GPU_RUNTIME) must be one of "
+                         f"{', '.join(RUNTIMES)}, got {setting!r}")
+    return name
+
+
+def _module(name: str):
+    if name == "wgpu":
+        import wgpu
+        return wgpu
+    try:
+        import wgpudawn
+    except ImportError as e:
+        raise ImportError("the dawn GPU runtime needs wgpudawn: pip install 'bitswarm[dawn]'") from e
+    return wgpudawn
+
+
+def _has_real_gpu(module) -> bool:
+    from .context import is_cpu_adapter
+    try:
+        adapter = module.gpu.request_adapter_sync(power_preference="high-performance")
+    except Exception as e:   # no loader / driver; Dawn raises when it has only its Null backend
+        log.debug("%s found no adapter: %s", module.__name__, e)
+        return False
+    return adapter is not None and not is_cpu_adapter(dict(adapter.info))
+
+
+def _auto() -> str:
+    try:
+        if not _has_real_gpu(_module("wgpu")):
+            return "wgpu"                # CPU rasterizer or no GPU: Dawn would not do better
+        dawn = _module("dawn")
+    except ImportError:
+        return "wgpu"
+    return "dawn" if _has_real_gpu(dawn) else "wgpu"
+
+
+def resolve(setting: str | None = None) -> tuple[str, object]:
+    """(`wgpu` or `dawn`, that runtime's wgpu-py-API module) for a setting (None: the
+    environment's, see check_runtime). Raises ValueError for an unknown setting, ImportError
+    (naming the extra) for `dawn` without wgpudawn installed."""
+    global _auto_choice
+    name = check_runtime(setting)
+    if name == "auto":
+        if _auto_choice is None:
+            _auto_choice = _auto()
+        name = _auto_choice
+    return name, _module(name)
