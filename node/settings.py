@@ -242,7 +242,8 @@ START: tuple[Setting, ...] = (
     Setting("gpu_ste", _choice(*GPU_STE_CHOICES), "auto", "arithmetic of the STE input "
             "gradient on a GPU: f32; f16 (packed-f16 sums, ~7e-4 relative error); i16 / i8 (dy "
             "quantized per row to 15 / 8 bits, int8 dot products: i16 ~1e-4, i8 ~1e-2 relative "
-            "error and the fastest); auto: f16 where it measured faster (H100/H200), else f32",
+            "error and the fastest); auto: f16 where it measured faster (H100/H200; i16 there on "
+            "Dawn, which has no f16), else f32",
             ", ".join(GPU_STE_CHOICES), choices=GPU_STE_CHOICES),
     Setting("gpu_runtime", _choice(*GPU_RUNTIME_CHOICES), "auto", "the WebGPU implementation "
             "that runs the kernels: wgpu (wgpu-native) or dawn (Dawn, pip install "

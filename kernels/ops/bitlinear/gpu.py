@@ -51,6 +51,10 @@ BACKWARD_T128_MIN = 128
 STE_F16_SELECT_DECODE = False   # bitlinear_backward_f16.wgsl SELECT_DECODE default (see there)
 STE_F16_AUTO_VENDOR = 0x10DE                    # NVIDIA
 STE_F16_AUTO_DEVICES = ("H100", "H200")
+# ... and on those adapters without shader-f16 (Dawn, which hides it on NVIDIA's driver) auto
+# picks i16: on an H200 through Dawn the 2B-4T step ran 2,123 -> 2,451 tok/s at 16 x 128 and
+# 1,808 -> 2,000 at 4 x 128 against fp32 (benchmarks/results/train_step-h200-dawn-f32-i16.json).
+STE_I16_AUTO = "i16"
 # Int STE split over OUT (bitlinear_backward_int.wgsl SPLIT + reduce; exact, the same bits):
 # split when the output tiles are fewer than STE_INT_SPLIT_BELOW, each slab >= STE_INT_MIN_OUT
 # of OUT. Forced counts: `GpuBackend.ste_int_splits`. On an H200, i8 (kernels-h200-issue11-
@@ -238,8 +242,8 @@ def ste_precision(setting: str | None, features, info: dict) -> str:
     "f32" (fp32 sums), "f16" (packed-f16 partial sums; needs the shader-f16 feature, without
     it "f32", logged), "i16" or "i8" (dy quantized per row to 15- or 8-bit integers, int8 dot
     products: bitlinear_backward_int.wgsl). "auto" is the measured-faster choice: f16 on the
-    adapters named by STE_F16_AUTO_VENDOR / STE_F16_AUTO_DEVICES, f32 elsewhere. Raises
-    ValueError for another setting."""
+    adapters named by STE_F16_AUTO_VENDOR / STE_F16_AUTO_DEVICES (i16 there when the runtime
+    gives no shader-f16: Dawn), f32 elsewhere. Raises ValueError for another setting."""
     if setting is None:
         setting = os.environ.get("BITSWARM_GPU_STE", "auto")
     setting = setting.strip().lower()
@@ -251,13 +255,17 @@ def ste_precision(setting: str | None, features, info: dict) -> str:
     has_f16 = "shader-f16" in features
     if setting == "f16" and not has_f16:
         log.warning("f16 STE gradient asked for, but this adapter lacks shader-f16: fp32")
-    if setting == "f32" or not has_f16:
+    if setting == "f32" or (setting == "f16" and not has_f16):
         return "f32"
     if setting == "f16":
         return "f16"
     measured = (int(info.get("vendor_id") or 0) == STE_F16_AUTO_VENDOR
                 and any(d in str(info.get("device", "")) for d in STE_F16_AUTO_DEVICES))
-    return "f16" if measured else "f32"
+    if not measured:
+        return "f32"
+    # Dawn hides shader-f16 on NVIDIA (kernels/device/runtime.py): i16 is more precise than
+    # f16 (dx relative error 1.0e-4 vs 7.5e-4 at 2B-4T) and beat fp32 there (STE_I16_AUTO).
+    return "f16" if has_f16 else STE_I16_AUTO
 
 
 def bitlinear_backward(be, dy: Tensor, w: GpuTernary, acc: Tensor | None = None) -> Tensor:
