@@ -184,6 +184,93 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 """
 
 
+def unrolled_wgsl(c: dict, sg: int, wm: int, wn: int, rm: int, rn: int, bk: int, pad: int) -> str:
+    """staged_wgsl with every subgroup matrix a named variable and every loop over tiles and
+    staging passes written out: an array of subgroup matrices indexed in a loop may live in
+    local memory (spilled) if the driver's compiler does not unroll it."""
+    ct, rt, m, n, k = c["component_type"], c["result_component_type"], c["m"], c["n"], c["k"]
+    BM, BN, T = wm * rm * m, wn * rn * n, sg * wm * wn
+    S = bk + pad
+    va, vb = BM * bk // 16, BN * bk // 16
+    assert va % T == 0 and vb % T == 0 and S % 16 == 0
+    pa, pb, vr = va // T, vb // T, bk // 16
+    at = ARRAY_TYPE[ct]
+    decl = "\n".join(f"    var acc_{i}_{j}: C;" for i in range(rm) for j in range(rn))
+    regs = "\n".join([f"    var ra{p}: vec4<{at}>;" for p in range(pa)]
+                     + [f"    var rb{p}: vec4<{at}>;" for p in range(pb)])
+
+    def gload(kexpr):
+        out = []
+        for p in range(pa):
+            out.append(f"        ra{p} = a[(row0 + (li + {p * T}u) / {vr}u) * kv + {kexpr}"
+                       f"(li + {p * T}u) % {vr}u];")
+        for p in range(pb):
+            out.append(f"        rb{p} = b[(col0 + (li + {p * T}u) / {vr}u) * kv + {kexpr}"
+                       f"(li + {p * T}u) % {vr}u];")
+        return "\n".join(out)
+
+    def sstore():
+        out = []
+        for nm, cnt, arr in (("ra", pa, "sa"), ("rb", pb, "sb")):
+            for p in range(cnt):
+                o = f"((li + {p * T}u) / {vr}u) * {S // 4}u + ((li + {p * T}u) % {vr}u) * 4u"
+                out.append(f"        {{ let o = {o}; {arr}[o] = {nm}{p}.x; {arr}[o + 1u] = {nm}{p}.y; "
+                           f"{arr}[o + 2u] = {nm}{p}.z; {arr}[o + 3u] = {nm}{p}.w; }}")
+        return "\n".join(out)
+
+    mma = []
+    for kk in range(0, bk, k):
+        for i in range(rm):
+            mma.append(f"        let l{i}_{kk} = subgroupMatrixLoad<L>(&sa, (sy * {rm * m}u + {i * m}u) "
+                       f"* {S}u + {kk}u, false, {S}u);")
+        for j in range(rn):
+            mma.append(f"        let r{j}_{kk} = subgroupMatrixLoad<R>(&sb, (sx * {rn * n}u + {j * n}u) "
+                       f"* {S}u + {kk}u, true, {S}u);")
+            for i in range(rm):
+                mma.append(f"        acc_{i}_{j} = subgroupMatrixMultiplyAccumulate(l{i}_{kk}, r{j}_{kk}, "
+                           f"acc_{i}_{j});")
+    stores = "\n".join(
+        f"    subgroupMatrixStore(&cc, (row0 + sy * {rm * m}u + {i * m}u) * d.N + col0 + sx * {rn * n}u"
+        f" + {j * n}u, acc_{i}_{j}, false, d.N);" for i in range(rm) for j in range(rn))
+    return _head(ct, rt) + f"""diagnostic(off, chromium.subgroup_matrix_uniformity);
+alias L = subgroup_matrix_left<{ct}, {k}, {m}>;
+alias R = subgroup_matrix_right<{ct}, {n}, {k}>;
+alias C = subgroup_matrix_result<{rt}, {n}, {m}>;
+struct Dims {{ M: u32, N: u32, K: u32, pad: u32 }}
+@group(0) @binding(0) var<storage, read> a: array<vec4<{at}>>;
+@group(0) @binding(1) var<storage, read> b: array<vec4<{at}>>;
+@group(0) @binding(2) var<storage, read_write> cc: array<{ARRAY_TYPE[rt]}>;
+@group(0) @binding(3) var<uniform> d: Dims;
+var<workgroup> sa: array<{at}, {BM * S // 4}>;
+var<workgroup> sb: array<{at}, {BN * S // 4}>;
+@compute @workgroup_size({T})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{
+    let sid = li / {sg}u;
+    let sy = sid / {wn}u;
+    let sx = sid % {wn}u;
+    let row0 = wg.y * {BM}u;
+    let col0 = wg.x * {BN}u;
+    let kv = d.K / 16u;
+{decl}
+{regs}
+    {{
+{gload("")}
+    }}
+    for (var k0 = 0u; k0 < d.K; k0 += {bk}u) {{
+        workgroupBarrier();
+{sstore()}
+        workgroupBarrier();
+        if (k0 + {bk}u < d.K) {{
+            let kn = (k0 + {bk}u) / 16u;
+{gload("kn + ")}
+        }}
+{chr(10).join(mma)}
+    }}
+{stores}
+}}
+"""
+
+
 def _values(shape, ct, rng):
     if ct in ("f16", "f32"):
         return rng.choice(np.arange(-8, 9) / 8.0, size=shape).astype(NP_TYPE[ct])
@@ -248,9 +335,10 @@ def time_gemm(dev, wgpu, c, sg, M, N, K, rm, rn, rng, reps, staged=None) -> dict
         grid = (N // (rn * n), M // (rm * m), 1)
         code = gemm_wgsl(c, sg, rm, rn)
     else:
-        wm, wn, bk, pad = staged
+        wm, wn, bk, pad = staged[:4]
         grid = (N // (wn * rn * n), M // (wm * rm * m), 1)
-        code = staged_wgsl(c, sg, wm, wn, rm, rn, bk, pad)
+        gen = unrolled_wgsl if len(staged) > 4 and staged[4] == "unrolled" else staged_wgsl
+        code = gen(c, sg, wm, wn, rm, rn, bk, pad)
     res = {"M": M, "N": N, "K": K, "tiles_per_subgroup": [rm, rn], "staged": staged}
     try:
         t = _run(dev, wgpu, code, [ba, bb, bc, bd], grid, reps)
@@ -312,9 +400,11 @@ def main() -> None:
               ("gate/up 2B-4T N 2048", 2048, 6912, 2560),
               ("q/o 2B-4T N 512", 512, 2560, 2560)]
     # (rm, rn, staged): staged = None (straight from storage) or (wm, wn, BK, pad)
-    tilings = [(4, 4, None)] if args.quick else [(4, 4, None), (2, 2, (2, 2, 64, 16)),
-                                                 (4, 4, (2, 2, 64, 16)), (4, 2, (2, 4, 64, 16)),
-                                                 (4, 4, (2, 2, 32, 16)), (2, 4, (4, 2, 64, 16))]
+    tilings = [(4, 4, None)] if args.quick else [
+        (2, 2, (2, 2, 64, 16)), (2, 2, (2, 2, 64, 16, "unrolled")),
+        (4, 4, (2, 2, 64, 16, "unrolled")), (4, 2, (2, 4, 64, 16, "unrolled")),
+        (2, 4, (4, 2, 64, 16, "unrolled")), (2, 2, (2, 2, 128, 16, "unrolled")),
+        (4, 4, (2, 2, 32, 16, "unrolled"))]
     for c in configs:
         if (c["component_type"], c["result_component_type"]) not in (("f16", "f32"), ("i8", "i32")):
             continue
