@@ -19,6 +19,7 @@ are in each family's gpu.py.
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -100,6 +101,12 @@ class GpuBackend:
         # bitlinear_tile_rows), 128 (128 x 128 tiles, entries main8 / main3_8), 64 or 32
         # forces; same results, only speed differs. For benchmarks/kernels.py --bitlinear-tm.
         self.bitlinear_tm: int | None = None
+        # The forward on int8 tensor cores (bitlinear_tc.wgsl; Dawn with an i8 16x16x32
+        # subgroup matrix configuration): None = where it measured faster (bitlinear_tc_ok),
+        # False never, True wherever the device and K allow; bit-identical either way.
+        # BITSWARM_GPU_TC=0 sets False (benchmarks' A/B runs).
+        self.bitlinear_tc: bool | None = (False if os.environ.get("BITSWARM_GPU_TC", "").strip()
+                                          == "0" else None)
         # STE input gradient tile edge: None = heuristic (bitlinear_backward_tile), 64 or 128
         # forces; same sums in the same order, only speed differs.
         self.bitlinear_bwd_tile: int | None = None

@@ -98,14 +98,15 @@ class Context:
     """Adapter, device and queue; pool of buffers; the open command encoder.
 
     `runtime`: auto, wgpu or dawn (runtime.py; None reads BITSWARM_GPU_RUNTIME); the one used
-    is `self.runtime`. Requests features shader-f16 and subgroups (wgpu-native: `subgroup`)
-    only when the adapter has them, and the adapter's own maximum storage-binding and buffer
+    is `self.runtime`. Requests features shader-f16, subgroups (wgpu-native: `subgroup`) and
+    (Dawn) subgroup matrices only when the adapter has them (`subgroup_matrix_configs` lists
+    the latter's shapes), and the adapter's own maximum storage-binding and buffer
     sizes (128 MiB per binding on lavapipe, 2047 MiB on an H200). Raises RuntimeError when the
     runtime has no adapter, ValueError / ImportError from runtime.resolve.
     """
 
     def __init__(self, power_preference: str = "high-performance", runtime: str | None = None):
-        from .runtime import resolve
+        from .runtime import SUBGROUP_MATRIX, resolve, subgroup_matrix_configs
         self.runtime, wgpu = resolve(runtime)
         self.wgpu = wgpu
         try:
@@ -116,7 +117,9 @@ class Context:
             raise RuntimeError(f"{self.runtime} found no adapter (no Vulkan/Metal/DX12 driver)")
         self.adapter = adapter
         self.info = dict(adapter.info)
-        features = [f for f in ("shader-f16", "subgroup", "subgroups") if f in adapter.features]
+        features = [f for f in ("shader-f16", "subgroup", "subgroups", SUBGROUP_MATRIX)
+                    if f in adapter.features]
+        self.subgroup_matrix_configs = subgroup_matrix_configs(self.runtime, adapter)
         lim = adapter.limits
         wanted = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
                                       "max-compute-workgroup-storage-size",

@@ -26,6 +26,11 @@ from bitswarm.kernels.config import GPU_RUNTIME_CHOICES as RUNTIMES
 
 log = logging.getLogger("bitswarm.kernels.device")
 
+SUBGROUP_MATRIX = "chromium-experimental-subgroup-matrix"
+# Dawn's subgroup matrices (int8 tensor cores: kernels/ops/bitlinear/bitlinear_tc.wgsl) are an
+# experimental feature (allow_unsafe_apis) and require the Vulkan memory model (Dawn's own
+# subgroup-matrix tests run with use_vulkan_memory_model).
+DAWN_TOGGLES = ("allow_unsafe_apis", "use_vulkan_memory_model")
 _auto_choice: str | None = None      # what `auto` resolved to: decided once per process
 
 
@@ -47,8 +52,13 @@ def _module(name: str):
         return wgpu
     try:
         import wgpudawn
+        from wgpudawn.backends.dawn import extras
     except ImportError as e:
         raise ImportError("the dawn GPU runtime needs wgpudawn: pip install 'bitswarm[dawn]'") from e
+    try:
+        extras.set_instance_extras(enable_toggles=list(DAWN_TOGGLES))
+    except RuntimeError:     # the instance exists already (made before by this process)
+        pass
     return wgpudawn
 
 
@@ -83,3 +93,14 @@ def resolve(setting: str | None = None) -> tuple[str, object]:
             _auto_choice = _auto()
         name = _auto_choice
     return name, _module(name)
+
+
+def subgroup_matrix_configs(runtime: str, adapter) -> list[dict]:
+    """The adapter's subgroup matrix configurations on Dawn ([] elsewhere): dicts with
+    component_type and result_component_type ("i8", "i32", "f16", ...), m, n, k (a left
+    m x k times a right k x n matrix) and min/max_subgroup_size. An H200 (driver 580) lists
+    i8 / u8 at 16 x 16 x 32 and 16 x 8 x 32 with 32-bit results, and no f16."""
+    if runtime != "dawn" or SUBGROUP_MATRIX not in adapter.features:
+        return []
+    from wgpudawn.backends.dawn import extras
+    return list(extras.get_adapter_properties(adapter).get("subgroup_matrix_configs", []))

@@ -56,6 +56,7 @@ def _op(family: str, reference: Callable, shader: str, *entries: str, **named: K
 
 
 _BL_REDUCE = KernelSpec("bitlinear.wgsl", "reduce", "RParams")
+_BL_TC = KernelSpec("bitlinear_tc.wgsl", "main")
 
 OPS: dict[str, OpSpec] = {
     "embedding": _op("embedding", embedding.embedding, "embedding.wgsl", "main"),
@@ -70,13 +71,14 @@ OPS: dict[str, OpSpec] = {
     "quantize_act": _op("bitlinear", bitlinear.quantize_act, "quantize_act.wgsl", "main"),
     # bitlinear's split-K (few output tiles) runs main with SPLIT=1, then reduce
     # main8: 128 x 128 tiles for large N and OUT (unsplit)
+    # tc: int8 tensor cores (Dawn subgroup matrices; bitlinear_tc.wgsl, generated), same bits
     "bitlinear": _op("bitlinear", bitlinear.bitlinear, "bitlinear.wgsl", "main", "main8",
-                     reduce=_BL_REDUCE),
+                     reduce=_BL_REDUCE, tc=_BL_TC),
     "bitlinear_int": _op("bitlinear", bitlinear.bitlinear_int, "bitlinear.wgsl", "main",
-                         "main8", reduce=_BL_REDUCE),                              # INT_OUT=1
+                         "main8", reduce=_BL_REDUCE, tc=_BL_TC),                   # INT_OUT=1
     # q/k/v or gate/up of one layer as one GEMM (its STE backward: bitlinear_backward per part)
     "bitlinear_group": _op("bitlinear", bitlinear.bitlinear_group, "bitlinear.wgsl", "main3",
-                           "main3_8"),
+                           "main3_8", tc=_BL_TC),
     # main: 64 x 64 tiles; main8: 128 x 128 (large N and K)
     "bitlinear_backward": _op("bitlinear", bitlinear.bitlinear_backward,
                               "bitlinear_backward.wgsl", "main", "main8"),

@@ -128,6 +128,28 @@ def bitlinear_tile_rows(be, N: int, OUT: int) -> int:
     return 32 if -(-OUT // 64) * -(-N // 64) < BITLINEAR_TM32_BELOW else 64
 
 
+TC_CONFIG = ("i8", "i32", 16, 16, 32)     # bitlinear_tc.wgsl's subgroup matrix shape
+TC_THREADS = 128                          # its workgroup: 4 subgroups of 32
+TC_K = 64                                 # its K stage: K must be a multiple
+
+
+def bitlinear_tc_ok(be, N: int, K: int, OUT: int) -> bool:
+    """Whether the forward runs on int8 tensor cores (bitlinear_tc.wgsl): the device has
+    TC_CONFIG (Dawn; kernels/device/runtime.py) with subgroups that tile TC_THREADS, K is a
+    multiple of TC_K, and `be.bitlinear_tc` is True, or None and its 128 x 128 tiles number at
+    least BACKWARD_T128_MIN (where they measured faster than the dot4I8Packed tiles: on an H200
+    the probe's GEMM took 0.95 ms at 2B-4T gate/up, N 2048, against 1.46 for main8)."""
+    if be.bitlinear_tc is False or K % TC_K:
+        return False
+    cfgs = getattr(be.ctx, "subgroup_matrix_configs", [])
+    if not any((c["component_type"], c["result_component_type"], c["m"], c["n"], c["k"])
+               == TC_CONFIG and TC_THREADS % int(c["max_subgroup_size"]) == 0
+               and int(c["min_subgroup_size"]) <= 32 <= int(c["max_subgroup_size"])
+               for c in cfgs):
+        return False
+    return bool(be.bitlinear_tc) or -(-OUT // 128) * -(-N // 128) >= BACKWARD_T128_MIN
+
+
 def bitlinear_plan(be, N: int, K: int, OUT: int) -> tuple[int, int]:
     """(slabs, K steps per slab) the bitlinear forward uses for (N, K) x (OUT, K)^T: the forced
     `be.bitlinear_splits` or the heuristic (BITLINEAR_MIN_WGS), clamped to the number of K
@@ -167,6 +189,11 @@ def _bitlinear(be, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) ->
     tm = bitlinear_tile_rows(be, N, OUT)
     # o1 = o2 = OUT: one output segment (main3's fields, unused by main)
     params = _gemm_params(N, OUT, K, w, spz, OUT, OUT, 1.0, 1.0)
+    if splits == 1 and bitlinear_tc_ok(be, N, K, OUT):
+        d = be._dummy()
+        be._launch(op, [xq, x_scale, w.packed, y, d, d], (-(-OUT // 128), -(-N // 128), 1),
+                   params, name="tc", constants={"INT_OUT": int(int_out)})
+        return y
     if splits >= 2:
         part = be._new((splits, N, OUT), "int32")
         be._launch(op, [xq, x_scale, w.packed, part], (-(-OUT // 64), -(-N // tm), splits),
@@ -216,6 +243,10 @@ def bitlinear_group(be, xq: Tensor, x_scale: Tensor, ws: list[GpuTernary]) -> li
     check(be.bitlinear_kw in (16, 32), f"bitlinear_kw must be 16 or 32, got {be.bitlinear_kw}")
     bindings = [xq, x_scale, ws[0].packed, ys[0], ys[1], ys[2] if len(ws) == 3 else be._dummy()]
     params = _gemm_params(N, OUT, K, ws[0], 1 << 30, o1, o2, ws[1].weight_scale, s2)
+    if bitlinear_tc_ok(be, N, K, OUT):
+        be._launch("bitlinear_group", bindings, (-(-OUT // 128), -(-N // 128), 1), params,
+                   name="tc")
+        return ys
     if bitlinear_tile8(be, N, OUT):
         be._launch("bitlinear_group", bindings, (-(-OUT // 128), -(-N // 128), 1), params,
                    name="main3_8")

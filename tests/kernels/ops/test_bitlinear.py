@@ -536,3 +536,51 @@ def test_ste_int_routes_and_agrees(gpu):
         assert gpu.ctx.n_dispatches == n0 + 2
         np.testing.assert_allclose(got, ref.bitlinear_backward_int(dy, w.codes, w.weight_scale,
                                                                    terms), rtol=4e-7)
+
+
+def test_bitlinear_tc_shader_is_its_generators_output():
+    """bitlinear_tc.wgsl is written by bitlinear_tc_gen.py (WGSL has no macros); the committed
+    file must be what the generator writes."""
+    from bitswarm.kernels.ops import registry
+    from bitswarm.kernels.ops.bitlinear import bitlinear_tc_gen
+    assert registry.shader_source("bitlinear", "bitlinear_tc.wgsl") == bitlinear_tc_gen.source()
+
+
+@pytest.mark.parametrize("N,K,OUT", [(17, 64, 33), (130, 128, 200), (300, 2560, 700),
+                                     (256, 6912, 384)])
+def test_bitlinear_tc_matches_reference(gpu, N, K, OUT):
+    """The forward on int8 tensor cores (bitlinear_tc.wgsl, Dawn subgroup matrices): the int32
+    core equals the reference exactly, the f32 outputs and a q/k/v group's three outputs are
+    bit-identical to the dot4I8Packed kernels', on ragged N and OUT. Runs where the device
+    has the i8 16x16x32 configuration (Dawn on an H200); elsewhere skipped."""
+    saved, gpu.bitlinear_tc = gpu.bitlinear_tc, True
+    try:
+        ok = blg.bitlinear_tc_ok(gpu, N, K, OUT)
+    finally:
+        gpu.bitlinear_tc = saved
+    if not ok:
+        pytest.skip("no int8 16x16x32 subgroup matrix configuration (Dawn) on this device")
+    rng = np.random.default_rng(21)
+    xq = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    xs = rng.uniform(0.01, 2.0, N).astype(F32)
+    outs = [OUT, OUT // 3 + 1, 48]
+    ws = [ternary(rng, o, K, ws=0.3 + 0.2 * j) for j, o in enumerate(outs)]
+    gx, gs = gpu.tensor(xq), gpu.tensor(xs)
+    group = gpu.ternary_group(ws)
+    got, saved = {}, gpu.bitlinear_tc
+    for tc in (True, False):
+        gpu.bitlinear_tc = tc
+        try:
+            before = gpu.ctx.n_dispatches
+            got[tc] = dict(int=gpu.numpy(gpu.bitlinear_int(gx, gpu.ternary(ws[0]))),
+                           f32=gpu.numpy(gpu.bitlinear(gx, gs, gpu.ternary(ws[0]))),
+                           group=[gpu.numpy(y) for y in gpu.bitlinear_group(gx, gs, group)])
+            assert gpu.ctx.n_dispatches == before + 3
+        finally:
+            gpu.bitlinear_tc = saved
+    np.testing.assert_array_equal(got[True]["int"], ref.bitlinear_int(xq, ws[0].codes))
+    np.testing.assert_array_equal(got[True]["f32"].view(np.int32), got[False]["f32"].view(np.int32))
+    for a, b in zip(got[True]["group"], got[False]["group"]):
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+    want = ref.bitlinear(xq, xs, ws[0].codes, ws[0].weight_scale)
+    assert np.max(np.abs(got[True]["f32"] - want)) <= 4e-7 * np.max(np.abs(want))
