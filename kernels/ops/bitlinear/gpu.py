@@ -131,14 +131,20 @@ def bitlinear_tile_rows(be, N: int, OUT: int) -> int:
 TC_CONFIG = ("i8", "i32", 16, 16, 32)     # bitlinear_tc.wgsl's subgroup matrix shape
 TC_THREADS = 128                          # its workgroup: 4 subgroups of 32
 TC_K = 64                                 # its K stage: K must be a multiple
+# ... and from this many tokens: on an H200 (Dawn) the 2B-4T step at 16 x 128 (N 2048) ran
+# 3,992 -> 5,335 tok/s with it (i8 STE, activation budget), while at 4 x 128 (N 512, where only
+# gate/up has >= 128 tiles) 3,067 -> 2,793: the probe's q/o GEMM at N 512 gained nothing
+# either (benchmarks/results/train_step-h200-dawn-{tc,notc}.json, subgroup_matrix-h200-unrolled.json)
+TC_MIN_N = 2048
 
 
 def bitlinear_tc_ok(be, N: int, K: int, OUT: int) -> bool:
     """Whether the forward runs on int8 tensor cores (bitlinear_tc.wgsl): the device has
     TC_CONFIG (Dawn; kernels/device/runtime.py) with subgroups that tile TC_THREADS, K is a
-    multiple of TC_K, and `be.bitlinear_tc` is True, or None and its 128 x 128 tiles number at
-    least BACKWARD_T128_MIN (where they measured faster than the dot4I8Packed tiles: on an H200
-    the probe's GEMM took 0.95 ms at 2B-4T gate/up, N 2048, against 1.46 for main8)."""
+    multiple of TC_K, and `be.bitlinear_tc` is True, or None with N >= TC_MIN_N tokens and at
+    least BACKWARD_T128_MIN of its 128 x 128 tiles (where it measured faster than the
+    dot4I8Packed tiles: on an H200 the probe's GEMM took 0.95 ms at 2B-4T gate/up, N 2048,
+    against 1.46 for main8)."""
     if be.bitlinear_tc is False or K % TC_K:
         return False
     cfgs = getattr(be.ctx, "subgroup_matrix_configs", [])
@@ -147,7 +153,8 @@ def bitlinear_tc_ok(be, N: int, K: int, OUT: int) -> bool:
                and int(c["min_subgroup_size"]) <= 32 <= int(c["max_subgroup_size"])
                for c in cfgs):
         return False
-    return bool(be.bitlinear_tc) or -(-OUT // 128) * -(-N // 128) >= BACKWARD_T128_MIN
+    return bool(be.bitlinear_tc) or (N >= TC_MIN_N
+                                     and -(-OUT // 128) * -(-N // 128) >= BACKWARD_T128_MIN)
 
 
 def bitlinear_plan(be, N: int, K: int, OUT: int) -> tuple[int, int]:
@@ -190,8 +197,10 @@ def _bitlinear(be, xq: Tensor, x_scale: Tensor, w: GpuTernary, int_out: bool) ->
     # o1 = o2 = OUT: one output segment (main3's fields, unused by main)
     params = _gemm_params(N, OUT, K, w, spz, OUT, OUT, 1.0, 1.0)
     if splits == 1 and bitlinear_tc_ok(be, N, K, OUT):
-        d = be._dummy()
-        be._launch(op, [xq, x_scale, w.packed, y, d, d], (-(-OUT // 128), -(-N // 128), 1),
+        # y1 / y2 go unwritten (o1 = o2 = out) but must be distinct buffers: Dawn rejects
+        # two writable bindings of one buffer
+        be._launch(op, [xq, x_scale, w.packed, y, be._dummy(), be._new((4,))],
+                   (-(-OUT // 128), -(-N // 128), 1),
                    params, name="tc", constants={"INT_OUT": int(int_out)})
         return y
     if splits >= 2:
