@@ -136,13 +136,16 @@ TC_K = 64                                 # its K stage: K must be a multiple
 # gate/up has >= 128 tiles) 3,067 -> 2,793: the probe's q/o GEMM at N 512 gained nothing
 # either (benchmarks/results/train_step-h200-dawn-{tc,notc}.json, subgroup_matrix-h200-unrolled.json)
 TC_MIN_N = 2048
+# ... and K: measured at 2B-4T's K 2560 / 6912 only (125M's K 768 was not: its shapes keep the
+# measured dot4I8Packed path)
+TC_MIN_K = 2560
 
 
 def bitlinear_tc_ok(be, N: int, K: int, OUT: int) -> bool:
     """Whether the forward runs on int8 tensor cores (bitlinear_tc.wgsl): the device has
     TC_CONFIG (Dawn; kernels/device/runtime.py) with subgroups that tile TC_THREADS, K is a
-    multiple of TC_K, and `be.bitlinear_tc` is True, or None with N >= TC_MIN_N tokens and at
-    least BACKWARD_T128_MIN of its 128 x 128 tiles (where it measured faster than the
+    multiple of TC_K, and `be.bitlinear_tc` is True, or None with N >= TC_MIN_N tokens,
+    K >= TC_MIN_K and at least BACKWARD_T128_MIN of its 128 x 128 tiles (where it measured faster than the
     dot4I8Packed tiles: on an H200 the probe's GEMM took 0.95 ms at 2B-4T gate/up, N 2048,
     against 1.46 for main8)."""
     if be.bitlinear_tc is False or K % TC_K:
@@ -153,7 +156,7 @@ def bitlinear_tc_ok(be, N: int, K: int, OUT: int) -> bool:
                and int(c["min_subgroup_size"]) <= 32 <= int(c["max_subgroup_size"])
                for c in cfgs):
         return False
-    return bool(be.bitlinear_tc) or (N >= TC_MIN_N
+    return bool(be.bitlinear_tc) or (N >= TC_MIN_N and K >= TC_MIN_K
                                      and -(-OUT // 128) * -(-N // 128) >= BACKWARD_T128_MIN)
 
 
