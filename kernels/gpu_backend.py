@@ -45,6 +45,7 @@ log = logging.getLogger("bitswarm.kernels.gpu_backend")
 F32 = np.float32
 _HOST_COPY_MAX = 1 << 20  # integer uploads up to this many elements keep a host copy (ids)
 TABLE_RESIDENCIES = ("gpu", "host")
+RUNTIME_NAMES = {"wgpu": "wgpu-native", "dawn": "Dawn"}     # for the node's log
 
 
 class GpuBackend:
@@ -72,7 +73,7 @@ class GpuBackend:
     def device_info(self) -> str:
         """The WebGPU adapter and runtime (wgpu-native or Dawn) in one line (for the node's
         log), with the STE gradient's arithmetic."""
-        return (f"wgpu adapter {describe_adapter(self.ctx.info)} via {self.ctx.runtime}; "
+        return (f"WebGPU adapter {describe_adapter(self.ctx.info)} via {RUNTIME_NAMES[self.ctx.runtime]}; "
                 f"STE input gradient {self.ste_precision}")
 
     @property

@@ -19,6 +19,7 @@ def test_backends_describe_their_device(gpu):
     cpu = CpuBackend()
     assert "NumPy" in cpu.device_info and cpu.device_warning is None
     assert gpu.ctx.info["device"] in gpu.device_info
+    assert f"via {'Dawn' if gpu.ctx.runtime == 'dawn' else 'wgpu-native'}" in gpu.device_info
     if is_cpu_adapter(gpu.ctx.info):              # lavapipe on CI
         assert "CPU rasterizer" in gpu.device_warning and "--device cpu" in gpu.device_warning
     else:
