@@ -59,8 +59,8 @@ def _attention_block(be, ids, P, B, T, Hq, Hkv, hd, targets):
     return out
 
 
-def test_attention_block_forward_backward_matches_cpu(gpu, close):
-    rng = np.random.default_rng(14)
+def attention_block_case(rng) -> tuple:
+    """Inputs of _attention_block: (ids, P, B, T, Hq, Hkv, hd, targets), one target ignored."""
     B, T, Hq, Hkv, hd, D, I, V = 2, 5, 4, 2, 8, 32, 24, 41
     P = {"emb": rnd(rng, V, D), "ln1": 1 + rnd(rng, D, scale=0.1), "ln2": 1 + rnd(rng, D, scale=0.1),
          "wq": rnd(rng, Hq * hd, D, scale=0.2), "wk": rnd(rng, Hkv * hd, D, scale=0.2),
@@ -69,8 +69,13 @@ def test_attention_block_forward_backward_matches_cpu(gpu, close):
     ids = rng.integers(0, V, B * T).astype(np.int32)
     tg = rng.integers(0, V, B * T).astype(np.int32)
     tg[3] = -1
-    want = _attention_block(CpuBackend(), ids, P, B, T, Hq, Hkv, hd, tg)
-    got = _attention_block(gpu, ids, P, B, T, Hq, Hkv, hd, tg)
+    return ids, P, B, T, Hq, Hkv, hd, tg
+
+
+def test_attention_block_forward_backward_matches_cpu(gpu, close):
+    case = attention_block_case(np.random.default_rng(14))
+    want = _attention_block(CpuBackend(), *case)
+    got = _attention_block(gpu, *case)
     for key in want:
         close(got[key], want[key], 1e-5 * max(1.0, np.abs(want[key]).max()), 1e-4, f"block {key}")
 

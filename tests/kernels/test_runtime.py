@@ -78,8 +78,8 @@ def test_both_runtimes_run_the_same_kernels(gpu, close):
     from bitswarm.kernels.gpu_backend import GpuBackend
     from bitswarm.kernels.ops.bitlinear import reference as ref
 
-    from .ops.helpers import rnd, ternary
-    from .test_backends_agree import _attention_block
+    from .ops.helpers import ternary
+    from .test_backends_agree import _attention_block, attention_block_case
     try:
         dawn = GpuBackend(Context(runtime="dawn"), ste="f32")
     except RuntimeError as e:             # Dawn runs on neither lavapipe nor SwiftShader
@@ -94,14 +94,7 @@ def test_both_runtimes_run_the_same_kernels(gpu, close):
     for be in (dawn, native):
         np.testing.assert_array_equal(be.numpy(be.bitlinear_int(be.tensor(xq), be.ternary(w))),
                                       want, err_msg=be.ctx.runtime)
-    B, T, Hq, Hkv, hd, D, I, V = 2, 5, 4, 2, 8, 32, 24, 41
-    P = {"emb": rnd(rng, V, D), "ln1": 1 + rnd(rng, D, scale=0.1), "ln2": 1 + rnd(rng, D, scale=0.1),
-         "wq": rnd(rng, Hq * hd, D, scale=0.2), "wk": rnd(rng, Hkv * hd, D, scale=0.2),
-         "wv": rnd(rng, Hkv * hd, D, scale=0.2), "wo": rnd(rng, D, Hq * hd, scale=0.2),
-         "wg": rnd(rng, I, D, scale=0.2), "wu": rnd(rng, I, D, scale=0.2), "wd": rnd(rng, D, I, scale=0.2)}
-    ids = rng.integers(0, V, B * T).astype(np.int32)
-    tg = rng.integers(0, V, B * T).astype(np.int32)
-    a = _attention_block(dawn, ids, P, B, T, Hq, Hkv, hd, tg)
-    b = _attention_block(native, ids, P, B, T, Hq, Hkv, hd, tg)
+    case = attention_block_case(rng)
+    a, b = _attention_block(dawn, *case), _attention_block(native, *case)
     for key in a:
         close(a[key], b[key], 1e-5 * max(1.0, np.abs(b[key]).max()), 1e-4, f"block {key}")
