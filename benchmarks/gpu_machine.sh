@@ -4,7 +4,9 @@
 # Run the kernel tests on the GPU with `python3 -P -m pytest tests/kernels` (-P: the repo's own
 # bitswarm/ folder must not shadow the symlinked package below).
 # Carry `.gl` (Vulkan loader .debs) and `.whl` (wgpu-py 0.32.0, cffi, pycparser, rendercanvas
-# wheels); torch, transformers, peft, numpy and safetensors are already on that machine.
+# wheels, and wgpudawn 0.32.0.4 for the Dawn runtime: with it, BITSWARM_GPU_RUNTIME=auto runs
+# Dawn, =wgpu forces wgpu-native); torch, transformers, peft, numpy and safetensors are
+# already on that machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig

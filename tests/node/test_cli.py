@@ -77,8 +77,8 @@ def test_ctrl_c_saves_and_exits_0_then_eval_uses_the_adapter(tmp_path):
 
 
 def test_gpu_ste_flag_reaches_the_backward(tmp_path):
-    """`node start --device gpu --gpu-ste i16` / `i8` (lavapipe in CI) logs the STE arithmetic
-    it runs and trains an adapter near the fp32 STE's one (the int paths round dy per row: i16
+    """`node start --device gpu --gpu-runtime wgpu --gpu-ste i16` / `i8` (lavapipe in CI) logs
+    the runtime and the STE arithmetic it runs and trains an adapter near the fp32 STE's one (the int paths round dy per row: i16
     to 2^-14 of its max, i8 to 2^-7), but not bit-identical (the flag changes the math)."""
     docs = prepare_documents(tmp_path, 1, files_per_node=6)[0]
     model = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
@@ -88,9 +88,10 @@ def test_gpu_ste_flag_reaches_the_backward(tmp_path):
         r = run("start", "--swarm", "solo", "--data", str(docs), "--data-dir", str(d),
                 "--model", str(model), "--rounds", "1", "--min-peers", "0", "--local-steps", "2",
                 "--ctx", "32", "--batch-size", "2", "--device", "gpu", "--gpu-ste", ste,
-                timeout=300)
+                "--gpu-runtime", "wgpu", timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         assert f"STE input gradient {ste}" in r.stderr, r.stderr[-3000:]
+        assert "via wgpu-native" in r.stderr, r.stderr[-3000:]   # --gpu-runtime reached it
         got[ste] = load_file(str(d / "adapter" / "adapter_model.safetensors"))
     ref = np.concatenate([v.ravel() for _, v in sorted(got["f32"].items())])
     for ste, bound in (("i16", 1e-3), ("i8", 0.1)):     # measured 5.6e-5, 1.4e-2
