@@ -8,8 +8,10 @@ The setting (node start --gpu-runtime, BITSWARM_GPU_RUNTIME, GpuBackend / Contex
 - `dawn`: wgpudawn, the wgpu-py API on Google's Dawn (the WebGPU of Chrome), compiling WGSL
   with Tint; an error when it is not installed (ImportError) or finds no adapter.
 
-Why Dawn: the same WGSL and host code run a 2B-4T LoRA step on an H200 1.45x faster through
-Dawn than through wgpu-native 29 in one run (docs/benchmarks.md, "The same kernels on Dawn").
+Why Dawn: the same WGSL and host code run a 2B-4T LoRA step on an H200 1.16-1.46x faster
+through Dawn than through wgpu-native 29 (docs/benchmarks.md, "GPU: the same kernels on Dawn"),
+and Dawn lets WGSL use int8 tensor cores (subgroup matrices: bitlinear_tc.wgsl), which
+wgpu-native refuses (its `cooperative-matrix` feature needs an opt-in no C caller can give).
 The two share wgpu-py's API, so nothing above this module changes; the kernel tests pass on
 both. Dawn hides shader-f16 on NVIDIA's Vulkan driver (its `vulkan_enable_f16_on_nvidia`
 toggle turns it back on, and then 12 of our f16 kernel tests fail on an H200), so there the
