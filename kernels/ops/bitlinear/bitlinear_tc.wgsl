@@ -14,8 +14,9 @@
 // activations and 4 code words (decoded to i8 bytes) in workgroup memory, rows 80 bytes
 // apart, and loads the next stage's words before the products. The epilogue stores each tile
 // to workgroup memory and applies the scale with bounds checks, so N and OUT may be ragged.
-// The host launches this only on Dawn with an (i8, i32, 16, 16, 32) configuration and a
-// subgroup size dividing 32 x 4 = 128 (kernels/ops/bitlinear/gpu.py bitlinear_tc_ok).
+// The host launches this only on Dawn with an (i8, i32, 16, 16, 32) configuration and
+// subgroups of exactly 32 invocations (kernels/ops/bitlinear/gpu.py bitlinear_tc_ok): the
+// subgroup of an invocation is local_invocation_index / 32.
 enable chromium_experimental_subgroup_matrix;
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 

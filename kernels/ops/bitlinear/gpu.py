@@ -129,7 +129,6 @@ def bitlinear_tile_rows(be, N: int, OUT: int) -> int:
 
 
 TC_CONFIG = ("i8", "i32", 16, 16, 32)     # bitlinear_tc.wgsl's subgroup matrix shape
-TC_THREADS = 128                          # its workgroup: 4 subgroups of 32
 TC_K = 64                                 # its K stage: K must be a multiple
 # ... and from this many tokens: on an H200 (Dawn) the 2B-4T step at 16 x 128 (N 2048) ran
 # 3,992 -> 5,335 tok/s with it (i8 STE, activation budget), while at 4 x 128 (N 512, where only
@@ -143,17 +142,17 @@ TC_MIN_K = 2560
 
 def bitlinear_tc_ok(be, N: int, K: int, OUT: int) -> bool:
     """Whether the forward runs on int8 tensor cores (bitlinear_tc.wgsl): the device has
-    TC_CONFIG (Dawn; kernels/device/runtime.py) with subgroups that tile TC_THREADS, K is a
-    multiple of TC_K, and `be.bitlinear_tc` is True, or None with N >= TC_MIN_N tokens,
-    K >= TC_MIN_K and at least BACKWARD_T128_MIN of its 128 x 128 tiles (where it measured faster than the
+    TC_CONFIG (Dawn; kernels/device/runtime.py) with subgroups of exactly 32 invocations (the
+    shader derives its subgroup from local_invocation_index / 32), K is a multiple of TC_K,
+    and `be.bitlinear_tc` is True, or None with N >= TC_MIN_N tokens, K >= TC_MIN_K and at
+    least BACKWARD_T128_MIN of its 128 x 128 tiles (where it measured faster than the
     dot4I8Packed tiles: on an H200 the probe's GEMM took 0.95 ms at 2B-4T gate/up, N 2048,
     against 1.46 for main8)."""
     if be.bitlinear_tc is False or K % TC_K:
         return False
     cfgs = getattr(be.ctx, "subgroup_matrix_configs", [])
     if not any((c["component_type"], c["result_component_type"], c["m"], c["n"], c["k"])
-               == TC_CONFIG and TC_THREADS % int(c["max_subgroup_size"]) == 0
-               and int(c["min_subgroup_size"]) <= 32 <= int(c["max_subgroup_size"])
+               == TC_CONFIG and int(c["min_subgroup_size"]) == int(c["max_subgroup_size"]) == 32
                for c in cfgs):
         return False
     return bool(be.bitlinear_tc) or (N >= TC_MIN_N and K >= TC_MIN_K
