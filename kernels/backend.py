@@ -213,18 +213,16 @@ class CpuBackend:
 def real_gpu_available(runtime: str | None = None) -> bool:
     """True when the GPU runtime (kernels/device/runtime.py: auto, wgpu, dawn; None reads
     BITSWARM_GPU_RUNTIME) finds a non-CPU adapter (lavapipe/llvmpipe/SwiftShader report type
-    CPU). Raises ValueError for an unknown runtime."""
-    from bitswarm.kernels.device.runtime import resolve
+    CPU); False too when that runtime is not installed. Raises ValueError for an unknown
+    runtime."""
+    from bitswarm.kernels.device.runtime import check_runtime, has_real_gpu, resolve
+    check_runtime(runtime)
     try:
-        adapter = resolve(runtime)[1].gpu.request_adapter_sync(power_preference="high-performance")
-    except Exception as e:  # no Vulkan/Metal/DX12 loader, no driver: no GPU
-        log.debug("no wgpu adapter: %s", e)
+        module = resolve(runtime)[1]
+    except ImportError as e:
+        log.debug("GPU runtime not installed: %s", e)
         return False
-    if adapter is None:
-        return False
-    from bitswarm.kernels.device import is_cpu_adapter
-    info = adapter.info
-    return bool(str(info.get("adapter_type", ""))) and not is_cpu_adapter(info)
+    return has_real_gpu(module)
 
 
 def select_backend(device: str, embeddings: str = "gpu", ste: str | None = None,

@@ -64,24 +64,29 @@ def _module(name: str):
     return wgpudawn
 
 
-def _has_real_gpu(module) -> bool:
+def has_real_gpu(module) -> bool:
+    """Whether a runtime's wgpu-py-API module finds an adapter that is not a CPU rasterizer
+    (lavapipe / llvmpipe / SwiftShader / WARP; an adapter without a type counts as none)."""
     from .context import is_cpu_adapter
     try:
         adapter = module.gpu.request_adapter_sync(power_preference="high-performance")
     except Exception as e:   # no loader / driver; Dawn raises when it has only its Null backend
         log.debug("%s found no adapter: %s", module.__name__, e)
         return False
-    return adapter is not None and not is_cpu_adapter(dict(adapter.info))
+    if adapter is None:
+        return False
+    info = dict(adapter.info)
+    return bool(str(info.get("adapter_type", ""))) and not is_cpu_adapter(info)
 
 
 def _auto() -> str:
     try:
-        if not _has_real_gpu(_module("wgpu")):
+        if not has_real_gpu(_module("wgpu")):
             return "wgpu"                # CPU rasterizer or no GPU: Dawn would not do better
         dawn = _module("dawn")
     except ImportError:
         return "wgpu"
-    return "dawn" if _has_real_gpu(dawn) else "wgpu"
+    return "dawn" if has_real_gpu(dawn) else "wgpu"
 
 
 def resolve(setting: str | None = None) -> tuple[str, object]:
