@@ -106,8 +106,14 @@ class GpuBackend:
         # subgroup matrix configuration): None = where it measured faster (bitlinear_tc_ok),
         # False never, True wherever the device and K allow; bit-identical either way.
         # BITSWARM_GPU_TC=0 sets False (benchmarks' A/B runs).
-        self.bitlinear_tc: bool | None = (False if os.environ.get("BITSWARM_GPU_TC", "").strip()
-                                          == "0" else None)
+        tc_off = os.environ.get("BITSWARM_GPU_TC", "").strip() == "0"
+        self.bitlinear_tc: bool | None = False if tc_off else None
+        # The int STE input gradient (i8 / i16) on the same tensor cores
+        # (bitlinear_backward_tc.wgsl): None = where it measured faster (ste_tc_ok), False
+        # never, True wherever the device and OUT allow; bit-identical either way.
+        # BITSWARM_GPU_TC=0 or BITSWARM_GPU_STE_TC=0 sets False.
+        self.ste_tc: bool | None = (False if tc_off or os.environ.get(
+            "BITSWARM_GPU_STE_TC", "").strip() == "0" else None)
         # STE input gradient tile edge: None = heuristic (bitlinear_backward_tile), 64 or 128
         # forces; same sums in the same order, only speed differs.
         self.bitlinear_bwd_tile: int | None = None

@@ -89,13 +89,16 @@ OPS: dict[str, OpSpec] = {
                                   rows=KernelSpec("bitlinear_backward_f16.wgsl", "rows",
                                                   "RParams")),
     # the same gradient on int8 dot products (ste_precision "i16" / "i8"): rows (per-row
-    # exponent, dy as one or two i8x4 word arrays), then main (64 x 64) or main8 (128 x 128)
+    # exponent, dy as one or two i8x4 word arrays), then main (64 x 64) or main8 (128 x 128),
+    # or tc_i8 / tc_i16 on int8 tensor cores (bitlinear_backward_tc_*.wgsl, generated), same bits
     "bitlinear_backward_int": _op("bitlinear", bitlinear.bitlinear_backward_int,
                                   "bitlinear_backward_int.wgsl", "main", "main8",
                                   rows=KernelSpec("bitlinear_backward_int.wgsl", "rows",
                                                   "RParams"),
                                   reduce=KernelSpec("bitlinear_backward_int.wgsl", "reduce",
-                                                    "SParams")),
+                                                    "SParams"),
+                                  tc_i8=KernelSpec("bitlinear_backward_tc_i8.wgsl", "main_i8"),
+                                  tc_i16=KernelSpec("bitlinear_backward_tc_i16.wgsl", "main_i16")),
     "ternarize_all": _op("bitlinear", bitlinear.ternarize_all, "ternarize.wgsl", "absmean",
                          pack=KernelSpec("ternarize_pack.wgsl", "main")),
     "dequantize_act": _op("bitlinear", bitlinear.dequantize_act, "dequantize_act.wgsl", "main"),

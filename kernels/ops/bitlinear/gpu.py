@@ -138,25 +138,48 @@ TC_MIN_N = 2048
 # ... and K: measured at 2B-4T's K 2560 / 6912 only (125M's K 768 was not: its shapes keep the
 # measured dot4I8Packed path)
 TC_MIN_K = 2560
+TC_SMEM = 20480                           # bitlinear_tc.wgsl's workgroup memory, bytes
+# bitlinear_backward_tc.wgsl: o per stage (OUT must be a multiple), dx columns per workgroup
+# and workgroup memory in bytes by terms (1: main_i8, 2: main_i16)
+STE_TC_O = 64
+STE_TC_COLS = {1: 128, 2: 64}
+STE_TC_SMEM = {1: 19456, 2: 25600}
+
+
+def _tc_device(be, smem: int) -> bool:
+    """Whether the device runs the tensor-core shaders: TC_CONFIG with subgroups of exactly 32
+    invocations (the shaders derive an invocation's subgroup from local_invocation_index / 32)
+    and `smem` bytes of workgroup memory."""
+    cfgs = getattr(be.ctx, "subgroup_matrix_configs", [])
+    lim = getattr(be.ctx, "limits", {}).get("max-compute-workgroup-storage-size", 16384)
+    return int(lim) >= smem and any(
+        (c["component_type"], c["result_component_type"], c["m"], c["n"], c["k"]) == TC_CONFIG
+        and int(c["min_subgroup_size"]) == int(c["max_subgroup_size"]) == 32 for c in cfgs)
 
 
 def bitlinear_tc_ok(be, N: int, K: int, OUT: int) -> bool:
     """Whether the forward runs on int8 tensor cores (bitlinear_tc.wgsl): the device has
-    TC_CONFIG (Dawn; kernels/device/runtime.py) with subgroups of exactly 32 invocations (the
-    shader derives its subgroup from local_invocation_index / 32), K is a multiple of TC_K,
-    and `be.bitlinear_tc` is True, or None with N >= TC_MIN_N tokens, K >= TC_MIN_K and at
-    least BACKWARD_T128_MIN of its 128 x 128 tiles (where it measured faster than the
-    dot4I8Packed tiles: on an H200 the probe's GEMM took 0.95 ms at 2B-4T gate/up, N 2048,
-    against 1.46 for main8)."""
-    if be.bitlinear_tc is False or K % TC_K:
-        return False
-    cfgs = getattr(be.ctx, "subgroup_matrix_configs", [])
-    if not any((c["component_type"], c["result_component_type"], c["m"], c["n"], c["k"])
-               == TC_CONFIG and int(c["min_subgroup_size"]) == int(c["max_subgroup_size"]) == 32
-               for c in cfgs):
+    TC_CONFIG (Dawn; kernels/device/runtime.py) with subgroups of exactly 32 invocations, K is
+    a multiple of TC_K, and `be.bitlinear_tc` is True, or None with N >= TC_MIN_N tokens,
+    K >= TC_MIN_K and at least BACKWARD_T128_MIN of its 128 x 128 tiles (where it measured
+    faster than the dot4I8Packed tiles: on an H200 the probe's GEMM took 0.95 ms at 2B-4T
+    gate/up, N 2048, against 1.46 for main8)."""
+    if be.bitlinear_tc is False or K % TC_K or not _tc_device(be, TC_SMEM):
         return False
     return bool(be.bitlinear_tc) or (N >= TC_MIN_N and K >= TC_MIN_K
                                      and -(-OUT // 128) * -(-N // 128) >= BACKWARD_T128_MIN)
+
+
+def ste_tc_ok(be, N: int, K: int, OUT: int, terms: int) -> bool:
+    """Whether the int STE input gradient dy (N, OUT) -> dx (N, K) runs on int8 tensor cores
+    (bitlinear_backward_tc_i8.wgsl / _i16.wgsl for `terms` 1 / 2): the device as
+    for the forward, OUT a multiple of STE_TC_O, and `be.ste_tc` True, or None with
+    N >= TC_MIN_N tokens and at least BACKWARD_T128_MIN workgroup tiles (128 x 128 for i8,
+    128 x 64 for i16), the forward's rule."""
+    if be.ste_tc is False or OUT % STE_TC_O or not _tc_device(be, STE_TC_SMEM[terms]):
+        return False
+    tiles = -(-K // STE_TC_COLS[terms]) * -(-N // 128)
+    return bool(be.ste_tc) or (N >= TC_MIN_N and tiles >= BACKWARD_T128_MIN)
 
 
 def bitlinear_plan(be, N: int, K: int, OUT: int) -> tuple[int, int]:
@@ -394,7 +417,8 @@ def _backward_setup(be, dy: Tensor, w: GpuTernary, acc: Tensor | None, dtype: st
 def _backward_int(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, grid,
                   terms: int, int_out: bool) -> None:
     """Encode bitlinear_backward_int.wgsl: `rows` (per-row exponent, dy as `terms` i8x4
-    word arrays, rows of ceil(out / 4) words), then main (t = 64) or main8 (t = 128) into dx."""
+    word arrays, rows of ceil(out / 4) words), then the tensor-core entry (ste_tc_ok), main
+    (t = 64) or main8 (t = 128) into dx."""
     N, OUT = dy.shape
     K = w.in_features
     op4 = -(-OUT // 4)
@@ -408,6 +432,13 @@ def _backward_int(be, dy: Tensor, w: GpuTernary, dx: Tensor, acc: bool, t: int, 
     splits, spz = ste_int_plan(be, N, K, OUT, t)
     params = dict(n=N, out=OUT, op4=op4, k=K, k16=(K + 15) // 16, weight_scale=w.weight_scale,
                   wrow0=w.row0, spz=spz)
+    if ste_tc_ok(be, N, K, OUT, terms):
+        dys = [hi] if terms == 1 else [hi, lo]          # the i8 shader has no lo binding
+        be._launch("bitlinear_backward_int", [*dys, rs, w.packed, dx],
+                   (-(-K // STE_TC_COLS[terms]), -(-N // 128), 1), params,
+                   name="tc_i8" if terms == 1 else "tc_i16",
+                   constants={"ACC": int(acc), "INT_OUT": int(int_out)})
+        return
     name = "main8" if t == 128 else "main"
     if splits == 1:
         be._launch("bitlinear_backward_int", [hi, lo, rs, w.packed, dx], grid, params,

@@ -584,3 +584,83 @@ def test_bitlinear_tc_matches_reference(gpu, N, K, OUT):
         np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
     want = ref.bitlinear(xq, xs, ws[0].codes, ws[0].weight_scale)
     assert np.max(np.abs(got[True]["f32"] - want)) <= 4e-7 * np.max(np.abs(want))
+
+
+def test_backward_tc_shaders_are_their_generators_output():
+    """bitlinear_backward_tc_i8.wgsl / _i16.wgsl are written by bitlinear_tc_gen.py too."""
+    from bitswarm.kernels.ops import registry
+    from bitswarm.kernels.ops.bitlinear import bitlinear_tc_gen
+    for terms, tag in ((1, "i8"), (2, "i16")):
+        assert (registry.shader_source("bitlinear", f"bitlinear_backward_tc_{tag}.wgsl")
+                == bitlinear_tc_gen.backward_source(terms))
+
+
+def test_tensor_core_rules():
+    """Where the forward (bitlinear_tc_ok) and the int STE (ste_tc_ok) take the tensor cores:
+    only with the i8 16x16x32 configuration at subgroup size exactly 32 and enough workgroup
+    memory; K (forward) / OUT (STE) multiples of 64; by default from 2,048 tokens with >= 128
+    workgroup tiles; True forces, False forbids."""
+    from types import SimpleNamespace
+    cfg = dict(component_type="i8", result_component_type="i32", m=16, n=16, k=32,
+               min_subgroup_size=32, max_subgroup_size=32)
+    ctx = SimpleNamespace(subgroup_matrix_configs=[cfg],
+                          limits={"max-compute-workgroup-storage-size": 32768})
+    be = SimpleNamespace(ctx=ctx, bitlinear_tc=None, ste_tc=None)
+    assert blg.bitlinear_tc_ok(be, 2048, 2560, 2560)                 # 16 x 20 tiles
+    assert not blg.bitlinear_tc_ok(be, 512, 2560, 6912)              # below TC_MIN_N
+    assert not blg.bitlinear_tc_ok(be, 2048, 2560 + 32, 2560)        # K not a multiple of 64
+    assert blg.ste_tc_ok(be, 2048, 2560, 2560, 1) and blg.ste_tc_ok(be, 2048, 2560, 640, 2)
+    assert not blg.ste_tc_ok(be, 2048, 2560, 2560 + 16, 2)          # OUT not a multiple of 64
+    assert not blg.ste_tc_ok(be, 1024, 2560, 2560, 1)                # below TC_MIN_N
+    assert not blg.ste_tc_ok(be, 2048, 640, 2560, 1)                 # 5 x 16 tiles < 128
+    assert blg.ste_tc_ok(be, 2048, 1024, 2560, 2)                    # 16 x 16 i16 tiles
+    be.ste_tc = True
+    assert blg.ste_tc_ok(be, 17, 40, 64, 1)                          # forced: any N, K
+    be.ste_tc, be.bitlinear_tc = False, True
+    assert not blg.ste_tc_ok(be, 2048, 2560, 2560, 2) and blg.bitlinear_tc_ok(be, 17, 64, 33)
+    be.ste_tc = True
+    ctx.limits["max-compute-workgroup-storage-size"] = 20480         # i16 needs 25,600 bytes
+    assert blg.ste_tc_ok(be, 17, 40, 64, 1) and not blg.ste_tc_ok(be, 17, 40, 64, 2)
+    ctx.limits["max-compute-workgroup-storage-size"] = 32768
+    for bad in (dict(max_subgroup_size=64), dict(component_type="u8"), dict(k=16)):
+        ctx.subgroup_matrix_configs = [{**cfg, **bad}]
+        assert not blg.ste_tc_ok(be, 2048, 2560, 2560, 1)
+        assert not blg.bitlinear_tc_ok(be, 2048, 2560, 2560)
+
+
+@pytest.mark.parametrize("N,OUT,K,use_acc", [(17, 64, 40, True), (130, 128, 200, False),
+                                             (300, 640, 2560, True), (200, 2560, 700, False)])
+@pytest.mark.parametrize("terms", [1, 2])
+def test_bitlinear_backward_tc_matches_reference(gpu, N, OUT, K, use_acc, terms):
+    """The int STE on int8 tensor cores (bitlinear_backward_tc_*.wgsl): the exact int32 sums
+    equal the reference's q @ codes, and dx (and dx + acc) is bit-identical to the
+    dot4I8Packed kernel's, on ragged N and K. Runs where the device has the i8 16x16x32
+    configuration (Dawn on an H200); elsewhere skipped."""
+    saved = gpu.ste_tc
+    gpu.ste_tc = True
+    try:
+        ok = blg.ste_tc_ok(gpu, N, K, OUT, terms)
+    finally:
+        gpu.ste_tc = saved
+    if not ok:
+        pytest.skip("no int8 16x16x32 subgroup matrix configuration (Dawn) on this device")
+    rng = np.random.default_rng(35)
+    dy, w = _int_dy(rng, N, OUT), ternary(rng, OUT, K, ws=0.37)
+    acc = rnd(rng, N, K) if use_acc else None
+    gd, gw = gpu.tensor(dy), gpu.ternary(w)
+    got = {}
+    for tc in (True, False):
+        gpu.ste_tc = tc
+        try:
+            before = gpu.ctx.n_dispatches
+            got[tc] = dict(
+                int=gpu.numpy(gpu.bitlinear_backward_int(gd, gw, terms=terms, int_out=True)),
+                dx=gpu.numpy(gpu.bitlinear_backward_int(
+                    gd, gw, None if acc is None else gpu.tensor(acc), terms=terms)))
+            if tc:
+                assert gpu.ctx.n_dispatches == before + 4          # (rows + tc) twice
+        finally:
+            gpu.ste_tc = saved
+    q, _ = ref.ste_int_quantize(dy, terms)
+    np.testing.assert_array_equal(got[True]["int"], q.astype(np.int64) @ w.codes.astype(np.int64))
+    np.testing.assert_array_equal(got[True]["dx"].view(np.int32), got[False]["dx"].view(np.int32))
