@@ -77,6 +77,12 @@ class GpuBackend:
                 f"STE input gradient {self.ste_precision}")
 
     @property
+    def device_memory(self) -> int | None:
+        """Bytes of a discrete GPU's own memory where the runtime reports it (Dawn), else None
+        (kernels/device/runtime.py device_memory); sets recompute auto's default budget."""
+        return getattr(self.ctx, "device_memory", None)
+
+    @property
     def device_warning(self) -> str | None:
         """Why this device is slow, when it is a CPU rasterizer; else None."""
         if not is_cpu_adapter(self.ctx.info):

@@ -37,6 +37,10 @@ class _Proj:
 # Auto recomputation without an activation budget: every layer is recomputed once the saved
 # activations would exceed this many bytes, none below (BitNetModel.recomputed_layers).
 RECOMPUTE_ABOVE = 512 * 2**20
+# ... unless the backend knows a discrete GPU's memory (Dawn's memory heaps: `device_memory`):
+# then the budget is this share of it. An H200's 141 GB gives 35 GB, all of 2B-4T's 30 layers
+# at 16 x 128 (~11 GiB); an 8 GiB laptop GPU, 2 GiB (a third of them).
+DEVICE_MEMORY_SHARE = 4
 _QKV = ("q_proj", "k_proj", "v_proj")
 _GATE_UP = ("gate_proj", "up_proj")
 # Projection groups run as one GEMM (bitlinear_group). q/k/v only: on an H200 at 2B-4T the fused
@@ -164,8 +168,8 @@ class BitNetModel:
         """How many layers loss_and_grads recomputes for N token rows (the first ones; the
         others' activations are saved). `recompute` True: all, False: none. Auto (None): none
         on NumPy (host memory is plentiful, time is not); on a device-memory-limited backend,
-        with `activation_budget` (bytes) all but `layers_within(activation_budget, N)` (at
-        least the last layer is saved), and without one all or none: all when the saved
+        with a budget (effective_activation_budget, bytes) all but `layers_within(budget, N)`
+        (at least the last layer is saved), and without one all or none: all when the saved
         activations would exceed RECOMPUTE_ABOVE (2B-4T at 512 tokens: ~2.7 GiB -> all, which
         keeps its 1 GiB peak-memory target; 125M: ~0.35 GiB -> none, the faster path)."""
         L = len(self.layers)
@@ -173,9 +177,19 @@ class BitNetModel:
             return L if self.recompute else 0
         if not self.be.caps.device_memory_limited:
             return 0
-        if self.activation_budget is None:
+        budget = self.effective_activation_budget()
+        if budget is None:
             return L if self.saved_activation_bytes(N) > RECOMPUTE_ABOVE else 0
-        return L - self.layers_within(self.activation_budget, N)
+        return L - self.layers_within(budget, N)
+
+    def effective_activation_budget(self) -> int | None:
+        """The bytes recompute auto may spend on saved activations: `activation_budget` when
+        set, else 1 / DEVICE_MEMORY_SHARE of the backend's `device_memory` (a discrete GPU's
+        memory, known on Dawn), else None (the RECOMPUTE_ABOVE rule)."""
+        if self.activation_budget is not None:
+            return self.activation_budget
+        mem = getattr(self.be, "device_memory", None)
+        return None if mem is None else int(mem) // DEVICE_MEMORY_SHARE
 
     def recomputes(self, N: int) -> bool:
         """Whether loss_and_grads recomputes any layer for N token rows (recomputed_layers)."""

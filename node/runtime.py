@@ -43,7 +43,7 @@ from bitswarm.federation.wire import lora_dict
 from bitswarm.kernels.backend import select_backend
 from bitswarm.formats.peft_adapter import save_adapter
 from bitswarm.kernels.lora import init_lora, lora_shapes
-from bitswarm.kernels.model import BitNetModel
+from bitswarm.kernels.model import DEVICE_MEMORY_SHARE, BitNetModel
 from bitswarm.node.config import NodeConfig
 from bitswarm.node.data import find_text_files, split_train_heldout, tokenize, TrainSampler
 from bitswarm.node.evaluate import evaluate
@@ -94,9 +94,15 @@ class Node:
             self.model.recompute = cfg.recompute == "on"
         if cfg.activation_memory_mib is not None:
             self.model.activation_budget = cfg.activation_memory_mib * 2**20   # bytes
-        log.info("training step: %d of %d layers recomputed in the backward at %d x %d tokens",
+        budget = self.model.effective_activation_budget()
+        why = ""
+        if budget is not None and self.backend.caps.device_memory_limited:
+            why = f" (activation budget {budget / 2**20:,.0f} MiB" + (
+                ")" if cfg.activation_memory_mib is not None
+                else f": 1/{DEVICE_MEMORY_SHARE} of the GPU's memory)")
+        log.info("training step: %d of %d layers recomputed in the backward at %d x %d tokens%s",
                  self.model.recomputed_layers(cfg.batch_size * cfg.ctx), len(self.model.layers),
-                 cfg.batch_size, cfg.ctx)
+                 cfg.batch_size, cfg.ctx, why)
         self.shapes = lora_shapes(weights.config, cfg.lora)
         # A training loss above twice a uniform guess's (2 ln V nats) means the step diverged.
         self.explode_loss = 2.0 * math.log(weights.config.vocab_size)

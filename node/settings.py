@@ -252,7 +252,8 @@ START: tuple[Setting, ...] = (
     Setting("activation_memory", _opt_int, None, "MiB of GPU memory for saved layer "
             "activations under --recompute auto: the last layers that fit keep theirs (faster), "
             "the others are recomputed (one more layer forward each; same results); without it: "
-            "all kept when they fit in 512 MiB, else all recomputed", "an integer of MiB >= 0"),
+            "1/4 of a discrete GPU's memory where the runtime reports it (Dawn), else all kept "
+            "when they fit in 512 MiB and all recomputed above", "an integer of MiB >= 0"),
 )
 BY_KEY = {s.key: s for s in START}
 

@@ -100,13 +100,14 @@ class Context:
     `runtime`: auto, wgpu or dawn (runtime.py; None reads BITSWARM_GPU_RUNTIME); the one used
     is `self.runtime`. Requests features shader-f16, subgroups (wgpu-native: `subgroup`) and
     (Dawn) subgroup matrices only when the adapter has them (`subgroup_matrix_configs` lists
-    the latter's shapes), and the adapter's own maximum storage-binding and buffer
+    the latter's shapes; `device_memory` is a discrete GPU's memory in bytes on Dawn, else
+    None), and the adapter's own maximum storage-binding and buffer
     sizes (128 MiB per binding on lavapipe, 2047 MiB on an H200). Raises RuntimeError when the
     runtime has no adapter, ValueError / ImportError from runtime.resolve.
     """
 
     def __init__(self, power_preference: str = "high-performance", runtime: str | None = None):
-        from .runtime import SUBGROUP_MATRIX, resolve, subgroup_matrix_configs
+        from .runtime import SUBGROUP_MATRIX, device_memory, resolve, subgroup_matrix_configs
         self.runtime, wgpu = resolve(runtime)
         self.wgpu = wgpu
         try:
@@ -120,6 +121,7 @@ class Context:
         features = [f for f in ("shader-f16", "subgroup", "subgroups", SUBGROUP_MATRIX)
                     if f in adapter.features]
         self.subgroup_matrix_configs = subgroup_matrix_configs(self.runtime, adapter)
+        self.device_memory = device_memory(self.runtime, adapter)   # bytes, or None
         lim = adapter.limits
         wanted = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
                                       "max-compute-workgroup-storage-size",

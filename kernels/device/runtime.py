@@ -111,3 +111,26 @@ def subgroup_matrix_configs(runtime: str, adapter) -> list[dict]:
         return []
     from wgpudawn.backends.dawn import extras
     return list(extras.get_adapter_properties(adapter).get("subgroup_matrix_configs", []))
+
+
+def device_memory(runtime: str, adapter) -> int | None:
+    """Bytes of a discrete GPU's own memory: the largest device-local heap Dawn reports
+    (feature adapter-properties-memory-heaps; Vulkan's VkMemoryHeap with
+    VK_MEMORY_HEAP_DEVICE_LOCAL_BIT). None on wgpu-native (it has no such query), for an
+    integrated GPU or CPU rasterizer (its device-local heap is the host's RAM, shared with
+    everything else), and where no heap is reported."""
+    if runtime != "dawn" or "adapter-properties-memory-heaps" not in adapter.features:
+        return None
+    from wgpudawn.backends.dawn import extras
+    return dedicated_memory(adapter.info, extras.get_adapter_properties(adapter).get(
+        "memory_heaps", []))
+
+
+def dedicated_memory(info: dict, heaps: list[dict]) -> int | None:
+    """device_memory's rule on an adapter's info and Dawn's heap list ({"size": bytes,
+    "properties": ["device-local", ...]} each): the largest device-local heap of a discrete
+    GPU, else None."""
+    if "discrete" not in str(info.get("adapter_type", "")).lower():
+        return None
+    sizes = [int(h["size"]) for h in heaps if "device-local" in h["properties"]]
+    return max(sizes) if sizes else None

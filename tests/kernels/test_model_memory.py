@@ -128,6 +128,28 @@ def test_layers_saved_within_an_activation_budget(gpu):
     assert m.recomputed_layers(N) == 0
 
 
+def test_default_budget_is_a_share_of_the_gpus_memory(gpu, monkeypatch):
+    """Without --activation-memory, a backend that knows its discrete GPU's memory (Dawn)
+    budgets 1 / DEVICE_MEMORY_SHARE of it; an explicit budget wins; without either, the
+    RECOMPUTE_ABOVE rule (all or none)."""
+    from bitswarm.kernels.model import DEVICE_MEMORY_SHARE, RECOMPUTE_ABOVE
+    m = model(gpu)
+    L, N = CFG.num_hidden_layers, 14
+    S, R = m.layer_activation_bytes(N), m.layer_input_bytes(N)
+    monkeypatch.setattr(gpu.ctx, "device_memory", DEVICE_MEMORY_SHARE * (S + 2 * R), raising=False)
+    assert m.effective_activation_budget() == S + 2 * R
+    assert m.recomputed_layers(N) == 2                       # one layer saved, as budgeted
+    monkeypatch.setattr(gpu.ctx, "device_memory", DEVICE_MEMORY_SHARE * L * S)
+    assert m.recomputed_layers(N) == 0
+    m.activation_budget = 0                                  # the flag wins over the memory
+    assert m.effective_activation_budget() == 0 and m.recomputed_layers(N) == L - 1
+    m.activation_budget = None
+    monkeypatch.setattr(gpu.ctx, "device_memory", None)
+    assert m.effective_activation_budget() is None
+    big = RECOMPUTE_ABOVE // m.saved_activation_bytes(1) + 1
+    assert m.recomputed_layers(N) == 0 and m.recomputed_layers(big) == L
+
+
 def test_gradients_are_bit_identical_whatever_the_split(gpu):
     """All layers recomputed, none, and partial splits give the same loss and the same bits in
     every LoRA gradient: the recomputed forward is the same op sequence on the same input."""

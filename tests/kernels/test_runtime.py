@@ -98,3 +98,21 @@ def test_both_runtimes_run_the_same_kernels(gpu, close):
     a, b = _attention_block(dawn, *case), _attention_block(native, *case)
     for key in a:
         close(a[key], b[key], 1e-5 * max(1.0, np.abs(b[key]).max()), 1e-4, f"block {key}")
+
+
+def test_dedicated_memory_is_a_discrete_gpus_largest_device_local_heap(gpu):
+    """recompute auto's default budget comes from a discrete GPU's own memory (Dawn's heaps):
+    the largest device-local heap (an H200 also lists a small device-local, host-visible BAR
+    heap); None for an integrated GPU or CPU rasterizer, whose device-local heap is host RAM,
+    and for no heaps. wgpu-native has no heap query: its Context reports None."""
+    from bitswarm.kernels.device.runtime import dedicated_memory
+    heaps = [{"size": 150 * 2**30, "properties": ["device-local"]},
+             {"size": 256 * 2**20, "properties": ["device-local", "host-visible"]},
+             {"size": 500 * 2**30, "properties": ["host-visible", "host-coherent"]}]
+    assert dedicated_memory({"adapter_type": "DiscreteGPU"}, heaps) == 150 * 2**30
+    assert dedicated_memory({"adapter_type": "discrete GPU"}, heaps[1:]) == 256 * 2**20
+    assert dedicated_memory({"adapter_type": "IntegratedGPU"}, heaps) is None
+    assert dedicated_memory({"adapter_type": "CPU"}, heaps) is None
+    assert dedicated_memory({"adapter_type": "DiscreteGPU"}, heaps[2:]) is None
+    if gpu.ctx.runtime == "wgpu":
+        assert gpu.ctx.device_memory is None and gpu.device_memory is None
