@@ -163,6 +163,9 @@ def run_ours(backend, cfg, targets, steps: int, warmup: int, recompute: str = "a
            "recompute": model.recomputes(B * T),
            "recomputed_layers": model.recomputed_layers(B * T),
            "activation_memory_mib": activation_mib}
+    budget = model.effective_activation_budget()
+    if budget is not None:
+        res["activation_budget_mib"] = budget / 2**20     # the flag's, or the auto share
     if ctx is not None:
         res.update(peak_gpu_bytes=ctx.peak_allocated_bytes, allocated_bytes=ctx.allocated_bytes,
                    dispatches=ctx.n_dispatches, submits=ctx.n_submits)

@@ -115,11 +115,12 @@ class GpuBackend:
         tc_off = os.environ.get("BITSWARM_GPU_TC", "").strip() == "0"
         self.bitlinear_tc: bool | None = False if tc_off else None
         # The int STE input gradient (i8 / i16) on the same tensor cores
-        # (bitlinear_backward_tc.wgsl): None = where it measured faster (ste_tc_ok), False
-        # never, True wherever the device and OUT allow; bit-identical either way.
-        # BITSWARM_GPU_TC=0 or BITSWARM_GPU_STE_TC=0 sets False.
-        self.ste_tc: bool | None = (False if tc_off or os.environ.get(
-            "BITSWARM_GPU_STE_TC", "").strip() == "0" else None)
+        # (bitlinear_backward_tc_*.wgsl): None = where it measured faster (ste_tc_ok), False
+        # never, True wherever the device and OUT allow; the same int32 sums either way.
+        # BITSWARM_GPU_TC=0 or BITSWARM_GPU_STE_TC=0 sets False, BITSWARM_GPU_STE_TC=1 True.
+        ste_env = os.environ.get("BITSWARM_GPU_STE_TC", "").strip()
+        self.ste_tc: bool | None = (False if tc_off or ste_env == "0"
+                                    else True if ste_env == "1" else None)
         # STE input gradient tile edge: None = heuristic (bitlinear_backward_tile), 64 or 128
         # forces; same sums in the same order, only speed differs.
         self.bitlinear_bwd_tile: int | None = None

@@ -633,9 +633,12 @@ def test_tensor_core_rules():
 @pytest.mark.parametrize("terms", [1, 2])
 def test_bitlinear_backward_tc_matches_reference(gpu, N, OUT, K, use_acc, terms):
     """The int STE on int8 tensor cores (bitlinear_backward_tc_*.wgsl): the exact int32 sums
-    equal the reference's q @ codes, and dx (and dx + acc) is bit-identical to the
-    dot4I8Packed kernel's, on ragged N and K. Runs where the device has the i8 16x16x32
-    configuration (Dawn on an H200); elsewhere skipped."""
+    equal the reference's q @ codes, dx is bit-identical to the dot4I8Packed kernel's, and
+    dx + acc within one rounding of the add (a driver may fuse the scaling and the add into
+    one FMA in one shader and not the other: on an H200, 2B-4T shapes with acc differed by
+    <= 1 ulp of the addends in ~27% of elements; benchmarks/ste_tc_check.py), on ragged N and
+    K. Runs where the device has the i8 16x16x32 configuration (Dawn on an H200); elsewhere
+    skipped."""
     saved = gpu.ste_tc
     gpu.ste_tc = True
     try:
@@ -663,4 +666,9 @@ def test_bitlinear_backward_tc_matches_reference(gpu, N, OUT, K, use_acc, terms)
             gpu.ste_tc = saved
     q, _ = ref.ste_int_quantize(dy, terms)
     np.testing.assert_array_equal(got[True]["int"], q.astype(np.int64) @ w.codes.astype(np.int64))
-    np.testing.assert_array_equal(got[True]["dx"].view(np.int32), got[False]["dx"].view(np.int32))
+    a, b = got[True]["dx"], got[False]["dx"]
+    if acc is None:
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+    else:
+        v = ref.bitlinear_backward_int(dy, w.codes, w.weight_scale, terms)
+        assert np.all(np.abs(a - b) <= 2.0 ** -23 * (np.abs(acc) + np.abs(v) + np.abs(b)))
