@@ -6,7 +6,8 @@
 // dy quantized per row by its `rows` entry (TERMS 1 "i8": q = hi; TERMS 2 "i16": q = 256 hi +
 // lo), dx = f32(S) * rs[n] / weight_scale (+ dx if ACC) with the exact int32
 // S = sum_o q[n, o] codes[o, k]. Reference: reference.py `bitlinear_backward_int`. The sums are
-// exact, so dx is bit-identical to the dot4I8Packed kernels'.
+// exact, so dx is bit-identical to the dot4I8Packed kernels'; with ACC within one rounding (a
+// driver may fuse the scaling and the add into an FMA in one shader and not the other).
 //   qhi (/ qlo) i8x4 (N, OP4) words, read as vec4 (OUT % 64 == 0)
 //   w          ternary codes (OUT rows from wrow0, K), 2 bits each, 16 per u32, stride k16
 // bitlinear_backward_tc_i8.wgsl (TERMS 1) works on 128 x 128 dx tiles, each subgroup 4 x 4
