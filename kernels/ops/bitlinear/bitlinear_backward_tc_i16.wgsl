@@ -37,6 +37,8 @@ alias C = subgroup_matrix_result<i32, 16, 16>;
 @group(0) @binding(4) var<storage, read_write> dx: array<u32>;
 @group(0) @binding(5) var<uniform> p: Params;
 
+// 8 bits of a packed weight word (4 fields, code+1 each) -> 4 signed bytes (i8x4), as in
+// bitlinear.wgsl decode4.
 fn decode4(x: u32) -> i32 {
     let s = (x & 3u) | ((x & 0xcu) << 6u) | ((x & 0x30u) << 12u) | ((x & 0xc0u) << 18u);
     let plus = (s >> 1u) & 0x01010101u;
