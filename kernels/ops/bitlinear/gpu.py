@@ -144,6 +144,9 @@ TC_SMEM = 20480                           # bitlinear_tc.wgsl's workgroup memory
 STE_TC_O = 64
 STE_TC_COLS = {1: 128, 2: 64}
 STE_TC_SMEM = {1: 19456, 2: 25600}
+# ... from this many tokens (the forward's rule; at 2B-4T 16 x 128 the step went 3,968 -> 6,387
+# tok/s with it: benchmarks/results/train_step-h200-dawn-s5-{nostetc,default}.json)
+STE_TC_MIN_N = TC_MIN_N
 
 
 def _tc_device(be, smem: int) -> bool:
@@ -174,12 +177,12 @@ def ste_tc_ok(be, N: int, K: int, OUT: int, terms: int) -> bool:
     """Whether the int STE input gradient dy (N, OUT) -> dx (N, K) runs on int8 tensor cores
     (bitlinear_backward_tc_i8.wgsl / _i16.wgsl for `terms` 1 / 2): the device as
     for the forward, OUT a multiple of STE_TC_O, and `be.ste_tc` True, or None with
-    N >= TC_MIN_N tokens and at least BACKWARD_T128_MIN workgroup tiles (128 x 128 for i8,
-    128 x 64 for i16), the forward's rule."""
+    N >= STE_TC_MIN_N tokens and at least BACKWARD_T128_MIN workgroup tiles (128 x 128 for
+    i8, 128 x 64 for i16)."""
     if be.ste_tc is False or OUT % STE_TC_O or not _tc_device(be, STE_TC_SMEM[terms]):
         return False
     tiles = -(-K // STE_TC_COLS[terms]) * -(-N // 128)
-    return bool(be.ste_tc) or (N >= TC_MIN_N and tiles >= BACKWARD_T128_MIN)
+    return bool(be.ste_tc) or (N >= STE_TC_MIN_N and tiles >= BACKWARD_T128_MIN)
 
 
 def bitlinear_plan(be, N: int, K: int, OUT: int) -> tuple[int, int]:
