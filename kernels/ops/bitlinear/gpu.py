@@ -144,9 +144,10 @@ TC_SMEM = 20480                           # bitlinear_tc.wgsl's workgroup memory
 STE_TC_O = 64
 STE_TC_COLS = {1: 128, 2: 64}
 STE_TC_SMEM = {1: 19456, 2: 25600}
-# ... from this many tokens (the forward's rule; at 2B-4T 16 x 128 the step went 3,968 -> 6,387
-# tok/s with it: benchmarks/results/train_step-h200-dawn-s5-{nostetc,default}.json)
-STE_TC_MIN_N = TC_MIN_N
+# ... from this many tokens (with >= BACKWARD_T128_MIN tiles): on an H200 the 2B-4T step (i16)
+# went 3,968 -> 6,387 tok/s at 16 x 128 and 2,498 -> 3,125 at 4 x 128 (N 512) with it
+# (benchmarks/results/train_step-h200-dawn-s5-{nostetc,default,4-stetc}.json)
+STE_TC_MIN_N = 512
 
 
 def _tc_device(be, smem: int) -> bool:

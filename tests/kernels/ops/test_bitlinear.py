@@ -598,8 +598,8 @@ def test_backward_tc_shaders_are_their_generators_output():
 def test_tensor_core_rules():
     """Where the forward (bitlinear_tc_ok) and the int STE (ste_tc_ok) take the tensor cores:
     only with the i8 16x16x32 configuration at subgroup size exactly 32 and enough workgroup
-    memory; K (forward) / OUT (STE) multiples of 64; by default from 2,048 tokens with >= 128
-    workgroup tiles; True forces, False forbids."""
+    memory; K (forward) / OUT (STE) multiples of 64; by default from 2,048 (forward) / 512
+    (STE) tokens with >= 128 workgroup tiles; True forces, False forbids."""
     from types import SimpleNamespace
     cfg = dict(component_type="i8", result_component_type="i32", m=16, n=16, k=32,
                min_subgroup_size=32, max_subgroup_size=32)
@@ -611,7 +611,9 @@ def test_tensor_core_rules():
     assert not blg.bitlinear_tc_ok(be, 2048, 2560 + 32, 2560)        # K not a multiple of 64
     assert blg.ste_tc_ok(be, 2048, 2560, 2560, 1) and blg.ste_tc_ok(be, 2048, 2560, 640, 2)
     assert not blg.ste_tc_ok(be, 2048, 2560, 2560 + 16, 2)          # OUT not a multiple of 64
-    assert not blg.ste_tc_ok(be, 1024, 2560, 2560, 1)                # below TC_MIN_N
+    assert not blg.ste_tc_ok(be, 256, 2560, 2560, 2)                 # below STE_TC_MIN_N
+    assert blg.ste_tc_ok(be, 512, 2560, 2560, 2)                     # 40 x 4 i16 tiles
+    assert not blg.ste_tc_ok(be, 512, 2560, 2560, 1)                 # 20 x 4 i8 tiles < 128
     assert not blg.ste_tc_ok(be, 2048, 640, 2560, 1)                 # 5 x 16 tiles < 128
     assert blg.ste_tc_ok(be, 2048, 1024, 2560, 2)                    # 16 x 16 i16 tiles
     be.ste_tc = True
