@@ -73,6 +73,7 @@ class Backend(Protocol):
     def table(self, a: np.ndarray) -> Tensor: ...                    # upload an embedding/lm_head
     def release_workspace(self) -> None: ...                         # drop cached free buffers
     def numpy(self, t: Tensor) -> np.ndarray: ...                    # download (waits)
+    def numpy_many(self, ts: list) -> list[np.ndarray]: ...         # ... several, one wait
     def zeros_like(self, t: Tensor) -> Tensor: ...
 
     # embedding
@@ -164,6 +165,9 @@ class CpuBackend:
 
     def numpy(self, t: np.ndarray) -> np.ndarray:
         return np.asarray(t)
+
+    def numpy_many(self, ts: list) -> list[np.ndarray]:
+        return [np.asarray(t) for t in ts]
 
     def zeros_like(self, t: np.ndarray) -> np.ndarray:
         return np.zeros_like(t)

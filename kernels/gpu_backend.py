@@ -215,6 +215,10 @@ class GpuBackend:
     def numpy(self, t: Tensor) -> np.ndarray:
         return self.ctx.read(t)
 
+    def numpy_many(self, ts: list[Tensor]) -> list[np.ndarray]:
+        """[numpy(t) for t in ts] with one GPU round trip (Context.read_many)."""
+        return self.ctx.read_many(list(ts))
+
     def zeros_like(self, t: Tensor) -> Tensor:
         z = self.ctx.alloc(t.shape, t.dtype)
         self.ctx.clear(z)

@@ -201,8 +201,10 @@ class BitNetModel:
         self.lora = {k: self.be.tensor(v) for k, v in state.items()}
 
     def get_lora(self) -> LoRAState:
-        """Download the adapter as float32 host arrays."""
-        return {k: np.array(self.be.numpy(v), dtype=np.float32) for k, v in self.lora.items()}
+        """Download the adapter as float32 host arrays (one GPU round trip for all of them)."""
+        keys = list(self.lora)
+        arrays = self.be.numpy_many([self.lora[k] for k in keys])
+        return {k: np.array(a, dtype=np.float32) for k, a in zip(keys, arrays)}
 
     # ------------------------------------------------------------------ projections
     def _proj_fwd(self, i: int, name: str, x, xq, xs, saved: dict, y=None):

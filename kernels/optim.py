@@ -56,10 +56,12 @@ class AdamW:
                            weight_decay=c.weight_decay if self.decays(k) else 0.0)
 
     def state_dict(self) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
-        """(step count t, {key: (m, v) float32 host arrays}) for a checkpoint."""
-        return self.t, {k: (np.asarray(self.be.numpy(m), np.float32),
-                            np.asarray(self.be.numpy(v), np.float32))
-                        for k, (m, v) in self.state.items()}
+        """(step count t, {key: (m, v) float32 host arrays}) for a checkpoint; one download
+        for all moments."""
+        keys = list(self.state)
+        flat = self.be.numpy_many([t for k in keys for t in self.state[k]])
+        return self.t, {k: (np.asarray(flat[2 * i], np.float32),
+                            np.asarray(flat[2 * i + 1], np.float32)) for i, k in enumerate(keys)}
 
     def load_state_dict(self, t: int, moments: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         """Restore what `state_dict` returned (moments uploaded to the backend)."""

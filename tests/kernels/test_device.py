@@ -25,6 +25,36 @@ def test_roundtrip_dtypes_and_zeros(gpu):
     np.testing.assert_array_equal(gpu.numpy(z), np.zeros_like(a))
 
 
+def test_read_many_is_one_round_trip_with_each_tensors_values(gpu):
+    """numpy_many downloads tensors of every dtype and size (zero-size, int8 rows, odd byte
+    counts, a tensor written by a kernel still pending) exactly as numpy() does, with ONE map
+    of the queue (read_buffer called once); an empty list and all-empty tensors need none."""
+    rng = np.random.default_rng(1)
+    host = [rnd(rng, 3, 5), rng.integers(-5, 5, 7).astype(np.int32),
+            rng.integers(-128, 128, (3, 7)).astype(np.int8), np.zeros((0, 4), np.float32),
+            rnd(rng, 1, 1), rnd(rng, 64, 33)]
+    ts = [gpu.tensor(h) for h in host]
+    ts.append(gpu.zeros_like(ts[-1]))                   # a kernel's output, not yet submitted
+    host.append(np.zeros_like(host[-1]))
+    calls = []
+    real = gpu.ctx.queue.read_buffer
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+    gpu.ctx.queue.read_buffer = counting
+    try:
+        got = gpu.numpy_many(ts)
+        assert len(calls) == 1
+        assert gpu.numpy_many([]) == [] and len(calls) == 1
+        assert gpu.numpy_many([ts[3]])[0].shape == (0, 4) and len(calls) == 1
+    finally:
+        del gpu.ctx.queue.read_buffer
+    for g, h in zip(got, host):
+        assert g.dtype == h.dtype and g.shape == h.shape
+        np.testing.assert_array_equal(g, h)
+
+
 def test_device_error_names_the_shader(gpu):
     with pytest.raises(DeviceError, match="broken.wgsl"):
         gpu.ctx.kernel("broken", lambda: "fn main( {", "main")
