@@ -139,7 +139,7 @@ TC_MIN_N = 2048
 # measured dot4I8Packed path)
 TC_MIN_K = 2560
 TC_SMEM = 20480                           # bitlinear_tc.wgsl's workgroup memory, bytes
-# bitlinear_backward_tc.wgsl: o per stage (OUT must be a multiple), dx columns per workgroup
+# bitlinear_backward_tc_{i8,i16}.wgsl: o per stage (OUT must be a multiple), dx columns per workgroup
 # and workgroup memory in bytes by terms (1: main_i8, 2: main_i16)
 STE_TC_O = 64
 STE_TC_COLS = {1: 128, 2: 64}
