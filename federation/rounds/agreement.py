@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bitswarm.federation.round_record import RoundRecord
+from bitswarm.federation.round_record import RoundRecord, proposer_rank
 
 
 def ranked(records: Iterable[RoundRecord], quorum: int | None = None) -> list[RoundRecord]:
@@ -41,3 +41,14 @@ def ranked(records: Iterable[RoundRecord], quorum: int | None = None) -> list[Ro
 def acknowledged(best: RoundRecord, authors: set[str], me: str) -> bool:
     """Whether every contributor of `best` (other than `me`) authored a record this round."""
     return set(best.contributors) - {me} <= authors
+
+
+def outranking(best: RoundRecord, authors: set[str], me: str) -> set[str]:
+    """The contributors of `best` (other than `me`) that rank better as proposers than its
+    proposer and have authored no record this round. When records tie on size (best holds at
+    least the quorum), only these could still propose a record that beats `best`: a slow
+    best-ranked contributor's record arriving after part of the swarm adopted `best` is what
+    split loaded large-swarm rounds."""
+    rank = proposer_rank(best.base_adapter, best.round, best.proposer)
+    return {p for p in set(best.contributors) - {me} - authors
+            if proposer_rank(best.base_adapter, best.round, p) < rank}

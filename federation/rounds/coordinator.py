@@ -57,7 +57,7 @@ from bitswarm.federation.transport import FetchError
 from bitswarm.federation.wire import (MAX_ROUND, MAX_TOKENS, UpdateManifest, WireError,
                                       encode_manifest, encode_state_request, lora_dict)
 
-from .agreement import acknowledged, ranked
+from .agreement import acknowledged, outranking, ranked
 from .fetch import FetchFailed, PayloadFetcher
 from .intake import ManifestIntake, ManifestSeen, RecordSeen, RoundState
 from .secure import SECURE_RULES, RoundAbandoned, SecureRound
@@ -134,6 +134,8 @@ class _Exchange:
     authors: set[str] = field(default_factory=set)
     record_authors: dict[bytes, set[str]] = field(default_factory=dict)   # record bytes -> authors
     fetched: dict[tuple[str, bytes], dict] = field(default_factory=dict)  # (sender, sha) -> delta
+    # Peers' updates of our base already buffered when we entered: a straggler's count.
+    buffered_at_entry: int = 0
     enough: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
 
@@ -610,6 +612,8 @@ class RoundCoordinator:
             rule=self.rule_name)
         data = encode_manifest(manifest, self.key_pair)
         ex = _Exchange(self._intake.enter(round), base_digest)
+        ex.buffered_at_entry = sum(1 for sender, b in ex.intake.manifests
+                                   if b == base_digest and sender != self.peer_id)
         ex.contributions[self.peer_id] = Contribution(self.peer_id, tokens, own)
         ex.manifests[self.peer_id] = ManifestSeen(manifest, data)
         self._served.enter(round)
@@ -737,6 +741,19 @@ class RoundCoordinator:
         with trio.move_on_after(self.settle_window_s):
             while not acknowledged(ranked(ex.records, quorum)[0], ex.authors, self.peer_id):
                 await ex.changed.wait()
+        if quorum is not None:
+            # Records at the quorum differ by rank alone: a contributor that ranks better than
+            # the best record's proposer and has not spoken may still be proposing (a slow
+            # node proposes late). It gets as long as a follower waits for a record; the
+            # others' acks cannot change the choice. (32 loaded nodes: the window above ended
+            # before such records arrived, and 9-16 nodes of a round adopted the loser.)
+            with trio.move_on_after(self._follow_wait_s(0)):
+                while True:
+                    best = ranked(ex.records, quorum)[0]
+                    if len(best.updates) < quorum or not outranking(best, ex.authors,
+                                                                     self.peer_id):
+                        break
+                    await ex.changed.wait()
         # Re-ranked after every check: a better record that arrived while we recomputed
         # another is checked and adopted first (under load a check takes seconds, and adopting
         # the record we had been checking split rounds).
@@ -791,6 +808,14 @@ class RoundCoordinator:
         mine = proposer_rank(ex.base, round, self.peer_id)
         position = sum(1 for pid in ex.contributions
                        if pid != self.peer_id and proposer_rank(ex.base, round, pid) < mine)
+        if ex.buffered_at_entry >= self.min_peers:
+            # A straggler: the quorum's updates were in before we had trained, so the round's
+            # first proposers have most likely published already, and their records are still
+            # on their way to us. Proposing at our rank's turn regardless let a slow node's
+            # better-ranked record land after part of the swarm had adopted an earlier one
+            # (32 loaded nodes: 9-16 nodes of a round on the losing side). We follow instead;
+            # our fallback proposal keeps the round live if no record comes.
+            position = max(position, PROPOSERS)
         if position < PROPOSERS:
             wait = PROPOSAL_SPREAD_S * position / PROPOSERS
         else:
@@ -799,13 +824,18 @@ class RoundCoordinator:
             # training or catching up), the first follower's record reaches the others before
             # their own turn. (32 processes on 2 cores: 16 followers waited out the same
             # FOLLOW_WAIT_S and proposed 16 records in one round.)
-            wait = min(FOLLOW_WAIT_S + (position - PROPOSERS) * self.settle_window_s,
-                       self.round_timeout_s / 4)
+            wait = self._follow_wait_s(position - PROPOSERS)
         if wait <= 0:
             return
         with trio.move_on_after(wait):
             while not ex.records:
                 await ex.changed.wait()
+
+    def _follow_wait_s(self, turn: int) -> float:
+        """Seconds a follower of turn `turn` (0: the first after the PROPOSERS) waits for a
+        record before proposing itself: FOLLOW_WAIT_S plus a settle window per turn, at most a
+        quarter of the round timeout."""
+        return min(FOLLOW_WAIT_S + turn * self.settle_window_s, self.round_timeout_s / 4)
 
     async def _propose(self, round: int, base: Mapping[str, np.ndarray],
                        ex: _Exchange) -> tuple[RoundRecord, dict, dict]:
