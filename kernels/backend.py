@@ -58,6 +58,14 @@ CPU_CAPS = BackendCaps(device_memory_limited=False)
 GPU_CAPS = BackendCaps(device_memory_limited=True)
 
 
+def check_assign(shape, is_f32: bool, a: np.ndarray) -> None:
+    """Raises ValueError unless a can overwrite a float32 tensor of `shape`."""
+    if not is_f32:
+        raise ValueError("assign: only float32 tensors are overwritten in place")
+    if tuple(np.shape(a)) != tuple(shape):
+        raise ValueError(f"assign: shape {tuple(np.shape(a))} != tensor shape {tuple(shape)}")
+
+
 class Backend(Protocol):
     """The op vocabulary. Shapes, dtypes and semantics: each op's reference (registry.OPS)."""
 
@@ -68,6 +76,7 @@ class Backend(Protocol):
 
     # transfers (not ops: no kernel)
     def tensor(self, a: np.ndarray) -> Tensor: ...                  # upload (float32 / int32)
+    def assign(self, t: Tensor, a: np.ndarray) -> None: ...         # overwrite a float32 tensor
     def ternary(self, w: TernaryLinear) -> Tensor: ...               # upload a frozen projection
     def ternary_group(self, ws: list[TernaryLinear]) -> list: ...   # ... several, one input
     def table(self, a: np.ndarray) -> Tensor: ...                    # upload an embedding/lm_head
@@ -146,6 +155,11 @@ class CpuBackend:
     def tensor(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a)
         return np.array(a, dtype=np.int32 if a.dtype.kind in "iu" else np.float32)
+
+    def assign(self, t: np.ndarray, a: np.ndarray) -> None:
+        """Overwrite float32 tensor t with host array a (same shape) in place."""
+        check_assign(t.shape, t.dtype == np.float32, a)
+        np.copyto(t, a, casting="same_kind")
 
     def ternary(self, w: TernaryLinear) -> TernaryLinear:
         """A frozen projection with its codes held once as a float32 matrix (CpuTernary)."""

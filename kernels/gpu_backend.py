@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from bitswarm.kernels.backend import GPU_CAPS
+from bitswarm.kernels.backend import GPU_CAPS, check_assign
 from bitswarm.kernels.config import TernaryLinear
 from bitswarm.kernels.device import Context, Tensor, describe_adapter, is_cpu_adapter
 from bitswarm.kernels.ops import registry
@@ -151,6 +151,9 @@ class GpuBackend:
         self.lm_head_widen: bool = True
         self._rope = RopeTables(lambda a: self.ctx.upload(a, "float32"))
         self._dummy_t: Tensor | None = None
+        # AdamW's (bc1, bc2) tensor and the values it holds (kernels/ops/adamw/gpu.py)
+        self._adamw_bc: Tensor | None = None
+        self._adamw_bc_values: np.ndarray | None = None
 
     # ------------------------------------------------------------ transfers
     def tensor(self, a: np.ndarray) -> Tensor:
@@ -167,6 +170,14 @@ class GpuBackend:
                 t.host = np.array(a, dtype=np.int32)
             return t
         return self.ctx.upload(a, "float32")
+
+    def assign(self, t: Tensor, a: np.ndarray) -> None:
+        """Overwrite float32 tensor t with host array a (same shape) in place: t keeps its
+        buffer, so the bind groups naming it stay cached (a new upload per round rebuilt
+        every LoRA dispatch's bind group in the round's first step). In queue order: work
+        already recorded reads the old values."""
+        check_assign(t.shape, t.dtype == "float32", a)
+        self.ctx.write(t, np.ascontiguousarray(a, dtype=np.float32))
 
     def ternary(self, w: TernaryLinear) -> GpuTernary:
         return self.ternary_group([w])[0]

@@ -197,7 +197,17 @@ class BitNetModel:
 
     # ------------------------------------------------------------------ adapter I/O
     def set_lora(self, state: LoRAState) -> None:
-        """Upload adapter values (keys and shapes from kernels/lora.py)."""
+        """Upload adapter values (keys and shapes from kernels/lora.py). When `state` has the
+        current adapter's keys and shapes (every round after the first), the values overwrite
+        the same tensors in place: on the GPU the buffers, and so the bind groups naming them,
+        stay cached (a round's first step built ~100 new ones per 12 layers). Measured on the
+        H200, 125M 16 x 128: set_adapter ~1 ms either way, no step-time change beyond noise."""
+        cur = self.lora
+        if (cur and cur.keys() == state.keys()
+                and all(tuple(cur[k].shape) == tuple(np.shape(v)) for k, v in state.items())):
+            for k, v in state.items():
+                self.be.assign(cur[k], v)
+            return
         self.lora = {k: self.be.tensor(v) for k, v in state.items()}
 
     def get_lora(self) -> LoRAState:

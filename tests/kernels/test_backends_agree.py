@@ -135,6 +135,53 @@ def test_bitnet_model_loss_and_lora_grads_match_cpu(gpu, close, ste):
         close(gg[k], gc_[k], tol * max(1e-3, np.abs(gc_[k]).max()), tol, f"model grad {k}")
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_a_new_rounds_adapter_overwrites_the_same_tensors(gpu, backend):
+    """set_lora with the same keys and shapes (the next round's global adapter) overwrites the
+    tensors in place, so the GPU's bind groups naming them stay cached, and the model then
+    computes exactly what a model given that adapter fresh computes; other shapes get new
+    tensors; a wrong shape is refused by `assign` with a ValueError naming both shapes."""
+    from bitswarm.kernels.config import (PROJECTIONS, BitNetConfig, BitNetWeights, LayerWeights,
+                                         LoRAConfig)
+    from bitswarm.kernels.lora import init_lora
+    from bitswarm.kernels.model import BitNetModel
+    be = gpu if backend == "gpu" else CpuBackend()
+    cfg = BitNetConfig(vocab_size=37, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                       rope_theta=10000.0)
+    rng = np.random.default_rng(4)
+    f = lambda *s: rnd(rng, *s)  # noqa: E731
+    proj = {p: ternary(rng, *cfg.proj_shape(p), ws=1.0) for p in PROJECTIONS}
+    layer = LayerWeights(1 + 0.1 * f(32), 1 + 0.1 * f(32), 1 + 0.1 * f(32), 1 + 0.1 * f(48), proj)
+    embed = (0.5 * f(37, 32)).astype(np.float16).astype(F32)
+    weights = BitNetWeights(cfg, embed, [layer], 1 + 0.1 * f(32))
+    lcfg = LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "o_proj"))
+    first, second = ({k: (rng.standard_normal(v.shape) * 0.1).astype(F32)
+                      for k, v in init_lora(cfg, lcfg, 0).items()} for _ in range(2))
+    ids = rng.integers(0, 37, (2, 6)).astype(np.int32)
+    reused = BitNetModel(weights, be, lcfg)
+    reused.set_lora(first)
+    reused.loss_and_grads(ids, ids)                  # a round's steps read the first adapter
+    held = dict(reused.lora)
+    reused.set_lora(second)
+    assert all(reused.lora[k] is held[k] for k in held)
+    fresh = BitNetModel(weights, be, lcfg)
+    fresh.set_lora(second)
+    got, want = reused.get_lora(), fresh.get_lora()
+    assert all(np.array_equal(got[k], second[k]) and np.array_equal(want[k], second[k])
+               for k in second)
+    (l1, _, g1), (l2, _, g2) = reused.loss_and_grads(ids, ids), fresh.loss_and_grads(ids, ids)
+    assert l1 == l2
+    assert all(np.array_equal(be.numpy(g1[k]), be.numpy(g2[k])) for k in g2)
+    wider = {k: np.zeros((v.shape[0] * 2, v.shape[1]) if "lora_A" in k else
+                         (v.shape[0], v.shape[1] * 2), F32) for k, v in second.items()}
+    reused.set_lora(wider)                            # another rank: new tensors
+    assert all(reused.lora[k] is not held[k] for k in held)
+    k0 = next(iter(held))
+    with pytest.raises(ValueError, match=r"shape \(1, 2\) != tensor shape"):
+        be.assign(held[k0], np.zeros((1, 2), F32))
+
+
 def test_full_training_step_gpu_matches_cpu(gpu, close):
     cfg = BitNetConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,

@@ -18,7 +18,21 @@ def adamw_(be, p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: flo
         raise ValueError(f"adamw_ shapes differ: p {p.shape} g {g.shape} m {m.shape} v {v.shape}")
     if step < 1:
         raise ValueError(f"adamw_ step counts from 1, got {step}")
-    be._launch("adamw_", [p, g, m, v], be._ew_grid(p.size), dict(
+    bc = _bias_corrections(be, np.array([1.0 - beta1 ** step, 1.0 - beta2 ** step], F32))
+    be._launch("adamw_", [p, g, m, v, bc], be._ew_grid(p.size), dict(
         total=p.size, decay=F32(1.0 - lr * weight_decay), beta1=F32(beta1),
-        omb1=F32(1.0 - beta1), beta2=F32(beta2), omb2=F32(1.0 - beta2),
-        bc1=F32(1.0 - beta1 ** step), bc2=F32(1.0 - beta2 ** step), lr=F32(lr), eps=F32(eps)))
+        omb1=F32(1.0 - beta1), beta2=F32(beta2), omb2=F32(1.0 - beta2), lr=F32(lr),
+        eps=F32(eps)))
+
+
+def _bias_corrections(be, values: np.ndarray) -> Tensor:
+    """The backend's one (bc1, bc2) tensor, holding `values`: rewritten (in encoder order, so
+    dispatches already recorded read the old pair) only when they change, i.e. once per
+    optimizer step. One buffer keeps every AdamW dispatch's bind group cached across steps."""
+    if be._adamw_bc is None:
+        be._adamw_bc = be._new((2,))
+    t = be._adamw_bc
+    if be._adamw_bc_values is None or not np.array_equal(be._adamw_bc_values, values):
+        be.ctx.write(t, values)
+        be._adamw_bc_values = values
+    return t
