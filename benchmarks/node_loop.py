@@ -10,7 +10,9 @@ node trains), so py-libp2p need not be installed (the GPU machine has no wheel o
 0.8.1's pinned fastecdsa 2.3.2 for Python 3.12).
 
 The benchmark step is benchmarks/train_step.py's (random weights of the same shape, random
-ids, LoRA r8 q/k/v/o, AdamW), at the same batch.
+ids, LoRA r8 q/k/v/o, AdamW), at the same batch, in its own model on the same device. Rounds
+and benchmark blocks of as many steps alternate; the ratio reported is the median over those
+pairs.
 
     python benchmarks/node_loop.py [--device gpu|cpu] [--batch 8] [--rounds 3] [--local-steps 10]
                                    [--data DIR] [--model shape name of benchmarks/shapes.py]
@@ -31,9 +33,9 @@ from common import machine_info, out_path, parser, write_json  # noqa: E402
 from shapes import CONFIGS  # noqa: E402
 
 
-def node_rounds(be, data: Path, batch: int, ctx: int, rounds: int, steps: int,
-                shape: str | None) -> tuple[list[float], object]:
-    """tokens / train_s of each round of the node's own loop; the model config used."""
+def node_loop(be, data: Path, batch: int, ctx: int, steps: int, shape: str | None):
+    """(round, config): round() runs one round of the node's own loop and returns (tokens /
+    train_s, phase times in ms; `adapter` ends with the GPU's wait for the round's work)."""
     from bitswarm.kernels.config import LoRAConfig
     from bitswarm.kernels.lora import init_lora
     from bitswarm.kernels.model import BitNetModel
@@ -55,19 +57,30 @@ def node_rounds(be, data: Path, batch: int, ctx: int, rounds: int, steps: int,
             d.ids = np.asarray(d.ids) % V
     sampler = TrainSampler(docs, ctx, seed=0)
     trainer = LocalTrainer(model, sampler, lr=1e-3, batch_size=batch)
-    state = init_lora(weights.config, lcfg, 0)
-    rates = []
-    for _ in range(rounds + 1):                        # round 0 compiles: dropped
+    state = [init_lora(weights.config, lcfg, 0)]
+
+    def one_round() -> tuple[float, dict]:
         t0 = time.monotonic()
-        trainer.set_adapter(state)
+        trainer.set_adapter(state[0])
+        t1 = time.monotonic()
         tokens = 0
         for _ in range(steps):
             _, count = trainer.step()
             tokens += count
-        local = trainer.adapter()
-        rates.append(tokens / (time.monotonic() - t0))
-        state = local
-    return rates[1:], weights.config
+        t2 = time.monotonic()
+        state[0] = trainer.adapter()
+        t3 = time.monotonic()
+        return tokens / (t3 - t0), {"set_adapter_ms": (t1 - t0) * 1e3,
+                                    "steps_ms": (t2 - t1) * 1e3, "adapter_ms": (t3 - t2) * 1e3}
+    return one_round, weights.config
+
+
+def bench_block(step_fn, steps: int) -> float:
+    """tokens/s of `steps` benchmark steps in a row."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    return train_step.B * train_step.T * steps / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -87,19 +100,36 @@ def main() -> None:
     ctx = getattr(be, "ctx", None)
     info = machine_info(ctx) if ctx is not None else machine_info()
     print(f"device: {be.device_info}")
-    rates, cfg = node_rounds(be, args.data, args.batch, args.ctx, args.rounds,
-                             args.local_steps, args.model)
+    one_round, cfg = node_loop(be, args.data, args.batch, args.ctx, args.local_steps,
+                               args.model)
     train_step.B, train_step.T = args.batch, args.ctx
-    bench = train_step.run_ours(be, cfg, "qkvo", max(3, args.local_steps // 2), 2)
-    node = statistics.median(rates)
+    _, bench_step = train_step.setup_ours(be, cfg, "qkvo")
+    one_round()                                        # compiles: dropped
+    bench_block(bench_step, 2)
+    # Interleaved, a node round then a block of as many benchmark steps: the machine's drift
+    # (clocks, a shared host's load: node rounds alone ranged 25-40k tok/s within one call on
+    # the H200) hits both sides of each pair alike.
+    rates, phases, benches = [], [], []
+    for _ in range(args.rounds):
+        rate, ph = one_round()
+        rates.append(rate)
+        phases.append(ph)
+        benches.append(bench_block(bench_step, args.local_steps))
+    pairs = [n / b for n, b in zip(rates, benches)]
+    node, bench = statistics.median(rates), statistics.median(benches)
     res = {"benchmark": "node_loop", "machine": info, "device": be.device_info,
            "model": args.model or "default", "batch": args.batch, "ctx": args.ctx,
            "local_steps": args.local_steps, "node_tokens_per_s_rounds": rates,
-           "node_tokens_per_s": node, "bench_tokens_per_s": bench["tokens_per_s"],
-           "node_over_bench": node / bench["tokens_per_s"]}
+           "node_round_phases": phases, "bench_tokens_per_s_blocks": benches,
+           "node_over_bench_pairs": pairs, "node_tokens_per_s": node,
+           "bench_tokens_per_s": bench, "node_over_bench": statistics.median(pairs)}
     print(f"{res['model']} batch {args.batch} x {args.ctx}: node loop "
           f"{' / '.join(f'{r:.0f}' for r in rates)} tok/s (median {node:.0f}); benchmark step "
-          f"{bench['tokens_per_s']:.0f} tok/s; node / benchmark {res['node_over_bench']:.3f}")
+          f"{' / '.join(f'{r:.0f}' for r in benches)} tok/s (median {bench:.0f}); node / "
+          f"benchmark per pair {' / '.join(f'{r:.3f}' for r in pairs)} (median "
+          f"{res['node_over_bench']:.3f})")
+    for p in phases:
+        print("  round phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in p.items()))
     write_json(out_path("node_loop", args.out), res)
 
 
