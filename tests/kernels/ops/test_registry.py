@@ -15,7 +15,7 @@ from bitswarm.kernels.backend import Backend, CpuBackend
 from bitswarm.kernels.gpu_backend import GpuBackend
 from bitswarm.kernels.ops import registry
 
-TRANSFERS = ("tensor", "ternary", "ternary_group", "table", "numpy", "numpy_many", "zeros_like",
+TRANSFERS = ("tensor", "assign", "ternary", "ternary_group", "table", "numpy", "numpy_many", "zeros_like",
              "release_workspace")
 HERE = Path(__file__).parent
 
