@@ -69,6 +69,17 @@ class WireError(ValueError):
         self.round = round
 
 
+class Incompatible(WireError):
+    """A valid message of a node that cannot federate with us: another swarm, base model, LoRA
+    config, aggregation rule or codec, or a sender outside our allow-list.
+
+    Attributes: sender, the peer ID whose update (or record rule) it is, when known."""
+
+    def __init__(self, reason: str, *, sender: str | None = None) -> None:
+        super().__init__(reason)
+        self.sender = sender
+
+
 @dataclass(frozen=True)
 class UpdateManifest:
     """Announcement of one peer's LoRA delta for one round; the payload is fetched separately.
@@ -172,18 +183,18 @@ def decode_manifest(data: bytes, *, max_bytes: int = MAX_MANIFEST_BYTES) -> Upda
 
 
 def check_compatible(m: UpdateManifest, *, swarm: str, base_model: str, lora: Any) -> None:
-    """Raise WireError unless `m` is for this swarm, this base model and the same LoRA config.
+    """Raise Incompatible (a WireError) unless `m` is for this swarm, this base model and the same LoRA config.
 
     `lora` is a LoRAConfig or mapping (see `lora_dict`); base_model is hex SHA-256.
     """
     if m.swarm != swarm:
-        raise WireError(f"wrong swarm {m.swarm!r} (expected {swarm!r})")
+        raise Incompatible(f"wrong swarm {m.swarm!r} (expected {swarm!r})")
     if m.base_model != base_model.lower():
-        raise WireError(f"wrong base model {m.base_model[:16]}... (expected {base_model[:16]}...)")
+        raise Incompatible(f"wrong base model {m.base_model[:16]}... (expected {base_model[:16]}...)")
     # A decoded manifest's lora is canonical (decode_manifest refuses others), so an equal
     # mapping is the same config; anything else is canonicalized once to compare.
     if m.lora != lora and lora_dict(m.lora) != (ours := lora_dict(lora)):
-        raise WireError(f"different LoRA config {m.lora} (expected {ours})")
+        raise Incompatible(f"different LoRA config {m.lora} (expected {ours})")
 
 
 def encode_state_request(round: int, adapter_sha256: bytes) -> bytes:

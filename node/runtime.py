@@ -354,13 +354,16 @@ async def _linger(node: Node, coord, transport, compute, rounds_log: Path,
     every connected swarm member that takes part in agreement (it gossiped a round record) or
     has not been heard from yet (still training its first round) claims the adapter we hold or
     a later one: a straggler still checking the final rounds' records needs our payloads, and
-    a node that exits at once would leave it on its own proposal. If the final round split the
+    a node that exits at once would leave it on its own proposal. Members whose messages we
+    refuse as incompatible are not waited for. If the final round split the
     swarm, the minority side re-syncs here. Then it gossips its claim once more (announce), so
     peers that wait for it see where it ended."""
     def waiting() -> set[str]:
         claims = coord.view.latest()
         mine = (coord.round, bytes.fromhex(coord.adapter_sha256))
-        members = {p for p in transport.topic_peers()
+        # A member we refuse as incompatible never claims anything we accept: not waited for
+        # (one with another --rank held every such run 30 s past its last round).
+        members = {p for p in set(transport.topic_peers()) - coord.incompatible_peers
                    if p in coord.view.recorders() or p not in claims}
         return {p for p in members if claims.get(p) != mine and claims.get(p, (-1,))[0] <= coord.round}
 

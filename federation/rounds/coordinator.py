@@ -373,6 +373,12 @@ class RoundCoordinator:
         return self._intake.view
 
     @property
+    def incompatible_peers(self) -> set[str]:
+        """Peers whose own valid messages we refuse as incompatible (another swarm, base model,
+        LoRA config, rule or codec, or off our allow-list): they cannot federate with us."""
+        return set(self._intake.incompatible)
+
+    @property
     def republish_period_s(self) -> float:
         """Seconds between our republishes now: republish_interval_s, longer in a large swarm
         (serving.republish_period)."""

@@ -29,7 +29,8 @@ from bitswarm.federation.codecs import CODECS
 from bitswarm.federation.log_limit import RateLimitedLog, reason_key
 from bitswarm.federation.round_record import RECORD_MAGIC, RoundRecord, decode_record
 from bitswarm.federation.transport import IGNORE
-from bitswarm.federation.wire import UpdateManifest, WireError, check_compatible, decode_manifest
+from bitswarm.federation.wire import (Incompatible, UpdateManifest, WireError, check_compatible,
+                                      decode_manifest)
 
 from .view import SwarmView
 
@@ -119,6 +120,9 @@ class ManifestIntake:
         self._outbox: trio.MemorySendChannel[Delivery] | None = None
         self._verified: OrderedDict[bytes, UpdateManifest] = OrderedDict()
         self._records: OrderedDict[bytes, RoundRecord] = OrderedDict()
+        # Signers whose own valid messages we refuse as incompatible -> why (the latest): they
+        # cannot federate with us, so nothing waits for them (node/runtime.py's linger).
+        self.incompatible: dict[str, str] = {}
 
     @property
     def latest_round_seen(self) -> int | None:
@@ -278,7 +282,17 @@ class ManifestIntake:
 
     def _check(self, msg: UpdateManifest | RoundRecord) -> None:
         """Admission, compatibility, freshness and bounds of a verified message; raises
-        WireError with the reason."""
+        WireError with the reason. Keeps `incompatible` current for the message's signer."""
+        signer = msg.proposer if isinstance(msg, RoundRecord) else msg.sender
+        try:
+            self._check_message(msg)
+        except Incompatible as e:
+            if e.sender == signer:       # its own update or rule: not one an included peer's
+                self.incompatible[signer] = e.reason
+            raise
+        self.incompatible.pop(signer, None)      # restarted with our config: federates again
+
+    def _check_message(self, msg: UpdateManifest | RoundRecord) -> None:
         now = self.clock()
         if msg.issued_at < now - self.max_age_s:
             raise WireError(f"stale: issued {now - msg.issued_at:.0f} s ago (a replay?)")
@@ -286,8 +300,8 @@ class ManifestIntake:
             raise WireError(f"issued {msg.issued_at - now:.0f} s in the future (clock skew?)")
         if isinstance(msg, RoundRecord):
             if msg.rule != self.rule:
-                raise WireError(f"round record uses aggregation rule {msg.rule!r}, ours is "
-                                f"{self.rule!r}")
+                raise Incompatible(f"round record uses aggregation rule {msg.rule!r}, ours is "
+                                   f"{self.rule!r}", sender=msg.proposer)
             for m in msg.updates:
                 self._check_update(m)
         else:
@@ -295,14 +309,19 @@ class ManifestIntake:
 
     def _check_update(self, m: UpdateManifest) -> None:
         if self.allowed is not None and m.sender not in self.allowed:
-            raise WireError("sender not on the allow-list")
-        check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
+            raise Incompatible("sender not on the allow-list", sender=m.sender)
+        try:
+            check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
+        except Incompatible as e:
+            e.sender = m.sender
+            raise
         if m.rule != self.rule:
-            raise WireError(f"aggregation rule {m.rule!r} (ours is {self.rule!r})")
+            raise Incompatible(f"aggregation rule {m.rule!r} (ours is {self.rule!r})",
+                               sender=m.sender)
         if self.codecs is not None:
             if m.codec not in self.codecs:
-                raise WireError(f"codec {m.codec!r} is not accepted here (ours: "
-                                f"{sorted(self.codecs)})")
+                raise Incompatible(f"codec {m.codec!r} is not accepted here (ours: "
+                                   f"{sorted(self.codecs)})", sender=m.sender)
         elif m.codec not in CODECS:
             raise WireError(f"unknown codec {m.codec!r}")
         if m.payload_size > self.max_payload:

@@ -73,6 +73,25 @@ def test_incompatible_manifests_are_rejected_with_a_reason(over, needle):
     assert state.rejected[0][0] == sender and needle in state.rejected[0][1]
 
 
+def test_senders_refused_as_incompatible_are_known_until_they_comply():
+    """`incompatible` names signers whose own valid messages are refused for their config
+    (what node start's final wait skips), not those refused for freshness or bounds, and
+    forgets one whose next message is compatible (restarted with our config)."""
+    intake = _intake()
+    intake.enter(0)
+    kp = create_new_key_pair()
+    other_rank, stale, big = create_new_key_pair(), create_new_key_pair(), create_new_key_pair()
+    sender, data = _manifest(0, kp, lora={**LORA, "rank": 8})
+    intake.on_gossip(sender, data)
+    intake.on_gossip(*_manifest(0, other_rank, rule="median"))
+    intake.on_gossip(*_manifest(0, stale, issued_at=int(time.time()) - 7200))
+    intake.on_gossip(*_manifest(0, big, payload_size=10_001))
+    assert set(intake.incompatible) == {sender, peer_id_of(other_rank)}
+    assert "LoRA config" in intake.incompatible[sender]
+    intake.on_gossip(*_manifest(1, kp))              # compatible now
+    assert set(intake.incompatible) == {peer_id_of(other_rank)}
+
+
 def test_unverified_gossip_blames_the_author(caplog):
     caplog.set_level(logging.INFO, logger="bitswarm.federation.rounds.intake")
     intake = _intake()
