@@ -57,18 +57,19 @@ def node_loop(be, data: Path, batch: int, ctx: int, steps: int, shape: str | Non
             d.ids = np.asarray(d.ids) % V
     sampler = TrainSampler(docs, ctx, seed=0)
     trainer = LocalTrainer(model, sampler, lr=1e-3, batch_size=batch)
-    state = [init_lora(weights.config, lcfg, 0)]
+    state = init_lora(weights.config, lcfg, 0)
 
     def one_round() -> tuple[float, dict]:
+        nonlocal state
         t0 = time.monotonic()
-        trainer.set_adapter(state[0])
+        trainer.set_adapter(state)
         t1 = time.monotonic()
         tokens = 0
         for _ in range(steps):
             _, count = trainer.step()
             tokens += count
         t2 = time.monotonic()
-        state[0] = trainer.adapter()
+        state = trainer.adapter()
         t3 = time.monotonic()
         return tokens / (t3 - t0), {"set_adapter_ms": (t1 - t0) * 1e3,
                                     "steps_ms": (t2 - t1) * 1e3, "adapter_ms": (t3 - t2) * 1e3}

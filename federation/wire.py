@@ -183,18 +183,21 @@ def decode_manifest(data: bytes, *, max_bytes: int = MAX_MANIFEST_BYTES) -> Upda
 
 
 def check_compatible(m: UpdateManifest, *, swarm: str, base_model: str, lora: Any) -> None:
-    """Raise Incompatible (a WireError) unless `m` is for this swarm, this base model and the same LoRA config.
+    """Raise Incompatible (a WireError, sender = m.sender) unless `m` is for this swarm, this
+    base model and the same LoRA config.
 
     `lora` is a LoRAConfig or mapping (see `lora_dict`); base_model is hex SHA-256.
     """
     if m.swarm != swarm:
-        raise Incompatible(f"wrong swarm {m.swarm!r} (expected {swarm!r})")
+        raise Incompatible(f"wrong swarm {m.swarm!r} (expected {swarm!r})", sender=m.sender)
     if m.base_model != base_model.lower():
-        raise Incompatible(f"wrong base model {m.base_model[:16]}... (expected {base_model[:16]}...)")
+        raise Incompatible(f"wrong base model {m.base_model[:16]}... (expected "
+                           f"{base_model[:16]}...)", sender=m.sender)
     # A decoded manifest's lora is canonical (decode_manifest refuses others), so an equal
     # mapping is the same config; anything else is canonicalized once to compare.
     if m.lora != lora and lora_dict(m.lora) != (ours := lora_dict(lora)):
-        raise Incompatible(f"different LoRA config {m.lora} (expected {ours})")
+        raise Incompatible(f"different LoRA config {m.lora} (expected {ours})",
+                           sender=m.sender)
 
 
 def encode_state_request(round: int, adapter_sha256: bytes) -> bytes:

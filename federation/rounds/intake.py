@@ -310,11 +310,7 @@ class ManifestIntake:
     def _check_update(self, m: UpdateManifest) -> None:
         if self.allowed is not None and m.sender not in self.allowed:
             raise Incompatible("sender not on the allow-list", sender=m.sender)
-        try:
-            check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
-        except Incompatible as e:
-            e.sender = m.sender
-            raise
+        check_compatible(m, swarm=self.swarm, base_model=self.base_model, lora=self.lora)
         if m.rule != self.rule:
             raise Incompatible(f"aggregation rule {m.rule!r} (ours is {self.rule!r})",
                                sender=m.sender)

@@ -15,8 +15,8 @@ from bitswarm.kernels.backend import Backend, CpuBackend
 from bitswarm.kernels.gpu_backend import GpuBackend
 from bitswarm.kernels.ops import registry
 
-TRANSFERS = ("tensor", "assign", "ternary", "ternary_group", "table", "numpy", "numpy_many", "zeros_like",
-             "release_workspace")
+TRANSFERS = ("tensor", "assign", "ternary", "ternary_group", "table", "numpy", "numpy_many",
+             "zeros_like", "release_workspace")
 HERE = Path(__file__).parent
 
 
