@@ -410,6 +410,15 @@ def _limit_inbound_streams() -> None:
 # ---- 8. the connection gate --------------------------------------------------------------
 
 
+def _is_relayed(muxed_conn) -> bool:  # type: ignore[no-untyped-def]
+    """True for a circuit relay v2 connection (its raw connection is a stream over the relay)."""
+    from libp2p.connection_types import ConnectionType
+    try:
+        return muxed_conn.get_connection_type() == ConnectionType.RELAYED
+    except Exception:  # noqa: BLE001 - not every connection knows its type
+        return False
+
+
 def _remote_ip(muxed_conn) -> str | None:  # type: ignore[no-untyped-def]
     try:
         addr = muxed_conn.secured_conn.get_remote_address()
@@ -437,17 +446,23 @@ def _gate_connections() -> None:
         # Connections admitted but still inside add_conn (it awaits before registering them)
         # count too, or a burst of handshakes finishing together would all pass.
         pending = self.__dict__.setdefault("_bitswarm_pending", {})
-        ip = _remote_ip(muxed_conn)
+        relayed = _is_relayed(muxed_conn)
+        # A relayed connection's socket is the relay's: it says nothing about the peer's IP.
+        ip = None if relayed else _remote_ip(muxed_conn)
         inbound = direction == "inbound"
         live = [c for conns in self.connections.values() for c in conns]
         registered = {id(c.muxed_conn) for c in live}
-        known = [(c.muxed_conn.peer_id, _remote_ip(c.muxed_conn), c.direction == Direction.INBOUND)
+        known = [(c.muxed_conn.peer_id, None if _is_relayed(c.muxed_conn) else _remote_ip(c.muxed_conn),
+                  c.direction == Direction.INBOUND, _is_relayed(c.muxed_conn))
                  for c in live] + [v for k, v in pending.items() if k not in registered]
-        from_ip = sum(1 for _p, i, inb in known if inb and ip is not None and i == ip)
-        of_peer = sum(1 for p, _i, _inb in known if p == peer)
+        from_ip = sum(1 for _p, i, inb, _r in known if inb and ip is not None and i == ip)
+        # Per peer and path: two peers that dial each other's circuit address at once hold two
+        # relayed connections, and the direct one a hole punch makes must still pass (counted
+        # together, it was refused at every attempt: tests/federation/nat/test_nat_paths.py).
+        of_peer = sum(1 for p, _i, _inb, r in known if p == peer and r == relayed)
         reason = guard.connection_refusal(str(peer), ip, inbound, len(known), of_peer, from_ip)
         if reason is None:
-            pending[id(muxed_conn)] = (peer, ip, inbound)
+            pending[id(muxed_conn)] = (peer, ip, inbound, relayed)
             try:
                 return await original(self, muxed_conn, direction)
             finally:

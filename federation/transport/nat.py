@@ -23,6 +23,7 @@ Logger: "bitswarm.federation.transport".
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import trio
@@ -30,7 +31,8 @@ from libp2p.host.autonat import AutoNATService, AutoNATStatus
 from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
-from libp2p.relay.circuit_v2.dcutr import MAX_HOLE_PUNCH_ATTEMPTS, DCUtRProtocol
+from libp2p.relay.circuit_v2.dcutr import (MAX_HOLE_PUNCH_ATTEMPTS, DCUtRProtocol,
+                                           _local_tcp_listen_addrs)
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -287,6 +289,7 @@ class _LoggedDCUtR(DCUtRProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heard: dict[ID, float] = {}     # peer -> first deferral or last inbound session
+        self._announced: list[str] = []       # the addresses our last CONNECT told a peer to dial
 
     async def initiate_hole_punch(self, peer_id: ID) -> bool:
         if self.host.get_id().to_bytes() > peer_id.to_bytes():
@@ -309,12 +312,43 @@ class _LoggedDCUtR(DCUtRProtocol):
         self._heard.pop(peer_id, None)
         super().on_peer_disconnected(peer_id)
 
+    async def _get_observed_addrs(self) -> list[bytes]:
+        out = await super()._get_observed_addrs()
+        self._announced = [str(a) for a in self._decode_observed_addrs(list(out))]
+        return out
+
     async def _perform_hole_punch(self, peer_id, addrs, as_responder=False):  # type: ignore[no-untyped-def]
-        log.info("peer %s: hole punch: dialing %s", peer_id, ", ".join(map(str, addrs)) or "nothing")
+        # Everything a failed punch needs to be explained from the two logs: who drove, what each
+        # side dials and from which source, and what it told the peer to dial.
+        source = next(((ip, port) for _f, ip, port in _local_tcp_listen_addrs(self.host)), None)
+        log.info("peer %s: hole punch: dialing %s from %s (%s; we announced %s)", peer_id,
+                 ", ".join(map(str, addrs)) or "nothing",
+                 "%s:%d" % source if source else "an ephemeral port",
+                 "we drive" if as_responder else "the peer drives",
+                 ", ".join(self._announced) or "nothing")
+        if source is not None and (why := _source_bind_error(source)):
+            # py-libp2p then dials from an ephemeral port, which no NAT mapping predicts.
+            log.info("peer %s: hole punch: cannot dial from the listen port %s:%d (%s)",
+                     peer_id, *source, why)
         ok = await super()._perform_hole_punch(peer_id, addrs, as_responder)
         log.info("peer %s: hole punch %s", peer_id, "succeeded" if ok else
                  "failed; the connection stays relayed")
         return ok
+
+
+def _source_bind_error(source: tuple[str, int]) -> str | None:
+    """Why a socket with py-libp2p's hole-punch flags cannot bind `source` (ip, port), or None.
+    The same bind py-libp2p makes before a punch dial, whose failure it logs only at DEBUG."""
+    family = socket.AF_INET6 if ":" in source[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind(source)
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _protocols(host: Any, pid: ID) -> list[str]:

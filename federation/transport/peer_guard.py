@@ -11,8 +11,10 @@ What a peer can make a node spend, and what happens when it tries for more:
   messages unread, below `graylist_threshold` we BLOCK it: pubsub blacklist, every connection
   closed, new ones refused, for `block_s` seconds. py-libp2p 0.8.1 computes the score but never
   disconnects anyone; that part is ours.
-- connections: at most `max_connections` in all, `max_conns_per_peer` per peer ID and
-  `max_conns_per_ip` per remote IP (inbound); at most `max_inbound_streams_per_conn` streams a
+- connections: at most `max_connections` in all, `max_conns_per_peer` per peer ID and path
+  (direct or relayed: a hole punch's direct connection passes however many relayed ones are
+  open), `max_conns_per_ip` direct inbound ones per remote IP (a relayed connection's socket is
+  the relay's, so it counts toward no IP); at most `max_inbound_streams_per_conn` streams a
   peer has open to us on one connection (py-libp2p 0.8.1 caps only outbound streams, 256).
   Enforced by the hooks in libp2p_compat, which call `connection_refusal` and read the limit.
 
@@ -43,8 +45,9 @@ class GuardLimits:
     gossip_bytes_per_s: float = 512 * 1024   # per forwarding neighbour, bytes/s
     gossip_bytes_burst: float = 2 * 1024 * 1024  # > MAX_GOSSIP_BYTES, so one big message fits
     max_connections: int = 128               # open connections, both directions
-    max_conns_per_peer: int = 2              # a direct and a relayed one during a hole punch
-    max_conns_per_ip: int = 16               # inbound, per remote IP (loopback counts too)
+    max_conns_per_peer: int = 2              # per peer and path (direct / relayed): two peers
+                                             # dialing each other's circuit at once hold 2 relayed
+    max_conns_per_ip: int = 16               # inbound direct ones, per remote IP (loopback too)
     max_inbound_streams_per_conn: int = 64   # streams a peer holds open to us on one connection
     block_s: float = 300.0                   # how long a graylisted peer stays blocked, s
     max_tracked_peers: int = 4096            # per-peer tables' size bound
@@ -262,7 +265,8 @@ class PeerGuard:
     def connection_refusal(self, peer_id: str, ip: str | None, inbound: bool,
                            conns_total: int, conns_of_peer: int, conns_of_ip: int) -> str | None:
         """Why a new connection must be refused (None: accept it). Counts are of the
-        connections open before this one (conns_of_ip: inbound ones from `ip`)."""
+        connections open before this one (conns_of_peer: the peer's on the same path, direct
+        or relayed; conns_of_ip: direct inbound ones from `ip`, None for a relayed one)."""
         lim = self.limits
         if self.is_blocked(peer_id):
             reason = "blocked"

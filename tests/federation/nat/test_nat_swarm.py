@@ -45,15 +45,18 @@ class Node:
         path = self.data_dir / "node.log"
         return path.read_text() if path.exists() else ""
 
-    def tail(self) -> str:
-        return f"--- {self.name} node.log ---\n" + self.log()[-4000:]
+    def tail(self, chars: int = 4000) -> str:
+        return f"--- {self.name} node.log ---\n" + self.log()[-chars:]
 
-    def nat_lines(self) -> str:
-        """Its NAT-traversal log lines (AutoNAT, relay, paths, hole punches), which the round
-        lines push out of tail()."""
-        keep = ("AutoNAT", "relay", "connection is", "hole punch", "NAT traversal")
-        return f"--- {self.name} NAT lines ---\n" + "\n".join(
-            x for x in self.log().splitlines() if any(k in x for k in keep))[-6000:]
+    def nat_lines(self, last: int = 16) -> str:
+        """Its first and last NAT-traversal log lines (AutoNAT, relay, paths, hole punches),
+        which the round lines push out of tail(); short, so both nodes' fit in a CI excerpt."""
+        keep = ("AutoNAT", "relay", "connection is", "hole punch", "NAT traversal", "refused")
+        lines = [x[11:23] + x[x.find(":", 24) + 1:] for x in self.log().splitlines()
+                 if any(k in x for k in keep)]
+        if len(lines) > 2 * last:
+            lines = [*lines[:last], f"[{len(lines) - 2 * last} lines]", *lines[-last:]]
+        return f"--- {self.name} NAT lines ---\n" + "\n".join(lines)
 
     def multiaddr(self, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
@@ -121,7 +124,7 @@ def _run(nat_lab, tmp_path: Path, kinds: tuple[str, str], *, rounds: int = 2,
             deadline = time.monotonic() + 300
             while not (until(a, b) and min(len(a.rounds()), len(b.rounds())) >= 2):
                 assert time.monotonic() < deadline, \
-                    f"condition not met\n{a.nat_lines()}\n{b.nat_lines()}\n{a.tail()}\n{b.tail()}"
+                    f"condition not met\n{a.nat_lines()}\n{b.nat_lines()}\n{a.tail(1500)}\n{b.tail(1500)}"
                 assert a.proc.poll() is None and b.proc.poll() is None, f"{a.tail()}\n{b.tail()}"
                 time.sleep(0.5)
             for n in nodes:
