@@ -122,12 +122,11 @@ def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
     exact (float64) product, as bl_cpu._backward_int8 states, within the float32 test's
     tolerance of the reference, and within 2x of an in-order float32 GEMM's distance from it.
     Zero rows give zero; acc is added; numba's loops and the NumPy passes give the same bits;
-    the float32 GEMM runs when the int8 gradient is off."""
+    the float32 GEMM runs with BITSWARM_CPU_STE=f32."""
     if not bl_cpu.int8_enabled():
         pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
-    monkeypatch.setenv("BITSWARM_CPU_INT8_GRAD", "1")
+    monkeypatch.setenv("BITSWARM_CPU_STE", "i24")
     monkeypatch.setattr(bl_cpu, "GRAD_BLOCK", 16)            # several blocks per thread
-    monkeypatch.setattr(bl_cpu, "GRAD_INT8_MIN_K", 1)        # small test shapes take it too
     rng = np.random.default_rng(9)
     for out, k, n in ((48, 80, 67), (300, 40, 150), (7, 5, 3)):
         w = ternary(rng, out, k, ws=21.0)
@@ -158,13 +157,43 @@ def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
         same(be.bitlinear_backward(dy, be.ternary(w)), got)
         same(be.bitlinear_backward(dy, be.ternary(w), acc), with_acc)
         monkeypatch.delenv("BITSWARM_CPU_NUMBA")
-    monkeypatch.setattr(bl_cpu, "GRAD_INT8_MIN_K", out + 1)  # narrower dy: the float32 GEMM
-    same(be.bitlinear_backward(dy, be.ternary(w)),
-         np.matmul(dy, be.ternary(w).grad_matrix()))
-    monkeypatch.setenv("BITSWARM_CPU_INT8_GRAD", "0")
+    monkeypatch.setenv("BITSWARM_CPU_STE", "f32")
     assert not bl_cpu.grad_int8_enabled()
     same(be.bitlinear_backward(dy, be.ternary(w)),
          np.matmul(dy, be.ternary(w).grad_matrix()))
+
+
+def test_i16_input_gradient_is_the_gpus_int_ste_bit_for_bit(be, monkeypatch):
+    """BITSWARM_CPU_STE=i16: dx equals reference.bitlinear_backward_int(terms=2) (the GPU's i16,
+    bitlinear_backward_int.wgsl) bit for bit, with numba's loops and with the NumPy passes, acc
+    added after; zero rows give zero. "auto" takes it for wide dy only; a bad value is refused."""
+    if not bl_cpu.int8_enabled():
+        pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
+    monkeypatch.setenv("BITSWARM_CPU_STE", "i16")
+    monkeypatch.setattr(bl_cpu, "GRAD_BLOCK", 16)            # several blocks per thread
+    rng = np.random.default_rng(11)
+    for out, k, n in ((48, 80, 67), (300, 40, 150), (7, 5, 3)):
+        w = ternary(rng, out, k, ws=21.0)
+        dy, acc = rnd(rng, n, out, scale=1e-3), rnd(rng, n, k)
+        dy[1] = 0.0
+        dy[2, 3] = 1.0                                       # one outlier row
+        want = bl_ref.bitlinear_backward_int(dy, w.codes, w.weight_scale, terms=2)
+        got = be.bitlinear_backward(dy, be.ternary(w))
+        same(got, want)
+        assert not got[1].any()
+        same(be.bitlinear_backward(dy, be.ternary(w), acc), want + acc)
+        monkeypatch.setenv("BITSWARM_CPU_NUMBA", "0")        # the NumPy passes: same bits
+        same(be.bitlinear_backward(dy, be.ternary(w)), want)
+        monkeypatch.delenv("BITSWARM_CPU_NUMBA")
+    monkeypatch.setenv("BITSWARM_CPU_STE", "auto")
+    big = 1 << 20
+    assert bl_cpu.ste_mode(big, bl_cpu.STE_I16_MIN_K) == ("i16" if bl_cpu.jit.enabled() else "f32")
+    assert bl_cpu.ste_mode(big, bl_cpu.STE_I16_MIN_K - 1) == "f32"
+    monkeypatch.setattr(bl_cpu.jit, "MIN_ELEMENTS", 1 << 16)  # the fixture lowers it to 0
+    assert bl_cpu.ste_mode((1 << 16) - 1, 4096) == "f32"     # below it: NumPy's passes, f32
+    monkeypatch.setenv("BITSWARM_CPU_STE", "bf16")
+    with pytest.raises(ValueError, match="BITSWARM_CPU_STE must be one of auto, f32, i24, i16"):
+        be.bitlinear_backward(dy, be.ternary(w))
 
 
 def test_norm_elementwise_rope_matmul(be, close):

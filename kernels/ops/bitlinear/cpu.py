@@ -12,11 +12,15 @@ as few, large float32 BLAS calls.
 - `bitlinear` / `bitlinear_group`: xq @ codes^T is a GEMM of small integers, exact in float32
   while |sum| < 2^24 (in < 132k), so the result equals the reference's int32 accumulator
   whatever BLAS's summation order; the scale division is the reference's. Bit-identical.
-- `bitlinear_backward`: dy @ (codes / weight_scale), the scale folded into the kept matrix
-  (the reference divides the product): equal to it up to float32 rounding. With onnxruntime and
-  numba (kernels/ops/jit.py) and dy of >= GRAD_INT8_MIN_K columns, through the int8 GEMM
-  instead, dy split into three int8 terms per row (`_backward_int8`, with its error bound: as
-  close to the exact product as the float32 GEMM).
+- `bitlinear_backward`: the straight-through input gradient in one of three arithmetics
+  (`ste_mode`, BITSWARM_CPU_STE): "f32", dy @ (codes / weight_scale), the scale folded into the
+  kept matrix (the reference divides the product): equal to it up to float32 rounding; "i16",
+  reference.bitlinear_backward_int with two terms (dy quantized per row to 15-bit integers at a
+  power-of-two scale, two int8 GEMM terms, exact int32 sums), bit-identical to it and to the
+  GPU's i16 (bitlinear_backward_int.wgsl); "i24", dy split into three int8 terms per row
+  (`_backward_int8`: as close to the exact product as the float32 GEMM). "auto", the default:
+  i16 where it is faster (onnxruntime and numba there, dy of >= STE_I16_MIN_K columns), else
+  f32.
 Every op splits its rows over the worker threads (kernels/ops/threads.py).
 Floats are precision.F32, looked up per call (a float64 gradient check switches them).
 """
@@ -31,6 +35,7 @@ from bitswarm.kernels.config import TernaryLinear
 from bitswarm.kernels.ops import jit
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.bitlinear import int8_gemm
+from bitswarm.kernels.ops.bitlinear import reference as ref
 from bitswarm.kernels.ops.bitlinear.reference import ACT_QMAX, QUANT_EPS
 from bitswarm.kernels.ops.threads import ew_rows, run_split
 
@@ -307,24 +312,37 @@ def bitlinear_group(xq: np.ndarray, x_scale: np.ndarray, ws: list[CpuTernary]) -
 
 
 GRAD_BLOCK = 256     # rows per block of the int8 input gradient (its passes stay in cache)
-# below this many output features (dy's columns: K of the GEMM) the three int8 GEMMs cost as
-# much as the float32 one or more. Measured in the training step (2 cores, N 1024, ms per call,
-# int8 / float32): K 128 -> 384: 0.67 / 0.64 (at N 512: 0.42 / 0.33); K 384 -> 384: 1.38 / 1.31;
-# K 384 -> 1024: 3.27 / 3.07; K 1024 -> 384: 2.4 / 3.1; K 768 -> 768: 3.1 / 5.1; K 768 -> 2048:
-# 10.3 / 12.7; K 2048 -> 768: 7.4 / 12.9 (docs/benchmarks.md)
-GRAD_INT8_MIN_K = 512
+# i24 against f32 in the training step (2 cores, N 1024, ms per call, i24 / f32): K 128 -> 384:
+# 0.67 / 0.64 (at N 512: 0.42 / 0.33); K 384 -> 384: 1.38 / 1.31; K 384 -> 1024: 3.27 / 3.07;
+# K 1024 -> 384: 2.4 / 3.1; K 768 -> 768: 3.1 / 5.1; K 768 -> 2048: 10.3 / 12.7; K 2048 -> 768:
+# 7.4 / 12.9 (docs/benchmarks.md). i24 is chosen only explicitly (BITSWARM_CPU_STE=i24).
+# i16 (two int8 terms instead of three) from this many: one core, N 1024, ms per call,
+# f32 / i24 / i16: K 128 -> 384: 0.88 / 1.02 / 0.81; 384 -> 384: 2.45 / 1.67 / 1.27;
+# 1024 -> 384: 6.57 / 3.77 / 2.64; 384 -> 1024: 6.38 / 4.07 / 2.69 (docs/benchmarks.md)
+STE_I16_MIN_K = 256
+CPU_STE_CHOICES = ("auto", "f32", "i24", "i16")
+
+
+def ste_mode(n: int | None = None, k: int | None = None) -> str:
+    """The arithmetic of bitlinear_backward for a dy of n elements and k columns (None: any):
+    "f32", "i16" or "i24" (module docstring). BITSWARM_CPU_STE picks one ("auto" by default);
+    i16 and i24 need onnxruntime (int8_enabled), else f32. "auto" takes i16 when numba's loops
+    run at n (jit.use) and k >= STE_I16_MIN_K: with NumPy's passes, splitting dy costs more
+    than the int8 GEMM saves. Raises ValueError for another BITSWARM_CPU_STE."""
+    v = os.environ.get("BITSWARM_CPU_STE", "auto").strip().lower()
+    if v not in CPU_STE_CHOICES:
+        raise ValueError(f"BITSWARM_CPU_STE must be one of {', '.join(CPU_STE_CHOICES)}, got {v!r}")
+    if v == "f32" or not int8_enabled():
+        return "f32"
+    if v != "auto":
+        return v
+    fast = jit.enabled() if n is None else jit.use(n)
+    return "i16" if fast and (k is None or k >= STE_I16_MIN_K) else "f32"
 
 
 def grad_int8_enabled(n: int | None = None) -> bool:
-    """Whether bitlinear_backward of a dy of n elements (None: of any size) runs through the
-    int8 GEMM (`_backward_int8`): BITSWARM_CPU_INT8_GRAD "1" forces it (with onnxruntime), "0"
-    turns it off; by default ("auto") it runs when onnxruntime and numba are both there and the
-    fused loops run at n (jit.use): with NumPy's passes, splitting dy costs more than the int8
-    GEMM saves (benchmarks in docs/benchmarks.md). Else the float32 GEMM."""
-    v = os.environ.get("BITSWARM_CPU_INT8_GRAD", "auto")
-    if v == "0" or not int8_enabled():
-        return False
-    return v == "1" or (jit.enabled() if n is None else jit.use(n))
+    """Whether bitlinear_backward of a dy of n elements runs through an int8 GEMM (i16 / i24)."""
+    return ste_mode(n) != "f32"
 
 
 @jit.kernel
@@ -422,21 +440,97 @@ def _backward_int8(dy, codes, weight_scale, acc, dx) -> None:
     (comb or _combine_numpy)(acc3, c, add, dx)
 
 
+@jit.kernel
+def _split_i16(dy, u, rs):
+    """reference.ste_int_quantize(dy, 2) and ste_int_split in one loop, for rows dy (n, K)
+    float32: per row e = clamp(14 + 126 - E, -126, 126) (E: max|dy_row|'s exponent field),
+    q = clip(rint(dy * 2^e), -16383, 16383), hi = (q + 128) >> 8, lo = q - 256 hi, as offset
+    binary u[0] = hi + 128, u[1] = lo + 128 (u: (2, n, K) uint8); rs = 2^-e (n,)."""
+    n, K = dy.shape
+    a = np.empty(n, np.int32)
+    _absmax_rows(dy, a)
+    bits = np.empty(2, np.int32)
+    f = bits.view(np.float32)
+    for r in range(n):
+        e = np.int32(14 + 126) - ((a[r] >> 23) & 0xFF)
+        e = np.int32(-126) if e < -126 else (np.int32(126) if e > 126 else e)
+        bits[0] = (e + 127) << 23                       # 2^e and 2^-e, exact float32
+        bits[1] = (127 - e) << 23
+        up = f[0]
+        rs[r] = f[1]
+        for j in range(K):
+            t = dy[r, j] * up
+            q = np.int32((t + _MAGIC) - _MAGIC)           # |t| < 2^14: rint, ties to even
+            q = np.int32(16383) if q > 16383 else (np.int32(-16383) if q < -16383 else q)
+            hi = (q + 128) >> 8
+            u[0, r, j] = np.uint8(hi + 128)
+            u[1, r, j] = np.uint8(q - 256 * hi + 128)
+
+
+def _split_i16_numpy(dy, u, rs):
+    """_split_i16 through the reference's functions (same values)."""
+    q, r = ref.ste_int_quantize(dy, 2)
+    hi, lo = ref.ste_int_split(q)
+    u[0] = hi.view(np.uint8) ^ np.uint8(0x80)
+    u[1] = lo.view(np.uint8) ^ np.uint8(0x80)
+    rs[...] = r
+
+
+@jit.kernel
+def _combine_i16(acc2, rs, ws, add, dx):
+    """dx = (float32(256 a_hi + a_lo) * rs_row) / ws (+ add): the reference's float32 operations
+    in its order; acc2 (2, n, k) int32 (the sum is exact: |q @ codes| <= 16383 * K < 2^31),
+    add (n, k) float32 or an empty (0, 0) array."""
+    n, k = dx.shape
+    has = add.shape[0] > 0
+    for r in range(n):
+        c = rs[r]
+        for j in range(k):
+            y = np.float32(acc2[0, r, j] * 256 + acc2[1, r, j]) * c
+            y = y / ws
+            if has:
+                y = y + add[r, j]
+            dx[r, j] = y
+
+
+def _combine_i16_numpy(acc2, rs, ws, add, dx):
+    v = acc2[0] * 256
+    v += acc2[1]
+    dx[...] = (v.astype(np.float32) * rs[:, None]) / ws
+    if add.shape[0]:
+        dx += add
+
+
+def _backward_i16(dy, codes, weight_scale, acc, dx) -> None:
+    """dx = reference.bitlinear_backward_int(dy, codes, weight_scale, terms=2) (+ acc), for one
+    block of rows: both int8 terms of every row in one onnxruntime GEMM (stacked as rows)."""
+    n, K = dy.shape
+    u = np.empty((2, n, K), np.uint8)
+    rs = np.empty(n, np.float32)
+    (_split_i16.fast or _split_i16_numpy)(dy, u, rs)
+    acc2 = int8_gemm.gemm(u.reshape(2 * n, K), codes).reshape(2, n, -1)
+    add = acc if acc is not None else np.empty((0, 0), np.float32)
+    (_combine_i16.fast or _combine_i16_numpy)(acc2, rs, np.float32(weight_scale), add, dx)
+
+
 def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = None) -> np.ndarray:
     """Straight-through input gradient dx = dy @ (codes / weight_scale) (+ acc): dy (N, out)
-    -> (N, in). Through the int8 GEMM when grad_int8_enabled() (float32 dy only; within the
-    tolerance stated at `_backward_int8`), else one float32 GEMM."""
+    -> (N, in) float32, in the arithmetic `ste_mode` picks (float32 dy and acc only for i16 /
+    i24: i16 bit-identical to reference.bitlinear_backward_int(terms=2), i24 within the bound
+    stated at `_backward_int8`), else one float32 GEMM."""
     w = _cpu(w)
-    if dy.dtype == np.float32 and prec.F32 == np.float32 and dy.shape[1] >= GRAD_INT8_MIN_K \
-            and grad_int8_enabled(dy.size) and (acc is None or acc.dtype == np.float32):
+    mode = "f32"
+    if dy.dtype == np.float32 and prec.F32 == np.float32 and (acc is None or acc.dtype == np.float32):
+        mode = ste_mode(dy.size, dy.shape[1])
+    if mode != "f32":
         codes = w.codes8()
         dx = np.empty((dy.shape[0], codes.shape[1]), np.float32)
+        one = _backward_i16 if mode == "i16" else _backward_int8
 
         def blocks(lo, hi):
             for b in range(lo, hi, GRAD_BLOCK):
                 e = min(hi, b + GRAD_BLOCK)
-                _backward_int8(dy[b:e], codes, w.weight_scale,
-                               None if acc is None else acc[b:e], dx[b:e])
+                one(dy[b:e], codes, w.weight_scale, None if acc is None else acc[b:e], dx[b:e])
         run_split(blocks, dy.shape[0])
         return dx
     c = w.grad_matrix()
