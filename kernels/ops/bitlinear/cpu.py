@@ -316,9 +316,9 @@ GRAD_BLOCK = 256     # rows per block of the int8 input gradient (its passes sta
 # 0.67 / 0.64 (at N 512: 0.42 / 0.33); K 384 -> 384: 1.38 / 1.31; K 384 -> 1024: 3.27 / 3.07;
 # K 1024 -> 384: 2.4 / 3.1; K 768 -> 768: 3.1 / 5.1; K 768 -> 2048: 10.3 / 12.7; K 2048 -> 768:
 # 7.4 / 12.9 (docs/benchmarks.md). i24 is chosen only explicitly (BITSWARM_CPU_STE=i24).
-# i16 (two int8 terms instead of three) from this many: one core, N 1024, ms per call,
-# f32 / i24 / i16: K 128 -> 384: 0.88 / 1.02 / 0.81; 384 -> 384: 2.45 / 1.67 / 1.27;
-# 1024 -> 384: 6.57 / 3.77 / 2.64; 384 -> 1024: 6.38 / 4.07 / 2.69 (docs/benchmarks.md)
+# i16 (two int8 terms instead of three) from this many columns: N 1024, 2 threads, ms per call,
+# f32 / i24 / i16: K 128 -> 384: 0.58 / 1.02 / 0.90; 384 -> 384: 1.44 / 1.18 / 0.96;
+# 1024 -> 384: 3.30 / 2.29 / 1.60; 384 -> 1024: 3.25 / 2.11 / 1.60 (benchmarks/ste_cpu.py)
 STE_I16_MIN_K = 256
 CPU_STE_CHOICES = ("auto", "f32", "i24", "i16")
 
