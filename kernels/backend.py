@@ -141,14 +141,19 @@ class CpuBackend:
     name = "cpu"
     caps = CPU_CAPS
 
-    def __init__(self) -> None:
+    def __init__(self, ste: str | None = None) -> None:
+        """ste: the STE input gradient's arithmetic (auto, f32, i24, i16; None: BITSWARM_CPU_STE
+        or auto; kernels/ops/bitlinear/cpu.py ste_mode). Raises ValueError for another."""
         self._rope = RopeTables()
+        self.ste = _bitlinear_cpu.ste_setting(ste)
         _threads.own_blas()      # BLAS on one thread: the ops split rows over the cores
 
     @property
     def device_info(self) -> str:
         """The device in one line (for the node's log)."""
-        return f"NumPy on {_threads.workers()} CPU thread(s)"
+        mode = _bitlinear_cpu.ste_mode(setting=self.ste)
+        return (f"NumPy on {_threads.workers()} CPU thread(s), STE input gradient "
+                f"{mode}{' (auto)' if self.ste == 'auto' else ''}")
 
     device_warning = None   # why this device is slow (GpuBackend on a CPU rasterizer)
 
@@ -209,7 +214,8 @@ class CpuBackend:
     # ternary projections are CpuTernary (codes, weight_scale, float32 codes) on the host
     bitlinear = staticmethod(_bitlinear_cpu.bitlinear)
     bitlinear_group = staticmethod(_bitlinear_cpu.bitlinear_group)
-    bitlinear_backward = staticmethod(_bitlinear_cpu.bitlinear_backward)
+    def bitlinear_backward(self, dy: np.ndarray, w, acc: np.ndarray | None = None) -> np.ndarray:
+        return _bitlinear_cpu.bitlinear_backward(dy, w, acc, self.ste)
 
     def ternarize(self, w: np.ndarray) -> TernaryLinear:
         """One latent weight -> TernaryLinear (ternarize_all's step; a test hook overrides it)."""
@@ -244,12 +250,13 @@ def real_gpu_available(runtime: str | None = None) -> bool:
 
 
 def select_backend(device: str, embeddings: str = "gpu", ste: str | None = None,
-                   runtime: str | None = None) -> Backend:
+                   runtime: str | None = None, cpu_ste: str | None = None) -> Backend:
     """device: "auto" (GPU if a real one exists, else NumPy), "gpu" (wgpu, any adapter, lavapipe
     included), "cpu" (NumPy). embeddings: where a GPU backend keeps the embedding / lm_head
     table, "gpu" or "host" (GpuBackend's table_residency; NumPy keeps everything on the host).
     ste: a GPU backend's STE input-gradient arithmetic (GpuBackend's `ste`: auto, f32, f16, i16,
-    i8; None: BITSWARM_GPU_STE or auto; NumPy ignores it). runtime: the WebGPU implementation
+    i8; None: BITSWARM_GPU_STE or auto). cpu_ste: NumPy's (CpuBackend's `ste`: auto, f32, i24,
+    i16; None: BITSWARM_CPU_STE or auto). runtime: the WebGPU implementation
     (auto, wgpu, dawn; None: BITSWARM_GPU_RUNTIME or auto; kernels/device/runtime.py). Raises
     ValueError for anything else, RuntimeError when "gpu" is forced and the runtime has no
     adapter, ImportError for runtime dawn without wgpudawn installed."""
@@ -260,6 +267,6 @@ def select_backend(device: str, embeddings: str = "gpu", ste: str | None = None,
     from bitswarm.kernels.device.runtime import check_runtime
     check_runtime(runtime)
     if device == "cpu" or (device == "auto" and not real_gpu_available(runtime)):
-        return CpuBackend()
+        return CpuBackend(cpu_ste)
     from bitswarm.kernels.gpu_backend import GpuBackend
     return GpuBackend(table_residency=embeddings, ste=ste, runtime=runtime)

@@ -15,6 +15,9 @@ import numpy as np
 # The STE input gradient's arithmetic on a GPU (GpuBackend `ste`, BITSWARM_GPU_STE, node start
 # --gpu-ste; kernels/ops/bitlinear/gpu.py ste_precision says what each means).
 GPU_STE_CHOICES = ("auto", "f32", "f16", "i16", "i8")
+# ... and on the CPU (CpuBackend `ste`, BITSWARM_CPU_STE, node start --cpu-ste;
+# kernels/ops/bitlinear/cpu.py ste_mode says what each means).
+CPU_STE_CHOICES = ("auto", "f32", "i24", "i16")
 # The WebGPU implementation (BITSWARM_GPU_RUNTIME, node start --gpu-runtime;
 # kernels/device/runtime.py says what each means).
 GPU_RUNTIME_CHOICES = ("auto", "wgpu", "dawn")

@@ -232,7 +232,7 @@ def node_config(values: dict):
         dp_delta=v["dp_delta"], dp_epsilon_budget=v["dp_epsilon_budget"], device=v["device"],
         embeddings=v["embeddings"], recompute=v["recompute"],
         activation_memory_mib=v["activation_memory"], gpu_ste=v["gpu_ste"],
-        gpu_runtime=v["gpu_runtime"],
+        cpu_ste=v["cpu_ste"], gpu_runtime=v["gpu_runtime"],
         batch_size=v["batch_size"],
         ctx=v["ctx"], seed=v["seed"], secure_aggregation=v["secure_aggregation"])
 

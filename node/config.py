@@ -7,7 +7,8 @@ from pathlib import Path
 
 from multiaddr import Multiaddr
 
-from bitswarm.kernels.config import GPU_RUNTIME_CHOICES, GPU_STE_CHOICES, PROJECTIONS, LoRAConfig
+from bitswarm.kernels.config import (CPU_STE_CHOICES, GPU_RUNTIME_CHOICES, GPU_STE_CHOICES,
+                                      PROJECTIONS, LoRAConfig)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class NodeConfig:
     recompute: str = "auto"                 # auto | on | off: layer recomputation (see cli)
     activation_memory_mib: int | None = None  # recompute auto's budget for saved activations
     gpu_ste: str = "auto"                   # auto | f32 | f16 | i16 | i8: STE input gradient
+    cpu_ste: str = "auto"                   # auto | f32 | i24 | i16: ... on the CPU
     gpu_runtime: str = "auto"               # auto | wgpu | dawn: the WebGPU implementation
     batch_size: int = 8                     # sequences per step
     ctx: int = 128                          # tokens per training sequence
@@ -109,6 +111,9 @@ class NodeConfig:
         if self.gpu_runtime not in GPU_RUNTIME_CHOICES:
             raise ValueError(f"--gpu-runtime must be one of {', '.join(GPU_RUNTIME_CHOICES)}, "
                              f"got {self.gpu_runtime!r}")
+        if self.cpu_ste not in CPU_STE_CHOICES:
+            raise ValueError(f"--cpu-ste must be one of {', '.join(CPU_STE_CHOICES)}, "
+                             f"got {self.cpu_ste!r}")
         if self.gpu_ste not in GPU_STE_CHOICES:
             raise ValueError(f"--gpu-ste must be one of {', '.join(GPU_STE_CHOICES)}, "
                              f"got {self.gpu_ste!r}")

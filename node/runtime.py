@@ -84,7 +84,7 @@ class Node:
         weights, self.tokenizer, self.model_dir = loaded.weights, loaded.tokenizer, loaded.dir
         self.base_model = loaded.sha256
         self.backend = select_backend(cfg.device, cfg.embeddings, cfg.gpu_ste,
-                                      cfg.gpu_runtime)
+                                      cfg.gpu_runtime, cfg.cpu_ste)
         log.info("base model %s (sha256 %s…), backend %s", self.model_dir, self.base_model[:12], self.backend.name)
         warn = self.backend.device_warning
         (log.warning if warn else log.info)("compute device: %s%s", self.backend.device_info,

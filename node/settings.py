@@ -23,8 +23,8 @@ from typing import Any
 
 from bitswarm.federation.aggregation import AGGREGATION_RULES
 from bitswarm.federation.codecs import CODEC_NAMES
-from bitswarm.kernels.config import (ATTN_PROJECTIONS, GPU_RUNTIME_CHOICES, GPU_STE_CHOICES,
-                                     PROJECTIONS)
+from bitswarm.kernels.config import (ATTN_PROJECTIONS, CPU_STE_CHOICES, GPU_RUNTIME_CHOICES,
+                                     GPU_STE_CHOICES, PROJECTIONS)
 
 try:
     import tomllib
@@ -245,6 +245,12 @@ START: tuple[Setting, ...] = (
             "error and the fastest); auto: f16 where it measured faster (H100/H200; i16 there on "
             "Dawn, which has no f16), else f32",
             ", ".join(GPU_STE_CHOICES), choices=GPU_STE_CHOICES),
+    Setting("cpu_ste", _choice(*CPU_STE_CHOICES), "auto", "arithmetic of the STE input "
+            "gradient on the CPU (--device cpu): f32 (float32 GEMM); i24 (three int8 terms, "
+            "float32's precision); i16 (the GPU's i16: dy quantized per row to 15 bits, int8 "
+            "GEMMs, ~1e-4 relative error, 1.5-2x faster than f32 for wide layers); auto: i16 "
+            "for layers of >= 256 outputs when onnxruntime and numba are installed, else f32",
+            ", ".join(CPU_STE_CHOICES), choices=CPU_STE_CHOICES),
     Setting("gpu_runtime", _choice(*GPU_RUNTIME_CHOICES), "auto", "the WebGPU implementation "
             "that runs the kernels: wgpu (wgpu-native) or dawn (Dawn, pip install "
             "'bitswarm[dawn]'; 1.16-1.46x faster on an H200, int8 tensor cores); auto: dawn when installed and it sees "

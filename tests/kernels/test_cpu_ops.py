@@ -126,6 +126,8 @@ def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
     if not bl_cpu.int8_enabled():
         pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
     monkeypatch.setenv("BITSWARM_CPU_STE", "i24")
+    be = CpuBackend()                                        # reads BITSWARM_CPU_STE
+    assert be.ste == "i24"
     monkeypatch.setattr(bl_cpu, "GRAD_BLOCK", 16)            # several blocks per thread
     rng = np.random.default_rng(9)
     for out, k, n in ((48, 80, 67), (300, 40, 150), (7, 5, 3)):
@@ -159,6 +161,7 @@ def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
         monkeypatch.delenv("BITSWARM_CPU_NUMBA")
     monkeypatch.setenv("BITSWARM_CPU_STE", "f32")
     assert not bl_cpu.grad_int8_enabled()
+    be = CpuBackend()
     same(be.bitlinear_backward(dy, be.ternary(w)),
          np.matmul(dy, be.ternary(w).grad_matrix()))
 
@@ -169,7 +172,7 @@ def test_i16_input_gradient_is_the_gpus_int_ste_bit_for_bit(be, monkeypatch):
     added after; zero rows give zero. "auto" takes it for wide dy only; a bad value is refused."""
     if not bl_cpu.int8_enabled():
         pytest.skip("onnxruntime not installed (the optional cpu-int8 extra)")
-    monkeypatch.setenv("BITSWARM_CPU_STE", "i16")
+    be = CpuBackend("i16")
     monkeypatch.setattr(bl_cpu, "GRAD_BLOCK", 16)            # several blocks per thread
     rng = np.random.default_rng(11)
     for out, k, n in ((48, 80, 67), (300, 40, 150), (7, 5, 3)):
@@ -191,9 +194,12 @@ def test_i16_input_gradient_is_the_gpus_int_ste_bit_for_bit(be, monkeypatch):
     assert bl_cpu.ste_mode(big, bl_cpu.STE_I16_MIN_K - 1) == "f32"
     monkeypatch.setattr(bl_cpu.jit, "MIN_ELEMENTS", 1 << 16)  # the fixture lowers it to 0
     assert bl_cpu.ste_mode((1 << 16) - 1, 4096) == "f32"     # below it: NumPy's passes, f32
+    assert "STE input gradient i16" in be.device_info
+    with pytest.raises(ValueError, match="--cpu-ste must be one of auto, f32, i24, i16, got 'bf16'"):
+        CpuBackend("bf16")
     monkeypatch.setenv("BITSWARM_CPU_STE", "bf16")
-    with pytest.raises(ValueError, match="BITSWARM_CPU_STE must be one of auto, f32, i24, i16"):
-        be.bitlinear_backward(dy, be.ternary(w))
+    with pytest.raises(ValueError, match="BITSWARM_CPU_STE / --cpu-ste"):
+        CpuBackend()
 
 
 def test_norm_elementwise_rope_matmul(be, close):

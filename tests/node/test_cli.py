@@ -100,6 +100,29 @@ def test_gpu_ste_flag_reaches_the_backward(tmp_path):
         assert 0 < rel < bound, (ste, rel)
 
 
+def test_cpu_ste_flag_reaches_the_backward(tmp_path):
+    """`node start --device cpu --cpu-ste i16` / `i24` logs the STE arithmetic it runs and
+    trains an adapter near the f32 one (i16 rounds dy per row to 2^-14 of its max, i24 keeps
+    float32's precision), not bit-identical to it (the flag changes the math)."""
+    docs = prepare_documents(tmp_path, 1, files_per_node=6)[0]
+    model = Path(__file__).resolve().parents[1] / "data" / "tiny-bitnet"
+    got = {}
+    for ste in ("f32", "i16", "i24"):
+        d = tmp_path / f"n-{ste}"
+        r = run("start", "--swarm", "solo", "--data", str(docs), "--data-dir", str(d),
+                "--model", str(model), "--rounds", "1", "--min-peers", "0", "--local-steps", "2",
+                "--ctx", "32", "--batch-size", "2", "--device", "cpu", "--cpu-ste", ste,
+                timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"STE input gradient {ste}" in r.stderr, r.stderr[-3000:]
+        got[ste] = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+    ref = np.concatenate([v.ravel() for _, v in sorted(got["f32"].items())])
+    for ste, bound in (("i16", 1e-3), ("i24", 1e-4)):   # i24 measured 1.2e-5 (AdamW amplifies)
+        v = np.concatenate([x.ravel() for _, x in sorted(got[ste].items())])
+        rel = np.linalg.norm(v - ref) / np.linalg.norm(ref)
+        assert 0 < rel < bound, (ste, rel)
+
+
 def test_gpu_memory_flags_train_the_same_adapter(tmp_path):
     """`node start --device gpu` (lavapipe in CI) with the vocab table in host memory and no
     layer recomputation, and with --activation-memory 0 (the tiny model's last of 2 layers

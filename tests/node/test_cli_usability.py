@@ -107,6 +107,7 @@ def test_help_version_and_bare_node():
                                                           "--recompute auto; with --recompute on "
                                                           "every layer is recomputed"),
     (["--gpu-ste", "bf16"], "--gpu-ste"),
+    (["--cpu-ste", "i8"], "--cpu-ste"),
 ])
 def test_ranges_name_the_value_and_the_range_before_side_effects(tmp_path, flags, message):
     r = _solo(tmp_path, "--rounds", "1", *flags)

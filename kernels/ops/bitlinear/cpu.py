@@ -31,7 +31,7 @@ import weakref
 
 import numpy as np
 
-from bitswarm.kernels.config import TernaryLinear
+from bitswarm.kernels.config import CPU_STE_CHOICES, TernaryLinear
 from bitswarm.kernels.ops import jit
 from bitswarm.kernels.ops import precision as prec
 from bitswarm.kernels.ops.bitlinear import int8_gemm
@@ -320,18 +320,25 @@ GRAD_BLOCK = 256     # rows per block of the int8 input gradient (its passes sta
 # f32 / i24 / i16: K 128 -> 384: 0.58 / 1.02 / 0.90; 384 -> 384: 1.44 / 1.18 / 0.96;
 # 1024 -> 384: 3.30 / 2.29 / 1.60; 384 -> 1024: 3.25 / 2.11 / 1.60 (benchmarks/ste_cpu.py)
 STE_I16_MIN_K = 256
-CPU_STE_CHOICES = ("auto", "f32", "i24", "i16")
 
 
-def ste_mode(n: int | None = None, k: int | None = None) -> str:
-    """The arithmetic of bitlinear_backward for a dy of n elements and k columns (None: any):
-    "f32", "i16" or "i24" (module docstring). BITSWARM_CPU_STE picks one ("auto" by default);
-    i16 and i24 need onnxruntime (int8_enabled), else f32. "auto" takes i16 when numba's loops
-    run at n (jit.use) and k >= STE_I16_MIN_K: with NumPy's passes, splitting dy costs more
-    than the int8 GEMM saves. Raises ValueError for another BITSWARM_CPU_STE."""
-    v = os.environ.get("BITSWARM_CPU_STE", "auto").strip().lower()
+def ste_setting(setting: str | None = None) -> str:
+    """`setting` (None: BITSWARM_CPU_STE, default "auto"), checked: one of CPU_STE_CHOICES.
+    Raises ValueError for another value."""
+    v = (os.environ.get("BITSWARM_CPU_STE", "auto") if setting is None else setting).strip().lower()
     if v not in CPU_STE_CHOICES:
-        raise ValueError(f"BITSWARM_CPU_STE must be one of {', '.join(CPU_STE_CHOICES)}, got {v!r}")
+        raise ValueError(f"BITSWARM_CPU_STE / --cpu-ste must be one of {', '.join(CPU_STE_CHOICES)}, "
+                         f"got {v!r}")
+    return v
+
+
+def ste_mode(n: int | None = None, k: int | None = None, setting: str | None = None) -> str:
+    """The arithmetic of bitlinear_backward for a dy of n elements and k columns (None: any)
+    under `setting` (ste_setting): "f32", "i16" or "i24" (module docstring). i16 and i24 need
+    onnxruntime (int8_enabled), else f32. "auto" takes i16 when numba's loops run at n
+    (jit.use) and k >= STE_I16_MIN_K: with NumPy's passes, splitting dy costs more than the
+    int8 GEMM saves. Raises ValueError for a bad setting."""
+    v = ste_setting(setting)
     if v == "f32" or not int8_enabled():
         return "f32"
     if v != "auto":
@@ -513,15 +520,17 @@ def _backward_i16(dy, codes, weight_scale, acc, dx) -> None:
     (_combine_i16.fast or _combine_i16_numpy)(acc2, rs, np.float32(weight_scale), add, dx)
 
 
-def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = None) -> np.ndarray:
+def bitlinear_backward(dy: np.ndarray, w: CpuTernary, acc: np.ndarray | None = None,
+                       ste: str | None = None) -> np.ndarray:
     """Straight-through input gradient dx = dy @ (codes / weight_scale) (+ acc): dy (N, out)
-    -> (N, in) float32, in the arithmetic `ste_mode` picks (float32 dy and acc only for i16 /
+    -> (N, in) float32, in the arithmetic `ste_mode` picks under `ste` (None: BITSWARM_CPU_STE;
+    float32 dy and acc only for i16 /
     i24: i16 bit-identical to reference.bitlinear_backward_int(terms=2), i24 within the bound
     stated at `_backward_int8`), else one float32 GEMM."""
     w = _cpu(w)
     mode = "f32"
     if dy.dtype == np.float32 and prec.F32 == np.float32 and (acc is None or acc.dtype == np.float32):
-        mode = ste_mode(dy.size, dy.shape[1])
+        mode = ste_mode(dy.size, dy.shape[1], ste)
     if mode != "f32":
         codes = w.codes8()
         dx = np.empty((dy.shape[0], codes.shape[1]), np.float32)
