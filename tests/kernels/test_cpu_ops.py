@@ -160,7 +160,7 @@ def test_int8_input_gradient_within_its_stated_bound(be, close, monkeypatch):
         same(be.bitlinear_backward(dy, be.ternary(w), acc), with_acc)
         monkeypatch.delenv("BITSWARM_CPU_NUMBA")
     monkeypatch.setenv("BITSWARM_CPU_STE", "f32")
-    assert not bl_cpu.grad_int8_enabled()
+    assert bl_cpu.ste_mode() == "f32"
     be = CpuBackend()
     same(be.bitlinear_backward(dy, be.ternary(w)),
          np.matmul(dy, be.ternary(w).grad_matrix()))

@@ -347,11 +347,6 @@ def ste_mode(n: int | None = None, k: int | None = None, setting: str | None = N
     return "i16" if fast and (k is None or k >= STE_I16_MIN_K) else "f32"
 
 
-def grad_int8_enabled(n: int | None = None) -> bool:
-    """Whether bitlinear_backward of a dy of n elements runs through an int8 GEMM (i16 / i24)."""
-    return ste_mode(n) != "f32"
-
-
 @jit.kernel
 def _split_rows(dy, u, S):
     """Per row of dy (n, K) float32: S = 127 / max|dy_row| (>= 1e-30 clamp) and the three int8
