@@ -84,6 +84,9 @@ class Backend(Protocol):
     def numpy(self, t: Tensor) -> np.ndarray: ...                    # download (waits)
     def numpy_many(self, ts: list) -> list[np.ndarray]: ...         # ... several, one wait
     def zeros_like(self, t: Tensor) -> Tensor: ...
+    # batch parts: sequence ranges whose training steps run concurrently (run_parts)
+    def batch_parts(self, B: int, T: int) -> list[tuple[int, int]]: ...
+    def run_parts(self, fns: list) -> list: ...
 
     # embedding
     def embedding(self, ids: Tensor, table: Tensor) -> Tensor: ...
@@ -190,6 +193,17 @@ class CpuBackend:
 
     def zeros_like(self, t: np.ndarray) -> np.ndarray:
         return np.zeros_like(t)
+
+    def batch_parts(self, B: int, T: int) -> list[tuple[int, int]]:
+        """Sequence ranges [b0, b1) of a batch (B, T) that run as concurrent parts, one per
+        worker thread while each keeps >= threads.PART_MIN_ROWS token rows (kernels/ops/
+        threads.py batch_parts)."""
+        return _threads.batch_parts(B, T)
+
+    @staticmethod
+    def run_parts(fns: list) -> list:
+        """fns (no arguments) concurrently, one thread each -> their results (threads.run_parts)."""
+        return _threads.run_parts(fns)
 
     embedding = staticmethod(_embedding.embedding)
     embedding_backward = staticmethod(_embedding.embedding_backward)

@@ -223,6 +223,14 @@ class GpuBackend:
         temporaries change size, so the pool does not keep the union of all of them)."""
         self.ctx.release()
 
+    def batch_parts(self, B: int, T: int) -> list[tuple[int, int]]:
+        """[(0, B)]: one queue, so the whole batch is one part (larger dispatches)."""
+        return [(0, B)]
+
+    @staticmethod
+    def run_parts(fns: list) -> list:
+        return [fn() for fn in fns]
+
     def numpy(self, t: Tensor) -> np.ndarray:
         return self.ctx.read(t)
 

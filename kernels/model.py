@@ -399,25 +399,53 @@ class BitNetModel:
     def loss_and_grads(self, ids: np.ndarray, targets: np.ndarray) -> tuple[float, int, dict]:
         """Mean loss over predicted positions, their count, and LoRA gradients of that mean.
 
+        ids, targets int (B, T) (target < 0: padding). Raises ValueError when no position is
+        predicted. The backend's `batch_parts` may split the batch into sequence ranges that
+        run concurrently (CpuBackend: one per core); each part's gradients are of its share of
+        the same mean (scaled by 1 / the whole batch's count) and are summed, so a split
+        changes float32 rounding only (summation order), never the result's meaning.
+
         Memory: the first `recomputed_layers(B*T)` layers keep only their residual input (N, D)
         from the forward pass, and the backward pass recomputes their activations one layer at
         a time from it (activation checkpointing, Chen et al. 2016, arXiv:1604.06174; each
         costs one more layer forward); the other layers keep their full activations
         (`layer_activation_bytes`). The lm_head + loss run in vocab chunks. The recomputed
         forward is the same op sequence on the same input, so the gradients are bit-identical
-        whatever the split, and those of forward(keep=True) + backward."""
+        whatever the recomputation, and those of forward(keep=True) + backward."""
         be = self.be
-        t = targets.reshape(-1).astype(np.int32)
+        t = np.asarray(targets).astype(np.int32)
         count = int(np.sum(t >= 0))
         if count == 0:
             raise ValueError("batch has no predicted positions (all targets are padding)")
         B, T = ids.shape
+        recompute = self.recomputed_layers(B * T)
+        parts = be.batch_parts(B, T)
+        if len(parts) == 1:
+            loss, grads = self._part_loss_and_grads(ids, t, count, recompute)
+            return loss / count, count, grads
+        done = be.run_parts([
+            (lambda b0=b0, b1=b1: self._part_loss_and_grads(ids[b0:b1], t[b0:b1], count,
+                                                            recompute))
+            for b0, b1 in parts])
+        loss, grads = done[0]
+        for part_loss, part_grads in done[1:]:
+            loss += part_loss
+            for k, g in part_grads.items():
+                grads[k] = be.add(grads[k], g)
+        return loss / count, count, grads
+
+    def _part_loss_and_grads(self, ids: np.ndarray, t: np.ndarray, count: int,
+                             recompute: int) -> tuple[float, dict]:
+        """Summed loss (float64, nats) of sequences ids (b, T) with targets t (b, T) int32, and
+        the gradients of loss / count (count: the whole batch's predicted positions)."""
+        be = self.be
+        B, T = ids.shape
+        t = t.reshape(-1)
         # The LAST layers are the saved ones: the backward reaches them first and frees each
         # dict as it goes, so no saved dict is alive when a recomputed layer's activations
         # exist and the peak stays the end of the forward (k S + (L - k) R). Saving the first
         # layers instead would hold their dicts through every recomputation: one more layer's
         # activations on top.
-        recompute = self.recomputed_layers(B * T)
         saves: list = []
         x = self._trunk(ids, saves, recompute)
         nf, rstdf = be.rmsnorm(x, self.norm, self.cfg.rms_norm_eps)
@@ -436,4 +464,4 @@ class BitNetModel:
             dx = self._layer_backward(i, dx, sv, B, T, grads)
             del sv
         del dx
-        return float(np.sum(be.numpy(loss), dtype=np.float64)) / count, count, grads
+        return float(np.sum(be.numpy(loss), dtype=np.float64)), grads

@@ -18,10 +18,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+T_ = TypeVar("T_")
+_local = threading.local()   # .share: a batch part's threads (run_parts)
 _blas_owned = False
 
 
@@ -71,22 +74,78 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(b[i], b[i + 1]) for i in range(parts) if b[i] < b[i + 1]]
 
 
+def _share() -> int:
+    """Threads this thread's splits may use: workers(), or a batch part's share of them
+    (run_parts)."""
+    return getattr(_local, "share", 0) or workers()
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    """The one pool, workers() - 1 threads (the calling thread runs a piece too). Parts and
+    their pieces share it: parts * share <= workers(), so every piece gets a thread and no
+    part waits on a piece that cannot start."""
+    global _pool
+    n = max(1, workers() - 1)
+    with _lock:
+        if _pool is None or _pool._max_workers < n:
+            _pool = ThreadPoolExecutor(n, thread_name_prefix="bitswarm-cpu")
+        return _pool
+
+
 def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64) -> None:
     """fn(lo, hi) over pieces of 0..n (one per worker, at least min_rows rows each),
     concurrently; the calling thread runs the last piece. fn writes its own outputs (disjoint
-    rows); the first exception raised by a piece propagates."""
-    pieces = split(n, min(workers(), max(1, n // max(1, min_rows))))
+    rows); the first exception raised by a piece propagates. Inside a batch part (run_parts)
+    the pieces are at most that part's share of the workers."""
+    pieces = split(n, min(_share(), max(1, n // max(1, min_rows))))
     if len(pieces) == 1:
         fn(0, n)
         return
-    global _pool
-    with _lock:
-        if _pool is None or _pool._max_workers < len(pieces) - 1:
-            _pool = ThreadPoolExecutor(len(pieces) - 1, thread_name_prefix="bitswarm-cpu")
-        pool = _pool
+    pool = _get_pool()
     futs = [pool.submit(fn, lo, hi) for lo, hi in pieces[:-1]]
     try:
         fn(*pieces[-1])
     finally:
         for f in futs:
             f.result()
+
+
+# Rows per batch part at least (batch_parts): below, an op's Python and dispatch cost (~10-20 us
+# an op, ~900 ops a step) outweighs what a thread of its own gains.
+PART_MIN_ROWS = 256
+
+
+def batch_parts(B: int, T: int) -> list[tuple[int, int]]:
+    """[b0, b1) sequence ranges of a batch (B, T) for run_parts: one per worker while each part
+    keeps >= PART_MIN_ROWS token rows; [(0, B)] (no split) on one worker or a small batch."""
+    p = min(workers(), B, max(1, (B * T) // PART_MIN_ROWS))
+    return split(B, p)
+
+
+def run_parts(fns: list[Callable[[], T_]]) -> list[T_]:
+    """Run fns concurrently, each on its own thread (the calling thread runs the last), each
+    with workers() // len(fns) threads for its ops' own splits; -> their results in order.
+
+    Why: an op's split over the cores syncs twice (submit, wait), ~70-100 us on 2 cores of a
+    VM (a lock ping-pong between two threads took 70 us: waking a sleeping core), and a LoRA
+    training step has ~500 of them. Whole batch parts (the model's loss_and_grads over a range
+    of sequences) sync once per step; their ops release the GIL as before. The first
+    exception raised by a part propagates."""
+    if len(fns) == 1:
+        return [fns[0]()]
+    share = max(1, workers() // len(fns))
+
+    def part(fn):
+        prev = getattr(_local, "share", 0)
+        _local.share = share
+        try:
+            return fn()
+        finally:
+            _local.share = prev
+    pool = _get_pool()
+    futs = [pool.submit(part, fn) for fn in fns[:-1]]
+    try:
+        last = part(fns[-1])
+    finally:
+        results = [f.result() for f in futs]
+    return results + [last]

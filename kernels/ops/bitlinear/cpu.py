@@ -27,6 +27,7 @@ Floats are precision.F32, looked up per call (a float64 gradient check switches 
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 
 import numpy as np
@@ -55,21 +56,28 @@ _ABS = np.int32(0x7FFFFFFF)
 # do not hold float32 copies of every projection. int8 copies (1 byte per weight) are kept.
 CACHE_BYTES = int(os.environ.get("BITSWARM_CPU_CACHE_BYTES", 2 << 30))
 _cached = [0]
+# Re-entrant: a finalizer (_release) may run from a collection inside build() under it.
+_kept_lock = threading.RLock()
 
 
 def _release(nbytes: int) -> None:
-    _cached[0] -= nbytes
+    with _kept_lock:
+        _cached[0] -= nbytes
 
 
 def _kept(owner, cache: dict, key, build):
-    """cache[key], built by build() and kept while the byte budget allows."""
+    """cache[key], built by build() and kept while the byte budget allows. Batch parts
+    (threads.run_parts) ask at once: one builds, under the lock, so the budget counts it once."""
     d = cache.get(key)
     if d is None:
-        d = build()
-        if _cached[0] + d.nbytes <= CACHE_BYTES:
-            _cached[0] += d.nbytes
-            weakref.finalize(owner, _release, d.nbytes)
-            cache[key] = d
+        with _kept_lock:
+            d = cache.get(key)
+            if d is None:
+                d = build()
+                if _cached[0] + d.nbytes <= CACHE_BYTES:
+                    _cached[0] += d.nbytes
+                    weakref.finalize(owner, _release, d.nbytes)
+                    cache[key] = d
     return d
 
 
