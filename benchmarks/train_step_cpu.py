@@ -208,11 +208,17 @@ PROFILE_OPS = {
 
 def profile(model: str, B: int, T: int, targets: str, steps: int, warmup: int) -> dict:
     """Our step with every CpuBackend op timed: {family: (calls per step, ms)} (best step per
-    family), "step" ms (best step) and "python" (the step minus its ops)."""
+    family), "step" ms (best step, wall) and the rest. With batch parts (threads.run_parts,
+    one per core) the ops of all parts are timed, so a family's ms is thread time summed over
+    the parts, and "python + waits" is parts x step minus every op (BITSWARM_CPU_PART_ROWS=
+    100000 profiles the unsplit step)."""
+    import threading
     step, _ = worker_ours(model, B, T, targets)
     be = step.backend
+    parts = len(be.batch_parts(B, T))
     times: dict[str, float] = {}
     calls: dict[str, int] = {}
+    lock = threading.Lock()
     for fam, names in PROFILE_OPS.items():
         for n in names:
             fn = getattr(be, n)
@@ -222,19 +228,22 @@ def profile(model: str, B: int, T: int, targets: str, steps: int, warmup: int) -
                 try:
                     return _fn(*a, **k)
                 finally:
-                    times[_fam] = times.get(_fam, 0.0) + time.perf_counter() - t0
-                    calls[_fam] = calls.get(_fam, 0) + 1
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        times[_fam] = times.get(_fam, 0.0) + dt
+                        calls[_fam] = calls.get(_fam, 0) + 1
             setattr(be, n, timed)
     for _ in range(warmup):
         step()
     best: dict[str, float] = {}
+    rest = "python" if parts == 1 else f"python + waits ({parts} parts)"
     for _ in range(steps):
         times.clear(), calls.clear()
         t0 = time.perf_counter()
         step()
         total = time.perf_counter() - t0
+        times[rest] = parts * total - sum(times.values())
         times["step"] = total
-        times["python"] = total - sum(v for k, v in times.items() if k != "step")
         for k, v in times.items():
             best[k] = min(best.get(k, v), v)
     return {k: {"calls": calls.get(k), "ms": round(1e3 * v, 2)} for k, v in best.items()}

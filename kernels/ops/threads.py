@@ -10,6 +10,12 @@ process kept the second core busy; attention's 96 per-head (128 x 64) @ (64 x 12
 125M shape took 10-14 ms with OpenBLAS's two threads, 2.4 ms as two halves on two threads.
 Elementwise work gains too: one thread walks its rows through all of an op's passes.
 
+A training step goes one level up (`run_parts`): its batch splits into sequence ranges, one per
+core, each running the whole forward and backward on its own thread (kernels/model.py
+loss_and_grads sums their gradients). An op's split syncs twice (submit, wait) at ~70-100 us
+each on 2 cores of a VM, and a step has ~500 of them; parts sync once. Default shape, batch 8 x
+128, 2 cores: 459 -> 390 ms a step.
+
 `own_blas` uses threadpoolctl (pure Python; OpenBLAS, MKL, BLIS and Accelerate on every OS);
 without it BLAS keeps its own threading and the split still runs.
 """
@@ -110,9 +116,10 @@ def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64) -> Non
             f.result()
 
 
-# Rows per batch part at least (batch_parts): below, an op's Python and dispatch cost (~10-20 us
-# an op, ~900 ops a step) outweighs what a thread of its own gains.
-PART_MIN_ROWS = 256
+# Rows per batch part at least (batch_parts; BITSWARM_CPU_PART_ROWS, an A/B knob: a value above
+# the batch's rows turns parts off): below, an op's Python and dispatch cost (~10-20 us an op,
+# ~900 ops a step) outweighs what a thread of its own gains.
+PART_MIN_ROWS = int(os.environ.get("BITSWARM_CPU_PART_ROWS", 256))
 
 
 def batch_parts(B: int, T: int) -> list[tuple[int, int]]:
