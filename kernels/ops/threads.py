@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 T_ = TypeVar("T_")
-_local = threading.local()   # .share: a batch part's threads (run_parts)
+_local = threading.local()   # .share: 1 inside a batch part (run_parts)
 _blas_owned = False
 
 
@@ -81,15 +81,13 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _share() -> int:
-    """Threads this thread's splits may use: workers(), or a batch part's share of them
-    (run_parts)."""
+    """Threads this thread's splits may use: workers(), or 1 inside a batch part (run_parts)."""
     return getattr(_local, "share", 0) or workers()
 
 
 def _get_pool() -> ThreadPoolExecutor:
-    """The one pool, workers() - 1 threads (the calling thread runs a piece too). Parts and
-    their pieces share it: parts * share <= workers(), so every piece gets a thread and no
-    part waits on a piece that cannot start."""
+    """The one pool, workers() - 1 threads (the calling thread runs a piece too): batch parts
+    (at most workers()) and op pieces both run on it."""
     global _pool
     n = max(1, workers() - 1)
     with _lock:
@@ -102,7 +100,7 @@ def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64) -> Non
     """fn(lo, hi) over pieces of 0..n (one per worker, at least min_rows rows each),
     concurrently; the calling thread runs the last piece. fn writes its own outputs (disjoint
     rows); the first exception raised by a piece propagates. Inside a batch part (run_parts)
-    the pieces are at most that part's share of the workers."""
+    fn runs on the part's own thread, unsplit."""
     pieces = split(n, min(_share(), max(1, n // max(1, min_rows))))
     if len(pieces) == 1:
         fn(0, n)
@@ -120,18 +118,26 @@ def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64) -> Non
 # the batch's rows turns parts off): below, an op's Python and dispatch cost (~10-20 us an op,
 # ~900 ops a step) outweighs what a thread of its own gains.
 PART_MIN_ROWS = int(os.environ.get("BITSWARM_CPU_PART_ROWS", 256))
+# Parts at most (BITSWARM_CPU_PARTS). Each part runs its Python between ops under the one GIL,
+# and a part's ops do not split further: on a 16-core H200 host, default model at 8 x 128,
+# tok/s by cores (parts of 256 rows / no parts): 2: 2,211 / 1,931; 4: 3,356 / 2,631; and 4 parts
+# that each split their ops over 2 or 4 threads lost to no parts at 8 and 16 cores (1,733 /
+# 1,775; 1,186 / 1,486). docs/benchmarks.md, session 8.
+MAX_PARTS = int(os.environ.get("BITSWARM_CPU_PARTS", 4))
 
 
 def batch_parts(B: int, T: int) -> list[tuple[int, int]]:
-    """[b0, b1) sequence ranges of a batch (B, T) for run_parts: one per worker while each part
-    keeps >= PART_MIN_ROWS token rows; [(0, B)] (no split) on one worker or a small batch."""
-    p = min(workers(), B, max(1, (B * T) // PART_MIN_ROWS))
+    """[b0, b1) sequence ranges of a batch (B, T) for run_parts: one per worker, at most
+    MAX_PARTS, while each part keeps >= PART_MIN_ROWS token rows; [(0, B)] (no split) on one
+    worker or a small batch."""
+    p = min(workers(), MAX_PARTS, B, max(1, (B * T) // PART_MIN_ROWS))
     return split(B, p)
 
 
 def run_parts(fns: list[Callable[[], T_]]) -> list[T_]:
-    """Run fns concurrently, each on its own thread (the calling thread runs the last), each
-    with workers() // len(fns) threads for its ops' own splits; -> their results in order.
+    """Run fns concurrently, each on its own thread (the calling thread runs the last), their
+    ops unsplit (one thread per part: nested splits measured slower, MAX_PARTS); -> their
+    results in order.
 
     Why: an op's split over the cores syncs twice (submit, wait), ~70-100 us on 2 cores of a
     VM (a lock ping-pong between two threads took 70 us: waking a sleeping core), and a LoRA
@@ -140,11 +146,10 @@ def run_parts(fns: list[Callable[[], T_]]) -> list[T_]:
     exception raised by a part propagates."""
     if len(fns) == 1:
         return [fns[0]()]
-    share = max(1, workers() // len(fns))
 
     def part(fn):
         prev = getattr(_local, "share", 0)
-        _local.share = share
+        _local.share = 1
         try:
             return fn()
         finally:

@@ -26,11 +26,13 @@ def test_batch_parts_cover_the_batch_one_per_worker(monkeypatch):
     assert threads.batch_parts(2, 64) == [(0, 2)]            # 128 rows < 2 parts of 256
     monkeypatch.setenv("BITSWARM_CPU_THREADS", "3")
     assert threads.batch_parts(8, 128) == [(0, 2), (2, 5), (5, 8)]
+    monkeypatch.setenv("BITSWARM_CPU_THREADS", "16")
+    assert len(threads.batch_parts(16, 128)) == threads.MAX_PARTS == 4
     monkeypatch.setenv("BITSWARM_CPU_THREADS", "1")
     assert threads.batch_parts(8, 128) == [(0, 8)]
 
 
-def test_run_parts_runs_each_part_on_its_own_thread_with_its_share(monkeypatch):
+def test_run_parts_runs_each_part_on_its_own_thread_unsplit(monkeypatch):
     monkeypatch.setenv("BITSWARM_CPU_THREADS", "4")
     barrier = threading.Barrier(2, timeout=10)   # both parts must be running at once
     seen = []
@@ -44,8 +46,8 @@ def test_run_parts_runs_each_part_on_its_own_thread_with_its_share(monkeypatch):
 
     assert threads.run_parts([lambda: part("a"), lambda: part("b")]) == ["a", "b"]
     assert len({ident for _, ident, _ in seen}) == 2
-    # 4 workers, 2 parts: each part's ops split in 2 (not 4)
-    assert all(p == [(0, 512), (512, 1024)] for _, _, p in seen)
+    # inside a part an op runs on the part's thread, whole
+    assert all(p == [(0, 1024)] for _, _, p in seen)
     # outside the parts, an op splits over all 4 again
     pieces = []
     threads.run_split(lambda lo, hi: pieces.append((lo, hi)), 1024)
