@@ -20,12 +20,15 @@ when that is not writable; the first use on a machine takes ~1-3 s per loop).
 from __future__ import annotations
 
 import os
+import threading
 import types
 from collections.abc import Callable
 
 import numpy as np
 
 _numba = None          # the numba module once imported; False: not installed
+# Re-entrant: compiling a loop compiles its callees (Kernel.fast) under it.
+_compile_lock = threading.RLock()
 MIN_ELEMENTS = 1 << 16  # smallest array (elements) a fused loop runs on; below, NumPy's passes
 
 
@@ -69,20 +72,26 @@ class Kernel:
     def fast(self) -> Callable | None:
         if not enabled():
             return None
-        if self._jit is None:
-            self._jit = self._compile()
-        return self._jit
+        jit = self._jit
+        if jit is None:
+            with _compile_lock:   # batch parts' threads ask at once (threads.run_parts)
+                if self._jit is None:
+                    self._jit = self._compile()
+                jit = self._jit
+        return jit
 
     def _compile(self):
+        """The numba dispatcher, published only once its callees' names point at their own
+        dispatchers (numba types the globals at the first call: a thread that called it
+        before would find a Kernel there, a typing error)."""
         fn = self.py
         g = dict(fn.__globals__)
-        self._jit = _numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(
-            types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__))
         for name in fn.__code__.co_names:          # callees: their compiled forms
             k = g.get(name)
             if isinstance(k, Kernel):
                 g[name] = k.fast
-        return self._jit
+        return _numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(
+            types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__))
 
 
 def kernel(fn: Callable) -> Kernel:

@@ -80,9 +80,13 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(b[i], b[i + 1]) for i in range(parts) if b[i] < b[i + 1]]
 
 
-def _share() -> int:
-    """Threads this thread's splits may use: workers(), or 1 inside a batch part (run_parts)."""
-    return getattr(_local, "share", 0) or workers()
+def _share(heavy: bool) -> int:
+    """Threads a split may use: workers(); inside a batch part (run_parts) 1, or for a heavy op
+    the part's share of the workers (workers() // parts)."""
+    share = getattr(_local, "share", 0)
+    if not share:
+        return workers()
+    return share if heavy else 1
 
 
 def _get_pool() -> ThreadPoolExecutor:
@@ -96,12 +100,15 @@ def _get_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64) -> None:
+def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64, *,
+              heavy: bool = False) -> None:
     """fn(lo, hi) over pieces of 0..n (one per worker, at least min_rows rows each),
     concurrently; the calling thread runs the last piece. fn writes its own outputs (disjoint
     rows); the first exception raised by a piece propagates. Inside a batch part (run_parts)
-    fn runs on the part's own thread, unsplit."""
-    pieces = split(n, min(_share(), max(1, n // max(1, min_rows))))
+    fn runs on the part's own thread, unsplit, unless `heavy` (ops of milliseconds a call:
+    GEMMs, attention, lm_head, where two syncs cost ~1%): then over the part's share of the
+    workers, when there are more workers than parts."""
+    pieces = split(n, min(_share(heavy), max(1, n // max(1, min_rows))))
     if len(pieces) == 1:
         fn(0, n)
         return
@@ -124,6 +131,8 @@ PART_MIN_ROWS = int(os.environ.get("BITSWARM_CPU_PART_ROWS", 256))
 # that each split their ops over 2 or 4 threads lost to no parts at 8 and 16 cores (1,733 /
 # 1,775; 1,186 / 1,486). docs/benchmarks.md, session 8.
 MAX_PARTS = int(os.environ.get("BITSWARM_CPU_PARTS", 4))
+# Whether a part's heavy ops split over its share of the workers (BITSWARM_CPU_PART_NEST=0: no).
+PART_NEST = os.environ.get("BITSWARM_CPU_PART_NEST", "1") != "0"
 
 
 def batch_parts(B: int, T: int) -> list[tuple[int, int]]:
@@ -136,8 +145,8 @@ def batch_parts(B: int, T: int) -> list[tuple[int, int]]:
 
 def run_parts(fns: list[Callable[[], T_]]) -> list[T_]:
     """Run fns concurrently, each on its own thread (the calling thread runs the last), their
-    ops unsplit (one thread per part: nested splits measured slower, MAX_PARTS); -> their
-    results in order.
+    ops unsplit except heavy ones (run_split: light ops split inside parts measured slower,
+    MAX_PARTS), which get workers() // len(fns) threads; -> their results in order.
 
     Why: an op's split over the cores syncs twice (submit, wait), ~70-100 us on 2 cores of a
     VM (a lock ping-pong between two threads took 70 us: waking a sleeping core), and a LoRA
@@ -147,9 +156,11 @@ def run_parts(fns: list[Callable[[], T_]]) -> list[T_]:
     if len(fns) == 1:
         return [fns[0]()]
 
+    share = max(1, workers() // len(fns)) if PART_NEST else 1
+
     def part(fn):
         prev = getattr(_local, "share", 0)
-        _local.share = 1
+        _local.share = share
         try:
             return fn()
         finally:

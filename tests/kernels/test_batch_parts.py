@@ -32,22 +32,25 @@ def test_batch_parts_cover_the_batch_one_per_worker(monkeypatch):
     assert threads.batch_parts(8, 128) == [(0, 8)]
 
 
-def test_run_parts_runs_each_part_on_its_own_thread_unsplit(monkeypatch):
+def test_run_parts_runs_each_part_on_its_own_thread_heavy_ops_over_its_share(monkeypatch):
     monkeypatch.setenv("BITSWARM_CPU_THREADS", "4")
     barrier = threading.Barrier(2, timeout=10)   # both parts must be running at once
     seen = []
 
     def part(tag):
         barrier.wait()
-        pieces = []
+        pieces, heavy = [], []
         threads.run_split(lambda lo, hi: pieces.append((lo, hi)), 1024)
-        seen.append((tag, threading.get_ident(), sorted(pieces)))
+        threads.run_split(lambda lo, hi: heavy.append((lo, hi)), 1024, heavy=True)
+        seen.append((tag, threading.get_ident(), sorted(pieces), sorted(heavy)))
         return tag
 
     assert threads.run_parts([lambda: part("a"), lambda: part("b")]) == ["a", "b"]
-    assert len({ident for _, ident, _ in seen}) == 2
-    # inside a part an op runs on the part's thread, whole
-    assert all(p == [(0, 1024)] for _, _, p in seen)
+    assert len({ident for _, ident, _, _ in seen}) == 2
+    # inside a part a light op runs on the part's thread, whole; a heavy one over the part's
+    # share of the 4 workers (2)
+    assert all(p == [(0, 1024)] for _, _, p, _ in seen)
+    assert all(h == [(0, 512), (512, 1024)] for _, _, _, h in seen)
     # outside the parts, an op splits over all 4 again
     pieces = []
     threads.run_split(lambda lo, hi: pieces.append((lo, hi)), 1024)
@@ -102,3 +105,71 @@ def test_split_step_matches_the_unsplit_step(monkeypatch, targets):
             np.testing.assert_allclose(np.asarray(g[k]), ref, rtol=0,
                                        atol=1e-5 * float(np.abs(ref).max()), err_msg=k)
             assert np.abs(ref).max() > 0
+
+
+def _callee(a):
+    return a + 1
+
+
+def _caller(a):
+    return _callee_kernel(a) * 2  # noqa: F821 - a Kernel the test puts in the globals
+
+
+def test_a_loop_is_published_only_with_its_callees_compiled(monkeypatch):
+    """numba types a loop's globals at its first call; a thread that got the dispatcher before
+    its callees' names were swapped for their dispatchers failed with "Untyped global name
+    '_absmax_rows'" (seen with 4 batch parts on a 16-core host)."""
+    from bitswarm.kernels.ops import jit
+    if not jit.enabled():
+        pytest.skip("numba not installed")
+    seen = []
+    real = jit._numba.njit
+
+    def njit(*a, **k):
+        wrap = real(*a, **k)
+
+        def take(fn):
+            seen.append([n for n in fn.__code__.co_names
+                         if isinstance(fn.__globals__.get(n), jit.Kernel)])
+            return wrap(fn)
+        return take
+    monkeypatch.setattr(jit._numba, "njit", njit)
+
+    callee, caller = jit.Kernel(_callee), jit.Kernel(_caller)
+    monkeypatch.setitem(_caller.__globals__, "_callee_kernel", callee)
+    assert caller.fast(3) == 8
+    assert seen == [[], []]          # the callee, then the caller: no Kernel left to type
+
+
+def test_parts_compile_loops_at_once_in_a_fresh_cache(tmp_path):
+    """Four threads make the first calls of fused loops (and their callees) together, in a
+    process whose numba cache is empty: every one gets the right values."""
+    import subprocess
+    import sys
+    code = r"""
+import threading, numpy as np
+from bitswarm.kernels.ops import jit
+from bitswarm.kernels.ops.bitlinear import cpu, reference as ref
+if not jit.enabled():
+    print("skip"); raise SystemExit
+x = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+want = ref.quantize_act(x)
+bar, out = threading.Barrier(4), []
+def go():
+    bar.wait()
+    out.append(cpu.quantize_act(x))
+ts = [threading.Thread(target=go) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+assert len(out) == 4, out
+for xq, s in out:
+    assert np.array_equal(np.asarray(xq, np.float32), want[0].astype(np.float32))
+    assert np.array_equal(s, want[1])
+print("ok")
+"""
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path), "BITSWARM_CPU_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if r.stdout.strip() == "skip":
+        pytest.skip("numba not installed")
+    assert r.stdout.strip() == "ok"

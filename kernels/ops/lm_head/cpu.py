@@ -44,7 +44,7 @@ def lm_head_cross_entropy(x: np.ndarray, w: np.ndarray, targets: np.ndarray, gra
             e = min(hi, b + ROW_BLOCK)
             _rows(x[b:e], w, targets[b:e], grad_scale, chunk, grad, loss[b:e],
                   None if dx is None else dx[b:e])
-    run_split(rows, N)
+    run_split(rows, N, heavy=True)
     return loss, dx
 
 
