@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -105,9 +105,9 @@ def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64, *,
     """fn(lo, hi) over pieces of 0..n (one per worker, at least min_rows rows each),
     concurrently; the calling thread runs the last piece. fn writes its own outputs (disjoint
     rows); the first exception raised by a piece propagates. Inside a batch part (run_parts)
-    fn runs on the part's own thread, unsplit, unless `heavy` (ops of milliseconds a call:
-    GEMMs, attention, lm_head, where two syncs cost ~1%): then over the part's share of the
-    workers, when there are more workers than parts."""
+    fn runs on the part's own thread, unsplit, unless `heavy` (ops of tens of ms a call, where
+    two syncs cost < 1%: the lm_head; splitting the GEMMs and attention too lost at the default
+    shape): then over the part's share of the workers, when there are more workers than parts."""
     pieces = split(n, min(_share(heavy), max(1, n // max(1, min_rows))))
     if len(pieces) == 1:
         fn(0, n)
