@@ -17,6 +17,7 @@ LoRA A and B. Shapes: ids (B, T) -> N = B*T token rows, see kernels/config.py fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -419,14 +420,8 @@ class BitNetModel:
             raise ValueError("batch has no predicted positions (all targets are padding)")
         B, T = ids.shape
         recompute = self.recomputed_layers(B * T)
-        parts = be.batch_parts(B, T)
-        if len(parts) == 1:
-            loss, grads = self._part_loss_and_grads(ids, t, count, recompute)
-            return loss / count, count, grads
-        done = be.run_parts([
-            (lambda b0=b0, b1=b1: self._part_loss_and_grads(ids[b0:b1], t[b0:b1], count,
-                                                            recompute))
-            for b0, b1 in parts])
+        done = be.run_parts([partial(self._part_loss_and_grads, ids[b0:b1], t[b0:b1], count,
+                                     recompute) for b0, b1 in be.batch_parts(B, T)])
         loss, grads = done[0]
         for part_loss, part_grads in done[1:]:
             loss += part_loss

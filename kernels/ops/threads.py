@@ -25,12 +25,13 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 T_ = TypeVar("T_")
-_local = threading.local()   # .share: 1 inside a batch part (run_parts)
+_local = threading.local()   # .share: inside a batch part, its heavy ops' threads (run_parts)
 _blas_owned = False
 
 
@@ -89,15 +90,24 @@ def _share(heavy: bool) -> int:
     return share if heavy else 1
 
 
-def _get_pool() -> ThreadPoolExecutor:
-    """The one pool, workers() - 1 threads (the calling thread runs a piece too): batch parts
-    (at most workers()) and op pieces both run on it."""
+def _concurrently(fns: list[Callable[[], T_]]) -> list[T_]:
+    """fns on the one pool (workers() - 1 threads; batch parts and op pieces both run there),
+    the calling thread running the last; -> their results in order, once all have ended. The
+    first exception raised propagates."""
     global _pool
+    if len(fns) == 1:
+        return [fns[0]()]
     n = max(1, workers() - 1)
     with _lock:
         if _pool is None or _pool._max_workers < n:
             _pool = ThreadPoolExecutor(n, thread_name_prefix="bitswarm-cpu")
-        return _pool
+        pool = _pool
+    futs = [pool.submit(fn) for fn in fns[:-1]]
+    try:
+        last = fns[-1]()
+    finally:
+        results = [f.result() for f in futs]
+    return results + [last]
 
 
 def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64, *,
@@ -109,16 +119,7 @@ def run_split(fn: Callable[[int, int], None], n: int, min_rows: int = 64, *,
     two syncs cost < 1%: the lm_head; splitting the GEMMs and attention too lost at the default
     shape): then over the part's share of the workers, when there are more workers than parts."""
     pieces = split(n, min(_share(heavy), max(1, n // max(1, min_rows))))
-    if len(pieces) == 1:
-        fn(0, n)
-        return
-    pool = _get_pool()
-    futs = [pool.submit(fn, lo, hi) for lo, hi in pieces[:-1]]
-    try:
-        fn(*pieces[-1])
-    finally:
-        for f in futs:
-            f.result()
+    _concurrently([partial(fn, lo, hi) for lo, hi in pieces])
 
 
 # Rows per batch part at least (batch_parts; BITSWARM_CPU_PART_ROWS, an A/B knob: a value above
@@ -155,7 +156,6 @@ def run_parts(fns: list[Callable[[], T_]]) -> list[T_]:
     exception raised by a part propagates."""
     if len(fns) == 1:
         return [fns[0]()]
-
     share = max(1, workers() // len(fns)) if PART_NEST else 1
 
     def part(fn):
@@ -165,10 +165,4 @@ def run_parts(fns: list[Callable[[], T_]]) -> list[T_]:
             return fn()
         finally:
             _local.share = prev
-    pool = _get_pool()
-    futs = [pool.submit(part, fn) for fn in fns[:-1]]
-    try:
-        last = part(fns[-1])
-    finally:
-        results = [f.result() for f in futs]
-    return results + [last]
+    return _concurrently([partial(part, fn) for fn in fns])
